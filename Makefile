@@ -1,0 +1,17 @@
+# The two commands a newcomer needs (see README.md): `make demo`, `make test`.
+VENV ?= /opt/openxpki-py/venv
+DEMO_DIR ?= /var/tmp/openxpki-py-demo
+
+.PHONY: deps test demo ddl check-ddl
+
+deps:
+	sh contrib/install/debian-deps.sh $(VENV)
+
+test: deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: deps
+	$(VENV)/bin/python contrib/demo/run_demo.py --venv $(VENV) --dir $(DEMO_DIR)
+
+ddl: deps
+	$(VENV)/bin/openxpki-py db ddl --out sql/

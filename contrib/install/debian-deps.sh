@@ -1,0 +1,48 @@
+#!/bin/sh
+# Installs what openxpki-py needs on Debian 12: system packages (only the
+# missing ones, so a second run is quick) and a virtualenv built from
+# Debian's own /usr/bin/python3.  The venv lives outside any home folder
+# because Apache's www-data must be able to read it (mod_wsgi runs it).
+#
+#   contrib/install/debian-deps.sh [VENV]      default VENV: /opt/openxpki-py/venv
+set -eu
+
+VENV=${1:-/opt/openxpki-py/venv}
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
+
+PACKAGES="python3-venv python3-dev build-essential libssl-dev
+  softhsm2 opensc slapd ldap-utils libldap2-dev libsasl2-dev
+  apache2 apache2-dev gnutls-bin openssl chromium"
+
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "creating virtualenv $VENV from /usr/bin/python3"
+    mkdir -p "$(dirname "$VENV")"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+fi
+
+stamp="$VENV/.openxpki-py-deps"
+want=$(cat "$HERE/setup.cfg" | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    # mod_wsgi is compiled against this venv's Python; --no-cache-dir so a
+    # wheel cached from another interpreter (with its RUNPATH) is never reused.
+    "$VENV/bin/pip" install -q --no-cache-dir mod_wsgi
+    "$VENV/bin/pip" install -q "$HERE[test]"
+    echo "$want" > "$stamp"
+fi
+# The project itself, non-editable: www-data reads the installed copy, and
+# the checkout may sit in a folder it cannot enter (/root is 0700).
+"$VENV/bin/pip" install -q --no-deps --force-reinstall "$HERE"
+chmod -R a+rX "$(dirname "$VENV")"

@@ -1,0 +1,1 @@
+"""The SQL store: table definitions (:mod:`.schema`) and engines (:mod:`.engine`)."""

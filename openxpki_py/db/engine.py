@@ -1,0 +1,70 @@
+"""Engines for the three supported databases, set up the same way.
+
+SQLite (embedded default) gets WAL, foreign keys and a busy timeout so that
+Apache's several processes and the worker can share one file.  PostgreSQL
+and Oracle (``oracle+oracledb``, thin mode) need nothing special.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import StorageError
+from .schema import metadata
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling would start transactions late and
+    # break "BEGIN IMMEDIATE"; let SQLAlchemy issue BEGIN itself.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Take the write lock at BEGIN: two writers then queue on busy_timeout
+    # instead of one failing late with "database is locked" on upgrade.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_engine(url: str, *, echo: bool = False) -> Engine:
+    """Create an engine for ``url``; errors name the URL without its password."""
+    try:
+        engine = create_engine(url, echo=echo, pool_pre_ping=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise StorageError(f"database URL {_redacted(url)} is not usable: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables (idempotent)."""
+    try:
+        metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot create tables in {_redacted(str(engine.url))}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+
+
+def schema_present(engine: Engine) -> bool:
+    return inspect(engine).has_table("certificate")
+
+
+def _redacted(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for an error message
+        return "<unparseable URL>"

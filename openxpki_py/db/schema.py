@@ -1,0 +1,200 @@
+"""All SQL tables, as SQLAlchemy Core metadata.
+
+The DDL files in ``sql/`` are generated from this module
+(``openxpki-py db ddl``); a test fails when they are stale.  Column names
+avoid words that Oracle reserves (``number``, ``user``, ``session`` …).
+Booleans and JSON are avoided as native types so that Oracle 19c works.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from .types import JSONText, UTCDateTime
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+# --- CA and certificates -----------------------------------------------------
+
+ca_certificate = Table(
+    "ca_certificate",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("subject", String(1024), nullable=False),
+    Column("key_identifier", String(128), nullable=False, unique=True),  # SKI, hex
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),  # pending (CSR out) | active | retired
+    Column("csr_der", LargeBinary),  # when the root is external: our CSR
+    Column("der", LargeBinary),  # null until imported when the root is external
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+token = Table(
+    "token",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("serial", String(128), nullable=False, unique=True),
+    Column("model", String(128)),
+    Column("manufacturer", String(128)),
+    Column("owner", String(256), index=True),
+    Column("status", String(16), nullable=False),  # active | lost | revoked | destroyed
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+)
+
+csr = Table(
+    "csr",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("public_key_sha256", String(64), nullable=False, index=True),
+    Column("profile", String(64), nullable=False),
+    Column("requester", String(256), nullable=False),
+    Column("workflow_id", BigInteger),
+    Column("der", LargeBinary, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
+certificate = Table(
+    "certificate",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("serial", String(64), nullable=False),  # lowercase hex, no leading zeros
+    Column("issuer", String(1024), nullable=False),
+    Column("issuer_key_identifier", String(128), nullable=False),
+    Column("subject", String(1024), nullable=False),
+    Column("status", String(16), nullable=False),  # valid | revoked
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("revocation_reason", String(32)),
+    Column("owner", String(256), index=True),
+    Column("token_id", Id, ForeignKey("token.id")),
+    Column("profile", String(64), nullable=False),
+    Column("public_key_sha256", String(64), nullable=False, unique=True),
+    Column("csr_id", Id, ForeignKey("csr.id")),
+    Column("workflow_id", BigInteger),
+    Column("der", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("issuer_key_identifier", "serial", name="uq_certificate_issuer_serial"),
+)
+Index("ix_certificate_status_not_after", certificate.c.status, certificate.c.not_after)
+
+crl = Table(
+    "crl",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("issuer_key_identifier", String(128), nullable=False),
+    Column("crl_number", BigInteger, nullable=False),
+    Column("this_update", UTCDateTime, nullable=False),
+    Column("next_update", UTCDateTime, nullable=False),
+    Column("revoked_count", Integer, nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    UniqueConstraint("issuer_key_identifier", "crl_number", name="uq_crl_issuer_number"),
+)
+
+# --- audit ---------------------------------------------------------------------
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("logged_at", UTCDateTime, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("role_name", String(64)),
+    Column("event", String(64), nullable=False),  # e.g. cert.issue, auth.role.refused
+    Column("outcome", String(16), nullable=False),  # ok | refused | failed
+    Column("target", String(256)),  # what it was about: serial, workflow id …
+    Column("details", JSONText),
+    Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("entry_hash", String(64), nullable=False, unique=True),
+)
+
+# --- workflow engine (see DESIGN §4) -----------------------------------------
+
+workflow = Table(
+    "workflow",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("wf_type", String(64), nullable=False),
+    Column("state", String(64), nullable=False),
+    Column("proc_state", String(16), nullable=False),  # running|manual|waiting|retry|exception|finished|failed
+    Column("creator", String(256), nullable=False),
+    Column("creator_role", String(64), nullable=False),
+    Column("parent_id", Id, ForeignKey("workflow.id"), index=True),
+    Column("wake_at", UTCDateTime),
+    Column("retry_count", Integer, nullable=False, default=0),
+    Column("version", Integer, nullable=False, default=0),
+    Column("claimed_by", String(128)),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+Index("ix_workflow_due", workflow.c.proc_state, workflow.c.wake_at)
+
+workflow_context = Table(
+    "workflow_context",
+    metadata,
+    Column("workflow_id", Id, ForeignKey("workflow.id"), primary_key=True),
+    Column("ctx_key", String(128), primary_key=True),
+    Column("ctx_value", JSONText),
+)
+
+workflow_attribute = Table(
+    "workflow_attribute",
+    metadata,
+    Column("workflow_id", Id, ForeignKey("workflow.id"), primary_key=True),
+    Column("attr_key", String(64), primary_key=True),
+    Column("attr_value", String(256), nullable=False),
+)
+Index("ix_workflow_attribute_lookup", workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
+
+workflow_history = Table(
+    "workflow_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("workflow_id", Id, ForeignKey("workflow.id"), nullable=False, index=True),
+    Column("action", String(64), nullable=False),
+    Column("from_state", String(64), nullable=False),
+    Column("to_state", String(64), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("role_name", String(64), nullable=False),
+    Column("note", Text),
+    Column("logged_at", UTCDateTime, nullable=False),
+)
+
+# --- web sessions ------------------------------------------------------------
+
+web_session = Table(
+    "web_session",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),  # sha256 of the cookie value
+    Column("login", String(256), nullable=False),
+    Column("role_name", String(64)),
+    Column("csrf_token", String(64), nullable=False),
+    Column("data", JSONText),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,117 @@
+"""The project's own failures, as one small documented hierarchy.
+
+Every error carries a stable ``code`` (shown to users, API clients and in the
+audit log) and a one-line message that tells an operator what to fix. The CLI
+maps classes to exit codes in one place (:mod:`openxpki_py.cli`), the web
+layer maps them to HTTP responses in one place.  Third-party exceptions are
+wrapped (``raise TokenError(...) from exc``) so callers never need to know
+which library failed.
+"""
+
+from __future__ import annotations
+
+
+class OpenXPKIError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+
+class ConfigError(OpenXPKIError):
+    """The instance configuration is missing, unreadable or invalid.
+
+    The message names the offending key (``ca.key.token_label``) and what was
+    expected there.
+    """
+
+    code = "config"
+
+
+class TokenError(OpenXPKIError):
+    """A PKCS#11 token (the CA's HSM or a user's card) cannot be used."""
+
+    code = "token"
+
+
+class TokenModuleError(TokenError):
+    """The PKCS#11 module (shared library) is missing or cannot be loaded."""
+
+    code = "token.module"
+
+
+class TokenNotFound(TokenError):
+    """No token with the configured label is present."""
+
+    code = "token.not_found"
+
+
+class TokenPinError(TokenError):
+    """The PIN was refused, is locked or could not be read."""
+
+    code = "token.pin"
+
+
+class TokenKeyNotFound(TokenError):
+    """The token has no key with the configured label / id."""
+
+    code = "token.key_not_found"
+
+
+class PolicyViolation(OpenXPKIError):
+    """A request (CSR, key, profile choice) breaks the issuance policy.
+
+    ``code`` names the validator that refused it, e.g. ``csr.key_size``.
+    """
+
+    code = "policy"
+
+
+class UnknownProfile(PolicyViolation):
+    """The certificate profile asked for does not exist."""
+
+    code = "profile.unknown"
+
+
+class StorageError(OpenXPKIError):
+    """The SQL store cannot be reached or refused a write."""
+
+    code = "storage"
+
+
+class NotFound(StorageError):
+    """A record (certificate, workflow, token …) does not exist."""
+
+    code = "not_found"
+
+
+class CAError(OpenXPKIError):
+    """The CA is not initialised, or its certificate and key do not match."""
+
+    code = "ca"
+
+
+class DirectoryError(OpenXPKIError):
+    """The directory (LDAP server or LDIF file) could not answer."""
+
+    code = "directory"
+
+
+class AuthError(OpenXPKIError):
+    """Identity or role could not be established."""
+
+    code = "auth"
+
+
+class WorkflowError(OpenXPKIError):
+    """A workflow action was refused or failed."""
+
+    code = "workflow"

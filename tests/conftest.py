@@ -1,0 +1,9 @@
+"""Shared fixtures.  Each real component has its own plugin in ``support/``:
+SoftHSM2 tokens, a private slapd, databases (SQLite and PostgreSQL), Apache.
+"""
+
+pytest_plugins = [
+    "support.softhsm",
+    "support.databases",
+    "support.slapd",
+]
