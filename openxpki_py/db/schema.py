@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -35,12 +36,17 @@ metadata = MetaData(naming_convention=NAMING)
 
 Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
+
+def _id() -> Column[int]:
+    # IDENTITY: PostgreSQL and Oracle 12c+ generate ids without sequences to manage.
+    return Column("id", Id, Identity(), primary_key=True)
+
 # --- CA and certificates -----------------------------------------------------
 
 ca_certificate = Table(
     "ca_certificate",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("subject", String(1024), nullable=False),
     Column("key_identifier", String(128), nullable=False, unique=True),  # SKI, hex
     Column("not_before", UTCDateTime, nullable=False),
@@ -54,7 +60,7 @@ ca_certificate = Table(
 token = Table(
     "token",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("serial", String(128), nullable=False, unique=True),
     Column("model", String(128)),
     Column("manufacturer", String(128)),
@@ -67,7 +73,7 @@ token = Table(
 csr = Table(
     "csr",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("public_key_sha256", String(64), nullable=False, index=True),
     Column("profile", String(64), nullable=False),
     Column("requester", String(256), nullable=False),
@@ -79,7 +85,7 @@ csr = Table(
 certificate = Table(
     "certificate",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("serial", String(64), nullable=False),  # lowercase hex, no leading zeros
     Column("issuer", String(1024), nullable=False),
     Column("issuer_key_identifier", String(128), nullable=False),
@@ -104,7 +110,7 @@ Index("ix_certificate_status_not_after", certificate.c.status, certificate.c.not
 crl = Table(
     "crl",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("issuer_key_identifier", String(128), nullable=False),
     Column("crl_number", BigInteger, nullable=False),
     Column("this_update", UTCDateTime, nullable=False),
@@ -119,7 +125,7 @@ crl = Table(
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("logged_at", UTCDateTime, nullable=False),
     Column("actor", String(256), nullable=False),
     Column("role_name", String(64)),
@@ -136,7 +142,7 @@ audit_log = Table(
 workflow = Table(
     "workflow",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("wf_type", String(64), nullable=False),
     Column("state", String(64), nullable=False),
     Column("proc_state", String(16), nullable=False),  # running|manual|waiting|retry|exception|finished|failed
@@ -174,7 +180,7 @@ Index("ix_workflow_attribute_lookup", workflow_attribute.c.attr_key, workflow_at
 workflow_history = Table(
     "workflow_history",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("workflow_id", Id, ForeignKey("workflow.id"), nullable=False, index=True),
     Column("action", String(64), nullable=False),
     Column("from_state", String(64), nullable=False),

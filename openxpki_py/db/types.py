@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import DateTime, Text
+from sqlalchemy import TIMESTAMP, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -20,7 +20,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     classic source of off-by-hours validity periods.
     """
 
-    impl = DateTime(timezone=True)
+    impl = TIMESTAMP(timezone=True)  # Oracle DATE would drop zone and fractions
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:

@@ -1,0 +1,159 @@
+"""The instance configuration: one YAML file → typed, validated objects.
+
+Each part of the system parses its own section with a
+:class:`~openxpki_py.configreader.Reader` (``directory/config.py``,
+``auth/config.py`` …); this module reads the file, hands out the sections and
+assembles :class:`Config`.  Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .configreader import Reader, SecretRef
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/openxpki-py/config.yaml")
+CONFIG_ENV = "OPENXPKI_PY_CONFIG"
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    name: str
+    base_url: str
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+    password: SecretRef | None
+
+    def connect_url(self) -> str:
+        """The URL with the password filled in (never log the result)."""
+        if self.password is None:
+            return self.url
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).set(password=self.password.reveal()).render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class CRLConfig:
+    validity_hours: int
+    publish_dir: Path | None
+    url: str
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    key: Any  # crypto.keys.KeyConfig
+    subject: str
+    validity_days: int
+    rsa_padding: str  # pkcs1v15 | pss
+    hash: str
+    crl: CRLConfig
+    issuer_url: str  # AIA caIssuers
+    profiles_dir: Path | None
+    profile_variables: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    instance: InstanceConfig
+    database: DatabaseConfig
+    ca: CAConfig
+    directory: Any  # directory.config.DirectoryConfig
+    auth: Any  # auth.config.AuthConfig
+    web: Any  # web.config.WebConfig
+    workflow: Any  # workflow.config.WorkflowConfig
+
+
+def _parse_instance(r: Reader) -> InstanceConfig:
+    base_url = r.str("base_url").rstrip("/")
+    if not base_url.startswith(("https://", "http://")):
+        raise r.error("base_url", "an http(s) URL such as https://pki.example.com")
+    cfg = InstanceConfig(name=r.str("name"), base_url=base_url)
+    r.finish()
+    return cfg
+
+
+def _parse_database(r: Reader) -> DatabaseConfig:
+    url = r.str("url")
+    if not url.startswith(("sqlite://", "postgresql", "oracle")):
+        raise r.error("url", "an SQLAlchemy URL for sqlite, postgresql+psycopg or oracle+oracledb")
+    cfg = DatabaseConfig(url=url, password=r.secret("password", required=False))
+    r.finish()
+    return cfg
+
+
+def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
+    from .crypto.keys.config import parse_key_config
+
+    key = parse_key_config(r.section("key", required=True))
+    crl_r = r.section("crl")
+    crl = CRLConfig(
+        validity_hours=crl_r.int("validity_hours", 48, minimum=1),
+        publish_dir=crl_r.path("publish_dir", None),
+        url=crl_r.str("url", f"{instance.base_url}/crl/{instance.name}.crl"),
+    )
+    crl_r.finish()
+    cfg = CAConfig(
+        key=key,
+        subject=r.str("subject"),
+        validity_days=r.int("validity_days", 3650, minimum=1),
+        rsa_padding=r.choice("rsa_padding", ("pkcs1v15", "pss"), "pkcs1v15"),
+        hash=r.choice("hash", ("sha256", "sha384", "sha512"), "sha256"),
+        crl=crl,
+        issuer_url=r.str("issuer_url", f"{instance.base_url}/crl/{instance.name}.crt"),
+        profiles_dir=r.path("profiles_dir", None, must_exist=True),
+        profile_variables=r.str_map("profile_variables", {}),
+    )
+    r.finish()
+    return cfg
+
+
+def parse_config(data: Any, path: Path) -> Config:
+    """Validate a parsed YAML document; ``path`` anchors relative paths."""
+    from .auth.config import parse_auth_config
+    from .directory.config import parse_directory_config
+    from .web.config import parse_web_config
+    from .workflow.config import parse_workflow_config
+
+    root = Reader(data, "", path.parent)
+    instance = _parse_instance(root.section("instance", required=True))
+    cfg = Config(
+        path=path,
+        instance=instance,
+        database=_parse_database(root.section("database", required=True)),
+        ca=_parse_ca(root.section("ca", required=True), instance),
+        directory=parse_directory_config(root.section("directory")),
+        auth=parse_auth_config(root.section("auth")),
+        web=parse_web_config(root.section("web")),
+        workflow=parse_workflow_config(root.section("workflow")),
+    )
+    root.finish()
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the instance config from ``path``, ``$OPENXPKI_PY_CONFIG`` or the default."""
+    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist (give --config PATH or set {CONFIG_ENV})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {p}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    return parse_config(data, p.resolve())

@@ -1,0 +1,222 @@
+"""Certificates, CSRs, CRLs and the CA's own certificates in the SQL store.
+
+Every function takes an open :class:`Connection` and runs inside the
+caller's transaction: an issuance and its audit row, or a workflow action
+and the certificate it issued, commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, RowMapping
+
+from ..errors import NotFound, StorageError
+from .schema import ca_certificate, certificate, crl, csr
+
+SERIAL_BITS = 159  # RFC 5280: at most 20 octets, positive; 159 random bits fit
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def parse_serial(text: str) -> int:
+    """Accept ``0x1f``, ``1f``, ``1F`` or ``1f:a0:…``; refuse anything else clearly."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        value = int(cleaned, 16)
+    except ValueError:
+        raise NotFound(f"'{text}' is not a certificate serial number (hexadecimal expected)") from None
+    return value
+
+
+def new_serial(conn: Connection, issuer_key_identifier: str) -> int:
+    """A random positive serial with ≥ 64 bits of entropy, unique for the issuer."""
+    for _ in range(8):
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial < 1 << 64:
+            continue  # keep at least 64 bits of entropy visible (CA/B baseline)
+        taken = conn.execute(
+            select(certificate.c.id).where(
+                certificate.c.issuer_key_identifier == issuer_key_identifier,
+                certificate.c.serial == serial_hex(serial),
+            )
+        ).first()
+        if taken is None:
+            return serial
+    raise StorageError("could not find an unused serial number (random source broken?)")
+
+
+def store_csr(
+    conn: Connection, *, der: bytes, fingerprint: str, profile: str, requester: str, workflow_id: int | None
+) -> int:
+    result = conn.execute(
+        csr.insert().values(
+            der=der,
+            public_key_sha256=fingerprint,
+            profile=profile,
+            requester=requester,
+            workflow_id=workflow_id,
+            received_at=utcnow(),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def store_certificate(
+    conn: Connection,
+    cert: x509.Certificate,
+    *,
+    issuer_key_identifier: str,
+    fingerprint: str,
+    profile: str,
+    owner: str | None,
+    token_id: int | None = None,
+    csr_id: int | None = None,
+    workflow_id: int | None = None,
+) -> int:
+    result = conn.execute(
+        certificate.insert().values(
+            serial=serial_hex(cert.serial_number),
+            issuer=cert.issuer.rfc4514_string(),
+            issuer_key_identifier=issuer_key_identifier,
+            subject=cert.subject.rfc4514_string(),
+            status="valid",
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            owner=owner,
+            token_id=token_id,
+            profile=profile,
+            public_key_sha256=fingerprint,
+            csr_id=csr_id,
+            workflow_id=workflow_id,
+            der=cert.public_bytes(serialization.Encoding.DER),
+            created_at=utcnow(),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def find_certificate(conn: Connection, serial: int, issuer_key_identifier: str | None = None) -> RowMapping:
+    query = select(certificate).where(certificate.c.serial == serial_hex(serial))
+    if issuer_key_identifier is not None:
+        query = query.where(certificate.c.issuer_key_identifier == issuer_key_identifier)
+    rows = conn.execute(query).mappings().all()
+    if not rows:
+        raise NotFound(f"no certificate with serial {serial_hex(serial)} in the store")
+    if len(rows) > 1:
+        raise StorageError(f"serial {serial_hex(serial)} exists for several issuers; name the issuer")
+    return rows[0]
+
+
+def list_certificates(conn: Connection, *, owner: str | None = None, limit: int = 100) -> Sequence[RowMapping]:
+    query = select(certificate).order_by(certificate.c.id.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(certificate.c.owner == owner)
+    return conn.execute(query).mappings().all()
+
+
+def mark_revoked(conn: Connection, cert_id: int, *, reason: str, when: datetime) -> None:
+    updated = conn.execute(
+        certificate.update()
+        .where(certificate.c.id == cert_id, certificate.c.status == "valid")
+        .values(status="revoked", revoked_at=when, revocation_reason=reason)
+    ).rowcount
+    if updated != 1:
+        raise StorageError("the certificate changed while it was being revoked; try again")
+
+
+def revoked_certificates(conn: Connection, issuer_key_identifier: str) -> Sequence[RowMapping]:
+    """Revoked and not yet expired: expired entries may leave the CRL (RFC 5280 §3.3)."""
+    return (
+        conn.execute(
+            select(certificate.c.serial, certificate.c.revoked_at, certificate.c.revocation_reason)
+            .where(
+                certificate.c.issuer_key_identifier == issuer_key_identifier,
+                certificate.c.status == "revoked",
+                certificate.c.not_after > utcnow(),
+            )
+            .order_by(certificate.c.revoked_at)
+        )
+        .mappings()
+        .all()
+    )
+
+
+def next_crl_number(conn: Connection, issuer_key_identifier: str) -> int:
+    last = conn.execute(
+        select(func.max(crl.c.crl_number)).where(crl.c.issuer_key_identifier == issuer_key_identifier)
+    ).scalar()
+    return int(last or 0) + 1
+
+
+def store_crl(conn: Connection, issued: x509.CertificateRevocationList, *, issuer_key_identifier: str,
+              crl_number: int, revoked_count: int) -> int:
+    assert issued.next_update_utc is not None
+    result = conn.execute(
+        crl.insert().values(
+            issuer_key_identifier=issuer_key_identifier,
+            crl_number=crl_number,
+            this_update=issued.last_update_utc,
+            next_update=issued.next_update_utc,
+            revoked_count=revoked_count,
+            der=issued.public_bytes(serialization.Encoding.DER),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def latest_crl(conn: Connection, issuer_key_identifier: str) -> RowMapping | None:
+    return (
+        conn.execute(
+            select(crl)
+            .where(crl.c.issuer_key_identifier == issuer_key_identifier)
+            .order_by(crl.c.crl_number.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+
+
+def active_ca(conn: Connection) -> RowMapping | None:
+    """The CA certificate in use; ``pending`` while an external root signs our CSR."""
+    return (
+        conn.execute(
+            select(ca_certificate)
+            .where(ca_certificate.c.status.in_(("active", "pending")))
+            .order_by(ca_certificate.c.id.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+
+
+def store_ca(conn: Connection, values: Mapping[str, Any]) -> int:
+    result = conn.execute(ca_certificate.insert().values(**values, created_at=utcnow()))
+    return int(result.inserted_primary_key[0])
+
+
+def activate_ca(conn: Connection, ca_id: int, cert: x509.Certificate) -> None:
+    conn.execute(
+        ca_certificate.update()
+        .where(ca_certificate.c.id == ca_id)
+        .values(
+            status="active",
+            der=cert.public_bytes(serialization.Encoding.DER),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+        )
+    )

@@ -1,0 +1,63 @@
+"""The parts of a running instance, built lazily from its config.
+
+One ``Services`` per process (CLI run, mod_wsgi daemon process, worker).
+Nothing here holds request state: everything durable lives in the database.
+Parts are created on first use so that, say, ``openxpki-py db ddl`` never
+touches the HSM and a web request never opens the LDAP connection it does
+not need.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from .db.engine import open_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from .config import Config
+    from .crypto.ca import CertificateAuthority
+
+
+class Services:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+
+    @cached_property
+    def db(self) -> Engine:
+        return open_engine(self.config.database.connect_url())
+
+    @cached_property
+    def ca(self) -> CertificateAuthority:
+        from .crypto.ca import CertificateAuthority
+
+        with self._lock:
+            return CertificateAuthority.from_config(self.config)
+
+    @cached_property
+    def directory(self) -> Any:
+        from .directory import open_directory
+
+        with self._lock:
+            return open_directory(self.config.directory)
+
+    @cached_property
+    def workflows(self) -> Any:
+        from .workflow import WorkflowEngine, load_definitions
+
+        with self._lock:
+            return WorkflowEngine(self.db, load_definitions(self.config.workflow.definition_dirs), self)
+
+    def close(self) -> None:
+        for name in ("directory", "ca"):
+            part = self.__dict__.pop(name, None)
+            closer = getattr(getattr(part, "key_backend", part), "close", None)
+            if callable(closer):
+                closer()
+        db = self.__dict__.pop("db", None)
+        if db is not None:
+            db.dispose()
