@@ -99,7 +99,7 @@ def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
     crl_r = r.section("crl")
     crl = CRLConfig(
         validity_hours=crl_r.int("validity_hours", 48, minimum=1),
-        publish_dir=crl_r.path("publish_dir", None),
+        publish_dir=crl_r.filepath("publish_dir", None),
         url=crl_r.str("url", f"{instance.base_url}/crl/{instance.name}.crl"),
     )
     crl_r.finish()
@@ -111,7 +111,7 @@ def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
         hash=r.choice("hash", ("sha256", "sha384", "sha512"), "sha256"),
         crl=crl,
         issuer_url=r.str("issuer_url", f"{instance.base_url}/crl/{instance.name}.crt"),
-        profiles_dir=r.path("profiles_dir", None, must_exist=True),
+        profiles_dir=r.filepath("profiles_dir", None, must_exist=True),
         profile_variables=r.str_map("profile_variables", {}),
     )
     r.finish()

@@ -105,7 +105,7 @@ class Reader:
             raise self.error(key, "one of " + ", ".join(options))
         return value
 
-    def path(self, key: str, default: Any = _MISSING, *, must_exist: bool = False) -> Any:
+    def filepath(self, key: str, default: Any = _MISSING, *, must_exist: bool = False) -> Any:
         """A file system path; relative paths are taken from the config file's folder."""
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -167,7 +167,7 @@ class Reader:
         if has_file and has_env:
             raise ConfigError(f"{self.key_path(file_key)}: give either {file_key} or {env_key}, not both")
         if has_file:
-            return SecretRef(self.key_path(file_key), file=self.path(file_key))
+            return SecretRef(self.key_path(file_key), file=self.filepath(file_key))
         if has_env:
             return SecretRef(self.key_path(env_key), env=self.str(env_key))
         if required:

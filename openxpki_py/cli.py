@@ -1,0 +1,307 @@
+"""``openxpki-py``: the operator's command line.
+
+The only place where errors become exit codes (:data:`EXIT_CODES`): every
+command raises the project's own exceptions and this module prints their
+one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import errors
+from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config
+
+# Most specific first: the first matching class decides.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (errors.ConfigError, 3),
+    (errors.TokenError, 4),
+    (errors.PolicyViolation, 5),
+    (errors.NotFound, 6),
+    (errors.StorageError, 7),
+    (errors.CAError, 8),
+    (errors.DirectoryError, 9),
+    (errors.AuthError, 10),
+    (errors.WorkflowError, 11),
+    (errors.OpenXPKIError, 1),
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def exit_code_for(exc: BaseException) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def _services(args: argparse.Namespace) -> Any:
+    from .services import Services
+
+    return Services(load_config(args.config))
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{cfg.path}: OK (instance {cfg.instance.name}, database {cfg.database.url.split(':', 1)[0]})")
+    return 0
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    from .db.engine import create_schema
+
+    services = _services(args)
+    create_schema(services.db)
+    print("database tables are in place")
+    return 0
+
+
+def cmd_db_ddl(args: argparse.Namespace) -> int:
+    from .db.ddl import write_ddl
+
+    for path in write_ddl(Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    from .db.engine import create_schema
+
+    services = _services(args)
+    create_schema(services.db)
+    with services.db.begin() as conn:
+        result = services.ca.initialize(conn, actor=args.actor, external_root=args.external_root)
+    if isinstance(result, x509.CertificateSigningRequest):
+        pem = result.public_bytes(serialization.Encoding.PEM)
+        _write_or_print(args.out, pem)
+        print("CA key created in the token; have the CSR signed by the root, then run 'openxpki-py ca import-cert FILE'",
+              file=sys.stderr)
+    else:
+        _write_or_print(args.out, result.public_bytes(serialization.Encoding.PEM))
+        print(f"CA initialised: {result.subject.rfc4514_string()} (key: {services.ca.key_backend.describe()})",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_ca_import_cert(args: argparse.Namespace) -> int:
+    services = _services(args)
+    data = _read_file(args.file, "certificate")
+    with services.db.begin() as conn:
+        cert = services.ca.import_certificate(conn, data, actor=args.actor)
+    print(f"CA certificate imported and active: {cert.subject.rfc4514_string()}")
+    return 0
+
+
+def cmd_ca_show(args: argparse.Namespace) -> int:
+    services = _services(args)
+    with services.db.connect() as conn:
+        cert = services.ca.certificate(conn)
+    info = {
+        "subject": cert.subject.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "key": services.ca.key_backend.describe(),
+        "profiles": services.ca.profiles.names(),
+    }
+    _emit(args, info, lambda: [f"{k:12} {v if not isinstance(v, list) else ', '.join(v)}" for k, v in info.items()])
+    if args.pem:
+        print(cert.public_bytes(serialization.Encoding.PEM).decode(), end="")
+    return 0
+
+
+def _subject_attributes(services: Any, args: argparse.Namespace) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    if args.user:
+        attributes.update(services.directory.find_user(args.user).attributes)
+    if args.dns:
+        attributes["dns"] = args.dns
+    return attributes
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> int:
+    from .crypto.ca import IssuanceRequest
+
+    services = _services(args)
+    if not args.user and not args.dns:
+        raise errors.PolicyViolation(
+            "name the subject: --user LOGIN (data from the directory) or --dns HOST (tls_server)",
+            code="issue.subject",
+        )
+    data = _read_file(args.csr, "CSR")
+    request = IssuanceRequest(
+        csr=data,
+        profile=args.profile,
+        subject_attributes=_subject_attributes(services, args),
+        owner=args.user,
+        requester=args.actor,
+        role="CA Operator",
+    )
+    with services.db.begin() as conn:
+        issued = services.ca.issue_certificate(conn, request)
+    for note in issued.notes:
+        print(f"note: {note}", file=sys.stderr)
+    _write_or_print(args.out, issued.pem.encode())
+    print(f"issued {issued.profile} certificate serial {issued.serial} for "
+          f"{issued.certificate.subject.rfc4514_string()}", file=sys.stderr)
+    return 0
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> int:
+    from .db.certstore import parse_serial
+
+    services = _services(args)
+    serial = parse_serial(args.serial)
+    with services.db.begin() as conn:
+        services.ca.revoke_certificate(conn, serial, args.reason, actor=args.actor, role="CA Operator")
+    print(f"certificate {format(serial, 'x')} revoked ({args.reason}); run 'openxpki-py ca crl' to publish")
+    return 0
+
+
+def cmd_ca_crl(args: argparse.Namespace) -> int:
+    services = _services(args)
+    with services.db.begin() as conn:
+        issued = services.ca.issue_crl(conn, actor=args.actor, role="CA Operator")
+        written = services.ca.publish_crl(conn, issued)
+    if args.out:
+        Path(args.out).write_bytes(issued.crl.public_bytes(serialization.Encoding.PEM))
+    print(f"CRL number {issued.number} issued with {issued.revoked} revoked certificate(s); "
+          f"next update {issued.crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
+    for path in written:
+        print(f"published {path}")
+    return 0
+
+
+def cmd_ca_list(args: argparse.Namespace) -> int:
+    from .db.certstore import list_certificates
+
+    services = _services(args)
+    with services.db.connect() as conn:
+        rows = list_certificates(conn, owner=args.owner, limit=args.limit)
+    items = [
+        {"serial": r["serial"], "status": r["status"], "profile": r["profile"], "owner": r["owner"],
+         "subject": r["subject"], "not_after": r["not_after"].isoformat()}
+        for r in rows
+    ]
+    _emit(args, items, lambda: [
+        f"{i['serial']:40} {i['status']:8} {i['profile']:16} {i['not_after'][:10]}  {i['subject']}" for i in items
+    ])
+    return 0
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _read_file(name: str, what: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        raise errors.OpenXPKIError(f"cannot read {what} file {name}: {exc.strerror}", code="io") from exc
+
+
+def _write_or_print(out: str | None, data: bytes) -> None:
+    if out:
+        Path(out).write_bytes(data)
+    else:
+        sys.stdout.write(data.decode())
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[], list[str]]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        for line in human():
+            print(line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openxpki-py", description="openxpki-py operator commands")
+    parser.add_argument("--config", help=f"instance config (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--actor", default="cli", help="name recorded in the audit log (default: cli)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="sub", required=True)
+    command(cfg, "check", cmd_config_check, "load and validate the config file")
+
+    db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True)
+    command(db, "init", cmd_db_init, "create missing tables")
+    p = command(db, "ddl", cmd_db_ddl, "write sql/<dialect>.sql from the schema")
+    p.add_argument("--out", default="sql", help="folder (default: sql)")
+
+    ca = sub.add_parser("ca", help="the certification authority").add_subparsers(dest="sub", required=True)
+    p = command(ca, "init", cmd_ca_init, "create the CA key in the token and a self-signed root (or a CSR)")
+    p.add_argument("--external-root", action="store_true", help="make a CSR for an external root instead")
+    p.add_argument("--out", help="write the certificate / CSR (PEM) here instead of stdout")
+    p = command(ca, "import-cert", cmd_ca_import_cert, "activate the CA certificate signed by the external root")
+    p.add_argument("file", help="certificate file (PEM or DER)")
+    p = command(ca, "show", cmd_ca_show, "show the active CA certificate")
+    p.add_argument("--pem", action="store_true", help="also print the certificate in PEM")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command(ca, "issue", cmd_ca_issue, "issue a certificate for a CSR (subject from the directory)")
+    p.add_argument("--profile", required=True, help="smartcard_logon, encryption, tls_server …")
+    p.add_argument("--csr", required=True, help="CSR file (PEM or DER), - for stdin")
+    p.add_argument("--user", help="login of the certificate's owner (looked up in the directory)")
+    p.add_argument("--dns", help="host name (tls_server profile)")
+    p.add_argument("--out", help="write the certificate (PEM) here instead of stdout")
+    p = command(ca, "revoke", cmd_ca_revoke, "revoke a certificate")
+    p.add_argument("serial", help="serial number (hex)")
+    p.add_argument("--reason", default="unspecified", help="RFC 5280 reason, e.g. keyCompromise, superseded")
+    p = command(ca, "crl", cmd_ca_crl, "issue (and publish) a new CRL")
+    p.add_argument("--out", help="also write the CRL (PEM) here")
+    p = command(ca, "list", cmd_ca_list, "list issued certificates")
+    p.add_argument("--owner", help="only this owner's certificates")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for register in _plugin_registrars():
+        register(sub)
+    return parser
+
+
+def _plugin_registrars() -> list[Callable[[Any], None]]:
+    """Sub-commands that live next to their subsystem (workflow, worker)."""
+    registrars = []
+    try:
+        from .workflow.cli import register as register_workflow
+    except ImportError:  # pragma: no cover - only while the subsystem is absent
+        pass
+    else:
+        registrars.append(register_workflow)
+    return registrars
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except errors.OpenXPKIError as exc:
+        print(f"openxpki-py: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
