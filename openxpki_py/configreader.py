@@ -8,6 +8,7 @@ keys (usually typos) are refused instead of silently ignored.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,27 +30,27 @@ def _describe(value: object) -> str:
 class Reader:
     """A view of one mapping inside the config, with its dotted path."""
 
-    def __init__(self, data: object, path: str = "", base_dir: Path | None = None) -> None:
+    def __init__(self, data: object, path: builtins.str = "", base_dir: Path | None = None) -> None:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path or 'config'}: expected a mapping, got {_describe(data)}")
-        self.data: Mapping[str, Any] = data
+        self.data: Mapping[builtins.str, Any] = data
         self.path = path
         self.base_dir = base_dir or Path.cwd()
-        self._seen: set[str] = set()
+        self._seen: set[builtins.str] = set()
 
-    def key_path(self, key: str) -> str:
+    def key_path(self, key: builtins.str) -> builtins.str:
         return f"{self.path}.{key}" if self.path else key
 
-    def error(self, key: str, expected: str) -> ConfigError:
+    def error(self, key: builtins.str, expected: builtins.str) -> ConfigError:
         value = self.data.get(key)
         return ConfigError(f"{self.key_path(key)}: expected {expected}, got {_describe(value)}")
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self.data and self.data[key] is not None
 
-    def _get(self, key: str, default: Any) -> Any:
+    def _get(self, key: builtins.str, default: Any) -> Any:
         self._seen.add(key)
         if key not in self.data or self.data[key] is None:
             if default is _MISSING:
@@ -57,10 +58,10 @@ class Reader:
             return default
         return self.data[key]
 
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
+    def raw(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self._get(key, default)
 
-    def str(self, key: str, default: Any = _MISSING) -> Any:
+    def str(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -68,7 +69,7 @@ class Reader:
             raise self.error(key, "a non-empty string")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, *, minimum: int | None = None,
+    def int(self, key: builtins.str, default: Any = _MISSING, *, minimum: builtins.int | None = None,
             maximum: int | None = None) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -80,7 +81,7 @@ class Reader:
             raise self.error(key, f"an integer {bounds}")
         return value
 
-    def float(self, key: str, default: Any = _MISSING, *, minimum: float | None = None) -> Any:
+    def float(self, key: builtins.str, default: Any = _MISSING, *, minimum: builtins.float | None = None) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -90,13 +91,13 @@ class Reader:
             raise self.error(key, f"a number >= {minimum}")
         return float(value)
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, "true or false")
         return value
 
-    def choice(self, key: str, options: Iterable[str], default: Any = _MISSING) -> Any:
+    def choice(self, key: builtins.str, options: Iterable[builtins.str], default: Any = _MISSING) -> Any:
         options = tuple(options)
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -105,7 +106,7 @@ class Reader:
             raise self.error(key, "one of " + ", ".join(options))
         return value
 
-    def filepath(self, key: str, default: Any = _MISSING, *, must_exist: bool = False) -> Any:
+    def filepath(self, key: builtins.str, default: Any = _MISSING, *, must_exist: builtins.bool = False) -> Any:
         """A file system path; relative paths are taken from the config file's folder."""
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -119,7 +120,7 @@ class Reader:
             raise ConfigError(f"{self.key_path(key)}: {path} does not exist")
         return path
 
-    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+    def str_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -127,7 +128,7 @@ class Reader:
             raise self.error(key, "a list of strings")
         return list(value)
 
-    def str_map(self, key: str, default: Any = _MISSING) -> Any:
+    def str_map(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -137,11 +138,11 @@ class Reader:
             raise self.error(key, "a mapping of strings to strings")
         return dict(value)
 
-    def section(self, key: str, *, required: bool = False) -> Reader:
+    def section(self, key: builtins.str, *, required: builtins.bool = False) -> Reader:
         value = self._get(key, _MISSING if required else {})
         return Reader(value, self.key_path(key), self.base_dir)
 
-    def sections(self, key: str) -> dict[str, Reader]:
+    def sections(self, key: builtins.str) -> dict[builtins.str, Reader]:
         """A mapping of names to sub-mappings (e.g. ``profiles``)."""
         value = self._get(key, {})
         if not isinstance(value, Mapping):
@@ -151,7 +152,7 @@ class Reader:
             for name, sub in value.items()
         }
 
-    def secret(self, stem: str, *, required: bool = True) -> SecretRef | None:
+    def secret(self, stem: builtins.str, *, required: builtins.bool = True) -> SecretRef | None:
         """A secret named by ``<stem>_file`` or ``<stem>_env``, never inline.
 
         The value itself is read only when used, so it never sits in a config

@@ -1,0 +1,165 @@
+"""The CA with its key in a real SoftHSM2 token, on SQLite and PostgreSQL,
+driven through the operator CLI where an operator would drive it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import func, select
+from support.pkix import (
+    assert_cert_lints_clean,
+    assert_chain_lints_clean,
+    assert_crl_lints_clean,
+    assert_openssl_verifies,
+    openssl_verify_fails,
+)
+
+from openxpki_py.audit import verify_chain
+from openxpki_py.db.schema import audit_log, certificate, crl, csr
+
+CLI = str(Path(sys.executable).parent / "openxpki-py")
+
+
+def user_csr(key: Any) -> bytes:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "ignored")]))
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def cli(inst: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, "--config", str(inst.config_path), *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def rows(inst: Any, table: Any) -> int:
+    with inst.services.db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-2048", "ec-p256"])
+def test_issue_revoke_crl_with_hsm_key(make_instance: Callable[..., Any], db_engine: Any, tmp_path: Path,
+                                       algorithm: str) -> None:
+    inst = make_instance(db_engine, algorithm=algorithm, init_ca=False)
+    init = cli(inst, "ca", "init", "--out", str(tmp_path / "ca.pem"))
+    assert init.returncode == 0, init.stderr
+    assert "CA initialised: CN=Test Smartcard CA" in init.stderr
+    ca = inst.services.ca
+    protection = ca.key_backend.key_protection()
+    assert protection["never_extractable"] and protection["always_sensitive"] and protection["local"]
+    assert protection["sensitive"] and not protection["extractable"] and protection["token"]
+    ca_cert = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    assert_cert_lints_clean(ca_cert, tmp_path)
+
+    issued = []
+    for profile, key in (("smartcard_logon", rsa.generate_private_key(65537, 2048)),
+                         ("encryption", ec.generate_private_key(ec.SECP256R1()))):
+        (tmp_path / f"{profile}.csr").write_bytes(user_csr(key))
+        out = tmp_path / f"{profile}.pem"
+        result = cli(inst, "ca", "issue", "--profile", profile, "--csr", str(tmp_path / f"{profile}.csr"),
+                     "--user", "alice", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert "subject and extensions in the CSR are ignored" in result.stderr
+        cert = x509.load_pem_x509_certificate(out.read_bytes())
+        assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "Alice Example"
+        assert_cert_lints_clean(cert, tmp_path)
+        assert_chain_lints_clean(ca_cert, cert, tmp_path)
+        assert_openssl_verifies(ca_cert, cert, tmp_path)
+        issued.append(cert)
+    assert rows(inst, certificate) == 2
+
+    revoke = cli(inst, "ca", "revoke", format(issued[0].serial_number, "x"), "--reason", "keyCompromise")
+    assert revoke.returncode == 0, revoke.stderr
+    crl_run = cli(inst, "ca", "crl", "--out", str(tmp_path / "crl.pem"))
+    assert crl_run.returncode == 0, crl_run.stderr
+    assert "CRL number 1 issued with 1 revoked" in crl_run.stdout
+    issued_crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert_crl_lints_clean(issued_crl, tmp_path)
+    assert "certificate revoked" in openssl_verify_fails(ca_cert, issued[0], tmp_path, issued_crl)
+    assert_openssl_verifies(ca_cert, issued[1], tmp_path, issued_crl)
+    published = inst.folder / "crl" / "test-pki.crl"
+    assert x509.load_der_x509_crl(published.read_bytes()).extensions.get_extension_for_class(
+        x509.CRLNumber).value.crl_number == 1
+    second = cli(inst, "ca", "crl")
+    assert "CRL number 2 issued" in second.stdout  # monotonic
+    with inst.services.db.connect() as conn:
+        assert verify_chain(conn) is None
+        events = [r.event for r in conn.execute(select(audit_log.c.event).order_by(audit_log.c.id))]
+    assert events == ["ca.init", "cert.issue", "cert.issue", "cert.revoke", "crl.issue", "crl.issue"]
+
+
+def test_bad_inputs_give_one_line_errors_and_store_nothing(make_instance: Callable[..., Any],
+                                                           sqlite_engine: Any, tmp_path: Path) -> None:
+    inst = make_instance(sqlite_engine)
+    weak = tmp_path / "weak.csr"
+    weak.write_bytes(user_csr(rsa.generate_private_key(65537, 1024)))
+    garbage = tmp_path / "garbage.csr"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+    good = tmp_path / "good.csr"
+    good.write_bytes(user_csr(ec.generate_private_key(ec.SECP256R1())))
+    cases = [
+        (["ca", "issue", "--profile", "smartcard_logon", "--csr", str(weak), "--user", "alice"], 5,
+         "[csr.key_size]: RSA key of 1024 bits is too weak; profile smartcard_logon needs at least 2048"),
+        (["ca", "issue", "--profile", "smartcard_logon", "--csr", str(garbage), "--user", "alice"], 5,
+         "[csr.parse]: the CSR cannot be parsed"),
+        (["ca", "issue", "--profile", "vpn", "--csr", str(good), "--user", "alice"], 5,
+         "[profile.unknown]: unknown certificate profile 'vpn'"),
+        (["ca", "issue", "--profile", "smartcard_logon", "--csr", str(good), "--user", "mallory"], 9,
+         "mallory"),
+        (["ca", "revoke", "zz-not-hex"], 6, "'zz-not-hex' is not a certificate serial number"),
+        (["ca", "revoke", "abcdef"], 6, "no certificate with serial abcdef"),
+        (["ca", "init"], 8, "the CA is already initialised"),
+    ]
+    for argv, code, message in cases:
+        result = cli(inst, *argv)
+        assert result.returncode == code, (argv, result.returncode, result.stderr)
+        assert message in result.stderr, (argv, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one line, no traceback
+    assert rows(inst, certificate) == 0 and rows(inst, csr) == 0 and rows(inst, crl) == 0
+
+
+def _with_key(**changes: Any) -> Callable[[dict[str, Any]], None]:
+    def apply(settings: dict[str, Any]) -> None:
+        settings["ca"]["key"].update(changes)
+    return apply
+
+
+def test_hsm_problems_are_named(make_instance: Callable[..., Any], sqlite_engine: Any, tmp_path: Path) -> None:
+    inst = make_instance(sqlite_engine)
+    good = tmp_path / "good.csr"
+    good.write_bytes(user_csr(ec.generate_private_key(ec.SECP256R1())))
+    issue = ["ca", "issue", "--profile", "smartcard_logon", "--csr", str(good), "--user", "alice"]
+
+    wrong_pin = tmp_path / "wrong.pin"
+    wrong_pin.write_text("0000\n")
+    variants = [
+        (_with_key(pin_file=str(wrong_pin)), "[token.pin]", "1234"),
+        (_with_key(token_label="no-such-token"), "[token.not_found]", None),
+        (_with_key(module="/usr/lib/no-such-pkcs11.so"), "/usr/lib/no-such-pkcs11.so", None),
+        (_with_key(key_label="no-such-key"), "[token.key_not_found]", None),
+    ]
+    for change, message, secret in variants:
+        change(inst.settings)
+        broken = tmp_path / "broken.yaml"
+        import yaml
+
+        broken.write_text(yaml.safe_dump(inst.settings))
+        result = subprocess.run([CLI, "--config", str(broken), *issue], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode in (3, 4), result.stderr
+        assert message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        if secret:
+            assert secret not in result.stderr  # the right PIN is never echoed
+        # restore for the next variant
+        inst.settings["ca"]["key"].update(
+            pin_file=str(inst.folder / "ca-token.pin"), token_label=inst.ca_token.label,
+            module=str(inst.ca_token.module), key_label="ca-signing")
+    assert rows(inst, certificate) == 0
