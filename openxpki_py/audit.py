@@ -60,7 +60,7 @@ def append_audit(
         "target": target,
         "details": dict(details) if details else None,
     }
-    conn.execute(audit_log.insert().values(**row, prev_hash=prev, entry_hash=_entry_hash(prev, row)))
+    conn.execute(audit_log.insert(), {**row, "prev_hash": prev, "entry_hash": _entry_hash(prev, row)})
 
 
 def verify_chain(conn: Connection) -> int | None:

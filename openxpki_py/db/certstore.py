@@ -62,7 +62,7 @@ def store_csr(
     conn: Connection, *, der: bytes, fingerprint: str, profile: str, requester: str, workflow_id: int | None
 ) -> int:
     result = conn.execute(
-        csr.insert().values(
+        csr.insert(), dict(
             der=der,
             public_key_sha256=fingerprint,
             profile=profile,
@@ -87,7 +87,7 @@ def store_certificate(
     workflow_id: int | None = None,
 ) -> int:
     result = conn.execute(
-        certificate.insert().values(
+        certificate.insert(), dict(
             serial=serial_hex(cert.serial_number),
             issuer=cert.issuer.rfc4514_string(),
             issuer_key_identifier=issuer_key_identifier,
@@ -165,7 +165,7 @@ def store_crl(conn: Connection, issued: x509.CertificateRevocationList, *, issue
               crl_number: int, revoked_count: int) -> int:
     assert issued.next_update_utc is not None
     result = conn.execute(
-        crl.insert().values(
+        crl.insert(), dict(
             issuer_key_identifier=issuer_key_identifier,
             crl_number=crl_number,
             this_update=issued.last_update_utc,
@@ -205,7 +205,7 @@ def active_ca(conn: Connection) -> RowMapping | None:
 
 
 def store_ca(conn: Connection, values: Mapping[str, Any]) -> int:
-    result = conn.execute(ca_certificate.insert().values(**values, created_at=utcnow()))
+    result = conn.execute(ca_certificate.insert(), {**values, "created_at": utcnow()})
     return int(result.inserted_primary_key[0])
 
 

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""In-process certificate issuance rate against the raw signing rate of the same key.
+
+    python bench/issue.py [--seconds 2] [--algorithm rsa-2048]
+
+For the PKCS#11 key (a SoftHSM2 token made in a temp folder) and the
+software key: certificates per second through
+``CertificateAuthority.issue_certificate`` (CSR checks, profile, build, sign,
+store in SQLite, audit row; one transaction per certificate), beside the raw
+``sign`` rate of the same key measured in the same run.  The ratio
+issuance/raw says how much of the time is the signature and how much is ours.
+Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sign import raw_sign_rate, softhsm_token  # noqa: E402
+
+from openxpki_py.configreader import SecretRef  # noqa: E402
+from openxpki_py.crypto.ca import CertificateAuthority, IssuanceRequest  # noqa: E402
+from openxpki_py.crypto.keys import KeySpec  # noqa: E402
+from openxpki_py.crypto.keys.pkcs11_backend import Pkcs11KeyBackend  # noqa: E402
+from openxpki_py.crypto.keys.software import SoftwareKeyBackend  # noqa: E402
+from openxpki_py.crypto.profiles import ProfileSet  # noqa: E402
+from openxpki_py.db.engine import create_schema, open_engine  # noqa: E402
+
+ALICE = {"cn": "Alice Example", "mail": "alice@example.com", "upn": "alice@example.com"}
+
+
+class _Cfg:
+    """The slice of CAConfig the CA reads."""
+
+    def __init__(self, algorithm: str) -> None:
+        from types import SimpleNamespace
+
+        self.key = SimpleNamespace(algorithm=algorithm)
+        self.subject = "CN=Bench CA,O=Example"
+        self.validity_days = 3650
+        self.rsa_padding = "pkcs1v15"
+        self.hash = "sha256"
+        self.crl = SimpleNamespace(validity_hours=48, publish_dir=None, url="http://pki.example/crl/b.crl")
+        self.issuer_url = "http://pki.example/crl/b.crt"
+
+
+def make_csrs(n: int) -> list[bytes]:
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "bench")])
+    return [
+        x509.CertificateSigningRequestBuilder().subject_name(name)
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+        for _ in range(n)
+    ]
+
+
+def issuance_rate(ca: CertificateAuthority, engine: Any, csrs: list[bytes], seconds: float) -> float:
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline and done < len(csrs):
+        with engine.begin() as conn:
+            ca.issue_certificate(conn, IssuanceRequest(csr=csrs[done], profile="smartcard_logon",
+                                                      subject_attributes=ALICE, owner="alice",
+                                                      requester="bench"))
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per figure (default 2)")
+    parser.add_argument("--algorithm", default="rsa-2048", help="CA key: rsa-2048 (default), ec-p256 …")
+    args = parser.parse_args()
+    spec = KeySpec.parse(args.algorithm)
+    print(f"CPUs: {os.cpu_count()}, load {os.getloadavg()[0]:.2f}; CA key {args.algorithm}; "
+          f"{args.seconds:g} s per figure; issuance = checks + build + sign + SQLite store + audit")
+    csrs = make_csrs(int(args.seconds * 3000) + 100)
+    print(f"{'backend':<9} {'raw sign':>10} {'issuance':>10} {'issue/raw':>10}")
+    with softhsm_token() as (module, label, pin), tempfile.TemporaryDirectory() as folder:
+        password = Path(folder) / "password"
+        password.write_text("bench", encoding="utf-8")
+        backends = {
+            "pkcs11": Pkcs11KeyBackend(module=module, token_label=label, key_label="bench-ca", pin=pin),
+            "software": SoftwareKeyBackend(path=Path(folder) / "ca.pem",
+                                           password=SecretRef("bench.password_file", file=password)),
+        }
+        offset = 0
+        for name, backend in backends.items():
+            engine = open_engine(f"sqlite:///{folder}/{name}.db")
+            create_schema(engine)
+            ca = CertificateAuthority(_Cfg(args.algorithm), ProfileSet.load(), backend)
+            with engine.begin() as conn:
+                ca.initialize(conn, actor="bench")
+            key = backend.load_private_key()
+            assert KeySpec.of(key) == spec
+            raw_sign_rate(key, 0.2)
+            raw = raw_sign_rate(key, args.seconds)
+            rate = issuance_rate(ca, engine, csrs[offset:], args.seconds)
+            offset += int(rate * args.seconds) + 10
+            print(f"{name:<9} {raw:>8.0f}/s {rate:>8.0f}/s {rate / raw:>10.2f}")
+            backend.close()
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
