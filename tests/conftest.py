@@ -6,4 +6,6 @@ pytest_plugins = [
     "support.softhsm",
     "support.databases",
     "support.slapd",
+    "support.apache",
+    "support.instance",
 ]

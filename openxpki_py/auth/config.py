@@ -1,0 +1,145 @@
+"""The ``auth`` section: where the SSO identity comes from, and the roles.
+
+::
+
+    auth:
+      sso:
+        login: REMOTE_USER            # environ key the SSO module sets
+        attributes:                   # extra environ keys, by logical name
+          display_name: AUTHENTICATE_DISPLAYNAME
+        # header_sso: X-Remote-User   # ONLY behind a proxy that strips it
+      roles:
+        User:
+          command: [/bin/true]
+        RA Operator:
+          command: [/usr/share/openxpki-py/auth/check-ldap-group, pki-ra]
+          timeout: 10
+          users: [bob]                # optional: offer this role to these logins only
+
+Roles are offered in the order written.  A role is granted only by running
+its handler (OpenXPKI's "External Static"): exit status 0 grants it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..configreader import Reader
+from ..errors import ConfigError
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ATTR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+_ROLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9 _.-]{0,63}$")
+
+DEFAULT_HANDLER_TIMEOUT = 10.0
+RESERVED_ENV = frozenset({"OPENXPKI_USER", "OPENXPKI_ROLE"})
+
+
+@dataclass(frozen=True)
+class SSOConfig:
+    """Which environ keys carry the user's login and attributes."""
+
+    login_key: str = "REMOTE_USER"
+    attributes: dict[str, str] = field(default_factory=dict)  # logical name → environ key
+    header_sso: str | None = None  # a request header trusted as the login (proxy setups only)
+
+
+@dataclass(frozen=True)
+class RoleHandler:
+    """One role and the external command that decides whether a user gets it."""
+
+    role: str
+    command: tuple[str, ...]
+    timeout: float = DEFAULT_HANDLER_TIMEOUT
+    env: dict[str, str] = field(default_factory=dict)  # extra fixed variables for the command
+    users: frozenset[str] | None = None  # None: offered to every SSO user
+
+    def offered_to(self, login: str) -> bool:
+        return self.users is None or login in self.users
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    sso: SSOConfig = field(default_factory=SSOConfig)
+    roles: dict[str, RoleHandler] = field(default_factory=dict)
+
+    def roles_for(self, login: str) -> list[RoleHandler]:
+        """The roles this login may choose from, in configured order."""
+        return [h for h in self.roles.values() if h.offered_to(login)]
+
+
+def _env_key(r: Reader, key: str, value: str) -> str:
+    if not _ENV_KEY.match(value):
+        raise r.error(key, "an environment variable name such as REMOTE_USER")
+    # Apache puts every request header into the environ as HTTP_*; naming one
+    # here would quietly let clients choose their identity.
+    if value.upper().startswith("HTTP_"):
+        raise ConfigError(
+            f"{r.key_path(key)}: {value} is a client request header, not something the SSO "
+            "module set; use auth.sso.header_sso if a trusted proxy really sends the login as a header"
+        )
+    return value
+
+
+def _parse_sso(r: Reader) -> SSOConfig:
+    login_key = _env_key(r, "login", r.str("login", "REMOTE_USER"))
+    attrs_r = r.section("attributes")
+    attributes: dict[str, str] = {}
+    for name in list(attrs_r.data):
+        if not isinstance(name, str) or not _ATTR_NAME.match(name):
+            raise ConfigError(f"{attrs_r.key_path(str(name))}: attribute names are lower_case words")
+        attributes[name] = _env_key(attrs_r, name, attrs_r.str(name))
+    attrs_r.finish()
+    header = r.str("header_sso", None)
+    if header is not None and not _HEADER_NAME.match(header):
+        raise r.error("header_sso", "an HTTP header name such as X-Remote-User")
+    cfg = SSOConfig(login_key=login_key, attributes=attributes, header_sso=header)
+    r.finish()
+    return cfg
+
+
+def _parse_command(r: Reader) -> tuple[str, ...]:
+    argv = r.str_list("command")
+    if not argv:
+        raise r.error("command", "a non-empty list: the program and its arguments")
+    program = Path(argv[0])
+    if "/" not in argv[0]:
+        # No PATH search: the handler decides who gets a role, so the program
+        # run must be the one the administrator named, not the first on PATH.
+        raise r.error("command", "a program given by its path (e.g. /bin/true) as first element")
+    if not program.is_absolute():
+        program = r.base_dir / program
+    return (str(program), *argv[1:])
+
+
+def _parse_role(name: str, r: Reader) -> RoleHandler:
+    if not _ROLE_NAME.match(name):
+        raise ConfigError(f"{r.path}: role names are letters, digits, spaces, '_', '.', '-' (max 64)")
+    users = r.str_list("users", None)
+    env = r.str_map("env", {})
+    for key in env:
+        # The user, role and SSO attributes are set by the application only.
+        if not _ENV_KEY.match(key) or key in RESERVED_ENV or key.startswith("OPENXPKI_SSO_"):
+            raise ConfigError(f"{r.key_path('env')}.{key}: expected a variable name other than "
+                              "OPENXPKI_USER, OPENXPKI_ROLE or OPENXPKI_SSO_*")
+    handler = RoleHandler(
+        role=name,
+        command=_parse_command(r),
+        timeout=r.float("timeout", DEFAULT_HANDLER_TIMEOUT, minimum=0.1),
+        env=env,
+        users=frozenset(users) if users is not None else None,
+    )
+    r.finish()
+    return handler
+
+
+def parse_auth_config(r: Reader) -> AuthConfig:
+    """Parse the ``auth`` section (see the module docstring)."""
+    sso = _parse_sso(r.section("sso"))
+    # No roles is valid for CLI-only instances; the web app refuses to start then.
+    roles = {name: _parse_role(name, sub) for name, sub in r.sections("roles").items()}
+    r.finish()
+    return AuthConfig(sso=sso, roles=roles)

@@ -1,0 +1,87 @@
+"""The SSO identity, as the web server hands it over.
+
+Apache's authentication module (Basic, Kerberos, OpenID Connect …) puts the
+login into ``REMOTE_USER`` and may add attributes as further environment
+variables.  Request headers are never read here unless ``header_sso`` is
+configured: a client can send any header it likes.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import AuthError
+from .config import SSOConfig
+
+MAX_LOGIN_LENGTH = 256
+MAX_ATTRIBUTE_LENGTH = 1024
+
+
+class NotAuthenticated(AuthError):
+    """The web server passed the request on without an authenticated user."""
+
+    code = "auth.not_authenticated"
+
+
+class InvalidLogin(AuthError):
+    """The SSO module set a login this application cannot use safely."""
+
+    code = "auth.invalid_login"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An SSO user: the login and the attributes the SSO module set."""
+
+    login: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return self.attributes.get("display_name") or self.login
+
+
+def _wsgi_text(value: str) -> str:
+    # PEP 3333 hands over the server's bytes decoded as latin-1; SSO modules
+    # write UTF-8, so "Jürgen" arrives as "JÃ¼rgen" unless re-decoded.
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text)
+
+
+def _login_from(environ: Mapping[str, Any], sso: SSOConfig) -> str | None:
+    if sso.header_sso is not None:
+        key = "HTTP_" + sso.header_sso.upper().replace("-", "_")
+    else:
+        key = sso.login_key
+    value = environ.get(key)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return _wsgi_text(value.strip())
+
+
+def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identity:
+    """The authenticated user of this request, or :class:`NotAuthenticated`."""
+    login = _login_from(environ, sso)
+    if login is None:
+        raise NotAuthenticated("the web server did not authenticate the user")
+    # The login goes into the audit log, the session table and a handler's
+    # environment: refuse what could forge a log line or overflow a column.
+    if len(login) > MAX_LOGIN_LENGTH or _has_control_chars(login):
+        raise InvalidLogin(f"the SSO login {login[:40]!r} is too long or contains control characters")
+    attributes: dict[str, str] = {}
+    for name, key in sso.attributes.items():
+        value = environ.get(key)
+        if isinstance(value, str) and value:
+            text = _wsgi_text(value)[:MAX_ATTRIBUTE_LENGTH]
+            # Attributes are only shown and passed on; drop line breaks rather than refuse the user.
+            attributes[name] = "".join(" " if _has_control_chars(ch) else ch for ch in text)
+    return Identity(login=login, attributes=attributes)

@@ -1,0 +1,283 @@
+"""The WSGI application: routing, identity, session, CSRF, and error pages.
+
+Every request goes through :meth:`WebApp.dispatch` in the same order:
+match the URL, establish the SSO identity (from the environ only), open the
+session bound to that identity, check the CSRF token on state-changing
+methods, make sure a role has been chosen, then call the view.  Errors of
+any kind are turned into a page in :meth:`WebApp.error_response` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from mako.lookup import TemplateLookup
+from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, RequestRedirect
+from werkzeug.utils import redirect
+from werkzeug.wrappers import Response
+
+from ..audit import append_audit
+from ..auth import identity as sso
+from ..auth.config import AuthConfig, RoleHandler
+from ..auth.handlers import HandlerOutcome, run_role_handler
+from ..auth.sessions import SessionStore, WebSession
+from ..errors import ConfigError, OpenXPKIError
+from . import errors
+from .config import WebConfig
+from .context import RequestContext, WebRequest
+from .menu import menu_for
+from .render import render, template_lookup
+from .views import VIEWS, View, url_rules
+from .workflows import EngineGateway, WorkflowGateway
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from ..config import Config
+
+log = logging.getLogger(__name__)
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+# Pages never leave this origin, load no third-party code and are not framed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+HandlerRunner = Callable[[RoleHandler, sso.Identity], HandlerOutcome]
+
+
+class WebApp:
+    """The openxpki-py web UI as a WSGI callable."""
+
+    def __init__(
+        self,
+        *,
+        instance_name: str,
+        auth: AuthConfig,
+        web: WebConfig,
+        db: Engine,
+        workflows: WorkflowGateway | None = None,
+        lookup: TemplateLookup | None = None,
+        run_handler: HandlerRunner = run_role_handler,
+    ) -> None:
+        if not auth.roles:
+            raise ConfigError("auth.roles: no role is configured, so the web UI could grant none")
+        # The deep link (and its menu entry) exists only once its workflow type
+        # does: a feature not built yet is absent, not a dead link.
+        self.deep_link_workflows: WorkflowGateway | None = None
+        if workflows is not None and workflows.has_type(web.deep_link.workflow):
+            if web.deep_link.role not in auth.roles:
+                raise ConfigError(f"web.deep_link.role: {web.deep_link.role!r} is not one of auth.roles")
+            self.deep_link_workflows = workflows
+        elif workflows is not None:
+            log.warning("web.deep_link.workflow: no workflow type %r is defined; /token is disabled",
+                        web.deep_link.workflow)
+        self.instance_name = instance_name
+        self.auth = auth
+        self.web = web
+        self.db = db
+        self.workflows = workflows
+        self.lookup = lookup or template_lookup()
+        self.run_handler = run_handler
+        self.sessions = SessionStore(idle_timeout=web.session.idle_timeout,
+                                     absolute_timeout=web.session.absolute_timeout)
+        self.url_map = Map(url_rules(), strict_slashes=False)
+        # Endpoints whose feature exists in this instance; the menu shows no others.
+        self.available = {name for name, view in VIEWS.items() if view.available(self)}
+
+    # --- WSGI ---------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = WebRequest(environ)
+        ctx = RequestContext(self, request, self.url_map.bind_to_environ(environ))
+        try:
+            response = self.dispatch(ctx)
+        except RequestRedirect as exc:
+            response = exc.get_response(environ)
+        except HTTPException as exc:
+            response = self.error_response(ctx, exc)
+        except OpenXPKIError as exc:
+            log.warning("%s %s: %s: %s", request.method, request.path, exc.code, exc.message)
+            response = self.error_response(ctx, errors.http_error_for(exc))
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            response = self.error_response(ctx, errors.ServerError())
+        self._finish(ctx, response)
+        return response(environ, start_response)
+
+    def dispatch(self, ctx: RequestContext) -> Response:
+        endpoint, args = ctx.adapter.match()
+        view = VIEWS[endpoint]
+        if not view.available(self):
+            raise errors.PageNotFound()
+        if view.access == "public":
+            return view.func(ctx, **args)
+        ctx.identity = self.identify(ctx.request)
+        with self.db.begin() as conn:
+            ctx.session = self.sessions.open(conn, ctx.request.cookies.get(self.web.session.cookie_name),
+                                             ctx.identity)
+        if ctx.request.method in STATE_CHANGING:
+            self.check_csrf(ctx)
+        if view.access == "role":
+            self.require_role(ctx, view)
+        return view.func(ctx, **args)
+
+    # --- identity, CSRF, roles ---------------------------------------------
+
+    def identify(self, request: WebRequest) -> sso.Identity:
+        try:
+            return sso.identity_from_environ(request.environ, self.auth.sso)
+        except sso.NotAuthenticated:
+            raise errors.NotAuthenticated() from None
+        except sso.InvalidLogin as exc:
+            log.warning("refused SSO login: %s", exc.message)
+            raise errors.LoginRefused() from None
+
+    def check_csrf(self, ctx: RequestContext) -> None:
+        assert ctx.session is not None
+        token = ctx.request.form.get(CSRF_FIELD) or ctx.request.headers.get(CSRF_HEADER)
+        if not ctx.session.csrf_valid(token):
+            log.warning("CSRF token %s on %s %s for %r", "wrong" if token else "missing",
+                        ctx.request.method, ctx.request.path, ctx.login)
+            raise errors.CSRFRejected()
+
+    def require_role(self, ctx: RequestContext, view: View) -> None:
+        assert ctx.session is not None
+        if ctx.session.role is None:
+            offered = self.auth.roles_for(ctx.login)
+            if len(offered) == 1 and ctx.request.method == "GET":
+                self.choose_role(ctx, offered[0].role)  # one role: taken without asking
+            else:
+                # Remember where the user was going; the role choice continues there.
+                raise _Redirect(ctx.url_for("login", next=self.app_path(ctx)))
+        if view.roles is not None and ctx.session.role not in view.roles:
+            raise errors.RoleRequired()
+
+    def choose_role(self, ctx: RequestContext, role: str) -> None:
+        """Run ``role``'s handler for the user; grant it to the session or raise RoleNotGranted."""
+        assert ctx.identity is not None and ctx.session is not None
+        handler = self.auth.roles.get(role)
+        role = role[:64]  # from a form: fit the audit column whatever was posted
+        if handler is None or not handler.offered_to(ctx.login):
+            outcome = HandlerOutcome(role, False, "role not offered to this user")
+        else:
+            # Outside any transaction: the command may take up to its timeout.
+            outcome = self.run_handler(handler, ctx.identity)
+        with self.db.begin() as conn:
+            if outcome.granted:
+                self.sessions.grant_role(conn, ctx.session, role)
+            append_audit(conn, actor=ctx.login, event="auth.role.grant" if outcome.granted else "auth.role.refused",
+                         outcome="ok" if outcome.granted else "refused", role=role,
+                         details=outcome.audit_details())
+        if not outcome.granted:
+            raise errors.RoleNotGranted(role)
+
+    def end_session(self, ctx: RequestContext) -> None:
+        assert ctx.session is not None
+        with self.db.begin() as conn:
+            self.sessions.end(conn, ctx.session, actor=ctx.login, reason="logout")
+        ctx.session = None
+
+    # --- responses ----------------------------------------------------------
+
+    @staticmethod
+    def app_path(ctx: RequestContext) -> str:
+        """This request's path inside the application (what ``next`` stores)."""
+        query = ctx.request.query_string.decode("latin-1")
+        return ctx.request.path + (f"?{query}" if query else "")
+
+    def render_page(self, ctx: RequestContext, template: str, *, status: int = 200,
+                    hide_menu: bool = False, **values: Any) -> Response:
+        session: WebSession | None = ctx.session
+        role = session.role if session is not None else None
+        page = render(
+            self.lookup, template,
+            instance_name=self.instance_name,
+            identity=ctx.identity,
+            role=role,
+            csrf_token=session.csrf_token if session is not None else "",
+            menu=[] if hide_menu else menu_for(role, self.available),
+            can_switch=ctx.identity is not None and len(self.auth.roles_for(ctx.identity.login)) > 1,
+            hide_menu=hide_menu,
+            url_for=ctx.url_for,
+            **values,
+        )
+        return Response(page, status=status, mimetype="text/html")
+
+    def error_response(self, ctx: RequestContext, exc: HTTPException) -> Response:
+        if isinstance(exc, _Redirect):
+            return redirect(exc.location, code=303)
+        code = exc.code or 500
+        try:
+            response = self.render_page(ctx, "error.mako", status=code, hide_menu=ctx.role is None,
+                                        title=exc.name, message=exc.description or "")
+        except Exception:  # the error page itself failed: fall back to Werkzeug's plain one
+            log.exception("rendering the error page failed")
+            response = exc.get_response()
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    def _finish(self, ctx: RequestContext, response: Response) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if "Cache-Control" not in response.headers:
+            response.headers["Cache-Control"] = "no-store"
+        cfg = self.web.session
+        if ctx.session is not None and ctx.session.cookie is not None:
+            # Path "/": Apache's /token rewrite lives outside the application's own prefix.
+            response.set_cookie(cfg.cookie_name, ctx.session.cookie, path="/", secure=cfg.cookie_secure,
+                                httponly=True, samesite="Strict")
+        elif ctx.session is None and ctx.identity is not None:
+            response.delete_cookie(cfg.cookie_name, path="/", secure=cfg.cookie_secure,
+                                   httponly=True, samesite="Strict")
+
+
+class _Redirect(HTTPException):
+    """A redirect raised from the middle of dispatch (e.g. "choose a role first")."""
+
+    code = 303
+
+    def __init__(self, location: str) -> None:
+        super().__init__()
+        self.location = location
+
+
+def create_app(config: Config, services: Any = None) -> WebApp:
+    """Build the web app from the instance config.
+
+    ``services`` is the process's :class:`openxpki_py.services.Services`
+    (built here when not given); the app uses its ``db`` and ``workflows``.
+    The schema must exist already (``openxpki-py init``): several Apache
+    processes racing to create tables is not something to do per request.
+    """
+    from ..db.engine import schema_present
+    from ..errors import StorageError
+    from ..services import Services
+
+    if services is None:
+        services = Services(config)
+    db = services.db
+    if not schema_present(db):
+        raise StorageError("the database has no openxpki-py tables yet: run `openxpki-py init` first")
+    return WebApp(
+        instance_name=config.instance.name,
+        auth=config.auth,
+        web=config.web,
+        db=db,
+        workflows=EngineGateway(services.workflows),
+    )

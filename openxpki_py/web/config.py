@@ -1,0 +1,73 @@
+"""The ``web`` section: session cookie, timeouts and the /token deep link.
+
+::
+
+    web:
+      session:
+        cookie_name: openxpki_session
+        cookie_secure: true      # false ONLY for a plain-http demo on localhost
+        idle_timeout: 1800       # seconds without a request
+        absolute_timeout: 28800  # seconds since login
+      deep_link:
+        workflow: smartcard_personalization
+        role: User               # granted (its handler runs) when /token is opened
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from ..configreader import Reader
+
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    cookie_name: str = "openxpki_session"
+    cookie_secure: bool = True
+    idle_timeout: timedelta = timedelta(minutes=30)
+    absolute_timeout: timedelta = timedelta(hours=8)
+
+
+@dataclass(frozen=True)
+class DeepLinkConfig:
+    workflow: str = "smartcard_personalization"
+    role: str = "User"  # must be one of auth.roles
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    session: SessionConfig = field(default_factory=SessionConfig)
+    deep_link: DeepLinkConfig = field(default_factory=DeepLinkConfig)
+
+
+def _parse_session(r: Reader) -> SessionConfig:
+    name = r.str("cookie_name", "openxpki_session")
+    if not _COOKIE_NAME.match(name):
+        raise r.error("cookie_name", "letters, digits, '_' or '-' (at most 64)")
+    idle = r.int("idle_timeout", 1800, minimum=60)
+    absolute = r.int("absolute_timeout", 28800, minimum=60)
+    if absolute < idle:
+        raise r.error("absolute_timeout", f"at least idle_timeout ({idle})")
+    cfg = SessionConfig(cookie_name=name, cookie_secure=r.bool("cookie_secure", True),
+                        idle_timeout=timedelta(seconds=idle), absolute_timeout=timedelta(seconds=absolute))
+    r.finish()
+    return cfg
+
+
+def _parse_deep_link(r: Reader) -> DeepLinkConfig:
+    cfg = DeepLinkConfig(workflow=r.str("workflow", "smartcard_personalization"),
+                         role=r.str("role", "User"))
+    r.finish()
+    return cfg
+
+
+def parse_web_config(r: Reader) -> WebConfig:
+    """Parse the ``web`` section (see the module docstring)."""
+    cfg = WebConfig(session=_parse_session(r.section("session")),
+                    deep_link=_parse_deep_link(r.section("deep_link")))
+    r.finish()
+    return cfg

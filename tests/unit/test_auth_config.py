@@ -1,0 +1,113 @@
+"""Parsing the auth section, and reading the SSO identity from the environ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from openxpki_py.auth.config import AuthConfig, parse_auth_config
+from openxpki_py.auth.identity import InvalidLogin, NotAuthenticated, identity_from_environ
+from openxpki_py.configreader import Reader
+from openxpki_py.errors import ConfigError
+from openxpki_py.web.config import parse_web_config
+
+
+def parse(data: Any, base: Path = Path("/etc/openxpki-py")) -> AuthConfig:
+    return parse_auth_config(Reader(data, "auth", base))
+
+
+def test_roles_in_order_with_defaults_and_relative_commands() -> None:
+    cfg = parse({"roles": {
+        "User": {"command": ["/bin/true"]},
+        "RA Operator": {"command": ["../auth/check-ldap-group", "pki-ra"], "timeout": 3, "users": ["bob"]},
+    }}, Path("/etc/openxpki-py"))
+    assert cfg.sso.login_key == "REMOTE_USER" and cfg.sso.header_sso is None
+    assert list(cfg.roles) == ["User", "RA Operator"]
+    ra = cfg.roles["RA Operator"]
+    assert ra.command == ("/etc/openxpki-py/../auth/check-ldap-group", "pki-ra") and ra.timeout == 3.0
+    assert [h.role for h in cfg.roles_for("alice")] == ["User"]
+    assert [h.role for h in cfg.roles_for("bob")] == ["User", "RA Operator"]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"roles": {"User": {"command": ["true"]}}}, "auth.roles.User.command: expected a program given by its path"),
+    ({"roles": {"User": {"command": []}}}, "auth.roles.User.command"),
+    ({"roles": {"User": {"command": "/bin/true"}}}, "auth.roles.User.command: expected a list of strings"),
+    ({"roles": {"User": {"command": ["/bin/true"], "shell": True}}}, "auth.roles.User.shell: unknown key"),
+    ({"roles": {"User": {"command": ["/bin/true"], "env": {"OPENXPKI_USER": "x"}}}}, "OPENXPKI_USER"),
+    ({"roles": {"User": {"command": ["/bin/true"], "env": {"OPENXPKI_SSO_MAIL": "x"}}}}, "OPENXPKI_USER"),
+    ({"roles": {"User": {"command": ["/bin/true"], "timeout": 0}}}, "auth.roles.User.timeout"),
+    ({"roles": {"<b>": {"command": ["/bin/true"]}}}, "role names"),
+    ({"sso": {"login": "HTTP_X_REMOTE_USER"}}, "auth.sso.login: HTTP_X_REMOTE_USER is a client request header"),
+    ({"sso": {"attributes": {"mail": "HTTP_MAIL"}}}, "auth.sso.attributes.mail"),
+    ({"sso": {"header_sso": "X Remote"}}, "auth.sso.header_sso"),
+    ({"sso": {"logn": "REMOTE_USER"}}, "auth.sso.logn: unknown key"),
+])
+def test_config_errors_name_the_key(data: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        parse(data)
+
+
+def test_web_config_defaults_and_errors() -> None:
+    web = parse_web_config(Reader({}, "web"))
+    assert web.session.cookie_secure and web.session.cookie_name == "openxpki_session"
+    assert web.deep_link.workflow == "smartcard_personalization" and web.deep_link.role == "User"
+    with pytest.raises(ConfigError, match="web.session.absolute_timeout"):
+        parse_web_config(Reader({"session": {"idle_timeout": 3600, "absolute_timeout": 600}}, "web"))
+    with pytest.raises(ConfigError, match="web.session.cookie_name"):
+        parse_web_config(Reader({"session": {"cookie_name": "a;b"}}, "web"))
+
+
+SSO = parse({"sso": {"attributes": {"display_name": "SSO_NAME", "mail": "SSO_MAIL"}},
+             "roles": {"User": {"command": ["/bin/true"]}}}).sso
+
+
+def test_identity_from_remote_user_with_attributes() -> None:
+    ident = identity_from_environ({"REMOTE_USER": " alice ", "SSO_NAME": "Alice A.", "HTTP_SSO_MAIL": "x"}, SSO)
+    assert ident.login == "alice" and ident.attributes == {"display_name": "Alice A."}
+    assert ident.display_name == "Alice A."
+    assert identity_from_environ({"REMOTE_USER": "bob"}, SSO).display_name == "bob"
+
+
+def test_utf8_from_the_server_is_decoded() -> None:
+    raw = "Jürgen".encode().decode("latin-1")  # what PEP 3333 hands over
+    assert identity_from_environ({"REMOTE_USER": raw, "SSO_NAME": raw}, SSO).attributes["display_name"] == "Jürgen"
+
+
+@pytest.mark.parametrize("environ", [{}, {"REMOTE_USER": ""}, {"HTTP_REMOTE_USER": "bob"},
+                                     {"HTTP_X_REMOTE_USER": "bob"}])
+def test_no_login_is_not_authenticated(environ: dict[str, str]) -> None:
+    with pytest.raises(NotAuthenticated):
+        identity_from_environ(environ, SSO)
+
+
+@pytest.mark.parametrize("login", ["bob\nINFO forged", "x" * 300, "bob\u202e"])
+def test_unusable_logins_are_refused(login: str) -> None:
+    with pytest.raises(InvalidLogin):
+        identity_from_environ({"REMOTE_USER": login}, SSO)
+
+
+def test_attribute_line_breaks_are_flattened() -> None:
+    ident = identity_from_environ({"REMOTE_USER": "bob", "SSO_NAME": "Bob\r\nEvil"}, SSO)
+    assert ident.attributes["display_name"] == "Bob  Evil"
+
+
+def test_header_sso_reads_only_the_named_header() -> None:
+    sso = parse({"sso": {"header_sso": "X-Forwarded-User"}}).sso
+    assert identity_from_environ({"HTTP_X_FORWARDED_USER": "carol", "REMOTE_USER": "x"}, sso).login == "carol"
+    with pytest.raises(NotAuthenticated):
+        identity_from_environ({"REMOTE_USER": "x", "HTTP_X_REMOTE_USER": "y"}, sso)
+
+
+def test_shipped_auth_and_web_sections_parse() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "contrib" / "config" / "config.yaml"
+    data = yaml.safe_load(shipped.read_text())
+    auth = parse_auth_config(Reader(data["auth"], "auth", shipped.parent))
+    assert list(auth.roles) == ["User", "RA Operator", "CA Operator"]
+    assert auth.roles["User"].command == ("/bin/true",)
+    assert auth.roles["RA Operator"].command[0].endswith("/auth/check-ldap-group")
+    web = parse_web_config(Reader(data["web"], "web", shipped.parent))
+    assert web.session.cookie_secure and web.deep_link.workflow == "smartcard_personalization"
