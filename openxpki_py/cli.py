@@ -272,21 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    for register in _plugin_registrars():
-        register(sub)
+    command(sub, "init", cmd_db_init, "create the database tables (same as 'db init')")
+    # Sub-commands that live next to their subsystem.
+    from .workflow.cli import register as register_workflow
+
+    register_workflow(sub)
     return parser
-
-
-def _plugin_registrars() -> list[Callable[[Any], None]]:
-    """Sub-commands that live next to their subsystem (workflow, worker)."""
-    registrars = []
-    try:
-        from .workflow.cli import register as register_workflow
-    except ImportError:  # pragma: no cover - only while the subsystem is absent
-        pass
-    else:
-        registrars.append(register_workflow)
-    return registrars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
