@@ -47,10 +47,10 @@ class Services:
 
     @cached_property
     def workflows(self) -> Any:
-        from .workflow import WorkflowEngine, load_definitions
+        from .workflow import WorkflowEngine
 
         with self._lock:
-            return WorkflowEngine(self.db, load_definitions(self.config.workflow.definition_dirs), self)
+            return WorkflowEngine.from_config(self.db, self.config.workflow, self)
 
     def close(self) -> None:
         for name in ("directory", "ca"):

@@ -159,6 +159,7 @@ workflow = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 Index("ix_workflow_due", workflow.c.proc_state, workflow.c.wake_at)
+Index("ix_workflow_type_state", workflow.c.wf_type, workflow.c.state)
 
 workflow_context = Table(
     "workflow_context",
@@ -173,7 +174,7 @@ workflow_attribute = Table(
     metadata,
     Column("workflow_id", Id, ForeignKey("workflow.id"), primary_key=True),
     Column("attr_key", String(64), primary_key=True),
-    Column("attr_value", String(256), nullable=False),
+    Column("attr_value", String(256), primary_key=True),  # multi-valued: e.g. two certificate serials
 )
 Index("ix_workflow_attribute_lookup", workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
 
@@ -187,6 +188,7 @@ workflow_history = Table(
     Column("to_state", String(64), nullable=False),
     Column("actor", String(256), nullable=False),
     Column("role_name", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),  # ok | failed (the failure is kept, its effects are not)
     Column("note", Text),
     Column("logged_at", UTCDateTime, nullable=False),
 )

@@ -1,0 +1,255 @@
+"""The workflow engine's public face: start, execute, get, search, retry, fail.
+
+Each call that changes a workflow is one transaction (plus one per
+automatic step that follows, each of them its own transaction).  The row
+is locked and its version checked, so of two concurrent executions of the
+same workflow exactly one commits; the other gets :class:`WorkflowConflict`
+(or :class:`ActionNotAvailable` when it did not say which version it saw).
+Whatever the call sets in motion — automatic actions, forked children, a
+parent woken by its last child — runs right after, in the same request;
+a crash in between only delays it until a worker reclaims the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..audit import append_audit
+from ..errors import OpenXPKIError, StorageError, WorkflowError
+from . import store
+from .config import WorkflowConfig
+from .definition import DefinitionRegistry
+from .errors import AccessDenied, ActionNotAvailable, WorkflowConflict
+from .run import Run
+from .steps import Outcome, Stepper
+from .view import HistoryEntry, WorkflowSummary, WorkflowView
+
+log = logging.getLogger(__name__)
+
+WORKER_ACTOR = "worker"
+SYSTEM_ROLE = "System"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class WorkflowEngine:
+    def __init__(self, db: Engine, definitions: DefinitionRegistry, services: Any = None, *,
+                 config: WorkflowConfig | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.definitions = definitions
+        self.services = services
+        self.config = config or WorkflowConfig()
+        self.clock = clock
+        self.stepper = Stepper(definitions, services, self.config, clock)
+
+    @classmethod
+    def from_config(cls, db: Engine, config: WorkflowConfig, services: Any = None) -> WorkflowEngine:
+        """The engine with the shipped definitions plus the config's extra folders."""
+        from .loader import load_definitions
+
+        return cls(db, load_definitions(config.definition_dirs), services, config=config)
+
+    # --- reading -----------------------------------------------------------------
+
+    def get(self, workflow_id: int) -> WorkflowView:
+        with self.db.connect() as conn:
+            return self._view(conn, workflow_id)
+
+    def _view(self, conn: Connection, workflow_id: int) -> WorkflowView:
+        row = store.read_workflow(conn, workflow_id)
+        summary = WorkflowSummary.from_row(row)
+        return WorkflowView(
+            **summary.__dict__,
+            context=store.load_context(conn, workflow_id),
+            history=tuple(HistoryEntry.from_row(h) for h in store.load_history(conn, workflow_id)),
+            attributes={k: tuple(v) for k, v in store.load_attributes(conn, workflow_id).items()},
+            definition=self.definitions.definitions.get(row["wf_type"]),
+        )
+
+    def search(self, *, wf_type: str | None = None, state: str | None = None, proc_state: str | None = None,
+               limit: int = 100, **attributes: str) -> list[WorkflowSummary]:
+        """Newest first; ``attributes`` match search keys (``user="alice"``)."""
+        with self.db.connect() as conn:
+            rows = store.search(conn, wf_type=wf_type, state=state, proc_state=proc_state,
+                                attributes=attributes, limit=limit)
+            return [WorkflowSummary.from_row(r) for r in rows]
+
+    def children(self, workflow_id: int) -> list[WorkflowSummary]:
+        with self.db.connect() as conn:
+            ids = [int(r["id"]) for r in store.load_children(conn, workflow_id)]
+            return [WorkflowSummary.from_row(store.read_workflow(conn, i)) for i in ids]
+
+    # --- changing ----------------------------------------------------------------
+
+    def start(self, wf_type: str, *, actor: str, role: str, context: Mapping[str, Any] | None = None,
+              parent_id: int | None = None) -> WorkflowView:
+        """Create a workflow (``context`` holds its start fields) and run it as far as it goes."""
+        definition = self.definitions.get(wf_type)
+        if role not in definition.start_roles:
+            self._refuse(actor, role, "workflow.start", None, f"role {role} may not start {wf_type} workflows",
+                         {"type": wf_type})
+        run = Run(actor, role)
+        with self._transaction() as conn:
+            wf_id, runnable = self.stepper.create(conn, run, definition, context or {}, actor=actor, role=role,
+                                                  parent_id=parent_id)
+        if runnable:
+            run.enqueue(wf_id)
+        self.drain(run)
+        return self.get(wf_id)
+
+    def execute(self, workflow_id: int, action: str, *, actor: str, role: str,
+                inputs: Mapping[str, Any] | None = None, expected_version: int | None = None) -> WorkflowView:
+        """Run a manual action as ``actor`` in ``role``.
+
+        ``expected_version`` is the version the caller's form was built from;
+        give it whenever a person decided on the basis of what they saw.
+        """
+        run = Run(actor, role)
+        refusal: AccessDenied | None = None
+        with self._transaction() as conn:
+            row = store.lock_workflow(conn, workflow_id)
+            if expected_version is not None and int(row["version"]) != expected_version:
+                raise WorkflowConflict(
+                    f"workflow {workflow_id} changed since you loaded it (version {expected_version}, now "
+                    f"{row['version']}, state {row['state']}); reload it and decide again"
+                )
+            definition = self.definitions.get(row["wf_type"])
+            offered = definition.manual_actions(row["state"]) if row["proc_state"] == "manual" else []
+            spec = next((a for a in offered if a.name == action), None)
+            if spec is None:
+                names = ", ".join(a.name for a in offered) or "none"
+                raise ActionNotAvailable(
+                    f"workflow {workflow_id} is in state {row['state']} ({row['proc_state']}); action {action} "
+                    f"is not available there (available: {names})"
+                )
+            if not spec.allows(role):
+                refusal = AccessDenied(f"role {role} may not run {action} on a {row['wf_type']} workflow")
+                append_audit(conn, actor=actor, role=role, event="workflow.action", outcome="refused",
+                             target=f"workflow:{workflow_id}", details={"action": action, "state": row["state"]})
+                outcome = Outcome()
+            else:
+                outcome = self.stepper.run_action(conn, run, definition, row, spec, inputs=inputs or {},
+                                                  actor=actor, role=role)
+        if refusal is not None:
+            raise refusal
+        self._after(run, outcome)
+        return self.get(workflow_id)
+
+    def retry(self, workflow_id: int, *, actor: str, role: str, note: str | None = None) -> WorkflowView:
+        """Operator: run a workflow in ``exception`` (or waiting to retry) again now."""
+        self._require_operator(actor, role, "workflow.retry", workflow_id)
+        run = Run(actor, role)
+        with self._transaction() as conn:
+            row = store.lock_workflow(conn, workflow_id)
+            if row["proc_state"] not in ("exception", "retry"):
+                raise WorkflowError(
+                    f"workflow {workflow_id} is {row['proc_state']}; only one in exception or retry can be retried"
+                )
+            outcome = self.stepper.operator_retry(conn, run, row, actor=actor, role=role, note=note)
+        self._after(run, outcome)
+        return self.get(workflow_id)
+
+    def fail(self, workflow_id: int, *, actor: str, role: str, reason: str) -> WorkflowView:
+        """Operator: end a workflow as failed, with a reason; its parent is woken."""
+        self._require_operator(actor, role, "workflow.fail", workflow_id)
+        if not reason.strip():
+            raise WorkflowError("give a reason: it is shown to the requester and kept in the history")
+        run = Run(actor, role)
+        with self._transaction() as conn:
+            row = store.lock_workflow(conn, workflow_id)
+            if row["proc_state"] in store.FINAL_PROC_STATES:
+                raise WorkflowError(f"workflow {workflow_id} is already {row['proc_state']}")
+            outcome = self.stepper.operator_fail(conn, run, row, actor=actor, role=role, reason=reason)
+        self._after(run, outcome)
+        return self.get(workflow_id)
+
+    # --- worker side ---------------------------------------------------------------
+
+    def resume_due(self, *, limit: int | None = None, actor: str = WORKER_ACTOR,
+                   should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Claim due workflows (woken, retry time reached, lease expired) and run them.
+
+        Returns how many were claimed.  Safe to call from many processes on
+        many machines at once: a claim is a conditional row update.
+        """
+        run = Run(actor, SYSTEM_ROLE, should_stop=should_stop)
+        now = self.clock()
+        lease_until = now + timedelta(seconds=self.config.lease_seconds)
+        with self._transaction() as conn:
+            candidates = store.due_workflows(conn, now, limit or self.config.batch_size)
+            claimed = [int(c["id"]) for c in candidates
+                       if store.claim(conn, int(c["id"]), claimant=run.claimant, now=now, lease_until=lease_until)]
+        run.enqueue(*claimed)
+        self.drain(run)
+        return len(claimed)
+
+    # --- internals -------------------------------------------------------------
+
+    def _transaction(self) -> Any:
+        return self.db.begin()
+
+    def _after(self, run: Run, outcome: Outcome) -> None:
+        run.enqueue(*outcome.runnable)
+        if outcome.error is not None:
+            # The caller's action failed (and was recorded); what it had set
+            # in motion before is nothing, so there is nothing to drain.
+            raise outcome.error
+        self.drain(run)
+
+    def drain(self, run: Run) -> None:
+        """Step every claimed workflow of ``run`` until each one waits or ends."""
+        while run.queue:
+            if run.should_stop():
+                self._release(run)
+                return
+            wf_id = run.queue.popleft()
+            try:
+                with self._transaction() as conn:
+                    outcome = self.stepper.step(conn, run, wf_id)
+            except Exception as exc:  # noqa: BLE001 - one broken workflow must not stop the others
+                log.warning("workflow %s: step failed, left for the worker: %s", wf_id, exc,
+                            exc_info=not isinstance(exc, OpenXPKIError))
+                self._release_quietly(run, wf_id)
+                continue
+            if outcome is not None:
+                run.enqueue(*outcome.runnable)
+
+    def _release(self, run: Run) -> None:
+        """Hand claimed-but-unstarted workflows back at once (worker stopping)."""
+        ids = list(run.queue)
+        run.queue.clear()
+        if not ids:
+            return
+        with self._transaction() as conn:
+            store.release_claims(conn, ids, claimant=run.claimant, now=self.clock())
+
+    def _release_quietly(self, run: Run, wf_id: int) -> None:
+        # If even this fails the lease still runs out; the worker takes it then.
+        try:
+            with self._transaction() as conn:
+                store.release_claims(conn, [wf_id], claimant=run.claimant, now=self.clock())
+        except SQLAlchemyError:
+            log.warning("workflow %s: could not release the claim; it is reclaimed when the lease ends", wf_id)
+
+    def _require_operator(self, actor: str, role: str, event: str, workflow_id: int) -> None:
+        if role not in self.config.operator_roles:
+            self._refuse(actor, role, event, workflow_id, f"role {role} may not {event.split('.')[-1]} workflows",
+                         {})
+
+    def _refuse(self, actor: str, role: str, event: str, workflow_id: int | None, message: str,
+                details: Mapping[str, Any]) -> None:
+        try:
+            with self._transaction() as conn:
+                append_audit(conn, actor=actor, role=role, event=event, outcome="refused",
+                             target=f"workflow:{workflow_id}" if workflow_id else None, details=details)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot record the refusal in the audit log: {exc}") from exc
+        raise AccessDenied(message)

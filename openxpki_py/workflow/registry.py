@@ -1,0 +1,98 @@
+"""Python callables that definitions name: activities, conditions, validators.
+
+A definition says ``activity: issue_certificate``; the loader refuses the
+file when no callable of that kind is registered under that name, so a
+typo is found when the definitions load, not when a user reaches the state.
+
+- activity ``(ctx: ActivityContext) -> None``: does the work of an action.
+- condition ``(ctx: ActivityContext) -> bool``: picks the next state.
+- validator ``(value, ctx: ActivityContext) -> None``: checks one input
+  field and raises :class:`~.errors.FieldRefused` with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from .context import ActivityContext
+
+Activity = Callable[["ActivityContext"], None]
+Condition = Callable[["ActivityContext"], bool]
+Validator = Callable[[Any, "ActivityContext"], None]
+Kind = Literal["activity", "condition", "validator"]
+KINDS: tuple[Kind, ...] = ("activity", "condition", "validator")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Registry:
+    """Named callables of the three kinds.
+
+    A registry may have a ``parent``: lookups fall back to it, so tests and
+    sites can add their own callables on top of the shipped ones without
+    changing the process-wide :data:`default_registry`.
+    """
+
+    def __init__(self, parent: Registry | None = None) -> None:
+        self.parent = parent
+        self._entries: dict[Kind, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
+
+    def register(self, kind: Kind, name: str, func: Callable[..., Any], *, override: bool = False) -> None:
+        """Add ``func``; replacing a parent's callable must be asked for (``override``).
+
+        Silent shadowing would change a shipped workflow's behaviour for
+        every definition loaded through this registry.
+        """
+        existing = self._entries[kind].get(name)
+        if existing is not None and existing is not func:
+            raise ValueError(f"a {kind} named '{name}' is already registered ({_describe(existing)})")
+        inherited = self.parent.lookup(kind, name) if self.parent is not None else None
+        if inherited is not None and not override:
+            raise ValueError(f"a {kind} named '{name}' is inherited ({_describe(inherited)}); "
+                             "pass override=True to replace it")
+        self._entries[kind][name] = func
+
+    def _decorator(self, kind: Kind, name: str | None, override: bool) -> Callable[[F], F]:
+        def register(func: F) -> F:
+            self.register(kind, name or func.__name__, func, override=override)
+            return func
+
+        return register
+
+    def activity(self, name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
+        """Decorator: register an activity (default name: the function's)."""
+        return self._decorator("activity", name, override)
+
+    def condition(self, name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
+        return self._decorator("condition", name, override)
+
+    def validator(self, name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
+        return self._decorator("validator", name, override)
+
+    def lookup(self, kind: Kind, name: str) -> Callable[..., Any] | None:
+        found = self._entries[kind].get(name)
+        if found is None and self.parent is not None:
+            return self.parent.lookup(kind, name)
+        return found
+
+    def get(self, kind: Kind, name: str) -> Callable[..., Any]:
+        found = self.lookup(kind, name)
+        if found is None:
+            raise KeyError(f"no {kind} named '{name}' is registered")
+        return found
+
+    def names(self, kind: Kind) -> Iterator[str]:
+        seen = set(self._entries[kind])
+        yield from sorted(seen)
+        if self.parent is not None:
+            yield from (n for n in self.parent.names(kind) if n not in seen)
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+
+
+default_registry = Registry()
+"""The shipped callables; :mod:`.builtins` and :mod:`.activities` fill it."""

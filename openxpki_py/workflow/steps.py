@@ -1,0 +1,288 @@
+"""Moving one workflow by one action, inside the caller's transaction.
+
+:class:`Stepper` holds the rules; :mod:`.engine` owns the transactions.
+The activity runs inside a SAVEPOINT: when it fails, everything it did
+(certificate rows, forked children, context changes) is rolled back while
+the failure itself — history row, retry schedule, audit row — commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection, RowMapping
+
+from ..audit import append_audit
+from ..errors import OpenXPKIError
+from . import store
+from .config import WorkflowConfig
+from .context import ActivityContext, Forker, WorkflowContext, redact
+from .definition import START_ACTION, ActionSpec, DefinitionRegistry, StateSpec, WorkflowDefinition
+from .errors import ActivityFailed
+from .fields import check_inputs
+from .run import Run
+
+log = logging.getLogger(__name__)
+
+NEW_STATE = "(new)"  # from_state of the start history row (Oracle stores '' as NULL)
+
+
+@dataclass
+class Outcome:
+    """What to do once the transaction has committed."""
+
+    runnable: list[int] = field(default_factory=list)  # claimed by the run: step them next
+    error: Exception | None = None  # raise to the caller (the failure itself is recorded)
+
+
+class Stepper:
+    def __init__(self, definitions: DefinitionRegistry, services: Any, config: WorkflowConfig,
+                 clock: Callable[[], datetime]) -> None:
+        self.definitions = definitions
+        self.registry = definitions.registry
+        self.services = services
+        self.config = config
+        self.clock = clock
+
+    def _lease(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.config.lease_seconds)
+
+    def _context(self, conn: Connection, run: Run, row: Mapping[Any, Any], action: str, actor: str, role: str,
+                 data: Mapping[str, Any], now: datetime) -> ActivityContext:
+        return ActivityContext(
+            conn=conn, workflow_id=int(row["id"]), wf_type=row["wf_type"], state=row["state"], action=action,
+            actor=actor, role=role, creator=row["creator"], creator_role=row["creator_role"],
+            services=self.services, context=WorkflowContext(data),
+            parent_id=row["parent_id"], now=now, forker=self._forker(run),
+        )
+
+    def _forker(self, run: Run) -> Forker:
+        def fork(ctx: ActivityContext, wf_type: str, context: Mapping[str, Any]) -> tuple[int, bool]:
+            definition = self.definitions.get(wf_type)
+            return self.create(ctx.conn, run, definition, context, actor=ctx.actor, role=ctx.role,
+                               parent_id=ctx.workflow_id)
+        return fork
+
+    # --- creating --------------------------------------------------------------
+
+    def create(self, conn: Connection, run: Run, definition: WorkflowDefinition, context: Mapping[str, Any], *,
+               actor: str, role: str, parent_id: int | None) -> tuple[int, bool]:
+        """Insert a workflow in its initial state; return (id, has automatic work)."""
+        now = self.clock()
+        initial = definition.state(definition.initial_state)
+        runnable = initial.kind in ("auto", "wait")
+        wf_id = store.insert_workflow(
+            conn, wf_type=definition.wf_type, state=initial.name, proc_state="running" if runnable else "manual",
+            creator=actor, creator_role=role, parent_id=parent_id,
+            claimed_by=run.claimant if runnable else None, lease_until=self._lease(now) if runnable else None,
+            created_at=now, updated_at=now,
+        )
+        row = {"id": wf_id, "wf_type": definition.wf_type, "state": initial.name, "parent_id": parent_id,
+               "creator": actor, "creator_role": role}
+        ctx = self._context(conn, run, row, START_ACTION, actor, role, {}, now)
+        checked = check_inputs(definition.start_fields, context, registry=self.registry, ctx=ctx)
+        store.save_context(conn, wf_id, checked, (), stored=())
+        store.add_history(conn, wf_id, action=START_ACTION, from_state=NEW_STATE, to_state=initial.name,
+                          actor=actor, role=role, outcome="ok", note=None, now=now)
+        append_audit(conn, actor=actor, role=role, event="workflow.start", target=f"workflow:{wf_id}",
+                     details={"type": definition.wf_type, "state": initial.name, "parent_id": parent_id})
+        return wf_id, runnable
+
+    # --- automatic steps -------------------------------------------------------
+
+    def step(self, conn: Connection, run: Run, wf_id: int) -> Outcome | None:
+        """Do the next automatic thing for a workflow this run has claimed.
+
+        None means the claim was lost (lease expired and another runner took
+        it, or an operator failed it): leave it alone.
+        """
+        row = store.lock_workflow(conn, wf_id)
+        if row["proc_state"] != "running" or row["claimed_by"] != run.claimant:
+            return None
+        definition = self.definitions.get(row["wf_type"])
+        state = definition.state(row["state"])
+        now = self.clock()
+        if state.kind in ("auto", "wait") and run.count_step(wf_id) > self.config.max_automatic_steps:
+            return self._exception(conn, row, now, f"more than {self.config.max_automatic_steps} automatic "
+                                   "steps in one run: does the definition loop?")
+        if state.kind == "auto" or (state.kind == "wait" and self._children_final(conn, wf_id)):
+            assert state.auto is not None
+            return self.run_action(conn, run, definition, row, definition.actions[state.auto], inputs={},
+                                   actor=run.actor, role=run.role)
+        # manual / final / waiting: just settle the row in that state
+        values, runnable, woken = self._arrive(conn, run, row, state, now)
+        store.update_workflow(conn, wf_id, row["version"], updated_at=now, **values)
+        return Outcome(woken + ([wf_id] if runnable else []))
+
+    def _children_final(self, conn: Connection, wf_id: int) -> bool:
+        return all(c["proc_state"] in store.FINAL_PROC_STATES for c in store.load_children(conn, wf_id))
+
+    # --- actions ---------------------------------------------------------------
+
+    def run_action(self, conn: Connection, run: Run, definition: WorkflowDefinition, row: RowMapping,
+                   action: ActionSpec, *, inputs: Mapping[str, Any], actor: str, role: str) -> Outcome:
+        now = self.clock()
+        ctx = self._context(conn, run, row, action.name, actor, role, store.load_context(conn, row["id"]), now)
+        checked: dict[str, Any] = {}
+        if action.manual:
+            checked = check_inputs(action.fields, inputs, registry=self.registry, ctx=ctx)
+            ctx.secret_inputs = frozenset(
+                str(checked[f.name]) for f in action.fields if f.secret and f.name in checked
+            )
+        try:
+            with conn.begin_nested():
+                for spec in action.fields:
+                    if not spec.secret and spec.name in checked:
+                        ctx.context[spec.name] = checked[spec.name]
+                if action.activity is not None:
+                    self.registry.get("activity", action.activity)(ctx)
+                ctx.check_no_secrets()
+                target = self._choose(ctx, action)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, none kept
+            return self._failed(conn, run, definition, row, action, actor, role, exc, ctx.secret_inputs, now)
+        return self._transition(conn, run, row, ctx, action.name, target, actor=actor, role=role,
+                                note=ctx.note, outcome="ok", now=now)
+
+    def _choose(self, ctx: ActivityContext, action: ActionSpec) -> str:
+        for branch in action.next:
+            if branch.condition is None:
+                return branch.to
+            holds = bool(self.registry.get("condition", branch.condition)(ctx))
+            if holds != branch.negate:
+                return branch.to
+        raise AssertionError("the loader guarantees an unconditional last branch")
+
+    def _transition(self, conn: Connection, run: Run, row: RowMapping, ctx: ActivityContext, action: str,
+                    target: str, *, actor: str, role: str, note: str | None, outcome: str, now: datetime,
+                    last_error: str | None = None) -> Outcome:
+        wf_id = int(row["id"])
+        changed, deleted = ctx.context.changes()
+        store.save_context(conn, wf_id, changed, deleted, ctx.context.stored_keys())
+        store.replace_attributes(conn, wf_id, ctx.attribute_changes)
+        store.add_history(conn, wf_id, action=action, from_state=row["state"], to_state=target, actor=actor,
+                          role=role, outcome=outcome, note=note, now=now)
+        state = self.definitions.get(row["wf_type"]).state(target)
+        values, runnable, woken = self._arrive(conn, run, row, state, now)
+        store.update_workflow(conn, wf_id, row["version"], state=target, retry_count=0, last_error=last_error,
+                              updated_at=now, **values)
+        append_audit(conn, actor=actor, role=role, event="workflow.action", outcome=outcome,
+                     target=f"workflow:{wf_id}",
+                     details={"type": row["wf_type"], "action": action, "from": row["state"], "to": target})
+        children = [child for child, child_runs in ctx.forked if child_runs]
+        return Outcome(children + woken + ([wf_id] if runnable else []))
+
+    def _arrive(self, conn: Connection, run: Run, row: Mapping[Any, Any], state: StateSpec,
+                now: datetime) -> tuple[dict[str, Any], bool, list[int]]:
+        """Row values for entering ``state``; (values, keep running, woken parents)."""
+        released = {"claimed_by": None, "lease_until": None, "wake_at": None}
+        if state.final:
+            proc_state = "finished" if state.outcome == "success" else "failed"
+            return {"proc_state": proc_state, **released}, False, self._wake_parent(conn, run, row, now)
+        if state.kind == "manual":
+            return {"proc_state": "manual", **released}, False, []
+        if state.kind == "wait" and not self._children_final(conn, int(row["id"])):
+            return {"proc_state": "waiting", **released}, False, []
+        claim = {"proc_state": "running", "claimed_by": run.claimant, "lease_until": self._lease(now),
+                 "wake_at": None}
+        return claim, True, []
+
+    def _wake_parent(self, conn: Connection, run: Run, row: Mapping[Any, Any], now: datetime) -> list[int]:
+        """A child became final: if it was the parent's last open one, take the parent along.
+
+        The parent row is locked first, so two children finishing at once
+        serialise here and the second one sees the first as final.
+        """
+        parent_id = row["parent_id"]
+        if parent_id is None:
+            return []
+        store.lock_workflow(conn, int(parent_id))
+        if store.open_siblings(conn, int(parent_id), int(row["id"])) > 0:
+            return []
+        taken = store.claim_woken_parent(conn, int(parent_id), claimant=run.claimant, now=now,
+                                         lease_until=self._lease(now))
+        return [int(parent_id)] if taken else []
+
+    # --- failures --------------------------------------------------------------
+
+    def _failed(self, conn: Connection, run: Run, definition: WorkflowDefinition, row: RowMapping,
+                action: ActionSpec, actor: str, role: str, exc: Exception, secrets: frozenset[str],
+                now: datetime) -> Outcome:
+        code = exc.code if isinstance(exc, OpenXPKIError) else type(exc).__name__
+        message = redact(exc.message if isinstance(exc, OpenXPKIError) else str(exc), secrets)
+        reason = f"{code}: {message}"
+        log.info("workflow %s: action %s failed: %s", row["id"], action.name, reason,
+                 exc_info=not isinstance(exc, OpenXPKIError))
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        for error_name, target in action.on_error:
+            if error_name in kinds:
+                ctx = self._context(conn, run, row, action.name, actor, role, store.load_context(conn, row["id"]), now)
+                ctx.context["failure"] = {"action": action.name, "code": code, "message": message}
+                return self._transition(conn, run, row, ctx, action.name, target, actor=actor, role=role,
+                                        note=reason, outcome="failed", now=now, last_error=reason)
+        wf_id, state = int(row["id"]), row["state"]
+        store.add_history(conn, wf_id, action=action.name, from_state=state, to_state=state, actor=actor,
+                          role=role, outcome="failed", note=reason, now=now)
+        result = Outcome()
+        if action.manual:
+            # The person sees the error and may try again: the state is unchanged.
+            result.error = ActivityFailed(f"{action.label} failed, nothing was changed: {reason}", cause_code=code)
+        else:
+            attempt = int(row["retry_count"]) + 1
+            policy = action.retry
+            limits = self.config.retry.resolve(policy) if policy is not None else None
+            retryable = policy is not None and (not policy.errors or bool(kinds & set(policy.errors)))
+            if limits is not None and retryable and attempt < limits.max_attempts:
+                wake_at = now + timedelta(seconds=limits.delay(attempt))
+                store.update_workflow(conn, wf_id, row["version"], proc_state="retry", wake_at=wake_at,
+                                      retry_count=attempt, last_error=reason, claimed_by=None, lease_until=None,
+                                      updated_at=now)
+            else:
+                tries = f" (after {attempt} attempts)" if retryable else ""
+                store.update_workflow(conn, wf_id, row["version"], proc_state="exception", wake_at=None,
+                                      retry_count=attempt, last_error=reason + tries, claimed_by=None,
+                                      lease_until=None, updated_at=now)
+        append_audit(conn, actor=actor, role=role, event="workflow.action", outcome="failed",
+                     target=f"workflow:{wf_id}",
+                     details={"type": row["wf_type"], "action": action.name, "state": state, "error": code})
+        return result
+
+    def _exception(self, conn: Connection, row: RowMapping, now: datetime, reason: str) -> Outcome:
+        store.update_workflow(conn, int(row["id"]), row["version"], proc_state="exception", wake_at=None,
+                              last_error=reason, claimed_by=None, lease_until=None, updated_at=now)
+        return Outcome()
+
+    # --- operators -------------------------------------------------------------
+
+    def operator_retry(self, conn: Connection, run: Run, row: RowMapping, *, actor: str, role: str,
+                       note: str | None) -> Outcome:
+        """Run the failed automatic action again now, with fresh attempts."""
+        now = self.clock()
+        wf_id, state = int(row["id"]), row["state"]
+        store.add_history(conn, wf_id, action="retry", from_state=state, to_state=state, actor=actor, role=role,
+                          outcome="ok", note=note, now=now)
+        store.update_workflow(conn, wf_id, row["version"], proc_state="running", claimed_by=run.claimant,
+                              lease_until=self._lease(now), wake_at=None, retry_count=0, updated_at=now)
+        append_audit(conn, actor=actor, role=role, event="workflow.retry", target=f"workflow:{wf_id}",
+                     details={"type": row["wf_type"], "state": state, "last_error": row["last_error"]})
+        return Outcome([wf_id])
+
+    def operator_fail(self, conn: Connection, run: Run, row: RowMapping, *, actor: str, role: str,
+                      reason: str) -> Outcome:
+        """End the workflow as failed (in ``on_fail`` if the definition names one)."""
+        now = self.clock()
+        definition = self.definitions.get(row["wf_type"])
+        wf_id, state = int(row["id"]), row["state"]
+        target = definition.on_fail or state
+        store.add_history(conn, wf_id, action="fail", from_state=state, to_state=target, actor=actor, role=role,
+                          outcome="ok", note=reason, now=now)
+        woken = self._wake_parent(conn, run, row, now)
+        store.update_workflow(conn, wf_id, row["version"], state=target, proc_state="failed", wake_at=None,
+                              claimed_by=None, lease_until=None, last_error=f"failed by {actor}: {reason}",
+                              updated_at=now)
+        append_audit(conn, actor=actor, role=role, event="workflow.fail", target=f"workflow:{wf_id}",
+                     details={"type": row["wf_type"], "from": state, "to": target, "reason": reason})
+        return Outcome(woken)

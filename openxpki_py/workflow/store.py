@@ -1,0 +1,238 @@
+"""SQL access for the four workflow tables; nothing here decides anything.
+
+Every function takes the caller's connection so that a whole action (row,
+context, attributes, history, audit) commits or rolls back together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, RowMapping
+
+from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history
+from .errors import UnknownWorkflow, WorkflowConflict
+
+FINAL_PROC_STATES = ("finished", "failed")
+ATTRIBUTE_MAX = 256
+
+
+def locks_rows(conn: Connection) -> bool:
+    """SQLite serialises writers with BEGIN IMMEDIATE; others lock rows."""
+    return conn.dialect.name != "sqlite"
+
+
+def insert_workflow(conn: Connection, **values: Any) -> int:
+    result = conn.execute(insert(workflow).values(retry_count=0, version=0, **values))
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def lock_workflow(conn: Connection, wf_id: int) -> RowMapping:
+    """The row, locked against concurrent writers until the transaction ends.
+
+    On PostgreSQL/Oracle this is ``FOR UPDATE``: a second execution of the
+    same workflow waits here and then sees the first one's commit, so the
+    loser never runs the activity.  The version check on update stays as a
+    second line of defence.
+    """
+    query = select(workflow).where(workflow.c.id == wf_id)
+    if locks_rows(conn):
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        raise UnknownWorkflow(f"workflow {wf_id} does not exist")
+    return row
+
+
+def read_workflow(conn: Connection, wf_id: int) -> RowMapping:
+    row = conn.execute(select(workflow).where(workflow.c.id == wf_id)).mappings().first()
+    if row is None:
+        raise UnknownWorkflow(f"workflow {wf_id} does not exist")
+    return row
+
+
+def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -> int:
+    """Write ``values`` if the row still has ``version``; return the new version."""
+    result = conn.execute(
+        update(workflow)
+        .where(workflow.c.id == wf_id, workflow.c.version == version)
+        .values(version=workflow.c.version + 1, **values)
+    )
+    if result.rowcount != 1:
+        raise WorkflowConflict(f"workflow {wf_id} was changed by someone else; reload it and try again")
+    return version + 1
+
+
+def load_context(conn: Connection, wf_id: int) -> dict[str, Any]:
+    rows = conn.execute(
+        select(workflow_context.c.ctx_key, workflow_context.c.ctx_value).where(workflow_context.c.workflow_id == wf_id)
+    )
+    return {key: value for key, value in rows}
+
+
+def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], deleted: Iterable[str],
+                 stored: Iterable[str] | None = None) -> None:
+    """Write changed keys, remove deleted ones; ``stored``: keys already in the table (None: unknown)."""
+    # Delete + insert is the one upsert all three databases spell the same;
+    # keys known to be new skip the delete (one round trip less per step).
+    keys = set(deleted) | (set(changed) if stored is None else set(changed) & set(stored))
+    if keys:
+        conn.execute(
+            delete(workflow_context).where(workflow_context.c.workflow_id == wf_id,
+                                           workflow_context.c.ctx_key.in_(keys))
+        )
+    if changed:
+        conn.execute(
+            insert(workflow_context),
+            [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in changed.items()],
+        )
+
+
+def load_attributes(conn: Connection, wf_id: int) -> dict[str, list[str]]:
+    rows = conn.execute(
+        select(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
+        .where(workflow_attribute.c.workflow_id == wf_id)
+        .order_by(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
+    )
+    found: dict[str, list[str]] = {}
+    for key, value in rows:
+        found.setdefault(key, []).append(value)
+    return found
+
+
+def replace_attributes(conn: Connection, wf_id: int, values: Mapping[str, Sequence[str]]) -> None:
+    """Set each key's values (an empty list removes the key)."""
+    if not values:
+        return
+    conn.execute(
+        delete(workflow_attribute).where(
+            workflow_attribute.c.workflow_id == wf_id, workflow_attribute.c.attr_key.in_(list(values))
+        )
+    )
+    rows = [
+        {"workflow_id": wf_id, "attr_key": k, "attr_value": v}
+        for k, vs in values.items()
+        for v in sorted(set(vs))
+    ]
+    if rows:
+        conn.execute(insert(workflow_attribute), rows)
+
+
+def add_history(conn: Connection, wf_id: int, *, action: str, from_state: str, to_state: str, actor: str,
+                role: str, outcome: str, note: str | None, now: datetime) -> None:
+    conn.execute(
+        insert(workflow_history).values(
+            workflow_id=wf_id, action=action, from_state=from_state, to_state=to_state, actor=actor,
+            role_name=role, outcome=outcome, note=note, logged_at=now,
+        )
+    )
+
+
+def load_history(conn: Connection, wf_id: int) -> Sequence[RowMapping]:
+    return conn.execute(
+        select(workflow_history).where(workflow_history.c.workflow_id == wf_id).order_by(workflow_history.c.id)
+    ).mappings().all()
+
+
+def load_children(conn: Connection, parent_id: int) -> Sequence[RowMapping]:
+    return conn.execute(
+        select(workflow.c.id, workflow.c.wf_type, workflow.c.state, workflow.c.proc_state, workflow.c.last_error)
+        .where(workflow.c.parent_id == parent_id)
+        .order_by(workflow.c.id)
+    ).mappings().all()
+
+
+def open_siblings(conn: Connection, parent_id: int, except_id: int) -> int:
+    """How many other children of ``parent_id`` are not final yet."""
+    return int(conn.execute(
+        select(func.count()).select_from(workflow).where(
+            workflow.c.parent_id == parent_id,
+            workflow.c.id != except_id,
+            workflow.c.proc_state.not_in(FINAL_PROC_STATES),
+        )
+    ).scalar_one())
+
+
+def search(conn: Connection, *, wf_type: str | None, state: str | None, proc_state: str | None,
+           attributes: Mapping[str, str], limit: int) -> Sequence[RowMapping]:
+    query = select(workflow)
+    if wf_type is not None:
+        query = query.where(workflow.c.wf_type == wf_type)
+    if state is not None:
+        query = query.where(workflow.c.state == state)
+    if proc_state is not None:
+        query = query.where(workflow.c.proc_state == proc_state)
+    for key, value in attributes.items():
+        match = select(workflow_attribute.c.workflow_id).where(
+            workflow_attribute.c.attr_key == key, workflow_attribute.c.attr_value == value
+        )
+        query = query.where(workflow.c.id.in_(match))
+    return conn.execute(query.order_by(workflow.c.id.desc()).limit(limit)).mappings().all()
+
+
+# --- worker claims -------------------------------------------------------------
+
+def _due(now: datetime) -> Any:
+    """Woken or retry-due workflows, and ones whose runner's lease ran out."""
+    return or_(
+        and_(workflow.c.proc_state.in_(("waiting", "retry")), workflow.c.wake_at <= now),
+        and_(workflow.c.proc_state == "running", workflow.c.lease_until < now),
+    )
+
+
+def due_workflows(conn: Connection, now: datetime, limit: int) -> Sequence[RowMapping]:
+    """Candidates for a claim, oldest first.
+
+    On PostgreSQL/Oracle, rows another worker is claiming right now are
+    skipped (``SKIP LOCKED``) instead of waited for.
+    """
+    query = (
+        select(workflow.c.id, workflow.c.version)
+        .where(_due(now))
+        .order_by(workflow.c.wake_at, workflow.c.id)
+        .limit(limit)
+    )
+    if locks_rows(conn):
+        query = query.with_for_update(skip_locked=True)
+    return conn.execute(query).mappings().all()
+
+
+def claim(conn: Connection, wf_id: int, *, claimant: str, now: datetime, lease_until: datetime) -> bool:
+    """Take a due workflow for ``claimant``; False if someone else was first.
+
+    The WHERE repeats the due condition, so of several workers updating the
+    same row only one matches — the claim is the row update itself.
+    """
+    result = conn.execute(
+        update(workflow)
+        .where(workflow.c.id == wf_id, _due(now))
+        .values(proc_state="running", claimed_by=claimant, lease_until=lease_until,
+                version=workflow.c.version + 1, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+def claim_woken_parent(conn: Connection, parent_id: int, *, claimant: str, now: datetime,
+                       lease_until: datetime) -> bool:
+    """A child just finished and was the last open one: take the parent along."""
+    result = conn.execute(
+        update(workflow)
+        .where(workflow.c.id == parent_id, workflow.c.proc_state == "waiting")
+        .values(proc_state="running", claimed_by=claimant, lease_until=lease_until, wake_at=now,
+                version=workflow.c.version + 1, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+def release_claims(conn: Connection, ids: Sequence[int], *, claimant: str, now: datetime) -> None:
+    """End our leases on claimed workflows we will not run: others may take them now."""
+    conn.execute(
+        update(workflow)
+        .where(workflow.c.id.in_(list(ids)), workflow.c.claimed_by == claimant, workflow.c.proc_state == "running")
+        .values(lease_until=now)
+    )

@@ -1,0 +1,58 @@
+"""``openxpki-py worker``: resume what is due, on any number of machines.
+
+A worker owns nothing in memory: each round it claims due workflows in
+the database (woken parents, retries whose time has come, workflows whose
+runner died and whose lease ran out) and runs them as far as they go.
+SIGTERM/SIGINT finish the step in progress, hand back unstarted claims
+and stop; systemd's stop then never leaves half an action behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from types import FrameType
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import OpenXPKIError
+from .engine import WorkflowEngine
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, engine: WorkflowEngine, *, poll_interval: float | None = None,
+                 batch_size: int | None = None, name: str | None = None) -> None:
+        self.engine = engine
+        self.poll_interval = poll_interval if poll_interval is not None else engine.config.poll_interval
+        self.batch_size = batch_size or engine.config.batch_size
+        self.name = name or f"worker@{socket.gethostname()}"
+        self.stopping = threading.Event()
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        if signum is not None:
+            log.info("%s: signal %s, stopping after the current step", self.name, signal.Signals(signum).name)
+        self.stopping.set()
+
+    def run_once(self) -> int:
+        """One round: claim up to a batch of due workflows and run them; return the count."""
+        return self.engine.resume_due(limit=self.batch_size, actor=self.name, should_stop=self.stopping.is_set)
+
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Loop until stopped.  A database outage is waited out, not fatal."""
+        if handle_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        log.info("%s: started (poll every %.1fs, batch %d)", self.name, self.poll_interval, self.batch_size)
+        while not self.stopping.is_set():
+            try:
+                claimed = self.run_once()
+            except (SQLAlchemyError, OpenXPKIError) as exc:
+                log.warning("%s: round failed, trying again: %s", self.name, exc)
+                claimed = 0
+            if claimed < self.batch_size:  # a full batch suggests more are due: go on at once
+                self.stopping.wait(self.poll_interval)
+        log.info("%s: stopped", self.name)

@@ -1,0 +1,80 @@
+"""Database fixtures: a fresh SQLite file or a fresh PostgreSQL database.
+
+- ``sqlite_engine``: a WAL SQLite file in the test's temp folder, schema created.
+- ``pg_engine``: a new database ``oxp_test_<random>`` on the local server
+  (``OXP_TEST_PG``, default ``postgresql+psycopg://postgres@127.0.0.1:5432``),
+  schema created, dropped after the test.  Skipped only when the server
+  cannot be reached; set ``OXP_REQUIRE_PG=1`` (CI) to fail instead.
+- ``db_engine``: parametrised over both, for tests that must hold on each.
+
+Each fixture yields an :class:`sqlalchemy.engine.Engine` made by
+:func:`openxpki_py.db.engine.open_engine`; ``engine.url`` (with
+``render_as_string(hide_password=False)``) can be handed to subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+
+from openxpki_py.db.engine import create_schema, open_engine
+
+PG_SERVER_URL = os.environ.get("OXP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+
+
+def _admin_engine() -> Engine:
+    # AUTOCOMMIT: CREATE/DROP DATABASE cannot run inside a transaction.
+    return create_engine(f"{PG_SERVER_URL}/postgres", isolation_level="AUTOCOMMIT", pool_size=1)
+
+
+def url_of(engine: Engine) -> str:
+    """The engine's URL, password included, for a subprocess."""
+    return engine.url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = open_engine(f"sqlite:///{tmp_path / 'openxpki.db'}")
+    create_schema(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    name = f"oxp_test_{secrets.token_hex(6)}"
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("OXP_REQUIRE_PG"):
+            raise
+        pytest.skip(f"PostgreSQL at {make_url(PG_SERVER_URL).render_as_string()} is unreachable: {exc.orig}")
+    engine = open_engine(f"{PG_SERVER_URL}/{name}")
+    try:
+        create_schema(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_engine(request: pytest.FixtureRequest) -> Engine:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    name = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
+    engine: Engine = request.getfixturevalue(name)
+    return engine

@@ -1,0 +1,30 @@
+"""Named callables: registration, lookup through parents, no silent shadowing."""
+
+from __future__ import annotations
+
+import pytest
+
+from openxpki_py.workflow import ActivityContext, Registry
+
+
+def test_child_registry_inherits_and_must_ask_to_override() -> None:
+    parent, child = Registry(), None
+    child = Registry(parent=parent)
+
+    @parent.activity()
+    def issue(ctx: ActivityContext) -> None: ...
+
+    assert child.get("activity", "issue") is issue
+    with pytest.raises(ValueError, match="inherited .* override=True"):
+        child.register("activity", "issue", lambda ctx: None)
+
+    @child.activity("issue", override=True)
+    def issue_with_hook(ctx: ActivityContext) -> None: ...
+
+    assert child.get("activity", "issue") is issue_with_hook
+    assert parent.get("activity", "issue") is issue
+    with pytest.raises(ValueError, match="already registered"):
+        child.register("activity", "issue", lambda ctx: None, override=True)
+    with pytest.raises(KeyError, match="no condition named 'x'"):
+        child.get("condition", "x")
+    assert list(child.names("activity")) == ["issue"]
