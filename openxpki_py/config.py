@@ -72,6 +72,7 @@ class Config:
     auth: Any  # auth.config.AuthConfig
     web: Any  # web.config.WebConfig
     workflow: Any  # workflow.config.WorkflowConfig
+    personalization: Any  # personalization.policy.PersonalizationPolicy
 
 
 def _parse_instance(r: Reader) -> InstanceConfig:
@@ -122,6 +123,7 @@ def parse_config(data: Any, path: Path) -> Config:
     """Validate a parsed YAML document; ``path`` anchors relative paths."""
     from .auth.config import parse_auth_config
     from .directory.config import parse_directory_config
+    from .personalization.policy import parse_personalization_config
     from .web.config import parse_web_config
     from .workflow.config import parse_workflow_config
 
@@ -136,6 +138,7 @@ def parse_config(data: Any, path: Path) -> Config:
         auth=parse_auth_config(root.section("auth")),
         web=parse_web_config(root.section("web")),
         workflow=parse_workflow_config(root.section("workflow")),
+        personalization=parse_personalization_config(root.section("personalization")),
     )
     root.finish()
     return cfg

@@ -35,8 +35,12 @@ class Services:
     def ca(self) -> CertificateAuthority:
         from .crypto.ca import CertificateAuthority
 
+        from .personalization.policy import check_profiles
+
         with self._lock:
-            return CertificateAuthority.from_config(self.config)
+            ca = CertificateAuthority.from_config(self.config)
+            check_profiles(self.config.personalization, ca.profiles.names())
+            return ca
 
     @cached_property
     def directory(self) -> Any:

@@ -55,6 +55,15 @@ CREATE TABLE csr (
 
 CREATE INDEX ix_csr_public_key_sha256 ON csr (public_key_sha256);
 
+CREATE TABLE enrollment_failure (
+	id INTEGER NOT NULL, 
+	client VARCHAR(64) NOT NULL, 
+	failed_at TIMESTAMP NOT NULL, 
+	CONSTRAINT pk_enrollment_failure PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_enrollment_failure_client ON enrollment_failure (client, failed_at);
+
 CREATE TABLE token (
 	id INTEGER NOT NULL, 
 	serial VARCHAR(128) NOT NULL, 
@@ -137,6 +146,21 @@ CREATE INDEX ix_certificate_owner ON certificate (owner);
 
 CREATE INDEX ix_certificate_status_not_after ON certificate (status, not_after);
 
+CREATE TABLE enrollment_code (
+	id INTEGER NOT NULL, 
+	code_hash VARCHAR(64) NOT NULL, 
+	workflow_id INTEGER NOT NULL, 
+	login VARCHAR(256) NOT NULL, 
+	created_at TIMESTAMP NOT NULL, 
+	expires_at TIMESTAMP NOT NULL, 
+	used_at TIMESTAMP, 
+	CONSTRAINT pk_enrollment_code PRIMARY KEY (id), 
+	CONSTRAINT uq_enrollment_code_code_hash UNIQUE (code_hash), 
+	CONSTRAINT fk_enrollment_code_workflow_id FOREIGN KEY(workflow_id) REFERENCES workflow (id)
+);
+
+CREATE INDEX ix_enrollment_code_workflow_id ON enrollment_code (workflow_id);
+
 CREATE TABLE workflow_attribute (
 	workflow_id INTEGER NOT NULL, 
 	attr_key VARCHAR(64) NOT NULL, 
@@ -171,3 +195,18 @@ CREATE TABLE workflow_history (
 );
 
 CREATE INDEX ix_workflow_history_workflow_id ON workflow_history (workflow_id);
+
+CREATE TABLE agent_credential (
+	token_hash VARCHAR(64) NOT NULL, 
+	code_id INTEGER NOT NULL, 
+	workflow_id INTEGER NOT NULL, 
+	login VARCHAR(256) NOT NULL, 
+	created_at TIMESTAMP NOT NULL, 
+	expires_at TIMESTAMP NOT NULL, 
+	CONSTRAINT pk_agent_credential PRIMARY KEY (token_hash), 
+	CONSTRAINT uq_agent_credential_code_id UNIQUE (code_id), 
+	CONSTRAINT fk_agent_credential_code_id FOREIGN KEY(code_id) REFERENCES enrollment_code (id), 
+	CONSTRAINT fk_agent_credential_workflow_id FOREIGN KEY(workflow_id) REFERENCES workflow (id)
+);
+
+CREATE INDEX ix_agent_credential_workflow_id ON agent_credential (workflow_id);

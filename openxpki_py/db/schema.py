@@ -193,6 +193,40 @@ workflow_history = Table(
     Column("logged_at", UTCDateTime, nullable=False),
 )
 
+# --- smartcard personalization: enrollment codes and agent credentials -------
+
+enrollment_code = Table(
+    "enrollment_code",
+    metadata,
+    _id(),
+    Column("code_hash", String(64), nullable=False, unique=True),  # sha256: the code itself is never stored
+    Column("workflow_id", Id, ForeignKey("workflow.id"), nullable=False, index=True),
+    Column("login", String(256), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime),
+)
+
+agent_credential = Table(
+    "agent_credential",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("code_id", Id, ForeignKey("enrollment_code.id"), nullable=False, unique=True),
+    Column("workflow_id", Id, ForeignKey("workflow.id"), nullable=False, index=True),
+    Column("login", String(256), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+enrollment_failure = Table(
+    "enrollment_failure",
+    metadata,
+    _id(),
+    Column("client", String(64), nullable=False),
+    Column("failed_at", UTCDateTime, nullable=False),
+)
+Index("ix_enrollment_failure_client", enrollment_failure.c.client, enrollment_failure.c.failed_at)
+
 # --- web sessions ------------------------------------------------------------
 
 web_session = Table(

@@ -31,6 +31,7 @@ from .config import WebConfig
 from .context import RequestContext, WebRequest
 from .menu import menu_for
 from .render import render, template_lookup
+from . import personalization as _personalization_views  # noqa: F401 - registers its views
 from .views import VIEWS, View, url_rules
 from .workflows import EngineGateway, WorkflowGateway
 
@@ -70,6 +71,8 @@ class WebApp:
         web: WebConfig,
         db: Engine,
         workflows: WorkflowGateway | None = None,
+        personalization: Any = None,
+        api: Any = None,
         lookup: TemplateLookup | None = None,
         run_handler: HandlerRunner = run_role_handler,
     ) -> None:
@@ -85,6 +88,11 @@ class WebApp:
         elif workflows is not None:
             log.warning("web.deep_link.workflow: no workflow type %r is defined; /token is disabled",
                         web.deep_link.workflow)
+        # The personalization pages and the agent's JSON API, present once the
+        # smartcard_personalization workflow is (see web/personalization.py, web/api.py).
+        self.personalization = personalization
+        self.personalization_type = "smartcard_personalization"
+        self.api = api
         self.instance_name = instance_name
         self.auth = auth
         self.web = web
@@ -101,6 +109,9 @@ class WebApp:
     # --- WSGI ---------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.api is not None and environ.get("PATH_INFO", "").startswith("/api/"):
+            # The token agent: no SSO session, no cookies, its own bearer credential.
+            return self.api(environ, start_response)  # type: ignore[no-any-return]
         request = WebRequest(environ)
         ctx = RequestContext(self, request, self.url_map.bind_to_environ(environ))
         try:
@@ -274,10 +285,20 @@ def create_app(config: Config, services: Any = None) -> WebApp:
     db = services.db
     if not schema_present(db):
         raise StorageError("the database has no openxpki-py tables yet: run `openxpki-py init` first")
+    engine = services.workflows
+    personalization = api = None
+    if "smartcard_personalization" in engine.definitions.definitions:
+        from .api import AgentApi
+        from .personalization import Personalization
+
+        personalization = Personalization(engine=engine, db=db, policy=config.personalization)
+        api = AgentApi(db=db, workflows=engine, policy=config.personalization, sso_config=config.auth.sso)
     return WebApp(
         instance_name=config.instance.name,
         auth=config.auth,
         web=config.web,
         db=db,
-        workflows=EngineGateway(services.workflows),
+        workflows=EngineGateway(engine),
+        personalization=personalization,
+        api=api,
     )

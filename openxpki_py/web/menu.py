@@ -20,9 +20,20 @@ class MenuEntry:
     roles: frozenset[str]
 
 
-MENU: tuple[MenuEntry, ...] = (
-    MenuEntry("Personalize SmartCard", "deep_link", frozenset({"User"})),
-    MenuEntry("Audit log", "audit_log", OPERATOR_ROLES),
+@dataclass(frozen=True)
+class MenuItem:
+    """An entry as a role sees it: ``endpoints`` in order of preference."""
+
+    label: str
+    endpoints: tuple[str, ...]
+    roles: frozenset[str]
+
+
+MENU: tuple[MenuItem, ...] = (
+    # The personalization page with the menu; where an instance has only the
+    # deep link's workflow (no personalization pages), the deep link.
+    MenuItem("Personalize SmartCard", ("personalize", "deep_link"), frozenset({"User"})),
+    MenuItem("Audit log", ("audit_log",), OPERATOR_ROLES),
 )
 
 
@@ -30,4 +41,9 @@ def menu_for(role: str | None, available: Container[str]) -> list[MenuEntry]:
     """The entries ``role`` sees, limited to endpoints that work in this instance."""
     if role is None:
         return []
-    return [e for e in MENU if role in e.roles and e.endpoint in available]
+    entries = []
+    for item in MENU:
+        endpoint = next((e for e in item.endpoints if e in available), None)
+        if role in item.roles and endpoint is not None:
+            entries.append(MenuEntry(item.label, endpoint, item.roles))
+    return entries

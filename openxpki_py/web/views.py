@@ -113,7 +113,10 @@ def deep_link(ctx: RequestContext) -> Response:
     cfg = app.web.deep_link
     if ctx.role != cfg.role:
         app.choose_role(ctx, cfg.role)
-    wf = app.deep_link_workflows.start(cfg.workflow, actor=ctx.login, role=cfg.role)
+    if app.personalization is not None and cfg.workflow == app.personalization_type:
+        wf = app.personalization.open_or_start(ctx.login)  # resume an unfinished one
+    else:
+        wf = app.deep_link_workflows.start(cfg.workflow, actor=ctx.login, role=cfg.role)
     # Redirect, so that reloading the result does not start yet another workflow.
     return redirect(ctx.url_for("deep_link_workflow", wf_id=wf.id), code=303)
 
@@ -128,6 +131,10 @@ def deep_link_workflow(ctx: RequestContext, wf_id: int) -> Response:
         raise errors.PageNotFound() from None
     if wf.creator != ctx.login:  # someone else's workflow: do not even confirm it exists
         raise errors.PageNotFound()
+    if app.personalization is not None and wf.wf_type == app.personalization_type:
+        from .personalization import render_personalization
+
+        return render_personalization(ctx, app.personalization.own(wf_id, ctx.login), deep_link=True)
     return ctx.render("workflow.mako", workflow=wf, hide_menu=True)
 
 

@@ -1,0 +1,517 @@
+"""The user's card through PKCS#11: find it, log in, keys, signatures, certificates.
+
+One read/write session for the whole run.  PKCS#11 login is per token and
+application, and one cannot be the user and the SO at once, so the card
+switches logins on demand (:meth:`Card.login`): an OpenPGP card wants the SO
+(admin) PIN to generate a key and the user PIN to sign the CSR with it.
+
+The library is loaded through :func:`~openxpki_py.crypto.keys.pkcs11_module.get_module`
+(initialised with OS locking, counted sessions) and the CSR is signed by the
+same cryptography key classes the CA uses for its HSM key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pkcs11 import (Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass, SlotFlag,
+                    TokenFlag)
+from pkcs11 import exceptions as p11_exc
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from ..crypto.keys.pkcs11_backend import public_key_of
+from ..crypto.keys.pkcs11_keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
+from ..crypto.keys.pkcs11_module import Pkcs11Module, get_module
+from ..crypto.keys.spec import KeySpec
+from ..errors import TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError
+from .card_profiles import Login, Usage
+from .pins import CardPins
+
+log = logging.getLogger("openxpki_py.agent")
+
+DEFAULT_MODULE = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
+
+_CKU = {"so": 0, "user": 1}
+_CKR_OK = 0x000
+_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE = 0x0A0, 0x0A1, 0x0A2
+_CKR_PIN_EXPIRED, _CKR_PIN_LOCKED = 0x0A3, 0x0A4
+_CKR_USER_ALREADY_LOGGED_IN, _CKR_USER_PIN_NOT_INITIALIZED = 0x100, 0x102
+_CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
+_PIN_NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
+_CURVE_OIDS = {"P-256": ec.EllipticCurveOID.SECP256R1.dotted_string,
+               "P-384": ec.EllipticCurveOID.SECP384R1.dotted_string}
+# Errors that mean the card was pulled or the reader went away.
+_CARD_GONE = (p11_exc.DeviceRemoved, p11_exc.TokenNotPresent, p11_exc.SessionHandleInvalid,
+              p11_exc.SessionClosed, p11_exc.DeviceError, p11_exc.SlotIDInvalid)
+
+CardPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """CK_TOKEN_INFO of the card, as the server is told."""
+
+    slot_id: int
+    serial: str
+    manufacturer: str
+    model: str
+    label: str
+
+    def describe(self) -> str:
+        return f"{self.model or 'token'} serial {self.serial}" + (f" ({self.label})" if self.label else "")
+
+
+@dataclass(frozen=True)
+class CardKey:
+    """A private key on the card and what it can do."""
+
+    key_id: bytes
+    label: str
+    public_key: CardPublicKey
+    can_sign: bool
+
+    @property
+    def spec(self) -> KeySpec | None:
+        try:
+            return KeySpec.of(self.public_key)
+        except ValueError:
+            return None  # a size or curve the server would never ask for
+
+
+class Card:
+    """One token in one slot of one PKCS#11 module (use as a context manager)."""
+
+    def __init__(self, module_path: Path, pins: CardPins, *, slot_id: int | None = None,
+                 token_label: str | None = None) -> None:
+        self.module_path = module_path
+        self.pins = pins
+        self.slot_id = slot_id
+        self.token_label = token_label
+        self.module: Pkcs11Module | None = None
+        self.info: CardInfo | None = None
+        self._token: Any = None
+        self._session: Any = None
+        self._generation = 0
+        self._role: Login | None = None
+
+    # --- opening and closing -----------------------------------------------------------
+
+    def open(self) -> CardInfo:
+        self.module = get_module(self.module_path)
+        self.module.lib()
+        try:
+            self._token = self._select_token()
+        except TokenNotFound:
+            # SoftHSM (and some drivers) see tokens only as of C_Initialize.
+            if self.module.open_sessions:
+                raise
+            _reinitialize_module(self.module)
+            self._token = self._select_token()
+        token = self._token
+        self.info = CardInfo(slot_id=int(token.slot.slot_id),
+                             serial=bytes(token.serial).decode("ascii", "replace").strip(),
+                             manufacturer=token.manufacturer_id.strip(), model=token.model.strip(),
+                             label=token.label.strip())
+        self._open_session()
+        return self.info
+
+    def close(self) -> None:
+        if self._session is None or self.module is None:
+            return
+        session, self._session = self._session, None
+        with contextlib.suppress(p11_exc.PKCS11Error):
+            if self._role is not None:
+                self.module.logout(session)
+        self._role = None
+        self.module.close_session(session, self._generation)
+
+    def __enter__(self) -> Card:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return self.info.describe() if self.info is not None else "the card"
+
+    def _open_session(self) -> None:
+        assert self.module is not None
+        try:
+            self._generation = self.module.generation
+            self._session = self.module.open_session(self._token, rw=True)
+        except p11_exc.TokenWriteProtected:
+            raise TokenError(f"{self.describe()} is write-protected: it cannot take keys") from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"cannot open a session on {self.describe()} ({type(exc).__name__}); "
+                             "is the card still in the reader?") from None
+        self._role = None
+
+    def _select_token(self) -> Any:
+        assert self.module is not None
+        try:
+            slots = self.module.lib().get_slots(token_present=False)
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.module_path}: cannot list card readers ({type(exc).__name__})") from None
+        present: list[tuple[Any, Any]] = []
+        blank: list[Any] = []
+        for slot in slots:
+            with contextlib.suppress(p11_exc.PKCS11Error):
+                if slot.flags & SlotFlag.TOKEN_PRESENT:
+                    token = slot.get_token()
+                    # An uninitialised token (SoftHSM's free slot, a blank card)
+                    # holds nothing and takes nothing: not a candidate.
+                    if token.flags & TokenFlag.TOKEN_INITIALIZED:
+                        present.append((slot, token))
+                    else:
+                        blank.append(slot)
+        if self.slot_id is not None:
+            if not any(slot.slot_id == self.slot_id for slot in slots):
+                raise TokenNotFound(f"there is no slot {self.slot_id} (slots: "
+                                    f"{_list_slots(slots)}); see pkcs11-tool --module "
+                                    f"{self.module_path} --list-slots")
+            chosen = [token for slot, token in present if slot.slot_id == self.slot_id]
+            if not chosen and any(slot.slot_id == self.slot_id for slot in blank):
+                raise TokenNotFound(f"the card in slot {self.slot_id} is not initialised: it needs "
+                                    "a PIN before it can be personalized")
+            if not chosen:
+                raise TokenNotFound(f"no card in slot {self.slot_id}: insert the card and run again")
+            return chosen[0]
+        if self.token_label is not None:
+            chosen = [token for _, token in present if token.label.strip() == self.token_label]
+            if not chosen:
+                listed = ", ".join(repr(t.label.strip()) for _, t in present) or "none"
+                raise TokenNotFound(f"no card labelled {self.token_label!r} (cards present: "
+                                    f"{listed}); check --token-label")
+            if len(chosen) > 1:
+                raise TokenNotFound(f"{len(chosen)} cards are labelled {self.token_label!r}: "
+                                    "choose one with --slot")
+            return chosen[0]
+        if not present:
+            readers = f" (readers: {_list_slots(slots)})" if slots else " and no card reader"
+            raise TokenNotFound(f"no card found{readers}: insert your card and run again")
+        # One card may show as several PKCS#11 tokens (OpenSC's OpenPGP card has
+        # a second one for the signature PIN): the first is the card's main one.
+        if len({bytes(t.serial) for _, t in present}) > 1:
+            listed = "; ".join(f"slot {s.slot_id}: {t.label.strip()!r} serial "
+                               f"{bytes(t.serial).decode('ascii', 'replace')}" for s, t in present)
+            raise TokenNotFound(f"several cards are present ({listed}): choose one with --slot "
+                                "or --token-label")
+        return present[0][1]
+
+    def reinitialize(self) -> None:
+        """Finalise and initialise the module again, then find this card again.
+
+        OpenSC 0.23 hands out unusable objects from C_GenerateKeyPair until
+        the next C_Initialize.
+        """
+        assert self.module is not None and self.info is not None
+        self.close()
+        _reinitialize_module(self.module)
+        info = self.info
+        for slot in self.module.lib().get_slots(token_present=True):
+            with contextlib.suppress(p11_exc.PKCS11Error):
+                token = slot.get_token()
+                if (bytes(token.serial).decode("ascii", "replace").strip() == info.serial
+                        and token.label.strip() == info.label):
+                    self._token = token
+                    self._open_session()
+                    return
+        raise TokenNotFound(f"{self.describe()} is gone after re-initialising the PKCS#11 module: "
+                            "is it still in the reader?")
+
+    # --- logging in ------------------------------------------------------------------------
+
+    def login(self, role: Login) -> None:
+        """Be logged in as ``role`` (switching from the other one if needed)."""
+        assert self.module is not None
+        if self._role == role:
+            return
+        if self._role is not None:
+            with contextlib.suppress(p11_exc.PKCS11Error):
+                self.module.logout(self._session)
+            self._role = None
+        pin = self.pins.get(role, self.describe())
+        rv = _login_as(self.module, self._session, role, pin)
+        if rv == _CKR_USER_ANOTHER_ALREADY_LOGGED_IN:  # someone left the other role logged in
+            self.module.logout(self._session)
+            rv = _login_as(self.module, self._session, role, pin)
+        if rv in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
+            self._role = role
+            return
+        self.pins.forget(role)
+        name = _PIN_NAMES[role]
+        where = self.describe()
+        if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE):
+            raise TokenPinError(f"{where} refused the {name}{self._tries_left(role)}; run again "
+                                f"with the right {name} (each wrong try counts towards locking the card)")
+        if rv == _CKR_PIN_LOCKED:
+            fix = ("ask your PKI administrator to unblock it" if role == "user"
+                   else "the card must be reset by your PKI administrator")
+            raise TokenPinError(f"the {name} of {where} is locked: {fix}")
+        if rv == _CKR_PIN_EXPIRED:
+            raise TokenPinError(f"the {name} of {where} has expired: set a new one, then run again")
+        if rv == _CKR_USER_PIN_NOT_INITIALIZED:
+            raise TokenPinError(f"{where} has no {name} yet: initialise the card first")
+        raise TokenError(f"logging in to {where} failed (CKR 0x{rv:x}); is the card still in the reader?")
+
+    def _tries_left(self, role: Login) -> str:
+        try:
+            flags = self._token.slot.get_token().flags
+        except p11_exc.PKCS11Error:
+            return ""
+        final, low = ((TokenFlag.USER_PIN_FINAL_TRY, TokenFlag.USER_PIN_COUNT_LOW) if role == "user"
+                      else (TokenFlag.SO_PIN_FINAL_TRY, TokenFlag.SO_PIN_COUNT_LOW))
+        if flags & final:
+            return " (one try left before the card locks it)"
+        if flags & low:
+            return " (few tries left before the card locks it)"
+        return ""
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def find_key(self, key_id: bytes) -> CardKey | None:
+        """The private key with this CKA_ID, or None (private objects need the user login)."""
+        self.login("user")
+        found = self._objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
+        if not found:
+            return None
+        if len(found) > 1:
+            raise TokenError(f"{self.describe()} holds {len(found)} private keys with ID "
+                             f"{key_id.hex()}; remove the extra ones", code="token.key_ambiguous")
+        private = found[0]
+        publics = self._objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id})
+        where = f"key {key_id.hex()} on {self.describe()}"
+        try:
+            public = public_key_of(private, publics[0] if len(publics) == 1 else None, where)
+            label = str(private[Attribute.LABEL])
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{where}: cannot read the public key ({type(exc).__name__})") from None
+        try:
+            can_sign = bool(private[Attribute.SIGN])
+        except p11_exc.PKCS11Error:
+            can_sign = True  # the card does not say: try it
+        return CardKey(key_id=key_id, label=label, public_key=public, can_sign=can_sign)
+
+    def key_attributes(self, key_id: bytes, names: tuple[Attribute, ...]) -> dict[Attribute, Any]:
+        """Attributes of the private key (for checks and tests); unreadable ones are None."""
+        self.login("user")
+        found = self._objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
+        if len(found) != 1:
+            raise TokenKeyNotFound(f"no single private key with ID {key_id.hex()} on {self.describe()}")
+        values: dict[Attribute, Any] = {}
+        for name in names:
+            try:
+                values[name] = found[0][name]
+            except p11_exc.PKCS11Error:
+                values[name] = None
+        return values
+
+    def generate_key(self, spec: KeySpec, key_id: bytes, label: str, usage: Usage, *,
+                     login: Login) -> None:
+        """A new key pair on the card: never extractable, usable as ``usage`` says."""
+        self.login(login)
+        private_template, public_template, capabilities = _keygen_templates(spec, usage)
+        common: dict[str, Any] = {
+            "id": key_id, "label": label, "store": True, "capabilities": capabilities,
+            "public_template": public_template, "private_template": private_template,
+        }
+        try:
+            if spec.algorithm == "rsa":
+                self._session.generate_keypair(KeyType.RSA, spec.rsa_bits,
+                                               mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN, **common)
+            else:
+                assert spec.curve is not None
+                public_template[Attribute.EC_PARAMS] = encode_named_curve_parameters(_CURVE_OIDS[spec.curve])
+                self._session.generate_keypair(KeyType.EC, mechanism=Mechanism.EC_KEY_PAIR_GEN, **common)
+        except (p11_exc.MechanismInvalid, p11_exc.KeySizeRange, p11_exc.DomainParamsInvalid,
+                p11_exc.TemplateInconsistent, p11_exc.AttributeValueInvalid,
+                p11_exc.AttributeTypeInvalid) as exc:
+            raise TokenError(f"{self.describe()} cannot generate a {spec_text(spec)} key with ID "
+                             f"{key_id.hex()} ({type(exc).__name__}); this card does not fit the "
+                             "certificate policy", code="token.keygen") from None
+        except _CARD_GONE as exc:
+            raise TokenError(f"{self.describe()} went away during key generation "
+                             f"({type(exc).__name__}): put it back and run again") from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.describe()}: key generation failed ({type(exc).__name__})",
+                             code="token.keygen") from None
+
+    def private_key(self, key: CardKey) -> Pkcs11RSAPrivateKey | Pkcs11ECPrivateKey:
+        """A cryptography private key whose ``sign`` runs on the card (for the CSR)."""
+        signer = _CardSigner(self, key)
+        if isinstance(key.public_key, rsa.RSAPublicKey):
+            return Pkcs11RSAPrivateKey(signer, key.public_key)
+        return Pkcs11ECPrivateKey(signer, key.public_key)
+
+    def sign(self, key_id: bytes, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+        self.login("user")
+        found = self._objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
+        if len(found) != 1:
+            raise TokenKeyNotFound(f"key {key_id.hex()} is gone from {self.describe()}")
+        try:
+            return bytes(found[0].sign(data, mechanism=mechanism, mechanism_param=param))
+        except _CARD_GONE as exc:
+            raise TokenError(f"{self.describe()} went away while signing ({type(exc).__name__}): "
+                             "put it back and run again") from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(
+                f"{self.describe()} refused to sign with key {key_id.hex()} using {mechanism.name} "
+                f"({type(exc).__name__}); the CSR that proves the key is yours needs that signature",
+                code="token.cannot_sign") from None
+
+    # --- certificates ----------------------------------------------------------------------
+
+    def certificates(self, key_id: bytes) -> list[x509.Certificate]:
+        certs = []
+        for obj in self._objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id}):
+            with contextlib.suppress(p11_exc.PKCS11Error, ValueError):
+                certs.append(x509.load_der_x509_certificate(bytes(obj[Attribute.VALUE])))
+        return certs
+
+    def write_certificate(self, cert: x509.Certificate, key_id: bytes, label: str, *,
+                          login: Login) -> None:
+        """Store ``cert`` next to its key (same CKA_ID), replacing older ones with that ID."""
+        self.login(login)
+        der = cert.public_bytes(serialization.Encoding.DER)
+        try:
+            for old in self._objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id}):
+                try:
+                    old.destroy()
+                except _CARD_GONE:
+                    raise
+                except p11_exc.PKCS11Error as exc:
+                    # A card with one certificate per key slot (OpenPGP) may refuse
+                    # to delete and simply overwrites on create.
+                    log.info("%s: old certificate %s not deleted (%s)", self.describe(),
+                             key_id.hex(), type(exc).__name__)
+            self._session.create_object({
+                Attribute.CLASS: ObjectClass.CERTIFICATE,
+                Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: False,
+                Attribute.ID: key_id,
+                Attribute.LABEL: label,
+                Attribute.SUBJECT: cert.subject.public_bytes(),
+                Attribute.ISSUER: cert.issuer.public_bytes(),
+                Attribute.SERIAL_NUMBER: der_integer(cert.serial_number),
+                Attribute.VALUE: der,
+            })
+        except _CARD_GONE as exc:
+            raise TokenError(f"{self.describe()} went away while writing the certificate "
+                             f"({type(exc).__name__}): put it back and run again") from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.describe()} refused to store the certificate for key "
+                             f"{key_id.hex()} ({type(exc).__name__})", code="token.cert_write") from None
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _objects(self, template: dict[Attribute, Any]) -> list[Any]:
+        try:
+            return list(self._session.get_objects(template))
+        except _CARD_GONE as exc:
+            raise TokenError(f"{self.describe()} went away ({type(exc).__name__}): put it back "
+                             "and run again") from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.describe()}: cannot list its objects ({type(exc).__name__})") from None
+
+
+class _CardSigner(TokenSigner):
+    """The CA's key classes sign through a TokenSigner; this one signs on the card.
+
+    No session pool here: the card has one session, owned by :class:`Card`.
+    """
+
+    def __init__(self, card: Card, key: CardKey) -> None:  # noqa: D107 - no pool to pass up
+        self._card = card
+        self.ref = TokenKeyRef(key.label, key.key_id)
+
+    def describe(self) -> str:
+        return f"key {self.ref} on {self._card.describe()}"
+
+    def sign(self, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+        assert self.ref.key_id is not None
+        return self._card.sign(self.ref.key_id, data, mechanism, param)
+
+
+def _keygen_templates(spec: KeySpec, usage: Usage) -> tuple[dict[Attribute, Any], dict[Attribute, Any],
+                                                              MechanismFlag]:
+    """Private and public templates: the private half never leaves the card.
+
+    Every key must sign once, for the CSR that proves possession; a decryption
+    key additionally decrypts/unwraps (RSA) or derives (EC, ECDH).
+    """
+    decrypt = usage == "decrypt"
+    is_rsa = spec.algorithm == "rsa"
+    private = {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.SIGN: True,
+        Attribute.DECRYPT: decrypt and is_rsa,
+        Attribute.UNWRAP: decrypt and is_rsa,
+        Attribute.DERIVE: decrypt and not is_rsa,
+    }
+    public: dict[Attribute, Any] = {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: False,
+        Attribute.VERIFY: True,
+    }
+    capabilities = MechanismFlag.SIGN | MechanismFlag.VERIFY
+    if decrypt and is_rsa:
+        public.update({Attribute.ENCRYPT: True, Attribute.WRAP: True})
+        capabilities |= MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.WRAP | MechanismFlag.UNWRAP
+    elif decrypt:
+        capabilities |= MechanismFlag.DERIVE
+    return private, public, capabilities
+
+
+def spec_text(spec: KeySpec) -> str:
+    """``RSA-2048`` / ``EC P-256``, as the progress lines show it."""
+    return f"RSA-{spec.rsa_bits}" if spec.algorithm == "rsa" else f"EC {spec.curve}"
+
+
+def der_integer(value: int) -> bytes:
+    """DER INTEGER (CKA_SERIAL_NUMBER holds the encoded serial, tag and length included)."""
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
+    if len(body) > 127:
+        raise ValueError("serial numbers longer than 127 bytes are not X.509")
+    return bytes((0x02, len(body))) + body
+
+
+def _list_slots(slots: list[Any]) -> str:
+    return ", ".join(f"{s.slot_id} {s.slot_description.strip()!r}" for s in slots) or "none"
+
+
+# --- what Pkcs11Module does not offer (yet) ------------------------------------------------
+# Pkcs11Module.login knows only CKU_USER, and re-initialises only on load and
+# when find_token misses a label.  A card needs the SO login and an on-demand
+# re-initialisation; both go through the module's own function list and lock.
+
+
+def _login_as(module: Pkcs11Module, session: Any, role: Login, pin: str) -> int:
+    if role == "user":
+        return module.login(session, pin)
+    buffer = ctypes.create_string_buffer(pin.encode("utf-8"))
+    try:
+        head = module._head  # noqa: SLF001 - see the note above
+        return int(head.C_Login(session.handle, _CKU[role], buffer, len(buffer) - 1))
+    finally:
+        ctypes.memset(buffer, 0, len(buffer))  # do not leave the PIN in freed memory
+
+
+def _reinitialize_module(module: Pkcs11Module) -> None:
+    with module._lock:  # noqa: SLF001 - see the note above
+        if module.open_sessions:
+            raise TokenError(f"{module.path}: cannot re-initialise with {module.open_sessions} "
+                             "session(s) open")
+        module._reinitialize(after_fork=False)  # noqa: SLF001

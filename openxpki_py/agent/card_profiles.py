@@ -1,0 +1,126 @@
+"""What differs between kinds of cards, as data: key slots, logins, driver quirks.
+
+A generic PKCS#11 token (SoftHSM, most PIV-less tokens) stores keys under
+whatever CKA_ID and label the server suggests and does everything after a
+user login.  A real card may fix its key slots, want the SO (admin) PIN to
+generate keys or write certificates, and have driver quirks; the agent reads
+all of that from :data:`CARD_PROFILES`.  To support another card, add a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import TokenError
+from .errors import UsageError
+
+Usage = Literal["sign", "decrypt"]
+Login = Literal["user", "so"]
+
+
+@dataclass(frozen=True)
+class KeySlot:
+    """A key place a card fixes: its CKA_ID (hex), its label, what the key can do."""
+
+    key_id: str
+    label: str
+    usage: Usage
+    #: Certificate types that belong here (``authentication`` …).
+    cert_types: tuple[str, ...] = ()
+    #: Taken for an unknown certificate type with this usage.
+    default_for_usage: bool = False
+    #: Whether the card signs with this key: a CSR needs a signature from it.
+    can_sign: bool = True
+
+    def as_api(self) -> dict[str, str]:
+        return {"key_id": self.key_id, "label": self.label, "usage": self.usage}
+
+
+@dataclass(frozen=True)
+class CardProfile:
+    """How the agent treats one kind of card."""
+
+    name: str
+    description: str
+    #: Lower-case words that pick this profile under ``--card-profile auto``
+    #: when found in the token's label, model or manufacturer.
+    detect: tuple[str, ...]
+    #: Fixed key slots; empty means key IDs and labels come from the server.
+    slots: tuple[KeySlot, ...]
+    keygen_login: Login
+    cert_write_login: Login
+    #: The driver's objects from C_GenerateKeyPair are unusable until the
+    #: module is finalised and initialised again (OpenSC 0.23).
+    reinit_after_keygen: bool
+    #: Key generation overwrites what a fixed slot held (an OpenPGP card has
+    #: exactly one key per slot), so the agent warns before it does.
+    keygen_replaces: bool
+
+    @property
+    def needs_so_pin(self) -> bool:
+        return "so" in (self.keygen_login, self.cert_write_login)
+
+    def slot_for(self, cert_type: str, usage: Usage) -> KeySlot | None:
+        """The fixed slot for this certificate type (None: the card has no fixed slots)."""
+        if not self.slots:
+            return None
+        for slot in self.slots:
+            if cert_type in slot.cert_types:
+                return slot
+        for slot in self.slots:
+            if slot.usage == usage and slot.default_for_usage:
+                return slot
+        offered = ", ".join(f"{s.key_id} ({'/'.join(s.cert_types) or s.usage})" for s in self.slots)
+        raise TokenError(f"the {self.description} has no key slot for a {cert_type!r} certificate "
+                         f"with usage {usage!r} (its slots: {offered})", code="token.no_slot")
+
+
+GENERIC = CardProfile(
+    name="generic",
+    description="PKCS#11 token",
+    detect=(),
+    slots=(),
+    keygen_login="user",
+    cert_write_login="user",
+    reinit_after_keygen=False,
+    keygen_replaces=False,
+)
+
+# OpenSC's OpenPGP card driver (OpenPGP card v2/v3: Nitrokey, YubiKey's
+# OpenPGP applet, Gnuk …): three fixed keys with OpenSC's labels; the admin
+# PIN (PW3) generates keys and writes certificates, the user PIN (PW1) signs.
+# The decryption key answers only PSO:DECIPHER: it cannot sign a CSR.
+OPENPGP = CardProfile(
+    name="openpgp",
+    description="OpenPGP card",
+    detect=("openpgp",),
+    slots=(
+        KeySlot("01", "Signature key", "sign", ("signature",)),
+        KeySlot("02", "Encryption key", "decrypt", ("encryption",), default_for_usage=True,
+                can_sign=False),
+        KeySlot("03", "Authentication key", "sign", ("authentication",), default_for_usage=True),
+    ),
+    keygen_login="so",
+    cert_write_login="so",
+    reinit_after_keygen=True,
+    keygen_replaces=True,
+)
+
+CARD_PROFILES: dict[str, CardProfile] = {p.name: p for p in (GENERIC, OPENPGP)}
+PROFILE_CHOICES = ("auto", *CARD_PROFILES)
+
+
+def choose_profile(name: str, token_words: Iterable[str]) -> CardProfile:
+    """The profile named, or under ``auto`` the first whose words the token shows."""
+    if name != "auto":
+        try:
+            return CARD_PROFILES[name]
+        except KeyError:
+            raise UsageError(f"--card-profile {name!r}: choose one of {', '.join(PROFILE_CHOICES)}") from None
+    text = " ".join(token_words).lower()
+    for profile in CARD_PROFILES.values():
+        if any(word in text for word in profile.detect):
+            return profile
+    return GENERIC

@@ -1,0 +1,162 @@
+"""``openxpki-py-token``: the command a user runs on their PC to personalize a card.
+
+The only place where errors become exit codes (:data:`EXIT_CODES`) and
+messages: 0 done, 1 failed, 2 usage, 3 card problem, 4 refused by the
+server, 5 network or TLS.  Progress goes to stderr, the issued certificates
+to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import __version__
+from ..configreader import SecretRef
+from ..errors import OpenXPKIError, TokenError
+from .api_client import ApiClient
+from .card import DEFAULT_MODULE, Card
+from .card_profiles import PROFILE_CHOICES
+from .enroll import IssuedCertificate, TokenAgent
+from .errors import EnrollmentStopped, ServerRefused, ServerUnreachable, UsageError
+from .pins import CardPins
+from .progress import Progress
+from .state import DEFAULT_STATE_DIR, StateStore
+
+PROG = "openxpki-py-token"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CARD, EXIT_REFUSED, EXIT_NETWORK = 0, 1, 2, 3, 4, 5
+
+# Most specific first: the first matching class decides.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (UsageError, EXIT_USAGE),
+    (TokenError, EXIT_CARD),
+    (ServerRefused, EXIT_REFUSED),
+    (ServerUnreachable, EXIT_NETWORK),
+    (OpenXPKIError, EXIT_FAILED),
+)
+
+# What the user can do about a refusal, by the server's stable error code.
+HINTS: dict[str, str] = {
+    "enroll.code_invalid": "check the code: copy it again from the personalization page",
+    "enroll.code_expired": "reload the personalization page for a new code and run again",
+    "enroll.code_used": "reload the personalization page for a new code and run again",
+    "enroll.rate_limited": "too many tries: wait a little, then run again",
+    "auth.token_invalid": "reload the personalization page for a new code and run again",
+    "auth.token_expired": "reload the personalization page for a new code and run again",
+    "token.owned_by_other": "this card belongs to someone else: use your own card",
+    "token.unusable": "this card may not be used any more: use another card or ask your PKI administrator",
+    "token.mismatch": "this personalization was started with another card: insert that one, "
+                      "or start again in the browser",
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Personalize your smartcard with certificates from openxpki-py.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    enroll = commands.add_parser(
+        "enroll", help="generate keys on the card and install their certificates",
+        description="Run the command the personalization page shows; it continues where an "
+                    "interrupted run stopped.")
+    enroll.add_argument("--server", required=True, metavar="URL",
+                        help="the server URL shown on the personalization page")
+    enroll.add_argument("--code", required=True, help="the enrollment code shown on the page")
+    enroll.add_argument("--module", type=Path, default=DEFAULT_MODULE, metavar="PATH",
+                        help=f"PKCS#11 module of the card (default: {DEFAULT_MODULE})")
+    which = enroll.add_mutually_exclusive_group()
+    which.add_argument("--slot", type=int, metavar="N", help="PKCS#11 slot ID of the card")
+    which.add_argument("--token-label", metavar="LABEL", help="the card's token label")
+    enroll.add_argument("--ca-file", type=Path, metavar="PEM",
+                        help="trust only this CA for the server's TLS certificate (default: the system's CAs)")
+    pin = enroll.add_mutually_exclusive_group()
+    pin.add_argument("--pin-file", type=Path, metavar="FILE", help="read the card's PIN from FILE")
+    pin.add_argument("--pin-env", metavar="VAR", help="read the card's PIN from environment variable VAR")
+    so_pin = enroll.add_mutually_exclusive_group()
+    so_pin.add_argument("--so-pin-file", type=Path, metavar="FILE",
+                        help="read the SO (admin) PIN from FILE (only cards that need it)")
+    so_pin.add_argument("--so-pin-env", metavar="VAR", help="read the SO (admin) PIN from VAR")
+    enroll.add_argument("--card-profile", choices=PROFILE_CHOICES, default="auto",
+                        help="how to treat the card (default: auto)")
+    enroll.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help=f"where an interrupted run is remembered (default: {DEFAULT_STATE_DIR})")
+    enroll.add_argument("--insecure-http-for-localhost", action="store_true",
+                        help="allow plain http to 127.0.0.1/localhost (demo and tests only)")
+    enroll.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="give up waiting after this long (default: 900)")
+    enroll.add_argument("-v", "--verbose", action="store_true", help="log each step (never PINs)")
+    return parser
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    pins = CardPins.interactive(
+        user=_secret("--pin-file", "--pin-env", args.pin_file, args.pin_env),
+        so=_secret("--so-pin-file", "--so-pin-env", args.so_pin_file, args.so_pin_env))
+    api = ApiClient(args.server, ca_file=args.ca_file,
+                    allow_http_localhost=args.insecure_http_for_localhost)
+    card = Card(args.module, pins, slot_id=args.slot, token_label=args.token_label)
+    agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
+                       timeout=args.timeout, progress=Progress())
+    for cert in agent.enroll(args.code):
+        print(_result_line(cert))
+    return EXIT_OK
+
+
+def _secret(file_option: str, env_option: str, file: Path | None, env: str | None) -> SecretRef | None:
+    if file is not None:
+        return SecretRef(file_option, file=file)
+    if env is not None:
+        return SecretRef(env_option, env=env)
+    return None
+
+
+def _result_line(cert: IssuedCertificate) -> str:
+    return f"{cert.cert_type}: serial {cert.serial}, {cert.subject}, valid until {cert.not_after}"
+
+
+def describe_failure(exc: OpenXPKIError) -> str:
+    """The line (or two) the user sees; the server's own code and message verbatim."""
+    if isinstance(exc, ServerRefused):
+        text = f"the server refused: {exc.message} [{exc.code}]"
+        hint = HINTS.get(exc.code)
+        if exc.code == "enroll.rate_limited" and exc.retry_after:
+            hint = f"too many tries: wait {exc.retry_after:.0f} s, then run again"
+        return f"{text}\n  {hint}" if hint else text
+    if isinstance(exc, TokenError):
+        return f"card problem: {exc.message}"
+    if isinstance(exc, ServerUnreachable):
+        return f"network problem: {exc.message}"
+    if isinstance(exc, EnrollmentStopped):
+        return exc.message
+    return f"failed: {exc.message}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format=f"{PROG}: %(levelname)s %(message)s")
+    try:
+        return cmd_enroll(args)
+    except OpenXPKIError as exc:
+        print(f"{PROG}: {describe_failure(exc)}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; run the same command again to continue "
+              "(nothing is issued twice)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""The agent's part of personalization: report the card, then do the server's tasks.
+
+The server decides what is left to do (``GET /api/v1/task``); the agent only
+executes one task at a time and never keeps its own plan.  That is what makes
+a rerun after any interruption safe: a key that was generated but never
+certified is found on the card and used again, a certificate already on the
+card only needs its receipt, and the server never issues twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from ..crypto.keys.spec import KeySpec
+from ..errors import TokenError, TokenKeyNotFound
+from .api_client import ApiClient
+from .card import Card, CardInfo, CardKey, spec_text
+from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
+from .errors import EnrollmentFailed, EnrollmentStopped, ProtocolError, ServerRefused
+from .progress import Progress
+from .state import EnrollmentSession, StateStore
+
+log = logging.getLogger("openxpki_py.agent")
+
+# The server's retry_after is honoured within these bounds (seconds).
+_MIN_WAIT, _MAX_WAIT = 0.2, 60.0
+# A generic token gets a key under the server's ID; if that ID holds something
+# the agent must not touch, it tries ID + 01, ID + 02 … (never deletes a key).
+_ALTERNATIVE_IDS = 15
+_AUTH_CODES = frozenset({"auth.token_invalid", "auth.token_expired"})
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """One entry of the ``done`` task."""
+
+    cert_type: str
+    serial: str
+    subject: str
+    not_after: str
+
+
+class TokenAgent:
+    """Runs one enrollment: ``TokenAgent(...).enroll(code)``."""
+
+    def __init__(self, api: ApiClient, card: Card, store: StateStore, *,
+                 profile_name: str = "auto", timeout: float = 900.0, max_tasks: int = 100,
+                 progress: Progress | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.api = api
+        self.card = card
+        self.store = store
+        self.profile_name = profile_name
+        self.timeout = timeout
+        self.max_tasks = max_tasks
+        self.progress = progress or Progress()
+        self._sleep = sleep
+        self._clock = clock
+
+    def enroll(self, code: str) -> list[IssuedCertificate]:
+        code = code.strip()
+        with self.card:
+            info = self.card.info
+            assert info is not None
+            self.progress.step(f"card found: {info.describe()}")
+            profile = choose_profile(self.profile_name, (info.label, info.model, info.manufacturer))
+            log.info("card profile %s", profile.name)
+            # Check the PINs before the one-time code is spent: a typo must not
+            # cost the user a new code.
+            self.card.login("user")
+            if profile.needs_so_pin:
+                self.card.login("so")
+            session = self._authenticate(code)
+            try:
+                announced = self._report_card(info, profile)
+                issued = self._run_tasks(profile, announced)
+            except ServerRefused as exc:
+                # The saved session is of no use any more: a rerun needs a new code.
+                if exc.code in _AUTH_CODES or isinstance(exc, EnrollmentFailed):
+                    self.store.forget(session.server, code)
+                raise
+        self.store.forget(session.server, code)
+        return issued
+
+    # --- the session ------------------------------------------------------------------------
+
+    def _authenticate(self, code: str) -> EnrollmentSession:
+        server = self.api.base_url
+        saved = self.store.load(server, code)
+        if saved is not None and saved.is_valid():
+            self.progress.step(f"continuing the personalization for {saved.user} "
+                               f"(workflow {saved.workflow_id})")
+            self.api.access_token = saved.access_token
+            return saved
+        try:
+            # Never retried: a lost answer would burn the one-time code twice.
+            answer = self.api.post("enroll", {"code": code}, retry=False)
+        except ServerRefused as exc:
+            if exc.code == "enroll.code_used" and saved is not None:
+                raise ServerRefused(
+                    f"{exc.message} (an earlier run used it, and its session has expired)",
+                    code=exc.code, status=exc.status) from None
+            raise
+        body = answer.body
+        token_type = _text(body, "token_type", "enroll")
+        if token_type.lower() != "bearer":
+            raise ProtocolError(f"the server issued a {token_type!r} token; this agent speaks Bearer")
+        session = EnrollmentSession(
+            server=server,
+            workflow_id=_integer(body, "workflow_id", "enroll"),
+            user=_text(body, "user", "enroll"),
+            access_token=_text(body, "access_token", "enroll"),
+            expires_at=time.time() + _integer(body, "expires_in", "enroll"),
+        )
+        self.store.save(code, session)
+        self.api.access_token = session.access_token
+        log.info("enrolled as %s, workflow %d", session.user, session.workflow_id)
+        return session
+
+    def _report_card(self, info: CardInfo, profile: CardProfile) -> bool:
+        """POST /token; True when the user still has to confirm the card."""
+        body: dict[str, Any] = {
+            "serial": info.serial, "manufacturer": info.manufacturer, "model": info.model,
+            "label": info.label, "card_profile": profile.name,
+        }
+        if profile.slots:
+            body["key_slots"] = [slot.as_api() for slot in profile.slots]
+        status = _text(self.api.post("token", body).body, "status", "token")
+        if status == "awaiting_confirmation":
+            self.progress.step("waiting for you to confirm the card in the browser…")
+            return True
+        if status != "confirmed":
+            raise ProtocolError(f"the server answered the card report with status {status!r}")
+        return False
+
+    # --- the task loop ----------------------------------------------------------------------
+
+    def _run_tasks(self, profile: CardProfile, announced_confirmation: bool) -> list[IssuedCertificate]:
+        deadline = self._clock() + self.timeout
+        # The first wait after "confirm the card in the browser" says the same again.
+        shown: str | None = None
+        quiet = announced_confirmation
+        for _ in range(self.max_tasks):
+            task = self.api.get("task").body
+            kind = _text(task, "task", "task")
+            if kind == "wait":
+                reason = str(task.get("reason") or "the server is busy")
+                if not quiet and reason != shown:
+                    self.progress.step(f"waiting: {reason}…")
+                quiet, shown = False, reason
+                self._wait(task, deadline, reason)
+                continue
+            quiet, shown = False, None
+            if kind == "generate_key":
+                self._generate_key(task, profile)
+            elif kind == "install_certificate":
+                self._install_certificate(task, profile)
+            elif kind == "done":
+                return self._done(task)
+            elif kind == "failed":
+                raise EnrollmentFailed(str(task.get("message") or "the personalization failed"),
+                                       code=str(task.get("code") or "task.failed"))
+            else:
+                raise ProtocolError(f"the server asked for task {kind!r}, which this agent does not "
+                                    "know: update openxpki-py-token")
+        raise ProtocolError(f"the server sent more than {self.max_tasks} tasks without finishing")
+
+    def _wait(self, task: dict[str, Any], deadline: float, reason: str) -> None:
+        retry_after = task.get("retry_after", 1)
+        if not isinstance(retry_after, (int, float)) or isinstance(retry_after, bool):
+            retry_after = 1
+        delay = min(max(float(retry_after), _MIN_WAIT), _MAX_WAIT)
+        if self._clock() + delay > deadline:
+            raise EnrollmentStopped(
+                f"stopped waiting after {self.timeout:.0f} s ({reason}); run the same command "
+                "again to continue (if the code's session has expired, reload the web page for "
+                "a new code)")
+        self._sleep(delay)
+
+    def _done(self, task: dict[str, Any]) -> list[IssuedCertificate]:
+        listed = task.get("certificates")
+        if not isinstance(listed, list):
+            raise ProtocolError("the server's done task has no certificate list")
+        issued = [IssuedCertificate(cert_type=str(c.get("cert_type", "")), serial=str(c.get("serial", "")),
+                                    subject=str(c.get("subject", "")), not_after=str(c.get("not_after", "")))
+                  for c in listed if isinstance(c, dict)]
+        self.progress.step(f"done: {len(issued)} certificate{'s' if len(issued) != 1 else ''} on the card")
+        return issued
+
+    # --- generate_key -----------------------------------------------------------------------
+
+    def _generate_key(self, task: dict[str, Any], profile: CardProfile) -> None:
+        cert_type = _text(task, "cert_type", "generate_key")
+        index, count = _integer(task, "index", "generate_key"), _integer(task, "count", "generate_key")
+        spec = _key_spec(task.get("key"))
+        usage = _usage(task.get("usage"))
+        slot = profile.slot_for(cert_type, usage)
+        if slot is not None:
+            if not slot.can_sign:
+                raise TokenError(
+                    f"the {profile.description}'s {cert_type} key (ID {slot.key_id}, "
+                    f"{slot.label!r}) cannot sign, so it cannot sign the CSR that proves the key "
+                    "is yours; ask your PKI administrator to leave this certificate type out for "
+                    "this card", code="token.cannot_sign")
+            key_id, label = bytes.fromhex(slot.key_id), slot.label
+        else:
+            key_id, label = _key_id(task.get("key_id")), str(task.get("label") or cert_type)
+        what = f"{index}/{count} ({cert_type}, {spec_text(spec)})"
+        key = self._key_for(what, spec, key_id, label, usage, profile, slot)
+        if not key.can_sign:
+            raise TokenError(f"key {key.key_id.hex()} on the card may not sign (CKA_SIGN is false), "
+                             "so it cannot sign the CSR that proves the key is yours",
+                             code="token.cannot_sign")
+        csr = build_csr(self.card, key, cert_type)
+        answer = self.api.post("csr", {"cert_type": cert_type, "key_id": key.key_id.hex(), "csr": csr})
+        status = _text(answer.body, "status", "csr")
+        if status == "issued":
+            self.progress.step("CSR sent; certificate issued")
+        elif status == "pending":
+            reason = str(answer.body.get("reason") or "waiting for approval")
+            self.progress.step(f"CSR sent; {reason}")
+        else:
+            raise ProtocolError(f"the server answered the CSR with status {status!r}")
+
+    def _key_for(self, what: str, spec: KeySpec, key_id: bytes, label: str, usage: Usage,
+                 profile: CardProfile, slot: KeySlot | None) -> CardKey:
+        """The key to certify: an uncertified one of ours already there, or a new one."""
+        candidates = [key_id] if slot is not None else [
+            key_id, *(key_id + bytes((n,)) for n in range(1, _ALTERNATIVE_IDS + 1))]
+        for candidate in candidates:
+            existing = self.card.find_key(candidate)
+            certs = self.card.certificates(candidate)
+            if existing is not None and not certs and existing.spec == spec and (
+                    slot is not None or existing.label == label):
+                # Generated by an interrupted run and never certified: use it, do
+                # not leave a second key behind.
+                self.progress.step(f"key {what} is already on the card (ID {candidate.hex()}), "
+                                   "not yet certified: using it")
+                return existing
+            if slot is None and (existing is not None or certs):
+                log.info("key ID %s is taken on the card; trying the next one", candidate.hex())
+                continue  # someone else's key or an older certificate: never touched
+            if slot is not None and existing is not None and profile.keygen_replaces:
+                held = f" and its certificate {certs[0].subject.rfc4514_string()}" if certs else ""
+                self.progress.step(f"note: this replaces the key in slot {candidate.hex()}{held}")
+            return self._new_key(what, spec, candidate, label, usage, profile)
+        raise TokenError(f"key IDs {key_id.hex()} to {candidates[-1].hex()} are all taken on "
+                         f"{self.card.describe()}; remove old keys first", code="token.full")
+
+    def _new_key(self, what: str, spec: KeySpec, key_id: bytes, label: str, usage: Usage,
+                 profile: CardProfile) -> CardKey:
+        self.progress.step(f"generating key {what} on the card…")
+        self.card.generate_key(spec, key_id, label, usage, login=profile.keygen_login)
+        if profile.reinit_after_keygen:
+            self.card.reinitialize()
+        key = self.card.find_key(key_id)
+        if key is None:
+            raise TokenKeyNotFound(f"{self.card.describe()} generated key {key_id.hex()} but does not "
+                                   "show it afterwards")
+        if key.spec != spec:
+            raise TokenError(f"{self.card.describe()} generated a {key.spec} key instead of "
+                             f"{spec_text(spec)}", code="token.keygen")
+        return key
+
+    # --- install_certificate ------------------------------------------------------------------
+
+    def _install_certificate(self, task: dict[str, Any], profile: CardProfile) -> None:
+        cert_type = _text(task, "cert_type", "install_certificate")
+        index = _integer(task, "index", "install_certificate")
+        count = _integer(task, "count", "install_certificate")
+        key_id = _key_id(task.get("key_id"))
+        serial = _text(task, "serial", "install_certificate")
+        try:
+            cert = x509.load_pem_x509_certificate(_text(task, "certificate", "install_certificate").encode())
+        except ValueError:
+            raise ProtocolError("the server sent a certificate that is not PEM X.509") from None
+        if _serial_int(serial) != cert.serial_number:
+            raise ProtocolError(f"the server's serial {serial} is not the certificate's "
+                                f"({cert.serial_number:x})")
+        key = self.card.find_key(key_id)
+        if key is None:
+            raise TokenKeyNotFound(
+                f"the key for the {cert_type} certificate (ID {key_id.hex()}) is not on "
+                f"{self.card.describe()}; insert the card you started with", code="token.wrong_card")
+        if _spki(cert.public_key()) != _spki(key.public_key):
+            raise ProtocolError(f"the server's {cert_type} certificate is not for key {key_id.hex()} on "
+                                "the card; it was not written. Tell your PKI administrator")
+        if any(existing == cert for existing in self.card.certificates(key_id)):
+            self.progress.step(f"certificate {index}/{count} is already on the card")
+        else:
+            self.progress.step(f"writing certificate {index}/{count} to the card…")
+            label = str(task.get("label") or key.label or cert_type)
+            self.card.write_certificate(cert, key_id, label, login=profile.cert_write_login)
+        self.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial})
+
+
+def build_csr(card: Card, key: CardKey, cert_type: str) -> str:
+    """A PKCS#10 request signed on the card (PEM); the server ignores its subject."""
+    private = card.private_key(key)
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cert_type)]))
+    csr = builder.sign(private, hashes.SHA256())
+    # A driver that returns garbage (OpenSC before re-initialising) is caught
+    # here, with a clear message, instead of as csr.signature from the server.
+    if not csr.is_signature_valid:
+        raise TokenError(f"{card.describe()} produced an invalid signature with key {key.key_id.hex()}",
+                         code="token.bad_signature")
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+# --- reading the server's tasks ----------------------------------------------------------------
+
+
+def _text(body: dict[str, Any], name: str, where: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"the server's {where} answer has no {name!r}")
+    return value
+
+
+def _integer(body: dict[str, Any], name: str, where: str) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"the server's {where} answer has no whole number {name!r}")
+    return value
+
+
+def _key_id(value: object) -> bytes:
+    try:
+        if isinstance(value, str) and 0 < len(value) <= 64:
+            return bytes.fromhex(value)
+    except ValueError:
+        pass
+    raise ProtocolError(f"the server's key_id {value!r} is not a hex CKA_ID")
+
+
+def _usage(value: object) -> Usage:
+    if value == "sign":
+        return "sign"
+    if value == "decrypt":
+        return "decrypt"
+    raise ProtocolError(f"the server asked for key usage {value!r}; this agent knows sign and decrypt")
+
+
+def _key_spec(value: object) -> KeySpec:
+    if isinstance(value, dict):
+        try:
+            if value.get("algorithm") == "rsa":
+                return KeySpec("rsa", rsa_bits=value.get("size"))
+            if value.get("algorithm") == "ec":
+                return KeySpec("ec", curve=value.get("curve"))
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"the server asked for a key this agent cannot make: {exc}") from None
+    raise ProtocolError(f"the server asked for key {value!r}; expected "
+                        '{"algorithm": "rsa", "size": …} or {"algorithm": "ec", "curve": …}')
+
+
+def _serial_int(serial: str) -> int:
+    try:
+        return int(serial.replace(":", ""), 16)
+    except ValueError:
+        raise ProtocolError(f"the server's certificate serial {serial!r} is not hex") from None
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo))

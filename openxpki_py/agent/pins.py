@@ -1,0 +1,65 @@
+"""The card's PINs: from a file, an environment variable, or asked for.
+
+A PIN is read when the card first needs it (the SO PIN only if the card's
+profile asks for it) and kept in memory for this run only: the OpenSC
+re-initialisation after key generation needs a second login.  It is never
+printed, logged, or written to the state file.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..configreader import SecretRef
+from ..errors import ConfigError
+from .card_profiles import Login
+from .errors import UsageError
+
+_NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
+_OPTIONS: dict[Login, str] = {"user": "--pin-file/--pin-env", "so": "--so-pin-file/--so-pin-env"}
+
+
+@dataclass
+class CardPins:
+    """Where each PIN comes from; ``prompt`` is used when no source was given."""
+
+    user: SecretRef | None = None
+    so: SecretRef | None = None
+    prompt: Callable[[str], str] | None = None
+    _known: dict[Login, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def interactive(cls, user: SecretRef | None, so: SecretRef | None) -> CardPins:
+        """Asks on the terminal, and only if there is one (never reads a PIN from a pipe)."""
+        ask = _ask_terminal if sys.stdin is not None and sys.stdin.isatty() else None
+        return cls(user=user, so=so, prompt=ask)
+
+    def get(self, role: Login, card: str) -> str:
+        if role in self._known:
+            return self._known[role]
+        source = self.user if role == "user" else self.so
+        if source is not None:
+            try:
+                pin = source.reveal()
+            except ConfigError as exc:
+                raise UsageError(exc.message) from None
+        elif self.prompt is not None:
+            pin = self.prompt(f"{_NAMES[role]} of {card}: ")
+        else:
+            raise UsageError(f"the card needs its {_NAMES[role]} and there is no terminal to ask "
+                             f"for it: pass {_OPTIONS[role]}")
+        if not pin:
+            raise UsageError(f"the {_NAMES[role]} is empty")
+        self._known[role] = pin
+        return pin
+
+    def forget(self, role: Login) -> None:
+        """Drop a refused PIN: it must not be tried again."""
+        self._known.pop(role, None)
+
+
+def _ask_terminal(prompt: str) -> str:
+    return getpass.getpass(prompt)

@@ -1,0 +1,155 @@
+"""The hand-off from the browser to the token agent.
+
+The page shows a one-time *enrollment code* (100 random bits, single use,
+minutes of life, bound to one workflow and its user).  The agent trades it
+for a *bearer credential* (256 bits, bound to that workflow only, short
+lived).  Only SHA-256 hashes of either are stored, so a copy of the
+database does not let anyone enroll a card in someone's name.  Failed code
+attempts are counted per client address and refused beyond a limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Connection
+
+from ..audit import append_audit
+from ..db.schema import agent_credential, enrollment_code, enrollment_failure
+from ..errors import AuthError
+from .policy import EnrollmentLimits
+
+CODE_BYTES = 13  # 104 bits → 21 base32 characters, shown as 5 groups
+TOKEN_BYTES = 32
+
+
+class EnrollmentRefused(AuthError):
+    """The code or credential was refused; ``status`` is the HTTP status to answer with."""
+
+    status = 401
+
+    def __init__(self, message: str, *, code: str, status: int = 401, retry_after: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class AgentGrant:
+    access_token: str
+    workflow_id: int
+    login: str
+    expires_at: datetime
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def normalize_code(code: str) -> str:
+    """Codes are read aloud and typed: ignore case, spaces and dashes."""
+    return "".join(ch for ch in code.upper() if ch.isalnum())
+
+
+def format_code(raw: str) -> str:
+    return "-".join(raw[i:i + 5] for i in range(0, len(raw), 5))
+
+
+def new_enrollment_code(conn: Connection, *, workflow_id: int, login: str, limits: EnrollmentLimits,
+                        now: datetime) -> str:
+    """A fresh code for the workflow; earlier unused codes of it stop working."""
+    conn.execute(
+        enrollment_code.update()
+        .where(enrollment_code.c.workflow_id == workflow_id, enrollment_code.c.used_at.is_(None))
+        .values(expires_at=now)
+    )
+    raw = base64.b32encode(secrets.token_bytes(CODE_BYTES)).decode().rstrip("=")
+    conn.execute(enrollment_code.insert(), {
+        "code_hash": _hash(raw), "workflow_id": workflow_id, "login": login, "created_at": now,
+        "expires_at": now + timedelta(seconds=limits.code_lifetime),
+    })
+    append_audit(conn, actor=login, event="enroll.code", target=f"workflow:{workflow_id}")
+    return format_code(raw)
+
+
+def _rate_limited(conn: Connection, client: str, limits: EnrollmentLimits, now: datetime) -> None:
+    since = now - timedelta(seconds=limits.failure_window)
+    conn.execute(delete(enrollment_failure).where(enrollment_failure.c.failed_at < since))
+    failures = conn.execute(
+        select(func.count()).select_from(enrollment_failure)
+        .where(enrollment_failure.c.client == client, enrollment_failure.c.failed_at >= since)
+    ).scalar_one()
+    if failures >= limits.max_failures:
+        raise EnrollmentRefused(
+            f"too many wrong enrollment codes from this address; wait {limits.failure_window // 60} minutes",
+            code="enroll.rate_limited", status=429, retry_after=limits.failure_window,
+        )
+
+
+def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentLimits, now: datetime,
+                sso_login: str | None = None) -> AgentGrant:
+    """Trade a code for a bearer credential.  Every refusal is a counted failure.
+
+    Runs in its own transaction: the caller commits failures too (they are
+    the rate limit's memory), so refusals are recorded before raising.
+    """
+    _rate_limited(conn, client, limits, now)
+    row = conn.execute(
+        select(enrollment_code).where(enrollment_code.c.code_hash == _hash(normalize_code(code)))
+    ).mappings().first()
+    refusal: EnrollmentRefused | None = None
+    if row is None:
+        refusal = EnrollmentRefused("this enrollment code is not valid; copy it again from the web page",
+                                    code="enroll.code_invalid")
+    elif sso_login is not None and sso_login != row["login"]:
+        refusal = EnrollmentRefused("this enrollment code belongs to another user", code="enroll.wrong_user",
+                                    status=403)
+    elif row["used_at"] is not None:
+        refusal = EnrollmentRefused(
+            "this enrollment code was already used; rerun the agent with its saved session, or get a new code "
+            "from the web page", code="enroll.code_used", status=409)
+    elif row["expires_at"] <= now:
+        refusal = EnrollmentRefused("this enrollment code has expired; get a new one from the web page",
+                                    code="enroll.code_expired")
+    if refusal is not None:
+        conn.execute(enrollment_failure.insert(), {"client": client[:64], "failed_at": now})
+        append_audit(conn, actor=sso_login or "agent", event="enroll.redeem", outcome="refused",
+                     target=f"workflow:{row['workflow_id']}" if row is not None else None,
+                     details={"code": refusal.code, "client": client})
+        raise refusal
+    assert row is not None
+    claimed = conn.execute(
+        enrollment_code.update()
+        .where(enrollment_code.c.id == row["id"], enrollment_code.c.used_at.is_(None))
+        .values(used_at=now)
+    ).rowcount
+    if claimed != 1:  # a concurrent redeem won
+        raise EnrollmentRefused("this enrollment code was already used", code="enroll.code_used", status=409)
+    access_token = secrets.token_urlsafe(TOKEN_BYTES)
+    expires = now + timedelta(seconds=limits.agent_token_lifetime)
+    conn.execute(agent_credential.insert(), {
+        "token_hash": _hash(access_token), "code_id": row["id"], "workflow_id": row["workflow_id"],
+        "login": row["login"], "created_at": now, "expires_at": expires,
+    })
+    append_audit(conn, actor=row["login"], event="enroll.redeem", target=f"workflow:{row['workflow_id']}",
+                 details={"client": client})
+    return AgentGrant(access_token, int(row["workflow_id"]), row["login"], expires)
+
+
+def check_credential(conn: Connection, access_token: str, *, now: datetime) -> tuple[int, str]:
+    """(workflow id, login) the bearer credential was issued for."""
+    row = conn.execute(
+        select(agent_credential).where(agent_credential.c.token_hash == _hash(access_token))
+    ).mappings().first()
+    if row is None:
+        raise EnrollmentRefused("the agent's session is not valid; start again with a new code from the web page",
+                                code="auth.token_invalid")
+    if row["expires_at"] <= now:
+        raise EnrollmentRefused("the agent's session has expired; get a new code from the web page",
+                                code="auth.token_expired")
+    return int(row["workflow_id"]), row["login"]

@@ -1,0 +1,114 @@
+"""The ``personalization:`` section: which certificates a card gets, and the
+limits of the enrollment-code hand-off to the token agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..configreader import Reader
+from ..crypto.keys.spec import KeySpec
+from ..errors import ConfigError
+
+USAGES = ("sign", "decrypt")
+
+
+@dataclass(frozen=True)
+class CertificateType:
+    """One certificate (and key pair) a card receives."""
+
+    name: str  # e.g. authentication
+    profile: str
+    key: KeySpec
+    key_id: str  # hex CKA_ID suggested to the agent (a card with fixed slots picks its own)
+    usage: str  # sign | decrypt: what the private key is for
+    keep_valid_days: int | None  # keep a certificate on this card valid for that long; None: always reissue
+
+    def key_request(self) -> dict[str, Any]:
+        if self.key.algorithm == "rsa":
+            return {"algorithm": "rsa", "size": self.key.rsa_bits}
+        return {"algorithm": "ec", "curve": self.key.curve}
+
+
+@dataclass(frozen=True)
+class EnrollmentLimits:
+    code_lifetime: int  # seconds an enrollment code is valid
+    agent_token_lifetime: int  # seconds the agent's bearer credential is valid
+    max_failures: int  # failed code attempts per client address per window
+    failure_window: int  # seconds
+
+
+@dataclass(frozen=True)
+class PersonalizationPolicy:
+    certificates: tuple[CertificateType, ...]
+    enrollment: EnrollmentLimits
+
+    def certificate_type(self, name: str) -> CertificateType:
+        for cert_type in self.certificates:
+            if cert_type.name == name:
+                return cert_type
+        raise KeyError(name)
+
+
+DEFAULT_CERTIFICATES: list[dict[str, Any]] = [
+    {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01", "usage": "sign"},
+    {"type": "encryption", "profile": "encryption", "key": "rsa-2048", "key_id": "02", "usage": "decrypt"},
+]
+
+
+def _certificate_type(r: Reader) -> CertificateType:
+    try:
+        key = KeySpec.parse(r.str("key", "rsa-2048"))
+    except ValueError:
+        raise r.error("key", "one of rsa-2048, rsa-3072, rsa-4096, ec-p256, ec-p384") from None
+    key_id = r.str("key_id")
+    try:
+        if len(bytes.fromhex(key_id)) == 0:
+            raise ValueError
+    except ValueError:
+        raise r.error("key_id", 'a hex CKA_ID such as "01"') from None
+    keep = r.int("keep_valid_days", None, minimum=0)
+    cert_type = CertificateType(
+        name=r.str("type"),
+        profile=r.str("profile"),
+        key=key,
+        key_id=key_id.lower(),
+        usage=r.choice("usage", USAGES, "sign"),
+        keep_valid_days=keep,
+    )
+    r.finish()
+    return cert_type
+
+
+def parse_personalization_config(r: Reader) -> PersonalizationPolicy:
+    raw = r.raw("certificates", DEFAULT_CERTIFICATES)
+    if not isinstance(raw, list) or not raw:
+        raise r.error("certificates", "a non-empty list of certificate types")
+    types = tuple(_certificate_type(Reader(item, f"{r.key_path('certificates')}[{i}]", r.base_dir))
+                  for i, item in enumerate(raw))
+    names = [t.name for t in types]
+    ids = [t.key_id for t in types]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{r.key_path('certificates')}: certificate types must have distinct names")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{r.key_path('certificates')}: certificate types must have distinct key_id values")
+    e = r.section("enrollment")
+    limits = EnrollmentLimits(
+        code_lifetime=e.int("code_lifetime", 600, minimum=30, maximum=3600),
+        agent_token_lifetime=e.int("agent_token_lifetime", 1800, minimum=60, maximum=86400),
+        max_failures=e.int("max_failures", 10, minimum=1),
+        failure_window=e.int("failure_window", 900, minimum=60),
+    )
+    e.finish()
+    r.finish()
+    return PersonalizationPolicy(types, limits)
+
+
+def check_profiles(policy: PersonalizationPolicy, profile_names: list[str]) -> None:
+    """Called once the CA's profiles are known: a type naming no profile is a config error."""
+    for i, cert_type in enumerate(policy.certificates):
+        if cert_type.profile not in profile_names:
+            raise ConfigError(
+                f"personalization.certificates[{i}].profile: unknown profile '{cert_type.profile}'; "
+                f"known: {', '.join(profile_names)}"
+            )

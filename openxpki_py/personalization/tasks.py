@@ -1,0 +1,131 @@
+"""Where a personalization stands, for the agent (its next task) and for the
+page (what to show).  Both are derived from the workflow alone: nothing here
+is stored, so any Apache process answers any poll the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+WF_TYPE = "smartcard_personalization"
+FINAL_FAILURE = ("FAILED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the page's progress list."""
+
+    label: str
+    status: str  # done | active | waiting | failed
+
+
+@dataclass
+class Progress:
+    """What the page shows: a phase, a sentence, the steps."""
+
+    phase: str  # waiting_for_card | confirm_card | working | approval | done | failed
+    message: str
+    steps: list[Step] = field(default_factory=list)
+    token: dict[str, Any] | None = None
+
+
+def _to_issue(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in entries if e["status"] != "kept"]
+
+
+def _position(ctx: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    entries = ctx["certificates"]
+    entry = entries[ctx["current"]]
+    todo = _to_issue(entries)
+    return entry, todo.index(entry) + 1, len(todo)
+
+
+def _child_waits_for_approval(children: Sequence[Any], entry: dict[str, Any]) -> bool:
+    child = next((c for c in children if c.id == entry.get("child_id")), None)
+    return child is not None and child.state == "PENDING_APPROVAL"
+
+
+def _failure(view: Any) -> tuple[str, str]:
+    failure = view.context.get("failure") or {}
+    return failure.get("code", "personalization.failed"), failure.get("message") or view.last_error or view.state
+
+
+def agent_task(view: Any, children: Sequence[Any] = ()) -> dict[str, Any]:
+    """The JSON task ``GET /api/v1/task`` answers."""
+    ctx, state = view.context, view.state
+    if view.proc_state in ("retry", "exception") and state not in ("SUCCESS",) + FINAL_FAILURE:
+        return {"task": "wait", "reason": f"the server is retrying: {view.last_error}", "retry_after": 5}
+    if state == "WAIT_FOR_TOKEN":
+        return {"task": "wait", "reason": "report the card first (POST /api/v1/token)", "retry_after": 1}
+    if state == "CONFIRM_TOKEN":
+        return {"task": "wait", "reason": "confirm the card in your browser", "retry_after": 1}
+    if state == "WAIT_FOR_CSR":
+        entry, index, count = _position(ctx)
+        return {"task": "generate_key", "cert_type": entry["type"], "index": index, "count": count,
+                "key": entry["key"], "key_id": entry["key_id"], "label": entry["label"], "usage": entry["usage"]}
+    if state == "ISSUING":
+        entry, _, _ = _position(ctx)
+        reason = ("waiting for approval by an RA Operator" if _child_waits_for_approval(children, entry)
+                  else "the CA is issuing the certificate")
+        return {"task": "wait", "reason": reason, "retry_after": 2}
+    if state == "WAIT_FOR_INSTALL":
+        entry, index, count = _position(ctx)
+        return {"task": "install_certificate", "cert_type": entry["type"], "index": index, "count": count,
+                "key_id": entry.get("key_id_used", entry["key_id"]), "label": entry["label"],
+                "certificate": entry["certificate_pem"], "serial": entry["serial"]}
+    if state == "SUCCESS":
+        return {"task": "done", "certificates": [
+            {"cert_type": e["type"], "serial": e["serial"], "status": e["status"]} for e in ctx["certificates"]
+        ]}
+    if state in FINAL_FAILURE:
+        code, message = _failure(view)
+        return {"task": "failed", "code": code, "message": message}
+    return {"task": "wait", "reason": "the server is working", "retry_after": 1}
+
+
+def page_progress(view: Any, children: Sequence[Any] = ()) -> Progress:
+    """The live page's phase, sentence and step list."""
+    ctx, state = view.context, view.state
+    token = ctx.get("token")
+    if state in FINAL_FAILURE:
+        return Progress("failed", _failure(view)[1], _steps(ctx, state, children), token)
+    if state in ("LOOKUP", "WAIT_FOR_TOKEN"):
+        return Progress("waiting_for_card", "Insert your card and run the token agent with the code below.",
+                        [], token)
+    if state == "CONFIRM_TOKEN":
+        return Progress("confirm_card", "The agent found a card. Is this your card?", [], token)
+    if state == "SUCCESS":
+        return Progress("done", "Your card is ready.", _steps(ctx, state, children), token)
+    steps = _steps(ctx, state, children) if "certificates" in ctx else []
+    if state == "ISSUING" and _child_waits_for_approval(children, ctx["certificates"][ctx["current"]]):
+        return Progress("approval", "Waiting for approval by an RA Operator.", steps, token)
+    if view.proc_state in ("retry", "exception"):
+        return Progress("working", "The CA is not reachable right now; the server retries by itself.", steps,
+                        token)
+    return Progress("working", "Personalizing your card. Keep it inserted.", steps, token)
+
+
+def _steps(ctx: dict[str, Any], state: str, children: Sequence[Any]) -> list[Step]:
+    entries = ctx.get("certificates") or []
+    todo = _to_issue(entries)
+    steps: list[Step] = []
+    for number, entry in enumerate(todo, start=1):
+        name = f"{entry['type']} ({number}/{len(todo)})"
+        status = entry["status"]
+        current = entries.index(entry) == ctx.get("current")
+        key_done = status in ("requested", "issued", "installed")
+        steps.append(Step(f"Generating key {name} on the card",
+                          "done" if key_done else ("active" if current and state == "WAIT_FOR_CSR" else
+                                                   "failed" if status == "failed" else "waiting")))
+        steps.append(Step(f"Issuing certificate {name}",
+                          "done" if status in ("issued", "installed") else
+                          "failed" if status == "failed" else
+                          "active" if current and state == "ISSUING" else "waiting"))
+        steps.append(Step(f"Installing certificate {name}",
+                          "done" if status == "installed" else
+                          "active" if current and state == "WAIT_FOR_INSTALL" else "waiting"))
+    for entry in entries:
+        if entry["status"] == "kept":
+            steps.append(Step(f"Keeping the valid {entry['type']} certificate {entry['serial']}", "done"))
+    return steps

@@ -1,0 +1,106 @@
+"""The token registry: which cards exist, whose they are, whether usable.
+
+A card is registered to the first user who personalizes it; afterwards only
+that user may personalize it again (re-issue), and only while its status is
+``active``.  Lost, revoked or destroyed cards are refused with a message
+that says why, so the user knows to call the help desk rather than retry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from ..audit import append_audit
+from ..db.schema import certificate, token
+from ..errors import PolicyViolation
+
+STATUSES = ("active", "lost", "revoked", "destroyed")
+USABLE = "active"
+SERIAL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the agent reads from CK_TOKEN_INFO."""
+
+    serial: str
+    model: str = ""
+    manufacturer: str = ""
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not SERIAL_RE.match(self.serial):
+            raise PolicyViolation(
+                "the card's serial number is empty or has characters other than letters, digits and ._:-",
+                code="token.serial_invalid",
+            )
+
+
+@dataclass(frozen=True)
+class RegisteredToken:
+    id: int
+    serial: str
+    owner: str
+    status: str
+    model: str | None
+    manufacturer: str | None
+
+
+def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime) -> RegisteredToken:
+    """Find or create the card; refuse another user's card or an unusable one."""
+    row = conn.execute(select(token).where(token.c.serial == info.serial)).mappings().first()
+    if row is None:
+        result = conn.execute(token.insert(), {
+            "serial": info.serial, "model": info.model[:128] or None,
+            "manufacturer": info.manufacturer[:128] or None, "owner": owner, "status": USABLE,
+            "first_seen": now, "last_seen": now,
+        })
+        append_audit(conn, actor=owner, event="token.register", target=info.serial,
+                     details={"model": info.model, "manufacturer": info.manufacturer})
+        return RegisteredToken(int(result.inserted_primary_key[0]), info.serial, owner, USABLE,
+                               info.model or None, info.manufacturer or None)
+    if row["owner"] != owner:
+        append_audit(conn, actor=owner, event="token.register", outcome="refused", target=info.serial,
+                     details={"reason": "owned by another user"})
+        raise PolicyViolation(
+            f"card {info.serial} is registered to another user; ask the help desk to release it",
+            code="token.owned_by_other",
+        )
+    if row["status"] != USABLE:
+        raise PolicyViolation(
+            f"card {info.serial} is marked {row['status']} and cannot be personalized; use another card "
+            "or ask the help desk",
+            code="token.unusable",
+        )
+    conn.execute(token.update().where(token.c.id == row["id"]).values(last_seen=now))
+    return RegisteredToken(int(row["id"]), row["serial"], row["owner"], row["status"], row["model"],
+                           row["manufacturer"])
+
+
+def set_token_status(conn: Connection, serial: str, status: str, *, actor: str) -> None:
+    if status not in STATUSES:
+        raise PolicyViolation(f"unknown card status '{status}'; use one of {', '.join(STATUSES)}",
+                              code="token.status_invalid")
+    updated = conn.execute(token.update().where(token.c.serial == serial).values(status=status)).rowcount
+    if updated != 1:
+        raise PolicyViolation(f"no card with serial {serial} is registered", code="token.unknown")
+    append_audit(conn, actor=actor, event="token.status", target=serial, details={"status": status})
+
+
+def valid_certificates_on_token(conn: Connection, token_id: int, profile: str,
+                                not_after_later_than: datetime) -> list[str]:
+    """Serials of still-valid certificates of ``profile`` issued for this card."""
+    rows = conn.execute(
+        select(certificate.c.serial).where(
+            certificate.c.token_id == token_id,
+            certificate.c.profile == profile,
+            certificate.c.status == "valid",
+            certificate.c.not_after > not_after_later_than,
+        )
+    )
+    return [r.serial for r in rows]

@@ -1,0 +1,166 @@
+"""Activities of ``smartcard_personalization`` (see its YAML for the flow).
+
+The context keeps:
+
+- ``user``: the login, DN and directory attributes (the only source of
+  subject data for the certificates);
+- ``token``: the card the agent reported (id, serial, model …, confirmed);
+- ``certificates``: one entry per certificate type with its key request
+  and its progress: ``pending`` → ``requested`` (child forked) →
+  ``issued`` → ``installed``; or ``kept`` when a still-valid certificate
+  on this card is kept;
+- ``current``: the index of the entry being worked on.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from ...crypto.csr import ExpectedKey, public_key_fingerprint
+from ...errors import PolicyViolation
+from ...personalization.tokens import TokenInfo, register_token, valid_certificates_on_token
+from ..context import ActivityContext
+from ..registry import default_registry
+
+OPEN = ("pending", "requested", "issued")
+
+
+def _policy(ctx: ActivityContext) -> Any:
+    return ctx.services.config.personalization
+
+
+def current_entry(ctx: ActivityContext) -> dict[str, Any]:
+    return ctx["certificates"][ctx["current"]]  # type: ignore[no-any-return]
+
+
+def _pop_inputs(ctx: ActivityContext, *names: str) -> None:
+    # The engine keeps a manual action's inputs in the context; the
+    # activities copy what matters into their own structure instead.
+    for name in names:
+        ctx.context.pop(name, None)
+
+
+@default_registry.activity("load_user_from_directory")
+def load_user_from_directory(ctx: ActivityContext) -> None:
+    """Subject data comes from the directory and nowhere else."""
+    user = ctx.services.directory.find_user(ctx.creator)
+    ctx["user"] = {"login": user.login, "dn": user.dn, "attributes": dict(user.attributes)}
+    ctx.set_attribute("owner", ctx.creator)
+
+
+@default_registry.activity("register_card")
+def register_card(ctx: ActivityContext) -> None:
+    """The agent reported a card: registry checks, then the user must confirm it."""
+    info = TokenInfo(serial=ctx.inputs["serial"], model=ctx.inputs.get("model", ""),
+                     manufacturer=ctx.inputs.get("manufacturer", ""), label=ctx.inputs.get("token_label", ""))
+    registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now)
+    ctx["token"] = {
+        "id": registered.id, "serial": info.serial, "model": info.model, "manufacturer": info.manufacturer,
+        "label": info.label, "card_profile": ctx.inputs.get("card_profile", "generic"), "confirmed": False,
+    }
+    ctx.set_attribute("token_serial", info.serial)
+    _pop_inputs(ctx, "serial", "model", "manufacturer", "token_label", "card_profile")
+
+
+@default_registry.activity("confirm_card")
+def confirm_card(ctx: ActivityContext) -> None:
+    ctx["token"] = {**ctx["token"], "confirmed": True}
+
+
+@default_registry.activity("forget_card")
+def forget_card(ctx: ActivityContext) -> None:
+    ctx.context.pop("token", None)
+    ctx.set_attribute("token_serial")
+
+
+@default_registry.activity("plan_certificates")
+def plan_certificates(ctx: ActivityContext) -> None:
+    """One entry per configured type; keep still-valid ones where the policy says so."""
+    entries = []
+    for cert_type in _policy(ctx).certificates:
+        entry: dict[str, Any] = {
+            "type": cert_type.name, "profile": cert_type.profile, "key": cert_type.key_request(),
+            "key_id": cert_type.key_id, "label": cert_type.name, "usage": cert_type.usage, "status": "pending",
+        }
+        if cert_type.keep_valid_days is not None:
+            horizon = ctx.now + timedelta(days=cert_type.keep_valid_days)
+            kept = valid_certificates_on_token(ctx.conn, ctx["token"]["id"], cert_type.profile, horizon)
+            if kept:
+                entry.update(status="kept", serial=kept[0])
+        entries.append(entry)
+    ctx["certificates"] = entries
+    ctx["current"] = next((i for i, e in enumerate(entries) if e["status"] == "pending"), len(entries))
+
+
+@default_registry.condition("certificates_pending")
+def certificates_pending(ctx: ActivityContext) -> bool:
+    return any(e["status"] in OPEN for e in ctx["certificates"])
+
+
+@default_registry.activity("request_certificate")
+def request_certificate(ctx: ActivityContext) -> None:
+    """Check the CSR made on the card, then fork the issuance child and wait for it."""
+    entry = current_entry(ctx)
+    if ctx.inputs["cert_type"] != entry["type"]:
+        raise PolicyViolation(
+            f"the server is waiting for the {entry['type']} certificate's request, not {ctx.inputs['cert_type']}",
+            code="task.unexpected",
+        )
+    key = entry["key"]
+    expected = ExpectedKey(key["algorithm"], size=key.get("size"), curve=key.get("curve"))
+    csr_pem: str = ctx.inputs["csr"]
+    checked = ctx.services.ca.check_csr(ctx.conn, csr_pem.encode("ascii"), entry["profile"], expected_key=expected)
+    child = ctx.fork("certificate_issuance", {
+        "csr": csr_pem,
+        "profile": entry["profile"],
+        "subject": ctx["user"]["attributes"],
+        "owner": ctx.creator,
+        "token_id": ctx["token"]["id"],
+        "expected_key": {k: str(v) for k, v in key.items()},  # a map field holds text
+    })
+    entry.update(status="requested", child_id=child, key_id_used=ctx.inputs["key_id"].lower(),
+                 csr_sha256=public_key_fingerprint(checked.csr.public_key()))
+    _pop_inputs(ctx, "cert_type", "key_id", "csr")
+
+
+@default_registry.activity("collect_certificate")
+def collect_certificate(ctx: ActivityContext) -> None:
+    """The child finished: take its certificate, or its reason for failing."""
+    entry = current_entry(ctx)
+    child = next((c for c in ctx.children() if c.id == entry["child_id"]), None)
+    if child is None or not child.succeeded:
+        reason = "the issuance workflow is missing"
+        if child is not None:
+            failure = child.context.get("failure") or {}
+            reason = failure.get("message") or child.context.get("rejection") or child.last_error or child.state
+        entry.update(status="failed", reason=str(reason))
+        ctx["failure"] = {"action": "issue", "code": "issuance.failed",
+                          "message": f"the {entry['type']} certificate was not issued: {reason}"}
+        return
+    entry.update(status="issued", serial=child.context["certificate_serial"],
+                 certificate_pem=child.context["certificate_pem"])
+    ctx.add_attribute("certificate_serial", child.context["certificate_serial"])
+
+
+@default_registry.activity("record_installation")
+def record_installation(ctx: ActivityContext) -> None:
+    """The agent wrote the certificate next to its key and says so."""
+    entry = current_entry(ctx)
+    if ctx.inputs["cert_type"] != entry["type"] or ctx.inputs["certificate_serial"].lower() != entry["serial"]:
+        raise PolicyViolation(
+            f"the receipt names {ctx.inputs['cert_type']} {ctx.inputs['certificate_serial']}, but the card "
+            f"should be installing {entry['type']} {entry['serial']}",
+            code="task.unexpected",
+        )
+    entry["status"] = "installed"
+    entry.pop("certificate_pem", None)  # it is in the certificate table; the context need not carry it
+    ctx["current"] = next((i for i, e in enumerate(ctx["certificates"]) if e["status"] == "pending"),
+                          len(ctx["certificates"]))
+    _pop_inputs(ctx, "cert_type", "certificate_serial")
+
+
+@default_registry.activity("record_cancellation")
+def record_cancellation(ctx: ActivityContext) -> None:
+    reason = ctx.inputs.get("reason") or "cancelled by the user"
+    ctx["failure"] = {"action": "cancel", "code": "personalization.cancelled", "message": reason}

@@ -1,0 +1,234 @@
+"""The personalization's server side in-process: pages, JSON API, workflow,
+CA with its key in SoftHSM, LDIF directory, SQLite and PostgreSQL.
+
+The agent is played by plain HTTP calls with software keys here; the real
+agent against a real card, through Apache and a browser, is
+tests/e2e/test_personalization_e2e.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import func, select, update
+from werkzeug.test import Client
+
+from openxpki_py.db.schema import certificate, enrollment_code, token
+from openxpki_py.web.app import create_app
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+CODE_RE = re.compile(r'<code id="enrollment-code">([A-Z0-9-]+)</code>')
+
+
+class Browser:
+    """A user's browser behind SSO: every request carries REMOTE_USER."""
+
+    def __init__(self, app: Any, login: str) -> None:
+        self.client = Client(app)
+        self.env = {"REMOTE_USER": login}
+
+    def get(self, path: str) -> Any:
+        return self.client.get(path, environ_overrides=self.env)
+
+    def post(self, path: str, data: dict[str, Any]) -> Any:
+        return self.client.post(path, data=data, environ_overrides=self.env)
+
+    def csrf(self, page: str) -> str:
+        match = CSRF_RE.search(page)
+        assert match, page
+        return match.group(1)
+
+
+class Agent:
+    """The token agent's HTTP side, without a card."""
+
+    def __init__(self, app: Any, env: dict[str, str] | None = None) -> None:
+        self.client = Client(app)
+        self.env = env or {}
+        self.access_token = ""
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+        return self.client.open(f"/api/v1/{path}", method=method, json=body, headers=headers,
+                                environ_overrides=self.env)
+
+    def enroll(self, code: str) -> Any:
+        response = self.call("POST", "enroll", {"code": code})
+        if response.status_code == 200:
+            self.access_token = response.json["access_token"]
+        return response
+
+
+def make_csr(key: Any) -> str:
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "card")]))
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+
+
+def start(app: Any, login: str = "alice") -> tuple[Browser, int, str]:
+    browser = Browser(app, login)
+    response = browser.get("/deeplink")
+    assert response.status_code == 303, response.text
+    page_path = response.headers["Location"]
+    wf_id = int(page_path.rsplit("/", 1)[1])
+    page = browser.get(page_path).text
+    assert "Show enrollment code" in page and 'class="menu"' not in page
+    shown = browser.post(f"/personalize/{wf_id}/code", {"csrf_token": browser.csrf(page), "mode": "deeplink"})
+    code = CODE_RE.search(shown.text)
+    assert code, shown.text
+    assert f"--code {code.group(1)}" in shown.text
+    return browser, wf_id, code.group(1)
+
+
+def confirm(browser: Browser, wf_id: int) -> None:
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "Is this your card?" in page
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert version
+    done = browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
+                                                         "action": "confirm_token", "version": version.group(1)})
+    assert done.status_code == 303, done.text
+
+
+def count(inst: Any, table: Any) -> int:
+    with inst.services.db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@pytest.fixture
+def app(make_instance: Callable[..., Any], db_engine: Any) -> Any:
+    inst = make_instance(db_engine)
+    application = create_app(inst.config, inst.services)
+    application.instance = inst  # type: ignore[attr-defined]
+    return application
+
+
+def test_two_certificates_for_alice(app: Any) -> None:
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    assert agent.enroll(code).json["user"] == "alice"
+    assert agent.call("POST", "token", {"serial": "CARD0001", "model": "SoftHSM v2", "manufacturer": "SoftHSM"}
+                      ).json == {"status": "awaiting_confirmation"}
+    assert agent.call("GET", "task").json["reason"] == "confirm the card in your browser"
+    assert "CARD0001" in browser.get(f"/deeplink/workflow/{wf_id}").text
+    confirm(browser, wf_id)
+
+    serials = []
+    for index, cert_type in ((1, "authentication"), (2, "encryption")):
+        task = agent.call("GET", "task").json
+        assert task["task"] == "generate_key" and task["cert_type"] == cert_type
+        assert (task["index"], task["count"], task["key"]) == (index, 2, {"algorithm": "rsa", "size": 2048})
+        csr = make_csr(rsa.generate_private_key(65537, 2048))
+        answer = agent.call("POST", "csr", {"cert_type": cert_type, "key_id": task["key_id"], "csr": csr})
+        assert answer.status_code == 200 and answer.json["status"] == "issued", answer.json
+        again = agent.call("POST", "csr", {"cert_type": cert_type, "key_id": task["key_id"], "csr": csr})
+        assert again.json == answer.json  # idempotent: a retried post issues nothing new
+        install = agent.call("GET", "task").json
+        assert install["task"] == "install_certificate" and install["serial"] == answer.json["serial"]
+        cert = x509.load_pem_x509_certificate(install["certificate"].encode())
+        assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "Alice Example"
+        receipt = {"cert_type": cert_type, "key_id": install["key_id"], "serial": install["serial"]}
+        assert agent.call("POST", "receipt", receipt).json == {"status": "installed"}
+        assert agent.call("POST", "receipt", receipt).json == {"status": "installed"}
+        serials.append(install["serial"])
+
+    done = agent.call("GET", "task").json
+    assert done["task"] == "done" and [c["serial"] for c in done["certificates"]] == serials
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "Your card is ready." in page and all(s in page for s in serials)
+    assert count(app.instance, certificate) == 2
+    with app.instance.services.db.connect() as conn:
+        token_ids = {r.token_id for r in conn.execute(select(certificate.c.token_id))}
+    assert len(token_ids) == 1 and None not in token_ids
+    pem = browser.get(f"/personalize/{wf_id}/certificate/{serials[0]}.pem")
+    assert pem.status_code == 200 and b"BEGIN CERTIFICATE" in pem.data
+    # history shows the forked children
+    children = app.instance.services.workflows.children(wf_id)
+    assert [c.wf_type for c in children] == ["certificate_issuance"] * 2
+    assert all(c.state == "ISSUED" for c in children)
+
+
+def test_refusals(app: Any) -> None:
+    inst = app.instance
+    browser, wf_id, code = start(app)
+
+    bob_agent = Agent(app, env={"REMOTE_USER": "bob"})
+    refused = bob_agent.enroll(code)
+    assert (refused.status_code, refused.json["error"]["code"]) == (403, "enroll.wrong_user")
+    garbage = Agent(app).enroll("AAAAA-BBBBB-CCCCC-DDDDD-E")
+    assert (garbage.status_code, garbage.json["error"]["code"]) == (401, "enroll.code_invalid")
+
+    agent = Agent(app)
+    assert agent.enroll(code).status_code == 200
+    reused = Agent(app).enroll(code)
+    assert (reused.status_code, reused.json["error"]["code"]) == (409, "enroll.code_used")
+
+    with inst.services.db.begin() as conn:  # bob's card
+        now = datetime.now(timezone.utc)
+        conn.execute(token.insert(), {"serial": "BOBCARD", "owner": "bob", "status": "active",
+                                      "first_seen": now, "last_seen": now})
+        conn.execute(token.insert(), {"serial": "LOSTCARD", "owner": "alice", "status": "lost",
+                                      "first_seen": now, "last_seen": now})
+    owned = agent.call("POST", "token", {"serial": "BOBCARD"})
+    assert (owned.status_code, owned.json["error"]["code"]) == (403, "token.owned_by_other")
+    lost = agent.call("POST", "token", {"serial": "LOSTCARD"})
+    assert (lost.status_code, lost.json["error"]["code"]) == (403, "token.unusable")
+    assert "marked lost" in lost.json["error"]["message"]
+
+    agent.call("POST", "token", {"serial": "ALICECARD"})
+    early = agent.call("POST", "csr", {"cert_type": "authentication", "key_id": "01",
+                                       "csr": make_csr(rsa.generate_private_key(65537, 2048))})
+    assert (early.status_code, early.json["error"]["code"]) == (409, "task.unexpected")
+    confirm(browser, wf_id)
+
+    mismatch = agent.call("POST", "csr", {"cert_type": "authentication", "key_id": "01",
+                                          "csr": make_csr(ec.generate_private_key(ec.SECP256R1()))})
+    assert (mismatch.status_code, mismatch.json["error"]["code"]) == (422, "csr.key_mismatch")
+    assert "EC P-256 key but RSA-2048 was requested" in mismatch.json["error"]["message"]
+
+    good = x509.load_pem_x509_csr(make_csr(rsa.generate_private_key(65537, 2048)).encode())
+    der = bytearray(good.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0xFF
+    forged = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode()
+    bad_sig = agent.call("POST", "csr", {"cert_type": "authentication", "key_id": "01", "csr": forged})
+    assert (bad_sig.status_code, bad_sig.json["error"]["code"]) == (422, "csr.signature")
+
+    other_card = agent.call("POST", "token", {"serial": "OTHERCARD"})
+    assert (other_card.status_code, other_card.json["error"]["code"]) == (409, "token.mismatch")
+    assert count(inst, certificate) == 0
+    assert agent.call("GET", "task").json["task"] == "generate_key"  # nothing lost: the step is still open
+
+
+def test_expired_code_and_rate_limit(app: Any) -> None:
+    inst = app.instance
+    _, wf_id, code = start(app)
+    with inst.services.db.begin() as conn:
+        conn.execute(update(enrollment_code).values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    expired = Agent(app).enroll(code)
+    assert (expired.status_code, expired.json["error"]["code"]) == (401, "enroll.code_expired")
+    limit = inst.config.personalization.enrollment.max_failures
+    for _ in range(limit):
+        Agent(app).enroll("WRONG-WRONG-WRONG")
+    limited = Agent(app).enroll("WRONG-WRONG-WRONG")
+    assert (limited.status_code, limited.json["error"]["code"]) == (429, "enroll.rate_limited")
+    assert limited.headers["Retry-After"]
+
+
+def test_deep_link_resumes_and_menu_mode(app: Any) -> None:
+    browser, wf_id, _ = start(app)
+    again = browser.get("/deeplink")
+    assert again.headers["Location"].endswith(f"/deeplink/workflow/{wf_id}")  # resumed, not a second one
+    menu = browser.get("/personalize")
+    assert menu.headers["Location"].endswith(f"/personalize/{wf_id}")
+    page = browser.get(f"/personalize/{wf_id}").text
+    assert 'class="menu"' in page and "Personalize your smartcard" in page
+    assert Browser(app, "bob").get(f"/personalize/{wf_id}").status_code == 404  # not bob's to see
+    no_csrf = browser.post(f"/personalize/{wf_id}/code", {"mode": "menu"})
+    assert no_csrf.status_code == 403
