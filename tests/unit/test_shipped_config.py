@@ -1,0 +1,56 @@
+"""Every configuration shipped in contrib/ loads (STYLE: examples are complete and tested)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from openxpki_py.config import load_config, parse_config
+from openxpki_py.errors import ConfigError
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "config" / "config.yaml"
+
+
+def test_example_config_loads() -> None:
+    cfg = load_config(CONTRIB)
+    assert cfg.instance.name == "example-pki"
+    assert cfg.ca.key.algorithm == "rsa-2048" and cfg.ca.key.backend == "pkcs11"
+    assert cfg.ca.crl.url == "https://pki.example.com/crl/example-pki.crl"
+    assert [t.name for t in cfg.personalization.certificates] == ["authentication", "encryption"]
+    assert cfg.personalization.certificates[0].keep_valid_days == 30
+    assert cfg.directory.backend == "ldif"
+    assert set(cfg.auth.roles) == {"User", "RA Operator", "CA Operator"}
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("ca", "crl", "validity_hours"), "two days", "ca.crl.validity_hours: expected an integer, got 'two days'"),
+    (("ca", "key", "backend"), "pkcs12", "ca.key.backend: expected one of pkcs11, software, got 'pkcs12'"),
+    (("personalization", "enrollment", "code_lifetime"), 5, "personalization.enrollment.code_lifetime: "
+     "expected an integer between 30 and 3600, got 5"),
+    (("instance", "base_url"), "pki.example.com", "instance.base_url: expected an http(s) URL"),
+    (("database", "url"), "mysql://x", "database.url: expected an SQLAlchemy URL"),
+])
+def test_broken_values_name_their_key(path: tuple[str, ...], value: object, message: str) -> None:
+    data = yaml.safe_load(CONTRIB.read_text())
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, CONTRIB)
+    assert message in str(info.value)
+
+
+def test_typo_is_refused_and_unreadable_file_named(tmp_path: Path) -> None:
+    data = yaml.safe_load(CONTRIB.read_text())
+    data["ca"]["validty_days"] = 10
+    with pytest.raises(ConfigError, match=r"^ca\.validty_days: unknown key$"):
+        parse_config(data, CONTRIB)
+    with pytest.raises(ConfigError, match="config file .*nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("instance: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+, column \d+: not valid YAML"):
+        load_config(bad)
