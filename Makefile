@@ -8,7 +8,7 @@ deps:
 	sh contrib/install/debian-deps.sh $(VENV)
 
 test: deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	sh tests/run $(VENV) $(PYTEST_ARGS)
 
 demo: deps
 	$(VENV)/bin/python contrib/demo/run_demo.py --venv $(VENV) --dir $(DEMO_DIR)

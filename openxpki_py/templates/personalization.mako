@@ -18,7 +18,7 @@
     <p class="enrollment-code"><code id="enrollment-code">${code}</code></p>
     <p>It works once, for this personalization only, for ${code_minutes} minutes.
        Insert your card, then run the token agent on this computer:</p>
-    <pre id="agent-command">openxpki-py-token enroll --server ${server_url} --code ${code}</pre>
+    <pre id="agent-command">${agent_command}</pre>
     <p>This page continues by itself when the agent has found your card.</p>
   </section>
   % else:

@@ -92,10 +92,14 @@ def render_personalization(ctx: RequestContext, wf: Any, *, deep_link: bool, cod
     children: Sequence[Any] = service.engine.children(wf.id) if wf.state == "ISSUING" else ()
     progress = page_progress(wf, children)
     page = "deep_link_workflow" if deep_link else "personalization_page"
+    server_url = ctx.request.host_url.rstrip("/") + ctx.request.script_root
+    agent_command = f"openxpki-py-token enroll --server {server_url} --code {code}"
+    if server_url.startswith("http://"):  # demo / test sites on localhost only; the agent refuses others
+        agent_command += " --insecure-http-for-localhost"
     return ctx.render(
         "personalization.mako", hide_menu=deep_link, workflow=wf, progress=progress, code=code, message=message,
         code_minutes=service.policy.enrollment.code_lifetime // 60,
-        server_url=ctx.request.host_url.rstrip("/") + ctx.request.script_root,
+        agent_command=agent_command,
         page_url=ctx.url_for(page, wf_id=wf.id), mode="deeplink" if deep_link else "menu",
         certificates=service.certificates(wf) if wf.state == "SUCCESS" else [],
         actions=[a for a in PAGE_ACTIONS if a in {x.name for x in wf.available_actions("User")}],
