@@ -202,6 +202,18 @@ def cmd_ca_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .web.serve import serve
+
+    cfg = load_config(args.config)
+    site = serve(cfg, port=args.port, host=args.host, htpasswd=Path(args.htpasswd) if args.htpasswd else None,
+                 server_root=Path(args.server_root), apache_dir=Path(args.apache_dir) if args.apache_dir else None,
+                 processes=args.processes, threads=args.threads, foreground=args.foreground)
+    print(f"serving {cfg.instance.name} at {site.url}/openxpki/ (deep link {site.url}/token); "
+          f"stop with: {site.apachectl} stop")
+    return 0
+
+
 # --- helpers -------------------------------------------------------------------
 
 
@@ -272,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = command(sub, "serve", cmd_serve, "run the instance in Apache via mod_wsgi-express (demo, small sites)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--htpasswd", help="Basic authentication users, standing in for the SSO")
+    p.add_argument("--server-root", required=True, help="folder for Apache's generated files and logs")
+    p.add_argument("--apache-dir", help="the shipped apache/ folder (default: found next to the code)")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=10)
+    p.add_argument("--foreground", action="store_true", help="run Apache in the foreground")
     command(sub, "init", cmd_db_init, "create the database tables (same as 'db init')")
     # Sub-commands that live next to their subsystem.
     from .workflow.cli import register as register_workflow

@@ -1,25 +1,38 @@
 #!/usr/bin/env python3
 """`make demo`: an openxpki-py instance on embedded defaults, and its main job.
 
-    python contrib/demo/run_demo.py [--dir /var/tmp/openxpki-py-demo] [--venv /opt/openxpki-py/venv]
+    python contrib/demo/run_demo.py [--dir /var/tmp/openxpki-py-demo] [--port 8080]
 
-Builds everything in one folder (wiped first): a SoftHSM2 token holding the
-CA key, a second SoftHSM2 token standing in for alice's smartcard, a SQLite
-database and the demo LDIF directory.  Then it initialises the CA inside the
-HSM token, generates two key pairs on the "card", has the CA issue alice's
-smart card logon and encryption certificates (subject, UPN and mail from the
-directory), writes them to the card next to their keys, issues a CRL, and
-prints what was issued and the card's objects.
+Builds everything in one folder (wiped first, a running demo is stopped):
+a SQLite database, the demo LDIF directory, a SoftHSM2 token holding the
+CA key, a second SoftHSM2 token (with its own SoftHSM configuration, as on
+the user's PC) standing in for alice's smartcard, and Apache via
+mod_wsgi-express with Basic authentication standing in for the SSO.
+
+Then it runs the personalization as alice would: opens /token, gets the
+enrollment code, runs the token agent against the card, confirms the card
+when the page asks, and waits until the page says the card is ready.  It
+prints what was issued and `pkcs11-tool --list-objects` of the card, and
+leaves the server running.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import http.cookiejar
 import os
+import pwd
+import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,46 +40,67 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-CA_TOKEN = "openxpki-ca"
-CARD_TOKEN = "alice-card"
-USER = "alice"
+APACHE_USER = "www-data"
+CA_TOKEN, CARD_TOKEN = "openxpki-ca", "alice-card"
+USER, PASSWORD = "alice", "alice"
+CARD_PIN, CARD_SO_PIN = "123456", "12345678"
 
 
 def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def run(argv: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, env=env, text=True, capture_output=True, check=False, **kw)
+def fail(text: str) -> None:
+    sys.exit(f"\ndemo failed: {text}")
+
+
+def run(argv: list[str], env: dict[str, str], *, as_apache: bool = False) -> subprocess.CompletedProcess[str]:
+    # The CA's files (database, HSM token) belong to Apache's user: the CLI
+    # works on them as that user, so nothing it creates is out of Apache's reach.
+    user = APACHE_USER if as_apache and os.geteuid() == 0 else None
+    result = subprocess.run(argv, env=env, text=True, capture_output=True, check=False, user=user)
     if result.returncode != 0:
-        sys.exit(f"demo failed: {' '.join(argv[:4])} …: {result.stderr.strip() or result.stdout.strip()}")
+        fail(f"{' '.join(argv[:5])} …: {result.stderr.strip() or result.stdout.strip()}")
     return result
 
 
-def write_secret(path: Path, value: str) -> Path:
+def write_private(path: Path, value: str) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(value + "\n")
     return path
 
 
-def make_instance(base: Path, env: dict[str, str]) -> Path:
-    softhsm = base / "softhsm"
-    (softhsm / "tokens").mkdir(parents=True)
-    conf = softhsm / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {softhsm / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    env["SOFTHSM2_CONF"] = str(conf)
+def softhsm(folder: Path) -> Path:
+    (folder / "tokens").mkdir(parents=True)
+    conf = folder / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    return conf
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port")
+
+
+def make_instance(base: Path, env: dict[str, str]) -> dict[str, str]:
+    """Config, directory, HSM tokens, htpasswd; returns the env for Apache's side."""
+    ca_env = {**env, "SOFTHSM2_CONF": str(softhsm(base / "hsm"))}
     ca_pin = secrets.token_hex(8)
     run(["softhsm2-util", "--init-token", "--free", "--label", CA_TOKEN, "--so-pin", secrets.token_hex(8),
-         "--pin", ca_pin], env)
-    run(["softhsm2-util", "--init-token", "--free", "--label", CARD_TOKEN, "--so-pin", "12345678",
-         "--pin", "123456"], env)
-    write_secret(base / "ca-token.pin", ca_pin)
-    write_secret(base / "card.pin", "123456")
+         "--pin", ca_pin], ca_env)
+    write_private(base / "ca-token.pin", ca_pin)
     shutil.copy(REPO / "contrib" / "ldap" / "demo.ldif", base / "directory.ldif")
+    (base / "db").mkdir()
     settings = {
-        "instance": {"name": "demo-pki", "base_url": "http://localhost:8080"},
-        "database": {"url": f"sqlite:///{base / 'openxpki.db'}"},
+        "instance": {"name": "demo-pki", "base_url": "http://127.0.0.1"},
+        "database": {"url": f"sqlite:///{base / 'db' / 'openxpki.db'}"},
         "ca": {
             "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": SOFTHSM_MODULE,
                     "token_label": CA_TOKEN, "key_label": "ca-signing", "pin_file": "ca-token.pin"},
@@ -77,84 +111,140 @@ def make_instance(base: Path, env: dict[str, str]) -> Path:
         "directory": {"backend": "ldif", "ldif_file": "directory.ldif", "base_dn": "dc=example,dc=com",
                       "required": ["cn", "mail", "upn"]},
         "auth": {"roles": {"User": {"command": ["/bin/true"]}}},
-        "web": {"session": {"cookie_secure": False}},
+        "web": {"session": {"cookie_secure": False}},  # plain http on 127.0.0.1 only
     }
-    path = base / "config.yaml"
-    path.write_text("# made by `make demo`\n" + yaml.safe_dump(settings, sort_keys=False))
-    return path
+    (base / "config.yaml").write_text("# made by `make demo`\n" + yaml.safe_dump(settings, sort_keys=False))
+    digest = base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
+    (base / "htpasswd").write_text(f"{USER}:{{SHA}}{digest}\n")
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(APACHE_USER)
+        for path in (base, *base.rglob("*")):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    return ca_env
 
 
-def personalize_card(base: Path, cli: list[str], env: dict[str, str]) -> list[Path]:
-    """Keys made on the card, CSRs signed on the card, certificates back onto it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+class Browser:
+    """alice's browser, as far as the demo needs one: Basic auth, cookies, forms."""
 
-    from openxpki_py.configreader import SecretRef
-    from openxpki_py.crypto.keys import KeySpec
-    from openxpki_py.crypto.keys.pkcs11_backend import Pkcs11KeyBackend
+    def __init__(self, site: str) -> None:
+        self.site = site
+        passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        passwords.add_password(None, site, USER, PASSWORD)
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPBasicAuthHandler(passwords),
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.url = site
 
-    os.environ["SOFTHSM2_CONF"] = env["SOFTHSM2_CONF"]
-    pin = SecretRef("demo.card_pin", file=base / "card.pin")
-    issued = []
-    for key_id, label, profile in (("01", "authentication", "smartcard_logon"), ("02", "encryption", "encryption")):
-        with Pkcs11KeyBackend(module=SOFTHSM_MODULE, token_label=CARD_TOKEN, key_label=label,
-                              key_id=bytes.fromhex(key_id), pin=pin) as card:
-            key = card.generate_private_key(KeySpec.parse("rsa-2048"))
-            csr = (x509.CertificateSigningRequestBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, USER)]))
-                   .sign(key, hashes.SHA256()))
-        csr_path = base / f"{label}.csr"
-        csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
-        print(f"    key pair {label} generated on the card (CKA_ID {key_id}), CSR signed on the card")
-        cert_path = base / f"{label}.pem"
-        result = run(cli + ["ca", "issue", "--profile", profile, "--csr", str(csr_path), "--user", USER,
-                            "--out", str(cert_path)], env)
-        print("    " + result.stderr.strip().splitlines()[-1])
-        der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
-        (base / f"{label}.der").write_bytes(der)
-        run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--login",
-             "--pin", "123456", "--write-object", str(base / f"{label}.der"), "--type", "cert",
-             "--id", key_id, "--label", label], env)
-        issued.append(cert_path)
-    return issued
+    def open(self, path_or_url: str, form: dict[str, str] | None = None) -> str:
+        url = urllib.parse.urljoin(self.url, path_or_url)
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        with self.opener.open(url, data=data, timeout=60) as response:
+            self.url = response.geturl()
+            return str(response.read().decode())
+
+    @staticmethod
+    def field(page: str, name: str) -> str:
+        match = re.search(rf'name="{name}" value="([^"]*)"', page)
+        if not match:
+            fail(f"the page has no {name} field")
+        return match.group(1)  # type: ignore[union-attr]
+
+
+def personalize(site: str, base: Path, venv: Path, env: dict[str, str]) -> None:
+    browser = Browser(site)
+    page = browser.open("/token")
+    print(f"    {USER} opened {site}/token → {browser.url}")
+    page_url = browser.url  # …/deeplink/workflow/<id>: the page without menu
+    actions_url = page_url.replace("/deeplink/workflow/", "/personalize/")
+    page = browser.open(actions_url + "/code", {"csrf_token": browser.field(page, "csrf_token"), "mode": "deeplink"})
+    code = re.search(r'<code id="enrollment-code">([A-Z0-9-]+)</code>', page)
+    command = re.search(r'<pre id="agent-command">([^<]+)</pre>', page)
+    if not code or not command:
+        fail("the page shows no enrollment code")
+    print(f"    the page shows the enrollment code {code.group(1)} and the command:\n"  # type: ignore[union-attr]
+          f"      {command.group(1)}")  # type: ignore[union-attr]
+
+    card_env = {**env, "SOFTHSM2_CONF": str(softhsm(base / "card"))}  # the user's PC: its own SoftHSM
+    run(["softhsm2-util", "--init-token", "--free", "--label", CARD_TOKEN, "--so-pin", CARD_SO_PIN,
+         "--pin", CARD_PIN], card_env)
+    write_private(base / "card" / "pin", CARD_PIN)
+    argv = command.group(1).split()  # type: ignore[union-attr]
+    argv[0] = str(venv / "bin" / "openxpki-py-token")
+    argv += ["--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--pin-file", str(base / "card" / "pin"),
+             "--card-profile", "generic", "--state-dir", str(base / "card" / "agent-state")]
+    step(f"token agent, talking PKCS#11 to the card '{CARD_TOKEN}' (progress below)")
+    agent = subprocess.Popen(argv, env=card_env, text=True)
+    deadline = time.monotonic() + 120
+    confirmed = False
+    while agent.poll() is None:
+        if time.monotonic() > deadline:
+            agent.kill()
+            fail("the personalization did not finish within two minutes")
+        page = browser.open(page_url)
+        if not confirmed and "Is this your card?" in page:
+            serial = re.search(r'id="card-serial">([^<]+)<', page)
+            print(f"    browser: the page shows card {serial.group(1) if serial else '?'}; alice confirms it")
+            browser.open(actions_url + "/action", {
+                "csrf_token": browser.field(page, "csrf_token"), "version": browser.field(page, "version"),
+                "mode": "deeplink", "action": "confirm_token"})
+            confirmed = True
+        time.sleep(0.3)
+    if agent.returncode != 0:
+        fail(f"the token agent exited with {agent.returncode}")
+    page = browser.open(page_url)
+    if "Your card is ready." not in page:
+        fail("the page does not say the card is ready")
+    print(f"    browser: \"Your card is ready.\" ({page_url})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="openxpki-py demo")
     parser.add_argument("--dir", default="/var/tmp/openxpki-py-demo", type=Path)
     parser.add_argument("--venv", default=Path(sys.executable).parent.parent, type=Path)
+    parser.add_argument("--port", default=8080, type=int)
     args = parser.parse_args()
     base: Path = args.dir.resolve()
-    if base.exists():
-        shutil.rmtree(base)
+    venv: Path = args.venv
+    if (base / "httpd" / "apachectl").exists():
+        subprocess.run([str(base / "httpd" / "apachectl"), "stop"], capture_output=True, check=False)
+        time.sleep(1)
+    shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True, mode=0o755)
-    env = {**os.environ}
-    cli = [str(args.venv / "bin" / "openxpki-py"), "--config", str(base / "config.yaml"), "--actor", "demo"]
+    base.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    cli = [str(venv / "bin" / "openxpki-py"), "--config", str(base / "config.yaml"), "--actor", "demo"]
 
-    step(f"instance in {base}: SQLite, LDIF directory, SoftHSM tokens '{CA_TOKEN}' (CA) and '{CARD_TOKEN}' (card)")
-    make_instance(base, env)
-    print(run(cli + ["config", "check"], env).stdout.strip())
+    step(f"instance in {base}: SQLite, LDIF directory, SoftHSM token '{CA_TOKEN}' for the CA key")
+    ca_env = make_instance(base, env)
+    print("    " + run(cli + ["config", "check"], ca_env, as_apache=True).stdout.strip())
+    print("    " + run(cli + ["init"], ca_env, as_apache=True).stdout.strip())
 
     step("CA key generated inside the HSM token, self-signed root")
-    print("    " + run(cli + ["ca", "init", "--out", str(base / "ca.pem")], env).stderr.strip())
+    print("    " + run(cli + ["ca", "init", "--out", str(base / "db" / "ca.pem")], ca_env,
+                       as_apache=True).stderr.strip())
+    print("    " + run(cli + ["ca", "crl"], ca_env, as_apache=True).stdout.strip().replace("\n", "\n    "))
 
-    step(f"{USER}'s card: two key pairs on the card, two certificates from the CA")
-    certs = personalize_card(base, cli, env)
+    port = free_port(args.port)
+    step(f"Apache (mod_wsgi-express) on 127.0.0.1:{port}, Basic auth standing in for the SSO")
+    print("    " + run(cli + ["serve", "--port", str(port), "--htpasswd", str(base / "htpasswd"),
+                             "--server-root", str(base / "httpd"), "--apache-dir", str(REPO / "apache")],
+                       ca_env).stdout.strip())
+    site = f"http://127.0.0.1:{port}"
 
-    step("CRL")
-    print("    " + run(cli + ["ca", "crl"], env).stdout.strip().replace("\n", "\n    "))
+    step(f"personalization of {USER}'s card")
+    personalize(site, base, venv, env)
 
     step("issued certificates")
-    for cert in certs:
-        text = run(["openssl", "x509", "-in", str(cert), "-noout", "-subject", "-serial", "-enddate", "-ext",
-                    "subjectAltName,extendedKeyUsage"], env).stdout
-        print(f"  {cert.name}:\n    " + text.strip().replace("\n", "\n    "))
-        print("    " + run(["openssl", "verify", "-CAfile", str(base / "ca.pem"), str(cert)], env).stdout.strip())
+    listing = run(cli + ["ca", "list", "--owner", USER], ca_env, as_apache=True).stdout
+    print("    " + listing.strip().replace("\n", "\n    "))
 
     step(f"objects on {USER}'s card (pkcs11-tool --list-objects)")
-    print(run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--login", "--pin",
-               "123456", "--list-objects"], env).stdout)
-    print(f"Instance: {base}  (config {base / 'config.yaml'}; SOFTHSM2_CONF={env['SOFTHSM2_CONF']})")
+    card_env = {**env, "SOFTHSM2_CONF": str(base / "card" / "softhsm2.conf")}
+    print(run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--login",
+               "--pin", CARD_PIN, "--list-objects"], card_env).stdout)
+
+    print(f"The server keeps running: open {site}/token (user {USER}, password {PASSWORD}),\n"
+          f"the CRL is at {site}/crl/demo-pki.crl.  Stop it with: {base / 'httpd' / 'apachectl'} stop")
 
 
 if __name__ == "__main__":
