@@ -8,4 +8,5 @@ pytest_plugins = [
     "support.slapd",
     "support.apache",
     "support.instance",
+    "support.browser",
 ]

@@ -8,7 +8,8 @@ the card, write the issued certificate next to the key.  The contract is
 
 Modules: ``cli`` (arguments, exit codes), ``enroll`` (the task loop),
 ``api_client`` (HTTPS, standard library only), ``card`` (PKCS#11 on the
-user's card), ``card_profiles`` (what differs between cards), ``state``
+user's card), ``tokens`` (finding the card among the slots),
+``card_profiles`` (what differs between cards), ``pins``, ``state``
 (resuming after an interruption), ``errors``, ``progress``.
 """
 

@@ -89,6 +89,8 @@ class ApiClient:
         self.backoff = backoff
         self.access_token: str | None = None
         handlers: list[Any] = [_NoRedirect()]
+        if urllib.parse.urlsplit(self.base_url).hostname in _LOCAL_HOSTS:
+            handlers.append(urllib.request.ProxyHandler({}))  # this machine: never via a proxy
         if self.base_url.startswith("https:"):
             handlers.append(urllib.request.HTTPSHandler(context=tls_context(ca_file)))
         self._opener = urllib.request.build_opener(*handlers)
@@ -113,7 +115,7 @@ class ApiClient:
                 if attempt == attempts:
                     raise exc.error from None
                 delay = exc.retry_after if exc.retry_after is not None else self.backoff * attempt
-                log.info("%s %s: %s; trying again in %.1f s", method, path, exc.error.message, delay)
+                log.info("%s %s: %s; trying again in %.1f s", method, path, exc.error, delay)
                 time.sleep(min(delay, 30.0))
         raise AssertionError("unreachable")
 

@@ -13,7 +13,6 @@ same cryptography key classes the CA uses for its HSM key.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from pkcs11 import (Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass, SlotFlag,
-                    TokenFlag)
+from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11_exc
 from pkcs11.util.ec import encode_named_curve_parameters
 
@@ -34,16 +32,19 @@ from ..crypto.keys.spec import KeySpec
 from ..errors import TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError
 from .card_profiles import Login, Usage
 from .pins import CardPins
+from .tokens import find_again, login_as, reinitialize_module, select_token, serial_of
 
 log = logging.getLogger("openxpki_py.agent")
 
 DEFAULT_MODULE = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
 
-_CKU = {"so": 0, "user": 1}
 _CKR_OK = 0x000
 _CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE = 0x0A0, 0x0A1, 0x0A2
 _CKR_PIN_EXPIRED, _CKR_PIN_LOCKED = 0x0A3, 0x0A4
 _CKR_USER_ALREADY_LOGGED_IN, _CKR_USER_PIN_NOT_INITIALIZED = 0x100, 0x102
+# OpenSC maps a card's "security status not satisfied" (6982) answer to a
+# VERIFY with a wrong PIN to this; from C_Login it can only mean "refused".
+_CKR_USER_NOT_LOGGED_IN = 0x101
 _CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
 _PIN_NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
 _CURVE_OIDS = {"P-256": ec.EllipticCurveOID.SECP256R1.dotted_string,
@@ -108,16 +109,16 @@ class Card:
         self.module = get_module(self.module_path)
         self.module.lib()
         try:
-            self._token = self._select_token()
+            self._token = select_token(self.module, slot_id=self.slot_id, token_label=self.token_label)
         except TokenNotFound:
             # SoftHSM (and some drivers) see tokens only as of C_Initialize.
             if self.module.open_sessions:
                 raise
-            _reinitialize_module(self.module)
-            self._token = self._select_token()
+            reinitialize_module(self.module)
+            self._token = select_token(self.module, slot_id=self.slot_id, token_label=self.token_label)
         token = self._token
         self.info = CardInfo(slot_id=int(token.slot.slot_id),
-                             serial=bytes(token.serial).decode("ascii", "replace").strip(),
+                             serial=serial_of(token),
                              manufacturer=token.manufacturer_id.strip(), model=token.model.strip(),
                              label=token.label.strip())
         self._open_session()
@@ -155,58 +156,6 @@ class Card:
                              "is the card still in the reader?") from None
         self._role = None
 
-    def _select_token(self) -> Any:
-        assert self.module is not None
-        try:
-            slots = self.module.lib().get_slots(token_present=False)
-        except p11_exc.PKCS11Error as exc:
-            raise TokenError(f"{self.module_path}: cannot list card readers ({type(exc).__name__})") from None
-        present: list[tuple[Any, Any]] = []
-        blank: list[Any] = []
-        for slot in slots:
-            with contextlib.suppress(p11_exc.PKCS11Error):
-                if slot.flags & SlotFlag.TOKEN_PRESENT:
-                    token = slot.get_token()
-                    # An uninitialised token (SoftHSM's free slot, a blank card)
-                    # holds nothing and takes nothing: not a candidate.
-                    if token.flags & TokenFlag.TOKEN_INITIALIZED:
-                        present.append((slot, token))
-                    else:
-                        blank.append(slot)
-        if self.slot_id is not None:
-            if not any(slot.slot_id == self.slot_id for slot in slots):
-                raise TokenNotFound(f"there is no slot {self.slot_id} (slots: "
-                                    f"{_list_slots(slots)}); see pkcs11-tool --module "
-                                    f"{self.module_path} --list-slots")
-            chosen = [token for slot, token in present if slot.slot_id == self.slot_id]
-            if not chosen and any(slot.slot_id == self.slot_id for slot in blank):
-                raise TokenNotFound(f"the card in slot {self.slot_id} is not initialised: it needs "
-                                    "a PIN before it can be personalized")
-            if not chosen:
-                raise TokenNotFound(f"no card in slot {self.slot_id}: insert the card and run again")
-            return chosen[0]
-        if self.token_label is not None:
-            chosen = [token for _, token in present if token.label.strip() == self.token_label]
-            if not chosen:
-                listed = ", ".join(repr(t.label.strip()) for _, t in present) or "none"
-                raise TokenNotFound(f"no card labelled {self.token_label!r} (cards present: "
-                                    f"{listed}); check --token-label")
-            if len(chosen) > 1:
-                raise TokenNotFound(f"{len(chosen)} cards are labelled {self.token_label!r}: "
-                                    "choose one with --slot")
-            return chosen[0]
-        if not present:
-            readers = f" (readers: {_list_slots(slots)})" if slots else " and no card reader"
-            raise TokenNotFound(f"no card found{readers}: insert your card and run again")
-        # One card may show as several PKCS#11 tokens (OpenSC's OpenPGP card has
-        # a second one for the signature PIN): the first is the card's main one.
-        if len({bytes(t.serial) for _, t in present}) > 1:
-            listed = "; ".join(f"slot {s.slot_id}: {t.label.strip()!r} serial "
-                               f"{bytes(t.serial).decode('ascii', 'replace')}" for s, t in present)
-            raise TokenNotFound(f"several cards are present ({listed}): choose one with --slot "
-                                "or --token-label")
-        return present[0][1]
-
     def reinitialize(self) -> None:
         """Finalise and initialise the module again, then find this card again.
 
@@ -215,18 +164,13 @@ class Card:
         """
         assert self.module is not None and self.info is not None
         self.close()
-        _reinitialize_module(self.module)
-        info = self.info
-        for slot in self.module.lib().get_slots(token_present=True):
-            with contextlib.suppress(p11_exc.PKCS11Error):
-                token = slot.get_token()
-                if (bytes(token.serial).decode("ascii", "replace").strip() == info.serial
-                        and token.label.strip() == info.label):
-                    self._token = token
-                    self._open_session()
-                    return
-        raise TokenNotFound(f"{self.describe()} is gone after re-initialising the PKCS#11 module: "
-                            "is it still in the reader?")
+        reinitialize_module(self.module)
+        token = find_again(self.module, serial=self.info.serial, label=self.info.label)
+        if token is None:
+            raise TokenNotFound(f"{self.describe()} is gone after re-initialising the PKCS#11 module: "
+                                "is it still in the reader?")
+        self._token = token
+        self._open_session()
 
     # --- logging in ------------------------------------------------------------------------
 
@@ -240,17 +184,17 @@ class Card:
                 self.module.logout(self._session)
             self._role = None
         pin = self.pins.get(role, self.describe())
-        rv = _login_as(self.module, self._session, role, pin)
+        rv = login_as(self.module, self._session, role, pin)
         if rv == _CKR_USER_ANOTHER_ALREADY_LOGGED_IN:  # someone left the other role logged in
             self.module.logout(self._session)
-            rv = _login_as(self.module, self._session, role, pin)
+            rv = login_as(self.module, self._session, role, pin)
         if rv in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
             self._role = role
             return
         self.pins.forget(role)
         name = _PIN_NAMES[role]
         where = self.describe()
-        if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE):
+        if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE, _CKR_USER_NOT_LOGGED_IN):
             raise TokenPinError(f"{where} refused the {name}{self._tries_left(role)}; run again "
                                 f"with the right {name} (each wrong try counts towards locking the card)")
         if rv == _CKR_PIN_LOCKED:
@@ -344,6 +288,24 @@ class Card:
         except p11_exc.PKCS11Error as exc:
             raise TokenError(f"{self.describe()}: key generation failed ({type(exc).__name__})",
                              code="token.keygen") from None
+
+    def delete_key(self, key_id: bytes, *, login: Login) -> None:
+        """Best effort: remove the key pair with this ID before a fixed slot gets a new one.
+
+        An OpenPGP card cannot delete a key, but its key generation overwrites
+        the slot; a token that keeps objects (SoftHSM) must not end up with two
+        keys under one ID.
+        """
+        self.login(login)
+        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            for obj in self._objects({Attribute.CLASS: cls, Attribute.ID: key_id}):
+                try:
+                    obj.destroy()
+                except _CARD_GONE:
+                    raise
+                except p11_exc.PKCS11Error as exc:
+                    log.info("%s: key %s not deleted (%s); key generation overwrites it",
+                             self.describe(), key_id.hex(), type(exc).__name__)
 
     def private_key(self, key: CardKey) -> Pkcs11RSAPrivateKey | Pkcs11ECPrivateKey:
         """A cryptography private key whose ``sign`` runs on the card (for the CSR)."""
@@ -486,32 +448,3 @@ def der_integer(value: int) -> bytes:
     if len(body) > 127:
         raise ValueError("serial numbers longer than 127 bytes are not X.509")
     return bytes((0x02, len(body))) + body
-
-
-def _list_slots(slots: list[Any]) -> str:
-    return ", ".join(f"{s.slot_id} {s.slot_description.strip()!r}" for s in slots) or "none"
-
-
-# --- what Pkcs11Module does not offer (yet) ------------------------------------------------
-# Pkcs11Module.login knows only CKU_USER, and re-initialises only on load and
-# when find_token misses a label.  A card needs the SO login and an on-demand
-# re-initialisation; both go through the module's own function list and lock.
-
-
-def _login_as(module: Pkcs11Module, session: Any, role: Login, pin: str) -> int:
-    if role == "user":
-        return module.login(session, pin)
-    buffer = ctypes.create_string_buffer(pin.encode("utf-8"))
-    try:
-        head = module._head  # noqa: SLF001 - see the note above
-        return int(head.C_Login(session.handle, _CKU[role], buffer, len(buffer) - 1))
-    finally:
-        ctypes.memset(buffer, 0, len(buffer))  # do not leave the PIN in freed memory
-
-
-def _reinitialize_module(module: Pkcs11Module) -> None:
-    with module._lock:  # noqa: SLF001 - see the note above
-        if module.open_sessions:
-            raise TokenError(f"{module.path}: cannot re-initialise with {module.open_sessions} "
-                             "session(s) open")
-        module._reinitialize(after_fork=False)  # noqa: SLF001

@@ -48,15 +48,14 @@ class CardProfile:
     #: when found in the token's label, model or manufacturer.
     detect: tuple[str, ...]
     #: Fixed key slots; empty means key IDs and labels come from the server.
+    #: A new key in a fixed slot replaces the old one (the agent says so);
+    #: on a card without fixed slots the agent never touches an existing key.
     slots: tuple[KeySlot, ...]
     keygen_login: Login
     cert_write_login: Login
     #: The driver's objects from C_GenerateKeyPair are unusable until the
     #: module is finalised and initialised again (OpenSC 0.23).
     reinit_after_keygen: bool
-    #: Key generation overwrites what a fixed slot held (an OpenPGP card has
-    #: exactly one key per slot), so the agent warns before it does.
-    keygen_replaces: bool
 
     @property
     def needs_so_pin(self) -> bool:
@@ -85,7 +84,6 @@ GENERIC = CardProfile(
     keygen_login="user",
     cert_write_login="user",
     reinit_after_keygen=False,
-    keygen_replaces=False,
 )
 
 # OpenSC's OpenPGP card driver (OpenPGP card v2/v3: Nitrokey, YubiKey's
@@ -105,7 +103,6 @@ OPENPGP = CardProfile(
     keygen_login="so",
     cert_write_login="so",
     reinit_after_keygen=True,
-    keygen_replaces=True,
 )
 
 CARD_PROFILES: dict[str, CardProfile] = {p.name: p for p in (GENERIC, OPENPGP)}

@@ -44,6 +44,7 @@ HINTS: dict[str, str] = {
     "enroll.code_expired": "reload the personalization page for a new code and run again",
     "enroll.code_used": "reload the personalization page for a new code and run again",
     "enroll.rate_limited": "too many tries: wait a little, then run again",
+    "auth.token_missing": "reload the personalization page for a new code and run again",
     "auth.token_invalid": "reload the personalization page for a new code and run again",
     "auth.token_expired": "reload the personalization page for a new code and run again",
     "token.owned_by_other": "this card belongs to someone else: use your own card",
@@ -123,7 +124,14 @@ def _secret(file_option: str, env_option: str, file: Path | None, env: str | Non
 
 
 def _result_line(cert: IssuedCertificate) -> str:
-    return f"{cert.cert_type}: serial {cert.serial}, {cert.subject}, valid until {cert.not_after}"
+    parts = [f"{cert.cert_type}: serial {cert.serial}"]
+    if cert.subject:
+        parts.append(cert.subject)
+    if cert.not_after:
+        parts.append(f"valid until {cert.not_after}")
+    if cert.status and cert.status != "installed":
+        parts.append(cert.status)
+    return ", ".join(parts)
 
 
 def describe_failure(exc: OpenXPKIError) -> str:

@@ -35,7 +35,7 @@ _MIN_WAIT, _MAX_WAIT = 0.2, 60.0
 # A generic token gets a key under the server's ID; if that ID holds something
 # the agent must not touch, it tries ID + 01, ID + 02 … (never deletes a key).
 _ALTERNATIVE_IDS = 15
-_AUTH_CODES = frozenset({"auth.token_invalid", "auth.token_expired"})
+_AUTH_CODES = frozenset({"auth.token_invalid", "auth.token_expired", "auth.token_missing"})
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ class IssuedCertificate:
 
     cert_type: str
     serial: str
-    subject: str
-    not_after: str
+    subject: str = ""
+    not_after: str = ""
+    #: ``installed``, or ``kept`` for a still valid certificate from before.
+    status: str = ""
 
 
 class TokenAgent:
@@ -68,6 +70,9 @@ class TokenAgent:
 
     def enroll(self, code: str) -> list[IssuedCertificate]:
         code = code.strip()
+        # Codes are case-insensitive and their dashes optional: a rerun typed
+        # differently must still find the saved session.
+        state_key = "".join(ch for ch in code.upper() if ch.isalnum())
         with self.card:
             info = self.card.info
             assert info is not None
@@ -79,23 +84,23 @@ class TokenAgent:
             self.card.login("user")
             if profile.needs_so_pin:
                 self.card.login("so")
-            session = self._authenticate(code)
+            session = self._authenticate(code, state_key)
             try:
                 announced = self._report_card(info, profile)
                 issued = self._run_tasks(profile, announced)
             except ServerRefused as exc:
                 # The saved session is of no use any more: a rerun needs a new code.
                 if exc.code in _AUTH_CODES or isinstance(exc, EnrollmentFailed):
-                    self.store.forget(session.server, code)
+                    self.store.forget(session.server, state_key)
                 raise
-        self.store.forget(session.server, code)
+        self.store.forget(session.server, state_key)
         return issued
 
     # --- the session ------------------------------------------------------------------------
 
-    def _authenticate(self, code: str) -> EnrollmentSession:
+    def _authenticate(self, code: str, state_key: str) -> EnrollmentSession:
         server = self.api.base_url
-        saved = self.store.load(server, code)
+        saved = self.store.load(server, state_key)
         if saved is not None and saved.is_valid():
             self.progress.step(f"continuing the personalization for {saved.user} "
                                f"(workflow {saved.workflow_id})")
@@ -121,7 +126,7 @@ class TokenAgent:
             access_token=_text(body, "access_token", "enroll"),
             expires_at=time.time() + _integer(body, "expires_in", "enroll"),
         )
-        self.store.save(code, session)
+        self.store.save(state_key, session)
         self.api.access_token = session.access_token
         log.info("enrolled as %s, workflow %d", session.user, session.workflow_id)
         return session
@@ -161,7 +166,8 @@ class TokenAgent:
                 continue
             quiet, shown = False, None
             if kind == "generate_key":
-                self._generate_key(task, profile)
+                # "CSR sent; waiting for approval" already said what the next waits are for.
+                shown = self._generate_key(task, profile)
             elif kind == "install_certificate":
                 self._install_certificate(task, profile)
             elif kind == "done":
@@ -190,15 +196,16 @@ class TokenAgent:
         listed = task.get("certificates")
         if not isinstance(listed, list):
             raise ProtocolError("the server's done task has no certificate list")
-        issued = [IssuedCertificate(cert_type=str(c.get("cert_type", "")), serial=str(c.get("serial", "")),
-                                    subject=str(c.get("subject", "")), not_after=str(c.get("not_after", "")))
+        issued = [IssuedCertificate(**{name: str(c.get(name) or "") for name in
+                                       ("cert_type", "serial", "subject", "not_after", "status")})
                   for c in listed if isinstance(c, dict)]
         self.progress.step(f"done: {len(issued)} certificate{'s' if len(issued) != 1 else ''} on the card")
         return issued
 
     # --- generate_key -----------------------------------------------------------------------
 
-    def _generate_key(self, task: dict[str, Any], profile: CardProfile) -> None:
+    def _generate_key(self, task: dict[str, Any], profile: CardProfile) -> str | None:
+        """Key, CSR, POST; returns the server's reason when issuance is pending."""
         cert_type = _text(task, "cert_type", "generate_key")
         index, count = _integer(task, "index", "generate_key"), _integer(task, "count", "generate_key")
         spec = _key_spec(task.get("key"))
@@ -225,11 +232,12 @@ class TokenAgent:
         status = _text(answer.body, "status", "csr")
         if status == "issued":
             self.progress.step("CSR sent; certificate issued")
-        elif status == "pending":
+            return None
+        if status == "pending":
             reason = str(answer.body.get("reason") or "waiting for approval")
             self.progress.step(f"CSR sent; {reason}")
-        else:
-            raise ProtocolError(f"the server answered the CSR with status {status!r}")
+            return reason
+        raise ProtocolError(f"the server answered the CSR with status {status!r}")
 
     def _key_for(self, what: str, spec: KeySpec, key_id: bytes, label: str, usage: Usage,
                  profile: CardProfile, slot: KeySlot | None) -> CardKey:
@@ -239,7 +247,11 @@ class TokenAgent:
         for candidate in candidates:
             existing = self.card.find_key(candidate)
             certs = self.card.certificates(candidate)
-            if existing is not None and not certs and existing.spec == spec and (
+            # Only a certificate for this very key makes it "certified": a card that
+            # replaced its key may still hold the old key's certificate.
+            certified = existing is not None and any(
+                _spki(c.public_key()) == _spki(existing.public_key) for c in certs)
+            if existing is not None and not certified and existing.spec == spec and (
                     slot is not None or existing.label == label):
                 # Generated by an interrupted run and never certified: use it, do
                 # not leave a second key behind.
@@ -249,9 +261,11 @@ class TokenAgent:
             if slot is None and (existing is not None or certs):
                 log.info("key ID %s is taken on the card; trying the next one", candidate.hex())
                 continue  # someone else's key or an older certificate: never touched
-            if slot is not None and existing is not None and profile.keygen_replaces:
+            if slot is not None and existing is not None:
                 held = f" and its certificate {certs[0].subject.rfc4514_string()}" if certs else ""
                 self.progress.step(f"note: this replaces the key in slot {candidate.hex()}{held}")
+                # Cards that overwrite on keygen may refuse to delete: that is fine.
+                self.card.delete_key(candidate, login=profile.keygen_login)
             return self._new_key(what, spec, candidate, label, usage, profile)
         raise TokenError(f"key IDs {key_id.hex()} to {candidates[-1].hex()} are all taken on "
                          f"{self.card.describe()}; remove old keys first", code="token.full")

@@ -19,7 +19,7 @@ import json
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
@@ -36,8 +36,8 @@ class EnrollmentSession:
     server: str
     workflow_id: int
     user: str
-    access_token: str
-    expires_at: float  # Unix time
+    access_token: str = field(repr=False)  # a credential: never in a log line
+    expires_at: float = 0.0  # Unix time
 
     def is_valid(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) < self.expires_at - _EXPIRY_MARGIN

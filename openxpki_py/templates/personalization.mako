@@ -5,7 +5,7 @@
 %>
 <h1>Personalize your smartcard</h1>
 <div id="personalization" data-phase="${progress.phase}" data-state="${workflow.state}"
-     data-version="${workflow.version}" data-status-url="${page_url}/status" data-page-url="${page_url}">
+     data-version="${workflow.version}" data-status-url="${base_url}/status" data-page-url="${page_url}">
 <p id="status-message" class="status status-${progress.phase}" role="status">${progress.message}</p>
 % if message:
 <p class="error-message">${message}</p>
@@ -24,7 +24,7 @@
   % else:
   <p>Insert your card. Then get a one-time code for the token agent:</p>
   % endif
-  <form method="post" action="${page_url}/code" class="inline">
+  <form method="post" action="${base_url}/code" class="inline">
     <input type="hidden" name="csrf_token" value="${csrf_token}">
     <input type="hidden" name="mode" value="${mode}">
     <button type="submit" id="get-code">${"Get a new code" if code else "Show enrollment code"}</button>
@@ -58,7 +58,7 @@
         <td>${cert.subject}</td>
         <td><code>${cert.serial}</code></td>
         <td>${cert.not_before.strftime("%Y-%m-%d")} – ${cert.not_after.strftime("%Y-%m-%d")}</td>
-        <td><a href="${page_url}/certificate/${cert.serial}.pem">Download</a></td>
+        <td><a href="${base_url}/certificate/${cert.serial}.pem">Download</a></td>
       </tr>
     % endfor
     </tbody>
@@ -66,7 +66,7 @@
 % endif
 
 % if actions:
-  <form method="post" action="${page_url}/action" class="actions">
+  <form method="post" action="${base_url}/action" class="actions">
     <input type="hidden" name="csrf_token" value="${csrf_token}">
     <input type="hidden" name="version" value="${workflow.version}">
     <input type="hidden" name="mode" value="${mode}">

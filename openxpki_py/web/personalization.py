@@ -101,6 +101,8 @@ def render_personalization(ctx: RequestContext, wf: Any, *, deep_link: bool, cod
         code_minutes=service.policy.enrollment.code_lifetime // 60,
         agent_command=agent_command,
         page_url=ctx.url_for(page, wf_id=wf.id), mode="deeplink" if deep_link else "menu",
+        # forms, status and downloads live under /personalize/<id> for both modes
+        base_url=ctx.url_for("personalization_page", wf_id=wf.id),
         certificates=service.certificates(wf) if wf.state == "SUCCESS" else [],
         actions=[a for a in PAGE_ACTIONS if a in {x.name for x in wf.available_actions("User")}],
         now=datetime.now(timezone.utc),

@@ -4,33 +4,16 @@ test artifact (``$OPENXPKI_TEST_ARTIFACTS``, default ``test-artifacts/``)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.browser import screenshot
 
-CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("OPENXPKI_TEST_ARTIFACTS", REPO / "test-artifacts"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_login_role_choice_menu(apache_site_factory: Callable[..., Any], chromium: Any) -> None:
@@ -59,9 +42,7 @@ def test_login_role_choice_menu(apache_site_factory: Callable[..., Any], chromiu
         assert menu.get_by_role("link", name="Personalize SmartCard").count() == 0
         assert page.locator("#who .role").inner_text() == "RA Operator"
 
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / "browser-login-operator-menu.png"
-        page.screenshot(path=str(shot), full_page=True)
+        shot = screenshot(page, "browser-login-operator-menu.png")
         assert shot.stat().st_size > 1000
 
         # Switching back to User runs the handler again and shows the user's menu.

@@ -225,8 +225,16 @@ class _Instance:
     htpasswd: Path
 
 
-def _prepare_instance(root: Path, config: ConfigOverride, users: Mapping[str, str] | None) -> _Instance:
-    """config.yaml, an empty schema and an htpasswd file in ``root``."""
+ConfigEdit = Callable[[Path, dict[str, Any]], None] | None
+
+
+def _prepare_instance(root: Path, config: ConfigOverride, users: Mapping[str, str] | None,
+                      edit_config: ConfigEdit = None) -> _Instance:
+    """config.yaml, an empty schema and an htpasswd file in ``root``.
+
+    ``edit_config(root, settings)`` may change the merged settings in place,
+    e.g. to replace a whole section that ``config`` would only merge into.
+    """
     from openxpki_py.db.engine import create_schema, open_engine
 
     root.chmod(0o755)
@@ -235,6 +243,8 @@ def _prepare_instance(root: Path, config: ConfigOverride, users: Mapping[str, st
     db_path = db_dir / "openxpki.db"
     overrides = config(root) if callable(config) else config
     cfg = _merge(default_site_config(root, db_path), overrides or {})
+    if edit_config is not None:
+        edit_config(root, cfg)
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     engine = open_engine(f"sqlite:///{db_path}")
@@ -268,13 +278,13 @@ def _launch(site: ApacheSite, argv: list[str]) -> ApacheSite:
 
 def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str, str] | None = None,
                basic_auth: bool = True, extra_include: str = "", processes: int = 1,
-               threads: int = 4) -> ApacheSite:
+               threads: int = 4, edit_config: ConfigEdit = None) -> ApacheSite:
     """Build and start one mod_wsgi-express site in ``root`` (an empty folder).
 
     ``config`` overrides parts of :func:`default_site_config`; it may be a
     function of ``root`` that also writes files the site needs there.
     """
-    inst = _prepare_instance(root, config, users)
+    inst = _prepare_instance(root, config, users, edit_config)
     include = root / "instance.conf"
     lines = [f'Define OPENXPKI_PY_HTPASSWD "{inst.htpasswd}"'] if basic_auth else []
     lines += [f'Include "{APACHE_DIR / "express.conf"}"', extra_include]
