@@ -34,8 +34,10 @@ class KeySlot:
     #: Whether the card signs with this key: a CSR needs a signature from it.
     can_sign: bool = True
 
-    def as_api(self) -> dict[str, str]:
-        return {"key_id": self.key_id, "label": self.label, "usage": self.usage}
+    def as_api(self) -> dict[str, str | bool]:
+        # can_sign lets the server leave out a certificate type whose key
+        # cannot sign its CSR before the user's time is spent on the others.
+        return {"key_id": self.key_id, "label": self.label, "usage": self.usage, "can_sign": self.can_sign}
 
 
 @dataclass(frozen=True)

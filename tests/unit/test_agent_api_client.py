@@ -1,0 +1,145 @@
+"""The agent's HTTP client: URL rules, error mapping, retries, no redirects."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from openxpki_py.agent.api_client import ApiClient, api_base_url
+from openxpki_py.agent.errors import ProtocolError, ServerRefused, ServerUnreachable, UsageError
+
+# Each test queues (status, body bytes, headers) answers; the server records requests.
+Answer = tuple[int, bytes, dict[str, str]]
+
+
+class Scripted:
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[Scripted, str]]:
+    script = Scripted()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _go(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            script.seen.append((self.command, self.path, dict(self.headers), raw))
+            status, body, headers = script.answers.pop(0)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _go  # noqa: N815 - http.server's naming
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield script, f"http://127.0.0.1:{server.server_address[1]}/openxpki"
+    server.shutdown()
+    server.server_close()
+
+
+def _client(url: str) -> ApiClient:
+    return ApiClient(url, allow_http_localhost=True, backoff=0.01)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_base_url_rules() -> None:
+    assert api_base_url("https://pki.example.org/openxpki", allow_http_localhost=False) == \
+        "https://pki.example.org/openxpki/"
+    assert api_base_url("https://pki.example.org", allow_http_localhost=False) == "https://pki.example.org/"
+    assert api_base_url("http://localhost:8080/", allow_http_localhost=True) == "http://localhost:8080/"
+    for bad in ("ftp://x", "pki.example.org", "https://u:p@pki.example.org", "https://pki/?a=1"):
+        with pytest.raises(UsageError):
+            api_base_url(bad, allow_http_localhost=True)
+    with pytest.raises(UsageError, match="plain http is refused"):
+        api_base_url("http://10.0.0.1/", allow_http_localhost=True)
+    with pytest.raises(UsageError, match="needs --insecure-http-for-localhost"):
+        api_base_url("http://127.0.0.1/", allow_http_localhost=False)
+
+
+def test_calls_send_json_and_the_bearer_token(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    script.answers.append((200, _json({"status": "installed"}), {}))
+    client = _client(url)
+    client.access_token = "tok-123"
+    answer = client.post("receipt", {"serial": "0a"})
+    assert answer.status == 200 and answer.body == {"status": "installed"}
+    method, path, headers, raw = script.seen[0]
+    assert (method, path) == ("POST", "/openxpki/api/v1/receipt")
+    assert headers["Authorization"] == "Bearer tok-123"
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(raw) == {"serial": "0a"}
+
+
+def test_api_error_keeps_code_message_and_retry_after(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    script.answers.append((429, _json({"error": {"code": "enroll.rate_limited", "message": "slow down"}}),
+                           {"Retry-After": "30"}))
+    with pytest.raises(ServerRefused) as raised:
+        _client(url).post("enroll", {"code": "x"}, retry=False)
+    assert raised.value.code == "enroll.rate_limited" and raised.value.message == "slow down"
+    assert raised.value.status == 429 and raised.value.retry_after == 30.0
+
+
+def test_transient_errors_are_retried_on_idempotent_calls(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    script.answers += [(503, b"<html>busy</html>", {}), (502, b"", {}), (200, _json({"task": "done"}), {})]
+    assert _client(url).get("task").body == {"task": "done"}
+    assert len(script.seen) == 3
+
+
+def test_the_enrollment_code_is_never_sent_twice(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    script.answers.append((503, b"", {}))
+    with pytest.raises(ServerUnreachable, match="not available"):
+        _client(url).post("enroll", {"code": "x"}, retry=False)
+    assert len(script.seen) == 1
+
+
+def test_redirects_are_refused_not_followed(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    script.answers.append((302, b"", {"Location": "https://elsewhere.example/steal"}))
+    client = _client(url)
+    client.access_token = "secret-token"
+    with pytest.raises(ProtocolError, match="redirected to https://elsewhere.example/steal"):
+        client.get("task")
+    assert len(script.seen) == 1
+
+
+@pytest.mark.parametrize(("status", "body"), [(200, b"<html>login</html>"), (404, b"Not Found"),
+                                              (200, b"[1, 2]")])
+def test_answers_outside_the_api_are_protocol_errors(scripted: tuple[Scripted, str], status: int,
+                                                     body: bytes) -> None:
+    script, url = scripted
+    script.answers.append((status, body, {}))
+    with pytest.raises(ProtocolError, match="check --server"):
+        _client(url).get("task")
+
+
+def test_unreachable_server_is_a_network_error() -> None:
+    client = ApiClient("http://127.0.0.1:9/", allow_http_localhost=True, retries=2, backoff=0.01)
+    with pytest.raises(ServerUnreachable, match="cannot reach http://127.0.0.1:9"):
+        client.get("task")
+
+
+def test_unreadable_ca_file_is_a_usage_error(tmp_path: Any) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(UsageError, match="--ca-file"):
+        ApiClient("https://127.0.0.1/", ca_file=bad)
