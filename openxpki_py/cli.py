@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        p = group.add_parser(name, help=help_text, description=help_text)
+        p: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p
 

@@ -1,5 +1,4 @@
-"""Finding the user's card among the module's slots, and two things
-:class:`~openxpki_py.crypto.keys.pkcs11_module.Pkcs11Module` does not offer (yet).
+"""Finding the user's card among the module's slots; logging in as user or SO.
 
 A card is chosen by ``--slot`` or ``--token-label``, or is the one present.
 Uninitialised tokens (SoftHSM's free slot, a blank card) are never chosen,
@@ -10,7 +9,6 @@ has a second one for the signature PIN) counts once: its first token.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 from typing import Any
 
 from pkcs11 import SlotFlag, TokenFlag
@@ -19,9 +17,6 @@ from pkcs11 import exceptions as p11_exc
 from ..crypto.keys.pkcs11_module import Pkcs11Module
 from ..errors import TokenError, TokenNotFound
 from .card_profiles import Login
-
-_CKU: dict[Login, int] = {"so": 0, "user": 1}
-
 
 def select_token(module: Pkcs11Module, *, slot_id: int | None, token_label: str | None) -> Any:
     """The python-pkcs11 token to personalize, or TokenNotFound saying what to do."""
@@ -91,28 +86,11 @@ def _list_slots(slots: list[Any]) -> str:
     return ", ".join(f"{s.slot_id} {s.slot_description.strip()!r}" for s in slots) or "none"
 
 
-# --- what Pkcs11Module does not offer (yet) ------------------------------------------------
-# Pkcs11Module.login knows only CKU_USER, and it re-initialises only on load
-# and when find_token misses a label.  A card needs the SO login and an
-# on-demand re-initialisation; both go through the module's own function
-# list and lock, exactly as Pkcs11Module does itself.
-
-
 def login_as(module: Pkcs11Module, session: Any, role: Login, pin: str) -> int:
     """C_Login as the user or the SO; returns the CKR code."""
-    if role == "user":
-        return module.login(session, pin)
-    buffer = ctypes.create_string_buffer(pin.encode("utf-8"))
-    try:
-        head = module._head  # noqa: SLF001 - see the note above
-        return int(head.C_Login(session.handle, _CKU[role], buffer, len(buffer) - 1))
-    finally:
-        ctypes.memset(buffer, 0, len(buffer))  # do not leave the PIN in freed memory
+    return module.login(session, pin, security_officer=role == "so")
 
 
 def reinitialize_module(module: Pkcs11Module) -> None:
     """C_Finalize + C_Initialize (with OS locking); every handle becomes invalid."""
-    with module._lock:  # noqa: SLF001 - see the note above
-        if module.open_sessions:
-            raise TokenError(f"{module.path}: cannot re-initialise with {module.open_sessions} session(s) open")
-        module._reinitialize(after_fork=False)  # noqa: SLF001
+    module.reinitialize()

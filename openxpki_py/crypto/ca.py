@@ -160,7 +160,7 @@ class CertificateAuthority:
             csr_builder = x509.CertificateSigningRequestBuilder().subject_name(subject).add_extension(
                 x509.BasicConstraints(ca=True, path_length=0), critical=True
             )
-            request = self._sign(csr_builder, key)
+            request: x509.CertificateSigningRequest = self._sign(csr_builder, key)
             certstore.store_ca(conn, {
                 "subject": subject.rfc4514_string(), "key_identifier": ski.digest.hex(),
                 "not_before": now, "not_after": now, "status": "pending",
@@ -179,7 +179,7 @@ class CertificateAuthority:
             .not_valid_after(now + timedelta(days=self.config.validity_days))
         )
         builder = extensions.ca_extensions(builder, public_key, self_signed=True)
-        cert = self._sign(builder, key)
+        cert: x509.Certificate = self._sign(builder, key)
         ca_id = certstore.store_ca(conn, {
             "subject": subject.rfc4514_string(), "key_identifier": ski.digest.hex(),
             "not_before": cert.not_valid_before_utc, "not_after": cert.not_valid_after_utc,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
@@ -69,13 +70,13 @@ class CheckedCSR:
     notes: tuple[str, ...]
 
 
-def public_key_fingerprint(key: x509.CertificatePublicKeyTypes) -> str:
+def public_key_fingerprint(key: CertificatePublicKeyTypes) -> str:
     """SHA-256 of the SubjectPublicKeyInfo: one key, one fingerprint, any encoding."""
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).hexdigest()
 
 
-def describe_key(key: x509.CertificatePublicKeyTypes) -> ExpectedKey:
+def describe_key(key: CertificatePublicKeyTypes) -> ExpectedKey:
     if isinstance(key, rsa.RSAPublicKey):
         return ExpectedKey("rsa", size=key.key_size)
     if isinstance(key, ec.EllipticCurvePublicKey):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from .profiles import EKU_OIDS, Profile
 
@@ -24,9 +26,9 @@ def key_usage(*usages: str) -> x509.KeyUsage:
 
 
 def ca_extensions(
-    builder: x509.CertificateBuilder, public_key: x509.CertificatePublicKeyTypes, *, self_signed: bool
+    builder: x509.CertificateBuilder, public_key: CertificatePublicKeyTypes, *, self_signed: bool
 ) -> x509.CertificateBuilder:
-    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)  # type: ignore[arg-type]
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     builder = (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(key_usage("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
@@ -43,7 +45,7 @@ def end_entity_extensions(
     builder: x509.CertificateBuilder,
     *,
     profile: Profile,
-    public_key: x509.CertificatePublicKeyTypes,
+    public_key: CertificatePublicKeyTypes,
     alt_names: list[x509.GeneralName],
     issuer_ski: x509.SubjectKeyIdentifier,
     crl_url: str,
@@ -58,7 +60,7 @@ def end_entity_extensions(
     builder = (
         builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(*usages), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False)
         .add_extension(
             x509.CRLDistributionPoints(
@@ -68,7 +70,7 @@ def end_entity_extensions(
         )
         .add_extension(
             x509.AuthorityInformationAccess(
-                [x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS,
+                [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
                                         x509.UniformResourceIdentifier(issuer_url))]
             ),
             critical=False,

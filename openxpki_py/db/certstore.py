@@ -23,6 +23,13 @@ from .schema import ca_certificate, certificate, crl, csr
 SERIAL_BITS = 159  # RFC 5280: at most 20 octets, positive; 159 random bits fit
 
 
+def _new_id(result: Any) -> int:
+    """The id the database gave the row just inserted."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -71,7 +78,7 @@ def store_csr(
             received_at=utcnow(),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def store_certificate(
@@ -105,7 +112,7 @@ def store_certificate(
             created_at=utcnow(),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def find_certificate(conn: Connection, serial: int, issuer_key_identifier: str | None = None) -> RowMapping:
@@ -174,7 +181,7 @@ def store_crl(conn: Connection, issued: x509.CertificateRevocationList, *, issue
             der=issued.public_bytes(serialization.Encoding.DER),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def latest_crl(conn: Connection, issuer_key_identifier: str) -> RowMapping | None:
@@ -206,7 +213,7 @@ def active_ca(conn: Connection) -> RowMapping | None:
 
 def store_ca(conn: Connection, values: Mapping[str, Any]) -> int:
     result = conn.execute(ca_certificate.insert(), {**values, "created_at": utcnow()})
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def activate_ca(conn: Connection, ca_id: int, cert: x509.Certificate) -> None:

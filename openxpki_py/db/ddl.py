@@ -7,6 +7,7 @@ them with a fresh rendering, so they cannot go stale.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.dialects import oracle, postgresql, sqlite
@@ -19,13 +20,13 @@ from .schema import metadata
 def _oracle_19c() -> Dialect:
     # Offline compilation assumes the newest server (native BOOLEAN/JSON);
     # pin the oldest release we support so the DDL runs there.
-    dialect = oracle.dialect()
+    dialect: Dialect = oracle.dialect()  # type: ignore[no-untyped-call]
     dialect.server_version_info = (19,)
     dialect.supports_native_boolean = False
     return dialect
 
 
-DIALECTS = {
+DIALECTS: dict[str, Callable[[], Dialect]] = {
     "sqlite": sqlite.dialect,
     "postgresql": postgresql.dialect,
     "oracle": _oracle_19c,

@@ -62,7 +62,9 @@ def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: dateti
         })
         append_audit(conn, actor=owner, event="token.register", target=info.serial,
                      details={"model": info.model, "manufacturer": info.manufacturer})
-        return RegisteredToken(int(result.inserted_primary_key[0]), info.serial, owner, USABLE,
+        new_id = result.inserted_primary_key
+        assert new_id is not None
+        return RegisteredToken(int(new_id[0]), info.serial, owner, USABLE,
                                info.model or None, info.manufacturer or None)
     if row["owner"] != owner:
         append_audit(conn, actor=owner, event="token.register", outcome="refused", target=info.serial,

@@ -218,7 +218,8 @@ class AgentApi:
         workflow_id, login = self._agent(request)
         body = self._body(request)
         csr_pem, cert_type, key_id = body.get("csr"), body.get("cert_type"), body.get("key_id")
-        if not all(isinstance(v, str) and v for v in (csr_pem, cert_type, key_id)):
+        if not (isinstance(csr_pem, str) and isinstance(cert_type, str) and isinstance(key_id, str)
+                and csr_pem and cert_type and key_id):
             raise ApiError(400, "request.invalid", "send cert_type, key_id and csr (PEM)")
         view = self._view(workflow_id)
         earlier = self._same_csr(view, csr_pem)

@@ -81,7 +81,7 @@ class Personalization:
 
 
 def _service(ctx: RequestContext) -> Personalization:
-    service = ctx.app.personalization
+    service: Personalization | None = ctx.app.personalization
     assert service is not None
     return service
 

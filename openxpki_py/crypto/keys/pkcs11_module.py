@@ -44,7 +44,7 @@ _CKR_OK = 0x000
 _CKR_CANT_LOCK = 0x00A
 _CKR_CRYPTOKI_NOT_INITIALIZED = 0x190
 _CKF_OS_LOCKING_OK = 0x002
-_CKU_USER = 1
+_CKU_SO, _CKU_USER = 0, 1
 
 _ENTRY = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
 
@@ -211,18 +211,31 @@ class Pkcs11Module:
             self._open_sessions += 1
             return session
 
-    def login(self, session: Any, pin: str) -> int:
-        """C_Login as the user on an open session; returns the CKR code.
+    def login(self, session: Any, pin: str, *, security_officer: bool = False) -> int:
+        """C_Login as the user (or the SO: cards that need it to make keys) on an open session.
 
-        python-pkcs11 only logs in while opening a session and leaks that
-        session when the PIN is refused; logging in on a session we already
-        count avoids the leak and lets a wrong PIN be reported cleanly.
+        Returns the CKR code.  python-pkcs11 only logs in while opening a
+        session and leaks that session when the PIN is refused; logging in
+        on a session we already count avoids the leak and lets a wrong PIN
+        be reported cleanly.
         """
         buffer = ctypes.create_string_buffer(pin.encode("utf-8"))
+        user_type = _CKU_SO if security_officer else _CKU_USER
         try:
-            return int(self._head.C_Login(session.handle, _CKU_USER, buffer, len(buffer) - 1))
+            return int(self._head.C_Login(session.handle, user_type, buffer, len(buffer) - 1))
         finally:
             ctypes.memset(buffer, 0, len(buffer))  # do not leave the PIN in freed memory
+
+    def reinitialize(self) -> None:
+        """C_Finalize + C_Initialize now; refused while sessions are open.
+
+        Some card drivers (OpenSC 0.23) hand out unusable objects right after
+        C_GenerateKeyPair until the library is initialised again.
+        """
+        with self._lock:
+            if self._open_sessions:
+                raise TokenError(f"{self.path}: cannot re-initialise with {self._open_sessions} session(s) open")
+            self._reinitialize(after_fork=False)
 
     def logout(self, session: Any) -> int:
         return int(self._head.C_Logout(session.handle))
