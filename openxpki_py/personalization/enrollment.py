@@ -153,3 +153,20 @@ def check_credential(conn: Connection, access_token: str, *, now: datetime) -> t
         raise EnrollmentRefused("the agent's session has expired; get a new code from the web page",
                                 code="auth.token_expired")
     return int(row["workflow_id"]), row["login"]
+
+
+def purge_expired(conn: Connection, *, now: datetime, keep: timedelta = timedelta(days=1)) -> int:
+    """Forget codes and credentials that can no longer be used, and old failures.
+
+    Kept for ``keep`` after expiry so that a late agent still gets a precise
+    refusal ("expired", "used") rather than "not valid".
+    """
+    horizon = now - keep
+    removed = conn.execute(delete(agent_credential).where(agent_credential.c.expires_at < horizon)).rowcount or 0
+    still_referenced = select(agent_credential.c.code_id)
+    removed += conn.execute(
+        delete(enrollment_code).where(enrollment_code.c.expires_at < horizon,
+                                      enrollment_code.c.id.not_in(still_referenced))
+    ).rowcount or 0
+    removed += conn.execute(delete(enrollment_failure).where(enrollment_failure.c.failed_at < horizon)).rowcount or 0
+    return removed

@@ -164,7 +164,11 @@ def cmd_fail(args: argparse.Namespace, engine: WorkflowEngine, out: TextIO = sys
 
 
 def cmd_worker(args: argparse.Namespace, engine: WorkflowEngine, out: TextIO = sys.stdout) -> int:
-    worker = Worker(engine, poll_interval=args.poll)
+    from ..housekeeping import purge_expired
+
+    services = engine.services
+    housekeeping = partial(purge_expired, services) if getattr(services, "config", None) is not None else None
+    worker = Worker(engine, poll_interval=args.poll, housekeeping=housekeeping)
     if args.once:
         out.write(f"resumed {worker.run_once()} workflow(s)\n")
     else:

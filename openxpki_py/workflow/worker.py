@@ -13,6 +13,8 @@ import logging
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,8 +27,14 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, engine: WorkflowEngine, *, poll_interval: float | None = None,
-                 batch_size: int | None = None, name: str | None = None) -> None:
+                 batch_size: int | None = None, name: str | None = None,
+                 housekeeping: Callable[[], object] | None = None, housekeeping_interval: float = 300.0) -> None:
         self.engine = engine
+        # Deleting expired sessions, codes, credentials: not workflow work,
+        # but the worker is the one process that runs all the time.
+        self.housekeeping = housekeeping
+        self.housekeeping_interval = housekeeping_interval
+        self._next_housekeeping = 0.0
         self.poll_interval = poll_interval if poll_interval is not None else engine.config.poll_interval
         self.batch_size = batch_size or engine.config.batch_size
         self.name = name or f"worker@{socket.gethostname()}"
@@ -39,6 +47,9 @@ class Worker:
 
     def run_once(self) -> int:
         """One round: claim up to a batch of due workflows and run them; return the count."""
+        if self.housekeeping is not None and time.monotonic() >= self._next_housekeeping:
+            self._next_housekeeping = time.monotonic() + self.housekeeping_interval
+            self.housekeeping()
         return self.engine.resume_due(limit=self.batch_size, actor=self.name, should_stop=self.stopping.is_set)
 
     def run(self, *, handle_signals: bool = True) -> None:
