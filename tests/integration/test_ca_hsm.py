@@ -163,3 +163,63 @@ def test_hsm_problems_are_named(make_instance: Callable[..., Any], sqlite_engine
             pin_file=str(inst.folder / "ca-token.pin"), token_label=inst.ca_token.label,
             module=str(inst.ca_token.module), key_label="ca-signing")
     assert rows(inst, certificate) == 0
+
+
+def test_external_root(make_instance: Callable[..., Any], sqlite_engine: Any, tmp_path: Path) -> None:
+    """ca init --external-root: the key is made in the token, the CSR goes to the root, the
+    certificate comes back with ca import-cert; until then nothing can be issued."""
+    from datetime import datetime, timedelta, timezone
+
+    inst = make_instance(sqlite_engine, init_ca=False)
+    init = cli(inst, "ca", "init", "--external-root", "--out", str(tmp_path / "ca.csr"))
+    assert init.returncode == 0, init.stderr
+    request = x509.load_pem_x509_csr((tmp_path / "ca.csr").read_bytes())
+    assert request.is_signature_valid  # signed inside the token
+    good = tmp_path / "good.csr"
+    good.write_bytes(user_csr(ec.generate_private_key(ec.SECP256R1())))
+    early = cli(inst, "ca", "issue", "--profile", "smartcard_logon", "--csr", str(good), "--user", "alice")
+    assert early.returncode == 8 and "waits for its certificate from the external root" in early.stderr
+
+    root_key = rsa.generate_private_key(65537, 2048)
+    root_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "External Root")])
+    now = datetime.now(timezone.utc)
+    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+            .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    sub = (x509.CertificateBuilder().subject_name(request.subject).issuer_name(root_name)
+           .public_key(request.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(now).not_valid_after(now + timedelta(days=1825))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                        data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                        crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+           .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key()), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+                          critical=False)
+           .sign(root_key, hashes.SHA256()))
+    wrong = (x509.CertificateBuilder().subject_name(request.subject).issuer_name(root_name)
+             .public_key(root_key.public_key()).serial_number(1).not_valid_before(now)
+             .not_valid_after(now + timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+             .sign(root_key, hashes.SHA256()))
+    (tmp_path / "wrong.pem").write_bytes(wrong.public_bytes(serialization.Encoding.PEM))
+    refused = cli(inst, "ca", "import-cert", str(tmp_path / "wrong.pem"))
+    assert refused.returncode == 8 and "does not belong to the CA key in the token" in refused.stderr
+    (tmp_path / "sub.pem").write_bytes(sub.public_bytes(serialization.Encoding.PEM))
+    imported = cli(inst, "ca", "import-cert", str(tmp_path / "sub.pem"))
+    assert imported.returncode == 0, imported.stderr
+
+    out = tmp_path / "leaf.pem"
+    issued = cli(inst, "ca", "issue", "--profile", "smartcard_logon", "--csr", str(good), "--user", "alice",
+                 "--out", str(out))
+    assert issued.returncode == 0, issued.stderr
+    leaf = x509.load_pem_x509_certificate(out.read_bytes())
+    assert leaf.issuer == request.subject
+    (tmp_path / "chain.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "chain.pem"), "-untrusted",
+                             str(tmp_path / "sub.pem"), str(out)], capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_chain_lints_clean(sub, leaf, tmp_path)

@@ -232,3 +232,88 @@ def test_deep_link_resumes_and_menu_mode(app: Any) -> None:
     assert Browser(app, "bob").get(f"/personalize/{wf_id}").status_code == 404  # not bob's to see
     no_csrf = browser.post(f"/personalize/{wf_id}/code", {"mode": "menu"})
     assert no_csrf.status_code == 403
+
+
+def _personalize_fully(app: Any, serial: str) -> tuple[Browser, int, list[str]]:
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    agent.call("POST", "token", {"serial": serial})
+    confirm(browser, wf_id)
+    serials = []
+    while (task := agent.call("GET", "task").json)["task"] != "done":
+        if task["task"] == "generate_key":
+            key = (rsa.generate_private_key(65537, task["key"]["size"]) if task["key"]["algorithm"] == "rsa"
+                   else ec.generate_private_key(ec.SECP256R1()))
+            answer = agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
+                                                "csr": make_csr(key)})
+            assert answer.status_code == 200, answer.json
+        elif task["task"] == "install_certificate":
+            agent.call("POST", "receipt", {"cert_type": task["cert_type"], "serial": task["serial"]})
+            serials.append(task["serial"])
+        else:
+            raise AssertionError(task)
+    return browser, wf_id, serials
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_cancel_from_the_page(app: Any) -> None:
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    agent.call("POST", "token", {"serial": "CARD-CANCEL"})
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert version
+    stale = browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
+                                                          "action": "cancel", "version": str(int(version.group(1)) - 1)})
+    assert stale.status_code == 409  # decided on an old page: reload first
+    done = browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
+                                                         "action": "cancel", "version": version.group(1)})
+    assert done.status_code == 303
+    task = agent.call("GET", "task").json
+    assert task == {"task": "failed", "code": "personalization.cancelled", "message": "cancelled by the user"}
+    assert "cancelled by the user" in browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert count(app.instance, certificate) == 0
+
+
+@pytest.fixture
+def keep_app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
+    def keep_logon(settings: dict[str, Any]) -> None:
+        settings["personalization"] = {"certificates": [
+            {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01",
+             "keep_valid_days": 30},
+            {"type": "encryption", "profile": "encryption", "key": "ec-p256", "key_id": "02", "usage": "decrypt"},
+        ]}
+    inst = make_instance(sqlite_engine, overrides=keep_logon)
+    application = create_app(inst.config, inst.services)
+    application.instance = inst  # type: ignore[attr-defined]
+    return application
+
+
+def test_still_valid_certificate_on_the_card_is_kept(keep_app: Any) -> None:
+    inst = keep_app.instance
+    _, _, first = _personalize_fully(keep_app, "KEEPCARD")
+    assert len(first) == 2 and count(inst, certificate) == 2
+
+    # Second run on the same card: the logon certificate is kept, only encryption (EC) is issued.
+    browser, wf_id, code = start(keep_app)
+    agent = Agent(keep_app)
+    agent.enroll(code)
+    agent.call("POST", "token", {"serial": "KEEPCARD"})
+    confirm(browser, wf_id)
+    task = agent.call("GET", "task").json
+    assert (task["cert_type"], task["index"], task["count"], task["key"]) == (
+        "encryption", 1, 1, {"algorithm": "ec", "curve": "P-256"})
+    answer = agent.call("POST", "csr", {"cert_type": "encryption", "key_id": "02",
+                                        "csr": make_csr(ec.generate_private_key(ec.SECP256R1()))})
+    assert answer.status_code == 200, answer.json
+    install = agent.call("GET", "task").json
+    agent.call("POST", "receipt", {"cert_type": "encryption", "serial": install["serial"]})
+    done = agent.call("GET", "task").json
+    assert [(c["cert_type"], c["status"]) for c in done["certificates"]] == [
+        ("authentication", "kept"), ("encryption", "installed")]
+    assert count(inst, certificate) == 3  # the kept logon certificate was not issued again
+    assert done["certificates"][0]["serial"] == first[0]
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "authentication (kept)" in page
