@@ -60,14 +60,30 @@ def format_code(raw: str) -> str:
     return "-".join(raw[i:i + 5] for i in range(0, len(raw), 5))
 
 
-def new_enrollment_code(conn: Connection, *, workflow_id: int, login: str, limits: EnrollmentLimits,
-                        now: datetime) -> str:
-    """A fresh code for the workflow; earlier unused codes of it stop working."""
+def revoke_workflow_access(conn: Connection, workflow_id: int, *, now: datetime, credentials: bool = True) -> None:
+    """End every unused code and (unless told not to) every agent credential of the workflow.
+
+    One agent at a time: a new code, a new agent or a rejected card leaves no
+    older credential that could still report a card.
+    """
     conn.execute(
         enrollment_code.update()
-        .where(enrollment_code.c.workflow_id == workflow_id, enrollment_code.c.used_at.is_(None))
+        .where(enrollment_code.c.workflow_id == workflow_id, enrollment_code.c.used_at.is_(None),
+               enrollment_code.c.expires_at > now)
         .values(expires_at=now)
     )
+    if credentials:
+        conn.execute(
+            agent_credential.update()
+            .where(agent_credential.c.workflow_id == workflow_id, agent_credential.c.expires_at > now)
+            .values(expires_at=now)
+        )
+
+
+def new_enrollment_code(conn: Connection, *, workflow_id: int, login: str, limits: EnrollmentLimits,
+                        now: datetime) -> str:
+    """A fresh code for the workflow; earlier codes and agent credentials of it stop working."""
+    revoke_workflow_access(conn, workflow_id, now=now)
     raw = base64.b32encode(secrets.token_bytes(CODE_BYTES)).decode().rstrip("=")
     conn.execute(enrollment_code.insert(), {
         "code_hash": _hash(raw), "workflow_id": workflow_id, "login": login, "created_at": now,
@@ -78,8 +94,7 @@ def new_enrollment_code(conn: Connection, *, workflow_id: int, login: str, limit
 
 
 def _rate_limited(conn: Connection, client: str, limits: EnrollmentLimits, now: datetime) -> None:
-    since = now - timedelta(seconds=limits.failure_window)
-    conn.execute(delete(enrollment_failure).where(enrollment_failure.c.failed_at < since))
+    since = now - timedelta(seconds=limits.failure_window)  # older rows: housekeeping deletes them
     failures = conn.execute(
         select(func.count()).select_from(enrollment_failure)
         .where(enrollment_failure.c.client == client, enrollment_failure.c.failed_at >= since)
@@ -93,7 +108,7 @@ def _rate_limited(conn: Connection, client: str, limits: EnrollmentLimits, now: 
 
 def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentLimits, now: datetime,
                 sso_login: str | None = None) -> AgentGrant:
-    """Trade a code for a bearer credential.  Every refusal is a counted failure.
+    """Trade a code for a bearer credential.  A wrong code counts towards the rate limit.
 
     Runs in its own transaction: the caller commits failures too (they are
     the rate limit's memory), so refusals are recorded before raising.
@@ -117,7 +132,10 @@ def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentL
         refusal = EnrollmentRefused("this enrollment code has expired; get a new one from the web page",
                                     code="enroll.code_expired")
     if refusal is not None:
-        conn.execute(enrollment_failure.insert(), {"client": client[:64], "failed_at": now})
+        if refusal.code == "enroll.code_invalid":
+            # Only guesses count: a rerun agent's "used" or "expired" is no
+            # attack, and counting it would lock out a whole NAT'ed office.
+            conn.execute(enrollment_failure.insert(), {"client": client[:64], "failed_at": now})
         append_audit(conn, actor=sso_login or "agent", event="enroll.redeem", outcome="refused",
                      target=f"workflow:{row['workflow_id']}" if row is not None else None,
                      details={"code": refusal.code, "client": client})
@@ -130,6 +148,11 @@ def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentL
     ).rowcount
     if claimed != 1:  # a concurrent redeem won
         raise EnrollmentRefused("this enrollment code was already used", code="enroll.code_used", status=409)
+    conn.execute(  # the newest agent is the only one: older credentials of this workflow end
+        agent_credential.update()
+        .where(agent_credential.c.workflow_id == row["workflow_id"], agent_credential.c.expires_at > now)
+        .values(expires_at=now)
+    )
     access_token = secrets.token_urlsafe(TOKEN_BYTES)
     expires = now + timedelta(seconds=limits.agent_token_lifetime)
     conn.execute(agent_credential.insert(), {
@@ -150,8 +173,9 @@ def check_credential(conn: Connection, access_token: str, *, now: datetime) -> t
         raise EnrollmentRefused("the agent's session is not valid; start again with a new code from the web page",
                                 code="auth.token_invalid")
     if row["expires_at"] <= now:
-        raise EnrollmentRefused("the agent's session has expired; get a new code from the web page",
-                                code="auth.token_expired")
+        raise EnrollmentRefused(
+            "the agent's session has ended (it expired, or a newer code or agent replaced it); get a new code "
+            "from the web page", code="auth.token_expired")
     return int(row["workflow_id"]), row["login"]
 
 

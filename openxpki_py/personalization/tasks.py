@@ -41,9 +41,30 @@ def _position(ctx: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     return entry, todo.index(entry) + 1, len(todo)
 
 
+def _child(children: Sequence[Any], entry: dict[str, Any]) -> Any:
+    return next((c for c in children if c.id == entry.get("child_id")), None)
+
+
 def _child_waits_for_approval(children: Sequence[Any], entry: dict[str, Any]) -> bool:
-    child = next((c for c in children if c.id == entry.get("child_id")), None)
+    child = _child(children, entry)
     return child is not None and child.state == "PENDING_APPROVAL"
+
+
+def _stalled(view: Any, children: Sequence[Any]) -> str | None:
+    """Why the personalization cannot go on right now (a service down), as a sentence; else None.
+
+    Only the error's code is shown: the full text is for the server's log.
+    """
+    stuck = [view] + ([_child(children, view.context["certificates"][view.context["current"]])]
+                      if view.state == "ISSUING" else [])
+    for wf in stuck:
+        if wf is not None and wf.proc_state in ("retry", "exception"):
+            code = (wf.last_error or "error").split(":", 1)[0]
+            if wf.proc_state == "retry":
+                return f"A service the server needs is not reachable right now ({code}); it retries by itself."
+            return (f"The server gave up on a step after several attempts ({code}); "
+                    "ask your PKI operator to retry it.")
+    return None
 
 
 def _failure(view: Any) -> tuple[str, str]:
@@ -54,8 +75,9 @@ def _failure(view: Any) -> tuple[str, str]:
 def agent_task(view: Any, children: Sequence[Any] = ()) -> dict[str, Any]:
     """The JSON task ``GET /api/v1/task`` answers."""
     ctx, state = view.context, view.state
-    if view.proc_state in ("retry", "exception") and state not in ("SUCCESS",) + FINAL_FAILURE:
-        return {"task": "wait", "reason": f"the server is retrying: {view.last_error}", "retry_after": 5}
+    stalled = _stalled(view, children)
+    if stalled is not None:
+        return {"task": "wait", "reason": stalled, "retry_after": 10}
     if state == "WAIT_FOR_TOKEN":
         return {"task": "wait", "reason": "report the card first (POST /api/v1/token)", "retry_after": 1}
     if state == "CONFIRM_TOKEN":
@@ -90,6 +112,9 @@ def page_progress(view: Any, children: Sequence[Any] = ()) -> Progress:
     token = ctx.get("token")
     if state in FINAL_FAILURE:
         return Progress("failed", _failure(view)[1], _steps(ctx, state, children), token)
+    stalled = _stalled(view, children)
+    if stalled is not None:
+        return Progress("working", stalled, _steps(ctx, state, children) if "certificates" in ctx else [], token)
     if state in ("LOOKUP", "WAIT_FOR_TOKEN"):
         return Progress("waiting_for_card", "Insert your card and run the token agent with the code below.",
                         [], token)
@@ -100,9 +125,6 @@ def page_progress(view: Any, children: Sequence[Any] = ()) -> Progress:
     steps = _steps(ctx, state, children) if "certificates" in ctx else []
     if state == "ISSUING" and _child_waits_for_approval(children, ctx["certificates"][ctx["current"]]):
         return Progress("approval", "Waiting for approval by an RA Operator.", steps, token)
-    if view.proc_state in ("retry", "exception"):
-        return Progress("working", "The CA is not reachable right now; the server retries by itself.", steps,
-                        token)
     return Progress("working", "Personalizing your card. Keep it inserted.", steps, token)
 
 

@@ -1,9 +1,12 @@
 """The token registry: which cards exist, whose they are, whether usable.
 
-A card is registered to the first user who personalizes it; afterwards only
-that user may personalize it again (re-issue), and only while its status is
-``active``.  Lost, revoked or destroyed cards are refused with a message
-that says why, so the user knows to call the help desk rather than retry.
+A card is registered to the user who *confirms* it in the browser (a
+serial an agent merely reports claims nothing: serials are printed on cards
+and an agent's word is no proof).  Afterwards only that user may
+personalize it again, and only while its status is ``active``.  Lost,
+revoked or destroyed cards are refused with a message that says why, so
+the user knows to call the help desk rather than retry; marking a card so
+revokes the certificates issued for it (``openxpki-py token status``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -51,21 +55,14 @@ class RegisteredToken:
     manufacturer: str | None
 
 
-def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime) -> RegisteredToken:
-    """Find or create the card; refuse another user's card or an unusable one."""
+def check_token(conn: Connection, info: TokenInfo, *, owner: str) -> None:
+    """Refuse another user's card or an unusable one (nothing is written)."""
     row = conn.execute(select(token).where(token.c.serial == info.serial)).mappings().first()
-    if row is None:
-        result = conn.execute(token.insert(), {
-            "serial": info.serial, "model": info.model[:128] or None,
-            "manufacturer": info.manufacturer[:128] or None, "owner": owner, "status": USABLE,
-            "first_seen": now, "last_seen": now,
-        })
-        append_audit(conn, actor=owner, event="token.register", target=info.serial,
-                     details={"model": info.model, "manufacturer": info.manufacturer})
-        new_id = result.inserted_primary_key
-        assert new_id is not None
-        return RegisteredToken(int(new_id[0]), info.serial, owner, USABLE,
-                               info.model or None, info.manufacturer or None)
+    if row is not None:
+        _check_row(conn, row, info, owner)
+
+
+def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str) -> None:
     if row["owner"] != owner:
         append_audit(conn, actor=owner, event="token.register", outcome="refused", target=info.serial,
                      details={"reason": "owned by another user"})
@@ -79,6 +76,24 @@ def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: dateti
             "or ask the help desk",
             code="token.unusable",
         )
+
+
+def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime) -> RegisteredToken:
+    """Find or create the card for its confirmed owner; refuse another user's card or an unusable one."""
+    row = conn.execute(select(token).where(token.c.serial == info.serial)).mappings().first()
+    if row is None:
+        result = conn.execute(token.insert(), {
+            "serial": info.serial, "model": info.model[:128] or None,
+            "manufacturer": info.manufacturer[:128] or None, "owner": owner, "status": USABLE,
+            "first_seen": now, "last_seen": now,
+        })
+        append_audit(conn, actor=owner, event="token.register", target=info.serial,
+                     details={"model": info.model, "manufacturer": info.manufacturer})
+        new_id = result.inserted_primary_key
+        assert new_id is not None
+        return RegisteredToken(int(new_id[0]), info.serial, owner, USABLE,
+                               info.model or None, info.manufacturer or None)
+    _check_row(conn, row, info, owner)
     conn.execute(token.update().where(token.c.id == row["id"]).values(last_seen=now))
     return RegisteredToken(int(row["id"]), row["serial"], row["owner"], row["status"], row["model"],
                            row["manufacturer"])

@@ -11,6 +11,14 @@
 <p class="error-message">${message}</p>
 % endif
 
+% if code_offered and code and progress.phase != "waiting_for_card":
+  <section aria-labelledby="code-heading">
+    <h2 id="code-heading">A new enrollment code</h2>
+    <p class="enrollment-code"><code id="enrollment-code">${code}</code></p>
+    <p>Run the agent again with it; it continues with the same card:</p>
+    <pre id="agent-command">${agent_command}</pre>
+  </section>
+% endif
 % if progress.phase == "waiting_for_card":
   % if code:
   <section aria-labelledby="code-heading">
@@ -24,10 +32,17 @@
   % else:
   <p>Insert your card. Then get a one-time code for the token agent:</p>
   % endif
+% endif
+
+% if code_offered:
   <form method="post" action="${base_url}/code" class="inline">
     <input type="hidden" name="csrf_token" value="${csrf_token}">
     <input type="hidden" name="mode" value="${mode}">
+    % if progress.phase == "waiting_for_card":
     <button type="submit" id="get-code">${"Get a new code" if code else "Show enrollment code"}</button>
+    % else:
+    <p>Did the agent stop? <button type="submit" id="get-code">Get a new code for the agent</button></p>
+    % endif
   </form>
 % endif
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -90,6 +91,12 @@ class AgentApi:
             code = {404: "api.not_found", 405: "api.method_not_allowed"}.get(exc.code or 400, "api.bad_request")
             response = json_response({"error": {"code": code, "message": exc.description or exc.name}},
                                      exc.code or 400)
+        except OperationalError:
+            # Database unreachable or busy: the agent waits and asks again.
+            log.warning("API %s %s: database unavailable", request.method, request.path, exc_info=True)
+            response = json_response({"error": {"code": "server.unavailable",
+                                                "message": "the server cannot reach its database; retrying helps"}},
+                                     503, {"Retry-After": "5"})
         except Exception:
             log.exception("API %s %s failed", request.method, request.path)
             response = json_response({"error": {"code": "server.error",
@@ -106,9 +113,12 @@ class AgentApi:
     def _body(request: Request) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise ApiError(413, "request.too_large", f"request bodies are limited to {MAX_BODY} bytes")
+        raw = request.stream.read(MAX_BODY + 1)  # never more, whatever Content-Length says
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, "request.too_large", f"request bodies are limited to {MAX_BODY} bytes")
         try:
-            body = json.loads(request.get_data(cache=False, as_text=False)[:MAX_BODY + 1] or b"{}")
-        except ValueError:
+            body = json.loads(raw or b"{}")
+        except (ValueError, RecursionError):
             raise ApiError(400, "request.invalid", "the request body is not JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request.invalid", "the request body must be a JSON object")
@@ -222,11 +232,11 @@ class AgentApi:
                 and csr_pem and cert_type and key_id):
             raise ApiError(400, "request.invalid", "send cert_type, key_id and csr (PEM)")
         view = self._view(workflow_id)
-        earlier = self._same_csr(view, csr_pem)
+        earlier = self._same_csr(view, cert_type, csr_pem)
         if earlier is None:
             view = self._execute(workflow_id, login, "submit_csr",
                                  {"cert_type": cert_type, "key_id": key_id, "csr": csr_pem})
-            earlier = self._same_csr(view, csr_pem)
+            earlier = self._same_csr(view, cert_type, csr_pem)
         if earlier is None:  # the CSR was accepted but the workflow moved on without it: failed
             raise ApiError(422, "issuance.failed", agent_task(view)["message"])
         return self._csr_answer(view, earlier)
@@ -240,13 +250,18 @@ class AgentApi:
         return json_response({"status": "pending", "reason": task.get("reason", "issuing")}, 202)
 
     @staticmethod
-    def _same_csr(view: Any, csr_pem: str) -> dict[str, Any] | None:
+    def _same_csr(view: Any, cert_type: str, csr_pem: str) -> dict[str, Any] | None:
+        """The entry this very request was already accepted for (a repeated post), if any.
+
+        The same key posted for another certificate type is not a repeat:
+        the workflow refuses it (``csr.key_reused``).
+        """
         try:
             fingerprint = public_key_fingerprint(x509.load_pem_x509_csr(csr_pem.encode("ascii")).public_key())
         except (ValueError, UnicodeEncodeError):
             return None  # the workflow's csr_syntax validator explains what is wrong
         entries = view.context.get("certificates") or []
-        return next((e for e in entries if e.get("csr_sha256") == fingerprint), None)
+        return next((e for e in entries if e.get("csr_sha256") == fingerprint and e["type"] == cert_type), None)
 
     def receipt(self, request: Request, _: Any) -> Response:
         workflow_id, login = self._agent(request)

@@ -31,6 +31,9 @@ from .views import view
 
 USER_ROLES = frozenset({"User"})
 PAGE_ACTIONS = ("confirm_token", "reject_token", "cancel")
+# Where the page offers an enrollment code: before a card was found, and
+# while the agent still has work to do (to replace an agent that stopped).
+CODE_STATES = ("WAIT_FOR_TOKEN", "WAIT_FOR_CSR", "ISSUING", "WAIT_FOR_INSTALL")
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def render_personalization(ctx: RequestContext, wf: Any, *, deep_link: bool, cod
         # forms, status and downloads live under /personalize/<id> for both modes
         base_url=ctx.url_for("personalization_page", wf_id=wf.id),
         certificates=service.certificates(wf) if wf.state == "SUCCESS" else [],
+        code_offered=wf.state in CODE_STATES,
         actions=[a for a in PAGE_ACTIONS if a in {x.name for x in wf.available_actions("User")}],
         now=datetime.now(timezone.utc),
     )
@@ -127,10 +131,15 @@ def personalization_page(ctx: RequestContext, wf_id: int) -> Response:
 
 @view("/personalize/<int:wf_id>/code", methods=("POST",), roles=USER_ROLES, needs="personalization")
 def personalization_code(ctx: RequestContext, wf_id: int) -> Response:
-    """A new one-time code (earlier ones stop working), shown in this answer only."""
+    """A new one-time code (earlier codes and agents stop working), shown in this answer only.
+
+    Also after the card was confirmed: an agent whose credential ran out (a
+    long approval, a reboot) continues with a new code; the server then
+    insists on the same card.
+    """
     service = _service(ctx)
     wf = service.own(wf_id, ctx.login)
-    if wf.state != "WAIT_FOR_TOKEN":
+    if wf.state not in CODE_STATES:
         return redirect(_back(ctx, wf_id), code=303)
     with service.db.begin() as conn:
         code = new_enrollment_code(conn, workflow_id=wf_id, login=ctx.login, limits=service.policy.enrollment,

@@ -18,6 +18,7 @@ from typing import Any, cast
 import yaml
 
 from .. import errors as base_errors
+from ..directory import base as directory_errors
 from ..configreader import Reader
 from ..errors import ConfigError, OpenXPKIError
 from . import errors as wf_errors
@@ -45,7 +46,7 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 def error_class_names() -> frozenset[str]:
     """Names usable in ``on_error`` / ``retry.errors``: the project's error classes."""
-    _ = (base_errors, wf_errors)  # both modules imported: their classes exist
+    _ = (base_errors, wf_errors, directory_errors)  # modules imported: their classes exist
     names: set[str] = set()
     pending: list[type[BaseException]] = [OpenXPKIError]
     while pending:

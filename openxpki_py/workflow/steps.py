@@ -212,7 +212,10 @@ class Stepper:
                 action: ActionSpec, actor: str, role: str, exc: Exception, secrets: frozenset[str],
                 now: datetime) -> Outcome:
         code = exc.code if isinstance(exc, OpenXPKIError) else type(exc).__name__
-        message = redact(exc.message if isinstance(exc, OpenXPKIError) else str(exc), secrets)
+        # Only the project's own errors are worded for users; anything else
+        # (a driver's SQL text, a library's internals) stays in the log.
+        message = redact(exc.message if isinstance(exc, OpenXPKIError)
+                         else "internal error; the details are in the server log", secrets)
         reason = f"{code}: {message}"
         log.info("workflow %s: action %s failed: %s", row["id"], action.name, reason,
                  exc_info=not isinstance(exc, OpenXPKIError))

@@ -317,3 +317,103 @@ def test_still_valid_certificate_on_the_card_is_kept(keep_app: Any) -> None:
     assert done["certificates"][0]["serial"] == first[0]
     page = browser.get(f"/deeplink/workflow/{wf_id}").text
     assert "authentication (kept)" in page
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_reported_card_is_claimed_only_when_confirmed(app: Any) -> None:
+    inst = app.instance
+    bob_browser, bob_wf, bob_code = start(app, "bob")
+    bob = Agent(app)
+    bob.enroll(bob_code)
+    assert bob.call("POST", "token", {"serial": "ALICECARD"}).json == {"status": "awaiting_confirmation"}
+    page = bob_browser.get(f"/deeplink/workflow/{bob_wf}").text
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert version
+    bob_browser.post(f"/personalize/{bob_wf}/action", {"csrf_token": bob_browser.csrf(page), "mode": "deeplink",
+                                                       "action": "reject_token", "version": version.group(1)})
+    rejected = bob.call("GET", "task")  # the agent that reported a card the user rejected is out
+    assert (rejected.status_code, rejected.json["error"]["code"]) == (401, "auth.token_expired")
+    assert count(inst, token) == 0  # merely reported: nobody's card
+
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    assert agent.call("POST", "token", {"serial": "ALICECARD"}).status_code == 200
+    confirm(browser, wf_id)
+    with inst.services.db.connect() as conn:
+        assert [(r.serial, r.owner) for r in conn.execute(select(token.c.serial, token.c.owner))] == [
+            ("ALICECARD", "alice")]
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_new_code_replaces_a_stopped_agent(app: Any) -> None:
+    browser, wf_id, code = start(app)
+    first = Agent(app)
+    first.enroll(code)
+    first.call("POST", "token", {"serial": "CARD-A"})
+    confirm(browser, wf_id)
+    task = first.call("GET", "task").json
+    key = rsa.generate_private_key(65537, 2048)
+    first.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"], "csr": make_csr(key)})
+
+    # the agent stops; the page offers a new code while the card still has work to do
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "Get a new code for the agent" in page
+    shown = browser.post(f"/personalize/{wf_id}/code", {"csrf_token": browser.csrf(page), "mode": "deeplink"})
+    new_code = CODE_RE.search(shown.text)
+    assert new_code
+    old = first.call("GET", "task")
+    assert (old.status_code, old.json["error"]["code"]) == (401, "auth.token_expired")
+
+    second = Agent(app)
+    second.enroll(new_code.group(1))
+    swapped = second.call("POST", "token", {"serial": "CARD-B"})
+    assert (swapped.status_code, swapped.json["error"]["code"]) == (409, "token.mismatch")
+    assert second.call("POST", "token", {"serial": "CARD-A"}).json == {"status": "confirmed"}
+    install = second.call("GET", "task").json
+    assert install["task"] == "install_certificate" and install["cert_type"] == "authentication"
+    second.call("POST", "receipt", {"cert_type": "authentication", "serial": install["serial"]})
+    reuse = second.call("POST", "csr", {"cert_type": "encryption", "key_id": "02", "csr": make_csr(key)})
+    assert (reuse.status_code, reuse.json["error"]["code"]) == (422, "csr.key_reused")
+    assert count(app.instance, certificate) == 1
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_cancel_revokes_an_uninstalled_certificate_and_reissue_supersedes(app: Any) -> None:
+    inst = app.instance
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    agent.call("POST", "token", {"serial": "CARD-X"})
+    confirm(browser, wf_id)
+    task = agent.call("GET", "task").json
+    agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
+                               "csr": make_csr(rsa.generate_private_key(65537, 2048))})
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert version
+    browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
+                                                  "action": "cancel", "version": version.group(1)})
+    with inst.services.db.connect() as conn:
+        rows = conn.execute(select(certificate.c.status, certificate.c.revocation_reason)).all()
+    assert [tuple(r) for r in rows] == [("revoked", "cessationOfOperation")]
+
+    _, _, first = _personalize_fully(app, "CARD-X")
+    _, _, second = _personalize_fully(app, "CARD-X")
+    with inst.services.db.connect() as conn:
+        status = {r.serial: (r.status, r.revocation_reason)
+                  for r in conn.execute(select(certificate.c.serial, certificate.c.status,
+                                               certificate.c.revocation_reason))}
+    assert all(status[s] == ("revoked", "superseded") for s in first)
+    assert all(status[s] == ("valid", None) for s in second)
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_only_wrong_codes_count_and_bad_json_is_a_clear_error(app: Any) -> None:
+    _, _, code = start(app)
+    assert Agent(app).enroll(code).status_code == 200
+    limit = app.instance.config.personalization.enrollment.max_failures
+    for _ in range(limit + 2):  # a rerun agent's "already used" is no guess
+        assert Agent(app).enroll(code).json["error"]["code"] == "enroll.code_used"
+    deep = Client(app).post("/api/v1/enroll", data="[" * 60000, content_type="application/json")
+    assert (deep.status_code, deep.json["error"]["code"]) == (400, "request.invalid")

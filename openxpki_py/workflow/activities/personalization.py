@@ -19,7 +19,8 @@ from typing import Any
 
 from ...crypto.csr import ExpectedKey, public_key_fingerprint
 from ...errors import PolicyViolation
-from ...personalization.tokens import TokenInfo, register_token, valid_certificates_on_token
+from ...personalization.enrollment import revoke_workflow_access
+from ...personalization.tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
 from ..context import ActivityContext
 from ..registry import default_registry
 
@@ -51,12 +52,12 @@ def load_user_from_directory(ctx: ActivityContext) -> None:
 
 @default_registry.activity("register_card")
 def register_card(ctx: ActivityContext) -> None:
-    """The agent reported a card: registry checks, then the user must confirm it."""
+    """The agent reported a card: registry checks; the user must confirm it before it is registered."""
     info = TokenInfo(serial=ctx.inputs["serial"], model=ctx.inputs.get("model", ""),
                      manufacturer=ctx.inputs.get("manufacturer", ""), label=ctx.inputs.get("token_label", ""))
-    registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now)
+    check_token(ctx.conn, info, owner=ctx.creator)
     ctx["token"] = {
-        "id": registered.id, "serial": info.serial, "model": info.model, "manufacturer": info.manufacturer,
+        "serial": info.serial, "model": info.model, "manufacturer": info.manufacturer,
         "label": info.label, "card_profile": ctx.inputs.get("card_profile", "generic"), "confirmed": False,
     }
     ctx.set_attribute("token_serial", info.serial)
@@ -65,13 +66,20 @@ def register_card(ctx: ActivityContext) -> None:
 
 @default_registry.activity("confirm_card")
 def confirm_card(ctx: ActivityContext) -> None:
-    ctx["token"] = {**ctx["token"], "confirmed": True}
+    """The user says it is their card: now it is registered to them."""
+    card = ctx["token"]
+    info = TokenInfo(serial=card["serial"], model=card["model"], manufacturer=card["manufacturer"],
+                     label=card["label"])
+    registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now)
+    ctx["token"] = {**card, "id": registered.id, "confirmed": True}
 
 
 @default_registry.activity("forget_card")
 def forget_card(ctx: ActivityContext) -> None:
+    """Not the user's card: forget it, and the agent that reported it."""
     ctx.context.pop("token", None)
     ctx.set_attribute("token_serial")
+    revoke_workflow_access(ctx.conn, ctx.workflow_id, now=ctx.now)
 
 
 @default_registry.activity("plan_certificates")
@@ -133,7 +141,9 @@ def collect_certificate(ctx: ActivityContext) -> None:
         reason = "the issuance workflow is missing"
         if child is not None:
             failure = child.context.get("failure") or {}
-            reason = failure.get("message") or child.context.get("rejection") or child.last_error or child.state
+            rejection = child.context.get("rejection") or {}
+            reason = (f"rejected by an RA Operator: {rejection['reason']}" if rejection.get("reason")
+                      else failure.get("message") or child.last_error or child.state)
         entry.update(status="failed", reason=str(reason))
         ctx["failure"] = {"action": "issue", "code": "issuance.failed",
                           "message": f"the {entry['type']} certificate was not issued: {reason}"}
@@ -155,6 +165,11 @@ def record_installation(ctx: ActivityContext) -> None:
         )
     entry["status"] = "installed"
     entry.pop("certificate_pem", None)  # it is in the certificate table; the context need not carry it
+    # The card's earlier certificate of this profile is replaced: revoke it as superseded.
+    for serial in valid_certificates_on_token(ctx.conn, ctx["token"]["id"], entry["profile"], ctx.now):
+        if serial != entry["serial"]:
+            ctx.services.ca.revoke_certificate(ctx.conn, int(serial, 16), "superseded", actor=ctx.actor,
+                                               role=ctx.role)
     ctx["current"] = next((i for i, e in enumerate(ctx["certificates"]) if e["status"] == "pending"),
                           len(ctx["certificates"]))
     _pop_inputs(ctx, "cert_type", "certificate_serial")
@@ -162,5 +177,16 @@ def record_installation(ctx: ActivityContext) -> None:
 
 @default_registry.activity("record_cancellation")
 def record_cancellation(ctx: ActivityContext) -> None:
+    """Codes stop working; certificates issued but never installed on the card are revoked.
+
+    The agent's credential may stay: a cancelled workflow offers it nothing
+    to do, and it learns from its next task that the user cancelled.
+    """
     reason = ctx.inputs.get("reason") or "cancelled by the user"
     ctx["failure"] = {"action": "cancel", "code": "personalization.cancelled", "message": reason}
+    revoke_workflow_access(ctx.conn, ctx.workflow_id, now=ctx.now, credentials=False)
+    for entry in ctx.get("certificates") or []:
+        if entry["status"] == "issued":
+            ctx.services.ca.revoke_certificate(ctx.conn, int(entry["serial"], 16), "cessationOfOperation",
+                                               actor=ctx.actor, role=ctx.role)
+            entry["status"] = "revoked"
