@@ -214,6 +214,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from .personalization.tokens import list_tokens
+
+    services = _services(args)
+    with services.db.connect() as conn:
+        rows = list_tokens(conn, owner=args.owner)
+    items = [{"serial": r["serial"], "owner": r["owner"], "status": r["status"], "model": r["model"],
+              "last_seen": r["last_seen"].isoformat()} for r in rows]
+    _emit(args, items, lambda: [f"{i['serial']:24} {i['status']:10} {i['owner'] or '-':16} {i['model'] or ''}"
+                                for i in items])
+    return 0
+
+
+def cmd_token_status(args: argparse.Namespace) -> int:
+    from .personalization.tokens import set_token_status
+
+    services = _services(args)
+    with services.db.begin() as conn:
+        revoked = set_token_status(conn, args.serial, args.status, actor=args.actor, ca=services.ca)
+    print(f"card {args.serial} is now {args.status}"
+          + (f"; revoked {len(revoked)} certificate(s): {', '.join(revoked)} (run 'openxpki-py ca crl')"
+             if revoked else ""))
+    return 0
+
+
+def cmd_token_release(args: argparse.Namespace) -> int:
+    from .personalization.tokens import release_token
+
+    services = _services(args)
+    with services.db.begin() as conn:
+        release_token(conn, args.serial, actor=args.actor)
+    print(f"card {args.serial} has no owner now; the next user who confirms it gets it")
+    return 0
+
+
 # --- helpers -------------------------------------------------------------------
 
 
@@ -284,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    tok = sub.add_parser("token", help="the smartcard registry").add_subparsers(dest="sub", required=True)
+    p = command(tok, "list", cmd_token_list, "list registered cards")
+    p.add_argument("--owner", help="only this user's cards")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command(tok, "status", cmd_token_status,
+                "mark a card active, lost, revoked or destroyed (the last three revoke its certificates)")
+    p.add_argument("serial")
+    p.add_argument("status", choices=("active", "lost", "revoked", "destroyed"))
+    p = command(tok, "release", cmd_token_release, "forget a card's owner so another user may personalize it")
+    p.add_argument("serial")
     p = command(sub, "serve", cmd_serve, "run the instance in Apache via mod_wsgi-express (demo, small sites)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")

@@ -65,7 +65,9 @@ def _login_from(environ: Mapping[str, Any], sso: SSOConfig) -> str | None:
     value = environ.get(key)
     if not isinstance(value, str) or not value.strip():
         return None
-    return _wsgi_text(value.strip())
+    # Not stripped: "alice " may be a different account to the SSO (an
+    # htpasswd file matches exactly); identity_from_environ refuses it.
+    return _wsgi_text(value)
 
 
 def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identity:
@@ -75,8 +77,9 @@ def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identit
         raise NotAuthenticated("the web server did not authenticate the user")
     # The login goes into the audit log, the session table and a handler's
     # environment: refuse what could forge a log line or overflow a column.
-    if len(login) > MAX_LOGIN_LENGTH or _has_control_chars(login):
-        raise InvalidLogin(f"the SSO login {login[:40]!r} is too long or contains control characters")
+    if len(login) > MAX_LOGIN_LENGTH or _has_control_chars(login) or login != login.strip():
+        raise InvalidLogin(f"the SSO login {login[:40]!r} is too long, has surrounding spaces or contains "
+                           "control characters")
     attributes: dict[str, str] = {}
     for name, key in sso.attributes.items():
         value = environ.get(key)

@@ -29,6 +29,8 @@ from . import extensions
 from .csr import CheckedCSR, ExpectedKey, check_csr
 from .profiles import ProfileSet
 
+CLOCK_SKEW = timedelta(minutes=5)
+
 HASHES: Mapping[str, type[hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
@@ -203,12 +205,7 @@ class CertificateAuthority:
         key = self.key_backend.load_private_key()
         if _spki(cert.public_key()) != _spki(key.public_key()):
             raise CAError("the certificate does not belong to the CA key in the token (public keys differ)")
-        try:
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            bc = None
-        if bc is None or not bc.ca:
-            raise CAError("the certificate is not a CA certificate (basicConstraints CA:TRUE missing)")
+        _check_ca_certificate(cert)
         certstore.activate_ca(conn, int(row["id"]), cert)
         append_audit(conn, actor=actor, event="ca.import", target=cert.subject.rfc4514_string())
         self._active = None
@@ -263,6 +260,9 @@ class CertificateAuthority:
         not_after = min(now + timedelta(days=profile.validity_days), ca_cert.not_valid_after_utc)
         if not_after <= now:
             raise CAError("the CA certificate has expired; no certificate can be issued")
+        # A few minutes back: a client (a domain controller) whose clock lags
+        # must not see a certificate that is "not yet valid".
+        not_before = max(now - CLOCK_SKEW, ca_cert.not_valid_before_utc)
         public_key = checked.csr.public_key()
         builder = (
             x509.CertificateBuilder()
@@ -270,7 +270,7 @@ class CertificateAuthority:
             .issuer_name(ca_cert.subject)
             .public_key(public_key)
             .serial_number(certstore.new_serial(conn, active.key_identifier))
-            .not_valid_before(now)
+            .not_valid_before(not_before)
             .not_valid_after(not_after)
         )
         issuer_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -320,7 +320,8 @@ class CertificateAuthority:
             x509.CertificateRevocationListBuilder()
             .issuer_name(ca_cert.subject)
             .last_update(now)
-            .next_update(now + timedelta(hours=self.config.crl.validity_hours))
+            # never promises more than the CA certificate's own life
+            .next_update(min(now + timedelta(hours=self.config.crl.validity_hours), ca_cert.not_valid_after_utc))
             .add_extension(x509.CRLNumber(number), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
                            critical=False)
@@ -358,6 +359,29 @@ class CertificateAuthority:
         ca_der = self.certificate(conn).public_bytes(serialization.Encoding.DER)
         written = [_atomic_write(target / crl_name, issued.der), _atomic_write(target / crt_name, ca_der)]
         return written
+
+
+def _check_ca_certificate(cert: x509.Certificate) -> None:
+    """What an imported CA certificate must have for this CA to issue with it."""
+    def extension(cls: type[x509.ExtensionType]) -> Any:
+        try:
+            return cert.extensions.get_extension_for_class(cls).value
+        except x509.ExtensionNotFound:
+            return None
+
+    bc = extension(x509.BasicConstraints)
+    if bc is None or not bc.ca:
+        raise CAError("the certificate is not a CA certificate (basicConstraints CA:TRUE missing)")
+    ku = extension(x509.KeyUsage)
+    if ku is None or not (ku.key_cert_sign and ku.crl_sign):
+        raise CAError("the certificate's keyUsage lacks keyCertSign and cRLSign; ask the root to issue it with both")
+    if extension(x509.SubjectKeyIdentifier) is None:
+        raise CAError("the certificate has no subjectKeyIdentifier (issued certificates name it as their "
+                      "authorityKeyIdentifier); ask the root to include it")
+    now = certstore.utcnow()
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise CAError(f"the certificate is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                      f"{cert.not_valid_after_utc:%Y-%m-%d})")
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:

@@ -152,6 +152,8 @@ def _parse_profile(name: str, r: Reader, variables: Mapping[str, str]) -> Profil
     ku = r.section("key_usage", required=True)
     usages = {alg: frozenset(ku.str_list(alg)) for alg in ("rsa", "ec")}
     for alg, values in usages.items():
+        if not values:
+            raise ConfigError(f"{ku.key_path(alg)}: at least one key usage is needed")
         bad = sorted(values - set(KEY_USAGES))
         if bad:
             raise ConfigError(f"{ku.key_path(alg)}: unknown key usage {bad[0]}; expected {', '.join(KEY_USAGES)}")

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
 from ..db.schema import certificate, token
-from ..errors import PolicyViolation
+from ..errors import NotFound, PolicyViolation
 
 STATUSES = ("active", "lost", "revoked", "destroyed")
 USABLE = "active"
@@ -63,7 +63,7 @@ def check_token(conn: Connection, info: TokenInfo, *, owner: str) -> None:
 
 
 def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str) -> None:
-    if row["owner"] != owner:
+    if row["owner"] is not None and row["owner"] != owner:  # None: released by the help desk
         append_audit(conn, actor=owner, event="token.register", outcome="refused", target=info.serial,
                      details={"reason": "owned by another user"})
         raise PolicyViolation(
@@ -94,19 +94,61 @@ def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: dateti
         return RegisteredToken(int(new_id[0]), info.serial, owner, USABLE,
                                info.model or None, info.manufacturer or None)
     _check_row(conn, row, info, owner)
-    conn.execute(token.update().where(token.c.id == row["id"]).values(last_seen=now))
+    conn.execute(token.update().where(token.c.id == row["id"]).values(last_seen=now, owner=owner))
     return RegisteredToken(int(row["id"]), row["serial"], row["owner"], row["status"], row["model"],
                            row["manufacturer"])
 
 
-def set_token_status(conn: Connection, serial: str, status: str, *, actor: str) -> None:
+# Why a card's certificates are revoked when the card is marked so (RFC 5280 reasons).
+REVOCATION_FOR_STATUS = {"lost": "keyCompromise", "revoked": "privilegeWithdrawn", "destroyed": "cessationOfOperation"}
+
+
+def find_token(conn: Connection, serial: str) -> Any:
+    row = conn.execute(select(token).where(token.c.serial == serial)).mappings().first()
+    if row is None:
+        raise NotFound(f"no card with serial {serial} is registered")
+    return row
+
+
+def set_token_status(conn: Connection, serial: str, status: str, *, actor: str, ca: Any = None) -> list[str]:
+    """Mark a card; for lost/revoked/destroyed also revoke its valid certificates (returns their serials).
+
+    ``ca`` revokes; without it (no CA at hand) the status changes only when
+    nothing needs revoking.
+    """
     if status not in STATUSES:
         raise PolicyViolation(f"unknown card status '{status}'; use one of {', '.join(STATUSES)}",
                               code="token.status_invalid")
-    updated = conn.execute(token.update().where(token.c.serial == serial).values(status=status)).rowcount
-    if updated != 1:
-        raise PolicyViolation(f"no card with serial {serial} is registered", code="token.unknown")
-    append_audit(conn, actor=actor, event="token.status", target=serial, details={"status": status})
+    row = find_token(conn, serial)
+    conn.execute(token.update().where(token.c.id == row["id"]).values(status=status))
+    revoked = []
+    reason = REVOCATION_FOR_STATUS.get(status)
+    if reason is not None:
+        serials = [r.serial for r in conn.execute(select(certificate.c.serial).where(
+            certificate.c.token_id == row["id"], certificate.c.status == "valid"))]
+        if serials and ca is None:
+            raise PolicyViolation(f"card {serial} has valid certificates; revoking them needs the CA",
+                                  code="token.needs_ca")
+        for cert_serial in serials:
+            ca.revoke_certificate(conn, int(cert_serial, 16), reason, actor=actor, role="RA Operator")
+            revoked.append(cert_serial)
+    append_audit(conn, actor=actor, event="token.status", target=serial,
+                 details={"status": status, "revoked": revoked})
+    return revoked
+
+
+def release_token(conn: Connection, serial: str, *, actor: str) -> None:
+    """Forget the card's owner: the next user who confirms it gets it (help desk, reissued card)."""
+    row = find_token(conn, serial)
+    conn.execute(token.update().where(token.c.id == row["id"]).values(owner=None))
+    append_audit(conn, actor=actor, event="token.release", target=serial, details={"previous_owner": row["owner"]})
+
+
+def list_tokens(conn: Connection, *, owner: str | None = None) -> list[Any]:
+    query = select(token).order_by(token.c.id)
+    if owner is not None:
+        query = query.where(token.c.owner == owner)
+    return list(conn.execute(query).mappings())
 
 
 def valid_certificates_on_token(conn: Connection, token_id: int, profile: str,

@@ -208,6 +208,14 @@ def test_external_root(make_instance: Callable[..., Any], sqlite_engine: Any, tm
     (tmp_path / "wrong.pem").write_bytes(wrong.public_bytes(serialization.Encoding.PEM))
     refused = cli(inst, "ca", "import-cert", str(tmp_path / "wrong.pem"))
     assert refused.returncode == 8 and "does not belong to the CA key in the token" in refused.stderr
+    bare = (x509.CertificateBuilder().subject_name(request.subject).issuer_name(root_name)
+            .public_key(request.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    (tmp_path / "bare.pem").write_bytes(bare.public_bytes(serialization.Encoding.PEM))
+    refused = cli(inst, "ca", "import-cert", str(tmp_path / "bare.pem"))
+    assert refused.returncode == 8 and "lacks keyCertSign and cRLSign" in refused.stderr
     (tmp_path / "sub.pem").write_bytes(sub.public_bytes(serialization.Encoding.PEM))
     imported = cli(inst, "ca", "import-cert", str(tmp_path / "sub.pem"))
     assert imported.returncode == 0, imported.stderr

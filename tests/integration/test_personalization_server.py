@@ -417,3 +417,37 @@ def test_only_wrong_codes_count_and_bad_json_is_a_clear_error(app: Any) -> None:
         assert Agent(app).enroll(code).json["error"]["code"] == "enroll.code_used"
     deep = Client(app).post("/api/v1/enroll", data="[" * 60000, content_type="application/json")
     assert (deep.status_code, deep.json["error"]["code"]) == (400, "request.invalid")
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_help_desk_marks_a_card_lost_and_releases_it(app: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    inst = app.instance
+    _, _, serials = _personalize_fully(app, "CARD-LOST")
+    cli = [str(Path(sys.executable).parent / "openxpki-py"), "--config", str(inst.config_path), "token"]
+    listed = subprocess.run(cli + ["list", "--owner", "alice"], capture_output=True, text=True, check=True)
+    assert "CARD-LOST" in listed.stdout and "active" in listed.stdout
+    lost = subprocess.run(cli + ["status", "CARD-LOST", "lost"], capture_output=True, text=True, check=False)
+    assert lost.returncode == 0, lost.stderr
+    assert "revoked 2 certificate(s)" in lost.stdout
+    with inst.services.db.connect() as conn:
+        reasons = {r.serial: r.revocation_reason
+                   for r in conn.execute(select(certificate.c.serial, certificate.c.revocation_reason))}
+    assert all(reasons[s] == "keyCompromise" for s in serials)
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    refused = agent.call("POST", "token", {"serial": "CARD-LOST"})
+    assert (refused.status_code, refused.json["error"]["code"]) == (403, "token.unusable")
+
+    unknown = subprocess.run(cli + ["status", "NO-SUCH-CARD", "lost"], capture_output=True, text=True, check=False)
+    assert unknown.returncode == 6 and "no card with serial NO-SUCH-CARD is registered" in unknown.stderr
+    for argv in (["release", "CARD-LOST"], ["status", "CARD-LOST", "active"]):
+        assert subprocess.run(cli + argv, capture_output=True, text=True, check=False).returncode == 0
+    bob_browser, bob_wf, bob_code = start(app, "bob")
+    bob = Agent(app)
+    bob.enroll(bob_code)
+    assert bob.call("POST", "token", {"serial": "CARD-LOST"}).json == {"status": "awaiting_confirmation"}

@@ -104,12 +104,13 @@ def test_issuance_in_one_request_lints_clean(pki: tuple[Any, WorkflowEngine], tm
     with inst.services.db.connect() as conn:
         ca_cert = inst.services.ca.certificate(conn)
     for cert in issued:
-        assert cert.subject.rfc4514_string() == "CN=Alice Example,O=Example Corp,C=DE"
+        # from alice's directory entry (OU from departmentNumber), not from the subject the caller passed
+        assert cert.subject.rfc4514_string() == "CN=Alice Example,OU=Engineering,O=Example Corp,C=DE"
         assert_cert_lints_clean(cert, tmp_path)
         assert_chain_lints_clean(ca_cert, cert, tmp_path)
     logon = child(engine, parent, "smartcard_logon")
     assert [h.action for h in logon.history] == ["start", "check_request", "issue"]
-    assert logon.context["subject_dn"] == "CN=Alice Example,O=Example Corp,C=DE"
+    assert logon.context["subject_dn"] == "CN=Alice Example,OU=Engineering,O=Example Corp,C=DE"
     assert engine.search(certificate_serial=logon.context["certificate_serial"])[0].id == logon.id
 
 
@@ -270,3 +271,17 @@ def spawn_worker(inst: Any, env: dict[str, str]) -> subprocess.Popen[str]:
 
     return subprocess.Popen([sys.executable, str(SCRIPT), "instance-worker", str(inst.config_path), "2", "0.1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def test_subject_for_an_owner_comes_from_the_directory(pki: tuple[Any, WorkflowEngine]) -> None:
+    """An operator starting an issuance cannot put someone else's UPN into alice's certificate."""
+    inst, engine = pki
+    forged = {"cn": "Domain Admin", "mail": "admin@example.com", "upn": "administrator@example.com"}
+    wf = engine.start("certificate_issuance", actor="bob", role="RA Operator",
+                      context={"csr": csr_pem(), "profile": "smartcard_logon", "subject": forged, "owner": "alice"})
+    assert wf.state == "ISSUED", (wf.state, wf.last_error)
+    (cert,) = certificates(inst)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == ["alice@example.com"]
+    assert b"administrator" not in san.get_values_for_type(x509.OtherName)[0].value
+    assert "Domain Admin" not in cert.subject.rfc4514_string()

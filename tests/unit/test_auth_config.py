@@ -66,8 +66,11 @@ SSO = parse({"sso": {"attributes": {"display_name": "SSO_NAME", "mail": "SSO_MAI
 
 
 def test_identity_from_remote_user_with_attributes() -> None:
-    ident = identity_from_environ({"REMOTE_USER": " alice ", "SSO_NAME": "Alice A.", "HTTP_SSO_MAIL": "x"}, SSO)
+    ident = identity_from_environ({"REMOTE_USER": "alice", "SSO_NAME": "Alice A.", "HTTP_SSO_MAIL": "x"}, SSO)
     assert ident.login == "alice" and ident.attributes == {"display_name": "Alice A."}
+    # "alice " may be another account to the SSO (htpasswd matches exactly): refused, not trimmed
+    with pytest.raises(InvalidLogin, match="surrounding spaces"):
+        identity_from_environ({"REMOTE_USER": " alice "}, SSO)
     assert ident.display_name == "Alice A."
     assert identity_from_environ({"REMOTE_USER": "bob"}, SSO).display_name == "bob"
 

@@ -52,6 +52,10 @@ def check_certificate_request(ctx: ActivityContext) -> None:
     ca = ctx.services.ca
     profile = ca.profiles.get(ctx["profile"])
     checked = ca.check_csr(ctx.conn, ctx["csr"].encode("ascii"), profile.name, expected_key=_expected_key(ctx))
+    if ctx.get("owner"):
+        # A person's certificate: subject data come from the directory, now —
+        # whatever the starter passed in, and however old the caller's copy.
+        ctx["subject"] = dict(ctx.services.directory.find_user(ctx["owner"]).attributes)
     # Render subject and SAN now, so missing directory data rejects before
     # an RA Operator spends time on it.
     subject = profile.subject_name(ctx["subject"])
