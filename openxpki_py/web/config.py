@@ -11,6 +11,7 @@
       deep_link:
         workflow: smartcard_personalization
         role: User               # granted (its handler runs) when /token is opened
+      public_url: https://pki.example.com/openxpki   # what the token agent is told to use
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class DeepLinkConfig:
 class WebConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     deep_link: DeepLinkConfig = field(default_factory=DeepLinkConfig)
+    # The application's URL as users' PCs reach it.  None: taken from the
+    # request, which is wrong behind a TLS-terminating proxy.
+    public_url: str | None = None
 
 
 def _parse_session(r: Reader) -> SessionConfig:
@@ -67,7 +71,11 @@ def _parse_deep_link(r: Reader) -> DeepLinkConfig:
 
 def parse_web_config(r: Reader) -> WebConfig:
     """Parse the ``web`` section (see the module docstring)."""
+    public_url = r.str("public_url", None)
+    if public_url is not None and not public_url.startswith(("https://", "http://")):
+        raise r.error("public_url", "the application's URL, e.g. https://pki.example.com/openxpki")
     cfg = WebConfig(session=_parse_session(r.section("session")),
-                    deep_link=_parse_deep_link(r.section("deep_link")))
+                    deep_link=_parse_deep_link(r.section("deep_link")),
+                    public_url=public_url.rstrip("/") if public_url else None)
     r.finish()
     return cfg

@@ -95,7 +95,7 @@ def render_personalization(ctx: RequestContext, wf: Any, *, deep_link: bool, cod
     children: Sequence[Any] = service.engine.children(wf.id) if wf.state == "ISSUING" else ()
     progress = page_progress(wf, children)
     page = "deep_link_workflow" if deep_link else "personalization_page"
-    server_url = ctx.request.host_url.rstrip("/") + ctx.request.script_root
+    server_url = ctx.app.web.public_url or ctx.request.host_url.rstrip("/") + ctx.request.script_root
     agent_command = f"openxpki-py-token enroll --server {server_url} --code {code}"
     if server_url.startswith("http://"):  # demo / test sites on localhost only; the agent refuses others
         agent_command += " --insecure-http-for-localhost"

@@ -451,3 +451,17 @@ def test_help_desk_marks_a_card_lost_and_releases_it(app: Any) -> None:
     bob = Agent(app)
     bob.enroll(bob_code)
     assert bob.call("POST", "token", {"serial": "CARD-LOST"}).json == {"status": "awaiting_confirmation"}
+
+
+def test_agent_command_uses_the_configured_public_url(make_instance: Callable[..., Any], sqlite_engine: Any) -> None:
+    def behind_proxy(settings: dict[str, Any]) -> None:
+        settings["web"]["public_url"] = "https://pki.example.com/openxpki/"
+    inst = make_instance(sqlite_engine, overrides=behind_proxy)
+    application = create_app(inst.config, inst.services)
+    _, _, code = start(application)
+    browser = Browser(application, "alice")
+    wf_id = int(browser.get("/deeplink").headers["Location"].rsplit("/", 1)[1])
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    shown = browser.post(f"/personalize/{wf_id}/code", {"csrf_token": browser.csrf(page), "mode": "deeplink"})
+    assert "openxpki-py-token enroll --server https://pki.example.com/openxpki --code " in shown.text
+    assert "--insecure-http-for-localhost" not in shown.text
