@@ -211,6 +211,9 @@ def main() -> None:
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True, mode=0o755)
     base.chmod(0o755)
+    if os.geteuid() == 0 and subprocess.run(["test", "-x", str(base)], user=APACHE_USER, check=False).returncode:
+        fail(f"Apache's user {APACHE_USER} cannot reach {base}; choose a --dir below a world-readable folder "
+             "such as /var/tmp")
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     cli = [str(venv / "bin" / "openxpki-py"), "--config", str(base / "config.yaml"), "--actor", "demo"]
 
