@@ -87,13 +87,19 @@ def start(app: Any, login: str = "alice") -> tuple[Browser, int, str]:
     return browser, wf_id, code.group(1)
 
 
-def confirm(browser: Browser, wf_id: int) -> None:
+def page_action(browser: Browser, wf_id: int, action: str, *, version_offset: int = 0) -> Any:
+    """Press one of the page's buttons (as the page was just loaded, or ``version_offset`` older)."""
     page = browser.get(f"/deeplink/workflow/{wf_id}").text
-    assert "Is this your card?" in page
     version = re.search(r'name="version" value="(\d+)"', page)
-    assert version
-    done = browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
-                                                         "action": "confirm_token", "version": version.group(1)})
+    assert version, page
+    return browser.post(f"/personalize/{wf_id}/action", {
+        "csrf_token": browser.csrf(page), "mode": "deeplink", "action": action,
+        "version": str(int(version.group(1)) + version_offset)})
+
+
+def confirm(browser: Browser, wf_id: int) -> None:
+    assert "Is this your card?" in browser.get(f"/deeplink/workflow/{wf_id}").text
+    done = page_action(browser, wf_id, "confirm_token")
     assert done.status_code == 303, done.text
 
 
@@ -262,14 +268,9 @@ def test_cancel_from_the_page(app: Any) -> None:
     agent = Agent(app)
     agent.enroll(code)
     agent.call("POST", "token", {"serial": "CARD-CANCEL"})
-    page = browser.get(f"/deeplink/workflow/{wf_id}").text
-    version = re.search(r'name="version" value="(\d+)"', page)
-    assert version
-    stale = browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
-                                                          "action": "cancel", "version": str(int(version.group(1)) - 1)})
+    stale = page_action(browser, wf_id, "cancel", version_offset=-1)
     assert stale.status_code == 409  # decided on an old page: reload first
-    done = browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
-                                                         "action": "cancel", "version": version.group(1)})
+    done = page_action(browser, wf_id, "cancel")
     assert done.status_code == 303
     task = agent.call("GET", "task").json
     assert task == {"task": "failed", "code": "personalization.cancelled", "message": "cancelled by the user"}
@@ -326,11 +327,7 @@ def test_reported_card_is_claimed_only_when_confirmed(app: Any) -> None:
     bob = Agent(app)
     bob.enroll(bob_code)
     assert bob.call("POST", "token", {"serial": "ALICECARD"}).json == {"status": "awaiting_confirmation"}
-    page = bob_browser.get(f"/deeplink/workflow/{bob_wf}").text
-    version = re.search(r'name="version" value="(\d+)"', page)
-    assert version
-    bob_browser.post(f"/personalize/{bob_wf}/action", {"csrf_token": bob_browser.csrf(page), "mode": "deeplink",
-                                                       "action": "reject_token", "version": version.group(1)})
+    assert page_action(bob_browser, bob_wf, "reject_token").status_code == 303
     rejected = bob.call("GET", "task")  # the agent that reported a card the user rejected is out
     assert (rejected.status_code, rejected.json["error"]["code"]) == (401, "auth.token_expired")
     assert count(inst, token) == 0  # merely reported: nobody's card
@@ -389,11 +386,7 @@ def test_cancel_revokes_an_uninstalled_certificate_and_reissue_supersedes(app: A
     task = agent.call("GET", "task").json
     agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
                                "csr": make_csr(rsa.generate_private_key(65537, 2048))})
-    page = browser.get(f"/deeplink/workflow/{wf_id}").text
-    version = re.search(r'name="version" value="(\d+)"', page)
-    assert version
-    browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
-                                                  "action": "cancel", "version": version.group(1)})
+    assert page_action(browser, wf_id, "cancel").status_code == 303
     with inst.services.db.connect() as conn:
         rows = conn.execute(select(certificate.c.status, certificate.c.revocation_reason)).all()
     assert [tuple(r) for r in rows] == [("revoked", "cessationOfOperation")]
