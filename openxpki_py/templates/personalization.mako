@@ -82,6 +82,9 @@
 
 % if actions:
   <form method="post" action="${base_url}/action" class="actions">
+    % if "withdraw" in actions:
+    <p>An RA Operator has to approve this certificate first. If you do not want to wait:</p>
+    % endif
     <input type="hidden" name="csrf_token" value="${csrf_token}">
     <input type="hidden" name="version" value="${workflow.version}">
     <input type="hidden" name="mode" value="${mode}">
@@ -93,6 +96,9 @@
     % endif
     % if "cancel" in actions:
     <button type="submit" name="action" value="cancel" id="cancel">Cancel personalization</button>
+    % endif
+    % if "withdraw" in actions:
+    <button type="submit" name="action" value="withdraw" id="withdraw">Withdraw the request and stop</button>
     % endif
   </form>
 % endif

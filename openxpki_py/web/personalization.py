@@ -31,6 +31,7 @@ from .views import view
 
 USER_ROLES = frozenset({"User"})
 PAGE_ACTIONS = ("confirm_token", "reject_token", "cancel")
+WITHDRAW = "withdraw"  # on the issuance child waiting for approval: cancels the personalization
 # Where the page offers an enrollment code: before a card was found, and
 # while the agent still has work to do (to replace an agent that stopped).
 CODE_STATES = ("WAIT_FOR_TOKEN", "WAIT_FOR_CSR", "ISSUING", "WAIT_FOR_INSTALL")
@@ -108,7 +109,8 @@ def render_personalization(ctx: RequestContext, wf: Any, *, deep_link: bool, cod
         base_url=ctx.url_for("personalization_page", wf_id=wf.id),
         certificates=service.certificates(wf) if wf.state == "SUCCESS" else [],
         code_offered=wf.state in CODE_STATES,
-        actions=[a for a in PAGE_ACTIONS if a in {x.name for x in wf.available_actions("User")}],
+        actions=[a for a in PAGE_ACTIONS if a in {x.name for x in wf.available_actions("User")}]
+        + ([WITHDRAW] if progress.phase == "approval" else []),
         now=datetime.now(timezone.utc),
     )
 
@@ -153,6 +155,8 @@ def personalization_action(ctx: RequestContext, wf_id: int) -> Response:
     service = _service(ctx)
     service.own(wf_id, ctx.login)
     action = ctx.request.form.get("action", "")
+    if action == WITHDRAW:
+        return _withdraw(ctx, service, wf_id)
     if action not in PAGE_ACTIONS:
         raise errors.BadRequest("unknown action")
     try:
@@ -162,6 +166,16 @@ def personalization_action(ctx: RequestContext, wf_id: int) -> Response:
     inputs = {"reason": "cancelled by the user"} if action == "cancel" else {}
     service.engine.execute(wf_id, action, actor=ctx.login, role=ctx.role or "User", inputs=inputs,
                            expected_version=version)
+    return redirect(_back(ctx, wf_id), code=303)
+
+
+def _withdraw(ctx: RequestContext, service: Personalization, wf_id: int) -> Response:
+    """Waiting for an approval nobody gives: take the request back, which fails the personalization."""
+    wf = service.own(wf_id, ctx.login)
+    if wf.state != "ISSUING":
+        raise errors.Conflict("there is no request waiting for approval any more; reload the page")
+    child_id = wf.context["certificates"][wf.context["current"]]["child_id"]
+    service.engine.execute(child_id, WITHDRAW, actor=ctx.login, role=ctx.role or "User")
     return redirect(_back(ctx, wf_id), code=303)
 
 

@@ -458,3 +458,71 @@ def test_agent_command_uses_the_configured_public_url(make_instance: Callable[..
     shown = browser.post(f"/personalize/{wf_id}/code", {"csrf_token": browser.csrf(page), "mode": "deeplink"})
     assert "openxpki-py-token enroll --server https://pki.example.com/openxpki --code " in shown.text
     assert "--insecure-http-for-localhost" not in shown.text
+
+
+@pytest.fixture
+def approval_app(make_instance: Callable[..., Any], sqlite_engine: Any, tmp_path: Any) -> Any:
+    """The encryption profile needs an RA Operator's approval."""
+    import yaml
+
+    from openxpki_py.crypto.profiles import BUILTIN_DIR
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    data = yaml.safe_load((BUILTIN_DIR / "encryption.yaml").read_text())
+    data["approval"] = {"required": 1}
+    (profiles / "encryption.yaml").write_text(yaml.safe_dump(data))
+
+    def with_profiles(settings: dict[str, Any]) -> None:
+        settings["ca"]["profiles_dir"] = str(profiles)
+    inst = make_instance(sqlite_engine, overrides=with_profiles)
+    application = create_app(inst.config, inst.services)
+    application.instance = inst  # type: ignore[attr-defined]
+    return application
+
+
+def _up_to_approval(app: Any) -> tuple[Browser, int, Agent, int]:
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    agent.call("POST", "token", {"serial": "CARD-APPROVAL"})
+    confirm(browser, wf_id)
+    for _ in range(2):
+        task = agent.call("GET", "task").json
+        answer = agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
+                                            "csr": make_csr(rsa.generate_private_key(65537, 2048))})
+        if task["cert_type"] == "authentication":
+            install = agent.call("GET", "task").json
+            agent.call("POST", "receipt", {"cert_type": "authentication", "serial": install["serial"]})
+    assert (answer.status_code, answer.json) == (202, {"status": "pending",
+                                                       "reason": "waiting for approval by an RA Operator"})
+    assert agent.call("GET", "task").json["reason"] == "waiting for approval by an RA Operator"
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "Waiting for approval by an RA Operator." in page and 'id="withdraw"' in page
+    child = app.instance.services.workflows.children(wf_id)[-1]
+    assert child.state == "PENDING_APPROVAL"
+    return browser, wf_id, agent, child.id
+
+
+def test_approval_by_an_ra_operator_lets_the_card_continue(approval_app: Any) -> None:
+    browser, wf_id, agent, child_id = _up_to_approval(approval_app)
+    engine = approval_app.instance.services.workflows
+    from openxpki_py.workflow.errors import ActivityFailed
+
+    with pytest.raises(ActivityFailed, match="only the requester may withdraw"):
+        engine.execute(child_id, "withdraw", actor="bob", role="User")
+    engine.execute(child_id, "approve", actor="bob", role="RA Operator", inputs={"comment": "ok"})
+    install = agent.call("GET", "task").json  # the parent woke with the child, no worker needed
+    assert install["task"] == "install_certificate" and install["cert_type"] == "encryption"
+    agent.call("POST", "receipt", {"cert_type": "encryption", "serial": install["serial"]})
+    assert agent.call("GET", "task").json["task"] == "done"
+    assert count(approval_app.instance, certificate) == 2
+
+
+def test_withdrawing_while_waiting_for_approval_stops_cleanly(approval_app: Any) -> None:
+    browser, wf_id, agent, _ = _up_to_approval(approval_app)
+    assert page_action(browser, wf_id, "withdraw").status_code == 303
+    task = agent.call("GET", "task").json
+    assert task["task"] == "failed" and "you withdrew the request" in task["message"]
+    assert "you withdrew the request" in browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert count(approval_app.instance, certificate) == 1  # only the installed logon certificate

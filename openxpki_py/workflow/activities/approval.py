@@ -34,6 +34,15 @@ def record_rejection(ctx: ActivityContext) -> None:
     ctx.note = reason
 
 
+@default_registry.activity("record_withdrawal")
+def record_withdrawal(ctx: ActivityContext) -> None:
+    """Only the requester takes a request back (the role alone would let any user do it)."""
+    if ctx.actor != ctx.creator:
+        raise PolicyViolation("only the requester may withdraw this request", code="approval.not_requester")
+    ctx["rejection"] = {"by": ctx.actor, "at": ctx.now.isoformat(), "reason": "withdrawn by the requester"}
+    ctx.note = "withdrawn by the requester"
+
+
 @default_registry.condition("approval_required")
 def approval_required(ctx: ActivityContext) -> bool:
     return int(ctx.get("approvals_required", 0)) > 0

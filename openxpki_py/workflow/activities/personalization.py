@@ -142,8 +142,12 @@ def collect_certificate(ctx: ActivityContext) -> None:
         if child is not None:
             failure = child.context.get("failure") or {}
             rejection = child.context.get("rejection") or {}
-            reason = (f"rejected by an RA Operator: {rejection['reason']}" if rejection.get("reason")
-                      else failure.get("message") or child.last_error or child.state)
+            if rejection.get("by") == ctx.creator:
+                reason = "you withdrew the request"
+            elif rejection.get("reason"):
+                reason = f"rejected by an RA Operator: {rejection['reason']}"
+            else:
+                reason = failure.get("message") or child.last_error or child.state
         entry.update(status="failed", reason=str(reason))
         ctx["failure"] = {"action": "issue", "code": "issuance.failed",
                           "message": f"the {entry['type']} certificate was not issued: {reason}"}
