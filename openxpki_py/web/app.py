@@ -31,6 +31,7 @@ from .config import WebConfig
 from .context import RequestContext, WebRequest
 from .menu import menu_for
 from .render import render, template_lookup
+from . import approvals as _approval_views  # noqa: F401 - registers its views
 from . import personalization as _personalization_views  # noqa: F401 - registers its views
 from .views import VIEWS, View, url_rules
 from .workflows import EngineGateway, WorkflowGateway

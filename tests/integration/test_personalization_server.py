@@ -475,6 +475,7 @@ def approval_app(make_instance: Callable[..., Any], sqlite_engine: Any, tmp_path
 
     def with_profiles(settings: dict[str, Any]) -> None:
         settings["ca"]["profiles_dir"] = str(profiles)
+        settings["auth"]["roles"]["RA Operator"] = {"command": ["/bin/true"], "users": ["bob", "carol"]}
     inst = make_instance(sqlite_engine, overrides=with_profiles)
     application = create_app(inst.config, inst.services)
     application.instance = inst  # type: ignore[attr-defined]
@@ -526,3 +527,26 @@ def test_withdrawing_while_waiting_for_approval_stops_cleanly(approval_app: Any)
     assert task["task"] == "failed" and "you withdrew the request" in task["message"]
     assert "you withdrew the request" in browser.get(f"/deeplink/workflow/{wf_id}").text
     assert count(approval_app.instance, certificate) == 1  # only the installed logon certificate
+
+
+def test_ra_operator_approves_on_the_approvals_page(approval_app: Any) -> None:
+    _, wf_id, agent, child_id = _up_to_approval(approval_app)
+    bob = Browser(approval_app, "bob")
+    choice = bob.get("/login").text
+    chosen = bob.post("/login", {"csrf_token": bob.csrf(choice), "role": "RA Operator"})
+    assert chosen.status_code == 303
+    page = bob.get("/approvals").text
+    assert "Approvals" in page and f'id="request-{child_id}"' in page
+    assert "CN=Alice Example" in page and "RSA-2048" in page
+    version = re.search(rf'id="request-{child_id}".*?name="version" value="(\d+)"', page, re.S)
+    assert version
+    no_reason = bob.post(f"/approvals/{child_id}", {"csrf_token": bob.csrf(page), "version": version.group(1),
+                                                     "decision": "reject", "text": ""})
+    assert no_reason.status_code == 400
+    done = bob.post(f"/approvals/{child_id}", {"csrf_token": bob.csrf(page), "version": version.group(1),
+                                                "decision": "approve", "text": "checked with alice"})
+    assert done.status_code == 303
+    assert "Nothing is waiting for approval." in bob.get("/approvals").text
+    assert agent.call("GET", "task").json["task"] == "install_certificate"
+    alice = Browser(approval_app, "alice")
+    assert alice.get("/approvals").status_code in (303, 403)  # users have no approvals page
