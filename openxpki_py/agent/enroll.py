@@ -228,7 +228,8 @@ class TokenAgent:
                              "so it cannot sign the CSR that proves the key is yours",
                              code="token.cannot_sign")
         csr = build_csr(self.card, key, cert_type)
-        answer = self.api.post("csr", {"cert_type": cert_type, "key_id": key.key_id.hex(), "csr": csr})
+        answer = self.api.post("csr", {"cert_type": cert_type, "key_id": key.key_id.hex(), "csr": csr,
+                                       "token_serial": self.card.info.serial})
         status = _text(answer.body, "status", "csr")
         if status == "issued":
             self.progress.step("CSR sent; certificate issued")
@@ -314,7 +315,8 @@ class TokenAgent:
             self.progress.step(f"writing certificate {index}/{count} to the card…")
             label = str(task.get("label") or key.label or cert_type)
             self.card.write_certificate(cert, key_id, label, login=profile.cert_write_login)
-        self.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial})
+        self.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
+                                  "token_serial": self.card.info.serial})
 
 
 def build_csr(card: Card, key: CardKey, cert_type: str) -> str:

@@ -148,10 +148,17 @@ class AgentApi:
             raise ApiError(403, "auth.wrong_user", "this credential belongs to another user")
         return workflow_id, login
 
-    def _view(self, workflow_id: int) -> Any:
+    def _view(self, workflow_id: int, body: dict[str, Any] | None = None) -> Any:
         view = self.workflows.get(workflow_id)
         if view.wf_type != WF_TYPE:
             raise ApiError(409, "workflow.type", "this credential is not for a smartcard personalization")
+        # Keys and certificates must go to the confirmed card: an agent that
+        # names another card (swapped mid-way) is stopped before it acts.
+        card = view.context.get("token") or {}
+        named = (body or {}).get("token_serial")
+        if named is not None and card.get("confirmed") and named != card.get("serial"):
+            raise ApiError(409, "token.mismatch",
+                           f"this personalization is for card {card['serial']}; insert that card")
         return view
 
     def _execute(self, workflow_id: int, login: str, action: str, inputs: dict[str, Any]) -> Any:
@@ -231,7 +238,7 @@ class AgentApi:
         if not (isinstance(csr_pem, str) and isinstance(cert_type, str) and isinstance(key_id, str)
                 and csr_pem and cert_type and key_id):
             raise ApiError(400, "request.invalid", "send cert_type, key_id and csr (PEM)")
-        view = self._view(workflow_id)
+        view = self._view(workflow_id, body)
         earlier = self._same_csr(view, cert_type, csr_pem)
         if earlier is None:
             view = self._execute(workflow_id, login, "submit_csr",
@@ -269,7 +276,7 @@ class AgentApi:
         cert_type, serial = body.get("cert_type"), body.get("serial")
         if not isinstance(cert_type, str) or not isinstance(serial, str) or not cert_type or not serial:
             raise ApiError(400, "request.invalid", "send cert_type and serial of the installed certificate")
-        view = self._view(workflow_id)
+        view = self._view(workflow_id, body)
         for entry in view.context.get("certificates") or []:
             if entry.get("serial") == serial.lower() and entry["status"] == "installed":
                 return json_response({"status": "installed"})

@@ -550,3 +550,18 @@ def test_ra_operator_approves_on_the_approvals_page(approval_app: Any) -> None:
     assert agent.call("GET", "task").json["task"] == "install_certificate"
     alice = Browser(approval_app, "alice")
     assert alice.get("/approvals").status_code in (303, 403)  # users have no approvals page
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_card_swapped_after_confirmation_is_refused(app: Any) -> None:
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    agent.call("POST", "token", {"serial": "CARD-1"})
+    confirm(browser, wf_id)
+    task = agent.call("GET", "task").json
+    swapped = agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
+                                         "csr": make_csr(rsa.generate_private_key(65537, 2048)),
+                                         "token_serial": "CARD-2"})
+    assert (swapped.status_code, swapped.json["error"]["code"]) == (409, "token.mismatch")
+    assert count(app.instance, certificate) == 0
