@@ -131,6 +131,11 @@ class TokenAgent:
         log.info("enrolled as %s, workflow %d", session.user, session.workflow_id)
         return session
 
+    def _card_serial(self) -> str:
+        """The card this run works on, named with every CSR and receipt (the server refuses a swap)."""
+        assert self.card.info is not None, "the card is opened before any task"
+        return self.card.info.serial
+
     def _report_card(self, info: CardInfo, profile: CardProfile) -> bool:
         """POST /token; True when the user still has to confirm the card."""
         body: dict[str, Any] = {
@@ -229,7 +234,7 @@ class TokenAgent:
                              code="token.cannot_sign")
         csr = build_csr(self.card, key, cert_type)
         answer = self.api.post("csr", {"cert_type": cert_type, "key_id": key.key_id.hex(), "csr": csr,
-                                       "token_serial": self.card.info.serial})
+                                       "token_serial": self._card_serial()})
         status = _text(answer.body, "status", "csr")
         if status == "issued":
             self.progress.step("CSR sent; certificate issued")
@@ -316,7 +321,7 @@ class TokenAgent:
             label = str(task.get("label") or key.label or cert_type)
             self.card.write_certificate(cert, key_id, label, login=profile.cert_write_login)
         self.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
-                                  "token_serial": self.card.info.serial})
+                                  "token_serial": self._card_serial()})
 
 
 def build_csr(card: Card, key: CardKey, cert_type: str) -> str:
