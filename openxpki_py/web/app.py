@@ -32,6 +32,7 @@ from .context import RequestContext, WebRequest
 from .menu import menu_for
 from .render import render, template_lookup
 from . import approvals as _approval_views  # noqa: F401 - registers its views
+from . import mine as _my_views  # noqa: F401 - registers its views
 from . import personalization as _personalization_views  # noqa: F401 - registers its views
 from .views import VIEWS, View, url_rules
 from .workflows import EngineGateway, WorkflowGateway

@@ -33,6 +33,7 @@ MENU: tuple[MenuItem, ...] = (
     # The personalization page with the menu; where an instance has only the
     # deep link's workflow (no personalization pages), the deep link.
     MenuItem("Personalize SmartCard", ("personalize", "deep_link"), frozenset({"User"})),
+    MenuItem("My certificates", ("my_certificates",), frozenset({"User"})),
     MenuItem("Approvals", ("approvals",), frozenset({"RA Operator"})),
     MenuItem("Audit log", ("audit_log",), OPERATOR_ROLES),
 )

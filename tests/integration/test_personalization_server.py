@@ -565,3 +565,16 @@ def test_card_swapped_after_confirmation_is_refused(app: Any) -> None:
                                          "token_serial": "CARD-2"})
     assert (swapped.status_code, swapped.json["error"]["code"]) == (409, "token.mismatch")
     assert count(app.instance, certificate) == 0
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_my_certificates_lists_only_mine(app: Any) -> None:
+    _, _, serials = _personalize_fully(app, "CARD-MINE")
+    alice = Browser(app, "alice")
+    page = alice.get("/certificates").text
+    assert all(s in page for s in serials) and "CARD-MINE" in page and "smartcard_logon" in page
+    assert 'href="/certificates"' in page or "My certificates" in page
+    assert alice.get(f"/certificates/{serials[0]}.pem").data.startswith(b"-----BEGIN CERTIFICATE-----")
+    bob = Browser(app, "bob")
+    assert "You have no certificates yet." in bob.get("/certificates").text
+    assert bob.get(f"/certificates/{serials[0]}.pem").status_code == 404  # not bob's
