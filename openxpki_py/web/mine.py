@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -31,13 +32,18 @@ def my_certificates(ctx: RequestContext) -> Response:
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc))
 
 
-@view("/certificates/<serial>.pem", roles=USER_ROLES, needs="personalization")
-def my_certificate_download(ctx: RequestContext, serial: str) -> Response:
-    with ctx.app.db.connect() as conn:
+def certificate_download(db: Any, serial: str, owner: str) -> Response:
+    """The owner's certificate as a PEM file; anyone else's (or none) is "not found"."""
+    with db.connect() as conn:
         der = conn.execute(select(certificate.c.der).where(certificate.c.serial == serial,
-                                                           certificate.c.owner == ctx.login)).scalar()
+                                                           certificate.c.owner == owner)).scalar()
     if der is None:  # not there, or not yours: the same answer
         raise errors.PageNotFound()
     pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
     return Response(pem, mimetype="application/x-pem-file",
                     headers={"Content-Disposition": f'attachment; filename="{serial}.pem"'})
+
+
+@view("/certificates/<serial>.pem", roles=USER_ROLES, needs="personalization")
+def my_certificate_download(ctx: RequestContext, serial: str) -> Response:
+    return certificate_download(ctx.app.db, serial, ctx.login)

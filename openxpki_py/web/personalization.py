@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
@@ -187,13 +185,10 @@ def personalization_status(ctx: RequestContext, wf_id: int) -> Response:
 
 @view("/personalize/<int:wf_id>/certificate/<serial>.pem", roles=USER_ROLES, needs="personalization")
 def personalization_certificate(ctx: RequestContext, wf_id: int, serial: str) -> Response:
+    from .mine import certificate_download
+
     service = _service(ctx)
     wf = service.own(wf_id, ctx.login)
     if serial not in {c.serial for c in service.certificates(wf)}:
         raise errors.PageNotFound()
-    with service.db.connect() as conn:
-        der = conn.execute(select(certificate.c.der).where(certificate.c.serial == serial,
-                                                           certificate.c.owner == ctx.login)).scalar_one()
-    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-    return Response(pem, mimetype="application/x-pem-file",
-                    headers={"Content-Disposition": f'attachment; filename="{serial}.pem"'})
+    return certificate_download(service.db, serial, ctx.login)

@@ -103,6 +103,16 @@ def confirm(browser: Browser, wf_id: int) -> None:
     assert done.status_code == 303, done.text
 
 
+def confirmed_agent(app: Any, serial: str, login: str = "alice") -> tuple[Browser, int, Agent]:
+    """A personalization whose agent reported ``serial`` and whose user confirmed it."""
+    browser, wf_id, code = start(app, login)
+    agent = Agent(app)
+    assert agent.enroll(code).status_code == 200
+    assert agent.call("POST", "token", {"serial": serial}).status_code == 200
+    confirm(browser, wf_id)
+    return browser, wf_id, agent
+
+
 def count(inst: Any, table: Any) -> int:
     with inst.services.db.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
@@ -241,11 +251,7 @@ def test_deep_link_resumes_and_menu_mode(app: Any) -> None:
 
 
 def _personalize_fully(app: Any, serial: str) -> tuple[Browser, int, list[str]]:
-    browser, wf_id, code = start(app)
-    agent = Agent(app)
-    agent.enroll(code)
-    agent.call("POST", "token", {"serial": serial})
-    confirm(browser, wf_id)
+    browser, wf_id, agent = confirmed_agent(app, serial)
     serials = []
     while (task := agent.call("GET", "task").json)["task"] != "done":
         if task["task"] == "generate_key":
@@ -298,11 +304,7 @@ def test_still_valid_certificate_on_the_card_is_kept(keep_app: Any) -> None:
     assert len(first) == 2 and count(inst, certificate) == 2
 
     # Second run on the same card: the logon certificate is kept, only encryption (EC) is issued.
-    browser, wf_id, code = start(keep_app)
-    agent = Agent(keep_app)
-    agent.enroll(code)
-    agent.call("POST", "token", {"serial": "KEEPCARD"})
-    confirm(browser, wf_id)
+    browser, wf_id, agent = confirmed_agent(keep_app, "KEEPCARD")
     task = agent.call("GET", "task").json
     assert (task["cert_type"], task["index"], task["count"], task["key"]) == (
         "encryption", 1, 1, {"algorithm": "ec", "curve": "P-256"})
@@ -332,11 +334,7 @@ def test_reported_card_is_claimed_only_when_confirmed(app: Any) -> None:
     assert (rejected.status_code, rejected.json["error"]["code"]) == (401, "auth.token_expired")
     assert count(inst, token) == 0  # merely reported: nobody's card
 
-    browser, wf_id, code = start(app)
-    agent = Agent(app)
-    agent.enroll(code)
-    assert agent.call("POST", "token", {"serial": "ALICECARD"}).status_code == 200
-    confirm(browser, wf_id)
+    confirmed_agent(app, "ALICECARD")
     with inst.services.db.connect() as conn:
         assert [(r.serial, r.owner) for r in conn.execute(select(token.c.serial, token.c.owner))] == [
             ("ALICECARD", "alice")]
@@ -378,11 +376,7 @@ def test_new_code_replaces_a_stopped_agent(app: Any) -> None:
 @pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
 def test_cancel_revokes_an_uninstalled_certificate_and_reissue_supersedes(app: Any) -> None:
     inst = app.instance
-    browser, wf_id, code = start(app)
-    agent = Agent(app)
-    agent.enroll(code)
-    agent.call("POST", "token", {"serial": "CARD-X"})
-    confirm(browser, wf_id)
+    browser, wf_id, agent = confirmed_agent(app, "CARD-X")
     task = agent.call("GET", "task").json
     agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
                                "csr": make_csr(rsa.generate_private_key(65537, 2048))})
@@ -483,11 +477,7 @@ def approval_app(make_instance: Callable[..., Any], sqlite_engine: Any, tmp_path
 
 
 def _up_to_approval(app: Any) -> tuple[Browser, int, Agent, int]:
-    browser, wf_id, code = start(app)
-    agent = Agent(app)
-    agent.enroll(code)
-    agent.call("POST", "token", {"serial": "CARD-APPROVAL"})
-    confirm(browser, wf_id)
+    browser, wf_id, agent = confirmed_agent(app, "CARD-APPROVAL")
     for _ in range(2):
         task = agent.call("GET", "task").json
         answer = agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
@@ -554,11 +544,7 @@ def test_ra_operator_approves_on_the_approvals_page(approval_app: Any) -> None:
 
 @pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
 def test_card_swapped_after_confirmation_is_refused(app: Any) -> None:
-    browser, wf_id, code = start(app)
-    agent = Agent(app)
-    agent.enroll(code)
-    agent.call("POST", "token", {"serial": "CARD-1"})
-    confirm(browser, wf_id)
+    browser, wf_id, agent = confirmed_agent(app, "CARD-1")
     task = agent.call("GET", "task").json
     swapped = agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
                                          "csr": make_csr(rsa.generate_private_key(65537, 2048)),
