@@ -2,7 +2,7 @@
 VENV ?= /opt/openxpki-py/venv
 DEMO_DIR ?= /var/tmp/openxpki-py-demo
 
-.PHONY: deps test demo ddl check-ddl
+.PHONY: deps test demo ddl
 
 deps:
 	sh contrib/install/debian-deps.sh $(VENV)
