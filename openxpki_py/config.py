@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from openxpki_py_token.secret import SecretRef
 
-from .configreader import Reader, SecretRef
+from .configreader import Reader
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/openxpki-py/config.yaml")

@@ -9,11 +9,11 @@ keys (usually typos) are refused instead of silently ignored.
 from __future__ import annotations
 
 import builtins
-import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from openxpki_py_token.secret import SecretRef
 
 from .errors import ConfigError
 
@@ -183,27 +183,3 @@ class Reader:
                 f"{self.key_path(unknown[0])}: unknown key"
                 + (f" (also: {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
             )
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a secret (PIN, password) lives; ``repr`` never shows the value."""
-
-    key: str
-    file: Path | None = None
-    env: str | None = None
-
-    def reveal(self) -> str:
-        if self.file is not None:
-            try:
-                return self.file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(f"{self.key}: cannot read secret file {self.file}: {exc.strerror}") from exc
-        assert self.env is not None
-        value = os.environ.get(self.env)
-        if value is None:
-            raise ConfigError(f"{self.key}: environment variable {self.env} is not set")
-        return value
-
-    def __str__(self) -> str:
-        return f"<secret from {self.file or '$' + str(self.env)}>"

@@ -144,7 +144,7 @@ class CertificateAuthority:
 
         Refuses to run twice: an existing CA or key is never overwritten.
         """
-        from .keys.spec import KeySpec
+        from openxpki_py_token.keyspec import KeySpec
 
         if certstore.active_ca(conn) is not None:
             raise CAError("the CA is already initialised in this database; nothing was changed")
