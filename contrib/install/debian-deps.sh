@@ -4,15 +4,15 @@
 # Debian's own /usr/bin/python3.  The venv lives outside any home folder
 # because Apache's www-data must be able to read it (mod_wsgi runs it).
 #
-# The production venv gets the server with its PostgreSQL, Oracle and LDAP
-# drivers; --with-tests adds what the test suite needs (pytest, Playwright,
-# pkilint, mypy), which a production host should not carry.
+# The production venv gets the server with its PostgreSQL and Oracle drivers;
+# --with-tests adds what the test suite needs (pytest, Playwright, pkilint,
+# mypy), which a production host should not carry.
 #
 #   contrib/install/debian-deps.sh [VENV] [--with-tests]   default VENV: /opt/openxpki-py/venv
 set -eu
 
 VENV=/opt/openxpki-py/venv
-EXTRAS=postgresql,oracle,ldap
+EXTRAS=postgresql,oracle
 for arg in "$@"; do
     case "$arg" in
         --with-tests) EXTRAS=$EXTRAS,test ;;

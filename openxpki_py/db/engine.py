@@ -18,6 +18,9 @@ from .schema import metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+# Drivers that come with an extra of the openxpki-py distribution.
+_DRIVER_EXTRAS = {"psycopg": "postgresql", "psycopg2": "postgresql", "oracledb": "oracle"}
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # pysqlite's own transaction handling would start transactions late and
@@ -41,6 +44,12 @@ def open_engine(url: str, *, echo: bool = False) -> Engine:
     """Create an engine for ``url``; errors name the URL without its password."""
     try:
         engine = create_engine(url, echo=echo, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        extra = _DRIVER_EXTRAS.get(exc.name or "")
+        if extra is None:
+            raise StorageError(f"database URL {_redacted(url)} is not usable: {exc}") from exc
+        raise StorageError(f"database URL {_redacted(url)} needs the Python driver {exc.name}: "
+                           f"install openxpki-py[{extra}]") from exc
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise StorageError(f"database URL {_redacted(url)} is not usable: {exc}") from exc
     if engine.dialect.name == "sqlite":
