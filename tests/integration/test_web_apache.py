@@ -189,3 +189,22 @@ def test_real_check_ldap_group_against_slapd(apache_site_factory: Callable[..., 
     assert choose_role(alice, "RA Operator").status == 403
     refused = site.audit()[-1]
     assert refused["event"] == "auth.role.refused" and refused["details"]["exit_code"] == 1
+
+
+def _trace(site: Any) -> tuple[int, str, str]:
+    conn = site.connection()
+    try:
+        conn.request("TRACE", "/openxpki/", headers={"Authorization": "Basic YWxpY2U6YWxpY2U=",
+                                                     "Cookie": "openxpki_session=secret-cookie"})
+        r = conn.getresponse()
+        return r.status, r.getheader("Server", ""), r.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def test_trace_is_refused_and_the_server_names_no_version(site: Any) -> None:
+    # TRACE echoed Authorization and Cookie back (cross-site tracing).
+    status, server, body = _trace(site)
+    assert status == 405
+    assert "secret-cookie" not in body and "YWxpY2U6YWxpY2U=" not in body
+    assert server == "Apache"
