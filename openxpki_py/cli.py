@@ -17,9 +17,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import errors
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config
+from .db.engine import storage_error
 
 # Most specific first: the first matching class decides.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -352,7 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.handler(args) or 0)
+        try:
+            return int(args.handler(args) or 0)
+        except SQLAlchemyError as exc:
+            raise storage_error(exc) from exc
     except errors.OpenXPKIError as exc:
         print(f"openxpki-py: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return exit_code_for(exc)

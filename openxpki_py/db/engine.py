@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from ..errors import StorageError
 from .schema import metadata
@@ -56,6 +56,30 @@ def open_engine(url: str, *, echo: bool = False) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+class DatabaseUnavailable(StorageError):
+    """The database server cannot be reached, or the connection was lost."""
+
+    code = "storage.unavailable"
+
+
+def storage_error(exc: SQLAlchemyError) -> StorageError:
+    """The project's error for a failure SQLAlchemy raised; never carries the password.
+
+    A lost or refused connection becomes :class:`DatabaseUnavailable` (the web
+    layer answers 503, the CLI exits with the storage code), anything else a
+    plain :class:`StorageError` naming the kind of failure.
+    """
+    if isinstance(exc, DisconnectionError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return DatabaseUnavailable("the connection to the database was lost; try again")
+    if isinstance(exc, DBAPIError) and type(exc).__name__ in ("OperationalError", "InterfaceError"):
+        # The driver's first line says why ("connection refused", "no such file");
+        # drivers do not put the password there.
+        reason = str(exc.orig).strip().splitlines()[0][:200] if exc.orig is not None else type(exc).__name__
+        return DatabaseUnavailable(f"the database cannot be reached ({reason}): check database.url and that "
+                                   "the database server is running")
+    return StorageError(f"the database refused the operation ({type(exc).__name__})")
 
 
 def create_schema(engine: Engine) -> None:
