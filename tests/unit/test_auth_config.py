@@ -114,3 +114,15 @@ def test_shipped_auth_and_web_sections_parse() -> None:
     assert auth.roles["RA Operator"].command[0].endswith("/auth/check-ldap-group")
     web = parse_web_config(Reader(data["web"], "web", shipped.parent))
     assert web.session.cookie_secure and web.deep_link.workflow == "smartcard_personalization"
+
+
+def test_latin1_bytes_of_a_utf8_name_are_refused_not_reread() -> None:
+    # The latin-1 bytes of "jürgen" were taken as the UTF-8 "jürgen": one person from two accounts.
+    latin1 = "jürgen".encode("latin-1").decode("latin-1")  # as PEP 3333 hands over b"j\xfcrgen"
+    with pytest.raises(InvalidLogin, match="not valid UTF-8"):
+        identity_from_environ({"REMOTE_USER": latin1}, SSO)
+    utf8 = "jürgen".encode().decode("latin-1")
+    assert identity_from_environ({"REMOTE_USER": utf8}, SSO).login == "jürgen"
+    # Not WSGI text at all (a character beyond latin-1): refused as well.
+    with pytest.raises(InvalidLogin):
+        identity_from_environ({"REMOTE_USER": "j\u0100rgen"}, SSO)
