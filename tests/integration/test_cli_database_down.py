@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from support.slapd import free_port
 
 CLI = Path(sys.executable).with_name("openxpki-py")
