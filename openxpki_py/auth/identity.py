@@ -32,6 +32,32 @@ class InvalidLogin(AuthError):
     code = "auth.invalid_login"
 
 
+class RealmRefused(AuthError):
+    """A Kerberos principal from a realm the configuration does not list."""
+
+    code = "auth.realm_refused"
+
+
+def map_login(login: str, sso: SSOConfig) -> str:
+    """The SSO login as this application knows the person: realm stripped, case as configured.
+
+    Done once, where the login enters the application, so sessions, roles,
+    workflows and the audit log never see two spellings of one person.
+    """
+    if sso.realms:
+        name, at, realm = login.rpartition("@")
+        if not at:
+            raise RealmRefused(f"the SSO login {login[:40]!r} carries no realm; expected one of "
+                               + ", ".join(sorted(sso.realms)))
+        # Kerberos realms are upper case by convention, but compared as configured: upper.
+        if realm.upper() not in sso.realms or not name:
+            raise RealmRefused(f"the SSO login {login[:40]!r} is from a realm this site does not accept")
+        login = name
+    if sso.login_case == "lower":
+        login = login.lower()
+    return login
+
+
 @dataclass(frozen=True)
 class Identity:
     """An SSO user: the login and the attributes the SSO module set."""
@@ -99,6 +125,7 @@ def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identit
     if len(login) > MAX_LOGIN_LENGTH or _has_control_chars(login) or login != login.strip():
         raise InvalidLogin(f"the SSO login {login[:40]!r} is too long, has surrounding spaces or contains "
                            "control characters")
+    login = map_login(login, sso)
     attributes: dict[str, str] = {}
     for name, key in sso.attributes.items():
         value = environ.get(key)
