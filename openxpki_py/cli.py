@@ -108,21 +108,30 @@ def cmd_ca_import_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_show(args: argparse.Namespace) -> int:
+    """The CA certificate and whether its key can sign now (exit code of the key's error if not)."""
     services = _services(args)
+    problem: errors.OpenXPKIError | None = None
     with services.db.connect() as conn:
         cert = services.ca.certificate(conn)
-    info = {
+        try:
+            services.ca.check_key(conn)
+        except (errors.TokenError, errors.CAError) as exc:
+            problem = exc
+    info: dict[str, Any] = {
         "subject": cert.subject.rfc4514_string(),
         "serial": format(cert.serial_number, "x"),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "key": services.ca.key_backend.describe(),
+        "key_status": "ok: signed and verified a test message" if problem is None
+        else f"UNUSABLE [{problem.code}]: {problem.message}",
         "profiles": services.ca.profiles.names(),
     }
     _emit(args, info, lambda: [f"{k:12} {v if not isinstance(v, list) else ', '.join(v)}" for k, v in info.items()])
     if args.pem:
         print(cert.public_bytes(serialization.Encoding.PEM).decode(), end="")
-    return 0
+    # Monitoring runs `ca show`: a CA that cannot sign is not "ok".
+    return exit_code_for(problem) if problem is not None else 0
 
 
 def _subject_attributes(services: Any, args: argparse.Namespace) -> dict[str, str]:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
@@ -239,6 +240,29 @@ class CertificateAuthority:
                 )
             active.signer = key
         return active, active.signer
+
+    def check_key(self, conn: Connection) -> None:
+        """Sign a test message with the CA key and verify it with the CA certificate.
+
+        Proves what issuance will need: the token is present, the PIN works,
+        the key is the certificate's and signs.  Raises the token's or the CA's
+        error with its message otherwise (``ca show``, monitoring).
+        """
+        active, key = self._signer(conn)
+        assert active.certificate is not None
+        message = b"openxpki-py CA key check"
+        public = active.certificate.public_key()
+        try:
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                assert isinstance(public, ec.EllipticCurvePublicKey)
+                public.verify(key.sign(message, ec.ECDSA(self._hash())), message, ec.ECDSA(self._hash()))
+            else:
+                assert isinstance(public, rsa.RSAPublicKey)
+                pad = padding.PKCS1v15()
+                public.verify(key.sign(message, pad, self._hash()), message, pad, self._hash())
+        except InvalidSignature as exc:
+            raise CAError(f"the key at {self.key_backend.describe()} made a signature the CA certificate "
+                          "does not verify") from exc
 
     # --- operations ------------------------------------------------------------
 
