@@ -51,6 +51,10 @@ DEFAULT_HANDLER_TIMEOUT = 10.0
 RESERVED_ENV = frozenset({"OPENXPKI_USER", "OPENXPKI_ROLE"})
 
 
+LoginCase = Literal["preserve", "lower"]
+LOGIN_CASES: tuple[LoginCase, ...] = ("preserve", "lower")
+
+
 @dataclass(frozen=True)
 class SSOConfig:
     """Which environ keys carry the user's login and attributes."""
@@ -58,7 +62,7 @@ class SSOConfig:
     login_key: str = "REMOTE_USER"
     attributes: dict[str, str] = field(default_factory=dict)  # logical name → environ key
     header_sso: str | None = None  # a request header trusted as the login (proxy setups only)
-    login_case: Literal["preserve", "lower"] = "preserve"
+    login_case: LoginCase = "preserve"
     # Kerberos realms stripped from principals (upper case); empty: logins taken as they are.
     realms: frozenset[str] = frozenset()
 
@@ -118,7 +122,7 @@ def _parse_sso(r: Reader) -> SSOConfig:
         if not _REALM.match(realm):
             raise r.error("realms", "Kerberos realm names such as EXAMPLE.COM")
     cfg = SSOConfig(login_key=login_key, attributes=attributes, header_sso=header,
-                    login_case=r.choice("login_case", ("preserve", "lower"), defaults.login_case),
+                    login_case=r.choice("login_case", LOGIN_CASES, defaults.login_case),
                     realms=frozenset(realm.upper() for realm in realms))
     r.finish()
     return cfg
