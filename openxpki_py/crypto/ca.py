@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -28,7 +28,11 @@ from ..db import certstore
 from ..errors import CAError, PolicyViolation
 from . import extensions
 from .csr import CheckedCSR, ExpectedKey, check_csr
+from .keys.base import CAPrivateKey, KeyBackend
 from .profiles import ProfileSet
+
+if TYPE_CHECKING:
+    from ..config import CAConfig, Config
 
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -100,20 +104,20 @@ class _Active:
     id: int
     certificate: x509.Certificate | None
     key_identifier: str
-    signer: Any = field(default=None, repr=False)
+    signer: CAPrivateKey | None = field(default=None, repr=False)
 
 
 class CertificateAuthority:
     """One CA: a key in a backend, its certificate in the store, its profiles."""
 
-    def __init__(self, ca_config: Any, profiles: ProfileSet, key_backend: Any) -> None:
+    def __init__(self, ca_config: CAConfig, profiles: ProfileSet, key_backend: KeyBackend) -> None:
         self.config = ca_config
         self.profiles = profiles
         self.key_backend = key_backend
         self._active: _Active | None = None
 
     @classmethod
-    def from_config(cls, config: Any) -> CertificateAuthority:
+    def from_config(cls, config: Config) -> CertificateAuthority:
         from .keys import open_key_backend
 
         profiles = ProfileSet.load(config.ca.profiles_dir, config.ca.profile_variables)
@@ -124,14 +128,14 @@ class CertificateAuthority:
     def _hash(self) -> hashes.HashAlgorithm:
         return HASHES[self.config.hash]()
 
-    def _rsa_padding(self, key: Any) -> padding.AsymmetricPadding | None:
+    def _rsa_padding(self, key: CAPrivateKey) -> padding.AsymmetricPadding | None:
         if not isinstance(key, rsa.RSAPrivateKey):
             return None
         if self.config.rsa_padding == "pss":
             return padding.PSS(mgf=padding.MGF1(self._hash()), salt_length=padding.PSS.DIGEST_LENGTH)
         return padding.PKCS1v15()
 
-    def _sign(self, builder: Any, key: Any) -> Any:
+    def _sign(self, builder: Any, key: CAPrivateKey) -> Any:  # three builder types, three results
         pad = self._rsa_padding(key)
         if pad is None:
             return builder.sign(key, self._hash())
@@ -229,7 +233,7 @@ class CertificateAuthority:
         assert active.certificate is not None
         return active.certificate
 
-    def _signer(self, conn: Connection) -> tuple[_Active, Any]:
+    def _signer(self, conn: Connection) -> tuple[_Active, CAPrivateKey]:
         active = self._load(conn)
         if active.signer is None:
             key = self.key_backend.load_private_key()
