@@ -105,7 +105,8 @@ def _env_key(r: Reader, key: str, value: str) -> str:
 
 
 def _parse_sso(r: Reader) -> SSOConfig:
-    login_key = _env_key(r, "login", r.str("login", "REMOTE_USER"))
+    defaults = SSOConfig()
+    login_key = _env_key(r, "login", r.str("login", defaults.login_key))
     attrs_r = r.section("attributes")
     attributes: dict[str, str] = {}
     for name in list(attrs_r.data):
@@ -116,7 +117,6 @@ def _parse_sso(r: Reader) -> SSOConfig:
     header = r.str("header_sso", None)
     if header is not None and not _HEADER_NAME.match(header):
         raise r.error("header_sso", "an HTTP header name such as X-Remote-User")
-    defaults = SSOConfig()
     realms = r.str_list("realms", [])
     for realm in realms:
         if not _REALM.match(realm):
