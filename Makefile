@@ -2,12 +2,15 @@
 VENV ?= /opt/openxpki-py/venv
 DEMO_DIR ?= /var/tmp/openxpki-py-demo
 
-.PHONY: deps test demo ddl
+.PHONY: deps test-deps test demo ddl
 
 deps:
 	sh contrib/install/debian-deps.sh $(VENV)
 
-test: deps
+test-deps:
+	sh contrib/install/debian-deps.sh $(VENV) --with-tests
+
+test: test-deps
 	sh tests/run $(VENV) $(PYTEST_ARGS)
 
 demo: deps

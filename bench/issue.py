@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openxpki_py_token.secret import SecretRef  # noqa: E402
 from sign import raw_sign_rate, softhsm_token  # noqa: E402
 
-from openxpki_py.configreader import SecretRef  # noqa: E402
 from openxpki_py.crypto.ca import CertificateAuthority, IssuanceRequest  # noqa: E402
 from openxpki_py.crypto.keys import KeySpec  # noqa: E402
 from openxpki_py.crypto.keys.pkcs11_backend import Pkcs11KeyBackend  # noqa: E402

@@ -26,8 +26,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from openxpki_py_token.secret import SecretRef
 
-from openxpki_py.configreader import SecretRef
 from openxpki_py.crypto.keys import KeySpec
 from openxpki_py.crypto.keys.pkcs11_backend import Pkcs11KeyBackend
 from openxpki_py.crypto.keys.software import SoftwareKeyBackend

@@ -17,9 +17,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import errors
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config
+from .db.engine import storage_error
 
 # Most specific first: the first matching class decides.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -106,21 +108,30 @@ def cmd_ca_import_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_show(args: argparse.Namespace) -> int:
+    """The CA certificate and whether its key can sign now (exit code of the key's error if not)."""
     services = _services(args)
+    problem: errors.OpenXPKIError | None = None
     with services.db.connect() as conn:
         cert = services.ca.certificate(conn)
-    info = {
+        try:
+            services.ca.check_key(conn)
+        except (errors.TokenError, errors.CAError) as exc:
+            problem = exc
+    info: dict[str, Any] = {
         "subject": cert.subject.rfc4514_string(),
         "serial": format(cert.serial_number, "x"),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "key": services.ca.key_backend.describe(),
+        "key_status": "ok: signed and verified a test message" if problem is None
+        else f"UNUSABLE [{problem.code}]: {problem.message}",
         "profiles": services.ca.profiles.names(),
     }
     _emit(args, info, lambda: [f"{k:12} {v if not isinstance(v, list) else ', '.join(v)}" for k, v in info.items()])
     if args.pem:
         print(cert.public_bytes(serialization.Encoding.PEM).decode(), end="")
-    return 0
+    # Monitoring runs `ca show`: a CA that cannot sign is not "ok".
+    return exit_code_for(problem) if problem is not None else 0
 
 
 def _subject_attributes(services: Any, args: argparse.Namespace) -> dict[str, str]:
@@ -352,7 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.handler(args) or 0)
+        try:
+            return int(args.handler(args) or 0)
+        except SQLAlchemyError as exc:
+            raise storage_error(exc) from exc
     except errors.OpenXPKIError as exc:
         print(f"openxpki-py: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return exit_code_for(exc)

@@ -11,12 +11,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+from openxpki_py_token.secret import SecretRef
 
-from .configreader import Reader, SecretRef
+from .configreader import Reader
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .auth.config import AuthConfig
+    from .crypto.keys.config import KeyConfig
+    from .directory.config import DirectoryConfig
+    from .personalization.policy import PersonalizationPolicy
+    from .web.config import WebConfig
+    from .workflow.config import WorkflowConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/openxpki-py/config.yaml")
 CONFIG_ENV = "OPENXPKI_PY_CONFIG"
@@ -49,13 +58,17 @@ class CRLConfig:
     url: str
 
 
+RSA_PADDINGS: tuple[Literal["pkcs1v15", "pss"], ...] = ("pkcs1v15", "pss")
+HASHES: tuple[Literal["sha256", "sha384", "sha512"], ...] = ("sha256", "sha384", "sha512")
+
+
 @dataclass(frozen=True)
 class CAConfig:
-    key: Any  # crypto.keys.KeyConfig
+    key: KeyConfig
     subject: str
     validity_days: int
-    rsa_padding: str  # pkcs1v15 | pss
-    hash: str
+    rsa_padding: Literal["pkcs1v15", "pss"]
+    hash: Literal["sha256", "sha384", "sha512"]
     crl: CRLConfig
     issuer_url: str  # AIA caIssuers
     profiles_dir: Path | None
@@ -68,11 +81,11 @@ class Config:
     instance: InstanceConfig
     database: DatabaseConfig
     ca: CAConfig
-    directory: Any  # directory.config.DirectoryConfig
-    auth: Any  # auth.config.AuthConfig
-    web: Any  # web.config.WebConfig
-    workflow: Any  # workflow.config.WorkflowConfig
-    personalization: Any  # personalization.policy.PersonalizationPolicy
+    directory: DirectoryConfig
+    auth: AuthConfig
+    web: WebConfig
+    workflow: WorkflowConfig
+    personalization: PersonalizationPolicy
 
 
 def _parse_instance(r: Reader) -> InstanceConfig:
@@ -108,8 +121,8 @@ def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
         key=key,
         subject=r.str("subject"),
         validity_days=r.int("validity_days", 3650, minimum=1),
-        rsa_padding=r.choice("rsa_padding", ("pkcs1v15", "pss"), "pkcs1v15"),
-        hash=r.choice("hash", ("sha256", "sha384", "sha512"), "sha256"),
+        rsa_padding=r.choice("rsa_padding", RSA_PADDINGS, "pkcs1v15"),
+        hash=r.choice("hash", HASHES, "sha256"),
         crl=crl,
         issuer_url=r.str("issuer_url", f"{instance.base_url}/crl/{instance.name}.crt"),
         profiles_dir=r.filepath("profiles_dir", None, must_exist=True),

@@ -9,15 +9,17 @@ keys (usually typos) are refused instead of silently ignored.
 from __future__ import annotations
 
 import builtins
-import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
+
+from openxpki_py_token.secret import SecretRef
 
 from .errors import ConfigError
 
 _MISSING: Any = object()
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound=str)  # a choice: str or a Literal of the options
 
 
 def _describe(value: object) -> str:
@@ -61,6 +63,11 @@ class Reader:
     def raw(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self._get(key, default)
 
+    @overload
+    def str(self, key: builtins.str) -> builtins.str: ...
+    @overload
+    def str(self, key: builtins.str, default: _T) -> builtins.str | _T: ...
+
     def str(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -68,6 +75,11 @@ class Reader:
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, "a non-empty string")
         return value
+
+    @overload
+    def int(self, key: builtins.str, *, minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> builtins.int: ...
+    @overload
+    def int(self, key: builtins.str, default: _T, *, minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> builtins.int | _T: ...
 
     def int(self, key: builtins.str, default: Any = _MISSING, *, minimum: builtins.int | None = None,
             maximum: int | None = None) -> Any:
@@ -81,6 +93,11 @@ class Reader:
             raise self.error(key, f"an integer {bounds}")
         return value
 
+    @overload
+    def float(self, key: builtins.str, *, minimum: builtins.float | None = None) -> builtins.float: ...
+    @overload
+    def float(self, key: builtins.str, default: _T, *, minimum: builtins.float | None = None) -> builtins.float | _T: ...
+
     def float(self, key: builtins.str, default: Any = _MISSING, *, minimum: builtins.float | None = None) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -91,11 +108,21 @@ class Reader:
             raise self.error(key, f"a number >= {minimum}")
         return float(value)
 
+    @overload
+    def bool(self, key: builtins.str) -> builtins.bool: ...
+    @overload
+    def bool(self, key: builtins.str, default: _T) -> builtins.bool | _T: ...
+
     def bool(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, "true or false")
         return value
+
+    @overload
+    def choice(self, key: builtins.str, options: Iterable[_S]) -> _S: ...
+    @overload
+    def choice(self, key: builtins.str, options: Iterable[_S], default: _T) -> _S | _T: ...
 
     def choice(self, key: builtins.str, options: Iterable[builtins.str], default: Any = _MISSING) -> Any:
         options = tuple(options)
@@ -105,6 +132,11 @@ class Reader:
         if value not in options:
             raise self.error(key, "one of " + ", ".join(options))
         return value
+
+    @overload
+    def filepath(self, key: builtins.str, *, must_exist: builtins.bool = False) -> Path: ...
+    @overload
+    def filepath(self, key: builtins.str, default: _T, *, must_exist: builtins.bool = False) -> Path | _T: ...
 
     def filepath(self, key: builtins.str, default: Any = _MISSING, *, must_exist: builtins.bool = False) -> Any:
         """A file system path; relative paths are taken from the config file's folder."""
@@ -120,6 +152,11 @@ class Reader:
             raise ConfigError(f"{self.key_path(key)}: {path} does not exist")
         return path
 
+    @overload
+    def str_list(self, key: builtins.str) -> list[builtins.str]: ...
+    @overload
+    def str_list(self, key: builtins.str, default: _T) -> list[builtins.str] | _T: ...
+
     def str_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
@@ -127,6 +164,11 @@ class Reader:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self.error(key, "a list of strings")
         return list(value)
+
+    @overload
+    def str_map(self, key: builtins.str) -> dict[builtins.str, builtins.str]: ...
+    @overload
+    def str_map(self, key: builtins.str, default: _T) -> dict[builtins.str, builtins.str] | _T: ...
 
     def str_map(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
@@ -183,27 +225,3 @@ class Reader:
                 f"{self.key_path(unknown[0])}: unknown key"
                 + (f" (also: {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
             )
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a secret (PIN, password) lives; ``repr`` never shows the value."""
-
-    key: str
-    file: Path | None = None
-    env: str | None = None
-
-    def reveal(self) -> str:
-        if self.file is not None:
-            try:
-                return self.file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(f"{self.key}: cannot read secret file {self.file}: {exc.strerror}") from exc
-        assert self.env is not None
-        value = os.environ.get(self.env)
-        if value is None:
-            raise ConfigError(f"{self.key}: environment variable {self.env} is not set")
-        return value
-
-    def __str__(self) -> str:
-        return f"<secret from {self.file or '$' + str(self.env)}>"

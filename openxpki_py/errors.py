@@ -10,60 +10,24 @@ which library failed.
 
 from __future__ import annotations
 
+# The base and the token errors live in the token agent's distribution, which
+# the server depends on (never the other way round): a PKCS#11 failure is the
+# same class whether the HSM or a user's card raised it.
+from openxpki_py_token.errors import (
+    ConfigError,
+    OpenXPKIError,
+    TokenError,
+    TokenKeyNotFound,
+    TokenModuleError,
+    TokenNotFound,
+    TokenPinError,
+)
 
-class OpenXPKIError(Exception):
-    """Base of every error this project raises on purpose."""
-
-    code = "error"
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0]) if self.args else self.code
-
-
-class ConfigError(OpenXPKIError):
-    """The instance configuration is missing, unreadable or invalid.
-
-    The message names the offending key (``ca.key.token_label``) and what was
-    expected there.
-    """
-
-    code = "config"
-
-
-class TokenError(OpenXPKIError):
-    """A PKCS#11 token (the CA's HSM or a user's card) cannot be used."""
-
-    code = "token"
-
-
-class TokenModuleError(TokenError):
-    """The PKCS#11 module (shared library) is missing or cannot be loaded."""
-
-    code = "token.module"
-
-
-class TokenNotFound(TokenError):
-    """No token with the configured label is present."""
-
-    code = "token.not_found"
-
-
-class TokenPinError(TokenError):
-    """The PIN was refused, is locked or could not be read."""
-
-    code = "token.pin"
-
-
-class TokenKeyNotFound(TokenError):
-    """The token has no key with the configured label / id."""
-
-    code = "token.key_not_found"
+__all__ = [
+    "AuthError", "CAError", "ConfigError", "DirectoryError", "NotFound", "OpenXPKIError", "PolicyViolation",
+    "StorageError", "TokenError", "TokenKeyNotFound", "TokenModuleError", "TokenNotFound", "TokenPinError",
+    "UnknownProfile", "WorkflowError",
+]
 
 
 class PolicyViolation(OpenXPKIError):

@@ -9,4 +9,5 @@ pytest_plugins = [
     "support.apache",
     "support.instance",
     "support.browser",
+    "support.agent",
 ]

@@ -4,11 +4,24 @@
 # Debian's own /usr/bin/python3.  The venv lives outside any home folder
 # because Apache's www-data must be able to read it (mod_wsgi runs it).
 #
-#   contrib/install/debian-deps.sh [VENV]      default VENV: /opt/openxpki-py/venv
+# The production venv gets the server with its PostgreSQL and Oracle drivers;
+# --with-tests adds what the test suite needs (pytest, Playwright, pkilint,
+# mypy), which a production host should not carry.
+#
+#   contrib/install/debian-deps.sh [VENV] [--with-tests]   default VENV: /opt/openxpki-py/venv
 set -eu
 
-VENV=${1:-/opt/openxpki-py/venv}
+VENV=/opt/openxpki-py/venv
+EXTRAS=postgresql,oracle
+for arg in "$@"; do
+    case "$arg" in
+        --with-tests) EXTRAS=$EXTRAS,test ;;
+        -*) echo "debian-deps.sh: unknown option $arg" >&2; exit 2 ;;
+        *) VENV=$arg ;;
+    esac
+done
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
+TOKEN="$HERE/packages/openxpki-py-token"
 
 PACKAGES="python3-venv python3-dev build-essential libssl-dev
   softhsm2 opensc slapd ldap-utils libldap2-dev libsasl2-dev
@@ -34,15 +47,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.openxpki-py-deps"
-want=$(cat "$HERE/setup.cfg" | sha256sum | cut -c1-16)
+want=$(printf '%s\n' "$EXTRAS" | cat - "$HERE/setup.cfg" "$TOKEN/setup.cfg" | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # mod_wsgi is compiled against this venv's Python; --no-cache-dir so a
     # wheel cached from another interpreter (with its RUNPATH) is never reused.
     "$VENV/bin/pip" install -q --no-cache-dir mod_wsgi
-    "$VENV/bin/pip" install -q "$HERE[test]"
+    # One command: pip takes openxpki-py-token from its folder, not an index.
+    "$VENV/bin/pip" install -q "$TOKEN" "$HERE[$EXTRAS]"
     echo "$want" > "$stamp"
 fi
 # The project itself, non-editable: www-data reads the installed copy, and
 # the checkout may sit in a folder it cannot enter (/root is 0700).
-"$VENV/bin/pip" install -q --no-deps --force-reinstall "$HERE"
+"$VENV/bin/pip" install -q --no-deps --force-reinstall "$TOKEN" "$HERE"
 chmod -R a+rX "$(dirname "$VENV")"

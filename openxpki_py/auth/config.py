@@ -8,6 +8,8 @@
         attributes:                   # extra environ keys, by logical name
           display_name: AUTHENTICATE_DISPLAYNAME
         # header_sso: X-Remote-User   # ONLY behind a proxy that strips it
+        login_case: preserve          # preserve | lower (see below)
+        realms: [EXAMPLE.COM]         # strip these (alice@EXAMPLE.COM → alice), refuse others
       roles:
         User:
           command: [/bin/true]
@@ -15,6 +17,15 @@
           command: [/usr/share/openxpki-py/auth/check-ldap-group, pki-ra]
           timeout: 10
           users: [bob]                # optional: offer this role to these logins only
+
+The SSO login is mapped once, before anything else sees it: ``realms``
+(Kerberos principals, ``alice@EXAMPLE.COM``) strips a listed realm and
+refuses a principal of any other; without ``realms`` a login is taken as it
+is, ``@`` included.  ``login_case: lower`` lower-cases the login, for SSO
+modules that accept any spelling (mod_authnz_ldap, Active Directory);
+``preserve`` (the default) keeps it.  Either way the result must then equal
+the user's directory entry's own login attribute exactly: ``BOB`` is not
+``bob`` unless the SSO's spelling is declared irrelevant with ``lower``.
 
 Roles are offered in the order written.  A role is granted only by running
 its handler (OpenXPKI's "External Static"): exit status 0 grants it.
@@ -25,6 +36,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..configreader import Reader
 from ..errors import ConfigError
@@ -32,10 +44,15 @@ from ..errors import ConfigError
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ATTR_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+_REALM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,254}$")
 _ROLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9 _.-]{0,63}$")
 
 DEFAULT_HANDLER_TIMEOUT = 10.0
 RESERVED_ENV = frozenset({"OPENXPKI_USER", "OPENXPKI_ROLE"})
+
+
+LoginCase = Literal["preserve", "lower"]
+LOGIN_CASES: tuple[LoginCase, ...] = ("preserve", "lower")
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,9 @@ class SSOConfig:
     login_key: str = "REMOTE_USER"
     attributes: dict[str, str] = field(default_factory=dict)  # logical name → environ key
     header_sso: str | None = None  # a request header trusted as the login (proxy setups only)
+    login_case: LoginCase = "preserve"
+    # Kerberos realms stripped from principals (upper case); empty: logins taken as they are.
+    realms: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -85,7 +105,8 @@ def _env_key(r: Reader, key: str, value: str) -> str:
 
 
 def _parse_sso(r: Reader) -> SSOConfig:
-    login_key = _env_key(r, "login", r.str("login", "REMOTE_USER"))
+    defaults = SSOConfig()
+    login_key = _env_key(r, "login", r.str("login", defaults.login_key))
     attrs_r = r.section("attributes")
     attributes: dict[str, str] = {}
     for name in list(attrs_r.data):
@@ -96,7 +117,13 @@ def _parse_sso(r: Reader) -> SSOConfig:
     header = r.str("header_sso", None)
     if header is not None and not _HEADER_NAME.match(header):
         raise r.error("header_sso", "an HTTP header name such as X-Remote-User")
-    cfg = SSOConfig(login_key=login_key, attributes=attributes, header_sso=header)
+    realms = r.str_list("realms", [])
+    for realm in realms:
+        if not _REALM.match(realm):
+            raise r.error("realms", "Kerberos realm names such as EXAMPLE.COM")
+    cfg = SSOConfig(login_key=login_key, attributes=attributes, header_sso=header,
+                    login_case=r.choice("login_case", LOGIN_CASES, defaults.login_case),
+                    realms=frozenset(realm.upper() for realm in realms))
     r.finish()
     return cfg
 

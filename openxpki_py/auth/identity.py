@@ -32,6 +32,32 @@ class InvalidLogin(AuthError):
     code = "auth.invalid_login"
 
 
+class RealmRefused(AuthError):
+    """A Kerberos principal from a realm the configuration does not list."""
+
+    code = "auth.realm_refused"
+
+
+def map_login(login: str, sso: SSOConfig) -> str:
+    """The SSO login as this application knows the person: realm stripped, case as configured.
+
+    Done once, where the login enters the application, so sessions, roles,
+    workflows and the audit log never see two spellings of one person.
+    """
+    if sso.realms:
+        name, at, realm = login.rpartition("@")
+        if not at:
+            raise RealmRefused(f"the SSO login {login[:40]!r} carries no realm; expected one of "
+                               + ", ".join(sorted(sso.realms)))
+        # Kerberos realms are upper case by convention, but compared as configured: upper.
+        if realm.upper() not in sso.realms or not name:
+            raise RealmRefused(f"the SSO login {login[:40]!r} is from a realm this site does not accept")
+        login = name
+    if sso.login_case == "lower":
+        login = login.lower()
+    return login
+
+
 @dataclass(frozen=True)
 class Identity:
     """An SSO user: the login and the attributes the SSO module set."""
@@ -44,13 +70,32 @@ class Identity:
         return self.attributes.get("display_name") or self.login
 
 
-def _wsgi_text(value: str) -> str:
-    # PEP 3333 hands over the server's bytes decoded as latin-1; SSO modules
-    # write UTF-8, so "Jürgen" arrives as "JÃ¼rgen" unless re-decoded.
+def _wsgi_bytes(value: str) -> bytes | None:
+    """The server's bytes: PEP 3333 hands them over decoded as latin-1 (None: not WSGI text)."""
     try:
-        return value.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return value
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def _login_text(value: str) -> str:
+    # One decoding rule: the SSO's bytes are UTF-8, or the login is refused.
+    # Falling back to latin-1 made the latin-1 bytes of "jürgen" the same
+    # person as the UTF-8 "jürgen" — two accounts, one identity.
+    raw = _wsgi_bytes(value)
+    try:
+        if raw is None:
+            raise UnicodeError
+        return raw.decode("utf-8")
+    except UnicodeError:
+        raise InvalidLogin("the SSO login is not valid UTF-8 (as the web server passes it on); "
+                           "the SSO module must hand over UTF-8 names") from None
+
+
+def _attribute_text(value: str) -> str:
+    # Attributes are only shown: undecodable bytes become U+FFFD, never a second reading.
+    raw = _wsgi_bytes(value)
+    return raw.decode("utf-8", "replace") if raw is not None else "\ufffd"
 
 
 def _has_control_chars(text: str) -> bool:
@@ -67,7 +112,7 @@ def _login_from(environ: Mapping[str, Any], sso: SSOConfig) -> str | None:
         return None
     # Not stripped: "alice " may be a different account to the SSO (an
     # htpasswd file matches exactly); identity_from_environ refuses it.
-    return _wsgi_text(value)
+    return _login_text(value)
 
 
 def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identity:
@@ -80,11 +125,12 @@ def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identit
     if len(login) > MAX_LOGIN_LENGTH or _has_control_chars(login) or login != login.strip():
         raise InvalidLogin(f"the SSO login {login[:40]!r} is too long, has surrounding spaces or contains "
                            "control characters")
+    login = map_login(login, sso)
     attributes: dict[str, str] = {}
     for name, key in sso.attributes.items():
         value = environ.get(key)
         if isinstance(value, str) and value:
-            text = _wsgi_text(value)[:MAX_ATTRIBUTE_LENGTH]
+            text = _attribute_text(value)[:MAX_ATTRIBUTE_LENGTH]
             # Attributes are only shown and passed on; drop line breaks rather than refuse the user.
             attributes[name] = "".join(" " if _has_control_chars(ch) else ch for ch in text)
     return Identity(login=login, attributes=attributes)

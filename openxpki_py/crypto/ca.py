@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
@@ -27,7 +28,11 @@ from ..db import certstore
 from ..errors import CAError, PolicyViolation
 from . import extensions
 from .csr import CheckedCSR, ExpectedKey, check_csr
+from .keys.base import CAPrivateKey, KeyBackend
 from .profiles import ProfileSet
+
+if TYPE_CHECKING:
+    from ..config import CAConfig, Config
 
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -99,20 +104,20 @@ class _Active:
     id: int
     certificate: x509.Certificate | None
     key_identifier: str
-    signer: Any = field(default=None, repr=False)
+    signer: CAPrivateKey | None = field(default=None, repr=False)
 
 
 class CertificateAuthority:
     """One CA: a key in a backend, its certificate in the store, its profiles."""
 
-    def __init__(self, ca_config: Any, profiles: ProfileSet, key_backend: Any) -> None:
+    def __init__(self, ca_config: CAConfig, profiles: ProfileSet, key_backend: KeyBackend) -> None:
         self.config = ca_config
         self.profiles = profiles
         self.key_backend = key_backend
         self._active: _Active | None = None
 
     @classmethod
-    def from_config(cls, config: Any) -> CertificateAuthority:
+    def from_config(cls, config: Config) -> CertificateAuthority:
         from .keys import open_key_backend
 
         profiles = ProfileSet.load(config.ca.profiles_dir, config.ca.profile_variables)
@@ -123,14 +128,14 @@ class CertificateAuthority:
     def _hash(self) -> hashes.HashAlgorithm:
         return HASHES[self.config.hash]()
 
-    def _rsa_padding(self, key: Any) -> padding.AsymmetricPadding | None:
+    def _rsa_padding(self, key: CAPrivateKey) -> padding.AsymmetricPadding | None:
         if not isinstance(key, rsa.RSAPrivateKey):
             return None
         if self.config.rsa_padding == "pss":
             return padding.PSS(mgf=padding.MGF1(self._hash()), salt_length=padding.PSS.DIGEST_LENGTH)
         return padding.PKCS1v15()
 
-    def _sign(self, builder: Any, key: Any) -> Any:
+    def _sign(self, builder: Any, key: CAPrivateKey) -> Any:  # three builder types, three results
         pad = self._rsa_padding(key)
         if pad is None:
             return builder.sign(key, self._hash())
@@ -144,7 +149,7 @@ class CertificateAuthority:
 
         Refuses to run twice: an existing CA or key is never overwritten.
         """
-        from .keys.spec import KeySpec
+        from openxpki_py_token.keyspec import KeySpec
 
         if certstore.active_ca(conn) is not None:
             raise CAError("the CA is already initialised in this database; nothing was changed")
@@ -228,7 +233,7 @@ class CertificateAuthority:
         assert active.certificate is not None
         return active.certificate
 
-    def _signer(self, conn: Connection) -> tuple[_Active, Any]:
+    def _signer(self, conn: Connection) -> tuple[_Active, CAPrivateKey]:
         active = self._load(conn)
         if active.signer is None:
             key = self.key_backend.load_private_key()
@@ -239,6 +244,29 @@ class CertificateAuthority:
                 )
             active.signer = key
         return active, active.signer
+
+    def check_key(self, conn: Connection) -> None:
+        """Sign a test message with the CA key and verify it with the CA certificate.
+
+        Proves what issuance will need: the token is present, the PIN works,
+        the key is the certificate's and signs.  Raises the token's or the CA's
+        error with its message otherwise (``ca show``, monitoring).
+        """
+        active, key = self._signer(conn)
+        assert active.certificate is not None
+        message = b"openxpki-py CA key check"
+        public = active.certificate.public_key()
+        try:
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                assert isinstance(public, ec.EllipticCurvePublicKey)
+                public.verify(key.sign(message, ec.ECDSA(self._hash())), message, ec.ECDSA(self._hash()))
+            else:
+                assert isinstance(public, rsa.RSAPublicKey)
+                pad = padding.PKCS1v15()
+                public.verify(key.sign(message, pad, self._hash()), message, pad, self._hash())
+        except InvalidSignature as exc:
+            raise CAError(f"the key at {self.key_backend.describe()} made a signature the CA certificate "
+                          "does not verify") from exc
 
     # --- operations ------------------------------------------------------------
 

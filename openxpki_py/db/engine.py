@@ -11,12 +11,15 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from ..errors import StorageError
 from .schema import metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Drivers that come with an extra of the openxpki-py distribution.
+_DRIVER_EXTRAS = {"psycopg": "postgresql", "psycopg2": "postgresql", "oracledb": "oracle"}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -41,12 +44,42 @@ def open_engine(url: str, *, echo: bool = False) -> Engine:
     """Create an engine for ``url``; errors name the URL without its password."""
     try:
         engine = create_engine(url, echo=echo, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        extra = _DRIVER_EXTRAS.get(exc.name or "")
+        if extra is None:
+            raise StorageError(f"database URL {_redacted(url)} is not usable: {exc}") from exc
+        raise StorageError(f"database URL {_redacted(url)} needs the Python driver {exc.name}: "
+                           f"install openxpki-py[{extra}]") from exc
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise StorageError(f"database URL {_redacted(url)} is not usable: {exc}") from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+class DatabaseUnavailable(StorageError):
+    """The database server cannot be reached, or the connection was lost."""
+
+    code = "storage.unavailable"
+
+
+def storage_error(exc: SQLAlchemyError) -> StorageError:
+    """The project's error for a failure SQLAlchemy raised; never carries the password.
+
+    A lost or refused connection becomes :class:`DatabaseUnavailable` (the web
+    layer answers 503, the CLI exits with the storage code), anything else a
+    plain :class:`StorageError` naming the kind of failure.
+    """
+    if isinstance(exc, DisconnectionError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return DatabaseUnavailable("the connection to the database was lost; try again")
+    if isinstance(exc, DBAPIError) and type(exc).__name__ in ("OperationalError", "InterfaceError"):
+        # The driver's first line says why ("connection refused", "no such file");
+        # drivers do not put the password there.
+        reason = str(exc.orig).strip().splitlines()[0][:200] if exc.orig is not None else type(exc).__name__
+        return DatabaseUnavailable(f"the database cannot be reached ({reason}): check database.url and that "
+                                   "the database server is running")
+    return StorageError(f"the database refused the operation ({type(exc).__name__})")
 
 
 def create_schema(engine: Engine) -> None:

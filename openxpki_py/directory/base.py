@@ -102,6 +102,15 @@ class Directory(Protocol):
         """
         ...
 
+    def find_person(self, login: str) -> DirectoryUser:
+        """The single entry for ``login``, whatever attributes it has.
+
+        ``login`` of the result is the entry's own spelling (servers match
+        ``uid`` without regard to case).  Raises as :meth:`find_user`, except
+        for missing attributes.
+        """
+        ...
+
     def is_member(self, user: DirectoryUser | str, group: str) -> bool:
         """Whether the user (object or login) is a direct member of ``group``.
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ..configreader import Reader, SecretRef
+from openxpki_py_token.secret import SecretRef
+
+from ..configreader import Reader
 from ..errors import ConfigError
 from .dn import is_dn
 from .filters import FilterSyntaxError, is_attribute_name, parse_filter, placeholders, render_filter

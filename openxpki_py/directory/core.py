@@ -61,6 +61,9 @@ class SearchingDirectory:
                 )
         return user
 
+    def find_person(self, login: str) -> DirectoryUser:
+        return self._lookup(login)
+
     def _lookup(self, login: str) -> DirectoryUser:
         cfg = self.config
         if not login or login != login.strip() or any(ord(c) < 32 for c in login):
@@ -90,7 +93,7 @@ class SearchingDirectory:
                 every[name] = found
         member_of = tuple(values.get(cfg.groups.member_of_attribute.lower(), ()))
         return DirectoryUser(
-            login=login,
+            login=_own_spelling(login, values.get(cfg.login_attribute.lower(), ())),
             dn=dn,
             attributes=MappingProxyType({name: found[0] for name, found in every.items()}),
             all_values=MappingProxyType(every),
@@ -163,6 +166,18 @@ class SearchingDirectory:
             return None
         found = entries[0][1].get(groups.name_attribute.lower())
         return found[0] if found else dn
+
+
+def _own_spelling(login: str, own_values: Sequence[str]) -> str:
+    """The entry's own value for ``login``: the server matched it without regard to case.
+
+    Callers compare it with what they asked for when spelling matters (the
+    SSO login must be the entry's value exactly, see auth.person).
+    """
+    if login in own_values:
+        return login
+    folded = login.casefold()
+    return next((value for value in own_values if value.casefold() == folded), login)
 
 
 def _unique(names: Sequence[str]) -> list[str]:

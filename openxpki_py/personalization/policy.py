@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from openxpki_py_token.keyspec import KeySpec
+
 from ..configreader import Reader
-from ..crypto.keys.spec import KeySpec
 from ..errors import ConfigError
 
 USAGES = ("sign", "decrypt")

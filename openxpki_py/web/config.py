@@ -49,22 +49,23 @@ class WebConfig:
 
 
 def _parse_session(r: Reader) -> SessionConfig:
-    name = r.str("cookie_name", "openxpki_session")
+    defaults = SessionConfig()
+    name = r.str("cookie_name", defaults.cookie_name)
     if not _COOKIE_NAME.match(name):
         raise r.error("cookie_name", "letters, digits, '_' or '-' (at most 64)")
-    idle = r.int("idle_timeout", 1800, minimum=60)
-    absolute = r.int("absolute_timeout", 28800, minimum=60)
+    idle = r.int("idle_timeout", int(defaults.idle_timeout.total_seconds()), minimum=60)
+    absolute = r.int("absolute_timeout", int(defaults.absolute_timeout.total_seconds()), minimum=60)
     if absolute < idle:
         raise r.error("absolute_timeout", f"at least idle_timeout ({idle})")
-    cfg = SessionConfig(cookie_name=name, cookie_secure=r.bool("cookie_secure", True),
+    cfg = SessionConfig(cookie_name=name, cookie_secure=r.bool("cookie_secure", defaults.cookie_secure),
                         idle_timeout=timedelta(seconds=idle), absolute_timeout=timedelta(seconds=absolute))
     r.finish()
     return cfg
 
 
 def _parse_deep_link(r: Reader) -> DeepLinkConfig:
-    cfg = DeepLinkConfig(workflow=r.str("workflow", "smartcard_personalization"),
-                         role=r.str("role", "User"))
+    defaults = DeepLinkConfig()
+    cfg = DeepLinkConfig(workflow=r.str("workflow", defaults.workflow), role=r.str("role", defaults.role))
     r.finish()
     return cfg
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal
 
 import yaml
 
@@ -28,7 +28,6 @@ from .definition import (
     Branch,
     DefinitionRegistry,
     FieldSpec,
-    FieldType,
     RetryPolicy,
     StateSpec,
     WorkflowDefinition,
@@ -129,7 +128,7 @@ class _FileLoader:
     def _field(self, name: str, r: Reader) -> FieldSpec:
         if not NAME_RE.match(name):
             raise self.fail(r.path, "field names are letters, digits and _ (at most 64)")
-        ftype = cast(FieldType, r.choice("type", FIELD_TYPES))
+        ftype = r.choice("type", FIELD_TYPES)
         validators = tuple(
             self._known("validator", v, f"{r.path}.validators[{i}]")
             for i, v in enumerate(r.str_list("validators", []))
@@ -179,7 +178,7 @@ class _FileLoader:
         if wait is not None and given != ["auto"]:
             raise self.fail(r.key_path("wait"), "a waiting state needs auto: the action to run once woken")
         if r.has("final"):
-            outcome = r.choice("final", ("success", "failure"))
+            outcome: Literal["success", "failure"] = r.choice("final", ("success", "failure"))
             r.finish()
             return StateSpec(name, "final", label, description, outcome=outcome)
         if r.has("auto"):

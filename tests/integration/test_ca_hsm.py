@@ -3,6 +3,7 @@ driven through the operator CLI where an operator would drive it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -231,3 +232,28 @@ def test_external_root(make_instance: Callable[..., Any], sqlite_engine: Any, tm
                              str(tmp_path / "sub.pem"), str(out)], capture_output=True, text=True, check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert_chain_lints_clean(sub, leaf, tmp_path)
+
+
+def test_ca_show_reports_whether_the_key_can_sign(make_instance: Callable[..., Any], sqlite_engine: Any,
+                                                 tmp_path: Path) -> None:
+    import yaml
+
+    inst = make_instance(sqlite_engine)
+    shown = cli(inst, "ca", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["key_status"].startswith("ok")
+    wrong_pin = tmp_path / "wrong.pin"
+    wrong_pin.write_text("0000\n")
+    for change, code in ((_with_key(pin_file=str(wrong_pin)), "token.pin"),
+                         (_with_key(token_label="no-such-token"), "token.not_found")):
+        change(inst.settings)
+        broken = tmp_path / "broken.yaml"
+        broken.write_text(yaml.safe_dump(inst.settings))
+        result = subprocess.run([CLI, "--config", str(broken), "ca", "show"], capture_output=True, text=True,
+                                timeout=60, check=False)
+        # The certificate is still shown; the key's problem is named and the exit code says "token".
+        assert result.returncode == 4, result.stdout + result.stderr
+        assert "subject" in result.stdout and f"UNUSABLE [{code}]" in result.stdout
+        assert "1234" not in result.stdout + result.stderr
+        inst.settings["ca"]["key"].update(pin_file=str(inst.folder / "ca-token.pin"),
+                                          token_label=inst.ca_token.label)

@@ -160,10 +160,19 @@ def test_ldaps_untrusted(slapd: SlapdServer, tmp_path: Path) -> None:
     assert done.returncode == 3
 
 
+@pytest.mark.parametrize("user", ["BOB", "Bob", "bOb"])
+def test_login_in_another_case_is_not_the_member(config: Path, user: str) -> None:
+    # slapd matches uid without regard to case; BOB was granted bob's RA Operator role.
+    done = run(config, user, "RA Operator")
+    assert done.returncode == 1
+    assert "not spelled as in the directory entry" in done.stderr
+
+
 def test_login_by_mail(slapd: SlapdServer, tmp_path: Path) -> None:
     config = slapd.write_check_config(tmp_path / "c.conf", login_attribute="mail")
     assert run(config, "bob@example.com").returncode == 0
     assert run(config, "alice@example.com").returncode == 1
+    assert run(config, "Bob@Example.com").returncode == 1
 
 
 def test_default_config_next_to_script(slapd: SlapdServer, tmp_path: Path) -> None:

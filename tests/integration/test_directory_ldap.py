@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.slapd import SlapdServer, make_tls
 
+from openxpki_py.auth.person import UnknownPerson, resolve_person
 from openxpki_py.configreader import Reader
 from openxpki_py.directory import (
     Directory,
@@ -31,7 +33,6 @@ from openxpki_py.directory import (
     parse_directory_config,
 )
 from openxpki_py.errors import DirectoryError
-from support.slapd import SlapdServer, make_tls
 
 PEOPLE = "ou=people,dc=example,dc=com"
 
@@ -82,7 +83,8 @@ def directory(connect: Any) -> Directory:
 def test_find_user_by_each_login_attribute(connect: Any, attribute: str, login: str) -> None:
     user = connect(login_attribute=attribute).find_user(login)
     assert user.dn.lower() == f"uid=alice,{PEOPLE}"
-    assert user.login == login
+    # The entry's own spelling, not the one asked for: "ALICE" found alice.
+    assert user.login == (login.lower() if attribute == "uid" else login)
     assert user.attributes["cn"] == "Alice Example"
 
 
@@ -438,3 +440,13 @@ def test_missing_search_base(slapd: SlapdServer, backend: str) -> None:
     with pytest.raises(DirectoryError, match="ou=nowhere,dc=example,dc=com"):
         directory.find_user("alice")
     directory.close()
+
+
+def test_person_is_the_entrys_own_spelling(directory: Directory) -> None:
+    # slapd and the LDIF file both match uid without regard to case; the person does not.
+    assert resolve_person(directory, "alice").dn.lower() == f"uid=alice,{PEOPLE}"
+    for other in ("ALICE", "Alice"):
+        with pytest.raises(UnknownPerson, match="is spelled 'alice' in the directory"):
+            resolve_person(directory, other)
+    with pytest.raises(UnknownPerson, match="does not name one person"):
+        resolve_person(directory, "nobody")

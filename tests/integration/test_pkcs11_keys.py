@@ -16,12 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import NameOID
+from openxpki_py_token.pkcs11.module import get_module
 from support.softhsm import SoftHSMToken
 
 from openxpki_py.configreader import Reader
 from openxpki_py.crypto.keys import KeySpec, open_key_backend, parse_key_config
 from openxpki_py.crypto.keys.pkcs11_backend import Pkcs11KeyBackend
-from openxpki_py.crypto.keys.pkcs11_module import get_module
 from openxpki_py.errors import (
     ConfigError,
     TokenError,

@@ -189,3 +189,34 @@ def test_real_check_ldap_group_against_slapd(apache_site_factory: Callable[..., 
     assert choose_role(alice, "RA Operator").status == 403
     refused = site.audit()[-1]
     assert refused["event"] == "auth.role.refused" and refused["details"]["exit_code"] == 1
+
+
+def _trace(site: Any) -> tuple[int, str, str]:
+    conn = site.connection()
+    try:
+        conn.request("TRACE", "/openxpki/", headers={"Authorization": "Basic YWxpY2U6YWxpY2U=",
+                                                     "Cookie": "openxpki_session=secret-cookie"})
+        r = conn.getresponse()
+        return r.status, r.getheader("Server", ""), r.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def test_trace_is_refused_and_the_server_names_no_version(site: Any) -> None:
+    # TRACE echoed Authorization and Cookie back (cross-site tracing).
+    status, server, body = _trace(site)
+    assert status == 405
+    assert "secret-cookie" not in body and "YWxpY2U6YWxpY2U=" not in body
+    assert server == "Apache"
+
+
+def test_latin1_login_is_not_the_utf8_user(apache_site_factory: Callable[..., Any]) -> None:
+    # Two htpasswd accounts: the UTF-8 and the latin-1 bytes of "jürgen".
+    site = apache_site_factory(config=roles_config(), users={"jürgen": "pw-utf8", "jürgen".encode("latin-1"): "pw-l1"})
+    utf8 = site.browser("jürgen", password="pw-utf8")
+    assert utf8.get("/openxpki/login").status == 200
+    latin1 = site.browser("jürgen".encode("latin-1"), password="pw-l1")
+    refused = latin1.get("/openxpki/login")
+    assert refused.status == 403 and "sign-on name cannot be used" in refused.body
+    logins = site.read_db(lambda c: [row.login for row in c.execute(select(web_session))])
+    assert logins == ["jürgen"]

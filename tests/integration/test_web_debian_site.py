@@ -51,3 +51,15 @@ def test_plain_http_redirects_to_https_except_crl(site: Any) -> None:
         assert r.status == 200 and r.read() == b"0\x00"
     finally:
         conn.close()
+
+
+def test_trace_is_refused_and_the_server_names_no_version(site: Any) -> None:
+    conn = site.connection()
+    try:
+        conn.request("TRACE", "/openxpki/", headers={"Cookie": "openxpki_session=secret-cookie"})
+        r = conn.getresponse()
+        body = r.read().decode(errors="replace")
+    finally:
+        conn.close()
+    assert r.status == 405 and "secret-cookie" not in body
+    assert r.getheader("Server") == "Apache"

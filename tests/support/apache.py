@@ -69,7 +69,7 @@ class Browser:
     """A cookie-keeping HTTP client speaking to one site as one Basic-auth user."""
 
     site: ApacheSite
-    user: str | None = None
+    user: str | bytes | None = None  # bytes: sent as given (not UTF-8 encoded)
     password: str = DEFAULT_PASSWORD
     cookies: dict[str, str] = field(default_factory=dict)
 
@@ -77,7 +77,8 @@ class Browser:
                 headers: Mapping[str, str] | None = None) -> HTTPResult:
         hdrs = dict(headers or {})
         if self.user is not None:
-            token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            name = self.user if isinstance(self.user, bytes) else self.user.encode()
+            token = base64.b64encode(name + b":" + self.password.encode()).decode()
             hdrs["Authorization"] = f"Basic {token}"
         if self.cookies:
             hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -136,7 +137,7 @@ class ApacheSite:
         context = ssl.create_default_context(cafile=str(self.tls_cert))
         return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=context)
 
-    def browser(self, user: str | None = None, password: str = DEFAULT_PASSWORD) -> Browser:
+    def browser(self, user: str | bytes | None = None, password: str = DEFAULT_PASSWORD) -> Browser:
         return Browser(self, user, password)
 
     def error_log(self) -> str:
@@ -180,10 +181,12 @@ def _chown_tree(path: Path) -> None:
         os.chown(p, pw.pw_uid, pw.pw_gid)
 
 
-def _htpasswd_line(user: str, password: str) -> str:
+def _htpasswd_line(user: str | bytes, password: str) -> bytes:
+    """One line; a ``bytes`` user name is written as given (e.g. latin-1, to test decoding)."""
     # {SHA} is weak, but this file only lives for one test.
-    digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
-    return f"{user}:{{SHA}}{digest}\n"
+    digest = base64.b64encode(hashlib.sha1(password.encode()).digest())
+    name = user if isinstance(user, bytes) else user.encode()
+    return name + b":{SHA}" + digest + b"\n"
 
 
 def default_site_config(root: Path, db_path: Path) -> dict[str, Any]:
@@ -228,7 +231,7 @@ class _Instance:
 ConfigEdit = Callable[[Path, dict[str, Any]], None] | None
 
 
-def _prepare_instance(root: Path, config: ConfigOverride, users: Mapping[str, str] | None,
+def _prepare_instance(root: Path, config: ConfigOverride, users: Mapping[str | bytes, str] | None,
                       edit_config: ConfigEdit = None) -> _Instance:
     """config.yaml, an empty schema and an htpasswd file in ``root``.
 
@@ -251,8 +254,8 @@ def _prepare_instance(root: Path, config: ConfigOverride, users: Mapping[str, st
     create_schema(engine)
     engine.dispose()
     htpasswd = root / "htpasswd"
-    htpasswd.write_text("".join(_htpasswd_line(u, p) for u, p in
-                                (users or {"alice": DEFAULT_PASSWORD, "bob": DEFAULT_PASSWORD}).items()))
+    htpasswd.write_bytes(b"".join(_htpasswd_line(u, p) for u, p in
+                                  (users or {"alice": DEFAULT_PASSWORD, "bob": DEFAULT_PASSWORD}).items()))
     return _Instance(config_path, db_path, htpasswd)
 
 
@@ -276,7 +279,7 @@ def _launch(site: ApacheSite, argv: list[str]) -> ApacheSite:
             time.sleep(0.05)
 
 
-def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str, str] | None = None,
+def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str | bytes, str] | None = None,
                basic_auth: bool = True, extra_include: str = "", processes: int = 1,
                threads: int = 4, edit_config: ConfigEdit = None) -> ApacheSite:
     """Build and start one mod_wsgi-express site in ``root`` (an empty folder).
@@ -335,7 +338,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 def start_debian_site(root: Path, *, config: ConfigOverride = None,
-                      users: Mapping[str, str] | None = None) -> ApacheSite:
+                      users: Mapping[str | bytes, str] | None = None) -> ApacheSite:
     """Run Debian's apache2 with the shipped site file, paths pointed into ``root``.
 
     Only file locations and ports are replaced; every directive is the

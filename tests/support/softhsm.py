@@ -6,7 +6,7 @@ library reads it when initialised, so one value per process).
 ``make_token(label, pin="1234", so_pin="12345678")``: a freshly initialised
 token, deleted again after the test.
 ``pkcs11_session_leak_check``: fails a test that leaves PKCS#11 sessions open
-(counted by ``openxpki_py.crypto.keys.pkcs11_module``).
+(counted by ``openxpki_py_token.pkcs11.module``).
 
 The folders are world-traversable so an Apache fixture (``www-data``) can
 use the same tokens: pass ``owner="www-data"`` to ``make_token``.
@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from openxpki_py.configreader import SecretRef
+from openxpki_py_token.secret import SecretRef
 
 SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 SOFTHSM_UTIL = shutil.which("softhsm2-util") or "/usr/bin/softhsm2-util"
@@ -131,7 +130,7 @@ def make_token(softhsm: SoftHSM) -> Iterator[Callable[..., SoftHSMToken]]:
 @pytest.fixture
 def pkcs11_session_leak_check() -> Iterator[None]:
     """Fail the test if it leaves PKCS#11 sessions open (close every backend)."""
-    from openxpki_py.crypto.keys.pkcs11_module import open_session_count
+    from openxpki_py_token.pkcs11.module import open_session_count
 
     before = open_session_count()
     yield

@@ -9,9 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-
-from openxpki_py.agent.api_client import ApiClient, api_base_url
-from openxpki_py.agent.errors import ProtocolError, ServerRefused, ServerUnreachable, UsageError
+from openxpki_py_token.api_client import ApiClient, api_base_url
+from openxpki_py_token.errors import ProtocolError, ServerRefused, ServerUnreachable, UsageError
 
 # Each test queues (status, body bytes, headers) answers; the server records requests.
 Answer = tuple[int, bytes, dict[str, str]]

@@ -27,10 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from openxpki_py_token import api_client, cli
+from openxpki_py_token.pkcs11.module import get_module
 from pkcs11 import Attribute, ObjectClass
-
-from openxpki_py.agent import api_client, cli
-from openxpki_py.crypto.keys.pkcs11_module import get_module
 from support.softhsm import SoftHSMToken
 
 RSA_2048 = {"algorithm": "rsa", "size": 2048}
@@ -766,7 +765,7 @@ def test_plain_http_needs_the_flag_and_localhost(make_token: Any, tmp_path: Path
 
 
 def test_state_dir_is_private(tmp_path: Path) -> None:
-    from openxpki_py.agent.state import EnrollmentSession, StateStore
+    from openxpki_py_token.state import EnrollmentSession, StateStore
 
     store = StateStore(tmp_path / "s")
     session = EnrollmentSession("http://127.0.0.1:1/", 3, "alice", "tok", 1e12)
@@ -832,7 +831,7 @@ def test_fixed_slot_card_with_reinitialisation(make_token: Any, tmp_path: Path,
     agent must use the card's IDs and labels, report them, and find the keys
     again after re-initialising the module.
     """
-    from openxpki_py.agent import card_profiles
+    from openxpki_py_token import card_profiles
 
     fixed = card_profiles.CardProfile(
         name="fixed", description="test card", detect=("fixed-card",),

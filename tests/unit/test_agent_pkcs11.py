@@ -11,15 +11,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from openxpki_py_token.card import Card, der_integer, spec_text
+from openxpki_py_token.card_profiles import GENERIC, OPENPGP, choose_profile
+from openxpki_py_token.enroll import build_csr
+from openxpki_py_token.errors import UsageError
+from openxpki_py_token.keyspec import KeySpec
+from openxpki_py_token.pins import CardPins
+from openxpki_py_token.secret import SecretRef
 from pkcs11 import Attribute
 
-from openxpki_py.agent.card import Card, der_integer, spec_text
-from openxpki_py.agent.card_profiles import GENERIC, OPENPGP, choose_profile
-from openxpki_py.agent.enroll import build_csr
-from openxpki_py.agent.errors import UsageError
-from openxpki_py.agent.pins import CardPins
-from openxpki_py.configreader import SecretRef
-from openxpki_py.crypto.keys.spec import KeySpec
 from openxpki_py.errors import TokenError, TokenModuleError, TokenNotFound, TokenPinError
 
 

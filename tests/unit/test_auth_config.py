@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from openxpki_py.auth.config import AuthConfig, parse_auth_config
-from openxpki_py.auth.identity import InvalidLogin, NotAuthenticated, identity_from_environ
+from openxpki_py.auth.identity import InvalidLogin, NotAuthenticated, RealmRefused, identity_from_environ
 from openxpki_py.configreader import Reader
 from openxpki_py.errors import ConfigError
 from openxpki_py.web.config import parse_web_config
@@ -114,3 +114,38 @@ def test_shipped_auth_and_web_sections_parse() -> None:
     assert auth.roles["RA Operator"].command[0].endswith("/auth/check-ldap-group")
     web = parse_web_config(Reader(data["web"], "web", shipped.parent))
     assert web.session.cookie_secure and web.deep_link.workflow == "smartcard_personalization"
+
+
+def test_latin1_bytes_of_a_utf8_name_are_refused_not_reread() -> None:
+    # The latin-1 bytes of "jürgen" were taken as the UTF-8 "jürgen": one person from two accounts.
+    latin1 = "jürgen".encode("latin-1").decode("latin-1")  # as PEP 3333 hands over b"j\xfcrgen"
+    with pytest.raises(InvalidLogin, match="not valid UTF-8"):
+        identity_from_environ({"REMOTE_USER": latin1}, SSO)
+    utf8 = "jürgen".encode().decode("latin-1")
+    assert identity_from_environ({"REMOTE_USER": utf8}, SSO).login == "jürgen"
+    # Not WSGI text at all (a character beyond latin-1): refused as well.
+    with pytest.raises(InvalidLogin):
+        identity_from_environ({"REMOTE_USER": "j\u0100rgen"}, SSO)
+
+
+def test_realms_are_stripped_and_others_refused() -> None:
+    sso = parse({"sso": {"realms": ["EXAMPLE.COM", "corp.example.com"]}}).sso
+    assert identity_from_environ({"REMOTE_USER": "alice@EXAMPLE.COM"}, sso).login == "alice"
+    assert identity_from_environ({"REMOTE_USER": "bob@CORP.EXAMPLE.COM"}, sso).login == "bob"
+    for login in ("alice@EVIL.EXAMPLE", "alice", "@EXAMPLE.COM"):
+        with pytest.raises(RealmRefused):
+            identity_from_environ({"REMOTE_USER": login}, sso)
+
+
+def test_login_case_lower_makes_one_spelling() -> None:
+    lower = parse({"sso": {"login_case": "lower"}}).sso
+    assert {identity_from_environ({"REMOTE_USER": x}, lower).login for x in ("BOB", "Bob", "bob")} == {"bob"}
+    # The default keeps the spelling: BOB stays BOB (and the directory then refuses it).
+    assert identity_from_environ({"REMOTE_USER": "BOB"}, SSO).login == "BOB"
+
+
+@pytest.mark.parametrize(("section", "key"), [({"login_case": "upper"}, "auth.sso.login_case"),
+                                              ({"realms": ["bad realm"]}, "auth.sso.realms")])
+def test_bad_login_mapping_config_names_the_key(section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse({"sso": section})

@@ -13,8 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
+from openxpki_py_token.secret import SecretRef
 
-from openxpki_py.configreader import Reader, SecretRef
+from openxpki_py.configreader import Reader
 from openxpki_py.crypto.keys import (
     KeySpec,
     Pkcs11KeyConfig,

@@ -10,9 +10,10 @@ interface), ``config``, ``software``, and for PKCS#11 ``pkcs11_module``
 
 from __future__ import annotations
 
+from openxpki_py_token.keyspec import KeySpec
+
 from .base import CAPrivateKey, KeyBackend
 from .config import KeyConfig, Pkcs11KeyConfig, SoftwareKeyConfig, open_key_backend, parse_key_config
-from .spec import KeySpec
 
 __all__ = [
     "CAPrivateKey",

@@ -12,8 +12,7 @@ from types import TracebackType
 from typing import Self, Union
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from .spec import KeySpec
+from openxpki_py_token.keyspec import KeySpec
 
 #: What every backend returns: usable directly with the x509 builders' ``sign``.
 CAPrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]

@@ -19,9 +19,11 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...configreader import Reader, SecretRef
+from openxpki_py_token.keyspec import KeySpec
+from openxpki_py_token.secret import SecretRef
+
+from ...configreader import Reader
 from .base import KeyBackend
-from .spec import KeySpec
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from openxpki_py_token.keyspec import KeySpec
+from openxpki_py_token.secret import SecretRef
 
-from ...configreader import SecretRef
 from ...errors import ConfigError, TokenError, TokenKeyNotFound, TokenPinError
 from .base import CAPrivateKey, KeyBackend
-from .spec import KeySpec
 
 log = logging.getLogger("openxpki_py.crypto.keys")
 

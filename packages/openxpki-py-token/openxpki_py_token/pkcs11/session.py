@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 from pkcs11 import exceptions as p11_exc
 
-from ...configreader import SecretRef
-from ...errors import ConfigError, TokenError, TokenNotFound, TokenPinError
-from .pkcs11_module import Pkcs11Module, get_module, register_fork_hook
+from ..errors import ConfigError, TokenError, TokenNotFound, TokenPinError
+from ..secret import SecretRef
+from .module import Pkcs11Module, get_module, register_fork_hook
 
 log = logging.getLogger("openxpki_py.crypto.keys")
 

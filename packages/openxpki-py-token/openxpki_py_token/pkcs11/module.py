@@ -36,7 +36,7 @@ from typing import Any
 import pkcs11
 from pkcs11 import exceptions as p11_exc
 
-from ...errors import TokenError, TokenModuleError, TokenNotFound
+from ..errors import TokenError, TokenModuleError, TokenNotFound
 
 log = logging.getLogger("openxpki_py.crypto.keys")
 

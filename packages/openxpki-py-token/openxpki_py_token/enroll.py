@@ -19,16 +19,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from ..crypto.keys.spec import KeySpec
-from ..errors import TokenError, TokenKeyNotFound
 from .api_client import ApiClient
 from .card import Card, CardInfo, CardKey, spec_text
 from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
-from .errors import EnrollmentFailed, EnrollmentStopped, ProtocolError, ServerRefused
+from .errors import EnrollmentFailed, EnrollmentStopped, ProtocolError, ServerRefused, TokenError, TokenKeyNotFound
+from .keyspec import KeySpec
 from .progress import Progress
 from .state import EnrollmentSession, StateStore
 
-log = logging.getLogger("openxpki_py.agent")
+log = logging.getLogger("openxpki_py_token")
 
 # The server's retry_after is honoured within these bounds (seconds).
 _MIN_WAIT, _MAX_WAIT = 0.2, 60.0

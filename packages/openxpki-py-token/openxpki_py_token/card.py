@@ -5,7 +5,7 @@ application, and one cannot be the user and the SO at once, so the card
 switches logins on demand (:meth:`Card.login`): an OpenPGP card wants the SO
 (admin) PIN to generate a key and the user PIN to sign the CSR with it.
 
-The library is loaded through :func:`~openxpki_py.crypto.keys.pkcs11_module.get_module`
+The library is loaded through :func:`~openxpki_py_token.pkcs11.module.get_module`
 (initialised with OS locking, counted sessions) and the CSR is signed by the
 same cryptography key classes the CA uses for its HSM key.
 """
@@ -25,18 +25,16 @@ from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, MechanismFlag
 from pkcs11 import exceptions as p11_exc
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from ..crypto.keys.pkcs11_backend import public_key_of
-from ..crypto.keys.pkcs11_keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
-from ..crypto.keys.pkcs11_module import Pkcs11Module, get_module
-from ..crypto.keys.spec import KeySpec
-from ..errors import TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError
 from .card_profiles import Login, Usage
+from .errors import TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError
+from .keyspec import KeySpec
 from .pins import CardPins
+from .pkcs11.keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
+from .pkcs11.module import Pkcs11Module, get_module
+from .pkcs11.public_keys import public_key_of
 from .tokens import find_again, login_as, reinitialize_module, select_token, serial_of
 
-log = logging.getLogger("openxpki_py.agent")
-
-DEFAULT_MODULE = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
+log = logging.getLogger("openxpki_py_token")
 
 _CKR_OK = 0x000
 _CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE = 0x0A0, 0x0A1, 0x0A2

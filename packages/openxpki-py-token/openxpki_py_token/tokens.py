@@ -14,9 +14,10 @@ from typing import Any
 from pkcs11 import SlotFlag, TokenFlag
 from pkcs11 import exceptions as p11_exc
 
-from ..crypto.keys.pkcs11_module import Pkcs11Module
-from ..errors import TokenError, TokenNotFound
 from .card_profiles import Login
+from .errors import TokenError, TokenNotFound
+from .pkcs11.module import Pkcs11Module
+
 
 def select_token(module: Pkcs11Module, *, slot_id: int | None, token_label: str | None) -> Any:
     """The python-pkcs11 token to personalize, or TokenNotFound saying what to do."""

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from pkcs11 import MGF, Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11_exc
 
-from ...errors import TokenError, TokenKeyNotFound
-from .pkcs11_session import SESSION_LOST, PooledSession, TokenSessionPool
+from ..errors import TokenError, TokenKeyNotFound
+from .session import SESSION_LOST, PooledSession, TokenSessionPool
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..configreader import SecretRef
-from ..errors import ConfigError
 from .card_profiles import Login
-from .errors import UsageError
+from .errors import ConfigError, UsageError
+from .secret import SecretRef
 
 _NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
 _OPTIONS: dict[Login, str] = {"user": "--pin-file/--pin-env", "so": "--so-pin-file/--so-pin-env"}

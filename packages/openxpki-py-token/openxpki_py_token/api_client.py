@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__ as _version
+from . import __version__ as _version
 from .errors import ProtocolError, ServerRefused, ServerUnreachable, UsageError
 
-log = logging.getLogger("openxpki_py.agent")
+log = logging.getLogger("openxpki_py_token")
 
 API_PREFIX = "api/v1/"
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

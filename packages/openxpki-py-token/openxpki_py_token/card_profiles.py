@@ -13,8 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import TokenError
-from .errors import UsageError
+from .errors import TokenError, UsageError
 
 Usage = Literal["sign", "decrypt"]
 Login = Literal["user", "so"]

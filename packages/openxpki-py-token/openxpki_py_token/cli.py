@@ -14,16 +14,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import __version__
-from ..configreader import SecretRef
-from ..errors import OpenXPKIError, TokenError
+from . import __version__
 from .api_client import ApiClient
-from .card import DEFAULT_MODULE, Card
+from .card import Card
 from .card_profiles import PROFILE_CHOICES
 from .enroll import IssuedCertificate, TokenAgent
-from .errors import EnrollmentStopped, ServerRefused, ServerUnreachable, UsageError
+from .errors import (
+    EnrollmentStopped,
+    OpenXPKIError,
+    ServerRefused,
+    ServerUnreachable,
+    TokenError,
+    UsageError,
+)
+from .opensc import MODULE_ENV, find_module
 from .pins import CardPins
 from .progress import Progress
+from .secret import SecretRef
 from .state import DEFAULT_STATE_DIR, StateStore
 
 PROG = "openxpki-py-token"
@@ -73,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--server", required=True, metavar="URL",
                         help="the server URL shown on the personalization page")
     enroll.add_argument("--code", required=True, help="the enrollment code shown on the page")
-    enroll.add_argument("--module", type=Path, default=DEFAULT_MODULE, metavar="PATH",
-                        help=f"PKCS#11 module of the card (default: {DEFAULT_MODULE})")
+    enroll.add_argument("--module", type=Path, metavar="PATH",
+                        help=f"PKCS#11 module of the card (default: ${MODULE_ENV}, else OpenSC's "
+                             "module where this system installs it)")
     which = enroll.add_mutually_exclusive_group()
     which.add_argument("--slot", type=int, metavar="N", help="PKCS#11 slot ID of the card")
     which.add_argument("--token-label", metavar="LABEL", help="the card's token label")
@@ -107,7 +115,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         so=_secret("--so-pin-file", "--so-pin-env", args.so_pin_file, args.so_pin_env))
     api = ApiClient(args.server, ca_file=args.ca_file,
                     allow_http_localhost=args.insecure_http_for_localhost)
-    card = Card(args.module, pins, slot_id=args.slot, token_label=args.token_label)
+    card = Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label)
     agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
                        timeout=args.timeout, progress=Progress())
     for cert in agent.enroll(args.code):

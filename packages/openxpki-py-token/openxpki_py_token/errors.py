@@ -1,0 +1,118 @@
+"""The failures the token agent and the server share, and the agent's own.
+
+Every error carries a stable ``code`` (shown to users, API clients and in the
+server's audit log) and a one-line message that tells the reader what to fix.
+The server (``openxpki_py_token.errors``) builds its hierarchy on these base
+classes, so a card error and an HSM error are the same :class:`TokenError`
+on both sides.  The agent maps its classes to exit codes in one place
+(:mod:`openxpki_py_token.cli`).
+"""
+
+from __future__ import annotations
+
+
+class OpenXPKIError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+
+class ConfigError(OpenXPKIError):
+    """The instance configuration is missing, unreadable or invalid.
+
+    The message names the offending key (``ca.key.token_label``) and what was
+    expected there.
+    """
+
+    code = "config"
+
+
+class TokenError(OpenXPKIError):
+    """A PKCS#11 token (the CA's HSM or a user's card) cannot be used."""
+
+    code = "token"
+
+
+class TokenModuleError(TokenError):
+    """The PKCS#11 module (shared library) is missing or cannot be loaded."""
+
+    code = "token.module"
+
+
+class TokenNotFound(TokenError):
+    """No token with the configured label is present."""
+
+    code = "token.not_found"
+
+
+class TokenPinError(TokenError):
+    """The PIN was refused, is locked or could not be read."""
+
+    code = "token.pin"
+
+
+class TokenKeyNotFound(TokenError):
+    """The token has no key with the configured label / id."""
+
+    code = "token.key_not_found"
+
+
+# --- the agent's own -------------------------------------------------------------
+
+
+class AgentError(OpenXPKIError):
+    """Base of the agent's own failures (exit code 1 unless a subclass says otherwise)."""
+
+    code = "agent"
+
+
+class UsageError(AgentError):
+    """The command line cannot work as given (exit code 2)."""
+
+    code = "agent.usage"
+
+
+class ServerRefused(AgentError):
+    """The server answered with an API error, or reported the enrollment failed (exit code 4).
+
+    ``code`` and the message are the server's own, shown to the user verbatim.
+    """
+
+    code = "server.refused"
+
+    def __init__(self, message: str, *, code: str, status: int = 0,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class EnrollmentFailed(ServerRefused):
+    """The server's task loop ended in ``{"task": "failed"}`` (exit code 4)."""
+
+
+class ServerUnreachable(AgentError):
+    """The server cannot be reached, or its TLS certificate is not trusted (exit code 5)."""
+
+    code = "network"
+
+
+class ProtocolError(AgentError):
+    """The server's answer does not follow the API (wrong URL, proxy page, old server)."""
+
+    code = "protocol"
+
+
+class EnrollmentStopped(AgentError):
+    """The run ended before the card was done (timeout, interrupt): run again to continue."""
+
+    code = "agent.stopped"
