@@ -14,7 +14,15 @@ import pytest
 
 from openxpki_py.domains import shipped_domains, shipped_registry
 from openxpki_py.housekeeping import purge_expired
-from openxpki_py.workflow import ActivityContext, Registry, WorkflowDomain, build_registry
+from openxpki_py.workflow import (
+    ActivityContext,
+    Registry,
+    WorkflowConfig,
+    WorkflowDomain,
+    WorkflowEngine,
+    build_registry,
+    definition_folders,
+)
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "openxpki_py" / "workflow"
 PKI_PACKAGES = ("crypto", "personalization", "certificates", "directory", "domains", "agent")
@@ -112,3 +120,18 @@ def test_housekeeping_runs_every_domains_purges() -> None:
     assert purge_expired(services, domains) == 5
     assert [name for name, _, _ in calls] == ["a1", "a2", "c1"]
     assert all(conn is services.db.conn and s is services for _, conn, s in calls)
+
+
+def test_config_folders_come_after_the_domains(tmp_path: Path) -> None:
+    """``workflow.definitions`` in the config still replaces a shipped type."""
+    site = tmp_path / "site"
+    site.mkdir()
+    shipped = shipped_domains()
+    crl = (definition_folders(shipped)[0] / "crl_issuance.yaml").read_text(encoding="utf-8")
+    (site / "crl_issuance.yaml").write_text(crl.replace("description:", "description: site's own;"),
+                                            encoding="utf-8")
+    engine = WorkflowEngine.from_config(None, WorkflowConfig(definition_dirs=(site,)),  # type: ignore[arg-type]
+                                        folders=definition_folders(shipped), registry=build_registry(shipped))
+    assert engine.definitions.get("crl_issuance").source == str(site / "crl_issuance.yaml")
+    assert engine.definitions.get("smartcard_personalization").source.endswith(
+        "personalization/workflows/smartcard_personalization.yaml")
