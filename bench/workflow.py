@@ -42,7 +42,8 @@ from openxpki_py.crypto.ca import CertificateAuthority, IssuanceRequest  # noqa:
 from openxpki_py.crypto.keys.pkcs11_backend import Pkcs11KeyBackend  # noqa: E402
 from openxpki_py.crypto.profiles import ProfileSet  # noqa: E402
 from openxpki_py.db.engine import create_schema, open_engine  # noqa: E402
-from openxpki_py.workflow import WorkflowEngine, load_definitions  # noqa: E402
+from openxpki_py.domains import load_definitions  # noqa: E402
+from openxpki_py.workflow import WorkflowEngine  # noqa: E402
 
 ALICE = {"cn": "Alice Example", "mail": "alice@example.com", "upn": "alice@example.com"}
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432"

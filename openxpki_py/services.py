@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .crypto.ca import CertificateAuthority
+    from .workflow.domain import WorkflowDomain
 
 
 class Services:
@@ -50,11 +51,20 @@ class Services:
             return open_directory(self.config.directory)
 
     @cached_property
+    def domains(self) -> tuple[WorkflowDomain, ...]:
+        """The shipped domains: their workflows, callables and housekeeping purges."""
+        from .domains import shipped_domains
+
+        return shipped_domains()
+
+    @cached_property
     def workflows(self) -> Any:
-        from .workflow import WorkflowEngine
+        from .workflow import WorkflowEngine, build_registry, definition_folders
 
         with self._lock:
-            return WorkflowEngine.from_config(self.db, self.config.workflow, self)
+            return WorkflowEngine.from_config(self.db, self.config.workflow, self,
+                                              folders=definition_folders(self.domains),
+                                              registry=build_registry(self.domains))
 
     def close(self) -> None:
         for name in ("directory", "ca"):

@@ -58,5 +58,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 # The project itself, non-editable: www-data reads the installed copy, and
 # the checkout may sit in a folder it cannot enter (/root is 0700).
+# setuptools builds in build/ and never deletes from it: a module moved or
+# removed since the last install would be installed again.
+rm -rf "$HERE/build" "$TOKEN/build"
 "$VENV/bin/pip" install -q --no-deps --force-reinstall "$TOKEN" "$HERE"
 chmod -R a+rX "$(dirname "$VENV")"

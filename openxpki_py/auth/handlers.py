@@ -17,7 +17,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ..errors import AuthError
 from .config import RoleHandler
 from .identity import Identity
 
@@ -26,12 +25,6 @@ log = logging.getLogger(__name__)
 # A fixed, minimal PATH: the handler must not inherit the web server's.
 HANDLER_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_STDERR = 4096
-
-
-class RoleRefused(AuthError):
-    """The role's handler did not grant the role to this user."""
-
-    code = "auth.role_refused"
 
 
 @dataclass(frozen=True)

@@ -114,9 +114,6 @@ class SessionStore:
             conn.execute(update(web_session).where(web_session.c.id_hash == s.id_hash).values(last_seen=now))
             s.last_seen = now
 
-    def save_data(self, conn: Connection, s: WebSession) -> None:
-        conn.execute(update(web_session).where(web_session.c.id_hash == s.id_hash).values(data=s.data or None))
-
     def grant_role(self, conn: Connection, s: WebSession, role: str) -> None:
         """Give ``s`` the role under a fresh id and CSRF token (``s.cookie`` is the new id)."""
         cookie, now = new_token(), self.clock()

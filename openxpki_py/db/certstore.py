@@ -184,19 +184,6 @@ def store_crl(conn: Connection, issued: x509.CertificateRevocationList, *, issue
     return _new_id(result)
 
 
-def latest_crl(conn: Connection, issuer_key_identifier: str) -> RowMapping | None:
-    return (
-        conn.execute(
-            select(crl)
-            .where(crl.c.issuer_key_identifier == issuer_key_identifier)
-            .order_by(crl.c.crl_number.desc())
-            .limit(1)
-        )
-        .mappings()
-        .first()
-    )
-
-
 def active_ca(conn: Connection) -> RowMapping | None:
     """The CA certificate in use; ``pending`` while an external root signs our CSR."""
     return (

@@ -17,8 +17,9 @@ schema, so ``objectClass=person`` does not match an entry that lists only
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from .dn import fold, normalize_dn
 
@@ -42,8 +43,14 @@ class UnsupportedFilter(ValueError):
     """The filter is valid but cannot be evaluated locally (extensible match)."""
 
 
-def escape_value(value: str) -> str:
-    """Escape an assertion value: ``\\ * ( )`` and NUL become ``\\XX``."""
+def escape_value_plain(value: str) -> str:
+    """Escape an assertion value: ``\\ * ( )`` and NUL become ``\\XX`` (lower-case hex).
+
+    The same output as python-ldap's ``escape_filter_chars`` (mode 0), for
+    an LDIF-only install without python-ldap; a test holds the two equal.
+    Other characters, non-ASCII included, stay as they are (RFC 4515 allows
+    UTF-8 in a filter string).
+    """
     out = []
     for char in value:
         if char in "\\*()\x00":
@@ -51,6 +58,26 @@ def escape_value(value: str) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def _python_ldap_escape() -> Callable[[str], str] | None:
+    try:
+        from ldap.filter import escape_filter_chars
+    except ImportError:
+        return None
+    return cast(Callable[[str], str], escape_filter_chars)
+
+
+# The LDAP library's own escaping where it is installed: one implementation
+# for what the server will parse.
+_LDAP_ESCAPE = _python_ldap_escape()
+
+
+def escape_value(value: str) -> str:
+    """Escape an assertion value for a filter (python-ldap's escaping, or the identical fallback)."""
+    if _LDAP_ESCAPE is not None:
+        return _LDAP_ESCAPE(value)
+    return escape_value_plain(value)
 
 
 def is_attribute_name(name: str) -> bool:

@@ -44,12 +44,6 @@ class PersonalizationPolicy:
     certificates: tuple[CertificateType, ...]
     enrollment: EnrollmentLimits
 
-    def certificate_type(self, name: str) -> CertificateType:
-        for cert_type in self.certificates:
-            if cert_type.name == name:
-                return cert_type
-        raise KeyError(name)
-
 
 DEFAULT_CERTIFICATES: list[dict[str, Any]] = [
     {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01", "usage": "sign"},

@@ -1,7 +1,11 @@
 """The workflow engine: YAML definitions, SQL-persisted state, worker.
 
-Start with :mod:`.definition` (what a definition means), then
-``defs/certificate_issuance.yaml`` (a real one), then :mod:`.engine`.
+Generic: it knows states, actions and callables, not certificates.  The
+domains (``certificates/``, ``personalization/``) bring their definitions
+and callables through :class:`~.domain.WorkflowDomain`; ``openxpki_py.domains``
+lists the shipped ones.  Start with :mod:`.definition` (what a definition
+means), then ``certificates/workflows/certificate_issuance.yaml`` (a real
+one), then :mod:`.engine`.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 from .config import WorkflowConfig, parse_workflow_config
 from .context import ActivityContext
 from .definition import ActionSpec, DefinitionRegistry, FieldSpec, WorkflowDefinition
+from .domain import WorkflowDomain, build_registry, definition_folders
 from .engine import WorkflowEngine
 from .loader import load_definitions
-from .registry import Registry, default_registry
+from .registry import Registry
 from .view import HistoryEntry, WorkflowSummary, WorkflowView
 
 __all__ = [
@@ -23,10 +28,12 @@ __all__ = [
     "Registry",
     "WorkflowConfig",
     "WorkflowDefinition",
+    "WorkflowDomain",
     "WorkflowEngine",
     "WorkflowSummary",
     "WorkflowView",
-    "default_registry",
+    "build_registry",
+    "definition_folders",
     "load_definitions",
     "parse_workflow_config",
 ]

@@ -13,8 +13,9 @@ a crash in between only delays it until a worker reclaims the lease.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -26,6 +27,7 @@ from . import store
 from .config import WorkflowConfig
 from .definition import DefinitionRegistry
 from .errors import AccessDenied, ActionNotAvailable, WorkflowConflict
+from .registry import Registry
 from .run import Run
 from .steps import Outcome, Stepper
 from .view import HistoryEntry, WorkflowSummary, WorkflowView
@@ -51,11 +53,17 @@ class WorkflowEngine:
         self.stepper = Stepper(definitions, services, self.config, clock)
 
     @classmethod
-    def from_config(cls, db: Engine, config: WorkflowConfig, services: Any = None) -> WorkflowEngine:
-        """The engine with the shipped definitions plus the config's extra folders."""
+    def from_config(cls, db: Engine, config: WorkflowConfig, services: Any = None, *,
+                    folders: Iterable[Path], registry: Registry) -> WorkflowEngine:
+        """The engine with the caller's (the domains') folders, then the config's own.
+
+        The config's folders come last, so a site's file replaces a shipped
+        type of the same name.
+        """
         from .loader import load_definitions
 
-        return cls(db, load_definitions(config.definition_dirs), services, config=config)
+        definitions = load_definitions([*folders, *config.definition_dirs], registry=registry)
+        return cls(db, definitions, services, config=config)
 
     # --- reading -----------------------------------------------------------------
 

@@ -17,11 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .. import errors as base_errors
-from ..directory import base as directory_errors
 from ..configreader import Reader
 from ..errors import ConfigError, OpenXPKIError
-from . import errors as wf_errors
 from .definition import (
     FIELD_TYPES,
     ActionSpec,
@@ -33,9 +30,7 @@ from .definition import (
     WorkflowDefinition,
 )
 from .errors import DefinitionError
-from .registry import Kind, Registry, default_registry
-
-SHIPPED_DIR = Path(__file__).with_name("defs")
+from .registry import Kind, Registry
 
 KNOWN_ROLES: frozenset[str] = frozenset({"User", "RA Operator", "CA Operator", "System"})
 """Roles the auth handlers grant (DESIGN §5); ``System`` is the worker."""
@@ -44,8 +39,12 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
 def error_class_names() -> frozenset[str]:
-    """Names usable in ``on_error`` / ``retry.errors``: the project's error classes."""
-    _ = (base_errors, wf_errors, directory_errors)  # modules imported: their classes exist
+    """Names usable in ``on_error`` / ``retry.errors``: the project's error classes.
+
+    Walked at load time, so a class exists once its module is imported: a
+    domain's activities import the errors its definitions name, and the
+    caller has imported the domains before it loads their definitions.
+    """
     names: set[str] = set()
     pending: list[type[BaseException]] = [OpenXPKIError]
     while pending:
@@ -338,11 +337,10 @@ def _closure(start: Iterable[str], edges: Mapping[str, set[str]]) -> set[str]:
     return seen
 
 
-def load_definition_file(path: Path, *, registry: Registry | None = None,
+def load_definition_file(path: Path, *, registry: Registry,
                          roles: Iterable[str] = KNOWN_ROLES) -> WorkflowDefinition:
-    """Load and check one file."""
-    shipped = _shipped_registry()  # imported even when a child registry is given
-    loader = _FileLoader(path, registry or shipped, frozenset(roles))
+    """Load and check one file against the callables of ``registry``."""
+    loader = _FileLoader(path, registry, frozenset(roles))
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -354,27 +352,19 @@ def load_definition_file(path: Path, *, registry: Registry | None = None,
     return loader.load(data, path.stem)
 
 
-def load_definitions(dirs: Iterable[str | Path] | None = None, *, registry: Registry | None = None,
-                     roles: Iterable[str] = KNOWN_ROLES, include_shipped: bool = True) -> DefinitionRegistry:
-    """Load every ``*.yaml`` of the shipped folder and ``dirs``.
+def load_definitions(dirs: Iterable[str | Path], *, registry: Registry,
+                     roles: Iterable[str] = KNOWN_ROLES) -> DefinitionRegistry:
+    """Load every ``*.yaml`` of ``dirs``, in order.
 
-    A later folder may replace a shipped type (a site's own issuance flow);
-    two files of the same type in one folder cannot happen (type = name).
+    A later folder may replace an earlier folder's type (a site's own
+    issuance flow over the shipped one); two files of the same type in one
+    folder cannot happen (type = name).
     """
-    registry = registry or _shipped_registry()
-    folders = ([SHIPPED_DIR] if include_shipped else []) + [Path(d) for d in (dirs or [])]
     definitions: dict[str, WorkflowDefinition] = {}
-    for folder in folders:
+    for folder in (Path(d) for d in dirs):
         if not folder.is_dir():
             raise DefinitionError(str(folder), "", "definition folder does not exist")
         for path in sorted(folder.glob("*.yaml")):
             definition = load_definition_file(path, registry=registry, roles=roles)
             definitions[definition.wf_type] = definition
     return DefinitionRegistry(definitions, registry)
-
-
-def _shipped_registry() -> Registry:
-    """The default registry with the shipped callables imported (registered)."""
-    from . import activities, builtins  # noqa: F401 - imported for registration
-
-    return default_registry

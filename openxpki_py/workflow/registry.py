@@ -32,7 +32,9 @@ class Registry:
 
     A registry may have a ``parent``: lookups fall back to it, so tests and
     sites can add their own callables on top of the shipped ones without
-    changing the process-wide :data:`default_registry`.
+    changing the registry the instance runs with.  A domain collects its
+    callables in a registry of its own and :meth:`include` copies them into
+    the one the engine gets.
     """
 
     def __init__(self, parent: Registry | None = None) -> None:
@@ -71,6 +73,12 @@ class Registry:
     def validator(self, name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
         return self._decorator("validator", name, override)
 
+    def include(self, other: Registry) -> None:
+        """Register every callable ``other`` holds itself (not its parent's); clashes are refused."""
+        for kind in KINDS:
+            for name, func in other._entries[kind].items():
+                self.register(kind, name, func)
+
     def lookup(self, kind: Kind, name: str) -> Callable[..., Any] | None:
         found = self._entries[kind].get(name)
         if found is None and self.parent is not None:
@@ -92,7 +100,3 @@ class Registry:
 
 def _describe(func: Callable[..., Any]) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
-
-
-default_registry = Registry()
-"""The shipped callables; :mod:`.builtins` and :mod:`.activities` fill it."""

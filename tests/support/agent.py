@@ -43,7 +43,8 @@ def agent_server(make_instance: Callable[..., Any], sqlite_engine: Any) -> Itera
     app = create_app(inst.config, inst.services)
     app.instance = inst  # type: ignore[attr-defined]
     httpd: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield app, f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()

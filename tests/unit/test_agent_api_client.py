@@ -44,7 +44,8 @@ def scripted() -> Iterator[tuple[Scripted, str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield script, f"http://127.0.0.1:{server.server_address[1]}/openxpki"
     server.shutdown()
     server.server_close()

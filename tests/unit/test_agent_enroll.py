@@ -253,7 +253,8 @@ def serve(api: FakeApi, tls: ssl.SSLContext | None = None) -> tuple[ThreadingHTT
     server.daemon_threads = True
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     scheme = "https" if tls is not None else "http"
     return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
 

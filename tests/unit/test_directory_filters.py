@@ -16,6 +16,7 @@ from openxpki_py.directory.filters import (
     Substring,
     UnsupportedFilter,
     escape_value,
+    escape_value_plain,
     parse_filter,
     placeholders,
     render_filter,
@@ -44,6 +45,17 @@ def test_escape_value(raw: str, escaped: str) -> None:
     # Escaped, the value parses back to itself: it cannot change the filter's shape.
     parsed = parse_filter(f"(uid={escaped})")
     assert parsed == Compare("uid", "=", raw)
+
+
+TRICKY = ["*", "(", ")", "\\", "\x00", "Jürgen Ωmega ☃", "*)(|(uid=*))\\00\x00(", "a\\2ab", "\\\\*", ""]
+
+
+@pytest.mark.parametrize("raw", TRICKY)
+def test_fallback_escapes_like_python_ldap(raw: str) -> None:
+    """The LDIF backend's fallback and python-ldap agree, so both backends see one filter."""
+    ldap_filter = pytest.importorskip("ldap.filter")
+    assert escape_value_plain(raw) == ldap_filter.escape_filter_chars(raw) == escape_value(raw)
+    assert parse_filter(f"(uid={escape_value_plain(raw)})") == Compare("uid", "=", raw)
 
 
 def test_render_filter_escapes_every_value() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from data.workflow.activities_for_tests import REGISTRY, load_test_definitions
 
+from openxpki_py import domains
 from openxpki_py.workflow import load_definitions
 from openxpki_py.workflow.errors import DefinitionError, UnknownWorkflow
 from openxpki_py.workflow.loader import load_definition_file
@@ -66,7 +67,9 @@ def test_test_definitions_load() -> None:
 
 
 def test_shipped_definitions_load() -> None:
-    defs = load_definitions()
+    defs = domains.load_definitions()
+    assert defs.types() == ["certificate_issuance", "certificate_revocation", "crl_issuance",
+                            "smartcard_personalization"]
     for wf_type in defs.types():
         assert defs.get(wf_type).source.endswith(f"{wf_type}.yaml")
 
@@ -135,9 +138,17 @@ def test_later_folder_replaces_type(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
     write(site, GOOD.replace("type: demo", "type: test_child").replace("description", "x"), "test_child")
-    defs = load_definitions([Path(__file__).parents[1] / "data/workflow/defs", site], registry=REGISTRY,
-                            include_shipped=False)
+    defs = load_definitions([Path(__file__).parents[1] / "data/workflow/defs", site], registry=REGISTRY)
     assert defs.get("test_child").source == str(site / "test_child.yaml")
+
+
+def test_site_folder_replaces_shipped_type(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    write(site, GOOD.replace("type: demo", "type: crl_issuance"), "crl_issuance")
+    defs = domains.load_definitions([site], registry=REGISTRY)
+    assert defs.get("crl_issuance").source == str(site / "crl_issuance.yaml")
+    assert defs.get("certificate_issuance").source.endswith("certificates/workflows/certificate_issuance.yaml")
 
 
 def test_missing_folder(tmp_path: Path) -> None:

@@ -20,12 +20,15 @@ from pathlib import Path
 
 from openxpki_py.audit import append_audit
 from openxpki_py.errors import PolicyViolation, TokenNotFound
-from openxpki_py.workflow import ActivityContext, DefinitionRegistry, Registry, default_registry, load_definitions
-from openxpki_py.workflow.activities.certificates import issue_certificate as shipped_issue_certificate
+from openxpki_py.certificates.issuance import issue_certificate as shipped_issue_certificate
+from openxpki_py.domains import load_definitions, shipped_registry
+from openxpki_py.workflow import ActivityContext, DefinitionRegistry, Registry
 from openxpki_py.workflow.errors import FieldRefused
 
 DEFS_DIR = Path(__file__).with_name("defs")
-REGISTRY = Registry(parent=default_registry)
+# On top of the shipped callables, as a site's own would be; the shipped
+# registry itself stays as the domains built it.
+REGISTRY = Registry(parent=shipped_registry())
 
 
 @dataclass
@@ -163,5 +166,5 @@ def _block_if_asked() -> None:
 
 
 def load_test_definitions(*, include_shipped: bool = False) -> DefinitionRegistry:
-
+    """The test definitions, after the shipped domains' ones when ``include_shipped``."""
     return load_definitions([DEFS_DIR], registry=REGISTRY, include_shipped=include_shipped)

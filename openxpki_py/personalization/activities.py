@@ -17,12 +17,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from ...crypto.csr import ExpectedKey, public_key_fingerprint
-from ...errors import PolicyViolation
-from ...personalization.enrollment import revoke_workflow_access
-from ...personalization.tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
-from ..context import ActivityContext
-from ..registry import default_registry
+from ..crypto.csr import ExpectedKey, public_key_fingerprint
+from ..directory import base as _directory_errors  # noqa: F401 - named in the YAML's on_error and retry
+from ..errors import PolicyViolation
+from ..workflow.context import ActivityContext
+from ..workflow.registry import Registry
+from .enrollment import revoke_workflow_access
+from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
+
+callables = Registry()
 
 OPEN = ("pending", "requested", "issued")
 
@@ -42,7 +45,7 @@ def _pop_inputs(ctx: ActivityContext, *names: str) -> None:
         ctx.context.pop(name, None)
 
 
-@default_registry.activity("load_user_from_directory")
+@callables.activity("load_user_from_directory")
 def load_user_from_directory(ctx: ActivityContext) -> None:
     """Subject data comes from the directory and nowhere else."""
     user = ctx.services.directory.find_user(ctx.creator)
@@ -50,7 +53,7 @@ def load_user_from_directory(ctx: ActivityContext) -> None:
     ctx.set_attribute("owner", ctx.creator)
 
 
-@default_registry.activity("register_card")
+@callables.activity("register_card")
 def register_card(ctx: ActivityContext) -> None:
     """The agent reported a card: registry checks; the user must confirm it before it is registered."""
     info = TokenInfo(serial=ctx.inputs["serial"], model=ctx.inputs.get("model", ""),
@@ -64,7 +67,7 @@ def register_card(ctx: ActivityContext) -> None:
     _pop_inputs(ctx, "serial", "model", "manufacturer", "token_label", "card_profile")
 
 
-@default_registry.activity("confirm_card")
+@callables.activity("confirm_card")
 def confirm_card(ctx: ActivityContext) -> None:
     """The user says it is their card: now it is registered to them."""
     card = ctx["token"]
@@ -74,7 +77,7 @@ def confirm_card(ctx: ActivityContext) -> None:
     ctx["token"] = {**card, "id": registered.id, "confirmed": True}
 
 
-@default_registry.activity("forget_card")
+@callables.activity("forget_card")
 def forget_card(ctx: ActivityContext) -> None:
     """Not the user's card: forget it, and the agent that reported it."""
     ctx.context.pop("token", None)
@@ -82,7 +85,7 @@ def forget_card(ctx: ActivityContext) -> None:
     revoke_workflow_access(ctx.conn, ctx.workflow_id, now=ctx.now)
 
 
-@default_registry.activity("plan_certificates")
+@callables.activity("plan_certificates")
 def plan_certificates(ctx: ActivityContext) -> None:
     """One entry per configured type; keep still-valid ones where the policy says so."""
     entries = []
@@ -101,12 +104,12 @@ def plan_certificates(ctx: ActivityContext) -> None:
     ctx["current"] = next((i for i, e in enumerate(entries) if e["status"] == "pending"), len(entries))
 
 
-@default_registry.condition("certificates_pending")
+@callables.condition("certificates_pending")
 def certificates_pending(ctx: ActivityContext) -> bool:
     return any(e["status"] in OPEN for e in ctx["certificates"])
 
 
-@default_registry.activity("request_certificate")
+@callables.activity("request_certificate")
 def request_certificate(ctx: ActivityContext) -> None:
     """Check the CSR made on the card, then fork the issuance child and wait for it."""
     entry = current_entry(ctx)
@@ -132,7 +135,7 @@ def request_certificate(ctx: ActivityContext) -> None:
     _pop_inputs(ctx, "cert_type", "key_id", "csr")
 
 
-@default_registry.activity("collect_certificate")
+@callables.activity("collect_certificate")
 def collect_certificate(ctx: ActivityContext) -> None:
     """The child finished: take its certificate, or its reason for failing."""
     entry = current_entry(ctx)
@@ -157,7 +160,7 @@ def collect_certificate(ctx: ActivityContext) -> None:
     ctx.add_attribute("certificate_serial", child.context["certificate_serial"])
 
 
-@default_registry.activity("record_installation")
+@callables.activity("record_installation")
 def record_installation(ctx: ActivityContext) -> None:
     """The agent wrote the certificate next to its key and says so."""
     entry = current_entry(ctx)
@@ -179,7 +182,7 @@ def record_installation(ctx: ActivityContext) -> None:
     _pop_inputs(ctx, "cert_type", "certificate_serial")
 
 
-@default_registry.activity("record_cancellation")
+@callables.activity("record_cancellation")
 def record_cancellation(ctx: ActivityContext) -> None:
     """Codes stop working; certificates issued but never installed on the card are revoked.
 

@@ -12,14 +12,16 @@ from typing import Any
 
 from cryptography import x509
 
-from ..context import ActivityContext
-from ..errors import FieldRefused
-from ..registry import default_registry
+from ..workflow.context import ActivityContext
+from ..workflow.errors import FieldRefused
+from ..workflow.registry import Registry
+
+callables = Registry()
 
 PEM_HEADER = "-----BEGIN CERTIFICATE REQUEST-----"
 
 
-@default_registry.validator("csr_syntax")
+@callables.validator("csr_syntax")
 def csr_syntax(value: str, ctx: ActivityContext) -> None:
     """A PEM certificate request that parses; policy comes later."""
     if PEM_HEADER not in value:
@@ -31,13 +33,13 @@ def csr_syntax(value: str, ctx: ActivityContext) -> None:
         raise FieldRefused(f"the certificate request does not parse: {exc}", code="csr.parse") from None
 
 
-@default_registry.validator("certificate_profile")
+@callables.validator("certificate_profile")
 def certificate_profile(value: str, ctx: ActivityContext) -> None:
     ctx.services.ca.profiles.get(value)  # UnknownProfile names the known ones
 
 
 def _expected_key(ctx: ActivityContext) -> Any:
-    from ...crypto.csr import ExpectedKey
+    from ..crypto.csr import ExpectedKey
 
     raw = ctx.get("expected_key")
     if not raw:
@@ -46,7 +48,7 @@ def _expected_key(ctx: ActivityContext) -> Any:
     return ExpectedKey(algorithm=raw.get("algorithm", ""), size=int(size) if size else None, curve=raw.get("curve"))
 
 
-@default_registry.activity("check_certificate_request")
+@callables.activity("check_certificate_request")
 def check_certificate_request(ctx: ActivityContext) -> None:
     """The CSR validators and the profile's policy; PolicyViolation rejects."""
     ca = ctx.services.ca
@@ -70,10 +72,10 @@ def check_certificate_request(ctx: ActivityContext) -> None:
         ctx.set_attribute("owner", ctx["owner"])
 
 
-@default_registry.activity("issue_certificate")
+@callables.activity("issue_certificate")
 def issue_certificate(ctx: ActivityContext) -> None:
     """Sign and store; TokenError (HSM offline) is retried by the definition."""
-    from ...crypto.ca import IssuanceRequest
+    from ..crypto.ca import IssuanceRequest
 
     request = IssuanceRequest(
         csr=ctx["csr"].encode("ascii"),

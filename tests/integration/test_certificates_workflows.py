@@ -1,4 +1,4 @@
-"""The shipped workflows with the CA key in SoftHSM, on SQLite and PostgreSQL.
+"""The certificates domain's workflows with the CA key in SoftHSM, on SQLite and PostgreSQL.
 
 Issuance forked by a parent (a stand-in for the personalization), approval
 by RA Operators, the CA token offline and back, revocation with a CRL, and

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from ..context import ActivityContext
-from ..registry import default_registry
+from ..workflow.context import ActivityContext
+from ..workflow.registry import Registry
+
+callables = Registry()
 
 
-@default_registry.activity("issue_and_publish_crl")
+@callables.activity("issue_and_publish_crl")
 def issue_and_publish_crl(ctx: ActivityContext) -> None:
     # The file is written before the transaction commits; should the commit
     # fail, the next CRL (higher number) replaces it — clients only ever see

@@ -7,12 +7,14 @@ profile means two different RA Operators.
 
 from __future__ import annotations
 
-from ...errors import PolicyViolation
-from ..context import ActivityContext
-from ..registry import default_registry
+from ..errors import PolicyViolation
+from ..workflow.context import ActivityContext
+from ..workflow.registry import Registry
+
+callables = Registry()
 
 
-@default_registry.activity("record_approval")
+@callables.activity("record_approval")
 def record_approval(ctx: ActivityContext) -> None:
     approvals = list(ctx.get("approvals", []))
     if ctx.actor == ctx.creator:
@@ -27,14 +29,14 @@ def record_approval(ctx: ActivityContext) -> None:
     ctx.note = comment
 
 
-@default_registry.activity("record_rejection")
+@callables.activity("record_rejection")
 def record_rejection(ctx: ActivityContext) -> None:
     reason = str(ctx.inputs["rejection"])
     ctx["rejection"] = {"by": ctx.actor, "at": ctx.now.isoformat(), "reason": reason}
     ctx.note = reason
 
 
-@default_registry.activity("record_withdrawal")
+@callables.activity("record_withdrawal")
 def record_withdrawal(ctx: ActivityContext) -> None:
     """Only the requester takes a request back (the role alone would let any user do it)."""
     if ctx.actor != ctx.creator:
@@ -43,11 +45,11 @@ def record_withdrawal(ctx: ActivityContext) -> None:
     ctx.note = "withdrawn by the requester"
 
 
-@default_registry.condition("approval_required")
+@callables.condition("approval_required")
 def approval_required(ctx: ActivityContext) -> bool:
     return int(ctx.get("approvals_required", 0)) > 0
 
 
-@default_registry.condition("approvals_complete")
+@callables.condition("approvals_complete")
 def approvals_complete(ctx: ActivityContext) -> bool:
     return len(ctx.get("approvals", [])) >= int(ctx.get("approvals_required", 0))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from ...db import certstore
-from ...errors import PolicyViolation
-from ..context import ActivityContext
-from ..registry import default_registry
+from ..db import certstore
+from ..errors import PolicyViolation
+from ..workflow.context import ActivityContext
+from ..workflow.registry import Registry
+
+callables = Registry()
 
 SELF_SERVICE_ROLE = "User"
 
 
-@default_registry.activity("check_revocation_request")
+@callables.activity("check_revocation_request")
 def check_revocation_request(ctx: ActivityContext) -> None:
     """The certificate exists and is valid; a User may ask only for their own, with approval."""
     row = certstore.find_certificate(ctx.conn, certstore.parse_serial(ctx["serial"]))
@@ -28,13 +30,13 @@ def check_revocation_request(ctx: ActivityContext) -> None:
         ctx.set_attribute("owner", row["owner"])
 
 
-@default_registry.activity("revoke_certificate")
+@callables.activity("revoke_certificate")
 def revoke_certificate(ctx: ActivityContext) -> None:
     ctx.services.ca.revoke_certificate(ctx.conn, certstore.parse_serial(ctx["serial"]), ctx["reason"],
                                        actor=ctx.creator, role=ctx.creator_role)
     ctx["revoked_at"] = ctx.now.isoformat()
 
 
-@default_registry.condition("crl_requested")
+@callables.condition("crl_requested")
 def crl_requested(ctx: ActivityContext) -> bool:
     return bool(ctx.get("publish_crl"))
