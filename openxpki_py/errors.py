@@ -5,10 +5,31 @@ audit log) and a one-line message that tells an operator what to fix. The CLI
 maps classes to exit codes in one place (:mod:`openxpki_py.cli`), the web
 layer maps them to HTTP responses in one place.  Third-party exceptions are
 wrapped (``raise TokenError(...) from exc``) so callers never need to know
-which library failed.
+which library failed; the original stays reachable as ``__cause__``.
+
+Errors travel between layers as data, never as text to be parsed again: a
+refusal of single input values carries them as :class:`FieldProblem` rows
+(``fields``), each with its own stable code.  Nothing here knows HTTP; the
+web layer's one table (:mod:`openxpki_py.web.errors`) maps classes to
+statuses.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One refused input value: which field, the check's stable code, and why."""
+
+    field: str
+    code: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"field": self.field, "code": self.code, "message": self.message}
 
 
 class OpenXPKIError(Exception):
@@ -16,10 +37,11 @@ class OpenXPKIError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, fields: Iterable[FieldProblem] = ()) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        self.fields: tuple[FieldProblem, ...] = tuple(fields)
 
     @property
     def message(self) -> str:
@@ -73,6 +95,21 @@ class PolicyViolation(OpenXPKIError):
     """
 
     code = "policy"
+
+
+class NotPermitted(PolicyViolation):
+    """The policy does not let this person make this request (another user's card, a card marked lost)."""
+
+    code = "policy.not_permitted"
+
+
+class UnexpectedStep(PolicyViolation):
+    """The request does not fit where the workflow stands now (e.g. a receipt for another certificate).
+
+    Asking again later, or after reloading, may succeed: nothing was changed.
+    """
+
+    code = "task.unexpected"
 
 
 class UnknownProfile(PolicyViolation):
