@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from ...crypto.csr import ExpectedKey, public_key_fingerprint
-from ...errors import PolicyViolation
+from ...errors import UnexpectedStep
 from ...personalization.enrollment import revoke_workflow_access
 from ...personalization.tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
 from ..context import ActivityContext
@@ -111,7 +111,7 @@ def request_certificate(ctx: ActivityContext) -> None:
     """Check the CSR made on the card, then fork the issuance child and wait for it."""
     entry = current_entry(ctx)
     if ctx.inputs["cert_type"] != entry["type"]:
-        raise PolicyViolation(
+        raise UnexpectedStep(
             f"the server is waiting for the {entry['type']} certificate's request, not {ctx.inputs['cert_type']}",
             code="task.unexpected",
         )
@@ -162,7 +162,7 @@ def record_installation(ctx: ActivityContext) -> None:
     """The agent wrote the certificate next to its key and says so."""
     entry = current_entry(ctx)
     if ctx.inputs["cert_type"] != entry["type"] or ctx.inputs["certificate_serial"].lower() != entry["serial"]:
-        raise PolicyViolation(
+        raise UnexpectedStep(
             f"the receipt names {ctx.inputs['cert_type']} {ctx.inputs['certificate_serial']}, but the card "
             f"should be installing {entry['type']} {entry['serial']}",
             code="task.unexpected",
