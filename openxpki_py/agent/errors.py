@@ -6,7 +6,9 @@ message always says what the user can do next.
 
 from __future__ import annotations
 
-from ..errors import OpenXPKIError
+from collections.abc import Iterable
+
+from ..errors import FieldProblem, OpenXPKIError
 
 
 class AgentError(OpenXPKIError):
@@ -24,14 +26,15 @@ class UsageError(AgentError):
 class ServerRefused(AgentError):
     """The server answered with an API error, or reported the enrollment failed (exit code 4).
 
-    ``code`` and the message are the server's own, shown to the user verbatim.
+    ``code`` and the message are the server's own, shown to the user verbatim;
+    ``fields`` are the input values it refused, each with its own code.
     """
 
     code = "server.refused"
 
     def __init__(self, message: str, *, code: str, status: int = 0,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, code=code)
+                 retry_after: float | None = None, fields: Iterable[FieldProblem] = ()) -> None:
+        super().__init__(message, code=code, fields=fields)
         self.status = status
         self.retry_after = retry_after
 
