@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from .db.schema import audit_log
 
@@ -72,3 +72,8 @@ def verify_chain(conn: Connection) -> int | None:
             return int(r["id"])
         prev = r["entry_hash"]
     return None
+
+
+def recent_audit(conn: Connection, *, limit: int = 200) -> Sequence[RowMapping]:
+    """The newest ``limit`` rows, newest first (what an operator reads on the audit page)."""
+    return conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)).mappings().all()

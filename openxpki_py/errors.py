@@ -5,7 +5,13 @@ audit log) and a one-line message that tells an operator what to fix. The CLI
 maps classes to exit codes in one place (:mod:`openxpki_py.cli`), the web
 layer maps them to HTTP responses in one place.  Third-party exceptions are
 wrapped (``raise TokenError(...) from exc``) so callers never need to know
-which library failed.
+which library failed; the original stays reachable as ``__cause__``.
+
+Errors travel between layers as data, never as text to be parsed again: a
+refusal of single input values carries them as :class:`FieldProblem` rows
+(``fields``), each with its own stable code.  Nothing here knows HTTP; the
+web layer's one table (:mod:`openxpki_py.web.errors`) maps classes to
+statuses.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 # same class whether the HSM or a user's card raised it.
 from openxpki_py_token.errors import (
     ConfigError,
+    FieldProblem,
     OpenXPKIError,
     TokenError,
     TokenKeyNotFound,
@@ -24,7 +31,8 @@ from openxpki_py_token.errors import (
 )
 
 __all__ = [
-    "AuthError", "CAError", "ConfigError", "DirectoryError", "NotFound", "OpenXPKIError", "PolicyViolation",
+    "AuthError", "CAError", "ConfigError", "DirectoryError", "FieldProblem", "NotFound", "NotPermitted",
+    "OpenXPKIError", "PolicyViolation", "UnexpectedStep",
     "StorageError", "TokenError", "TokenKeyNotFound", "TokenModuleError", "TokenNotFound", "TokenPinError",
     "UnknownProfile", "WorkflowError",
 ]
@@ -37,6 +45,21 @@ class PolicyViolation(OpenXPKIError):
     """
 
     code = "policy"
+
+
+class NotPermitted(PolicyViolation):
+    """The policy does not let this person make this request (another user's card, a card marked lost)."""
+
+    code = "policy.not_permitted"
+
+
+class UnexpectedStep(PolicyViolation):
+    """The request does not fit where the workflow stands now (e.g. a receipt for another certificate).
+
+    Asking again later, or after reloading, may succeed: nothing was changed.
+    """
+
+    code = "task.unexpected"
 
 
 class UnknownProfile(PolicyViolation):

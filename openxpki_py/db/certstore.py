@@ -8,7 +8,7 @@ and the certificate it issued, commit together or not at all.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -132,6 +132,24 @@ def list_certificates(conn: Connection, *, owner: str | None = None, limit: int 
     if owner is not None:
         query = query.where(certificate.c.owner == owner)
     return conn.execute(query).mappings().all()
+
+
+def owned_certificates(conn: Connection, serials: Iterable[str], owner: str) -> dict[str, RowMapping]:
+    """Serial → row for those of ``serials`` that belong to ``owner`` (others are left out)."""
+    wanted = sorted(set(serials))
+    if not wanted:
+        return {}
+    rows = conn.execute(select(certificate).where(certificate.c.serial.in_(wanted), certificate.c.owner == owner))
+    return {row["serial"]: row for row in rows.mappings()}
+
+
+def owned_certificate_der(conn: Connection, serial: str, owner: str) -> bytes:
+    """The DER of ``owner``'s certificate ``serial``; none and someone else's are "not found" alike."""
+    der = conn.execute(select(certificate.c.der).where(certificate.c.serial == serial,
+                                                       certificate.c.owner == owner)).scalar()
+    if der is None:
+        raise NotFound(f"{owner} has no certificate {serial}")
+    return bytes(der)
 
 
 def mark_revoked(conn: Connection, cert_id: int, *, reason: str, when: datetime) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..crypto.csr import ExpectedKey, public_key_fingerprint
 from ..directory import base as _directory_errors  # noqa: F401 - named in the YAML's on_error and retry
-from ..errors import PolicyViolation
+from ..errors import UnexpectedStep
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
 from .enrollment import revoke_workflow_access
@@ -114,7 +114,7 @@ def request_certificate(ctx: ActivityContext) -> None:
     """Check the CSR made on the card, then fork the issuance child and wait for it."""
     entry = current_entry(ctx)
     if ctx.inputs["cert_type"] != entry["type"]:
-        raise PolicyViolation(
+        raise UnexpectedStep(
             f"the server is waiting for the {entry['type']} certificate's request, not {ctx.inputs['cert_type']}",
             code="task.unexpected",
         )
@@ -165,7 +165,7 @@ def record_installation(ctx: ActivityContext) -> None:
     """The agent wrote the certificate next to its key and says so."""
     entry = current_entry(ctx)
     if ctx.inputs["cert_type"] != entry["type"] or ctx.inputs["certificate_serial"].lower() != entry["serial"]:
-        raise PolicyViolation(
+        raise UnexpectedStep(
             f"the receipt names {ctx.inputs['cert_type']} {ctx.inputs['certificate_serial']}, but the card "
             f"should be installing {entry['type']} {entry['serial']}",
             code="task.unexpected",

@@ -29,14 +29,37 @@ TOKEN_BYTES = 32
 
 
 class EnrollmentRefused(AuthError):
-    """The code or credential was refused; ``status`` is the HTTP status to answer with."""
+    """The enrollment code or the agent's credential was refused (not valid, expired)."""
 
-    status = 401
+    code = "enroll.refused"
 
-    def __init__(self, message: str, *, code: str, status: int = 401, retry_after: int | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status = status
+
+class EnrollmentWrongUser(EnrollmentRefused):
+    """The code belongs to someone other than the user the web server authenticated."""
+
+    code = "enroll.wrong_user"
+
+
+class EnrollmentCodeUsed(EnrollmentRefused):
+    """The code was traded for a credential before: codes work once."""
+
+    code = "enroll.code_used"
+
+
+class EnrollmentRateLimited(EnrollmentRefused):
+    """Too many wrong codes from one address; ``retry_after`` says how long to wait (seconds)."""
+
+    code = "enroll.rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
         self.retry_after = retry_after
+
+
+class CredentialRefused(EnrollmentRefused):
+    """The agent's bearer credential is missing, unknown or no longer valid."""
+
+    code = "auth.token_invalid"
 
 
 @dataclass(frozen=True)
@@ -100,9 +123,9 @@ def _rate_limited(conn: Connection, client: str, limits: EnrollmentLimits, now: 
         .where(enrollment_failure.c.client == client, enrollment_failure.c.failed_at >= since)
     ).scalar_one()
     if failures >= limits.max_failures:
-        raise EnrollmentRefused(
+        raise EnrollmentRateLimited(
             f"too many wrong enrollment codes from this address; wait {limits.failure_window // 60} minutes",
-            code="enroll.rate_limited", status=429, retry_after=limits.failure_window,
+            retry_after=limits.failure_window,
         )
 
 
@@ -122,12 +145,11 @@ def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentL
         refusal = EnrollmentRefused("this enrollment code is not valid; copy it again from the web page",
                                     code="enroll.code_invalid")
     elif sso_login is not None and sso_login != row["login"]:
-        refusal = EnrollmentRefused("this enrollment code belongs to another user", code="enroll.wrong_user",
-                                    status=403)
+        refusal = EnrollmentWrongUser("this enrollment code belongs to another user")
     elif row["used_at"] is not None:
-        refusal = EnrollmentRefused(
+        refusal = EnrollmentCodeUsed(
             "this enrollment code was already used; rerun the agent with its saved session, or get a new code "
-            "from the web page", code="enroll.code_used", status=409)
+            "from the web page")
     elif row["expires_at"] <= now:
         refusal = EnrollmentRefused("this enrollment code has expired; get a new one from the web page",
                                     code="enroll.code_expired")
@@ -147,7 +169,7 @@ def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentL
         .values(used_at=now)
     ).rowcount
     if claimed != 1:  # a concurrent redeem won
-        raise EnrollmentRefused("this enrollment code was already used", code="enroll.code_used", status=409)
+        raise EnrollmentCodeUsed("this enrollment code was already used")
     conn.execute(  # the newest agent is the only one: older credentials of this workflow end
         agent_credential.update()
         .where(agent_credential.c.workflow_id == row["workflow_id"], agent_credential.c.expires_at > now)
@@ -170,10 +192,9 @@ def check_credential(conn: Connection, access_token: str, *, now: datetime) -> t
         select(agent_credential).where(agent_credential.c.token_hash == _hash(access_token))
     ).mappings().first()
     if row is None:
-        raise EnrollmentRefused("the agent's session is not valid; start again with a new code from the web page",
-                                code="auth.token_invalid")
+        raise CredentialRefused("the agent's session is not valid; start again with a new code from the web page")
     if row["expires_at"] <= now:
-        raise EnrollmentRefused(
+        raise CredentialRefused(
             "the agent's session has ended (it expired, or a newer code or agent replaced it); get a new code "
             "from the web page", code="auth.token_expired")
     return int(row["workflow_id"]), row["login"]

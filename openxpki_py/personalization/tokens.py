@@ -12,6 +12,7 @@ revokes the certificates issued for it (``openxpki-py token status``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
 from ..db.schema import certificate, token
-from ..errors import NotFound, PolicyViolation
+from ..errors import NotFound, NotPermitted, PolicyViolation
 
 STATUSES = ("active", "lost", "revoked", "destroyed")
 USABLE = "active"
@@ -66,12 +67,12 @@ def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str) -> None:
     if row["owner"] is not None and row["owner"] != owner:  # None: released by the help desk
         append_audit(conn, actor=owner, event="token.register", outcome="refused", target=info.serial,
                      details={"reason": "owned by another user"})
-        raise PolicyViolation(
+        raise NotPermitted(
             f"card {info.serial} is registered to another user; ask the help desk to release it",
             code="token.owned_by_other",
         )
     if row["status"] != USABLE:
-        raise PolicyViolation(
+        raise NotPermitted(
             f"card {info.serial} is marked {row['status']} and cannot be personalized; use another card "
             "or ask the help desk",
             code="token.unusable",
@@ -149,6 +150,14 @@ def list_tokens(conn: Connection, *, owner: str | None = None) -> list[Any]:
     if owner is not None:
         query = query.where(token.c.owner == owner)
     return list(conn.execute(query).mappings())
+
+
+def tokens_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Any]:
+    """The cards with these ids, whoever holds them now (a released card still names its certificates)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    return {row["id"]: row for row in conn.execute(select(token).where(token.c.id.in_(wanted))).mappings()}
 
 
 def valid_certificates_on_token(conn: Connection, token_id: int, profile: str,

@@ -122,7 +122,7 @@ class WebApp:
             response = exc.get_response(environ)
         except HTTPException as exc:
             response = self.error_response(ctx, exc)
-        except OpenXPKIError as exc:
+        except OpenXPKIError as exc:  # mapped by the one table (web/errors.py), never a 500 page
             log.warning("%s %s: %s: %s", request.method, request.path, exc.code, exc.message)
             response = self.error_response(ctx, errors.http_error_for(exc))
         except Exception:
@@ -235,8 +235,9 @@ class WebApp:
             return redirect(exc.location, code=303)
         code = exc.code or 500
         try:
+            error_code = exc.answer.code if isinstance(exc, errors.MappedError) else ""
             response = self.render_page(ctx, "error.mako", status=code, hide_menu=ctx.role is None,
-                                        title=exc.name, message=exc.description or "")
+                                        title=exc.name, message=exc.description or "", error_code=error_code)
         except Exception:  # the error page itself failed: fall back to Werkzeug's plain one
             log.exception("rendering the error page failed")
             response = exc.get_response()
@@ -291,10 +292,12 @@ def create_app(config: Config, services: Any = None) -> WebApp:
     personalization = api = None
     if "smartcard_personalization" in engine.definitions.definitions:
         from .api import AgentApi
-        from .personalization import Personalization
+        from ..personalization.agent_calls import TokenAgentCalls
+        from ..personalization.service import PersonalizationService
 
-        personalization = Personalization(engine=engine, db=db, policy=config.personalization)
-        api = AgentApi(db=db, workflows=engine, policy=config.personalization, sso_config=config.auth.sso)
+        personalization = PersonalizationService(engine=engine, db=db, policy=config.personalization)
+        api = AgentApi(TokenAgentCalls(db=db, engine=engine, policy=config.personalization),
+                       sso_config=config.auth.sso)
     return WebApp(
         instance_name=config.instance.name,
         auth=config.auth,

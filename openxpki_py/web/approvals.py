@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response
 from ..workflow.errors import ActivityFailed
 from . import errors
 from .context import RequestContext
+from .errors import error_answer
 from .views import view
 
 RA_ROLES = frozenset({"RA Operator"})
@@ -30,11 +31,14 @@ def _engine(ctx: RequestContext) -> Any:
     return service.engine
 
 
+def _pending(engine: Any) -> list[Any]:
+    """The requests waiting, with their contexts: a constant number of queries, however many wait."""
+    return list(engine.get_many([s.id for s in engine.search(wf_type=WF_TYPE, state=PENDING, limit=200)]))
+
+
 @view("/approvals", roles=RA_ROLES, needs="personalization")
 def approvals(ctx: RequestContext) -> Response:
-    engine = _engine(ctx)
-    pending = [engine.get(s.id) for s in engine.search(wf_type=WF_TYPE, state=PENDING, limit=200)]
-    return ctx.render("approvals.mako", pending=pending, message=ctx.request.args.get("done", ""))
+    return ctx.render("approvals.mako", pending=_pending(_engine(ctx)), message=ctx.request.args.get("done", ""))
 
 
 @view("/approvals/<int:wf_id>", methods=("POST",), roles=RA_ROLES, needs="personalization")
@@ -60,7 +64,7 @@ def approval_decision(ctx: RequestContext, wf_id: int) -> Response:
     try:
         engine.execute(wf_id, decision, actor=ctx.login, role=ctx.role or "", inputs=inputs,
                        expected_version=version)
-    except ActivityFailed as exc:  # e.g. approving one's own request: the operator reads why
-        return ctx.render("approvals.mako", status=409, message=f"Request {wf_id}: {exc.message}",
-                          pending=[engine.get(s.id) for s in engine.search(wf_type=WF_TYPE, state=PENDING)])
+    except ActivityFailed as exc:  # e.g. approving one's own request: the operator reads why, on the list
+        return ctx.render("approvals.mako", status=error_answer(exc).status,
+                          message=f"Request {wf_id}: {exc.message}", pending=_pending(engine))
     return redirect(ctx.url_for("approvals", done=f"Request {wf_id}: {decision}d."), code=303)

@@ -1,16 +1,190 @@
-"""HTTP errors as exceptions: views raise them, :mod:`.app` renders them once.
+"""HTTP errors: the one table from the project's errors to statuses, and the page-only exceptions.
 
-They are Werkzeug's exception classes with this application's wording.
-``description`` is shown to the user, so it never contains what a handler
-script printed, a stack trace or a database message.
+:data:`ERROR_STATUS` is the only place that knows which HTTP status an
+:class:`~openxpki_py.errors.OpenXPKIError` earns; the HTML pages
+(:mod:`.app`) and the JSON API (:mod:`.api`) both answer through
+:func:`error_answer`, so one error gets one status and one code everywhere.
+Classes are looked up along the error's MRO, so a subclass not listed
+inherits its parent's row.
+
+The Werkzeug exceptions below are for what only the web layer knows (no
+SSO login, a bad CSRF token, a role not chosen).  ``description`` is shown
+to the user, so it never contains what a handler script printed, a stack
+trace or a database message.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, InternalServerError, NotFound, Unauthorized
 
-from ..errors import AuthError, OpenXPKIError, WorkflowError
+from ..errors import (
+    AuthError,
+    CAError,
+    ConfigError,
+    DirectoryError,
+    FieldProblem,
+    NotPermitted,
+    OpenXPKIError,
+    PolicyViolation,
+    StorageError,
+    TokenError,
+    UnexpectedStep,
+    WorkflowError,
+)
 from ..errors import NotFound as RecordNotFound
+from ..personalization.enrollment import (
+    CredentialRefused,
+    EnrollmentCodeUsed,
+    EnrollmentRateLimited,
+    EnrollmentRefused,
+    EnrollmentWrongUser,
+)
+from ..workflow.errors import (
+    AccessDenied,
+    ActionNotAvailable,
+    ActivityFailed,
+    FieldRefused,
+    InputInvalid,
+    WorkflowConflict,
+)
+
+NOT_FOUND_TEXT = "There is no such page, or it is not yours to see."
+SERVER_ERROR_TEXT = "Something went wrong on the server. It has been logged; please try again later."
+UNAVAILABLE_TEXT = "A service the server needs is not available right now. Please try again later."
+LOGIN_REFUSED_TEXT = "Your sign-on name cannot be used with this application. Contact your administrator."
+
+
+class RequestInvalid(OpenXPKIError):
+    """The request itself is malformed (not JSON, a required value missing): the client must change it."""
+
+    code = "request.invalid"
+
+
+class RequestTooLarge(RequestInvalid):
+    """The request body is larger than the API accepts."""
+
+    code = "request.too_large"
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """How one class of error is answered.
+
+    ``public``: the error's own message is worded for users (else a generic
+    sentence is shown and the message stays in the log).  ``page_text``:
+    what an HTML page says instead of the message (e.g. "not found" must not
+    confirm that someone else's record exists).
+    """
+
+    status: int
+    public: bool = True
+    page_text: str | None = None
+
+
+# Most specific first only for the reader: lookup follows the error's MRO.
+ERROR_STATUS: dict[type[OpenXPKIError], ErrorRule] = {
+    # the agent's enrollment code and credential
+    EnrollmentRateLimited: ErrorRule(429),
+    EnrollmentCodeUsed: ErrorRule(409),
+    EnrollmentWrongUser: ErrorRule(403),
+    CredentialRefused: ErrorRule(401),
+    EnrollmentRefused: ErrorRule(401),
+    AuthError: ErrorRule(403, page_text=LOGIN_REFUSED_TEXT),
+    # requests the policy or the workflow refuses
+    RequestTooLarge: ErrorRule(413),
+    RequestInvalid: ErrorRule(400),
+    NotPermitted: ErrorRule(403),
+    UnexpectedStep: ErrorRule(409),
+    InputInvalid: ErrorRule(422),
+    FieldRefused: ErrorRule(422),
+    PolicyViolation: ErrorRule(422),
+    RecordNotFound: ErrorRule(404, page_text=NOT_FOUND_TEXT),
+    AccessDenied: ErrorRule(403),
+    WorkflowConflict: ErrorRule(409),
+    ActionNotAvailable: ErrorRule(409),
+    WorkflowError: ErrorRule(409),
+    # services behind the application
+    DirectoryError: ErrorRule(502),
+    TokenError: ErrorRule(503, public=False),
+    CAError: ErrorRule(503, public=False),
+    StorageError: ErrorRule(503, public=False),
+    ConfigError: ErrorRule(503, public=False),
+    # a refusal of a kind not listed above
+    OpenXPKIError: ErrorRule(400),
+}
+
+# An activity that failed for a reason that is not ours (a bug, a library's
+# exception): the server's fault, answered like any unexpected exception.
+_INTERNAL = ErrorRule(500, public=False, page_text=SERVER_ERROR_TEXT)
+
+
+def rule_for(exc: OpenXPKIError) -> ErrorRule:
+    for cls in type(exc).__mro__:
+        rule = ERROR_STATUS.get(cls)
+        if rule is not None:
+            return rule
+    raise AssertionError("OpenXPKIError is in the table")
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What the client is told: status, stable code, a sentence, field problems, extra headers."""
+
+    status: int
+    code: str
+    message: str
+    fields: tuple[FieldProblem, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    page_text: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.fields:
+            body["fields"] = [p.as_json() for p in self.fields]
+        return {"error": body}
+
+
+def error_answer(exc: OpenXPKIError) -> ErrorAnswer:
+    """The answer for one of the project's errors, by :data:`ERROR_STATUS`."""
+    code, message, fields = exc.code, exc.message, exc.fields
+    cause: BaseException | None = exc
+    if isinstance(exc, ActivityFailed):
+        # The workflow only recorded the failure: the cause decides the answer.
+        cause = exc.__cause__
+        code, message = exc.cause_code, exc.cause_message
+    if not isinstance(cause, OpenXPKIError):
+        return ErrorAnswer(500, "server.error", "the server failed; the details are in its log",
+                           page_text=_INTERNAL.page_text)
+    rule = rule_for(cause)
+    fields = fields or cause.fields
+    headers: dict[str, str] = {}
+    if isinstance(cause, CredentialRefused):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(cause, EnrollmentRateLimited):
+        headers["Retry-After"] = str(cause.retry_after)
+    if not rule.public:
+        message = UNAVAILABLE_TEXT if rule.status == 503 else SERVER_ERROR_TEXT
+    return ErrorAnswer(rule.status, code, message, fields, headers, rule.page_text)
+
+
+class MappedError(HTTPException):
+    """An :class:`ErrorAnswer` as a Werkzeug exception, for the HTML error page."""
+
+    def __init__(self, answer: ErrorAnswer) -> None:
+        super().__init__(answer.page_text or answer.message)
+        self.code = answer.status
+        self.answer = answer
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        return [*super().get_headers(environ, scope), *self.answer.headers.items()]
+
+
+def http_error_for(exc: OpenXPKIError) -> HTTPException:
+    """The page-side answer for one of the project's errors (see :data:`ERROR_STATUS`)."""
+    return MappedError(error_answer(exc))
 
 
 class NotAuthenticated(Unauthorized):
@@ -39,11 +213,11 @@ class RoleRequired(Forbidden):
 
 
 class LoginRefused(Forbidden):
-    description = "Your sign-on name cannot be used with this application. Contact your administrator."
+    description = LOGIN_REFUSED_TEXT
 
 
 class PageNotFound(NotFound):
-    description = "There is no such page, or it is not yours to see."
+    description = NOT_FOUND_TEXT
 
 
 class Conflict(HTTPException):
@@ -52,21 +226,11 @@ class Conflict(HTTPException):
 
 
 class ServerError(InternalServerError):
-    description = "Something went wrong on the server. It has been logged; please try again later."
-
-
-def http_error_for(exc: OpenXPKIError) -> HTTPException:
-    """Map the project's own errors to what the user sees (one place, see DESIGN §5)."""
-    if isinstance(exc, AuthError):
-        return LoginRefused()
-    if isinstance(exc, RecordNotFound):
-        return PageNotFound()
-    if isinstance(exc, WorkflowError):
-        return Conflict(f"The workflow refused this step ({exc.code}).")
-    return ServerError()
+    description = SERVER_ERROR_TEXT
 
 
 __all__ = [
-    "BadRequest", "CSRFRejected", "Conflict", "HTTPException", "LoginRefused", "NotAuthenticated",
-    "PageNotFound", "RoleNotGranted", "RoleRequired", "ServerError", "http_error_for",
+    "ERROR_STATUS", "BadRequest", "CSRFRejected", "Conflict", "ErrorAnswer", "ErrorRule", "HTTPException",
+    "LoginRefused", "MappedError", "NotAuthenticated", "PageNotFound", "RequestInvalid", "RequestTooLarge",
+    "RoleNotGranted", "RoleRequired", "ServerError", "error_answer", "http_error_for", "rule_for",
 ]

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
 from werkzeug.wrappers import Response
 
-from ..db.certstore import list_certificates
-from ..db.schema import certificate, token
-from ..personalization.tokens import list_tokens
-from . import errors
+from ..db.certstore import list_certificates, owned_certificate_der
+from ..personalization.tokens import list_tokens, tokens_by_id
 from .context import RequestContext
 from .views import view
 
@@ -26,19 +22,13 @@ def my_certificates(ctx: RequestContext) -> Response:
         certs = list_certificates(conn, owner=ctx.login, limit=500)
         cards = {row["id"]: row for row in list_tokens(conn, owner=ctx.login)}
         # a card released to someone else still names the certificates issued for it
-        missing = {c["token_id"] for c in certs if c["token_id"] and c["token_id"] not in cards}
-        if missing:
-            cards.update({r["id"]: r for r in conn.execute(select(token).where(token.c.id.in_(missing))).mappings()})
+        released = {c["token_id"] for c in certs if c["token_id"] and c["token_id"] not in cards}
+        cards.update(tokens_by_id(conn, released))
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc))
 
 
-def certificate_download(db: Any, serial: str, owner: str) -> Response:
-    """The owner's certificate as a PEM file; anyone else's (or none) is "not found"."""
-    with db.connect() as conn:
-        der = conn.execute(select(certificate.c.der).where(certificate.c.serial == serial,
-                                                           certificate.c.owner == owner)).scalar()
-    if der is None:  # not there, or not yours: the same answer
-        raise errors.PageNotFound()
+def pem_download(der: bytes, serial: str) -> Response:
+    """A certificate as a PEM file to save."""
     pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
     return Response(pem, mimetype="application/x-pem-file",
                     headers={"Content-Disposition": f'attachment; filename="{serial}.pem"'})
@@ -46,4 +36,6 @@ def certificate_download(db: Any, serial: str, owner: str) -> Response:
 
 @view("/certificates/<serial>.pem", roles=USER_ROLES, needs="personalization")
 def my_certificate_download(ctx: RequestContext, serial: str) -> Response:
-    return certificate_download(ctx.app.db, serial, ctx.login)
+    with ctx.app.db.connect() as conn:
+        der = owned_certificate_der(conn, serial, ctx.login)  # not there, or not yours: "not found" alike
+    return pem_download(der, serial)

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
 from werkzeug.routing import Rule
 from werkzeug.security import safe_join
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
-from ..db.schema import audit_log
+from ..audit import recent_audit
 from ..errors import NotFound as RecordNotFound
 from . import errors
 from .context import RequestContext
@@ -141,7 +140,7 @@ def deep_link_workflow(ctx: RequestContext, wf_id: int) -> Response:
 @view("/audit", roles=OPERATOR_ROLES)
 def audit_log_view(ctx: RequestContext) -> Response:
     with ctx.app.db.connect() as conn:
-        rows = conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(200)).mappings().all()
+        rows = recent_audit(conn, limit=200)
     return ctx.render("audit.mako", rows=rows)
 
 

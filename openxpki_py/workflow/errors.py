@@ -6,9 +6,9 @@ is stable and shown to users.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 
-from ..errors import ConfigError, NotFound, WorkflowError
+from ..errors import ConfigError, FieldProblem, NotFound, WorkflowError
 
 
 class DefinitionError(ConfigError):
@@ -52,14 +52,23 @@ class AccessDenied(WorkflowError):
 
 
 class InputInvalid(WorkflowError):
-    """One or more input fields were refused; ``problems`` maps field → reason."""
+    """One or more input fields were refused; ``fields`` says which, with a code and reason each.
 
-    code = "workflow.input"
+    ``code`` is the first validator's verdict when a validator refused (it
+    names the refusal best, e.g. ``csr.parse``), else ``input.invalid``.
+    """
 
-    def __init__(self, problems: Mapping[str, str]) -> None:
-        self.problems = dict(problems)
-        text = "; ".join(f"{k}: {v}" for k, v in self.problems.items())
-        super().__init__(f"invalid input: {text}")
+    code = "input.invalid"
+
+    def __init__(self, problems: Iterable[FieldProblem], *, code: str | None = None) -> None:
+        fields = tuple(problems)
+        text = "; ".join(f"{p.field}: {p.message}" for p in fields)
+        super().__init__(f"invalid input: {text}", code=code, fields=fields)
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """Field → reason, for a form that shows each next to its field."""
+        return {p.field: p.message for p in self.fields}
 
 
 class FieldRefused(WorkflowError):
@@ -74,14 +83,19 @@ class FieldRefused(WorkflowError):
 class ActivityFailed(WorkflowError):
     """A manual action's activity failed; nothing it did was kept.
 
-    ``cause_code`` is the ``code`` of the underlying error (e.g. ``token.pin``).
+    ``cause_code`` and ``cause_message`` are the underlying error's own code
+    and words (secrets redacted; a foreign exception's text replaced), for a
+    caller that shows them without the action's name; the error itself is
+    ``__cause__``.
     """
 
     code = "workflow.activity_failed"
 
-    def __init__(self, message: str, *, cause_code: str) -> None:
-        super().__init__(message)
+    def __init__(self, action_label: str, *, cause_code: str, cause_message: str) -> None:
+        super().__init__(f"{action_label} failed, nothing was changed: {cause_code}: {cause_message}")
+        self.action_label = action_label
         self.cause_code = cause_code
+        self.cause_message = cause_message
 
 
 class SecretInContext(WorkflowError):

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OpenXPKIError
+from ..errors import FieldProblem, OpenXPKIError
 from .definition import FieldSpec
 from .errors import FieldRefused, InputInvalid
 from .registry import Registry
@@ -64,30 +64,32 @@ def check_inputs(fields: Iterable[FieldSpec], inputs: Mapping[str, Any], *, regi
                  ctx: ActivityContext, allow_extra: bool = False) -> dict[str, Any]:
     """Validated inputs (absent optional fields are left out) or InputInvalid."""
     specs = {f.name: f for f in fields}
-    problems: dict[str, str] = {}
+    problems: dict[str, FieldProblem] = {}
     checked: dict[str, Any] = {}
     for name in inputs:
         if name not in specs and not allow_extra:
-            problems[name] = "no such field here"
+            problems[name] = FieldProblem(name, "field.unknown", "no such field here")
     for name, spec in specs.items():
         value = inputs.get(name)
         if _empty(value):
             if spec.required:
-                problems[name] = "required"
+                problems[name] = FieldProblem(name, "field.required", "required")
             continue
         try:
             checked[name] = _coerce(spec, value)
         except FieldRefused as exc:
-            problems[name] = exc.message
+            problems[name] = FieldProblem(name, exc.code, exc.message)
     ctx.inputs = checked  # validators may look at the other fields
+    verdict: str | None = None
     for name, value in list(checked.items()):
         for validator_name in specs[name].validators:
             validator = registry.get("validator", validator_name)
             try:
                 validator(value, ctx)
             except OpenXPKIError as exc:  # FieldRefused, PolicyViolation …
-                problems[name] = f"{exc.message} [{exc.code}]"
+                problems[name] = FieldProblem(name, exc.code, exc.message)
+                verdict = verdict or exc.code
                 break
     if problems:
-        raise InputInvalid(problems)
+        raise InputInvalid(problems.values(), code=verdict)
     return checked

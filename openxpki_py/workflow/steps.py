@@ -232,7 +232,8 @@ class Stepper:
         result = Outcome()
         if action.manual:
             # The person sees the error and may try again: the state is unchanged.
-            result.error = ActivityFailed(f"{action.label} failed, nothing was changed: {reason}", cause_code=code)
+            result.error = ActivityFailed(action.label, cause_code=code, cause_message=message)
+            result.error.__cause__ = exc  # raised later, outside this except: keep the cause by hand
         else:
             attempt = int(row["retry_count"]) + 1
             policy = action.retry

@@ -18,6 +18,7 @@ from .errors import UnknownWorkflow, WorkflowConflict
 
 FINAL_PROC_STATES = ("finished", "failed")
 ATTRIBUTE_MAX = 256
+IN_LIST_MAX = 500
 
 
 def locks_rows(conn: Connection) -> bool:
@@ -56,6 +57,20 @@ def read_workflow(conn: Connection, wf_id: int) -> RowMapping:
     return row
 
 
+def read_workflows(conn: Connection, ids: Sequence[int]) -> list[RowMapping]:
+    """The rows of ``ids`` that exist, in the order asked for (one query, however many)."""
+    rows = {int(r["id"]): r for r in _in_chunks(conn, select(workflow), workflow.c.id, ids)}
+    return [rows[i] for i in ids if i in rows]
+
+
+def _in_chunks(conn: Connection, query: Any, column: Any, ids: Sequence[int]) -> list[RowMapping]:
+    """``query WHERE column IN ids``, split so that no IN list passes Oracle's 1000 items."""
+    found: list[RowMapping] = []
+    for start in range(0, len(ids), IN_LIST_MAX):
+        found.extend(conn.execute(query.where(column.in_(ids[start:start + IN_LIST_MAX]))).mappings())
+    return found
+
+
 def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -> int:
     """Write ``values`` if the row still has ``version``; return the new version."""
     result = conn.execute(
@@ -75,6 +90,14 @@ def load_context(conn: Connection, wf_id: int) -> dict[str, Any]:
     return {key: value for key, value in rows}
 
 
+def load_contexts(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Workflow id → context for many workflows at once (a list page: no query per row)."""
+    found: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    for row in _in_chunks(conn, select(workflow_context), workflow_context.c.workflow_id, ids):
+        found[int(row["workflow_id"])][row["ctx_key"]] = row["ctx_value"]
+    return found
+
+
 def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], deleted: Iterable[str],
                  stored: Iterable[str] | None = None) -> None:
     """Write changed keys, remove deleted ones; ``stored``: keys already in the table (None: unknown)."""
@@ -91,6 +114,15 @@ def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], delet
             insert(workflow_context),
             [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in changed.items()],
         )
+
+
+def load_attribute_sets(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
+    """Workflow id → search attributes for many workflows at once."""
+    found: dict[int, dict[str, list[str]]] = {i: {} for i in ids}
+    query = select(workflow_attribute).order_by(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
+    for row in _in_chunks(conn, query, workflow_attribute.c.workflow_id, ids):
+        found[int(row["workflow_id"])].setdefault(row["attr_key"], []).append(row["attr_value"])
+    return found
 
 
 def load_attributes(conn: Connection, wf_id: int) -> dict[str, list[str]]:
@@ -137,6 +169,15 @@ def load_history(conn: Connection, wf_id: int) -> Sequence[RowMapping]:
     return conn.execute(
         select(workflow_history).where(workflow_history.c.workflow_id == wf_id).order_by(workflow_history.c.id)
     ).mappings().all()
+
+
+def load_histories(conn: Connection, ids: Sequence[int]) -> dict[int, list[RowMapping]]:
+    """Workflow id → history rows (oldest first) for many workflows at once."""
+    found: dict[int, list[RowMapping]] = {i: [] for i in ids}
+    query = select(workflow_history).order_by(workflow_history.c.id)
+    for row in _in_chunks(conn, query, workflow_history.c.workflow_id, ids):
+        found[int(row["workflow_id"])].append(row)
+    return found
 
 
 def load_children(conn: Connection, parent_id: int) -> Sequence[RowMapping]:

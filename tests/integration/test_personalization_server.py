@@ -564,3 +564,52 @@ def test_my_certificates_lists_only_mine(app: Any) -> None:
     bob = Browser(app, "bob")
     assert "You have no certificates yet." in bob.get("/certificates").text
     assert bob.get(f"/certificates/{serials[0]}.pem").status_code == 404  # not bob's
+
+
+def _copy_pending_request(inst: Any, child_id: int, copies: int) -> None:
+    """More requests waiting for approval, each a copy of a real one (row, context, history)."""
+    from openxpki_py.workflow import store
+
+    with inst.services.db.begin() as conn:
+        row = store.read_workflow(conn, child_id)
+        context = store.load_context(conn, child_id)
+        now = datetime.now(timezone.utc)
+        for _ in range(copies):
+            wf_id = store.insert_workflow(
+                conn, wf_type=row["wf_type"], state=row["state"], proc_state="manual", creator=row["creator"],
+                creator_role=row["creator_role"], parent_id=None, claimed_by=None, lease_until=None,
+                created_at=now, updated_at=now)
+            store.save_context(conn, wf_id, context, (), stored=())
+            store.add_history(conn, wf_id, action="create", from_state="(new)", to_state=row["state"],
+                              actor=row["creator"], role=row["creator_role"], outcome="ok", note=None, now=now)
+
+
+def test_approvals_page_queries_do_not_grow_with_pending_requests(approval_app: Any) -> None:
+    from sqlalchemy import event
+
+    _, _, _, child_id = _up_to_approval(approval_app)
+    bob = Browser(approval_app, "bob")
+    bob.post("/login", {"csrf_token": bob.csrf(bob.get("/login").text), "role": "RA Operator"})
+    db = approval_app.instance.services.db
+
+    def statements_for_page() -> tuple[int, str]:
+        seen: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            seen.append(statement)
+
+        event.listen(db, "before_cursor_execute", record)
+        try:
+            page = bob.get("/approvals")
+        finally:
+            event.remove(db, "before_cursor_execute", record)
+        assert page.status_code == 200, page.text
+        return len(seen), page.text
+
+    statements_for_page()  # warm-up: the session's first refresh after the role choice
+    one, page = statements_for_page()
+    assert page.count('class="request"') == 1
+    _copy_pending_request(approval_app.instance, child_id, 9)
+    ten, page = statements_for_page()
+    assert page.count('class="request"') == 10
+    assert ten == one, (one, ten)

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from openxpki_py.audit import verify_chain
 from openxpki_py.db.schema import audit_log, workflow_context, workflow_history
-from openxpki_py.errors import WorkflowError
+from openxpki_py.errors import FieldProblem, WorkflowError
 from openxpki_py.workflow import WorkflowEngine, WorkflowView
 from openxpki_py.workflow.errors import (
     AccessDenied,
@@ -112,12 +112,15 @@ def test_validators_and_field_types(engine: WorkflowEngine) -> None:
     with pytest.raises(InputInvalid) as info:
         engine.start("test_approval", actor="alice", role="User",
                      context={"subject": "admin", "mode": "sometimes", "approvals_required": "3", "extra": 1})
-    assert info.value.problems == {
-        "subject": "'admin' is reserved [test.reserved]",
-        "mode": "must be one of auto, approval",
-        "approvals_required": "must be between 1 and 2",
-        "extra": "no such field here",
+    # Each refusal is data (field, stable code, reason); the validator's code names the whole refusal.
+    assert set(info.value.fields) == {
+        FieldProblem("subject", "test.reserved", "'admin' is reserved"),
+        FieldProblem("mode", "field.choice", "must be one of auto, approval"),
+        FieldProblem("approvals_required", "field.range", "must be between 1 and 2"),
+        FieldProblem("extra", "field.unknown", "no such field here"),
     }
+    assert info.value.code == "test.reserved"
+    assert info.value.problems["subject"] == "'admin' is reserved"  # no "[code]" left in the text
     with pytest.raises(InputInvalid, match="subject: required"):
         engine.start("test_approval", actor="alice", role="User", context={"mode": "auto"})
     with pytest.raises(InputInvalid, match="single line"):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from openxpki_py_token.api_client import ApiClient, api_base_url
-from openxpki_py_token.errors import ProtocolError, ServerRefused, ServerUnreachable, UsageError
+from openxpki_py_token.errors import FieldProblem, ProtocolError, ServerRefused, ServerUnreachable, UsageError
 
 # Each test queues (status, body bytes, headers) answers; the server records requests.
 Answer = tuple[int, bytes, dict[str, str]]
@@ -95,6 +95,17 @@ def test_api_error_keeps_code_message_and_retry_after(scripted: tuple[Scripted, 
         _client(url).post("enroll", {"code": "x"}, retry=False)
     assert raised.value.code == "enroll.rate_limited" and raised.value.message == "slow down"
     assert raised.value.status == 429 and raised.value.retry_after == 30.0
+
+
+def test_api_error_keeps_the_refused_fields(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    problem = {"field": "csr", "code": "csr.parse", "message": "expected a PEM certificate request"}
+    script.answers.append((422, _json({"error": {"code": "csr.parse", "message": "invalid input: csr: expected a PEM "
+                                                 "certificate request", "fields": [problem, {"field": 1}]}}), {}))
+    with pytest.raises(ServerRefused) as raised:
+        _client(url).post("csr", {"csr": "x"})
+    assert raised.value.fields == (FieldProblem("csr", "csr.parse", "expected a PEM certificate request"),)
+    assert raised.value.code == "csr.parse" and raised.value.status == 422
 
 
 def test_transient_errors_are_retried_on_idempotent_calls(scripted: tuple[Scripted, str]) -> None:

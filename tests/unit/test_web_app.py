@@ -20,6 +20,7 @@ from openxpki_py.auth.identity import Identity
 from openxpki_py.auth.sessions import utcnow
 from openxpki_py.db.engine import create_schema, open_engine
 from openxpki_py.db.schema import audit_log, web_session
+from openxpki_py.errors import AuthError, NotPermitted, PolicyViolation, StorageError, UnexpectedStep
 from openxpki_py.errors import NotFound as RecordNotFound
 from openxpki_py.web.app import WebApp
 from openxpki_py.web.config import DeepLinkConfig, SessionConfig, WebConfig
@@ -406,3 +407,34 @@ def test_wsgi_entry_reports_a_broken_config_as_500_and_retries(app: WebApp, monk
     r = c.get("/", base_url=BASE, environ_overrides={"REMOTE_USER": "carol", CONFIG_ENV: "/etc/x.yaml"})
     assert r.status_code == 200
     assert seen == ["/etc/x.yaml", "/etc/x.yaml"]
+
+
+class RefusingWorkflows(FakeWorkflows):
+    """Starting a workflow fails with ``error`` (raised in the view, outside any workflow action)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def start(self, wf_type: str, *, actor: str, role: str) -> WorkflowSummary:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "status", "shown", "hidden"), [
+    (AuthError("refused", code="auth.wrong_user"), 403, "cannot be used with this application", "refused"),
+    (NotPermitted("card C1 is registered to another user", code="token.owned_by_other"), 403,
+     "card C1 is registered to another user", ""),
+    (PolicyViolation("profile needs approval", code="profile.approval"), 422, "profile.approval", ""),
+    (UnexpectedStep("reload the page"), 409, "reload the page", ""),
+    (StorageError("ORA-01555 snapshot too old"), 503, "not available right now", "ORA-01555"),
+    (KeyError("internal-detail"), 500, "It has been logged", "internal-detail"),
+])
+def test_errors_escaping_a_view_use_the_one_table(db: Engine, grants: Grants, error: BaseException, status: int,
+                                                  shown: str, hidden: str) -> None:
+    """Any OpenXPKIError gets its mapped status (not a 500 page); only foreign exceptions are 500s."""
+    app = WebApp(instance_name="t", auth=AUTH, web=WebConfig(), db=db, workflows=RefusingWorkflows(error),
+                 run_handler=grants)
+    r = get(client(app, "alice"), "/deeplink")
+    body = r.get_data(as_text=True)
+    assert r.status_code == status and shown in body
+    assert not hidden or hidden not in body

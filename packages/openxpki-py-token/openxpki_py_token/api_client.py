@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__ as _version
-from .errors import ProtocolError, ServerRefused, ServerUnreachable, UsageError
+from .errors import FieldProblem, ProtocolError, ServerRefused, ServerUnreachable, UsageError
 
 log = logging.getLogger("openxpki_py_token")
 
@@ -161,8 +161,8 @@ class ApiClient:
                                                     "try again later"), retry_after)
             return ProtocolError(f"{reason}, not an API error; check --server "
                                  "(copy it from the web page)")
-        code, message = error
-        refused = ServerRefused(message, code=code, status=status, retry_after=retry_after)
+        code, message, fields = error
+        refused = ServerRefused(message, code=code, status=status, retry_after=retry_after, fields=fields)
         if status in _TRANSIENT_STATUS:
             return _Transient(refused, retry_after)
         return refused
@@ -207,8 +207,8 @@ def _json_object(raw: bytes, url: str, status: int) -> dict[str, Any]:
     return value
 
 
-def _error_object(raw: bytes) -> tuple[str, str] | None:
-    """``(code, message)`` from ``{"error": {"code": …, "message": …}}``."""
+def _error_object(raw: bytes) -> tuple[str, str, tuple[FieldProblem, ...]] | None:
+    """``(code, message, fields)`` from ``{"error": {"code": …, "message": …, "fields": […]}}``."""
     try:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -217,7 +217,16 @@ def _error_object(raw: bytes) -> tuple[str, str] | None:
     if not isinstance(error, dict) or not isinstance(error.get("code"), str):
         return None
     message = error.get("message")
-    return error["code"], message if isinstance(message, str) and message else error["code"]
+    return (error["code"], message if isinstance(message, str) and message else error["code"],
+            _field_problems(error.get("fields")))
+
+
+def _field_problems(value: Any) -> tuple[FieldProblem, ...]:
+    """The refused input values an error lists; entries not in the documented shape are skipped."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(FieldProblem(item["field"], item["code"], item["message"]) for item in value
+                 if isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("field", "code", "message")))
 
 
 def _retry_after(value: str | None) -> float | None:

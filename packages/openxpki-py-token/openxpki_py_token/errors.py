@@ -10,16 +10,38 @@ on both sides.  The agent maps its classes to exit codes in one place
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One refused input value: which field, the check's stable code, and why."""
+
+    field: str
+    code: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"field": self.field, "code": self.code, "message": self.message}
+
 
 class OpenXPKIError(Exception):
-    """Base of every error this project raises on purpose."""
+    """Base of every error this project raises on purpose.
+
+    Errors travel between layers as data, never as text to be parsed again:
+    a refusal of single input values carries them as :class:`FieldProblem`
+    rows (``fields``), each with its own stable code; the original
+    exception stays reachable as ``__cause__`` (``raise … from exc``).
+    """
 
     code = "error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, fields: Iterable[FieldProblem] = ()) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        self.fields: tuple[FieldProblem, ...] = tuple(fields)
 
     @property
     def message(self) -> str:
@@ -84,14 +106,15 @@ class UsageError(AgentError):
 class ServerRefused(AgentError):
     """The server answered with an API error, or reported the enrollment failed (exit code 4).
 
-    ``code`` and the message are the server's own, shown to the user verbatim.
+    ``code`` and the message are the server's own, shown to the user verbatim;
+    ``fields`` are the input values it refused, each with its own code.
     """
 
     code = "server.refused"
 
     def __init__(self, message: str, *, code: str, status: int = 0,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, code=code)
+                 retry_after: float | None = None, fields: Iterable[FieldProblem] = ()) -> None:
+        super().__init__(message, code=code, fields=fields)
         self.status = status
         self.retry_after = retry_after
 

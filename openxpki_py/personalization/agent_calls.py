@@ -1,0 +1,166 @@
+"""What the token agent may do, as calls on the user's personalization.
+
+The agent has no SSO session: it trades the one-time enrollment code for a
+bearer credential bound to one workflow, and then acts *as the workflow's
+user* through the workflow's manual actions.  Calls an interrupted agent
+repeats (card report, CSR, receipt) answer the same way twice and never act
+twice.  Refusals are the project's errors (with their stable codes); the
+web layer (:mod:`openxpki_py.web.api`) maps them to HTTP statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography import x509
+
+from ..crypto.csr import public_key_fingerprint
+from ..errors import AuthError, PolicyViolation, UnexpectedStep
+from ..workflow.errors import ActionNotAvailable
+from .enrollment import AgentGrant, EnrollmentRefused, check_credential, redeem_code
+from .tasks import WF_TYPE, agent_task
+
+AGENT_ROLE = "User"
+CARD_FIELDS = (("model", "model"), ("manufacturer", "manufacturer"), ("token_label", "label"),
+               ("card_profile", "card_profile"))  # workflow field ← what the agent reports
+
+
+class CardMismatch(UnexpectedStep):
+    """The agent works on another card than the one the user confirmed (swapped mid-way)."""
+
+    code = "token.mismatch"
+
+
+class IssuanceFailed(PolicyViolation):
+    """The CSR was taken, but no certificate came of it (rejected, or the CA refused)."""
+
+    code = "issuance.failed"
+
+
+@dataclass(frozen=True)
+class CsrAnswer:
+    """``issued`` with the serial, or ``pending`` with the reason it waits."""
+
+    status: str
+    serial: str | None = None
+    reason: str | None = None
+
+
+class TokenAgentCalls:
+    """The agent's side of a personalization: credential, card, keys, certificates."""
+
+    def __init__(self, *, db: Any, engine: Any, policy: Any) -> None:
+        self.db = db
+        self.engine = engine
+        self.policy = policy
+
+    @staticmethod
+    def _now() -> datetime:
+        return datetime.now(timezone.utc)
+
+    # --- the credential -----------------------------------------------------------
+
+    def redeem(self, code: str, *, client: str, sso_login: str | None) -> AgentGrant:
+        """Trade the page's code for a credential; a refusal is committed before it is raised."""
+        refusal: EnrollmentRefused | None = None
+        with self.db.begin() as conn:
+            try:
+                return redeem_code(conn, code, client=client, limits=self.policy.enrollment, now=self._now(),
+                                   sso_login=sso_login)
+            except EnrollmentRefused as exc:
+                refusal = exc  # commit: the failure counts towards the rate limit
+        assert refusal is not None
+        raise refusal
+
+    def authenticate(self, credential: str, *, sso_login: str | None) -> tuple[int, str]:
+        """(workflow id, login) the credential acts for; the web server's own login, if any, must match."""
+        with self.db.connect() as conn:
+            workflow_id, login = check_credential(conn, credential, now=self._now())
+        if sso_login is not None and sso_login != login:
+            raise AuthError("this credential belongs to another user", code="auth.wrong_user")
+        return workflow_id, login
+
+    # --- the workflow -------------------------------------------------------------
+
+    def _view(self, workflow_id: int, token_serial: str | None = None) -> Any:
+        view = self.engine.get(workflow_id)
+        if view.wf_type != WF_TYPE:
+            raise UnexpectedStep("this credential is not for a smartcard personalization", code="workflow.type")
+        # Keys and certificates must go to the confirmed card: an agent that
+        # names another card (swapped mid-way) is stopped before it acts.
+        card = view.context.get("token") or {}
+        if token_serial is not None and card.get("confirmed") and token_serial != card.get("serial"):
+            raise CardMismatch(f"this personalization is for card {card['serial']}; insert that card")
+        return view
+
+    def _execute(self, workflow_id: int, login: str, action: str, inputs: Mapping[str, Any]) -> Any:
+        try:
+            return self.engine.execute(workflow_id, action, actor=login, role=AGENT_ROLE, inputs=dict(inputs))
+        except ActionNotAvailable as exc:
+            # For the agent, an action the state does not offer is a task it was not given.
+            raise UnexpectedStep(exc.message) from exc
+
+    def report_token(self, workflow_id: int, login: str, serial: str, card: Mapping[str, Any]) -> str:
+        """Bind the card to the personalization; ``awaiting_confirmation`` or ``confirmed``."""
+        view = self._view(workflow_id)
+        token = view.context.get("token")
+        if token is not None and token["serial"] == serial:
+            return "confirmed" if token["confirmed"] else "awaiting_confirmation"
+        if token is not None and token.get("confirmed"):
+            raise CardMismatch(f"this personalization is for card {token['serial']}; insert that card")
+        if view.state not in ("WAIT_FOR_TOKEN", "CONFIRM_TOKEN"):
+            raise UnexpectedStep(f"the personalization is past the card step ({view.state})")
+        inputs = {"serial": serial}
+        for field_name, key in CARD_FIELDS:
+            if isinstance(card.get(key), str) and card[key]:
+                inputs[field_name] = card[key].strip()
+        self._execute(workflow_id, login, "report_token", inputs)
+        return "awaiting_confirmation"
+
+    def task(self, workflow_id: int) -> dict[str, Any]:
+        view = self._view(workflow_id)
+        children = self.engine.children(workflow_id) if view.state == "ISSUING" else ()
+        return agent_task(view, children)
+
+    def submit_csr(self, workflow_id: int, login: str, *, cert_type: str, key_id: str, csr_pem: str,
+                   token_serial: str | None) -> CsrAnswer:
+        view = self._view(workflow_id, token_serial)
+        earlier = _same_csr(view, cert_type, csr_pem)
+        if earlier is None:
+            view = self._execute(workflow_id, login, "submit_csr",
+                                 {"cert_type": cert_type, "key_id": key_id, "csr": csr_pem})
+            earlier = _same_csr(view, cert_type, csr_pem)
+        if earlier is None:  # the CSR was accepted but the workflow moved on without it: failed
+            raise IssuanceFailed(agent_task(view)["message"])
+        if earlier["status"] in ("issued", "installed"):
+            return CsrAnswer("issued", serial=earlier["serial"])
+        if earlier["status"] == "failed":
+            raise IssuanceFailed(earlier.get("reason", "the certificate was not issued"))
+        task = agent_task(view, self.engine.children(view.id))
+        return CsrAnswer("pending", reason=task.get("reason", "issuing"))
+
+    def receipt(self, workflow_id: int, login: str, *, cert_type: str, serial: str,
+                token_serial: str | None) -> None:
+        """The certificate is on the card; a repeated receipt is answered, not recorded twice."""
+        view = self._view(workflow_id, token_serial)
+        for entry in view.context.get("certificates") or []:
+            if entry.get("serial") == serial.lower() and entry["status"] == "installed":
+                return
+        self._execute(workflow_id, login, "confirm_install", {"cert_type": cert_type, "certificate_serial": serial})
+
+
+def _same_csr(view: Any, cert_type: str, csr_pem: str) -> dict[str, Any] | None:
+    """The entry this very request was already accepted for (a repeated post), if any.
+
+    The same key posted for another certificate type is not a repeat: the
+    workflow refuses it (``csr.key_reused``).
+    """
+    try:
+        fingerprint = public_key_fingerprint(x509.load_pem_x509_csr(csr_pem.encode("ascii")).public_key())
+    except (ValueError, UnicodeEncodeError):
+        return None  # the workflow's csr_syntax validator explains what is wrong
+    entries = view.context.get("certificates") or []
+    return next((e for e in entries if e.get("csr_sha256") == fingerprint and e["type"] == cert_type), None)

@@ -1,0 +1,136 @@
+"""A user's personalization as the pages see it: start or resume it, what
+the user may do next, and the user's own steps (confirm the card, cancel,
+withdraw a request waiting for approval, a new enrollment code).
+
+Nothing here knows HTTP: a workflow that is not the caller's is "not found"
+(:class:`~openxpki_py.errors.NotFound`), a step that no longer fits is an
+:class:`~openxpki_py.errors.UnexpectedStep`; the web layer maps both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ..db.certstore import owned_certificate_der, owned_certificates
+from ..errors import NotFound, UnexpectedStep
+from .enrollment import new_enrollment_code
+from .tasks import WF_TYPE, Progress, page_progress
+
+USER_ROLE = "User"
+PAGE_ACTIONS = ("confirm_token", "reject_token", "cancel")
+WITHDRAW = "withdraw"  # on the issuance child waiting for approval: cancels the personalization
+# Where the page offers an enrollment code: before a card was found, and
+# while the agent still has work to do (to replace an agent that stopped).
+CODE_STATES = ("WAIT_FOR_TOKEN", "WAIT_FOR_CSR", "ISSUING", "WAIT_FOR_INSTALL")
+
+
+@dataclass(frozen=True)
+class CertificateRow:
+    cert_type: str
+    status: str
+    serial: str
+    subject: str
+    not_before: datetime
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class PersonalizationPage:
+    """Everything the page shows about one personalization, derived from the workflow."""
+
+    workflow: Any
+    progress: Progress
+    certificates: list[CertificateRow]
+    code_offered: bool
+    actions: list[str]
+
+
+class PersonalizationService:
+    """The personalization workflow, the certificate store and the policy, for one user at a time."""
+
+    def __init__(self, *, engine: Any, db: Any, policy: Any) -> None:
+        self.engine = engine
+        self.db = db
+        self.policy = policy
+
+    def open_or_start(self, login: str) -> Any:
+        """The user's unfinished personalization, or a new one: reloading /token never piles them up."""
+        for summary in self.engine.search(wf_type=WF_TYPE, owner=login, limit=20):
+            if summary.proc_state not in ("finished", "failed") and summary.creator == login:
+                return summary
+        return self.engine.start(WF_TYPE, actor=login, role=USER_ROLE)
+
+    def own(self, wf_id: int, login: str) -> Any:
+        """The user's own personalization; anyone else's is "not found", never "forbidden"."""
+        wf = self.engine.get(wf_id)  # UnknownWorkflow is a NotFound too
+        if wf.wf_type != WF_TYPE or wf.creator != login:  # not yours: do not even confirm it exists
+            raise NotFound(f"workflow {wf_id} is not a personalization of {login}")
+        return wf
+
+    def certificates(self, wf: Any) -> list[CertificateRow]:
+        """The certificates the personalization issued, as the store has them."""
+        entries = [e for e in wf.context.get("certificates") or [] if e.get("serial")]
+        if not entries:
+            return []
+        with self.db.connect() as conn:
+            rows = owned_certificates(conn, [e["serial"] for e in entries], wf.creator)
+        return [CertificateRow(e["type"], e["status"], e["serial"], rows[e["serial"]]["subject"],
+                               rows[e["serial"]]["not_before"], rows[e["serial"]]["not_after"])
+                for e in entries if e["serial"] in rows]
+
+    def page(self, wf: Any) -> PersonalizationPage:
+        children: Sequence[Any] = self.engine.children(wf.id) if wf.state == "ISSUING" else ()
+        progress = page_progress(wf, children)
+        offered = {a.name for a in wf.available_actions(USER_ROLE)}
+        return PersonalizationPage(
+            workflow=wf, progress=progress,
+            certificates=self.certificates(wf) if wf.state == "SUCCESS" else [],
+            code_offered=wf.state in CODE_STATES,
+            actions=[a for a in PAGE_ACTIONS if a in offered] + ([WITHDRAW] if progress.phase == "approval" else []),
+        )
+
+    def new_code(self, wf_id: int, login: str) -> tuple[Any, str | None]:
+        """A new one-time code (earlier codes and agents stop working); None where no agent has work.
+
+        Also after the card was confirmed: an agent whose credential ran out
+        (a long approval, a reboot) continues with a new code; the server
+        then insists on the same card.
+        """
+        wf = self.own(wf_id, login)
+        if wf.state not in CODE_STATES:
+            return wf, None
+        with self.db.begin() as conn:
+            code = new_enrollment_code(conn, workflow_id=wf_id, login=login, limits=self.policy.enrollment,
+                                       now=datetime.now(timezone.utc))
+        return wf, code
+
+    def act(self, wf_id: int, login: str, action: str, *, role: str, version: int) -> None:
+        """One of the user's own steps on the page, decided on the version the user saw."""
+        self.own(wf_id, login)
+        if action == WITHDRAW:
+            self.withdraw(wf_id, login, role=role)
+            return
+        if action not in PAGE_ACTIONS:
+            raise UnexpectedStep(f"{action!r} is not a step the personalization page offers")
+        inputs = {"reason": "cancelled by the user"} if action == "cancel" else {}
+        self.engine.execute(wf_id, action, actor=login, role=role, inputs=inputs, expected_version=version)
+
+    def withdraw(self, wf_id: int, login: str, *, role: str) -> None:
+        """Waiting for an approval nobody gives: take the request back, which fails the personalization."""
+        wf = self.own(wf_id, login)
+        if wf.state != "ISSUING":
+            raise UnexpectedStep("there is no request waiting for approval any more; reload the page")
+        child_id = wf.context["certificates"][wf.context["current"]]["child_id"]
+        self.engine.execute(child_id, WITHDRAW, actor=login, role=role)
+
+    def certificate_der(self, wf_id: int, serial: str, login: str) -> bytes:
+        """One certificate this personalization issued to the user."""
+        wf = self.own(wf_id, login)
+        if serial not in {c.serial for c in self.certificates(wf)}:
+            raise NotFound(f"personalization {wf_id} issued no certificate {serial}")
+        with self.db.connect() as conn:
+            return owned_certificate_der(conn, serial, login)
+
