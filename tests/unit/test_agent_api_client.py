@@ -52,7 +52,7 @@ def scripted() -> Iterator[tuple[Scripted, str]]:
 
 
 def _client(url: str) -> ApiClient:
-    return ApiClient(url, allow_http_localhost=True, backoff=0.01)
+    return ApiClient(url, allow_http_localhost=True, backoff=0.01, retry_window=5.0)
 
 
 def _json(value: Any) -> bytes:
@@ -92,7 +92,7 @@ def test_api_error_keeps_code_message_and_retry_after(scripted: tuple[Scripted, 
     script.answers.append((429, _json({"error": {"code": "enroll.rate_limited", "message": "slow down"}}),
                            {"Retry-After": "30"}))
     with pytest.raises(ServerRefused) as raised:
-        _client(url).post("enroll", {"code": "x"}, retry=False)
+        _client(url).post("enroll", {"code": "x"}, idempotent=False)
     assert raised.value.code == "enroll.rate_limited" and raised.value.message == "slow down"
     assert raised.value.status == 429 and raised.value.retry_after == 30.0
 
@@ -115,12 +115,51 @@ def test_transient_errors_are_retried_on_idempotent_calls(scripted: tuple[Script
     assert len(script.seen) == 3
 
 
-def test_the_enrollment_code_is_never_sent_twice(scripted: tuple[Scripted, str]) -> None:
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_call_that_may_have_run_is_not_sent_twice(scripted: tuple[Scripted, str], status: int) -> None:
+    """502/504: the gateway lost the answer, the one-time code may be spent already."""
     script, url = scripted
-    script.answers.append((503, b"", {}))
-    with pytest.raises(ServerUnreachable, match="not available"):
-        _client(url).post("enroll", {"code": "x"}, retry=False)
+    script.answers += [(status, b"", {}), (200, _json({"access_token": "t"}), {})]
+    with pytest.raises(ServerUnreachable, match=f"HTTP {status}.*not available"):
+        _client(url).post("enroll", {"code": "x"}, idempotent=False)
     assert len(script.seen) == 1
+
+
+def test_a_503_is_retried_even_for_the_enrollment_code(scripted: tuple[Scripted, str]) -> None:
+    """503: the server says it did not handle the request (the app rolls back first)."""
+    script, url = scripted
+    unavailable = _json({"error": {"code": "server.unavailable", "message": "no database"}})
+    script.answers += [(503, unavailable, {"Retry-After": "0.05"}), (503, b"<html>down</html>", {}),
+                       (200, _json({"access_token": "t"}), {})]
+    assert _client(url).post("enroll", {"code": "x"}, idempotent=False).body == {"access_token": "t"}
+    assert len(script.seen) == 3
+
+
+def test_retries_honour_retry_after_capped_and_stop_at_the_window(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    script.answers += [(503, b"", {"Retry-After": "3600"})] * 3
+    slept: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    client = ApiClient(url, allow_http_localhost=True, retry_window=100.0, sleep=sleep,
+                       clock=lambda: now[0])
+    with pytest.raises(ServerUnreachable, match="HTTP 503"):
+        client.get("task")
+    # An hour is capped at a minute; the second wait ends at the window (100 s).
+    assert slept == [60.0, 40.0] and len(script.seen) == 3
+
+
+def test_a_non_json_server_error_names_the_status(scripted: tuple[Scripted, str]) -> None:
+    script, url = scripted
+    script.answers.append((500, b"<html>Internal Server Error</html>", {}))
+    with pytest.raises(ServerUnreachable, match="HTTP 500 Internal Server Error: the server failed") as raised:
+        _client(url).get("task")
+    assert "check --server" not in raised.value.message and raised.value.code == "server.error"
+    assert len(script.seen) == 1  # a server failure is not a transient one
 
 
 def test_redirects_are_refused_not_followed(scripted: tuple[Scripted, str]) -> None:

@@ -1,23 +1,17 @@
 """The token agent end to end against a SoftHSM token and a fake JSON API.
 
-``FakeApi`` plays the server side of ``docs/api.md`` on 127.0.0.1 (threaded
-http.server): it checks the bearer token, the CSR signatures and keys, issues
-certificates with a throw-away CA and answers ``GET /task`` from its state,
-so the agent runs exactly as against the real server.
+``FakeApi`` (``tests/support/fake_api.py``) plays the server side of
+``docs/api.md`` on 127.0.0.1, so the agent runs exactly as against the real
+server.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import secrets
 import ssl
 import stat
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,241 +21,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from openxpki_py_token import api_client, cli
+from openxpki_py_token import api_client, cli, enroll
 from openxpki_py_token.pkcs11.module import get_module
 from pkcs11 import Attribute, ObjectClass
+from support.fake_api import EC_P256, RSA_2048, CertSlot, FakeApi, default_slots, serve
+from support.fake_api import spki_of as _spki
 from support.softhsm import SoftHSMToken
-
-RSA_2048 = {"algorithm": "rsa", "size": 2048}
-EC_P256 = {"algorithm": "ec", "curve": "P-256"}
-
-
-def _spki(key: Any) -> bytes:
-    return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
-
-
-@dataclass
-class CertSlot:
-    """One certificate type of the fake workflow and how far it got."""
-
-    cert_type: str
-    key: dict[str, Any]
-    key_id: str
-    usage: str
-    csr_pem: str | None = None
-    csr_key_id: str | None = None
-    cert: x509.Certificate | None = None
-    installed: bool = False
-    pending_polls: int = 0  # GET /task answers "wait" this often after the CSR
-
-
-@dataclass
-class FakeApi:
-    """The server's half of the API, in memory."""
-
-    slots: list[CertSlot]
-    code: str = field(default_factory=lambda: secrets.token_urlsafe(12))
-    confirm_after: int = 1  # "wait" answers before the card counts as confirmed
-    expires_in: int = 900
-    code_used: bool = False
-    tokens: set[str] = field(default_factory=set)
-    card: dict[str, Any] | None = None
-    confirmed: bool = False
-    polls: int = 0
-    requests: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
-    raw_requests: list[bytes] = field(default_factory=list)
-    refuse: dict[str, tuple[int, str, str]] = field(default_factory=dict)
-    fail_task: tuple[str, str] | None = None
-    issued: int = 0
-
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Fake Smartcard CA")])
-
-    # --- dispatch -------------------------------------------------------------------
-
-    def handle(self, method: str, path: str, headers: Any, body: dict[str, Any] | None,
-               ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        with self.lock:
-            self.requests.append((method, path, body))
-            if path in self.refuse:
-                status, code, message = self.refuse[path]
-                return self._error(status, code, message)
-            if (method, path) == ("POST", "/api/v1/enroll"):
-                return self.enroll(body or {})
-            auth = headers.get("Authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
-                return self._error(401, "auth.token_invalid", "the access token is not valid")
-            route = {
-                ("POST", "/api/v1/token"): self.report_token,
-                ("GET", "/api/v1/task"): lambda _body: self.task(),
-                ("POST", "/api/v1/csr"): self.csr,
-                ("POST", "/api/v1/receipt"): self.receipt,
-            }.get((method, path))
-            if route is None:
-                return self._error(404, "not_found", f"no {method} {path}")
-            return route(body or {})
-
-    @staticmethod
-    def _error(status: int, code: str, message: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-        headers = {"Retry-After": "7"} if status == 429 else {}
-        return status, {"error": {"code": code, "message": message}}, headers
-
-    # --- the endpoints ----------------------------------------------------------------
-
-    def enroll(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        if body.get("code") != self.code:
-            return self._error(401, "enroll.code_invalid", "this enrollment code is not valid")
-        if self.code_used:
-            return self._error(409, "enroll.code_used", "this enrollment code was already used")
-        self.code_used = True
-        token = secrets.token_urlsafe(24)
-        self.tokens.add(token)
-        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in,
-                     "workflow_id": 17, "user": "alice"}, {}
-
-    def report_token(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        if self.card is not None and self.card["serial"] != body.get("serial"):
-            return self._error(409, "token.mismatch", "this workflow is bound to another card")
-        self.card = body
-        self.confirmed = self.confirmed or self.confirm_after == 0
-        return 200, {"status": "confirmed" if self.confirmed else "awaiting_confirmation"}, {}
-
-    def task(self) -> tuple[int, dict[str, Any], dict[str, str]]:
-        if self.card is None:
-            return self._error(409, "task.unexpected", "report the card first")
-        if self.fail_task is not None:
-            return 200, {"task": "failed", "code": self.fail_task[0], "message": self.fail_task[1]}, {}
-        if not self.confirmed:
-            self.polls += 1
-            if self.polls > self.confirm_after:
-                self.confirmed = True
-            else:
-                return 200, {"task": "wait", "reason": "confirm the card in your browser",
-                             "retry_after": 0}, {}
-        count = len(self.slots)
-        for index, slot in enumerate(self.slots, start=1):
-            if slot.cert is None and slot.csr_pem is not None and slot.pending_polls > 0:
-                slot.pending_polls -= 1
-                if slot.pending_polls == 0:
-                    self._issue(slot)
-                return 200, {"task": "wait", "reason": "waiting for approval", "retry_after": 0}, {}
-            if slot.cert is None:
-                return 200, {"task": "generate_key", "cert_type": slot.cert_type, "index": index,
-                             "count": count, "key": slot.key, "key_id": slot.key_id,
-                             "label": slot.cert_type, "usage": slot.usage}, {}
-            if not slot.installed:
-                return 200, {"task": "install_certificate", "cert_type": slot.cert_type,
-                             "index": index, "count": count, "key_id": slot.csr_key_id,
-                             "label": slot.cert_type,
-                             "certificate": slot.cert.public_bytes(serialization.Encoding.PEM).decode(),
-                             "serial": f"{slot.cert.serial_number:x}"}, {}
-        return 200, {"task": "done", "certificates": [
-            {"cert_type": s.cert_type, "serial": f"{s.cert.serial_number:x}",
-             "subject": s.cert.subject.rfc4514_string(),
-             "not_after": s.cert.not_valid_after_utc.isoformat()} for s in self.slots if s.cert]}, {}
-
-    def csr(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        slot = next((s for s in self.slots if s.cert_type == body.get("cert_type")), None)
-        if slot is None:
-            return self._error(409, "task.unexpected", "no such certificate type")
-        try:
-            csr = x509.load_pem_x509_csr(str(body["csr"]).encode())
-        except (KeyError, ValueError):
-            return self._error(422, "csr.invalid", "not a PEM CSR")
-        if not csr.is_signature_valid:
-            return self._error(422, "csr.signature", "the CSR signature is not valid")
-        if slot.csr_pem is not None:
-            # Idempotent: the same key gets the same answer, never a second certificate.
-            if _spki(x509.load_pem_x509_csr(slot.csr_pem.encode()).public_key()) != _spki(csr.public_key()):
-                return self._error(422, "csr.key_mismatch", "another key was already sent for this type")
-            return self._csr_answer(slot)
-        key = csr.public_key()
-        expected = slot.key
-        if expected["algorithm"] == "rsa":
-            ok = isinstance(key, rsa.RSAPublicKey) and key.key_size == expected["size"]
-        else:
-            ok = isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
-        if not ok:
-            return self._error(422, "csr.key_type", "wrong key type")
-        slot.csr_pem = str(body["csr"])
-        slot.csr_key_id = str(body["key_id"])
-        if slot.pending_polls == 0:
-            self._issue(slot)
-        return self._csr_answer(slot)
-
-    def _csr_answer(self, slot: CertSlot) -> tuple[int, dict[str, Any], dict[str, str]]:
-        if slot.cert is None:
-            return 202, {"status": "pending", "reason": "waiting for approval"}, {}
-        return 200, {"status": "issued", "serial": f"{slot.cert.serial_number:x}"}, {}
-
-    def _issue(self, slot: CertSlot) -> None:
-        assert slot.csr_pem is not None
-        csr = x509.load_pem_x509_csr(slot.csr_pem.encode())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        slot.cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Alice ({slot.cert_type})")]))
-            .issuer_name(self.ca_name)
-            .public_key(csr.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .sign(self.ca_key, hashes.SHA256())
-        )
-        self.issued += 1
-
-    def receipt(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        slot = next((s for s in self.slots if s.cert_type == body.get("cert_type")), None)
-        if slot is None or slot.cert is None or body.get("serial") != f"{slot.cert.serial_number:x}":
-            return self._error(409, "task.unexpected", "no such certificate")
-        slot.installed = True
-        return 200, {"status": "installed"}, {}
-
-    def paths(self) -> list[str]:
-        return [f"{method} {path}" for method, path, _ in self.requests]
-
-
-def serve(api: FakeApi, tls: ssl.SSLContext | None = None) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            api.raw_requests.append(bytes(self.requestline, "latin-1") + b"\n" + bytes(self.headers) + raw)
-            body = json.loads(raw) if raw else None
-            status, answer, extra = api.handle(method, self.path, self.headers, body)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self._answer("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._answer("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    scheme = "https" if tls is not None else "http"
-    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
-
-
-def default_slots(second: dict[str, Any] = EC_P256) -> list[CertSlot]:
-    return [CertSlot("authentication", RSA_2048, "01", "sign"),
-            CertSlot("encryption", second, "02", "decrypt")]
 
 
 @pytest.fixture
@@ -477,8 +242,11 @@ def test_rerun_after_interrupt_reuses_the_uncertified_key(
     assert api.slots[1].csr_pem is None
     first = token_objects(token)
     assert sorted(k["id"] for k in first["private"]) == [b"\x01", b"\x02"]
-    saved = list(state_dir.iterdir())
+    saved = list(state_dir.glob("enrollment-*.json"))
     assert len(saved) == 1
+    # The keys this workflow generated, for the rerun: IDs and public key hashes only.
+    created = list(state_dir.glob("created-keys-*.json"))
+    assert len(created) == 1 and stat.S_IMODE(created[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(saved[0].stat().st_mode) == 0o600
     assert api.code not in saved[0].read_text() and token.pin not in saved[0].read_text()
@@ -649,6 +417,36 @@ def test_overall_timeout_stops_waiting(make_token: Any, tmp_path: Path,
     assert code == cli.EXIT_FAILED
     assert "stopped waiting after" in err and "run the same command again" in err
     assert len(list(tmp_path.iterdir())) == 1  # kept for the rerun
+
+
+def test_waiting_obeys_the_timeout_not_a_count_of_polls(make_token: Any, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       fake_api: tuple[FakeApi, str]) -> None:
+    """The user takes long to confirm: the agent polls for all of --timeout (not 100 polls)."""
+    api, url = fake_api
+    api.confirm_after = 10_000
+    now = [0.0]  # a monotonic clock that the agent's sleeps advance: no real waiting
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    original = enroll.TokenAgent.__init__
+
+    def init(self: enroll.TokenAgent, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(sleep=sleep, clock=lambda: now[0])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(enroll.TokenAgent, "__init__", init)
+    args = agent_args(make_token("agent-long-wait"), url, api.code, tmp_path)
+    args[args.index("--timeout") + 1] = "60"
+    code, _, err = run_agent(capsys, args)
+    assert code == cli.EXIT_FAILED, err
+    assert err.strip().splitlines()[-1].startswith("openxpki-py-token: stopped waiting after 60 s "
+                                                   "(confirm the card in your browser)")
+    # The server's retry_after of 0 is clamped to 0.2 s: 60 s are 300 polls.
+    assert api.polls >= 300 and 60.0 <= now[0] < 60.5
+    assert len(list(tmp_path.glob("enrollment-*.json"))) == 1  # kept for the rerun
 
 
 def test_unknown_token_label_and_slot_are_exit_3(make_token: Any, tmp_path: Path,

@@ -116,18 +116,22 @@ def test_keys_survive_reinitialising_the_module(make_token: Any, pkcs11_session_
         assert x509.load_pem_x509_csr(build_csr(card, key, "authentication").encode()).is_signature_valid
 
 
-def test_certificate_is_written_next_to_its_key_and_replaces_an_older_one(
+def test_certificate_is_written_next_to_its_key_and_replaces_an_older_one_only_if_asked(
         make_token: Any, pkcs11_session_leak_check: None) -> None:
     token = make_token("card-cert")
     with _card(token) as card:
         card.generate_key(KeySpec("rsa", rsa_bits=2048), b"\x01", "auth", "sign", login="user")
         key = card.find_key(b"\x01")
         assert key is not None
-        old, new = _self_signed(key.public_key, "Old"), _self_signed(key.public_key, "New")
-        card.write_certificate(old, b"\x01", "authentication", login="user")
-        card.write_certificate(new, b"\x01", "authentication", login="user")
+        old, new, newer = (_self_signed(key.public_key, name) for name in ("Old", "New", "Newer"))
+        card.write_certificate(old, b"\x01", "authentication", login="user", replace=False)
+        card.write_certificate(new, b"\x01", "authentication", login="user", replace=True)
         assert card.certificates(b"\x01") == [new]
         assert card.certificates(b"\x02") == []
+        # Without replace (a generic token), what is on the card stays.
+        card.write_certificate(newer, b"\x01", "authentication", login="user", replace=False)
+        assert sorted(c.subject.rfc4514_string() for c in card.certificates(b"\x01")) == [
+            "CN=New", "CN=Newer"]
 
 
 def test_der_integer_is_minimal_two_complement() -> None:

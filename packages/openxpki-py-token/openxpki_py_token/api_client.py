@@ -14,12 +14,14 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import random
 import socket
 import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,14 @@ log = logging.getLogger("openxpki_py_token")
 
 API_PREFIX = "api/v1/"
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-# Answers worth a second try on an idempotent call: the request did not run.
+# Gateway answers: 503 says the request was not handled (the application
+# rolls its transaction back before it answers 503 server.unavailable; a
+# proxy answers it without forwarding), 502/504 only that the answer is lost.
+_NOT_HANDLED_STATUS = frozenset({503})
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
+# A server's Retry-After is honoured up to this; our own backoff doubles up to
+# _MAX_BACKOFF.  Both stay within the client's retry window (--timeout).
+_MAX_RETRY_AFTER, _MAX_BACKOFF = 60.0, 30.0
 
 
 def api_base_url(server: str, *, allow_http_localhost: bool) -> str:
@@ -78,16 +86,30 @@ class ApiAnswer:
 
 
 class ApiClient:
-    """Calls ``<server>/api/v1/…``; maps every failure to an agent error."""
+    """Calls ``<server>/api/v1/…``; maps every failure to an agent error.
+
+    Transient failures (HTTP 502/503/504, a refused, broken or timed-out
+    connection) are tried again with backoff until ``retry_window`` seconds
+    after the client was made (the agent passes its ``--timeout``), and at
+    most ``retries`` times if that is given.
+    """
 
     def __init__(self, server: str, *, ca_file: Path | None = None,
                  allow_http_localhost: bool = False, timeout: float = 30.0,
-                 retries: int = 3, backoff: float = 1.0) -> None:
+                 retry_window: float = 60.0, retries: int | None = None, backoff: float = 1.0,
+                 notify: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.base_url = api_base_url(server, allow_http_localhost=allow_http_localhost)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.access_token: str | None = None
+        self._notify = notify
+        self._sleep = sleep
+        self._clock = clock
+        # A monotonic deadline: a suspended laptop or a clock change cannot stretch it.
+        self.retry_until = clock() + retry_window
         handlers: list[Any] = [_NoRedirect()]
         if urllib.parse.urlsplit(self.base_url).hostname in _LOCAL_HOSTS:
             handlers.append(urllib.request.ProxyHandler({}))  # this machine: never via a proxy
@@ -101,23 +123,44 @@ class ApiClient:
     def get(self, path: str) -> ApiAnswer:
         return self.call("GET", path)
 
-    def post(self, path: str, body: dict[str, Any], *, retry: bool = True) -> ApiAnswer:
-        """``retry=False`` for calls that must not run twice (trading the one-time code)."""
-        return self.call("POST", path, body, retry=retry)
+    def post(self, path: str, body: dict[str, Any], *, idempotent: bool = True) -> ApiAnswer:
+        """``idempotent=False`` for a call that must not run twice (trading the one-time code)."""
+        return self.call("POST", path, body, idempotent=idempotent)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
-             retry: bool = True) -> ApiAnswer:
-        attempts = self.retries if retry else 1
-        for attempt in range(1, attempts + 1):
+             idempotent: bool = True) -> ApiAnswer:
+        """One API call, tried again while the failure is transient and time is left.
+
+        A call that is not idempotent is tried again only when the server
+        certainly did not handle it (the connection was refused, or HTTP 503);
+        after a broken connection, a timeout or a 502/504 its effect is
+        unknown, and sending it again could spend it twice.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self._call_once(method, path, body)
             except _Transient as exc:
-                if attempt == attempts:
+                if not idempotent and exc.may_have_run:
                     raise exc.error from None
-                delay = exc.retry_after if exc.retry_after is not None else self.backoff * attempt
-                log.info("%s %s: %s; trying again in %.1f s", method, path, exc.error, delay)
-                time.sleep(min(delay, 30.0))
-        raise AssertionError("unreachable")
+                remaining = self.retry_until - self._clock()
+                if remaining <= 0 or (self.retries is not None and attempt >= self.retries):
+                    raise exc.error from None
+                delay = min(self._delay(attempt, exc.retry_after), remaining)
+                note = f"{exc.brief}; trying again in {delay:.1f} s…"
+                if self._notify is not None:
+                    self._notify(note)
+                log.info("%s %s: %s", method, path, note)
+                self._sleep(delay)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, _MAX_RETRY_AFTER)
+        # Exponential with jitter: agents cut off by the same outage do not
+        # all come back in the same second.
+        base = min(self.backoff * 2.0 ** (attempt - 1), _MAX_BACKOFF)
+        return base * random.uniform(0.75, 1.0)
 
     def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> ApiAnswer:
         url = self.url(path)
@@ -157,14 +200,21 @@ class ApiClient:
         if error is None:
             reason = f"{method} {url} answered HTTP {status} {exc.reason}"
             if status in _TRANSIENT_STATUS:
-                return _Transient(ServerUnreachable(f"{reason}: the server is not available; "
-                                                    "try again later"), retry_after)
+                return _Transient(ServerUnreachable(f"{reason}: the server is not available right now; "
+                                                    "try again later", code="server.unavailable"),
+                                  retry_after, may_have_run=status not in _NOT_HANDLED_STATUS,
+                                  brief=f"the server is not available (HTTP {status} {exc.reason})")
+            if status >= 500:
+                # The server (or a proxy in front of it) failed: --server is right.
+                return ServerUnreachable(f"{reason}: the server failed; try again later, or tell your "
+                                         "PKI administrator if it keeps happening", code="server.error")
             return ProtocolError(f"{reason}, not an API error; check --server "
                                  "(copy it from the web page)")
         code, message, fields = error
         refused = ServerRefused(message, code=code, status=status, retry_after=retry_after, fields=fields)
         if status in _TRANSIENT_STATUS:
-            return _Transient(refused, retry_after)
+            return _Transient(refused, retry_after, may_have_run=status not in _NOT_HANDLED_STATUS,
+                              brief=f"the server is not available ({message}, HTTP {status})")
         return refused
 
     def _unreachable(self, url: str, reason: object) -> Exception:
@@ -181,19 +231,30 @@ class ApiClient:
                                      "check --server and your network")
         if isinstance(reason, (TimeoutError, socket.timeout)):
             return _Transient(ServerUnreachable(f"{_origin(url)} did not answer within "
-                                                f"{self.timeout:.0f} s; check your network"), None)
+                                                f"{self.timeout:.0f} s; check your network"), None,
+                              may_have_run=True, brief=f"{_origin(url)} did not answer")
         text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+        # Refused: nothing was sent.  Reset or closed: the request may have arrived.
         return _Transient(ServerUnreachable(f"cannot reach {_origin(url)} ({text}); check "
-                                            "--server and your network"), None)
+                                            "--server and your network"), None,
+                          may_have_run=not isinstance(reason, ConnectionRefusedError),
+                          brief=f"cannot reach {_origin(url)} ({text})")
 
 
 class _Transient(Exception):
-    """A failure where the request certainly did not run (or may safely run again)."""
+    """A failure that may pass; ``may_have_run`` if the server may have handled the request.
 
-    def __init__(self, error: Exception, retry_after: float | None) -> None:
+    ``error`` is raised when no retry is left; ``brief`` is the progress line
+    before a retry (without the final advice).
+    """
+
+    def __init__(self, error: Exception, retry_after: float | None, *, may_have_run: bool,
+                 brief: str) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+        self.may_have_run = may_have_run
+        self.brief = brief
 
 
 def _json_object(raw: bytes, url: str, status: int) -> dict[str, Any]:

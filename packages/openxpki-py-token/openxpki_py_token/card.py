@@ -338,12 +338,18 @@ class Card:
         return certs
 
     def write_certificate(self, cert: x509.Certificate, key_id: bytes, label: str, *,
-                          login: Login) -> None:
-        """Store ``cert`` next to its key (same CKA_ID), replacing older ones with that ID."""
+                          login: Login, replace: bool) -> None:
+        """Store ``cert`` next to its key (same CKA_ID).
+
+        ``replace`` deletes older certificates with that ID first: only for a
+        key slot the card profile gives to this PKI (such cards hold one
+        certificate per slot); otherwise nothing already on the card is removed.
+        """
         self.login(login)
         der = cert.public_bytes(serialization.Encoding.DER)
         try:
-            for old in self._objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id}):
+            for old in self._objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id}
+                                     ) if replace else ():
                 try:
                     old.destroy()
                 except _CARD_GONE:

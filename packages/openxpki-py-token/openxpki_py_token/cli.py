@@ -21,6 +21,7 @@ from .card_profiles import PROFILE_CHOICES
 from .enroll import IssuedCertificate, TokenAgent
 from .errors import (
     EnrollmentStopped,
+    ForeignKeyRefused,
     OpenXPKIError,
     ServerRefused,
     ServerUnreachable,
@@ -32,6 +33,7 @@ from .pins import CardPins
 from .progress import Progress
 from .secret import SecretRef
 from .state import DEFAULT_STATE_DIR, StateStore
+from .terminal import printable
 
 PROG = "openxpki-py-token"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CARD, EXIT_REFUSED, EXIT_NETWORK = 0, 1, 2, 3, 4, 5
@@ -113,11 +115,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     pins = CardPins.interactive(
         user=_secret("--pin-file", "--pin-env", args.pin_file, args.pin_env),
         so=_secret("--so-pin-file", "--so-pin-env", args.so_pin_file, args.so_pin_env))
+    progress = Progress()
+    # Retries of a failing server count against the same --timeout as waiting.
     api = ApiClient(args.server, ca_file=args.ca_file,
-                    allow_http_localhost=args.insecure_http_for_localhost)
+                    allow_http_localhost=args.insecure_http_for_localhost,
+                    retry_window=args.timeout, notify=progress.step)
     card = Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label)
     agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
-                       timeout=args.timeout, progress=Progress())
+                       timeout=args.timeout, progress=progress)
     for cert in agent.enroll(args.code):
         print(_result_line(cert))
     return EXIT_OK
@@ -132,6 +137,7 @@ def _secret(file_option: str, env_option: str, file: Path | None, env: str | Non
 
 
 def _result_line(cert: IssuedCertificate) -> str:
+    """One stdout line per certificate; every field is the server's, so made printable."""
     parts = [f"{cert.cert_type}: serial {cert.serial}"]
     if cert.subject:
         parts.append(cert.subject)
@@ -139,30 +145,47 @@ def _result_line(cert: IssuedCertificate) -> str:
         parts.append(f"valid until {cert.not_after}")
     if cert.status and cert.status != "installed":
         parts.append(cert.status)
-    return ", ".join(parts)
+    return printable(", ".join(parts))
 
 
 def describe_failure(exc: OpenXPKIError) -> str:
-    """The line (or two) the user sees; the server's own code and message verbatim."""
+    """The line (or two) the user sees; the server's own code and message, made printable.
+
+    Only the hint (this module's own text) may start a second line: a newline
+    in the server's message or a card's label is shown escaped.
+    """
     if isinstance(exc, ServerRefused):
-        text = f"the server refused: {exc.message} [{exc.code}]"
+        text = printable(f"the server refused: {exc.message} [{exc.code}]")
         hint = HINTS.get(exc.code)
         if exc.code == "enroll.rate_limited" and exc.retry_after:
             hint = f"too many tries: wait {exc.retry_after:.0f} s, then run again"
         return f"{text}\n  {hint}" if hint else text
     if isinstance(exc, TokenError):
-        return f"card problem: {exc.message}"
+        return printable(f"card problem: {exc.message}")
     if isinstance(exc, ServerUnreachable):
-        return f"network problem: {exc.message}"
+        return printable(f"network problem: {exc.message}")
     if isinstance(exc, EnrollmentStopped):
-        return exc.message
-    return f"failed: {exc.message}"
+        return printable(exc.message)
+    if isinstance(exc, ForeignKeyRefused):
+        return printable(f"refused: {exc.message} [{exc.code}]")
+    return printable(f"failed: {exc.message}")
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log records (``-v``) quote server answers and card labels too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The message is one line; only a traceback after it may span lines.
+        safe = logging.makeLogRecord({**record.__dict__, "msg": printable(record.getMessage()),
+                                      "args": None})
+        return printable(super().format(safe), multiline=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format=f"{PROG}: %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter(f"{PROG}: %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])
     try:
         return cmd_enroll(args)
     except OpenXPKIError as exc:

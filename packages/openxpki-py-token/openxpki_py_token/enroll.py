@@ -5,6 +5,13 @@ executes one task at a time and never keeps its own plan.  That is what makes
 a rerun after any interruption safe: a key that was generated but never
 certified is found on the card and used again, a certificate already on the
 card only needs its receipt, and the server never issues twice.
+
+The server is trusted with the plan, not with the card: a task may only
+make the agent reuse, or write a certificate for, a key this workflow's runs
+generated (:class:`~openxpki_py_token.state.CreatedKeys`), and nothing the
+agent did not write is deleted, except in a key slot that the card profile
+gives to this PKI.  Waiting is bounded by ``--timeout`` on a monotonic
+clock, never by a count of the server's answers.
 """
 
 from __future__ import annotations
@@ -22,10 +29,19 @@ from cryptography.x509.oid import NameOID
 from .api_client import ApiClient
 from .card import Card, CardInfo, CardKey, spec_text
 from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
-from .errors import EnrollmentFailed, EnrollmentStopped, ProtocolError, ServerRefused, TokenError, TokenKeyNotFound
+from .errors import (
+    EnrollmentFailed,
+    EnrollmentStopped,
+    ForeignKeyRefused,
+    ProtocolError,
+    ServerRefused,
+    ServerUnreachable,
+    TokenError,
+    TokenKeyNotFound,
+)
 from .keyspec import KeySpec
 from .progress import Progress
-from .state import EnrollmentSession, StateStore
+from .state import CreatedKeys, EnrollmentSession, StateStore
 
 log = logging.getLogger("openxpki_py_token")
 
@@ -53,7 +69,7 @@ class TokenAgent:
     """Runs one enrollment: ``TokenAgent(...).enroll(code)``."""
 
     def __init__(self, api: ApiClient, card: Card, store: StateStore, *,
-                 profile_name: str = "auto", timeout: float = 900.0, max_tasks: int = 100,
+                 profile_name: str = "auto", timeout: float = 900.0,
                  progress: Progress | None = None,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -62,10 +78,10 @@ class TokenAgent:
         self.store = store
         self.profile_name = profile_name
         self.timeout = timeout
-        self.max_tasks = max_tasks
         self.progress = progress or Progress()
         self._sleep = sleep
         self._clock = clock
+        self._created: CreatedKeys | None = None
 
     def enroll(self, code: str) -> list[IssuedCertificate]:
         code = code.strip()
@@ -84,15 +100,21 @@ class TokenAgent:
             if profile.needs_so_pin:
                 self.card.login("so")
             session = self._authenticate(code, state_key)
+            self._created = self.store.load_created_keys(session.server, session.workflow_id, info.serial)
             try:
                 announced = self._report_card(info, profile)
                 issued = self._run_tasks(profile, announced)
             except ServerRefused as exc:
                 # The saved session is of no use any more: a rerun needs a new code.
+                # The key record outlives it (a new code continues the workflow)
+                # unless the workflow itself is over.
                 if exc.code in _AUTH_CODES or isinstance(exc, EnrollmentFailed):
                     self.store.forget(session.server, state_key)
+                if isinstance(exc, EnrollmentFailed):
+                    self.store.forget_created_keys(session.server, session.workflow_id)
                 raise
         self.store.forget(session.server, state_key)
+        self.store.forget_created_keys(session.server, session.workflow_id)
         return issued
 
     # --- the session ------------------------------------------------------------------------
@@ -106,8 +128,12 @@ class TokenAgent:
             self.api.access_token = saved.access_token
             return saved
         try:
-            # Never retried: a lost answer would burn the one-time code twice.
-            answer = self.api.post("enroll", {"code": code}, retry=False)
+            # Not idempotent: tried again only when the server certainly did not
+            # handle it (see ApiClient.call); a lost answer would burn the code.
+            answer = self.api.post("enroll", {"code": code}, idempotent=False)
+        except ServerUnreachable as exc:
+            raise ServerUnreachable(f"{exc.message} (if the next run says the code was used, reload "
+                                    "the personalization page for a new code)", code=exc.code) from None
         except ServerRefused as exc:
             if exc.code == "enroll.code_used" and saved is not None:
                 raise ServerRefused(
@@ -158,7 +184,10 @@ class TokenAgent:
         # The first wait after "confirm the card in the browser" says the same again.
         shown: str | None = None
         quiet = announced_confirmation
-        for _ in range(self.max_tasks):
+        while True:
+            if self._clock() >= deadline:
+                # Also ends a server that hands out work forever.
+                raise self._stopped(shown or "the server had more tasks")
             task = self.api.get("task").body
             kind = _text(task, "task", "task")
             if kind == "wait":
@@ -182,19 +211,23 @@ class TokenAgent:
             else:
                 raise ProtocolError(f"the server asked for task {kind!r}, which this agent does not "
                                     "know: update openxpki-py-token")
-        raise ProtocolError(f"the server sent more than {self.max_tasks} tasks without finishing")
 
     def _wait(self, task: dict[str, Any], deadline: float, reason: str) -> None:
+        """Sleep as the server asks, but never past the deadline (then one last poll)."""
         retry_after = task.get("retry_after", 1)
         if not isinstance(retry_after, (int, float)) or isinstance(retry_after, bool):
             retry_after = 1
         delay = min(max(float(retry_after), _MIN_WAIT), _MAX_WAIT)
-        if self._clock() + delay > deadline:
-            raise EnrollmentStopped(
-                f"stopped waiting after {self.timeout:.0f} s ({reason}); run the same command "
-                "again to continue (if the code's session has expired, reload the web page for "
-                "a new code)")
-        self._sleep(delay)
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise self._stopped(reason)
+        self._sleep(min(delay, remaining))
+
+    def _stopped(self, reason: str) -> EnrollmentStopped:
+        return EnrollmentStopped(
+            f"stopped waiting after {self.timeout:.0f} s ({reason}); run the same command "
+            "again to continue (if the code's session has expired, reload the web page for "
+            "a new code)")
 
     def _done(self, task: dict[str, Any]) -> list[IssuedCertificate]:
         listed = task.get("certificates")
@@ -249,6 +282,7 @@ class TokenAgent:
         """The key to certify: an uncertified one of ours already there, or a new one."""
         candidates = [key_id] if slot is not None else [
             key_id, *(key_id + bytes((n,)) for n in range(1, _ALTERNATIVE_IDS + 1))]
+        created = self._created_keys()
         for candidate in candidates:
             existing = self.card.find_key(candidate)
             certs = self.card.certificates(candidate)
@@ -256,17 +290,23 @@ class TokenAgent:
             # replaced its key may still hold the old key's certificate.
             certified = existing is not None and any(
                 _spki(c.public_key()) == _spki(existing.public_key) for c in certs)
-            if existing is not None and not certified and existing.spec == spec and (
+            # Only a key this workflow generated is reused: an uncertified key of
+            # another PKI with the same label must not end up in our CSR.
+            ours = existing is not None and created.owns(candidate, _spki(existing.public_key))
+            if existing is not None and ours and not certified and existing.spec == spec and (
                     slot is not None or existing.label == label):
                 # Generated by an interrupted run and never certified: use it, do
                 # not leave a second key behind.
                 self.progress.step(f"key {what} is already on the card (ID {candidate.hex()}), "
                                    "not yet certified: using it")
+                self._record_key(existing)
                 return existing
             if slot is None and (existing is not None or certs):
                 log.info("key ID %s is taken on the card; trying the next one", candidate.hex())
                 continue  # someone else's key or an older certificate: never touched
             if slot is not None and existing is not None:
+                # The card profile gives this slot to this PKI: replacing is the
+                # one deletion of something the agent did not write.
                 held = f" and its certificate {certs[0].subject.rfc4514_string()}" if certs else ""
                 self.progress.step(f"note: this replaces the key in slot {candidate.hex()}{held}")
                 # Cards that overwrite on keygen may refuse to delete: that is fine.
@@ -278,6 +318,11 @@ class TokenAgent:
     def _new_key(self, what: str, spec: KeySpec, key_id: bytes, label: str, usage: Usage,
                  profile: CardProfile) -> CardKey:
         self.progress.step(f"generating key {what} on the card…")
+        # Claimed before the card has it: a run killed right after key
+        # generation must still know the key as its own.
+        created = self._created_keys()
+        created.claim(key_id)
+        self.store.save_created_keys(created)
         self.card.generate_key(spec, key_id, label, usage, login=profile.keygen_login)
         if profile.reinit_after_keygen:
             self.card.reinitialize()
@@ -288,7 +333,17 @@ class TokenAgent:
         if key.spec != spec:
             raise TokenError(f"{self.card.describe()} generated a {key.spec} key instead of "
                              f"{spec_text(spec)}", code="token.keygen")
+        self._record_key(key)
         return key
+
+    def _created_keys(self) -> CreatedKeys:
+        assert self._created is not None, "loaded after the enrollment code is traded"
+        return self._created
+
+    def _record_key(self, key: CardKey) -> None:
+        created = self._created_keys()
+        if created.record(key.key_id, _spki(key.public_key)):
+            self.store.save_created_keys(created)
 
     # --- install_certificate ------------------------------------------------------------------
 
@@ -305,11 +360,19 @@ class TokenAgent:
         if _serial_int(serial) != cert.serial_number:
             raise ProtocolError(f"the server's serial {serial} is not the certificate's "
                                 f"({cert.serial_number:x})")
+        created = self._created_keys()
+        refused = (f"the server asked to write its {cert_type} certificate for key ID {key_id.hex()}, "
+                   "which this personalization did not generate on the card; refused, nothing on "
+                   "the card was changed. Tell your PKI administrator")
+        if not created.has(key_id):
+            raise ForeignKeyRefused(refused)
         key = self.card.find_key(key_id)
         if key is None:
             raise TokenKeyNotFound(
                 f"the key for the {cert_type} certificate (ID {key_id.hex()}) is not on "
                 f"{self.card.describe()}; insert the card you started with", code="token.wrong_card")
+        if not created.owns(key_id, _spki(key.public_key)):
+            raise ForeignKeyRefused(refused)  # the ID is ours, the key under it is not any more
         if _spki(cert.public_key()) != _spki(key.public_key):
             raise ProtocolError(f"the server's {cert_type} certificate is not for key {key_id.hex()} on "
                                 "the card; it was not written. Tell your PKI administrator")
@@ -318,7 +381,11 @@ class TokenAgent:
         else:
             self.progress.step(f"writing certificate {index}/{count} to the card…")
             label = str(task.get("label") or key.label or cert_type)
-            self.card.write_certificate(cert, key_id, label, login=profile.cert_write_login)
+            # Older certificates under the ID are replaced only in a slot the
+            # profile gives to this PKI; on a generic token they stay.
+            in_slot = any(bytes.fromhex(s.key_id) == key_id for s in profile.slots)
+            self.card.write_certificate(cert, key_id, label, login=profile.cert_write_login,
+                                        replace=in_slot)
         self.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
                                   "token_serial": self._card_serial()})
 

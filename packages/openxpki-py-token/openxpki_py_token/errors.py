@@ -135,6 +135,15 @@ class ProtocolError(AgentError):
     code = "protocol"
 
 
+class ForeignKeyRefused(ProtocolError):
+    """A task named a key this personalization did not generate on the card (exit code 1).
+
+    The card is left as it was: the agent writes certificates only for its own keys.
+    """
+
+    code = "agent.foreign_key"
+
+
 class EnrollmentStopped(AgentError):
     """The run ended before the card was done (timeout, interrupt): run again to continue."""
 

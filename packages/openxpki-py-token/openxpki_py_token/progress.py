@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from .terminal import printable
+
 
 class Progress:
     """One line per step; never given a PIN or a token to print."""
@@ -13,5 +15,7 @@ class Progress:
         self._stream = stream
 
     def step(self, text: str) -> None:
+        # Steps quote the server and the card (reasons, labels, serials): one
+        # line each, with nothing that could steer the terminal.
         stream = self._stream if self._stream is not None else sys.stderr
-        print(text, file=stream, flush=True)
+        print(printable(text), file=stream, flush=True)
