@@ -67,17 +67,33 @@ class SessionStore:
         self.absolute_timeout = absolute_timeout
         self.clock = clock
 
-    def open(self, conn: Connection, cookie: str | None, identity: Identity) -> WebSession:
-        """The session for this request: the cookie's, if still valid for this user, else a new one."""
-        if cookie:
-            found = self._load(conn, cookie)
-            if found is not None:
-                reason = self._end_reason(found, identity)
-                if reason is None:
-                    self._touch(conn, found)
-                    return found
-                self.end(conn, found, actor=identity.login, reason=reason)
-        return self._create(conn, identity)
+    def find(self, conn: Connection, cookie: str | None, identity: Identity) -> WebSession | None:
+        """The cookie's session if it is still valid for this user; an invalid one is ended.
+
+        None: the caller admits the user (a directory lookup, outside any
+        transaction) and then :meth:`create` s a session.
+        """
+        if not cookie:
+            return None
+        found = self._load(conn, cookie)
+        if found is None:
+            return None
+        reason = self._end_reason(found, identity)
+        if reason is None:
+            self._touch(conn, found)
+            return found
+        self.end(conn, found, actor=identity.login, reason=reason)
+        return None
+
+    def create(self, conn: Connection, identity: Identity) -> WebSession:
+        """A new session for an admitted user (its ``cookie`` is to be set)."""
+        cookie, now = new_token(), self.clock()
+        s = WebSession(id_hash=_hash(cookie), login=identity.login, role=None, csrf_token=new_token(),
+                       created_at=now, last_seen=now, cookie=cookie)
+        conn.execute(web_session.insert().values(
+            id_hash=s.id_hash, login=s.login, role_name=None, csrf_token=s.csrf_token,
+            data=s.data or None, created_at=now, last_seen=now))
+        return s
 
     def _end_reason(self, s: WebSession, identity: Identity) -> str | None:
         now = self.clock()
@@ -98,15 +114,6 @@ class SessionStore:
             csrf_token=row["csrf_token"], created_at=row["created_at"],
             last_seen=row["last_seen"], data=dict(row["data"] or {}),
         )
-
-    def _create(self, conn: Connection, identity: Identity) -> WebSession:
-        cookie, now = new_token(), self.clock()
-        s = WebSession(id_hash=_hash(cookie), login=identity.login, role=None, csrf_token=new_token(),
-                       created_at=now, last_seen=now, cookie=cookie)
-        conn.execute(web_session.insert().values(
-            id_hash=s.id_hash, login=s.login, role_name=None, csrf_token=s.csrf_token,
-            data=s.data or None, created_at=now, last_seen=now))
-        return s
 
     def _touch(self, conn: Connection, s: WebSession) -> None:
         now = self.clock()

@@ -24,16 +24,17 @@ from ..audit import append_audit
 from ..auth import identity as sso
 from ..auth.config import AuthConfig, RoleHandler
 from ..auth.handlers import HandlerOutcome, run_role_handler
+from ..auth.person import UnknownPerson, resolve_person
 from ..auth.sessions import SessionStore, WebSession
 from ..errors import ConfigError, OpenXPKIError
+from . import approvals as _approval_views  # noqa: F401 - registers its views
 from . import errors
+from . import mine as _my_views  # noqa: F401 - registers its views
+from . import personalization as _personalization_views  # noqa: F401 - registers its views
 from .config import WebConfig
 from .context import RequestContext, WebRequest
 from .menu import menu_for
 from .render import render, template_lookup
-from . import approvals as _approval_views  # noqa: F401 - registers its views
-from . import mine as _my_views  # noqa: F401 - registers its views
-from . import personalization as _personalization_views  # noqa: F401 - registers its views
 from .views import VIEWS, View, url_rules
 from .workflows import EngineGateway, WorkflowGateway
 
@@ -77,6 +78,7 @@ class WebApp:
         api: Any = None,
         lookup: TemplateLookup | None = None,
         run_handler: HandlerRunner = run_role_handler,
+        resolve_person: Callable[[str], object] | None = None,
     ) -> None:
         if not auth.roles:
             raise ConfigError("auth.roles: no role is configured, so the web UI could grant none")
@@ -102,6 +104,9 @@ class WebApp:
         self.workflows = workflows
         self.lookup = lookup or template_lookup()
         self.run_handler = run_handler
+        # The SSO login → one directory entry (auth.person.resolve_person);
+        # create_app always sets it, tests of other parts may leave it out.
+        self.resolve_person = resolve_person
         self.sessions = SessionStore(idle_timeout=web.session.idle_timeout,
                                      absolute_timeout=web.session.absolute_timeout)
         self.url_map = Map(url_rules(), strict_slashes=False)
@@ -139,9 +144,16 @@ class WebApp:
         if view.access == "public":
             return view.func(ctx, **args)
         ctx.identity = self.identify(ctx.request)
+        cookie = ctx.request.cookies.get(self.web.session.cookie_name)
         with self.db.begin() as conn:
-            ctx.session = self.sessions.open(conn, ctx.request.cookies.get(self.web.session.cookie_name),
-                                             ctx.identity)
+            ctx.session = self.sessions.find(conn, cookie, ctx.identity)
+        if ctx.session is None:
+            # A new session only for a login that is one person, spelled as the
+            # directory spells it (auth/person.py); looked up outside the
+            # transaction, so a slow directory holds no database lock.
+            self.admit(ctx.identity)
+            with self.db.begin() as conn:
+                ctx.session = self.sessions.create(conn, ctx.identity)
         if ctx.request.method in STATE_CHANGING:
             self.check_csrf(ctx)
         if view.access == "role":
@@ -149,6 +161,17 @@ class WebApp:
         return view.func(ctx, **args)
 
     # --- identity, CSRF, roles ---------------------------------------------
+
+    def admit(self, identity: sso.Identity) -> None:
+        if self.resolve_person is None:
+            return
+        try:
+            self.resolve_person(identity.login)
+        except UnknownPerson as exc:
+            log.warning("refused SSO login: %s", exc.message)
+            with self.db.begin() as conn:
+                append_audit(conn, actor=identity.login, event="auth.login.refused", details={"reason": exc.code})
+            raise errors.PersonUnknown() from None
 
     def identify(self, request: WebRequest) -> sso.Identity:
         try:
@@ -158,6 +181,9 @@ class WebApp:
         except sso.InvalidLogin as exc:
             log.warning("refused SSO login: %s", exc.message)
             raise errors.LoginRefused() from None
+        except sso.RealmRefused as exc:
+            log.warning("refused SSO login: %s", exc.message)
+            raise errors.RealmNotAccepted() from None
 
     def check_csrf(self, ctx: RequestContext) -> None:
         assert ctx.session is not None
@@ -291,9 +317,9 @@ def create_app(config: Config, services: Any = None) -> WebApp:
     engine = services.workflows
     personalization = api = None
     if "smartcard_personalization" in engine.definitions.definitions:
-        from .api import AgentApi
         from ..personalization.agent_calls import TokenAgentCalls
         from ..personalization.service import PersonalizationService
+        from .api import AgentApi
 
         personalization = PersonalizationService(engine=engine, db=db, policy=config.personalization)
         api = AgentApi(TokenAgentCalls(db=db, engine=engine, policy=config.personalization),
@@ -306,4 +332,5 @@ def create_app(config: Config, services: Any = None) -> WebApp:
         workflows=EngineGateway(engine),
         personalization=personalization,
         api=api,
+        resolve_person=lambda login: resolve_person(services.directory, login),
     )

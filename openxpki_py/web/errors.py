@@ -55,6 +55,9 @@ NOT_FOUND_TEXT = "There is no such page, or it is not yours to see."
 SERVER_ERROR_TEXT = "Something went wrong on the server. It has been logged; please try again later."
 UNAVAILABLE_TEXT = "A service the server needs is not available right now. Please try again later."
 LOGIN_REFUSED_TEXT = "Your sign-on name cannot be used with this application. Contact your administrator."
+PERSON_UNKNOWN_TEXT = ("Your sign-on name does not match exactly one person in the company directory, "
+                       "spelled as the directory spells it. Contact your administrator.")
+REALM_TEXT = "Your sign-on realm (the part after @) is not accepted by this application. Contact your administrator."
 
 
 class RequestInvalid(OpenXPKIError):
@@ -214,6 +217,14 @@ class RoleRequired(Forbidden):
 
 class LoginRefused(Forbidden):
     description = LOGIN_REFUSED_TEXT
+
+
+class PersonUnknown(Forbidden):
+    description = PERSON_UNKNOWN_TEXT
+
+
+class RealmNotAccepted(Forbidden):
+    description = REALM_TEXT
 
 
 class PageNotFound(NotFound):
