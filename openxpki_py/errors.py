@@ -24,7 +24,7 @@ from openxpki_py_token.errors import (
 )
 
 __all__ = [
-    "AuthError", "CAError", "ConfigError", "DirectoryError", "NotFound", "OpenXPKIError", "PolicyViolation",
+    "AuditChainBroken", "AuthError", "CAError", "ConfigError", "DirectoryError", "NotFound", "OpenXPKIError", "PolicyViolation",
     "StorageError", "TokenError", "TokenKeyNotFound", "TokenModuleError", "TokenNotFound", "TokenPinError",
     "UnknownProfile", "WorkflowError",
 ]
@@ -79,3 +79,10 @@ class WorkflowError(OpenXPKIError):
     """A workflow action was refused or failed."""
 
     code = "workflow"
+
+
+class AuditChainBroken(OpenXPKIError):
+    """The audit trail fails verification: a row or checkpoint was changed,
+    deleted or forged (``openxpki-py audit verify`` names the first one)."""
+
+    code = "audit.chain"
