@@ -92,7 +92,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
     first = report.first_problem
     if first is not None:
-        more = f" (and {len(report.problems) - 1} more problem(s); --json lists all)" if len(report.problems) > 1 else ""
+        others = len(report.problems) - 1
+        more = f" (and {others} more problem(s); --json lists all)" if others else ""
         raise AuditChainBroken(first.line() + more)
     if not args.json:
         print(_summary(report))

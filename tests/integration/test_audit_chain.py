@@ -119,7 +119,7 @@ def rehash_from(db: Engine, first_id: int) -> None:
 def forge_append(db: Engine, logged_at: datetime) -> None:
     """Append a row hashed the way the code hashes, with a date of the forger's choice."""
     with db.begin() as conn:
-        prev = conn.execute(select(audit_log.c.entry_hash).order_by(audit_log.c.id.desc()).limit(1)).scalar()
+        prev = conn.execute(select(audit_log.c.entry_hash).order_by(audit_log.c.id.desc()).limit(1)).scalar() or GENESIS
         row = {"logged_at": logged_at.replace(microsecond=0), "actor": "bob", "role_name": "CA Operator",
                "event": "auth.role.grant", "outcome": "ok", "target": None, "details": None}
         conn.execute(audit_log.insert(), {**row, "prev_hash": prev, "entry_hash": entry_hash(prev, row)})
