@@ -132,46 +132,58 @@ def _external_checkpoints(files: Sequence[Path], report: ChainReport) -> dict[Pa
 
 
 def _merge(stored: list[Checkpoint], external: dict[Path, list[Checkpoint]], files: Sequence[Path],
-           node: str | None, files_read_at: datetime, report: ChainReport) -> dict[int, Checkpoint]:
-    """One checkpoint per seq; disagreements and deletions become problems."""
-    merged = {cp.seq: cp for cp in stored}
+           node: str | None, files_read_at: datetime, report: ChainReport) -> dict[int, list[Checkpoint]]:
+    """Every version of each checkpoint, by seq; disagreements and deletions become problems."""
+    merged: dict[int, list[Checkpoint]] = {cp.seq: [cp] for cp in stored}
     for path, records in external.items():
         for cp in records:
-            known = merged.get(cp.seq)
-            if known is None:
+            versions = merged.setdefault(cp.seq, [])
+            if not versions:
                 report.problems.append(AuditProblem(
                     "checkpoint.missing_in_db", f"is in {path} but not in the database: checkpoints "
                     f"were deleted (it covered rows up to {cp.row_id})", checkpoint=cp.seq))
-                merged[cp.seq] = cp  # still an anchor for the rows it covers
-            elif known != cp:
+            elif cp not in versions:
                 report.problems.append(AuditProblem(
                     "checkpoint.differs", f"differs between the database and {path}", checkpoint=cp.seq))
+            if cp not in versions:
+                versions.append(cp)  # the copy may be the genuine one: the signature decides
     if node is not None and files:
-        in_files = {cp.seq for records in external.values() for cp in records}
-        for cp in stored:
-            # The file line follows the commit by milliseconds; one younger than the
-            # file read may simply not have been appended yet.
-            if cp.node == node and cp.seq not in in_files and cp.created_at < files_read_at - _APPEND_GRACE:
-                report.problems.append(AuditProblem(
-                    "checkpoint.missing_in_file", f"was written by this node ({node}) but is in none of "
-                    f"{', '.join(map(str, files))} (file edited, or the append failed after the commit)",
-                    checkpoint=cp.seq))
+        _missing_in_files(stored, external, files, node, files_read_at, report)
     elif stored:
         report.warnings.append("checkpoints were not compared with a copy outside the database "
                                "(set audit.checkpoint.file or give --checkpoint-file)")
     return dict(sorted(merged.items()))
 
 
-def _check_signatures(merged: dict[int, Checkpoint], public_key: PublicKey | None,
+def _missing_in_files(stored: list[Checkpoint], external: dict[Path, list[Checkpoint]], files: Sequence[Path],
+                      node: str, files_read_at: datetime, report: ChainReport) -> None:
+    """Checkpoints this node wrote must be in its file."""
+    in_files = {cp.seq for records in external.values() for cp in records if cp.node == node}
+    newest_in_files = max(in_files, default=0)
+    for cp in stored:
+        if cp.node != node or cp.seq in in_files:
+            continue
+        # The line follows the commit by milliseconds: the newest checkpoints
+        # may not be appended yet.  One older than a line that is there is missing.
+        if cp.seq > newest_in_files and cp.created_at >= files_read_at - _APPEND_GRACE:
+            continue
+        report.problems.append(AuditProblem(
+            "checkpoint.missing_in_file", f"was written by this node ({node}) but is in none of "
+            f"{', '.join(map(str, files))} (lines deleted, or the append failed after the commit)",
+            checkpoint=cp.seq))
+
+
+def _check_signatures(merged: dict[int, list[Checkpoint]], public_key: PublicKey | None,
                       report: ChainReport) -> list[Checkpoint]:
     """The checkpoints whose signature and place in the checkpoint chain are good, by seq."""
     if public_key is None and merged:
         report.warnings.append("checkpoint signatures were not checked: no audit key "
                                "(configure audit.checkpoint.key or give --public-key)")
-    expected_key = key_id_of(public_key) if public_key is not None else None
     trusted: list[Checkpoint] = []
     prev_digest, prev_seq = GENESIS, 0
-    for seq, cp in merged.items():
+    for seq, versions in merged.items():
+        good = [cp for cp in versions if _signed_by(cp, public_key, report)]
+        cp = good[0] if good else versions[0]
         if seq != prev_seq + 1:
             report.problems.append(AuditProblem(
                 "checkpoint.sequence", f"checkpoints {prev_seq + 1}..{seq - 1} are missing everywhere",
@@ -181,20 +193,25 @@ def _check_signatures(merged: dict[int, Checkpoint], public_key: PublicKey | Non
                 "checkpoint.sequence", f"does not follow checkpoint {prev_seq} (prev_checkpoint differs)",
                 checkpoint=seq))
         prev_digest, prev_seq = cp.digest(), seq
-        if expected_key is not None:
-            if cp.key_id != expected_key:
-                report.problems.append(AuditProblem(
-                    "checkpoint.key", f"was signed by another key ({cp.key_id[:16]}…), not the audit key",
-                    checkpoint=seq))
-                continue
-            assert public_key is not None
-            if not signature_valid(public_key, cp.payload(), cp.signature):
-                report.problems.append(AuditProblem(
-                    "checkpoint.signature", "its signature is not valid: the checkpoint was altered or forged",
-                    checkpoint=seq))
-                continue
-        trusted.append(cp)
+        if good:
+            trusted.append(cp)
     return trusted
+
+
+def _signed_by(cp: Checkpoint, public_key: PublicKey | None, report: ChainReport) -> bool:
+    if public_key is None:
+        return True  # unchecked, as the report's warning says
+    if cp.key_id != key_id_of(public_key):
+        report.problems.append(AuditProblem(
+            "checkpoint.key", f"was signed by another key ({cp.key_id[:16]}…), not the audit key",
+            checkpoint=cp.seq))
+        return False
+    if not signature_valid(public_key, cp.payload(), cp.signature):
+        report.problems.append(AuditProblem(
+            "checkpoint.signature", "its signature is not valid: the checkpoint was altered or forged",
+            checkpoint=cp.seq))
+        return False
+    return True
 
 
 # --- the chain itself ---------------------------------------------------------------
