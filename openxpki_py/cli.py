@@ -34,6 +34,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.DirectoryError, 9),
     (errors.AuthError, 10),
     (errors.WorkflowError, 11),
+    (errors.AuditChainBroken, 12),
     (errors.OpenXPKIError, 1),
 )
 
@@ -351,9 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="run Apache in the foreground")
     command(sub, "init", cmd_db_init, "create the database tables (same as 'db init')")
     # Sub-commands that live next to their subsystem.
+    from .audit.cli import register as register_audit
     from .workflow.cli import register as register_workflow
 
     register_workflow(sub)
+    register_audit(sub)
     return parser
 
 

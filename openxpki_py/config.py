@@ -20,6 +20,7 @@ from .configreader import Reader
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from .audit.config import AuditConfig
     from .auth.config import AuthConfig
     from .crypto.keys.config import KeyConfig
     from .directory.config import DirectoryConfig
@@ -86,6 +87,7 @@ class Config:
     web: WebConfig
     workflow: WorkflowConfig
     personalization: PersonalizationPolicy
+    audit: AuditConfig
 
 
 def _parse_instance(r: Reader) -> InstanceConfig:
@@ -134,6 +136,7 @@ def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
 
 def parse_config(data: Any, path: Path) -> Config:
     """Validate a parsed YAML document; ``path`` anchors relative paths."""
+    from .audit.config import parse_audit_config
     from .auth.config import parse_auth_config
     from .directory.config import parse_directory_config
     from .personalization.policy import parse_personalization_config
@@ -142,16 +145,18 @@ def parse_config(data: Any, path: Path) -> Config:
 
     root = Reader(data, "", path.parent)
     instance = _parse_instance(root.section("instance", required=True))
+    ca = _parse_ca(root.section("ca", required=True), instance)
     cfg = Config(
         path=path,
         instance=instance,
         database=_parse_database(root.section("database", required=True)),
-        ca=_parse_ca(root.section("ca", required=True), instance),
+        ca=ca,
         directory=parse_directory_config(root.section("directory")),
         auth=parse_auth_config(root.section("auth")),
         web=parse_web_config(root.section("web")),
         workflow=parse_workflow_config(root.section("workflow")),
         personalization=parse_personalization_config(root.section("personalization")),
+        audit=parse_audit_config(root.section("audit"), ca.key),
     )
     root.finish()
     return cfg

@@ -31,8 +31,8 @@ from openxpki_py_token.errors import (
 )
 
 __all__ = [
-    "AuthError", "CAError", "ConfigError", "DirectoryError", "FieldProblem", "NotFound", "NotPermitted",
-    "OpenXPKIError", "PolicyViolation", "UnexpectedStep",
+    "AuditChainBroken", "AuthError", "CAError", "ConfigError", "DirectoryError", "FieldProblem", "NotFound",
+    "NotPermitted", "OpenXPKIError", "PolicyViolation", "UnexpectedStep",
     "StorageError", "TokenError", "TokenKeyNotFound", "TokenModuleError", "TokenNotFound", "TokenPinError",
     "UnknownProfile", "WorkflowError",
 ]
@@ -102,3 +102,10 @@ class WorkflowError(OpenXPKIError):
     """A workflow action was refused or failed."""
 
     code = "workflow"
+
+
+class AuditChainBroken(OpenXPKIError):
+    """The audit trail fails verification: a row or checkpoint was changed,
+    deleted or forged (``openxpki-py audit verify`` names the first one)."""
+
+    code = "audit.chain"

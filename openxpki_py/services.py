@@ -18,6 +18,7 @@ from .db.engine import open_engine
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from .audit.service import AuditCheckpoints
     from .config import Config
     from .crypto.ca import CertificateAuthority
     from .workflow.domain import WorkflowDomain
@@ -66,8 +67,16 @@ class Services:
                                               folders=definition_folders(self.domains),
                                               registry=build_registry(self.domains))
 
+    @cached_property
+    def audit_checkpoints(self) -> AuditCheckpoints | None:
+        """Signed checkpoints of the audit chain; None without ``audit.checkpoint``."""
+        from .audit.service import AuditCheckpoints
+
+        cfg = self.config.audit.checkpoint
+        return AuditCheckpoints(self.db, cfg) if cfg is not None else None
+
     def close(self) -> None:
-        for name in ("directory", "ca"):
+        for name in ("directory", "ca", "audit_checkpoints"):
             part = self.__dict__.pop(name, None)
             closer = getattr(getattr(part, "key_backend", part), "close", None)
             if callable(closer):

@@ -137,6 +137,25 @@ audit_log = Table(
     Column("entry_hash", String(64), nullable=False, unique=True),
 )
 
+# Signed checkpoints of the audit chain's head (openxpki_py/audit/checkpoint.py).
+# Every column is covered by the signature; the same records are appended to
+# a file outside the database.  No foreign key to audit_log: a checkpoint
+# must survive the deletion of the row it names, to prove that deletion.
+audit_checkpoint = Table(
+    "audit_checkpoint",
+    metadata,
+    _id(),
+    Column("seq", Id, nullable=False, unique=True),  # 1, 2, 3 … without gaps
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("node", String(256), nullable=False),  # host that wrote it (and its file)
+    Column("row_id", Id, nullable=False),  # last audit_log.id covered; 0 for an empty chain
+    Column("entry_hash", String(64), nullable=False),  # that row's entry_hash
+    Column("row_count", Id, nullable=False),  # audit rows with id <= row_id
+    Column("prev_checkpoint", String(64), nullable=False, unique=True),  # digest of checkpoint seq-1
+    Column("key_id", String(64), nullable=False),  # SHA-256 of the signing key's SubjectPublicKeyInfo
+    Column("signature", LargeBinary, nullable=False),
+)
+
 # --- workflow engine (see DESIGN §4) -----------------------------------------
 
 workflow = Table(

@@ -168,7 +168,8 @@ def cmd_worker(args: argparse.Namespace, engine: WorkflowEngine, out: TextIO = s
 
     services = engine.services
     housekeeping = partial(purge_expired, services) if getattr(services, "config", None) is not None else None
-    worker = Worker(engine, poll_interval=args.poll, housekeeping=housekeeping)
+    checkpoints = getattr(services, "audit_checkpoints", None)  # signed audit checkpoints, if configured
+    worker = Worker(engine, poll_interval=args.poll, housekeeping=housekeeping, audit_checkpoints=checkpoints)
     if args.once:
         out.write(f"resumed {worker.run_once()} workflow(s)\n")
     else:

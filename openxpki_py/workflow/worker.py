@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,11 +26,23 @@ from .engine import WorkflowEngine
 log = logging.getLogger(__name__)
 
 
+class AuditCheckpointHook(Protocol):
+    """What the worker needs of :class:`openxpki_py.audit.service.AuditCheckpoints`."""
+
+    def tick(self) -> object: ...
+
+    def at_shutdown(self) -> object: ...
+
+
 class Worker:
     def __init__(self, engine: WorkflowEngine, *, poll_interval: float | None = None,
                  batch_size: int | None = None, name: str | None = None,
-                 housekeeping: Callable[[], object] | None = None, housekeeping_interval: float = 300.0) -> None:
+                 housekeeping: Callable[[], object] | None = None, housekeeping_interval: float = 300.0,
+                 audit_checkpoints: AuditCheckpointHook | None = None) -> None:
         self.engine = engine
+        # Signed audit checkpoints (openxpki_py/audit/service.py): one call per
+        # round (it keeps its own interval and never raises) and one at stop.
+        self.audit_checkpoints = audit_checkpoints
         # Deleting expired sessions, codes, credentials: not workflow work,
         # but the worker is the one process that runs all the time.
         self.housekeeping = housekeeping
@@ -50,6 +63,8 @@ class Worker:
         if self.housekeeping is not None and time.monotonic() >= self._next_housekeeping:
             self._next_housekeeping = time.monotonic() + self.housekeeping_interval
             self.housekeeping()
+        if self.audit_checkpoints is not None:
+            self.audit_checkpoints.tick()
         return self.engine.resume_due(limit=self.batch_size, actor=self.name, should_stop=self.stopping.is_set)
 
     def run(self, *, handle_signals: bool = True) -> None:
@@ -66,4 +81,6 @@ class Worker:
                 claimed = 0
             if claimed < self.batch_size:  # a full batch suggests more are due: go on at once
                 self.stopping.wait(self.poll_interval)
+        if self.audit_checkpoints is not None:
+            self.audit_checkpoints.at_shutdown()
         log.info("%s: stopped", self.name)

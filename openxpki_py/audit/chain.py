@@ -1,9 +1,12 @@
 """The append-only audit log, each row chained to the previous one by hash.
 
 ``entry_hash = sha256(prev_hash ‖ canonical JSON of the row)``; rewriting or
-deleting a row breaks the chain, which :func:`verify_chain` reports.  The
-append runs inside the caller's transaction, so an audited action and its
-audit row commit (or roll back) together.
+deleting a row breaks the chain.  The hash is unkeyed: anyone with SQL
+access can compute it, so the chain alone proves nothing against someone
+who re-hashes it.  Signed checkpoints of its head (:mod:`.checkpoint`) are
+the anchor outside the database; :mod:`.verify` checks both.  The append
+runs inside the caller's transaction, so an audited action and its audit
+row commit (or roll back) together.
 """
 
 from __future__ import annotations
@@ -17,12 +20,27 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, RowMapping
 
-from .db.schema import audit_log
+from ..db.schema import audit_log
 
 GENESIS = "0" * 64
 
+#: The columns covered by ``entry_hash``, in no particular order (the JSON is sorted).
+HASHED_COLUMNS = ("logged_at", "actor", "role_name", "event", "outcome", "target", "details")
 
-def _entry_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+
+def lock_chain(conn: Connection) -> None:
+    """Serialise appenders and checkpoint writers until ``conn`` commits."""
+    # Two transactions must never chain to the same row (prev_hash is also
+    # UNIQUE, so a fork could not commit anyway), and a checkpoint must see a
+    # head nobody is extending.  SQLite needs nothing: every write
+    # transaction there is BEGIN IMMEDIATE.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
+    elif conn.dialect.name == "oracle":
+        conn.exec_driver_sql("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+
+
+def entry_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     payload = json.dumps(
         {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()},
         sort_keys=True,
@@ -42,13 +60,7 @@ def append_audit(
     details: Mapping[str, Any] | None = None,
 ) -> None:
     """Append one audit row inside ``conn``'s transaction."""
-    # Serialise appenders so two transactions never chain to the same row
-    # (prev_hash is also UNIQUE, so a fork could not commit anyway).  SQLite
-    # needs nothing: every write transaction there is BEGIN IMMEDIATE.
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
-    elif conn.dialect.name == "oracle":
-        conn.exec_driver_sql("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+    lock_chain(conn)
     last = conn.execute(select(audit_log.c.entry_hash).order_by(audit_log.c.id.desc()).limit(1)).scalar()
     prev = last or GENESIS
     row = {
@@ -60,18 +72,12 @@ def append_audit(
         "target": target,
         "details": dict(details) if details else None,
     }
-    conn.execute(audit_log.insert(), {**row, "prev_hash": prev, "entry_hash": _entry_hash(prev, row)})
+    conn.execute(audit_log.insert(), {**row, "prev_hash": prev, "entry_hash": entry_hash(prev, row)})
 
 
-def verify_chain(conn: Connection) -> int | None:
-    """Return the id of the first row that breaks the chain, or None if intact."""
-    prev = GENESIS
-    for r in conn.execute(select(audit_log).order_by(audit_log.c.id)).mappings():
-        row = {k: r[k] for k in ("logged_at", "actor", "role_name", "event", "outcome", "target", "details")}
-        if r["prev_hash"] != prev or r["entry_hash"] != _entry_hash(prev, row):
-            return int(r["id"])
-        prev = r["entry_hash"]
-    return None
+def hashed_part(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """The columns of a stored row that its ``entry_hash`` covers."""
+    return {k: row[k] for k in HASHED_COLUMNS}
 
 
 def recent_audit(conn: Connection, *, limit: int = 200) -> Sequence[RowMapping]:
