@@ -3,6 +3,7 @@ the shipped include and /token rewrite rule."""
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 from collections.abc import Callable
@@ -210,9 +211,25 @@ def test_trace_is_refused_and_the_server_names_no_version(site: Any) -> None:
     assert server == "Apache"
 
 
+def _with_person(login: str) -> Callable[[Path], dict[str, Any]]:
+    """Site config whose LDIF directory is the demo's plus ``login`` (written into the site's folder)."""
+    def config(root: Path) -> dict[str, Any]:
+        ldif = root / "people.ldif"
+        demo = (REPO / "contrib" / "ldap" / "demo.ldif").read_text(encoding="utf-8")
+        def b64(text: str) -> str:  # LDIF carries non-ASCII values base64-encoded ("attr:: …")
+            return base64.b64encode(text.encode()).decode()
+
+        name = b64(login)
+        ldif.write_text(demo + f"\ndn:: {b64(f'uid={login},ou=people,dc=example,dc=com')}\n"
+                        f"objectClass: person\nobjectClass: inetOrgPerson\nuid:: {name}\ncn:: {name}\nsn:: {name}\n", encoding="utf-8")
+        return {**roles_config(), "directory": {"ldif_file": str(ldif)}}
+    return config
+
+
 def test_latin1_login_is_not_the_utf8_user(apache_site_factory: Callable[..., Any]) -> None:
     # Two htpasswd accounts: the UTF-8 and the latin-1 bytes of "jürgen".
-    site = apache_site_factory(config=roles_config(), users={"jürgen": "pw-utf8", "jürgen".encode("latin-1"): "pw-l1"})
+    site = apache_site_factory(config=_with_person("jürgen"),
+                               users={"jürgen": "pw-utf8", "jürgen".encode("latin-1"): "pw-l1"})
     utf8 = site.browser("jürgen", password="pw-utf8")
     assert utf8.get("/openxpki/login").status == 200
     latin1 = site.browser("jürgen".encode("latin-1"), password="pw-l1")
