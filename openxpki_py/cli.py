@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import errors
+from . import errors, roles
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config
 from .db.engine import storage_error
 
@@ -160,7 +160,7 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
         subject_attributes=_subject_attributes(services, args),
         owner=args.user,
         requester=args.actor,
-        role="CA Operator",
+        role=roles.CA_OPERATOR,
     )
     with services.db.begin() as conn:
         issued = services.ca.issue_certificate(conn, request)
@@ -178,7 +178,7 @@ def cmd_ca_revoke(args: argparse.Namespace) -> int:
     services = _services(args)
     serial = parse_serial(args.serial)
     with services.db.begin() as conn:
-        services.ca.revoke_certificate(conn, serial, args.reason, actor=args.actor, role="CA Operator")
+        services.ca.revoke_certificate(conn, serial, args.reason, actor=args.actor, role=roles.CA_OPERATOR)
     print(f"certificate {format(serial, 'x')} revoked ({args.reason}); run 'openxpki-py ca crl' to publish")
     return 0
 
@@ -186,7 +186,7 @@ def cmd_ca_revoke(args: argparse.Namespace) -> int:
 def cmd_ca_crl(args: argparse.Namespace) -> int:
     services = _services(args)
     with services.db.begin() as conn:
-        issued = services.ca.issue_crl(conn, actor=args.actor, role="CA Operator")
+        issued = services.ca.issue_crl(conn, actor=args.actor, role=roles.CA_OPERATOR)
         written = services.ca.publish_crl(conn, issued)
     if args.out:
         Path(args.out).write_bytes(issued.crl.public_bytes(serialization.Encoding.PEM))

@@ -4,14 +4,15 @@ One ``Services`` per process (CLI run, mod_wsgi daemon process, worker).
 Nothing here holds request state: everything durable lives in the database.
 Parts are created on first use so that, say, ``openxpki-py db ddl`` never
 touches the HSM and a web request never opens the LDAP connection it does
-not need.
+not need.  Each part is built once per ``Services`` even when several
+threads of a mod_wsgi daemon ask for it at the same moment.
 """
 
 from __future__ import annotations
 
 import threading
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .db.engine import open_engine
 
@@ -21,53 +22,83 @@ if TYPE_CHECKING:
     from .audit.service import AuditCheckpoints
     from .config import Config
     from .crypto.ca import CertificateAuthority
+    from .directory.base import Directory
     from .workflow.domain import WorkflowDomain
+    from .workflow.engine import WorkflowEngine
+
+_T = TypeVar("_T")
+
+
+class _Part(Generic[_T]):
+    """A part built on first use, exactly once.
+
+    ``functools.cached_property`` stopped locking in Python 3.12: two threads
+    could each open an HSM session pool or an LDAP connection.  Here the
+    first access builds under the instance's lock; later ones read the
+    instance dict directly (this is a non-data descriptor, so the stored value
+    shadows it).
+    """
+
+    def __init__(self, build: Callable[[Services], _T]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type[Services] | None = None) -> _Part[_T]: ...
+    @overload
+    def __get__(self, obj: Services, owner: type[Services] | None = None) -> _T: ...
+
+    def __get__(self, obj: Services | None, owner: type[Services] | None = None) -> _Part[_T] | _T:
+        if obj is None:
+            return self
+        with obj._lock:  # re-entrant: building one part may need another
+            if self.name not in obj.__dict__:
+                obj.__dict__[self.name] = self.build(obj)
+            value: _T = obj.__dict__[self.name]
+            return value
 
 
 class Services:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
-    @cached_property
+    @_Part
     def db(self) -> Engine:
         return open_engine(self.config.database.connect_url())
 
-    @cached_property
+    @_Part
     def ca(self) -> CertificateAuthority:
         from .crypto.ca import CertificateAuthority
-
         from .personalization.policy import check_profiles
 
-        with self._lock:
-            ca = CertificateAuthority.from_config(self.config)
-            check_profiles(self.config.personalization, ca.profiles.names())
-            return ca
+        ca = CertificateAuthority.from_config(self.config)
+        check_profiles(self.config.personalization, ca.profiles.names())
+        return ca
 
-    @cached_property
-    def directory(self) -> Any:
+    @_Part
+    def directory(self) -> Directory:
         from .directory import open_directory
 
-        with self._lock:
-            return open_directory(self.config.directory)
+        return open_directory(self.config.directory)
 
-    @cached_property
+    @_Part
     def domains(self) -> tuple[WorkflowDomain, ...]:
         """The shipped domains: their workflows, callables and housekeeping purges."""
         from .domains import shipped_domains
 
         return shipped_domains()
 
-    @cached_property
-    def workflows(self) -> Any:
+    @_Part
+    def workflows(self) -> WorkflowEngine:
         from .workflow import WorkflowEngine, build_registry, definition_folders
 
-        with self._lock:
-            return WorkflowEngine.from_config(self.db, self.config.workflow, self,
-                                              folders=definition_folders(self.domains),
-                                              registry=build_registry(self.domains))
+        return WorkflowEngine.from_config(self.db, self.config.workflow, self,
+                                          folders=definition_folders(self.domains),
+                                          registry=build_registry(self.domains))
 
-    @cached_property
+    @_Part
     def audit_checkpoints(self) -> AuditCheckpoints | None:
         """Signed checkpoints of the audit chain; None without ``audit.checkpoint``."""
         from .audit.service import AuditCheckpoints
@@ -76,11 +107,12 @@ class Services:
         return AuditCheckpoints(self.db, cfg) if cfg is not None else None
 
     def close(self) -> None:
+        with self._lock:
+            parts: dict[str, Any] = {name: self.__dict__.pop(name, None)
+                                     for name in ("directory", "ca", "audit_checkpoints", "db")}
         for name in ("directory", "ca", "audit_checkpoints"):
-            part = self.__dict__.pop(name, None)
-            closer = getattr(getattr(part, "key_backend", part), "close", None)
+            closer = getattr(getattr(parts[name], "key_backend", parts[name]), "close", None)
             if callable(closer):
                 closer()
-        db = self.__dict__.pop("db", None)
-        if db is not None:
-            db.dispose()
+        if parts["db"] is not None:
+            parts["db"].dispose()

@@ -212,6 +212,15 @@ CREATE TABLE workflow_history (
 
 CREATE INDEX ix_workflow_history_workflow_id ON workflow_history (workflow_id);
 
+CREATE TABLE workflow_singleton (
+	wf_type VARCHAR2(64 CHAR) NOT NULL, 
+	singleton_key VARCHAR2(256 CHAR) NOT NULL, 
+	workflow_id NUMBER(19) NOT NULL, 
+	CONSTRAINT pk_workflow_singleton PRIMARY KEY (wf_type, singleton_key), 
+	CONSTRAINT uq_workflow_singleton_workflow_id UNIQUE (workflow_id), 
+	CONSTRAINT fk_workflow_singleton_workflow_id FOREIGN KEY(workflow_id) REFERENCES workflow (id)
+);
+
 CREATE TABLE agent_credential (
 	token_hash VARCHAR2(64 CHAR) NOT NULL, 
 	code_id NUMBER(19) NOT NULL, 

@@ -212,6 +212,15 @@ CREATE TABLE workflow_history (
 
 CREATE INDEX ix_workflow_history_workflow_id ON workflow_history (workflow_id);
 
+CREATE TABLE workflow_singleton (
+	wf_type VARCHAR(64) NOT NULL, 
+	singleton_key VARCHAR(256) NOT NULL, 
+	workflow_id INTEGER NOT NULL, 
+	CONSTRAINT pk_workflow_singleton PRIMARY KEY (wf_type, singleton_key), 
+	CONSTRAINT uq_workflow_singleton_workflow_id UNIQUE (workflow_id), 
+	CONSTRAINT fk_workflow_singleton_workflow_id FOREIGN KEY(workflow_id) REFERENCES workflow (id)
+);
+
 CREATE TABLE agent_credential (
 	token_hash VARCHAR(64) NOT NULL, 
 	code_id INTEGER NOT NULL, 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import roles
 from ..db import certstore
 from ..errors import PolicyViolation
 from ..workflow.context import ActivityContext
@@ -9,7 +10,7 @@ from ..workflow.registry import Registry
 
 callables = Registry()
 
-SELF_SERVICE_ROLE = "User"
+SELF_SERVICE_ROLE = roles.USER
 
 
 @callables.activity("check_revocation_request")

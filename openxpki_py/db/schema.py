@@ -197,6 +197,17 @@ workflow_attribute = Table(
 )
 Index("ix_workflow_attribute_lookup", workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
 
+# At most one open workflow of a type per key (one personalization per
+# person): the primary key refuses a second, in the start transaction; the
+# row goes when the workflow reaches a final state.
+workflow_singleton = Table(
+    "workflow_singleton",
+    metadata,
+    Column("wf_type", String(64), primary_key=True),
+    Column("singleton_key", String(256), primary_key=True),
+    Column("workflow_id", Id, ForeignKey("workflow.id"), nullable=False, unique=True),
+)
+
 workflow_history = Table(
     "workflow_history",
     metadata,

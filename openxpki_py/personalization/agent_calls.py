@@ -17,13 +17,14 @@ from typing import Any
 
 from cryptography import x509
 
+from .. import roles
 from ..crypto.csr import public_key_fingerprint
 from ..errors import AuthError, PolicyViolation, UnexpectedStep
 from ..workflow.errors import ActionNotAvailable
 from .enrollment import AgentGrant, EnrollmentRefused, check_credential, redeem_code
 from .tasks import WF_TYPE, agent_task
 
-AGENT_ROLE = "User"
+AGENT_ROLE = roles.USER
 CARD_FIELDS = (("model", "model"), ("manufacturer", "manufacturer"), ("token_label", "label"),
                ("card_profile", "card_profile"))  # workflow field ← what the agent reports
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import roles
 from ..db.certstore import owned_certificate_der, owned_certificates
 from ..errors import NotFound, UnexpectedStep
 from .enrollment import new_enrollment_code
 from .tasks import WF_TYPE, Progress, page_progress
 
-USER_ROLE = "User"
+USER_ROLE = roles.USER
 PAGE_ACTIONS = ("confirm_token", "reject_token", "cancel")
 WITHDRAW = "withdraw"  # on the issuance child waiting for approval: cancels the personalization
 # Where the page offers an enrollment code: before a card was found, and
@@ -57,11 +58,12 @@ class PersonalizationService:
         self.policy = policy
 
     def open_or_start(self, login: str) -> Any:
-        """The user's unfinished personalization, or a new one: reloading /token never piles them up."""
-        for summary in self.engine.search(wf_type=WF_TYPE, owner=login, limit=20):
-            if summary.proc_state not in ("finished", "failed") and summary.creator == login:
-                return summary
-        return self.engine.start(WF_TYPE, actor=login, role=USER_ROLE)
+        """The person's unfinished personalization, or a new one: one per person, the database says so.
+
+        ``login`` is the canonical person (auth.person); concurrent /token
+        requests, reloads and a crash mid-start all find the same workflow.
+        """
+        return self.engine.start(WF_TYPE, actor=login, role=USER_ROLE)  # one_open_per_creator in the YAML
 
     def own(self, wf_id: int, login: str) -> Any:
         """The user's own personalization; anyone else's is "not found", never "forbidden"."""

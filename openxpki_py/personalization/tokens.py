@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from .. import roles
 from ..audit import append_audit
 from ..db.schema import certificate, token
 from ..errors import NotFound, NotPermitted, PolicyViolation
@@ -131,7 +132,7 @@ def set_token_status(conn: Connection, serial: str, status: str, *, actor: str, 
             raise PolicyViolation(f"card {serial} has valid certificates; revoking them needs the CA",
                                   code="token.needs_ca")
         for cert_serial in serials:
-            ca.revoke_certificate(conn, int(cert_serial, 16), reason, actor=actor, role="RA Operator")
+            ca.revoke_certificate(conn, int(cert_serial, 16), reason, actor=actor, role=roles.RA_OPERATOR)
             revoked.append(cert_serial)
     append_audit(conn, actor=actor, event="token.status", target=serial,
                  details={"status": status, "revoked": revoked})

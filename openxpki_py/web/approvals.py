@@ -14,13 +14,14 @@ from typing import Any
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
+from .. import roles
 from ..workflow.errors import ActivityFailed
 from . import errors
 from .context import RequestContext
 from .errors import error_answer
 from .views import view
 
-RA_ROLES = frozenset({"RA Operator"})
+RA_ROLES = frozenset({roles.RA_OPERATOR})
 WF_TYPE = "certificate_issuance"
 PENDING = "PENDING_APPROVAL"
 

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from .. import roles
 from ..configreader import Reader
 
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -36,7 +37,7 @@ class SessionConfig:
 @dataclass(frozen=True)
 class DeepLinkConfig:
     workflow: str = "smartcard_personalization"
-    role: str = "User"  # must be one of auth.roles
+    role: str = roles.USER  # must be one of auth.roles
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 
-OPERATOR_ROLES = frozenset({"RA Operator", "CA Operator"})
+from .. import roles
+
+OPERATOR_ROLES = roles.OPERATORS
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,9 @@ class MenuItem:
 MENU: tuple[MenuItem, ...] = (
     # The personalization page with the menu; where an instance has only the
     # deep link's workflow (no personalization pages), the deep link.
-    MenuItem("Personalize SmartCard", ("personalize", "deep_link"), frozenset({"User"})),
-    MenuItem("My certificates", ("my_certificates",), frozenset({"User"})),
-    MenuItem("Approvals", ("approvals",), frozenset({"RA Operator"})),
+    MenuItem("Personalize SmartCard", ("personalize", "deep_link"), frozenset({roles.USER})),
+    MenuItem("My certificates", ("my_certificates",), frozenset({roles.USER})),
+    MenuItem("Approvals", ("approvals",), frozenset({roles.RA_OPERATOR})),
     MenuItem("Audit log", ("audit_log",), OPERATOR_ROLES),
 )
 

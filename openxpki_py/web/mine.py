@@ -8,12 +8,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from werkzeug.wrappers import Response
 
+from .. import roles
 from ..db.certstore import list_certificates, owned_certificate_der
 from ..personalization.tokens import list_tokens, tokens_by_id
 from .context import RequestContext
 from .views import view
 
-USER_ROLES = frozenset({"User"})
+USER_ROLES = frozenset({roles.USER})
 
 
 @view("/certificates", roles=USER_ROLES, needs="personalization")

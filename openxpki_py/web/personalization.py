@@ -18,6 +18,7 @@ from typing import Any
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
+from .. import roles
 from ..personalization.service import PAGE_ACTIONS, WITHDRAW, PersonalizationService
 from . import errors
 from .api import json_response
@@ -25,7 +26,7 @@ from .context import RequestContext
 from .mine import pem_download
 from .views import view
 
-USER_ROLES = frozenset({"User"})
+USER_ROLES = frozenset({roles.USER})
 
 
 def _service(ctx: RequestContext) -> PersonalizationService:
@@ -86,7 +87,7 @@ def personalization_action(ctx: RequestContext, wf_id: int) -> Response:
     service = _service(ctx)
     service.own(wf_id, ctx.login)
     action = ctx.request.form.get("action", "")
-    role = ctx.role or "User"
+    role = ctx.role or roles.USER
     if action == WITHDRAW:  # acts on the issuance child, whose version the page does not show
         service.withdraw(wf_id, ctx.login, role=role)
         return redirect(_back(ctx, wf_id), code=303)

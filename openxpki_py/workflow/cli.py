@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, TextIO
 
+from .. import roles
 from ..errors import WorkflowError
 from .engine import WorkflowEngine
 from .view import WorkflowSummary, WorkflowView
 from .worker import Worker
 
-OPERATOR_ROLE = "CA Operator"
+OPERATOR_ROLE = roles.CA_OPERATOR
 
 
 def register(subparsers: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import roles
 from ..configreader import Reader
 from ..errors import ConfigError
 from .definition import RetryPolicy
@@ -39,7 +40,7 @@ class WorkflowConfig:
     batch_size: int = 20  # due workflows claimed per look
     lease_seconds: int = 300  # a claim older than this belongs to a dead process
     max_automatic_steps: int = 100  # per request: stops a definition that loops
-    operator_roles: frozenset[str] = frozenset({"RA Operator", "CA Operator"})  # may retry / fail
+    operator_roles: frozenset[str] = roles.OPERATORS  # may retry / fail
     retry: RetryDefaults = field(default_factory=RetryDefaults)
 
 
@@ -53,7 +54,7 @@ def parse_workflow_config(r: Reader) -> WorkflowConfig:
         batch_size=worker.int("batch_size", 20, minimum=1, maximum=1000),
         lease_seconds=r.int("lease_seconds", 300, minimum=5),
         max_automatic_steps=r.int("max_automatic_steps", 100, minimum=1),
-        operator_roles=frozenset(r.str_list("operator_roles", ["RA Operator", "CA Operator"])),
+        operator_roles=frozenset(r.str_list("operator_roles", sorted(WorkflowConfig().operator_roles))),
         retry=RetryDefaults(
             max_attempts=retry.int("max_attempts", 5, minimum=1),
             backoff=retry.float("backoff", 30.0, minimum=0),

@@ -119,6 +119,9 @@ class WorkflowDefinition:
     states: Mapping[str, StateSpec]
     actions: Mapping[str, ActionSpec]
     on_fail: str | None = None  # where an operator's "fail" moves the workflow
+    # At most one unfinished workflow of this type per creator: start() then
+    # returns the open one (the database enforces it, see engine.open_or_start).
+    one_open_per_creator: bool = False
 
     def state(self, name: str) -> StateSpec:
         try:

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine, RowMapping
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from .. import roles
 from ..audit import append_audit
 from ..errors import OpenXPKIError, StorageError, WorkflowError
 from . import store
 from .config import WorkflowConfig
-from .definition import DefinitionRegistry
+from .definition import DefinitionRegistry, WorkflowDefinition
 from .errors import AccessDenied, ActionNotAvailable, WorkflowConflict
 from .registry import Registry
 from .run import Run
@@ -35,7 +36,7 @@ from .view import HistoryEntry, WorkflowSummary, WorkflowView
 log = logging.getLogger(__name__)
 
 WORKER_ACTOR = "worker"
-SYSTEM_ROLE = "System"
+SYSTEM_ROLE = roles.SYSTEM
 
 
 def utcnow() -> datetime:
@@ -114,15 +115,54 @@ class WorkflowEngine:
 
     def start(self, wf_type: str, *, actor: str, role: str, context: Mapping[str, Any] | None = None,
               parent_id: int | None = None) -> WorkflowView:
-        """Create a workflow (``context`` holds its start fields) and run it as far as it goes."""
-        definition = self.definitions.get(wf_type)
-        if role not in definition.start_roles:
-            self._refuse(actor, role, "workflow.start", None, f"role {role} may not start {wf_type} workflows",
-                         {"type": wf_type})
+        """Create a workflow (``context`` holds its start fields) and run it as far as it goes.
+
+        For a type with ``one_open_per_creator`` this is :meth:`open_or_start`
+        with the actor as key: the actor's unfinished one is returned.
+        """
+        definition = self._startable(wf_type, actor, role)
+        if definition.one_open_per_creator and parent_id is None:
+            return self.open_or_start(wf_type, actor, actor=actor, role=role, context=context)
         run = Run(actor, role)
         with self._transaction() as conn:
             wf_id, runnable = self.stepper.create(conn, run, definition, context or {}, actor=actor, role=role,
                                                   parent_id=parent_id)
+        return self._run_new(run, wf_id, runnable)
+
+    def open_or_start(self, wf_type: str, singleton: str, *, actor: str, role: str,
+                      context: Mapping[str, Any] | None = None) -> WorkflowView:
+        """The open workflow of ``wf_type`` for ``singleton`` (e.g. a person), or a new one.
+
+        The database decides: the new workflow claims the key in the
+        transaction that creates it, so concurrent starts, a crash right after
+        one, or reloads while the first cannot proceed all find the same
+        workflow.  The key is free again once that workflow is final.
+        """
+        definition = self._startable(wf_type, actor, role)
+        for _ in range(3):  # the holder may end between our insert and our read
+            with self.db.connect() as conn:
+                holder = store.singleton_holder(conn, wf_type, singleton)
+            if holder is not None:
+                return self.get(holder)
+            run = Run(actor, role)
+            try:
+                with self._transaction() as conn:
+                    wf_id, runnable = self.stepper.create(conn, run, definition, context or {}, actor=actor,
+                                                          role=role, parent_id=None)
+                    store.claim_singleton(conn, wf_type, singleton, wf_id)
+            except IntegrityError:
+                continue  # another request claimed it first: take theirs
+            return self._run_new(run, wf_id, runnable)
+        raise WorkflowConflict(f"could not start or find the {wf_type} workflow for {singleton!r}; try again")
+
+    def _startable(self, wf_type: str, actor: str, role: str) -> WorkflowDefinition:
+        definition = self.definitions.get(wf_type)
+        if role not in definition.start_roles:
+            self._refuse(actor, role, "workflow.start", None, f"role {role} may not start {wf_type} workflows",
+                         {"type": wf_type})
+        return definition
+
+    def _run_new(self, run: Run, wf_id: int, runnable: bool) -> WorkflowView:
         if runnable:
             run.enqueue(wf_id)
         self.drain(run)

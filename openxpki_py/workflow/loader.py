@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .. import roles
 from ..configreader import Reader
 from ..errors import ConfigError, OpenXPKIError
 from .definition import (
@@ -32,7 +33,7 @@ from .definition import (
 from .errors import DefinitionError
 from .registry import Kind, Registry
 
-KNOWN_ROLES: frozenset[str] = frozenset({"User", "RA Operator", "CA Operator", "System"})
+KNOWN_ROLES: frozenset[str] = roles.KNOWN
 """Roles the auth handlers grant (DESIGN §5); ``System`` is the worker."""
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -84,6 +85,7 @@ class _FileLoader:
         start = root.section("start", required=True)
         start_roles = self._roles(start, "roles")
         start_fields = self._inputs(start, fields)
+        one_open_per_creator = start.bool("one_open_per_creator", False)
         for spec in start_fields:
             if spec.secret:
                 raise self.fail("start.input", f"field '{spec.name}' is secret; the start context is stored")
@@ -105,6 +107,7 @@ class _FileLoader:
             states=states,
             actions=actions,
             on_fail=on_fail,
+            one_open_per_creator=one_open_per_creator,
         )
         root.finish()
         self._check_graph(definition, usage)

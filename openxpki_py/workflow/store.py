@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
-from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history
+from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history, workflow_singleton
 from .errors import UnknownWorkflow, WorkflowConflict
 
 FINAL_PROC_STATES = ("finished", "failed")
@@ -72,7 +72,11 @@ def _in_chunks(conn: Connection, query: Any, column: Any, ids: Sequence[int]) ->
 
 
 def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -> int:
-    """Write ``values`` if the row still has ``version``; return the new version."""
+    """Write ``values`` if the row still has ``version``; return the new version.
+
+    A workflow that reaches a final state gives up its singleton key (in the
+    same transaction), so the next start for that key is a new workflow.
+    """
     result = conn.execute(
         update(workflow)
         .where(workflow.c.id == wf_id, workflow.c.version == version)
@@ -80,7 +84,21 @@ def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -
     )
     if result.rowcount != 1:
         raise WorkflowConflict(f"workflow {wf_id} was changed by someone else; reload it and try again")
+    if values.get("proc_state") in FINAL_PROC_STATES:
+        conn.execute(delete(workflow_singleton).where(workflow_singleton.c.workflow_id == wf_id))
     return version + 1
+
+
+def claim_singleton(conn: Connection, wf_type: str, key: str, wf_id: int) -> None:
+    """Make ``wf_id`` the open workflow of ``wf_type`` for ``key``; IntegrityError if another is."""
+    conn.execute(insert(workflow_singleton).values(wf_type=wf_type, singleton_key=key, workflow_id=wf_id))
+
+
+def singleton_holder(conn: Connection, wf_type: str, key: str) -> int | None:
+    """The open workflow of ``wf_type`` for ``key``, if any."""
+    found = conn.execute(select(workflow_singleton.c.workflow_id).where(
+        workflow_singleton.c.wf_type == wf_type, workflow_singleton.c.singleton_key == key)).scalar()
+    return int(found) if found is not None else None
 
 
 def load_context(conn: Connection, wf_id: int) -> dict[str, Any]:

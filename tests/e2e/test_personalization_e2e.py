@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,20 @@ def test_interrupted_agent_continues_and_nothing_is_issued_twice(
     assert bob.returncode == 4 and "[token.owned_by_other]" in bob.stderr, bob.stderr
     assert len(pki_site.query(select(certificate))) == 2
     assert pki_site.query(select(ca_certificate))[0]["status"] == "active"
+
+
+def test_concurrent_token_requests_make_one_personalization(pki_site: PkiSite) -> None:
+    # The attack/fault run: 50 /token requests at once on PostgreSQL started 2-20
+    # personalizations (search-then-start without a lock). Each request is a new
+    # browser (no session), as many tabs or reloads after a crash would be.
+    site = pki_site.site
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(lambda _: site.browser("alice").get("/token"), range(48)))
+    assert all(a.status == 303 for a in answers), {a.status for a in answers}
+    locations = {a.headers["Location"].removeprefix(site.base_url) for a in answers}
+    assert len(locations) == 1, locations
+    started = pki_site.query(select(workflow.c.id).where(workflow.c.wf_type == "smartcard_personalization"))
+    assert len(started) == 1
+    # Another person still gets their own.
+    bob = site.browser("bob").get("/token")
+    assert bob.status == 303 and bob.headers["Location"].removeprefix(site.base_url) not in locations
