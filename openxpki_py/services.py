@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
 
 from .db.engine import open_engine
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .crypto.ca import CertificateAuthority
     from .directory.base import Directory
+    from .workflow.context import ActivityContext
     from .workflow.domain import WorkflowDomain
     from .workflow.engine import WorkflowEngine
 
@@ -116,3 +117,28 @@ class Services:
                 closer()
         if parts["db"] is not None:
             parts["db"].dispose()
+
+
+class PkiServices(Protocol):
+    """What the domains' activities may use of the instance, and nothing more.
+
+    The workflow engine is generic and hands activities an opaque
+    ``services``; :func:`pki` gives them this typed view of it.
+    """
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def ca(self) -> CertificateAuthority: ...
+    @property
+    def directory(self) -> Directory: ...
+
+
+def pki(ctx: ActivityContext) -> PkiServices:
+    """The instance's parts an activity may use (the engine was built with a :class:`Services`)."""
+    return cast("PkiServices", ctx.services)
+
+
+if TYPE_CHECKING:
+    def _services_are_pki_services(services: Services) -> PkiServices:
+        return services  # mypy proves Services offers everything PkiServices names

@@ -3,8 +3,8 @@
 The definitions are ``workflows/*.yaml``; their callables are ``approval``
 (four eyes, shared by issuance and revocation), ``issuance``,
 ``revocation`` and ``crl``.  Each activity gets an
-:class:`~openxpki_py.workflow.context.ActivityContext` whose ``services``
-is the instance's :class:`~openxpki_py.services.Services` (``.ca``,
+:class:`~openxpki_py.workflow.context.ActivityContext`; ``pki(ctx)``
+(:mod:`openxpki_py.services`) is its typed view of the instance (``.ca``,
 ``.directory``, ``.config``).  ``domain.DOMAIN`` hands all of it to the
 engine.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
 
@@ -13,7 +14,7 @@ def issue_and_publish_crl(ctx: ActivityContext) -> None:
     # The file is written before the transaction commits; should the commit
     # fail, the next CRL (higher number) replaces it — clients only ever see
     # a complete, validly signed CRL (atomic rename in publish_crl).
-    ca = ctx.services.ca
+    ca = pki(ctx).ca
     issued = ca.issue_crl(ctx.conn, actor=ctx.creator, role=ctx.creator_role)
     paths = ca.publish_crl(ctx.conn, issued)
     ctx["crl_number"] = issued.number

@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.errors import FieldRefused
 from ..workflow.registry import Registry
@@ -35,7 +36,7 @@ def csr_syntax(value: str, ctx: ActivityContext) -> None:
 
 @callables.validator("certificate_profile")
 def certificate_profile(value: str, ctx: ActivityContext) -> None:
-    ctx.services.ca.profiles.get(value)  # UnknownProfile names the known ones
+    pki(ctx).ca.profiles.get(value)  # UnknownProfile names the known ones
 
 
 def _expected_key(ctx: ActivityContext) -> Any:
@@ -51,13 +52,13 @@ def _expected_key(ctx: ActivityContext) -> Any:
 @callables.activity("check_certificate_request")
 def check_certificate_request(ctx: ActivityContext) -> None:
     """The CSR validators and the profile's policy; PolicyViolation rejects."""
-    ca = ctx.services.ca
+    ca = pki(ctx).ca
     profile = ca.profiles.get(ctx["profile"])
     checked = ca.check_csr(ctx.conn, ctx["csr"].encode("ascii"), profile.name, expected_key=_expected_key(ctx))
     if ctx.get("owner"):
         # A person's certificate: subject data come from the directory, now —
         # whatever the starter passed in, and however old the caller's copy.
-        ctx["subject"] = dict(ctx.services.directory.find_user(ctx["owner"]).attributes)
+        ctx["subject"] = dict(pki(ctx).directory.find_user(ctx["owner"]).attributes)
     # Render subject and SAN now, so missing directory data rejects before
     # an RA Operator spends time on it.
     subject = profile.subject_name(ctx["subject"])
@@ -88,7 +89,7 @@ def issue_certificate(ctx: ActivityContext) -> None:
         workflow_id=ctx.workflow_id,
         expected_key=_expected_key(ctx),
     )
-    issued = ctx.services.ca.issue_certificate(ctx.conn, request)
+    issued = pki(ctx).ca.issue_certificate(ctx.conn, request)
     ctx["certificate_id"] = issued.id
     ctx["certificate_serial"] = issued.serial
     ctx["certificate_pem"] = issued.pem

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import roles
 from ..db import certstore
 from ..errors import PolicyViolation
+from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
 
@@ -33,7 +34,7 @@ def check_revocation_request(ctx: ActivityContext) -> None:
 
 @callables.activity("revoke_certificate")
 def revoke_certificate(ctx: ActivityContext) -> None:
-    ctx.services.ca.revoke_certificate(ctx.conn, certstore.parse_serial(ctx["serial"]), ctx["reason"],
+    pki(ctx).ca.revoke_certificate(ctx.conn, certstore.parse_serial(ctx["serial"]), ctx["reason"],
                                        actor=ctx.creator, role=ctx.creator_role)
     ctx["revoked_at"] = ctx.now.isoformat()
 

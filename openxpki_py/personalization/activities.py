@@ -20,6 +20,7 @@ from typing import Any
 from ..crypto.csr import ExpectedKey, public_key_fingerprint
 from ..directory import base as _directory_errors  # noqa: F401 - named in the YAML's on_error and retry
 from ..errors import UnexpectedStep
+from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
 from .enrollment import revoke_workflow_access
@@ -31,7 +32,7 @@ OPEN = ("pending", "requested", "issued")
 
 
 def _policy(ctx: ActivityContext) -> Any:
-    return ctx.services.config.personalization
+    return pki(ctx).config.personalization
 
 
 def current_entry(ctx: ActivityContext) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def _pop_inputs(ctx: ActivityContext, *names: str) -> None:
 @callables.activity("load_user_from_directory")
 def load_user_from_directory(ctx: ActivityContext) -> None:
     """Subject data comes from the directory and nowhere else."""
-    user = ctx.services.directory.find_user(ctx.creator)
+    user = pki(ctx).directory.find_user(ctx.creator)
     ctx["user"] = {"login": user.login, "dn": user.dn, "attributes": dict(user.attributes)}
     ctx.set_attribute("owner", ctx.creator)
 
@@ -121,7 +122,7 @@ def request_certificate(ctx: ActivityContext) -> None:
     key = entry["key"]
     expected = ExpectedKey(key["algorithm"], size=key.get("size"), curve=key.get("curve"))
     csr_pem: str = ctx.inputs["csr"]
-    checked = ctx.services.ca.check_csr(ctx.conn, csr_pem.encode("ascii"), entry["profile"], expected_key=expected)
+    checked = pki(ctx).ca.check_csr(ctx.conn, csr_pem.encode("ascii"), entry["profile"], expected_key=expected)
     child = ctx.fork("certificate_issuance", {
         "csr": csr_pem,
         "profile": entry["profile"],
@@ -175,7 +176,7 @@ def record_installation(ctx: ActivityContext) -> None:
     # The card's earlier certificate of this profile is replaced: revoke it as superseded.
     for serial in valid_certificates_on_token(ctx.conn, ctx["token"]["id"], entry["profile"], ctx.now):
         if serial != entry["serial"]:
-            ctx.services.ca.revoke_certificate(ctx.conn, int(serial, 16), "superseded", actor=ctx.actor,
+            pki(ctx).ca.revoke_certificate(ctx.conn, int(serial, 16), "superseded", actor=ctx.actor,
                                                role=ctx.role)
     ctx["current"] = next((i for i, e in enumerate(ctx["certificates"]) if e["status"] == "pending"),
                           len(ctx["certificates"]))
@@ -194,6 +195,6 @@ def record_cancellation(ctx: ActivityContext) -> None:
     revoke_workflow_access(ctx.conn, ctx.workflow_id, now=ctx.now, credentials=False)
     for entry in ctx.get("certificates") or []:
         if entry["status"] == "issued":
-            ctx.services.ca.revoke_certificate(ctx.conn, int(entry["serial"], 16), "cessationOfOperation",
+            pki(ctx).ca.revoke_certificate(ctx.conn, int(entry["serial"], 16), "cessationOfOperation",
                                                actor=ctx.actor, role=ctx.role)
             entry["status"] = "revoked"
