@@ -121,6 +121,22 @@ class SessionStore:
             conn.execute(update(web_session).where(web_session.c.id_hash == s.id_hash).values(last_seen=now))
             s.last_seen = now
 
+    def flash(self, conn: Connection, s: WebSession, message: str) -> None:
+        """Keep ``message`` for the next page this session shows (a status after a redirect).
+
+        Status texts travel in the server-side session, never in the URL: a
+        link cannot make an operator's page say what its author wants.
+        """
+        s.data["flash"] = message
+        conn.execute(update(web_session).where(web_session.c.id_hash == s.id_hash).values(data=s.data))
+
+    def take_flash(self, conn: Connection, s: WebSession) -> str | None:
+        """The kept message, once; None if there is none."""
+        message = s.data.pop("flash", None)
+        if message is not None:
+            conn.execute(update(web_session).where(web_session.c.id_hash == s.id_hash).values(data=s.data or None))
+        return str(message) if message is not None else None
+
     def grant_role(self, conn: Connection, s: WebSession, role: str) -> None:
         """Give ``s`` the role under a fresh id and CSRF token (``s.cookie`` is the new id)."""
         cookie, now = new_token(), self.clock()

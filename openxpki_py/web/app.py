@@ -20,7 +20,7 @@ from werkzeug.routing import Map, RequestRedirect
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
-from ..audit import append_audit
+from ..audit import ChainReport, append_audit, verify_chain
 from ..auth import identity as sso
 from ..auth.config import AuthConfig, RoleHandler
 from ..auth.handlers import HandlerOutcome, run_role_handler
@@ -79,6 +79,7 @@ class WebApp:
         lookup: TemplateLookup | None = None,
         run_handler: HandlerRunner = run_role_handler,
         resolve_person: Callable[[str], object] | None = None,
+        verify_audit: Callable[[], ChainReport] | None = None,
     ) -> None:
         if not auth.roles:
             raise ConfigError("auth.roles: no role is configured, so the web UI could grant none")
@@ -107,6 +108,7 @@ class WebApp:
         # The SSO login → one directory entry (auth.person.resolve_person);
         # create_app always sets it, tests of other parts may leave it out.
         self.resolve_person = resolve_person
+        self.verify_audit: Callable[[], ChainReport] = verify_audit or self._verify_chain_only
         self.sessions = SessionStore(idle_timeout=web.session.idle_timeout,
                                      absolute_timeout=web.session.absolute_timeout)
         self.url_map = Map(url_rules(), strict_slashes=False)
@@ -161,6 +163,10 @@ class WebApp:
         return view.func(ctx, **args)
 
     # --- identity, CSRF, roles ---------------------------------------------
+
+    def _verify_chain_only(self) -> ChainReport:
+        with self.db.connect() as conn:
+            return verify_chain(conn)
 
     def admit(self, identity: sso.Identity) -> None:
         if self.resolve_person is None:
@@ -333,4 +339,5 @@ def create_app(config: Config, services: Any = None) -> WebApp:
         personalization=personalization,
         api=api,
         resolve_person=lambda login: resolve_person(services.directory, login),
+        verify_audit=services.audit_checkpoints.verify if services.audit_checkpoints is not None else None,
     )

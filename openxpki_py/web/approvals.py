@@ -39,7 +39,7 @@ def _pending(engine: Any) -> list[Any]:
 
 @view("/approvals", roles=RA_ROLES, needs="personalization")
 def approvals(ctx: RequestContext) -> Response:
-    return ctx.render("approvals.mako", pending=_pending(_engine(ctx)), message=ctx.request.args.get("done", ""))
+    return ctx.render("approvals.mako", pending=_pending(_engine(ctx)), message=ctx.take_flash())
 
 
 @view("/approvals/<int:wf_id>", methods=("POST",), roles=RA_ROLES, needs="personalization")
@@ -68,4 +68,5 @@ def approval_decision(ctx: RequestContext, wf_id: int) -> Response:
     except ActivityFailed as exc:  # e.g. approving one's own request: the operator reads why, on the list
         return ctx.render("approvals.mako", status=error_answer(exc).status,
                           message=f"Request {wf_id}: {exc.message}", pending=_pending(engine))
-    return redirect(ctx.url_for("approvals", done=f"Request {wf_id}: {decision}d."), code=303)
+    ctx.flash(f"Request {wf_id}: {decision}d.")
+    return redirect(ctx.url_for("approvals"), code=303)

@@ -35,6 +35,19 @@ class RequestContext:
     def render(self, template: str, *, status: int = 200, hide_menu: bool = False, **values: Any) -> Response:
         return self.app.render_page(self, template, status=status, hide_menu=hide_menu, **values)
 
+    def flash(self, message: str) -> None:
+        """A status for the next page of this session (after a redirect)."""
+        assert self.session is not None
+        with self.app.db.begin() as conn:
+            self.app.sessions.flash(conn, self.session, message)
+
+    def take_flash(self) -> str:
+        assert self.session is not None
+        if "flash" not in self.session.data:
+            return ""  # the usual case: no write
+        with self.app.db.begin() as conn:
+            return self.app.sessions.take_flash(conn, self.session) or ""
+
     @property
     def login(self) -> str:
         assert self.identity is not None

@@ -141,7 +141,30 @@ def deep_link_workflow(ctx: RequestContext, wf_id: int) -> Response:
 def audit_log_view(ctx: RequestContext) -> Response:
     with ctx.app.db.connect() as conn:
         rows = recent_audit(conn, limit=200)
-    return ctx.render("audit.mako", rows=rows)
+    return ctx.render("audit.mako", rows=rows, message=ctx.take_flash())
+
+
+@view("/audit/verify", methods=("POST",), roles=OPERATOR_ROLES)
+def audit_verify(ctx: RequestContext) -> Response:
+    """Check the whole chain (and the signed checkpoints, where configured) on request.
+
+    Reading every row is not for each page view; ``openxpki-py audit verify``
+    does the same from cron or monitoring.
+    """
+    report = ctx.app.verify_audit()
+    problem = report.first_problem
+    if problem is None:
+        text = f"Audit chain intact: {report.rows} rows"
+        if report.checkpoints:
+            text += (f", {len(report.checkpoints)} signed checkpoints; {report.unanchored_rows} rows newer than "
+                     "the last checkpoint")
+        else:
+            text += " (no signed checkpoints are configured: truncation and re-hashing cannot be detected)"
+        ctx.flash(text + ".")
+    else:
+        ctx.flash(f"AUDIT CHAIN BROKEN: {problem.line()} ({len(report.problems)} problem(s) in all); "
+                  "run openxpki-py audit verify for the full list.")
+    return redirect(ctx.url_for("audit_log"), code=303)
 
 
 @view("/static/<path:filename>", access="public")

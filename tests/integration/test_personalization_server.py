@@ -536,7 +536,13 @@ def test_ra_operator_approves_on_the_approvals_page(approval_app: Any) -> None:
     done = bob.post(f"/approvals/{child_id}", {"csrf_token": bob.csrf(page), "version": version.group(1),
                                                 "decision": "approve", "text": "checked with alice"})
     assert done.status_code == 303
-    assert "Nothing is waiting for approval." in bob.get("/approvals").text
+    # The status comes from the session (once), not from the URL.
+    assert done.headers["Location"].endswith("/approvals")
+    after = bob.get("/approvals").text
+    assert "Nothing is waiting for approval." in after and f"Request {child_id}: approved." in after
+    assert f"Request {child_id}: approved." not in bob.get("/approvals").text
+    forged = bob.get("/approvals?done=Your+session+expired:+log+in+at+evil.example").text
+    assert "evil.example" not in forged
     assert agent.call("GET", "task").json["task"] == "install_certificate"
     alice = Browser(approval_app, "alice")
     assert alice.get("/approvals").status_code in (303, 403)  # users have no approvals page

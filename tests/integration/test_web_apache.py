@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from openxpki_py.db.schema import web_session, workflow
+from openxpki_py.db.schema import audit_log, web_session, workflow
 
 REPO = Path(__file__).resolve().parents[2]
 AUTH_DATA = REPO / "tests" / "data" / "auth"
@@ -237,3 +237,24 @@ def test_latin1_login_is_not_the_utf8_user(apache_site_factory: Callable[..., An
     assert refused.status == 403 and "sign-on name cannot be used" in refused.body
     logins = site.read_db(lambda c: [row.login for row in c.execute(select(web_session))])
     assert logins == ["jürgen"]
+
+
+def test_operator_verifies_the_audit_chain_on_the_audit_page(site: Any) -> None:
+    bob = site.browser("bob")
+    assert choose_role(bob, "CA Operator").status == 303
+    page = bob.get("/openxpki/audit")
+    verified = bob.post("/openxpki/audit/verify", {"csrf_token": csrf(page.body)})
+    assert verified.status == 303
+    assert "Audit chain intact:" in bob.get("/openxpki/audit").body
+    # Someone with SQL access edits a row: the page says where the chain breaks.
+    def tamper(conn: Any) -> None:
+        first = conn.execute(select(audit_log.c.id).order_by(audit_log.c.id)).scalar()
+        conn.execute(update(audit_log).where(audit_log.c.id == first).values(actor="mallory"))
+        conn.commit()
+    site.read_db(tamper)
+    page = bob.get("/openxpki/audit")
+    bob.post("/openxpki/audit/verify", {"csrf_token": csrf(page.body)})
+    broken = bob.get("/openxpki/audit").body
+    assert "AUDIT CHAIN BROKEN: row 1:" in broken
+    # Without the CSRF token nothing runs.
+    assert bob.post("/openxpki/audit/verify", {}).status == 403
