@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from openxpki_py_token.secret import SecretRef
 
@@ -193,6 +193,11 @@ class Reader:
             str(name): Reader(sub, f"{self.key_path(key)}.{name}", self.base_dir)
             for name, sub in value.items()
         }
+
+    @overload
+    def secret(self, stem: builtins.str, *, required: Literal[True] = True) -> SecretRef: ...
+    @overload
+    def secret(self, stem: builtins.str, *, required: builtins.bool) -> SecretRef | None: ...
 
     def secret(self, stem: builtins.str, *, required: builtins.bool = True) -> SecretRef | None:
         """A secret named by ``<stem>_file`` or ``<stem>_env``, never inline.

@@ -18,8 +18,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, OpenXPKIError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 APACHE_USER = "www-data"
 SHARED_APACHE_DIR = Path("/usr/share/openxpki-py/apache")
@@ -52,7 +56,7 @@ def find_apache_dir(explicit: Path | None) -> Path:
     )
 
 
-def serve(config: object, *, port: int, host: str = "127.0.0.1", htpasswd: Path | None,
+def serve(config: Config, *, port: int, host: str = "127.0.0.1", htpasswd: Path | None,
           server_root: Path, apache_dir: Path | None = None, processes: int = 2, threads: int = 10,
           foreground: bool = False) -> Site:
     """Write the mod_wsgi-express setup into ``server_root`` and start Apache."""
@@ -60,7 +64,7 @@ def serve(config: object, *, port: int, host: str = "127.0.0.1", htpasswd: Path 
     if not express.exists():
         raise ServeError(f"{express} is missing: pip install mod_wsgi in this virtualenv")
     apache = find_apache_dir(apache_dir)
-    config_path: Path = config.path  # type: ignore[attr-defined]
+    config_path = config.path
     server_root.mkdir(parents=True, exist_ok=True)
     include = server_root / "instance.conf"
     lines = [f'Define OPENXPKI_PY_HTPASSWD "{htpasswd}"'] if htpasswd else []
@@ -73,7 +77,7 @@ def serve(config: object, *, port: int, host: str = "127.0.0.1", htpasswd: Path 
         "--setenv", "OPENXPKI_PY_CONFIG", str(config_path),
         "--processes", str(processes), "--threads", str(threads), "--locale", "C.UTF-8",
     ]
-    publish = config.ca.crl.publish_dir  # type: ignore[attr-defined]
+    publish = config.ca.crl.publish_dir
     if publish is not None:
         Path(publish).mkdir(parents=True, exist_ok=True)
         argv += ["--url-alias", "/crl", str(publish)]

@@ -69,13 +69,13 @@ def parse_key_config(reader: Reader) -> KeyConfig:
             token_label=_label(reader, "token_label"),
             key_label=_label(reader, "key_label"),
             key_id=_key_id(reader),
-            pin=reader.secret("pin"),  # type: ignore[arg-type]
+            pin=reader.secret("pin"),
         )
     else:
         cfg = SoftwareKeyConfig(
             backend=backend, algorithm=spec.name, origin=reader.path,
             path=reader.filepath("path"),
-            password=reader.secret("password"),  # type: ignore[arg-type]
+            password=reader.secret("password"),
         )
     reader.finish()
     return cfg

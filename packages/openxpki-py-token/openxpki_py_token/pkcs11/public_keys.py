@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pkcs11 import Attribute, KeyType
 
 from ..errors import TokenError, TokenKeyNotFound
-from ..keyspec import KeySpec
+from ..keyspec import Curve, KeySpec
 
 # DER of the namedCurve OIDs (CKAEC_PARAMS) for the curves we support.
-EC_PARAMS = {
+EC_PARAMS: dict[Curve, bytes] = {
     "P-256": bytes.fromhex("06082a8648ce3d030107"),
     "P-384": bytes.fromhex("06052b81040022"),
 }
@@ -43,7 +43,7 @@ def public_key_of(private: Any, public: Any | None,
         curve = {der: name for name, der in EC_PARAMS.items()}.get(params)
         if curve is None:
             raise TokenError(f"{where}: the EC key is on an unsupported curve (use P-256 or P-384)")
-        ec_curve = KeySpec("ec", curve=curve).ec_curve()  # type: ignore[arg-type]
+        ec_curve = KeySpec("ec", curve=curve).ec_curve()
         point = _unwrap_ec_point(bytes(public[Attribute.EC_POINT]), ec_curve)
         return ec.EllipticCurvePublicKey.from_encoded_point(ec_curve, point)
     raise TokenError(f"{where}: is a {getattr(key_type, 'name', key_type)} key; the CA needs RSA or EC")
