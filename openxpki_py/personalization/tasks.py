@@ -60,9 +60,11 @@ def _stalled(view: Any, children: Sequence[Any]) -> str | None:
     for wf in stuck:
         if wf is not None and wf.proc_state in ("retry", "exception"):
             code = (wf.last_error or "error").split(":", 1)[0]
+            attempts = int(wf.retry_count or 0)
             if wf.proc_state == "retry":
-                return f"A service the server needs is not reachable right now ({code}); it retries by itself."
-            return (f"The server gave up on a step after several attempts ({code}); "
+                return (f"A service the server needs is not reachable right now ({code}, attempt {attempts}); "
+                        "it retries by itself.")
+            return (f"The server stopped a step after {attempts} attempt{'s' if attempts != 1 else ''} ({code}); "
                     "ask your PKI operator to retry it.")
     return None
 

@@ -242,10 +242,13 @@ class Stepper:
             if limits is not None and retryable and attempt < limits.max_attempts:
                 wake_at = now + timedelta(seconds=limits.delay(attempt))
                 store.update_workflow(conn, wf_id, row["version"], proc_state="retry", wake_at=wake_at,
-                                      retry_count=attempt, last_error=reason, claimed_by=None, lease_until=None,
-                                      updated_at=now)
+                                      retry_count=attempt,
+                                      last_error=f"{reason} (attempt {attempt} of {limits.max_attempts})",
+                                      claimed_by=None, lease_until=None, updated_at=now)
             else:
-                tries = f" (after {attempt} attempts)" if retryable else ""
+                # Say what happened: how many attempts, or that this error is not retried.
+                tries = (f" (gave up after {attempt} attempts)" if retryable
+                         else f" (attempt {attempt}; this error is not retried)")
                 store.update_workflow(conn, wf_id, row["version"], proc_state="exception", wake_at=None,
                                       retry_count=attempt, last_error=reason + tries, claimed_by=None,
                                       lease_until=None, updated_at=now)

@@ -285,3 +285,33 @@ def test_subject_for_an_owner_comes_from_the_directory(pki: tuple[Any, WorkflowE
     assert san.get_values_for_type(x509.RFC822Name) == ["alice@example.com"]
     assert b"administrator" not in san.get_values_for_type(x509.OtherName)[0].value
     assert "Domain Admin" not in cert.subject.rfc4514_string()
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_directory_outage_during_issuance_is_retried(make_instance: Callable[..., Any], db_engine: Engine,
+                                                     clock: FakeClock, slapd: Any) -> None:
+    # check_request reads the subject from the directory; one outage used to put the
+    # request into "exception" (an operator's job) with a message about "several attempts".
+    def ldap_directory(settings: dict[str, Any]) -> None:
+        settings["directory"] = slapd.directory_settings("ldap")
+
+    inst = make_instance(db_engine, algorithm="ec-p256", overrides=ldap_directory)
+    engine = engine_for(inst, clock)
+    slapd.stop()
+    try:
+        issuance = engine.start("certificate_issuance", actor="olga", role=RA,
+                                context={"csr": csr_pem(), "profile": "smartcard_logon", "owner": "alice",
+                                         "subject": ALICE})
+        assert (issuance.state, issuance.proc_state, issuance.retry_count) == ("CHECK", "retry", 1)
+        assert issuance.last_error is not None and issuance.last_error.startswith("directory.unavailable")
+        assert issuance.last_error.endswith("(attempt 1 of 5)")
+        clock.advance(3600)
+        assert engine.resume_due() == 1  # still down: attempt 2
+        assert engine.get(issuance.id).retry_count == 2
+    finally:
+        slapd.start()
+    clock.advance(3600)
+    assert engine.resume_due() == 1
+    done = engine.get(issuance.id)
+    assert (done.state, done.proc_state) == ("ISSUED", "finished")
+    assert len(certificates(inst)) == 1

@@ -197,7 +197,7 @@ def test_retry_with_backoff_then_exception(engine: WorkflowEngine, services: Tes
     assert engine.resume_due() == 1
     wf = engine.get(wf.id)
     assert (wf.state, wf.proc_state, wf.retry_count, wf.wake_at) == ("ISSUE", "exception", 3, None)
-    assert wf.last_error is not None and wf.last_error.endswith("(after 3 attempts)")
+    assert wf.last_error is not None and wf.last_error.endswith("(gave up after 3 attempts)")
     clock.advance(3600)
     assert engine.resume_due() == 0  # exception waits for an operator
     services.offline = False
