@@ -138,7 +138,7 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
 def _subject_attributes(services: Any, args: argparse.Namespace) -> dict[str, str]:
     attributes: dict[str, str] = {}
     if args.user:
-        attributes.update(services.directory.find_user(args.user).attributes)
+        attributes.update(services.directory.find_user(args.user).certificate_values())
     if args.dns:
         attributes["dns"] = args.dns
     return attributes

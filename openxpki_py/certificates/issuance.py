@@ -58,11 +58,12 @@ def check_certificate_request(ctx: ActivityContext) -> None:
     if ctx.get("owner"):
         # A person's certificate: subject data come from the directory, now —
         # whatever the starter passed in, and however old the caller's copy.
-        ctx["subject"] = dict(pki(ctx).directory.find_user(ctx["owner"]).attributes)
+        ctx["subject"] = pki(ctx).directory.find_user(ctx["owner"]).certificate_values()
     # Render subject and SAN now, so missing directory data rejects before
     # an RA Operator spends time on it.
     subject = profile.subject_name(ctx["subject"])
     profile.subject_alt_names(ctx["subject"])
+    profile.sid_extension(ctx["subject"])
     ctx["subject_dn"] = subject.rfc4514_string()
     ctx["key"] = checked.key.describe()
     ctx["public_key_sha256"] = checked.public_key_sha256

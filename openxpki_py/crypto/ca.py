@@ -281,6 +281,7 @@ class CertificateAuthority:
         checked = check_csr(request.csr, profile, conn=conn, expected_key=request.expected_key)
         subject = profile.subject_name(request.subject_attributes)
         alt_names = profile.subject_alt_names(request.subject_attributes)
+        sid = profile.sid_extension(request.subject_attributes)
         active, key = self._signer(conn)
         ca_cert = active.certificate
         assert ca_cert is not None
@@ -304,7 +305,7 @@ class CertificateAuthority:
         issuer_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = extensions.end_entity_extensions(
             builder, profile=profile, public_key=public_key, alt_names=alt_names, issuer_ski=issuer_ski,
-            crl_url=self.config.crl.url, issuer_url=self.config.issuer_url,
+            crl_url=self.config.crl.url, issuer_url=self.config.issuer_url, sid=sid,
         )
         cert = self._sign(builder, key)
         csr_id = certstore.store_csr(conn, der=checked.der, fingerprint=checked.public_key_sha256,

@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from .profiles import EKU_OIDS, Profile
+from .profiles import Profile, eku_oid
 
 _KU_FLAGS = (
     "digital_signature",
@@ -50,6 +50,7 @@ def end_entity_extensions(
     issuer_ski: x509.SubjectKeyIdentifier,
     crl_url: str,
     issuer_url: str,
+    sid: x509.UnrecognizedExtension | None = None,
 ) -> x509.CertificateBuilder:
     if isinstance(public_key, rsa.RSAPublicKey):
         usages = profile.key_usage_rsa
@@ -78,8 +79,10 @@ def end_entity_extensions(
     )
     if profile.extended_key_usage:
         builder = builder.add_extension(
-            x509.ExtendedKeyUsage([EKU_OIDS[name] for name in profile.extended_key_usage]), critical=False
+            x509.ExtendedKeyUsage([eku_oid(name) for name in profile.extended_key_usage]), critical=False
         )
     if alt_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    if sid is not None:
+        builder = builder.add_extension(sid, critical=False)
     return builder

@@ -88,6 +88,10 @@ class DirectoryUser:
     def get(self, name: str, default: str | None = None) -> str | None:
         return self.attributes.get(name, default)
 
+    def certificate_values(self) -> dict[str, str]:
+        """What certificate profiles may name: the attributes, and ``login`` (the person's own spelling)."""
+        return {**self.attributes, "login": self.login}
+
 
 @runtime_checkable
 class Directory(Protocol):

@@ -30,6 +30,7 @@ DEFAULT_ATTRIBUTES: Mapping[str, str] = MappingProxyType({
     "upn": "userPrincipalName",
     "employee_number": "employeeNumber",
     "department": "departmentNumber",
+    "object_sid": "objectSid",  # Windows strong mapping (KB5014754); absent outside AD is fine
 })
 # person is a superclass of both inetOrgPerson and Active Directory's user.
 DEFAULT_USER_FILTER = "(&(objectClass=person)({login_attribute}={login}))"

@@ -202,10 +202,27 @@ def text_values(record: Mapping[str, Sequence[bytes]]) -> dict[str, tuple[str, .
     """
     values: dict[str, list[str]] = {}
     for name, raw_values in record.items():
-        bucket = values.setdefault(name.split(";", 1)[0].lower(), [])
+        attribute = name.split(";", 1)[0].lower()
+        bucket = values.setdefault(attribute, [])
         for raw in raw_values:
+            if attribute == "objectsid":
+                # Active Directory hands the SID over in binary; profiles need "S-1-5-21-…".
+                try:
+                    bucket.append(sid_from_binary(raw))
+                    continue
+                except ValueError:
+                    pass  # other directories store the string form
             try:
                 bucket.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 continue
     return {name: tuple(found) for name, found in values.items() if found}
+
+
+def sid_from_binary(raw: bytes) -> str:
+    """The string form of a binary SID (AD's objectSid, MS-DTYP §2.4.2)."""
+    if len(raw) < 8 or raw[0] != 1 or len(raw) != 8 + 4 * raw[1]:
+        raise ValueError("not a binary SID")
+    authority = int.from_bytes(raw[2:8], "big")
+    subs = [int.from_bytes(raw[8 + 4 * i:12 + 4 * i], "little") for i in range(raw[1])]
+    return "S-1-" + "-".join(str(v) for v in [authority, *subs])

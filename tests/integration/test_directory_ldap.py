@@ -98,6 +98,7 @@ def test_mapped_attributes(directory: Directory) -> None:
         "upn": "alice@example.com",
         "employee_number": "1001",
         "department": "Engineering",
+        "object_sid": "S-1-5-21-1004336348-1177238915-682003330-1104",
     }
     assert user.values("mail") == ("alice@example.com", "a.example@example.com")
     assert user.values("title") == ()

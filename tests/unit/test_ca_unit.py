@@ -16,7 +16,10 @@ from sqlalchemy import func, select
 
 from openxpki_py.crypto.ca import CertificateAuthority, IssuanceRequest
 from openxpki_py.crypto.csr import ExpectedKey
-from openxpki_py.crypto.profiles import OID_SMARTCARD_LOGON, OID_UPN, ProfileSet
+from openxpki_py.crypto.der import OID_UPN
+
+OID_PKINIT_CLIENT = x509.ObjectIdentifier("1.3.6.1.5.2.3.4")
+from openxpki_py.crypto.profiles import OID_SMARTCARD_LOGON, ProfileSet
 from openxpki_py.db.engine import create_schema, open_engine
 from openxpki_py.db.schema import certificate, csr
 from openxpki_py.errors import CAError, PolicyViolation, UnknownProfile
@@ -133,7 +136,7 @@ def test_issue_both_profiles_lint_clean(engine: Any, tmp_path: Path, algorithm: 
     assert upn.type_id == OID_UPN and upn.value == b"\x0c\x11alice@example.com"
     assert san.get_values_for_type(x509.RFC822Name) == ["alice@example.com"]
     eku = logon.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH, OID_SMARTCARD_LOGON]
+    assert list(eku) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH, OID_SMARTCARD_LOGON, OID_PKINIT_CLIENT]
     ku = logon.certificate.extensions.get_extension_for_class(x509.KeyUsage)
     assert ku.critical and ku.value.digital_signature and not ku.value.key_encipherment
     enc_ku = enc.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -210,10 +213,11 @@ def test_key_reuse_and_expected_key(engine: Any) -> None:
 
 def test_unknown_profile_and_missing_attribute(engine: Any) -> None:
     ca = make_ca(engine)
-    with pytest.raises(UnknownProfile, match="unknown certificate profile 'vpn'; known: encryption, smartcard_logon, tls_server"):
+    with pytest.raises(UnknownProfile, match="unknown certificate profile 'vpn'; known: encryption, kdc, smartcard_logon, tls_server"):
         issue(ca, engine, "vpn", user_csr())
+    # The encryption certificate needs the mail address (the logon certificate does without it).
     with engine.begin() as conn, pytest.raises(PolicyViolation, match="directory attribute 'mail' is required") as info:
-        ca.issue_certificate(conn, IssuanceRequest(csr=user_csr(), profile="smartcard_logon",
+        ca.issue_certificate(conn, IssuanceRequest(csr=user_csr(), profile="encryption",
                                                    subject_attributes={"cn": "Dave", "upn": "d@x"},
                                                    owner="dave", requester="dave"))
     assert info.value.code == "profile.attribute_missing"

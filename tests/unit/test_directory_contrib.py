@@ -26,7 +26,7 @@ def test_schema_and_cn_config_ldif_agree() -> None:
     assert dn == "cn=openxpki-py,cn=schema,cn=config"
     from_ldif = [" ".join(v.decode().split()) for v in record["olcAttributeTypes"] + record["olcObjectClasses"]]
     assert from_schema == from_ldif
-    assert len(from_schema) == 3
+    assert len(from_schema) == 4  # userPrincipalName, sAMAccountName, objectSid, pkiDirectoryUser
 
 
 def test_placeholder_oid_is_flagged() -> None:
