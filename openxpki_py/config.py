@@ -112,11 +112,12 @@ def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
     from .crypto.keys.config import parse_key_config
 
     key = parse_key_config(r.section("key", required=True))
+    publication = _publication_url(r, instance)
     crl_r = r.section("crl")
     crl = CRLConfig(
         validity_hours=crl_r.int("validity_hours", 48, minimum=1),
         publish_dir=crl_r.filepath("publish_dir", None),
-        url=crl_r.str("url", f"{instance.base_url}/crl/{instance.name}.crl"),
+        url=crl_r.str("url", f"{publication}/{instance.name}.crl"),
     )
     crl_r.finish()
     cfg = CAConfig(
@@ -126,12 +127,27 @@ def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
         rsa_padding=r.choice("rsa_padding", RSA_PADDINGS, "pkcs1v15"),
         hash=r.choice("hash", HASHES, "sha256"),
         crl=crl,
-        issuer_url=r.str("issuer_url", f"{instance.base_url}/crl/{instance.name}.crt"),
+        issuer_url=r.str("issuer_url", f"{publication}/{instance.name}.crt"),
         profiles_dir=r.filepath("profiles_dir", None, must_exist=True),
         profile_variables=r.str_map("profile_variables", {}),
     )
     r.finish()
     return cfg
+
+
+def _publication_url(r: Reader, instance: InstanceConfig) -> str:
+    """Where relying parties fetch the CRL and the CA certificate: plain http by default.
+
+    Many relying parties (Windows CAPI among them) fetch CRLs over http only,
+    and checking revocation of the https server that serves the CRL can
+    deadlock; the objects are signed, so http loses nothing.  Defaults to the
+    web base URL's host over http, with ``/crl``.
+    """
+    default = "http://" + instance.base_url.split("://", 1)[1] + "/crl"
+    url = r.str("publication_url", default).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise r.error("publication_url", "an http URL such as http://pki.example.com/crl")
+    return url
 
 
 def parse_config(data: Any, path: Path) -> Config:

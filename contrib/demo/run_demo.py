@@ -88,7 +88,7 @@ def free_port(preferred: int) -> int:
     raise OSError("no free port")
 
 
-def make_instance(base: Path, env: dict[str, str]) -> dict[str, str]:
+def make_instance(base: Path, env: dict[str, str], port: int) -> dict[str, str]:
     """Config, directory, HSM tokens, htpasswd; returns the env for Apache's side."""
     ca_env = {**env, "SOFTHSM2_CONF": str(softhsm(base / "hsm"))}
     ca_pin = secrets.token_hex(8)
@@ -105,7 +105,10 @@ def make_instance(base: Path, env: dict[str, str]) -> dict[str, str]:
                     "token_label": CA_TOKEN, "key_label": "ca-signing", "pin_file": "ca-token.pin"},
             "subject": "CN=Demo Smartcard CA,O=Example Corp,C=DE",
             "crl": {"publish_dir": "crl"},
-            "profile_variables": {"organization": "Example Corp", "country": "DE"},
+            # The certificates' CRL and CA-issuer URLs answer on the demo's own port.
+            "publication_url": f"http://127.0.0.1:{port}/crl",
+            "profile_variables": {"organization": "Example Corp", "country": "DE",
+                                  "kerberos_realm": "EXAMPLE.COM"},
         },
         "directory": {"backend": "ldif", "ldif_file": "directory.ldif", "base_dn": "dc=example,dc=com",
                       "required": ["cn", "mail", "upn"]},
@@ -216,8 +219,9 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     cli = [str(venv / "bin" / "openxpki-py"), "--config", str(base / "config.yaml"), "--actor", "demo"]
 
+    port = free_port(args.port)
     step(f"instance in {base}: SQLite, LDIF directory, SoftHSM token '{CA_TOKEN}' for the CA key")
-    ca_env = make_instance(base, env)
+    ca_env = make_instance(base, env, port)
     print("    " + run(cli + ["config", "check"], ca_env, as_apache=True).stdout.strip())
     print("    " + run(cli + ["init"], ca_env, as_apache=True).stdout.strip())
 
@@ -226,7 +230,6 @@ def main() -> None:
                        as_apache=True).stderr.strip())
     print("    " + run(cli + ["ca", "crl"], ca_env, as_apache=True).stdout.strip().replace("\n", "\n    "))
 
-    port = free_port(args.port)
     step(f"Apache (mod_wsgi-express) on 127.0.0.1:{port}, Basic auth standing in for the SSO")
     print("    " + run(cli + ["serve", "--port", str(port), "--htpasswd", str(base / "htpasswd"),
                              "--server-root", str(base / "httpd"), "--apache-dir", str(REPO / "apache")],
