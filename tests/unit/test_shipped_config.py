@@ -17,7 +17,7 @@ def test_example_config_loads() -> None:
     cfg = load_config(CONTRIB)
     assert cfg.instance.name == "example-pki"
     assert cfg.ca.key.algorithm == "rsa-2048" and cfg.ca.key.backend == "pkcs11"
-    assert cfg.ca.crl.url == "https://pki.example.com/crl/example-pki.crl"
+    assert cfg.ca.crl.url == "http://pki.example.com/crl/example-pki.crl"
     assert [t.name for t in cfg.personalization.certificates] == ["authentication", "encryption"]
     assert cfg.personalization.certificates[0].keep_valid_days == 30
     assert cfg.directory.backend == "ldif"
