@@ -10,4 +10,5 @@ pytest_plugins = [
     "support.instance",
     "support.browser",
     "support.agent",
+    "support.kdc",
 ]

@@ -9,6 +9,7 @@ back with OpenSC's pkcs11-tool, an independent reader.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -37,18 +38,39 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-@pytest.fixture
-def agent_server(make_instance: Callable[..., Any], sqlite_engine: Any) -> Iterator[tuple[Any, str]]:
-    inst = make_instance(sqlite_engine)
+@contextlib.contextmanager
+def serve_app(inst: Any) -> Iterator[tuple[Any, str]]:
+    """The instance's WSGI app on a local plain-http server: (app, base URL)."""
     app = create_app(inst.config, inst.services)
     app.instance = inst  # type: ignore[attr-defined]
     httpd: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
     # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield app, f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield app, f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def agent_server(make_instance: Callable[..., Any], sqlite_engine: Any) -> Iterator[tuple[Any, str]]:
+    with serve_app(make_instance(sqlite_engine)) as served:
+        yield served
+
+
+def personalize_with_agent(inst: Any, token: Any, state_dir: Path) -> Any:
+    """A whole personalization of ``token`` for alice with the real agent; returns the app."""
+    with serve_app(inst) as (app, url):
+        browser = Browser(app)
+        wf_id, code = browser.start()
+        agent = run_agent(token, url, code, state_dir)
+        browser.confirm_when_asked(wf_id)
+        out, err = agent.communicate(timeout=120)
+        assert agent.returncode == 0, err
+        assert "Your card is ready." in browser.get(f"/deeplink/workflow/{wf_id}").text
+        return app
 
 
 class Browser:
