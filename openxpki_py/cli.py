@@ -96,6 +96,25 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
         _write_or_print(args.out, result.public_bytes(serialization.Encoding.PEM))
         print(f"CA initialised: {result.subject.rfc4514_string()} (key: {services.ca.key_backend.describe()})",
               file=sys.stderr)
+        _init_ocsp(services, args.actor)
+    return 0
+
+
+def _init_ocsp(services: Any, actor: str) -> None:
+    """The OCSP responder's key (in the token) and its first certificate, if OCSP is on."""
+    responder = services.ocsp
+    if responder is None:
+        return
+    cert = responder.create_key(actor=actor)
+    print(f"OCSP responder key created ({responder.key_backend.describe()}); certificate valid until "
+          f"{cert.not_valid_after_utc:%Y-%m-%d}", file=sys.stderr)
+
+
+def cmd_ca_ocsp_init(args: argparse.Namespace) -> int:
+    services = _services(args)
+    if services.ocsp is None:
+        raise errors.ConfigError("ca.ocsp.enabled is false: there is no OCSP responder to set up")
+    _init_ocsp(services, args.actor)
     return 0
 
 
@@ -105,6 +124,7 @@ def cmd_ca_import_cert(args: argparse.Namespace) -> int:
     with services.db.begin() as conn:
         cert = services.ca.import_certificate(conn, data, actor=args.actor)
     print(f"CA certificate imported and active: {cert.subject.rfc4514_string()}")
+    _init_ocsp(services, args.actor)
     return 0
 
 
@@ -312,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the certificate / CSR (PEM) here instead of stdout")
     p = command(ca, "import-cert", cmd_ca_import_cert, "activate the CA certificate signed by the external root")
     p.add_argument("file", help="certificate file (PEM or DER)")
+    command(ca, "ocsp-init", cmd_ca_ocsp_init, "create the OCSP responder's key in the token and certify it")
     p = command(ca, "show", cmd_ca_show, "show the active CA certificate")
     p.add_argument("--pem", action="store_true", help="also print the certificate in PEM")
     p.add_argument("--json", action="store_true", help="machine-readable output")

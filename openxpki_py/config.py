@@ -64,6 +64,14 @@ HASHES: tuple[Literal["sha256", "sha384", "sha512"], ...] = ("sha256", "sha384",
 
 
 @dataclass(frozen=True)
+class OcspConfig:
+    """The OCSP responder (crypto/ocsp.py): where it is announced, how long an answer holds."""
+
+    url: str  # AIA id-ad-ocsp in every certificate
+    validity_minutes: int = 60  # nextUpdate of each answer
+
+
+@dataclass(frozen=True)
 class CAConfig:
     key: KeyConfig
     subject: str
@@ -74,6 +82,7 @@ class CAConfig:
     issuer_url: str  # AIA caIssuers
     profiles_dir: Path | None
     profile_variables: dict[str, str]
+    ocsp: OcspConfig | None = None  # None: no responder, no OCSP URL in certificates
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,23 @@ def _parse_ca(r: Reader, instance: InstanceConfig) -> CAConfig:
         issuer_url=r.str("issuer_url", f"{publication}/{instance.name}.crt"),
         profiles_dir=r.filepath("profiles_dir", None, must_exist=True),
         profile_variables=r.str_map("profile_variables", {}),
+        ocsp=_parse_ocsp(r.section("ocsp"), instance),
     )
+    r.finish()
+    return cfg
+
+
+def _parse_ocsp(r: Reader, instance: InstanceConfig) -> OcspConfig | None:
+    """``ca.ocsp``: on by default, served by the application at /openxpki/ocsp over plain http."""
+    if not r.bool("enabled", True):
+        r.finish()
+        return None
+    default_url = "http://" + instance.base_url.split("://", 1)[1] + "/openxpki/ocsp"
+    url = r.str("url", default_url)
+    if not url.startswith(("http://", "https://")):
+        raise r.error("url", "an http URL such as http://pki.example.com/openxpki/ocsp")
+    cfg = OcspConfig(url=url, validity_minutes=r.int("validity_minutes", OcspConfig.validity_minutes,
+                                                     minimum=1, maximum=7 * 24 * 60))
     r.finish()
     return cfg
 

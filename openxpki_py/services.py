@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .audit.service import AuditCheckpoints
     from .config import Config
     from .crypto.ca import CertificateAuthority
+    from .crypto.ocsp import OcspResponder
     from .directory.base import Directory
     from .workflow.context import ActivityContext
     from .workflow.domain import WorkflowDomain
@@ -79,6 +80,14 @@ class Services:
         return ca
 
     @_Part
+    def ocsp(self) -> OcspResponder | None:
+        """The OCSP responder; None when ``ca.ocsp.enabled`` is false."""
+        from .crypto.ocsp import OcspResponder
+
+        cfg = self.config.ca.ocsp
+        return OcspResponder(self.ca, cfg, self.db) if cfg is not None else None
+
+    @_Part
     def directory(self) -> Directory:
         from .directory import open_directory
 
@@ -110,8 +119,8 @@ class Services:
     def close(self) -> None:
         with self._lock:
             parts: dict[str, Any] = {name: self.__dict__.pop(name, None)
-                                     for name in ("directory", "ca", "audit_checkpoints", "db")}
-        for name in ("directory", "ca", "audit_checkpoints"):
+                                     for name in ("directory", "ocsp", "ca", "audit_checkpoints", "db")}
+        for name in ("directory", "ocsp", "ca", "audit_checkpoints"):
             closer = getattr(getattr(parts[name], "key_backend", parts[name]), "close", None)
             if callable(closer):
                 closer()

@@ -228,6 +228,10 @@ class CertificateAuthority:
         self._active = _Active(int(row["id"]), cert, row["key_identifier"])
         return self._active
 
+    def key_identifier(self, conn: Connection) -> str:
+        """The active CA key's identifier (hex SKI): which certificates in the store are this CA's."""
+        return self._load(conn).key_identifier
+
     def certificate(self, conn: Connection) -> x509.Certificate:
         active = self._load(conn)
         assert active.certificate is not None
@@ -306,6 +310,7 @@ class CertificateAuthority:
         builder = extensions.end_entity_extensions(
             builder, profile=profile, public_key=public_key, alt_names=alt_names, issuer_ski=issuer_ski,
             crl_url=self.config.crl.url, issuer_url=self.config.issuer_url, sid=sid,
+            ocsp_url=self.config.ocsp.url if self.config.ocsp is not None else None,
         )
         cert = self._sign(builder, key)
         csr_id = certstore.store_csr(conn, der=checked.der, fingerprint=checked.public_key_sha256,

@@ -51,6 +51,7 @@ def end_entity_extensions(
     crl_url: str,
     issuer_url: str,
     sid: x509.UnrecognizedExtension | None = None,
+    ocsp_url: str | None = None,
 ) -> x509.CertificateBuilder:
     if isinstance(public_key, rsa.RSAPublicKey):
         usages = profile.key_usage_rsa
@@ -58,6 +59,10 @@ def end_entity_extensions(
         usages = profile.key_usage_ec
     else:  # the CSR validators refuse other key types long before this
         raise ValueError(f"unsupported key type {type(public_key).__name__}")
+    access = [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(issuer_url))]
+    if ocsp_url is not None and not profile.ocsp_no_check:  # the responder's own certificate names no OCSP
+        access.insert(0, x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                                x509.UniformResourceIdentifier(ocsp_url)))
     builder = (
         builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(*usages), critical=True)
@@ -69,13 +74,7 @@ def end_entity_extensions(
             ),
             critical=False,
         )
-        .add_extension(
-            x509.AuthorityInformationAccess(
-                [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                        x509.UniformResourceIdentifier(issuer_url))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.AuthorityInformationAccess(access), critical=False)
     )
     if profile.extended_key_usage:
         builder = builder.add_extension(
@@ -85,4 +84,6 @@ def end_entity_extensions(
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     if sid is not None:
         builder = builder.add_extension(sid, critical=False)
+    if profile.ocsp_no_check:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
     return builder

@@ -124,6 +124,8 @@ class Profile:
     # "{object_sid}", and whether a user without a SID still gets the certificate.
     sid_template: str | None = None
     sid_optional: bool = True
+    # id-pkix-ocsp-nocheck: for the OCSP responder's own certificate (RFC 6960 §4.2.2.2.1).
+    ocsp_no_check: bool = False
 
     def render(self, template: str, attributes: Mapping[str, str]) -> str:
         """Fill ``{name}`` placeholders from directory attributes and config variables."""
@@ -216,6 +218,7 @@ def _parse_profile(name: str, r: Reader, variables: Mapping[str, str]) -> Profil
             )
     if len({eku_oid(value) for value in eku}) != len(eku):
         raise ConfigError(f"{r.key_path('extended_key_usage')}: a usage is listed twice")
+    ocsp_no_check = r.bool("ocsp_no_check", False)
     sid = r.section("sid_extension")
     sid_template = sid.str("value", None)
     sid_optional = sid.bool("optional", True)
@@ -243,6 +246,7 @@ def _parse_profile(name: str, r: Reader, variables: Mapping[str, str]) -> Profil
         variables=dict(variables),
         sid_template=sid_template,
         sid_optional=sid_optional,
+        ocsp_no_check=ocsp_no_check,
     )
     approval.finish()
     r.finish()

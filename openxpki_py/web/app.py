@@ -30,6 +30,7 @@ from ..errors import ConfigError, OpenXPKIError
 from . import approvals as _approval_views  # noqa: F401 - registers its views
 from . import errors
 from . import mine as _my_views  # noqa: F401 - registers its views
+from . import ocsp as _ocsp_views  # noqa: F401 - registers its views
 from . import personalization as _personalization_views  # noqa: F401 - registers its views
 from .config import WebConfig
 from .context import RequestContext, WebRequest
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from ..config import Config
+    from ..services import Services
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class WebApp:
         run_handler: HandlerRunner = run_role_handler,
         resolve_person: Callable[[str], object] | None = None,
         verify_audit: Callable[[], ChainReport] | None = None,
+        ocsp: Callable[[bytes], bytes] | None = None,
     ) -> None:
         if not auth.roles:
             raise ConfigError("auth.roles: no role is configured, so the web UI could grant none")
@@ -109,6 +112,7 @@ class WebApp:
         # create_app always sets it, tests of other parts may leave it out.
         self.resolve_person = resolve_person
         self.verify_audit: Callable[[], ChainReport] = verify_audit or self._verify_chain_only
+        self.ocsp = ocsp  # the responder's respond(DER request) -> DER response; None: no /ocsp
         self.sessions = SessionStore(idle_timeout=web.session.idle_timeout,
                                      absolute_timeout=web.session.absolute_timeout)
         self.url_map = Map(url_rules(), strict_slashes=False)
@@ -303,7 +307,7 @@ class _Redirect(HTTPException):
         self.location = location
 
 
-def create_app(config: Config, services: Any = None) -> WebApp:
+def create_app(config: Config, services: Services | None = None) -> WebApp:
     """Build the web app from the instance config.
 
     ``services`` is the process's :class:`openxpki_py.services.Services`
@@ -313,7 +317,7 @@ def create_app(config: Config, services: Any = None) -> WebApp:
     """
     from ..db.engine import schema_present
     from ..errors import StorageError
-    from ..services import Services
+    from ..services import Services  # noqa: F811 - the runtime import (the one above is for types)
 
     if services is None:
         services = Services(config)
@@ -340,4 +344,17 @@ def create_app(config: Config, services: Any = None) -> WebApp:
         api=api,
         resolve_person=lambda login: resolve_person(services.directory, login),
         verify_audit=services.audit_checkpoints.verify if services.audit_checkpoints is not None else None,
+        ocsp=_ocsp_responder(services),
     )
+
+
+def _ocsp_responder(services: Services) -> Callable[[bytes], bytes] | None:
+    """The responder's answer function, built on the first OCSP request (the HSM is opened then)."""
+    if services.config.ca.ocsp is None:
+        return None
+
+    def respond(request: bytes) -> bytes:
+        responder = services.ocsp
+        assert responder is not None
+        return responder.respond(request)
+    return respond

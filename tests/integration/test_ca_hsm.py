@@ -52,6 +52,7 @@ def test_issue_revoke_crl_with_hsm_key(make_instance: Callable[..., Any], db_eng
     init = cli(inst, "ca", "init", "--out", str(tmp_path / "ca.pem"))
     assert init.returncode == 0, init.stderr
     assert "CA initialised: CN=Test Smartcard CA" in init.stderr
+    assert "OCSP responder key created" in init.stderr  # next to the CA key, with its first certificate
     ca = inst.services.ca
     protection = ca.key_backend.key_protection()
     assert protection["never_extractable"] and protection["always_sensitive"] and protection["local"]
@@ -74,7 +75,7 @@ def test_issue_revoke_crl_with_hsm_key(make_instance: Callable[..., Any], db_eng
         assert_chain_lints_clean(ca_cert, cert, tmp_path)
         assert_openssl_verifies(ca_cert, cert, tmp_path)
         issued.append(cert)
-    assert rows(inst, certificate) == 2
+    assert rows(inst, certificate) == 3  # alice's two and the OCSP responder's
 
     revoke = cli(inst, "ca", "revoke", format(issued[0].serial_number, "x"), "--reason", "keyCompromise")
     assert revoke.returncode == 0, revoke.stderr

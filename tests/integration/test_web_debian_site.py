@@ -63,3 +63,21 @@ def test_trace_is_refused_and_the_server_names_no_version(site: Any) -> None:
         conn.close()
     assert r.status == 405 and "secret-cookie" not in body
     assert r.getheader("Server") == "Apache"
+
+
+def test_ocsp_answers_over_plain_http_and_nothing_else_of_the_app_does(site: Any) -> None:
+    conn = site.connection(plain_http=True)
+    try:
+        conn.request("POST", "/openxpki/ocsp", body=b"\x30\x03junk",
+                     headers={"Host": "pki.example.com", "Content-Type": "application/ocsp-request"})
+        r = conn.getresponse()
+        body = r.read()
+        # A (malformedRequest) OCSP answer over http, not a redirect to https.
+        assert r.status == 200 and r.headers["Content-Type"] == "application/ocsp-response"
+        assert body == bytes.fromhex("30030a0101")
+        conn.request("GET", "/openxpki/login", headers={"Host": "pki.example.com"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 301  # the rest of the application stays behind TLS
+    finally:
+        conn.close()

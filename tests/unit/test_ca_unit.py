@@ -68,6 +68,7 @@ def ca_config(algorithm: str, padding: str = "pkcs1v15") -> SimpleNamespace:
         hash="sha256",
         crl=SimpleNamespace(validity_hours=48, publish_dir=None, url="http://pki.example.com/crl/test.crl"),
         issuer_url="http://pki.example.com/crl/test.crt",
+        ocsp=None,
     )
 
 
@@ -213,7 +214,7 @@ def test_key_reuse_and_expected_key(engine: Any) -> None:
 
 def test_unknown_profile_and_missing_attribute(engine: Any) -> None:
     ca = make_ca(engine)
-    with pytest.raises(UnknownProfile, match="unknown certificate profile 'vpn'; known: encryption, kdc, smartcard_logon, tls_server"):
+    with pytest.raises(UnknownProfile, match="unknown certificate profile 'vpn'; known: encryption, kdc, ocsp_signing, smartcard_logon, tls_server"):
         issue(ca, engine, "vpn", user_csr())
     # The encryption certificate needs the mail address (the logon certificate does without it).
     with engine.begin() as conn, pytest.raises(PolicyViolation, match="directory attribute 'mail' is required") as info:

@@ -1,0 +1,213 @@
+"""The OCSP responder (RFC 6960, the lightweight profile of RFC 5019).
+
+Answers come from the certificate store, never from parsing a CRL: a
+certificate revoked a second ago is "revoked" in the next answer.  They are
+signed by a *delegated* responder certificate (EKU OCSPSigning,
+id-pkix-ocsp-nocheck) whose key lives in the HSM next to the CA key, never by
+the CA key itself; the CA issues that certificate with a short life and
+issues a new one when a third of it is left (:meth:`OcspResponder.signer`).
+
+A request for a certificate of another issuer gets ``unauthorized``; an
+unparsable one ``malformedRequest``; a responder without its key
+``tryLater`` (the operator runs ``openxpki-py ca ocsp-init``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+from openxpki_py_token.keyspec import KeySpec
+from sqlalchemy import select
+from sqlalchemy.engine import Connection, Engine
+
+from ..db import certstore
+from ..db.schema import certificate
+from ..errors import CAError, NotFound, TokenError, TokenKeyNotFound
+from .ca import REVOCATION_REASONS, CertificateAuthority, IssuanceRequest
+from .keys.base import CAPrivateKey, KeyBackend
+from .keys.config import KeyConfig, Pkcs11KeyConfig, SoftwareKeyConfig, open_key_backend
+
+if TYPE_CHECKING:
+    from ..config import OcspConfig
+
+log = logging.getLogger(__name__)
+
+PROFILE = "ocsp_signing"
+OWNER = "ocsp-responder"  # the responder certificates' owner in the store
+
+
+def responder_key_config(ca_key: KeyConfig) -> KeyConfig:
+    """The responder key next to the CA key: same token (or folder), its own label (or file)."""
+    origin = "ca.ocsp.key (derived from ca.key)"
+    if isinstance(ca_key, Pkcs11KeyConfig):
+        return replace(ca_key, key_label=f"{ca_key.key_label}-ocsp", key_id=None, origin=origin)
+    if isinstance(ca_key, SoftwareKeyConfig):
+        return replace(ca_key, path=ca_key.path.with_name(ca_key.path.stem + "-ocsp" + ca_key.path.suffix),
+                       origin=origin)
+    raise TypeError(f"unknown key config {type(ca_key).__name__}")
+
+
+@dataclass
+class _Signer:
+    key: CAPrivateKey
+    certificate: x509.Certificate
+
+
+class OcspResponder:
+    """Signs OCSP answers for one CA with its delegated responder key."""
+
+    def __init__(self, ca: CertificateAuthority, config: OcspConfig, db: Engine,
+                 key_backend: KeyBackend | None = None) -> None:
+        self.ca = ca
+        self.config = config
+        self.db = db
+        self.key_backend = key_backend or open_key_backend(responder_key_config(ca.config.key))
+        self._signer: _Signer | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.key_backend.close()
+
+    # --- the responder's key and certificate ---------------------------------------
+
+    def create_key(self, *, actor: str) -> x509.Certificate:
+        """Generate the responder key in the token (never overwriting one) and certify it."""
+        if self.key_backend.key_exists():
+            raise CAError(f"an OCSP responder key already exists at {self.key_backend.describe()}")
+        self.key_backend.generate_private_key(KeySpec.parse(self.ca.config.key.algorithm))
+        return self.signer(actor=actor).certificate
+
+    def signer(self, *, actor: str = "ocsp", now: datetime | None = None) -> _Signer:
+        """The responder key and a current certificate for it (a new one when a third of its life is left).
+
+        Read-only normally; a write transaction only to issue a certificate.
+        """
+        now = now or certstore.utcnow()
+        with self._lock:
+            signer = self._signer
+            if signer is None:
+                key = self.key_backend.load_private_key()
+                with self.db.connect() as conn:
+                    stored = self._stored_certificate(conn, key)
+                signer = _Signer(key, stored or self._certify(key, actor))
+            cert = signer.certificate
+            if cert.not_valid_after_utc - now < (cert.not_valid_after_utc - cert.not_valid_before_utc) / 3:
+                signer = _Signer(signer.key, self._certify(signer.key, actor))
+            self._signer = signer
+            return signer
+
+    def _stored_certificate(self, conn: Connection, key: CAPrivateKey) -> x509.Certificate | None:
+        """The newest valid responder certificate in the store for this key (another process may have made it)."""
+        spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        rows = conn.execute(select(certificate.c.der).where(
+            certificate.c.owner == OWNER, certificate.c.status == "valid",
+            certificate.c.profile == PROFILE).order_by(certificate.c.id.desc()).limit(5)).all()
+        for (der,) in rows:
+            cert = x509.load_der_x509_certificate(bytes(der))
+            if cert.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo) == spki:
+                return cert
+        return None
+
+    def _certify(self, key: CAPrivateKey, actor: str) -> x509.Certificate:
+        # The CA issues the responder certificate through its usual path (profile,
+        # serial, store, audit); the CSR is signed inside the token.
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "OCSP responder")])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+        with self.db.begin() as conn:
+            issued = self.ca.issue_certificate(conn, IssuanceRequest(
+                csr=csr.public_bytes(serialization.Encoding.PEM), profile=PROFILE,
+                subject_attributes={}, owner=OWNER, requester=actor))
+        log.info("OCSP responder certificate %s issued, valid until %s", issued.serial,
+                 issued.certificate.not_valid_after_utc.isoformat())
+        return issued.certificate
+
+    # --- answers -------------------------------------------------------------------
+
+    def respond(self, request_der: bytes, *, now: datetime | None = None) -> bytes:
+        """The DER OCSP response to a DER request (always a response, never an exception)."""
+        try:
+            request = ocsp.load_der_ocsp_request(request_der)
+        except ValueError:
+            return _status_only(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+        now = now or certstore.utcnow()
+        try:
+            with self.db.connect() as conn:
+                ca_cert = self.ca.certificate(conn)
+            signer = self.signer(now=now)
+        except (TokenKeyNotFound, TokenError, CAError) as exc:
+            log.warning("OCSP: cannot sign: %s", exc)
+            return _status_only(ocsp.OCSPResponseStatus.TRY_LATER)
+        if not _same_issuer(request, ca_cert):
+            return _status_only(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+        with self.db.connect() as conn:
+            builder = self._status(conn, request, now)
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, signer.certificate)
+        builder = builder.certificates([signer.certificate])
+        try:
+            nonce = request.extensions.get_extension_for_class(x509.OCSPNonce)
+            builder = builder.add_extension(nonce.value, critical=False)
+        except x509.ExtensionNotFound:
+            pass
+        response = builder.sign(signer.key, hashes.SHA256())
+        return response.public_bytes(serialization.Encoding.DER)
+
+    def _status(self, conn: Connection, request: ocsp.OCSPRequest, now: datetime) -> ocsp.OCSPResponseBuilder:
+        """good / revoked (time, reason) / unknown, from the store: never older than the last revocation."""
+        status, revoked_at, reason = ocsp.OCSPCertStatus.GOOD, None, None
+        try:
+            row = certstore.find_certificate(conn, request.serial_number, self.ca.key_identifier(conn))
+        except NotFound:
+            status = ocsp.OCSPCertStatus.UNKNOWN
+        else:
+            if row["status"] == "revoked":
+                status, revoked_at = ocsp.OCSPCertStatus.REVOKED, row["revoked_at"]
+                reason = REVOCATION_REASONS.get(row["revocation_reason"] or "unspecified")
+        return ocsp.OCSPResponseBuilder().add_response_by_hash(
+            issuer_name_hash=request.issuer_name_hash, issuer_key_hash=request.issuer_key_hash,
+            serial_number=request.serial_number, algorithm=request.hash_algorithm, cert_status=status,
+            this_update=now, next_update=now + timedelta(minutes=self.config.validity_minutes),
+            revocation_time=revoked_at, revocation_reason=reason)
+
+
+def _same_issuer(request: ocsp.OCSPRequest, ca_cert: x509.Certificate) -> bool:
+    """Whether the request names this CA (issuer name hash and key hash, in the request's algorithm)."""
+    algorithm = request.hash_algorithm
+    name_hash = hashes.Hash(algorithm)
+    name_hash.update(ca_cert.subject.public_bytes())
+    key_hash = hashes.Hash(algorithm)
+    key_hash.update(_public_key_bits(ca_cert))
+    return name_hash.finalize() == request.issuer_name_hash and key_hash.finalize() == request.issuer_key_hash
+
+
+def _public_key_bits(cert: x509.Certificate) -> bytes:
+    """The subjectPublicKey BIT STRING's content (what RFC 6960's issuerKeyHash hashes)."""
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    # SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey BIT STRING }
+    body, _ = _read_tlv(spki, 0)
+    _, after_algorithm = _read_tlv(body, 0)
+    bits, _ = _read_tlv(body, after_algorithm)
+    return bits[1:]  # drop the unused-bits octet
+
+
+def _read_tlv(data: bytes, offset: int) -> tuple[bytes, int]:
+    """(content, offset after) of the DER element at ``offset``."""
+    length = data[offset + 1]
+    start = offset + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[start:start + count], "big")
+        start += count
+    return data[start:start + length], start + length
+
+
+def _status_only(status: ocsp.OCSPResponseStatus) -> bytes:
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
