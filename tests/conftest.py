@@ -1,5 +1,6 @@
 """Shared fixtures.  Each real component has its own plugin in ``support/``:
-SoftHSM2 tokens, a private slapd, databases (SQLite and PostgreSQL), Apache.
+SoftHSM2 tokens, a private slapd, databases (SQLite and PostgreSQL), Apache,
+the smartcard stack (pcscd + vpcd + software OpenPGP and PIV cards).
 """
 
 pytest_plugins = [
@@ -10,4 +11,5 @@ pytest_plugins = [
     "support.instance",
     "support.browser",
     "support.agent",
+    "support.smartcards",
 ]

@@ -6,7 +6,10 @@
 #
 # The production venv gets the server with its PostgreSQL and Oracle drivers;
 # --with-tests adds what the test suite needs (pytest, Playwright, pkilint,
-# mypy), which a production host should not carry.
+# mypy, the agent's PIV extra), which a production host should not carry, and
+# the software OpenPGP card's own venv (GPL-3+, test-only, never in $VENV;
+# tests/support/card_venv.py).  pcscd, vpcd and libpcsclite-dev (pyscard's
+# build) are for the real smartcard stack the tests drive.
 #
 #   contrib/install/debian-deps.sh [VENV] [--with-tests]   default VENV: /opt/openxpki-py/venv
 set -eu
@@ -25,7 +28,8 @@ TOKEN="$HERE/packages/openxpki-py-token"
 
 PACKAGES="python3-venv python3-dev build-essential libssl-dev
   softhsm2 opensc slapd ldap-utils libldap2-dev libsasl2-dev
-  apache2 apache2-dev gnutls-bin openssl chromium"
+  apache2 apache2-dev gnutls-bin openssl chromium
+  pcscd vsmartcard-vpcd libpcsclite-dev swig"
 
 missing=""
 for p in $PACKAGES; do
@@ -62,4 +66,7 @@ fi
 # removed since the last install would be installed again.
 rm -rf "$HERE/build" "$TOKEN/build"
 "$VENV/bin/pip" install -q --no-deps --force-reinstall "$TOKEN" "$HERE"
+if [ "$EXTRAS" != "${EXTRAS%,test}" ]; then
+    /usr/bin/python3 "$HERE/tests/support/card_venv.py" >/dev/null
+fi
 chmod -R a+rX "$(dirname "$VENV")"

@@ -38,17 +38,31 @@ class _Quiet(WSGIRequestHandler):
 
 
 @pytest.fixture
-def agent_server(make_instance: Callable[..., Any], sqlite_engine: Any) -> Iterator[tuple[Any, str]]:
-    inst = make_instance(sqlite_engine)
-    app = create_app(inst.config, inst.services)
-    app.instance = inst  # type: ignore[attr-defined]
-    httpd: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield app, f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+def make_agent_server(make_instance: Callable[..., Any],
+                      sqlite_engine: Any) -> Iterator[Callable[..., tuple[Any, str]]]:
+    """``make_agent_server(overrides=None)``: (app, url); ``overrides`` edits the instance settings."""
+    servers: list[tuple[WSGIServer, threading.Thread]] = []
+
+    def make(overrides: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, str]:
+        inst = make_instance(sqlite_engine, overrides=overrides)
+        app = create_app(inst.config, inst.services)
+        app.instance = inst  # type: ignore[attr-defined]
+        httpd: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+        # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
+        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        servers.append((httpd, thread))
+        return app, f"http://127.0.0.1:{httpd.server_port}"
+
+    yield make
+    for httpd, _ in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def agent_server(make_agent_server: Callable[..., tuple[Any, str]]) -> tuple[Any, str]:
+    return make_agent_server()
 
 
 class Browser:
@@ -120,3 +134,18 @@ def card_objects(token: Any) -> list[tuple[str, str]]:
         if match and kind:
             objects.append((kind, match.group(1)))
     return sorted(objects)
+
+
+def run_agent_on_card(card: Any, url: str, code: str, state_dir: Path, *options: str,
+                      agent: Path = AGENT) -> subprocess.Popen[str]:
+    """The agent on a software card in vpcd's reader (``support.smartcards``), through OpenSC.
+
+    ``card`` is a ``VirtualCardProcess``; ``options`` go to ``enroll`` as given
+    (``--card-profile``, ``--so-pin-env CARD_SO_PIN`` …).
+    """
+    env = {**os.environ, "CARD_PIN": card.pin, "CARD_SO_PIN": card.so_pin}
+    env.pop("SOFTHSM2_CONF", None)
+    return subprocess.Popen(
+        [str(agent), "enroll", "--server", url, "--code", code, "--pin-env", "CARD_PIN",
+         "--state-dir", str(state_dir), "--insecure-http-for-localhost", "--timeout", "60", *options],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
