@@ -57,7 +57,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # wheel cached from another interpreter (with its RUNPATH) is never reused.
     "$VENV/bin/pip" install -q --no-cache-dir mod_wsgi
     # One command: pip takes openxpki-py-token from its folder, not an index.
-    "$VENV/bin/pip" install -q "$TOKEN" "$HERE[$EXTRAS]"
+    # The tests drive the agent's optional PIV route (yubikit over pyscard).
+    case "$EXTRAS" in *test*) agent="$TOKEN[piv]" ;; *) agent="$TOKEN" ;; esac
+    "$VENV/bin/pip" install -q "$agent" "$HERE[$EXTRAS]"
     echo "$want" > "$stamp"
 fi
 # The project itself, non-editable: www-data reads the installed copy, and
