@@ -1,5 +1,6 @@
 """Shared fixtures.  Each real component has its own plugin in ``support/``:
-SoftHSM2 tokens, a private slapd, databases (SQLite and PostgreSQL), Apache.
+SoftHSM2 tokens, a private slapd, databases (SQLite and PostgreSQL), Apache,
+the smartcard stack (pcscd + vpcd + software OpenPGP and PIV cards).
 """
 
 pytest_plugins = [
@@ -11,4 +12,5 @@ pytest_plugins = [
     "support.browser",
     "support.agent",
     "support.kdc",
+    "support.smartcards",
 ]

@@ -6,7 +6,10 @@
 #
 # The production venv gets the server with its PostgreSQL and Oracle drivers;
 # --with-tests adds what the test suite needs (pytest, Playwright, pkilint,
-# mypy), which a production host should not carry.
+# mypy, the agent's PIV extra), which a production host should not carry, and
+# the software OpenPGP card's own venv (GPL-3+, test-only, never in $VENV;
+# tests/support/card_venv.py).  pcscd, vpcd and libpcsclite-dev (pyscard's
+# build) are for the real smartcard stack the tests drive.
 #
 #   contrib/install/debian-deps.sh [VENV] [--with-tests]   default VENV: /opt/openxpki-py/venv
 set -eu
@@ -26,7 +29,8 @@ TOKEN="$HERE/packages/openxpki-py-token"
 PACKAGES="python3-venv python3-dev build-essential libssl-dev
   softhsm2 opensc slapd ldap-utils libldap2-dev libsasl2-dev
   apache2 apache2-dev gnutls-bin openssl chromium
-  krb5-kdc krb5-pkinit krb5-user krb5-admin-server"
+  krb5-kdc krb5-pkinit krb5-user krb5-admin-server
+  pcscd vsmartcard-vpcd libpcsclite-dev swig"
 
 missing=""
 for p in $PACKAGES; do
@@ -54,7 +58,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # wheel cached from another interpreter (with its RUNPATH) is never reused.
     "$VENV/bin/pip" install -q --no-cache-dir mod_wsgi
     # One command: pip takes openxpki-py-token from its folder, not an index.
-    "$VENV/bin/pip" install -q "$TOKEN" "$HERE[$EXTRAS]"
+    # The tests drive the agent's optional PIV route (yubikit over pyscard).
+    case "$EXTRAS" in *test*) agent="$TOKEN[piv]" ;; *) agent="$TOKEN" ;; esac
+    "$VENV/bin/pip" install -q "$agent" "$HERE[$EXTRAS]"
     echo "$want" > "$stamp"
 fi
 # The project itself, non-editable: www-data reads the installed copy, and
@@ -63,4 +69,7 @@ fi
 # removed since the last install would be installed again.
 rm -rf "$HERE/build" "$TOKEN/build"
 "$VENV/bin/pip" install -q --no-deps --force-reinstall "$TOKEN" "$HERE"
+if [ "$EXTRAS" != "${EXTRAS%,test}" ]; then
+    /usr/bin/python3 "$HERE/tests/support/card_venv.py" >/dev/null
+fi
 chmod -R a+rX "$(dirname "$VENV")"

@@ -55,9 +55,19 @@ def serve_app(inst: Any) -> Iterator[tuple[Any, str]]:
 
 
 @pytest.fixture
-def agent_server(make_instance: Callable[..., Any], sqlite_engine: Any) -> Iterator[tuple[Any, str]]:
-    with serve_app(make_instance(sqlite_engine)) as served:
-        yield served
+def make_agent_server(make_instance: Callable[..., Any],
+                      sqlite_engine: Any) -> Iterator[Callable[..., tuple[Any, str]]]:
+    """``make_agent_server(overrides=None)``: (app, url); ``overrides`` edits the instance settings."""
+    with contextlib.ExitStack() as stack:
+        def make(overrides: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, str]:
+            return stack.enter_context(serve_app(make_instance(sqlite_engine, overrides=overrides)))
+
+        yield make
+
+
+@pytest.fixture
+def agent_server(make_agent_server: Callable[..., tuple[Any, str]]) -> tuple[Any, str]:
+    return make_agent_server()
 
 
 def personalize_with_agent(inst: Any, token: Any, state_dir: Path) -> Any:
@@ -142,3 +152,18 @@ def card_objects(token: Any) -> list[tuple[str, str]]:
         if match and kind:
             objects.append((kind, match.group(1)))
     return sorted(objects)
+
+
+def run_agent_on_card(card: Any, url: str, code: str, state_dir: Path, *options: str,
+                      agent: Path = AGENT) -> subprocess.Popen[str]:
+    """The agent on a software card in vpcd's reader (``support.smartcards``), through OpenSC.
+
+    ``card`` is a ``VirtualCardProcess``; ``options`` go to ``enroll`` as given
+    (``--card-profile``, ``--so-pin-env CARD_SO_PIN`` …).
+    """
+    env = {**os.environ, "CARD_PIN": card.pin, "CARD_SO_PIN": card.so_pin}
+    env.pop("SOFTHSM2_CONF", None)
+    return subprocess.Popen(
+        [str(agent), "enroll", "--server", url, "--code", code, "--pin-env", "CARD_PIN",
+         "--state-dir", str(state_dir), "--insecure-http-for-localhost", "--timeout", "60", *options],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from openxpki_py_token.card import Card, der_integer, spec_text
-from openxpki_py_token.card_profiles import GENERIC, OPENPGP, choose_profile
+from openxpki_py_token.card_profiles import GENERIC, OPENPGP, PIV, choose_profile
 from openxpki_py_token.enroll import build_csr
 from openxpki_py_token.errors import UsageError
 from openxpki_py_token.keyspec import KeySpec
@@ -152,8 +152,11 @@ def test_profile_choice() -> None:
     assert choose_profile("auto", ("OpenPGP card (User PIN)", "PKCS#15 emulated", "ZeitControl")) is OPENPGP
     assert choose_profile("auto", ("alice", "SoftHSM v2", "SoftHSM project")) is GENERIC
     assert choose_profile("generic", ("OpenPGP card (User PIN)",)) is GENERIC
+    # OpenSC's view of a PIV card picks the PIV profile (whose route then asks for the [piv] extra).
+    assert choose_profile("auto", ("PIV_II", "PKCS#15 emulated", "piv_II")) is PIV
+    assert PIV.route == "piv" and OPENPGP.route == GENERIC.route == "pkcs11"
     with pytest.raises(UsageError):
-        choose_profile("piv", ())
+        choose_profile("smartcard-hsm", ())
 
 
 def test_openpgp_slots() -> None:

@@ -25,7 +25,7 @@ from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, MechanismFlag
 from pkcs11 import exceptions as p11_exc
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from .card_profiles import Login, Usage
+from .card_profiles import Login, Route, Usage
 from .errors import TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError
 from .keyspec import KeySpec
 from .pins import CardPins
@@ -88,6 +88,8 @@ class CardKey:
 class Card:
     """One token in one slot of one PKCS#11 module (use as a context manager)."""
 
+    route: Route = "pkcs11"
+
     def __init__(self, module_path: Path, pins: CardPins, *, slot_id: int | None = None,
                  token_label: str | None = None) -> None:
         self.module_path = module_path
@@ -141,6 +143,10 @@ class Card:
 
     def describe(self) -> str:
         return self.info.describe() if self.info is not None else "the card"
+
+    def finish(self) -> str | None:
+        """After the last certificate: nothing more on a PKCS#11 token (see PivCard.finish)."""
+        return None
 
     def _open_session(self) -> None:
         assert self.module is not None

@@ -17,6 +17,7 @@ from .errors import TokenError, UsageError
 
 Usage = Literal["sign", "decrypt"]
 Login = Literal["user", "so"]
+Route = Literal["pkcs11", "piv"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class CardProfile:
     #: The driver's objects from C_GenerateKeyPair are unusable until the
     #: module is finalised and initialised again (OpenSC 0.23).
     reinit_after_keygen: bool
+    #: How the agent reaches the card: OpenSC's (or a vendor's) PKCS#11
+    #: module, or PIV commands through PC/SC (:mod:`openxpki_py_token.piv_card`).
+    route: Route = "pkcs11"
 
     @property
     def needs_so_pin(self) -> bool:
@@ -106,7 +110,27 @@ OPENPGP = CardProfile(
     reinit_after_keygen=True,
 )
 
-CARD_PROFILES: dict[str, CardProfile] = {p.name: p for p in (GENERIC, OPENPGP)}
+# PIV (NIST SP 800-73-4; YubiKey, PIV smartcards): fixed slots, the
+# management key ("so") generates keys and writes certificates, the PIN
+# signs.  Chosen by its applet (SELECT), not by words: OpenSC's PIV token
+# cannot be personalized through PKCS#11, so "piv" in a PKCS#11 token's
+# label only leads to the advice to install the PIV extra.
+PIV = CardProfile(
+    name="piv",
+    description="PIV card",
+    detect=("piv",),
+    slots=(
+        KeySlot("9a", "PIV Authentication", "sign", ("authentication",), default_for_usage=True),
+        KeySlot("9c", "Digital Signature", "sign", ("signature",)),
+        KeySlot("9d", "Key Management", "decrypt", ("encryption",), default_for_usage=True),
+    ),
+    keygen_login="so",
+    cert_write_login="so",
+    reinit_after_keygen=False,
+    route="piv",
+)
+
+CARD_PROFILES: dict[str, CardProfile] = {p.name: p for p in (GENERIC, OPENPGP, PIV)}
 PROFILE_CHOICES = ("auto", *CARD_PROFILES)
 
 

@@ -18,6 +18,7 @@ from . import __version__
 from .api_client import ApiClient
 from .card import Card
 from .card_profiles import PROFILE_CHOICES
+from .credentials import CardCredentials
 from .enroll import IssuedCertificate, TokenAgent
 from .errors import (
     EnrollmentStopped,
@@ -30,6 +31,7 @@ from .errors import (
 )
 from .opensc import MODULE_ENV, find_module
 from .pins import CardPins
+from .piv_card import PivCard, find_piv_reader, piv_available
 from .progress import Progress
 from .secret import SecretRef
 from .state import DEFAULT_STATE_DIR, StateStore
@@ -98,7 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read the SO (admin) PIN from FILE (only cards that need it)")
     so_pin.add_argument("--so-pin-env", metavar="VAR", help="read the SO (admin) PIN from VAR")
     enroll.add_argument("--card-profile", choices=PROFILE_CHOICES, default="auto",
-                        help="how to treat the card (default: auto)")
+                        help="how to treat the card (default: auto: a PIV card if one answers, when the "
+                             "PIV extra is installed and no --module/--slot/--token-label is given)")
+    enroll.add_argument("--reader", metavar="NAME",
+                        help="PIV cards: use the reader whose name contains NAME")
+    mgmt = enroll.add_mutually_exclusive_group()
+    mgmt.add_argument("--management-key-file", type=Path, metavar="FILE",
+                      help="PIV cards: read the card's management key (hex) from FILE "
+                           "(default: the factory key, with a warning)")
+    mgmt.add_argument("--management-key-env", metavar="VAR",
+                      help="PIV cards: read the card's management key (hex) from VAR")
+    enroll.add_argument("--rotate-management-key", type=Path, metavar="FILE",
+                        help="PIV cards: at the end set a new random management key and save it to FILE "
+                             "(must not exist) for escrow")
     enroll.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"where an interrupted run is remembered (default: {DEFAULT_STATE_DIR})")
     enroll.add_argument("--insecure-http-for-localhost", action="store_true",
@@ -120,12 +134,28 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     api = ApiClient(args.server, ca_file=args.ca_file,
                     allow_http_localhost=args.insecure_http_for_localhost,
                     retry_window=args.timeout, notify=progress.step)
-    card = Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label)
+    credentials = CardCredentials(
+        management_key=_secret("--management-key-file", "--management-key-env",
+                               args.management_key_file, args.management_key_env),
+        rotate_to=args.rotate_management_key)
+    credentials.check_rotation_target()
+    card = open_card(args, pins, credentials)
     agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
                        timeout=args.timeout, progress=progress)
     for cert in agent.enroll(args.code):
         print(_result_line(cert))
     return EXIT_OK
+
+
+def open_card(args: argparse.Namespace, pins: CardPins, credentials: CardCredentials) -> Card | PivCard:
+    """The route to the card: PIV commands over PC/SC, or a PKCS#11 module (see card_profiles)."""
+    if args.card_profile == "piv":
+        return PivCard(pins, credentials, reader=args.reader)  # UsageError if the extra is missing
+    pkcs11_asked = args.module is not None or args.slot is not None or args.token_label is not None
+    if (args.card_profile == "auto" and not pkcs11_asked and piv_available()
+            and find_piv_reader(args.reader) is not None):
+        return PivCard(pins, credentials, reader=args.reader)
+    return Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label)
 
 
 def _secret(file_option: str, env_option: str, file: Path | None, env: str | None) -> SecretRef | None:

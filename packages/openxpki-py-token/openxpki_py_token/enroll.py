@@ -40,6 +40,7 @@ from .errors import (
     TokenKeyNotFound,
 )
 from .keyspec import KeySpec
+from .piv_card import INSTALL_HINT, PivCard
 from .progress import Progress
 from .state import CreatedKeys, EnrollmentSession, StateStore
 
@@ -68,7 +69,7 @@ class IssuedCertificate:
 class TokenAgent:
     """Runs one enrollment: ``TokenAgent(...).enroll(code)``."""
 
-    def __init__(self, api: ApiClient, card: Card, store: StateStore, *,
+    def __init__(self, api: ApiClient, card: Card | PivCard, store: StateStore, *,
                  profile_name: str = "auto", timeout: float = 900.0,
                  progress: Progress | None = None,
                  sleep: Callable[[float], None] = time.sleep,
@@ -94,6 +95,7 @@ class TokenAgent:
             self.progress.step(f"card found: {info.describe()}")
             profile = choose_profile(self.profile_name, (info.label, info.model, info.manufacturer))
             log.info("card profile %s", profile.name)
+            _check_route(profile, self.card)
             # Check the PINs before the one-time code is spent: a typo must not
             # cost the user a new code.
             self.card.login("user")
@@ -104,6 +106,7 @@ class TokenAgent:
             try:
                 announced = self._report_card(info, profile)
                 issued = self._run_tasks(profile, announced)
+                self._finish_card()
             except ServerRefused as exc:
                 # The saved session is of no use any more: a rerun needs a new code.
                 # The key record outlives it (a new code continues the workflow)
@@ -116,6 +119,16 @@ class TokenAgent:
         self.store.forget(session.server, state_key)
         self.store.forget_created_keys(session.server, session.workflow_id)
         return issued
+
+    def _finish_card(self) -> None:
+        """What a card needs once all its certificates are on it (PIV: CHUID, management key)."""
+        escrow = self.card.finish()
+        if isinstance(self.card, PivCard):
+            self.progress.step("new CHUID and CCC written (the card's PC/SC identity changed)")
+        if escrow is not None:
+            self.progress.step(f"new PIV management key set and saved to {escrow}: hand this file to "
+                               "your PKI administrator for escrow, then delete it (without the key the "
+                               "card cannot be personalized again)")
 
     # --- the session ------------------------------------------------------------------------
 
@@ -390,7 +403,19 @@ class TokenAgent:
                                   "token_serial": self._card_serial()})
 
 
-def build_csr(card: Card, key: CardKey, cert_type: str) -> str:
+def _check_route(profile: CardProfile, card: Card | PivCard) -> None:
+    if profile.route == card.route:
+        return
+    if profile.route == "piv":
+        raise TokenError(f"{card.describe()} is a PIV card, which OpenSC's PKCS#11 module cannot "
+                         f"personalize; {INSTALL_HINT} and run with --card-profile auto or piv",
+                         code="token.route")
+    raise TokenError(f"--card-profile {profile.name} works through a PKCS#11 module, but "
+                     f"{card.describe()} was opened as a PIV card; use --card-profile auto or piv",
+                     code="token.route")
+
+
+def build_csr(card: Card | PivCard, key: CardKey, cert_type: str) -> str:
     """A PKCS#10 request signed on the card (PEM); the server ignores its subject."""
     private = card.private_key(key)
     builder = x509.CertificateSigningRequestBuilder().subject_name(

@@ -1,0 +1,372 @@
+"""A PIV card (YubiKey, PIV smartcards) through Yubico's yubikit over PC/SC.
+
+OpenSC 0.23's PKCS#11 reads PIV cards but cannot personalize them (no key
+generation, no certificate write), so the agent talks PIV itself here, with
+the optional extra ``openxpki-py-token[piv]`` (``yubikey-manager``, which
+brings ``pyscard``).  :class:`PivCard` offers what the task loop uses of
+:class:`~openxpki_py_token.card.Card`; a key's ID is its PIV slot number
+(``9a`` authentication, ``9d`` key management), which OpenSC later shows
+as IDs 01 and 03.
+
+At the end of a personalization (:meth:`PivCard.finish`) a fresh CHUID and
+CCC are written: Windows caches a card's contents by its CHUID and needs it
+set and unique, macOS wants the CCC.  The card's serial, as the server
+knows it, is the YubiKey serial, else the CHUID's GUID as found at start.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from pkcs11 import Mechanism
+
+from .card import CardInfo, CardKey
+from .card_profiles import Login, Route, Usage
+from .credentials import FACTORY_MANAGEMENT_KEY, CardCredentials
+from .errors import TokenError, TokenNotFound, TokenPinError, UsageError
+from .keyspec import KeySpec
+from .pins import CardPins
+from .pkcs11.keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
+
+if TYPE_CHECKING:
+    from yubikit.piv import PivSession
+
+log = logging.getLogger("openxpki_py_token")
+
+PIV_AID = bytes.fromhex("a000000308")
+_SW_OK = 0x9000
+_SLOT_NAMES = {0x9A: "PIV Authentication", 0x9C: "Digital Signature", 0x9D: "Key Management",
+               0x9E: "Card Authentication"}
+_PKCS1_HASHES: dict[Mechanism, hashes.HashAlgorithm] = {
+    Mechanism.SHA256_RSA_PKCS: hashes.SHA256(), Mechanism.SHA384_RSA_PKCS: hashes.SHA384(),
+    Mechanism.SHA512_RSA_PKCS: hashes.SHA512()}
+_DIGESTS: dict[int, hashes.HashAlgorithm] = {32: hashes.SHA256(), 48: hashes.SHA384(), 64: hashes.SHA512()}
+# CHUID: FASC-N of a non-federal issuer (agency code 9999, SP 800-73-4 Part 1 §3.1.2).
+_FASC_N = bytes.fromhex("d4e739da739ced39ce739d836858210842108421c84210c3eb")
+_CHUID_YEARS = 10
+INSTALL_HINT = "PIV cards need the PIV extra: pip install 'openxpki-py-token[piv]'"
+
+
+def piv_available() -> bool:
+    """Whether the optional PIV route is installed."""
+    try:
+        import smartcard.System  # noqa: F401
+        import yubikit.piv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def find_piv_reader(reader_filter: str | None = None) -> str | None:
+    """The first reader (name containing ``reader_filter``) whose card answers the PIV SELECT."""
+    from smartcard.Exceptions import CardConnectionException, NoCardException
+    from smartcard.pcsc.PCSCExceptions import EstablishContextException, ListReadersException
+    from smartcard.System import readers
+
+    try:
+        found = readers()
+    except (EstablishContextException, ListReadersException):
+        return None  # no PC/SC service or no reader: not a PIV card either
+    for reader in found:
+        if reader_filter and reader_filter.lower() not in str(reader).lower():
+            continue
+        connection = reader.createConnection()
+        try:
+            connection.connect()
+            _, sw1, sw2 = connection.transmit([0x00, 0xA4, 0x04, 0x00, len(PIV_AID), *PIV_AID])
+            if sw1 == 0x61 or (sw1 << 8 | sw2) == _SW_OK:
+                return str(reader)
+        except (CardConnectionException, NoCardException):
+            continue
+        finally:
+            connection.disconnect()
+            connection.release()
+    return None
+
+
+class PivCard:
+    """One PIV card in one reader (use as a context manager)."""
+
+    route: Route = "piv"
+
+    def __init__(self, pins: CardPins, credentials: CardCredentials, *, reader: str | None = None) -> None:
+        if not piv_available():
+            raise UsageError(INSTALL_HINT)
+        self.pins = pins
+        self.credentials = credentials
+        self.reader_filter = reader
+        self.info: CardInfo | None = None
+        self._connection: Any = None
+        self._session: PivSession | None = None
+        self._roles: set[Login] = set()
+
+    # --- opening and closing -----------------------------------------------------------
+
+    def open(self) -> CardInfo:
+        from ykman.pcsc import ScardSmartCardConnection
+        from yubikit.core import NotSupportedError
+        from yubikit.piv import PivSession
+
+        reader = find_piv_reader(self.reader_filter)
+        if reader is None:
+            where = f" in a reader matching {self.reader_filter!r}" if self.reader_filter else ""
+            raise TokenNotFound(f"no PIV card found{where}: insert your card and run again")
+        from smartcard.System import readers
+
+        chosen = next(r for r in readers() if str(r) == reader)
+        # ykman's connection class is untyped; it only wraps pyscard's connection.
+        self._connection = ScardSmartCardConnection(chosen.createConnection())  # type: ignore[no-untyped-call]
+        session = self._session = PivSession(self._connection)
+        try:
+            serial = str(session.get_serial())
+            manufacturer = "Yubico"
+        except (NotSupportedError, _apdu_error()):
+            serial, manufacturer = self._chuid_guid() or "unknown", "PIV"
+        version = ".".join(str(part) for part in session.version)
+        self.info = CardInfo(slot_id=0, serial=serial, manufacturer=manufacturer,
+                             model=f"PIV card (version {version})", label=reader)
+        return self.info
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = self._session = None
+        self._roles.clear()
+
+    def __enter__(self) -> PivCard:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return self.info.describe() if self.info is not None else "the PIV card"
+
+    def reinitialize(self) -> None:
+        """Nothing to do: yubikit's answers are usable at once (a PKCS#11 quirk elsewhere)."""
+
+    @property
+    def session(self) -> PivSession:
+        if self._session is None:
+            raise TokenError("the PIV card is not open")
+        return self._session
+
+    # --- logging in ------------------------------------------------------------------------
+
+    def login(self, role: Login) -> None:
+        """``user``: VERIFY the PIN; ``so``: mutual authentication with the management key."""
+        from yubikit.core.smartcard import ApduError
+        from yubikit.core import InvalidPinError
+
+        if role in self._roles:
+            return
+        if role == "user":
+            try:
+                self.session.verify_pin(self.pins.get("user", self.describe()))
+            except InvalidPinError as exc:
+                self.pins.forget("user")
+                left = exc.attempts_remaining
+                if left == 0:
+                    raise TokenPinError(f"{self.describe()}: the PIN is blocked; ask your PKI "
+                                        "administrator to unblock it with the PUK") from None
+                raise TokenPinError(f"{self.describe()} refused the PIN ({left} tries left); run again "
+                                    "with the right PIN") from None
+        else:
+            key = self.credentials.current_management_key()
+            try:
+                self.session.authenticate(key)
+            except (ApduError, ValueError, _bad_response()):
+                raise TokenPinError(f"{self.describe()} refused the management key; pass the card's "
+                                    "key with --management-key-file or --management-key-env",
+                                    code="token.management_key") from None
+            if key == FACTORY_MANAGEMENT_KEY and self.credentials.rotate_to is None:
+                log.warning("%s still has the factory PIV management key: anyone can replace its keys "
+                            "and certificates; run with --rotate-management-key FILE (and escrow FILE)",
+                            self.describe())
+        self._roles.add(role)
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def find_key(self, key_id: bytes) -> CardKey | None:
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        slot = _slot(key_id)
+        try:
+            metadata = self.session.get_slot_metadata(SLOT(slot))
+        except ApduError:
+            return None  # an empty slot
+        public = metadata.public_key
+        if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+            return None  # a key type the server never asks for (25519)
+        return CardKey(key_id=key_id, label=_SLOT_NAMES.get(slot, f"slot {slot:02x}"), public_key=public,
+                       can_sign=True)
+
+    def generate_key(self, spec: KeySpec, key_id: bytes, label: str, usage: Usage, *, login: Login) -> None:
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        self.login("so")
+        try:
+            self.session.generate_key(SLOT(_slot(key_id)), _key_type(spec))
+        except ApduError as exc:
+            raise TokenError(f"{self.describe()} could not generate a key in slot {key_id.hex()} "
+                             f"(status {exc.sw:04x})", code="token.keygen") from None
+
+    def delete_key(self, key_id: bytes, *, login: Login) -> None:
+        """A PIV slot is overwritten by the next key generation: nothing to delete first."""
+
+    def private_key(self, key: CardKey) -> Pkcs11RSAPrivateKey | Pkcs11ECPrivateKey:
+        self.login("user")
+        signer = _PivSigner(self, key)
+        if isinstance(key.public_key, rsa.RSAPublicKey):
+            return Pkcs11RSAPrivateKey(signer, key.public_key)
+        return Pkcs11ECPrivateKey(signer, key.public_key)
+
+    def sign(self, key: CardKey, data: bytes, mechanism: Mechanism) -> bytes:
+        """What the shared key classes ask for, done the PIV way (raw RSA, ECDSA on a digest)."""
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import KEY_TYPE, SLOT
+
+        slot = SLOT(_slot(key.key_id))
+        key_type = KEY_TYPE.from_public_key(key.public_key)
+        try:
+            if mechanism in _PKCS1_HASHES:
+                return self.session.sign(slot, key_type, data, _PKCS1_HASHES[mechanism], padding.PKCS1v15())
+            if mechanism == Mechanism.ECDSA and len(data) in _DIGESTS:
+                # yubikit accepts Prehashed for EC keys (then it sends the digest as is),
+                # though its signature says HashAlgorithm.
+                prehashed: Any = utils.Prehashed(_DIGESTS[len(data)])
+                der = self.session.sign(slot, key_type, data, prehashed)
+                r, s = utils.decode_dss_signature(der)
+                size = (key.public_key.key_size + 7) // 8
+                return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+        except ApduError as exc:
+            raise TokenError(f"{self.describe()} refused to sign with slot {key.key_id.hex()} "
+                             f"(status {exc.sw:04x})", code="token.sign") from None
+        raise TokenError(f"PIV keys sign PKCS#1 v1.5 (SHA-2) or ECDSA here, not {mechanism.name}",
+                         code="token.mechanism")
+
+    # --- certificates and data objects --------------------------------------------------------
+
+    def certificates(self, key_id: bytes) -> list[x509.Certificate]:
+        from yubikit.core import BadResponseError
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        try:
+            return [self.session.get_certificate(SLOT(_slot(key_id)))]
+        except (ApduError, BadResponseError):
+            return []
+
+    def write_certificate(self, cert: x509.Certificate, key_id: bytes, label: str, *, login: Login,
+                          replace: bool) -> None:
+        """Into the slot's certificate object (one per slot: it always replaces)."""
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        self.login("so")
+        try:
+            self.session.put_certificate(SLOT(_slot(key_id)), cert)
+        except ApduError as exc:
+            raise TokenError(f"{self.describe()} did not take the certificate for slot {key_id.hex()} "
+                             f"(status {exc.sw:04x})", code="token.write") from None
+
+    def finish(self) -> str | None:
+        """New CHUID + CCC, then the management key rotation; returns where the new key went."""
+        from yubikit.piv import MANAGEMENT_KEY_TYPE, OBJECT_ID
+
+        self.login("so")
+        self.session.put_object(OBJECT_ID.CHUID, new_chuid())
+        self.session.put_object(OBJECT_ID.CAPABILITY, new_ccc())
+        if self.credentials.rotate_to is None:
+            return None
+        # AES-192 where the card has it (YubiKey 5.4+), else 3DES; same length.
+        key_type = (MANAGEMENT_KEY_TYPE.AES192 if self.session.version >= (5, 4, 0)
+                    else MANAGEMENT_KEY_TYPE.TDES)
+        new_key = os.urandom(24)
+        where = self.credentials.escrow(new_key)  # on disk before the card depends on it
+        self.session.set_management_key(key_type, new_key)
+        return str(where)
+
+    def _chuid_guid(self) -> str | None:
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import OBJECT_ID
+
+        try:
+            chuid = self.session.get_object(OBJECT_ID.CHUID)
+        except ApduError:
+            return None
+        at = chuid.find(b"\x34\x10")
+        return chuid[at + 2:at + 18].hex() if at >= 0 else None
+
+
+class _PivSigner(TokenSigner):
+    """The shared key classes sign through a TokenSigner; this one asks the PIV card."""
+
+    def __init__(self, card: PivCard, key: CardKey) -> None:  # noqa: D107 - no pool to pass up
+        self._card = card
+        self._key = key
+        self.ref = TokenKeyRef(key.label, key.key_id)
+
+    def describe(self) -> str:
+        return f"slot {self._key.key_id.hex()} on {self._card.describe()}"
+
+    def sign(self, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+        return self._card.sign(self._key, data, mechanism)
+
+
+def new_chuid(guid: bytes | None = None) -> bytes:
+    """A CHUID (SP 800-73-4 Part 1 §3.1.2): FASC-N, a new GUID, expiry, empty signature."""
+    expiry = datetime.date.today() + datetime.timedelta(days=365 * _CHUID_YEARS)
+    return (_tlv(0x30, _FASC_N) + _tlv(0x34, guid or uuid.uuid4().bytes)
+            + _tlv(0x35, expiry.strftime("%Y%m%d").encode("ascii")) + _tlv(0x3E) + _tlv(0xFE))
+
+
+def new_ccc() -> bytes:
+    """A Card Capability Container (SP 800-73-4 Part 1 §3.1.1) with a fresh card identifier."""
+    card_id = bytes.fromhex("a000000116ff02") + os.urandom(14)  # GSC-RID, manufacturer FF, type 02
+    return (_tlv(0xF0, card_id) + _tlv(0xF1, b"\x21") + _tlv(0xF2, b"\x21") + _tlv(0xF3) + _tlv(0xF4, b"\x00")
+            + _tlv(0xF5, b"\x10") + _tlv(0xF6) + _tlv(0xF7) + _tlv(0xFA) + _tlv(0xFB) + _tlv(0xFC)
+            + _tlv(0xFD) + _tlv(0xFE))
+
+
+def _tlv(tag: int, value: bytes = b"") -> bytes:
+    length = bytes((len(value),)) if len(value) < 0x80 else bytes((0x81, len(value)))
+    return bytes((tag,)) + length + value
+
+
+def _slot(key_id: bytes) -> int:
+    if len(key_id) != 1 or key_id[0] not in _SLOT_NAMES:
+        raise TokenError(f"key ID {key_id.hex()} is not a PIV key slot (9a, 9c, 9d, 9e)", code="token.no_slot")
+    return key_id[0]
+
+
+def _key_type(spec: KeySpec) -> Any:
+    from yubikit.piv import KEY_TYPE
+
+    if spec.algorithm == "rsa" and spec.rsa_bits == 2048:
+        return KEY_TYPE.RSA2048
+    if spec.algorithm == "ec" and spec.curve in ("P-256", "P-384"):
+        return KEY_TYPE.ECCP256 if spec.curve == "P-256" else KEY_TYPE.ECCP384
+    raise TokenError(f"PIV cards here make RSA-2048, EC P-256 or P-384 keys, not {spec}", code="token.keygen")
+
+
+def _apdu_error() -> type[Exception]:
+    from yubikit.core.smartcard import ApduError
+
+    return ApduError
+
+
+def _bad_response() -> type[Exception]:
+    from yubikit.core import BadResponseError
+
+    return BadResponseError

@@ -1,0 +1,109 @@
+"""The agent personalizes an OpenPGP card through the real smartcard stack.
+
+pcscd + vsmartcard's vpcd reader + a software OpenPGP v3.4 card
+(``support.smartcards``), OpenSC's PKCS#11 module, the installed
+``openxpki-py-token`` command, and the project's server in-process on a
+local http server.  What ends up on the card is checked with OpenSC's own
+tools (``pkcs15-tool``, ``pkcs11-tool``), as a user's application sees it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+from support.agent import Browser, run_agent_on_card
+from support.smartcards import OPENSC_MODULE, VirtualCardProcess
+
+from openxpki_py.db.schema import certificate
+
+pytestmark = pytest.mark.slow
+
+AUTHENTICATION = {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048",
+                  "key_id": "01", "usage": "sign"}
+ENCRYPTION = {"type": "encryption", "profile": "encryption", "key": "rsa-2048", "key_id": "02",
+              "usage": "decrypt"}
+
+
+def _policy(*types: dict[str, str]) -> Callable[[dict[str, Any]], None]:
+    def edit(settings: dict[str, Any]) -> None:
+        settings["personalization"] = {"certificates": list(types)}
+    return edit
+
+
+def _issued(app: Any) -> list[x509.Certificate]:
+    with app.instance.services.db.connect() as conn:
+        rows = conn.execute(select(certificate.c.der)).all()
+    return [x509.load_der_x509_certificate(bytes(r.der)) for r in rows]
+
+
+def _pkcs11_tool(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["pkcs11-tool", "--module", str(OPENSC_MODULE), *args],
+                          capture_output=True, timeout=60, check=True)
+
+
+def test_openpgp_card_gets_its_logon_certificate(make_agent_server: Callable[..., tuple[Any, str]],
+                                                 openpgp_card: VirtualCardProcess, tmp_path: Path) -> None:
+    app, url = make_agent_server(_policy(AUTHENTICATION))
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(openpgp_card, url, code, tmp_path / "state", "--so-pin-env", "CARD_SO_PIN")
+    browser.confirm_when_asked(wf_id)
+    out, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    assert "OpenPGP" in err and "done: 1 certificate on the card" in err
+    assert openpgp_card.pin not in out + err and openpgp_card.so_pin not in out + err
+    [issued] = _issued(app)
+
+    # OpenSC's PKCS#15 view: the authentication key (ID 03) was made on the card
+    # and can never leave it.
+    dump = subprocess.run(["pkcs15-tool", "-D"], capture_output=True, text=True, timeout=60,
+                          check=True).stdout
+    key = _section(dump, "Private RSA Key [Authentication key]")
+    assert re.search(r"ID\s+: 03\b", key), key
+    assert "neverExtract" in key and "local" in key, key
+
+    # PKCS#11, as a user's application sees it: the certificate sits next to its key.
+    listing = _pkcs11_tool("--login", "--pin", openpgp_card.pin, "--list-objects").stdout.decode()
+    private = _section(listing, "Private Key Object")
+    assert "never extractable" in private and "local" in private, listing
+    der = _pkcs11_tool("--read-object", "--type", "cert", "--id", "03").stdout
+    assert x509.load_der_x509_certificate(der) == issued
+    public = issued.public_key()
+    assert public.key_size == 2048  # type: ignore[union-attr]
+    assert "Your card is ready." in browser.get(f"/deeplink/workflow/{wf_id}").text
+
+
+def test_openpgp_decryption_key_cannot_sign_its_csr(make_agent_server: Callable[..., tuple[Any, str]],
+                                                    openpgp_card: VirtualCardProcess,
+                                                    tmp_path: Path) -> None:
+    """The decryption key answers only PSO:DECIPHER: the agent stops with a clear message, not a hang."""
+    app, url = make_agent_server(_policy(AUTHENTICATION, ENCRYPTION))
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(openpgp_card, url, code, tmp_path / "state", "--so-pin-env", "CARD_SO_PIN")
+    browser.confirm_when_asked(wf_id)
+    out, err = agent.communicate(timeout=120)
+    assert agent.returncode == 3, err  # a card problem (cli.EXIT_CARD)
+    assert "cannot sign" in err and "leave this certificate type out" in err, err
+    assert len(_issued(app)) == 1  # the authentication certificate came first and is on the card
+
+
+def _section(text: str, title: str) -> str:
+    """The indented block under the first line that starts with ``title``."""
+    lines = text.splitlines()
+    for at, line in enumerate(lines):
+        if line.startswith(title):
+            block = [line]
+            for following in lines[at + 1:]:
+                if following and not following[0].isspace():
+                    break
+                block.append(following)
+            return "\n".join(block)
+    raise AssertionError(f"{title!r} not in:\n{text}")

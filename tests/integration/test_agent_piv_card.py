@@ -1,0 +1,138 @@
+"""The agent personalizes a PIV card through the real smartcard stack.
+
+pcscd + vpcd + the project's software PIV card (``support/virtual_piv.py``);
+the agent takes its PIV route (yubikit over pyscard, the ``[piv]`` extra)
+and the result is checked as a user's application sees it, through OpenSC's
+PKCS#11 module (where PIV slot 9a is ID 01 and 9d is ID 03).
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from sqlalchemy import select
+from support.agent import Browser, run_agent_on_card
+from support.smartcards import OPENSC_MODULE, VirtualCardProcess
+
+from openxpki_py.db.schema import certificate
+
+pytestmark = pytest.mark.slow
+yubikit = pytest.importorskip("yubikit.piv", reason="the agent's [piv] extra is not installed")
+
+POLICY = [
+    {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01", "usage": "sign"},
+    {"type": "encryption", "profile": "encryption", "key": "ec-p256", "key_id": "02", "usage": "decrypt"},
+]
+
+
+def _policy(settings: dict[str, Any]) -> None:
+    settings["personalization"] = {"certificates": POLICY}
+
+
+def _pkcs11_tool(*args: str) -> bytes:
+    return subprocess.run(["pkcs11-tool", "--module", str(OPENSC_MODULE), *args],
+                          capture_output=True, timeout=60, check=True).stdout
+
+
+def _token_serial() -> str:
+    listing = _pkcs11_tool("--list-token-slots").decode()
+    return next(line.split(":", 1)[1].strip() for line in listing.splitlines() if "serial num" in line)
+
+
+def _issued(app: Any) -> dict[str, x509.Certificate]:
+    """Issued certificates by type (the logon one carries the smartcard-logon EKU)."""
+    with app.instance.services.db.connect() as conn:
+        certs = [x509.load_der_x509_certificate(bytes(r.der)) for r in conn.execute(select(certificate.c.der))]
+    by_type = {}
+    for cert in certs:
+        logon = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.2") in cert.extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage).value
+        by_type["authentication" if logon else "encryption"] = cert
+    return by_type
+
+
+def test_piv_card_gets_two_certificates_and_a_new_chuid(make_agent_server: Callable[..., tuple[Any, str]],
+                                                         piv_card: VirtualCardProcess, tmp_path: Path) -> None:
+    app, url = make_agent_server(_policy)
+    assert _token_serial() == "00000000"  # OpenSC's serial is the CHUID GUID; a new card has none
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    escrow = tmp_path / "management-key.hex"
+    agent = run_agent_on_card(piv_card, url, code, tmp_path / "state", "--rotate-management-key", str(escrow))
+    browser.confirm_when_asked(wf_id)
+    out, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    assert "PIV card" in err and "done: 2 certificates on the card" in err, err
+    assert "new CHUID and CCC written" in err and str(escrow) in err
+    assert piv_card.pin not in out + err
+    issued = _issued(app)
+    assert isinstance(issued["authentication"].public_key(), rsa.RSAPublicKey)
+    assert isinstance(issued["encryption"].public_key(), ec.EllipticCurvePublicKey)
+
+    # CHUID set and unique: OpenSC's token serial is now its GUID.
+    assert _token_serial() not in ("00000000", "")
+
+    # Through OpenSC's PKCS#11: certificates back byte for byte, keys listed next to them.
+    assert x509.load_der_x509_certificate(_pkcs11_tool("--read-object", "--type", "cert", "--id", "01")) \
+        == issued["authentication"]
+    assert x509.load_der_x509_certificate(_pkcs11_tool("--read-object", "--type", "cert", "--id", "03")) \
+        == issued["encryption"]
+    listing = _pkcs11_tool("--login", "--pin", piv_card.pin, "--list-objects").decode()
+    assert listing.count("Private Key Object") == 2, listing
+
+    # A signature with the 9a key, made through OpenSC, verifies with the issued certificate.
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"logon challenge")
+    sig = tmp_path / "data.sig"
+    _pkcs11_tool("--login", "--pin", piv_card.pin, "--sign", "--mechanism", "SHA256-RSA-PKCS", "--id", "01",
+                 "--input-file", str(data), "--output-file", str(sig))
+    public = issued["authentication"].public_key()
+    assert isinstance(public, rsa.RSAPublicKey)
+    public.verify(sig.read_bytes(), data.read_bytes(), padding.PKCS1v15(), hashes.SHA256())
+
+    # The keys were generated on the card (the card attests them), and the
+    # card now answers only to the escrowed management key.
+    assert stat.S_IMODE(escrow.stat().st_mode) == 0o600
+    _check_on_card(bytes.fromhex(escrow.read_text()), issued, piv_card)
+
+
+def test_piv_factory_management_key_is_not_kept_silently(make_agent_server: Callable[..., tuple[Any, str]],
+                                                          make_piv_card: Callable[..., VirtualCardProcess],
+                                                          tmp_path: Path) -> None:
+    """A card with AES-192 management key (YubiKey 5.7): works, and the agent warns about the factory key."""
+    card = make_piv_card("--firmware", "5.7.1")
+    app, url = make_agent_server(lambda s: s.update(personalization={"certificates": POLICY[:1]}))
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(card, url, code, tmp_path / "state", "--card-profile", "piv")
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    assert "factory PIV management key" in err and "--rotate-management-key" in err, err
+
+
+def _check_on_card(management_key: bytes, issued: dict[str, x509.Certificate], card: VirtualCardProcess) -> None:
+    from ykman.pcsc import list_devices
+    from yubikit.core.smartcard import SmartCardConnection
+    from yubikit.piv import SLOT, PivSession
+
+    [device] = list_devices("Virtual PCD 00 00")
+    with device.open_connection(SmartCardConnection) as connection:
+        piv = PivSession(connection)
+        piv.authenticate(management_key)
+        root = x509.load_pem_x509_certificate(card.extra["attestation_root"].read_bytes())
+        device_ca = piv.get_certificate(SLOT.ATTESTATION)
+        device_ca.verify_directly_issued_by(root)
+        for slot, cert_type in ((SLOT.AUTHENTICATION, "authentication"), (SLOT.KEY_MANAGEMENT, "encryption")):
+            assert piv.get_slot_metadata(slot).generated
+            attestation = piv.attest_key(slot)
+            attestation.verify_directly_issued_by(device_ca)
+            assert attestation.public_key() == issued[cert_type].public_key()
