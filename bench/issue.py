@@ -53,6 +53,7 @@ class _Cfg:
         self.hash = "sha256"
         self.crl = SimpleNamespace(validity_hours=48, publish_dir=None, url="http://pki.example/crl/b.crl")
         self.issuer_url = "http://pki.example/crl/b.crt"
+        self.ocsp = None
 
 
 def make_csrs(n: int) -> list[bytes]:
