@@ -21,6 +21,7 @@ import http.client
 import ipaddress
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import ssl
@@ -281,7 +282,8 @@ def _launch(site: ApacheSite, argv: list[str]) -> ApacheSite:
 
 def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str | bytes, str] | None = None,
                basic_auth: bool = True, extra_include: str = "", processes: int = 1,
-               threads: int = 4, edit_config: ConfigEdit = None) -> ApacheSite:
+               threads: int = 4, edit_config: ConfigEdit = None,
+               envvars: Mapping[str, str] | None = None) -> ApacheSite:
     """Build and start one mod_wsgi-express site in ``root`` (an empty folder).
 
     ``config`` overrides parts of :func:`default_site_config`; it may be a
@@ -309,6 +311,10 @@ def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str 
     if os.geteuid() == 0:
         cmd += ["--user", APACHE_USER, "--group", APACHE_USER]
     subprocess.run(cmd, check=True, capture_output=True)
+    if envvars:
+        # apachectl sources this: the environment of Apache itself (libkrb5 reads KRB5_CONFIG there).
+        with open(server_root / "envvars", "a", encoding="utf-8") as stream:
+            stream.writelines(f"export {name}={shlex.quote(value)}\n" for name, value in envvars.items())
     site = ApacheSite(root=root, port=port, config_path=inst.config_path, db_path=inst.db_path,
                       server_root=server_root)
     return _launch(site, [str(server_root / "apachectl"), "start", "-DFOREGROUND"])

@@ -86,6 +86,26 @@ class MitKdc:
                               env={**self.env, **extra_env}, input=pin + "\n", capture_output=True, text=True,
                               timeout=60, check=False)
 
+    def kadmin(self, query: str) -> None:
+        done = subprocess.run([KADMIN_LOCAL, "-r", REALM, "-q", query], env=self.env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        # kadmin.local exits 0 for a failed query and says "… while …" on stderr.
+        if done.returncode != 0 or "error" in done.stderr.lower() or " while " in done.stderr:
+            raise RuntimeError(f"kadmin.local {query!r}: {done.stdout}{done.stderr}")
+
+    def add_service_keytab(self, service: str, keytab: Path) -> Path:
+        """A service principal (``HTTP/localhost``) with its keys in ``keytab``."""
+        self.kadmin(f"addprinc -randkey {service}@{REALM}")
+        self.kadmin(f"ktadd -k {keytab} {service}@{REALM}")
+        return keytab
+
+    def kinit_password(self, principal: str, password: str) -> None:
+        (self.folder / "ccache").unlink(missing_ok=True)
+        done = subprocess.run([KINIT, principal], env=self.env, input=password + "\n", capture_output=True,
+                              text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"kinit {principal}: {done.stdout}{done.stderr}\n{self.logs()}")
+
     def has_ticket(self) -> bool:
         return subprocess.run([KLIST, "-s"], env=self.env, timeout=30, check=False).returncode == 0
 
@@ -98,8 +118,18 @@ class MitKdc:
         return "\n".join(parts)
 
 
-def _write_realm(folder: Path, port: int, ca: Path, kdc_cert: Path, kdc_key: Path, crl: Path) -> None:
+def _write_realm(folder: Path, port: int, pkinit: bool) -> None:
     # Defaults on purpose: no pkinit_eku_checking, no pkinit_allow_upn.
+    kdc_pkinit = f"""
+        pkinit_identity = FILE:{folder / 'kdc.pem'},{folder / 'kdc.key'}
+        pkinit_anchors = FILE:{folder / 'ca.pem'}
+        pkinit_revoke = FILE:{folder / 'crl.pem'}
+        pkinit_require_crl_checking = true""" if pkinit else ""
+    client_pkinit = f"""
+        pkinit_anchors = FILE:{folder / 'ca.pem'}
+        # Two certificates on the card: take the logon one (EKU id-pkinit-KPClientAuth).
+        pkinit_cert_match = <EKU>pkinit
+        pkinit_kdc_hostname = kdc.example.com""" if pkinit else ""
     (folder / "kdc.conf").write_text(f"""[kdcdefaults]
     kdc_ports = {port}
     kdc_tcp_ports = {port}
@@ -108,11 +138,7 @@ def _write_realm(folder: Path, port: int, ca: Path, kdc_cert: Path, kdc_key: Pat
     {REALM} = {{
         database_name = {folder / 'principal'}
         key_stash_file = {folder / 'stash'}
-        acl_file = {folder / 'kadm5.acl'}
-        pkinit_identity = FILE:{kdc_cert},{kdc_key}
-        pkinit_anchors = FILE:{ca}
-        pkinit_revoke = FILE:{crl}
-        pkinit_require_crl_checking = true
+        acl_file = {folder / 'kadm5.acl'}{kdc_pkinit}
     }}
 
 [logging]
@@ -126,12 +152,11 @@ def _write_realm(folder: Path, port: int, ca: Path, kdc_cert: Path, kdc_key: Pat
 
 [realms]
     {REALM} = {{
-        kdc = 127.0.0.1:{port}
-        pkinit_anchors = FILE:{ca}
-        # Two certificates on the card: take the logon one (EKU id-pkinit-KPClientAuth).
-        pkinit_cert_match = <EKU>pkinit
-        pkinit_kdc_hostname = kdc.example.com
+        kdc = 127.0.0.1:{port}{client_pkinit}
     }}
+
+[domain_realm]
+    localhost = {REALM}
 """)
     (folder / "kadm5.acl").write_text("")
 
@@ -142,15 +167,18 @@ def mit_kdc() -> Iterator[Callable[..., MitKdc]]:
         pytest.fail("krb5kdc is missing: contrib/install/debian-deps.sh installs krb5-kdc and krb5-pkinit")
     made: list[MitKdc] = []
 
-    def make(ca_pem: bytes, kdc_cert_pem: bytes, kdc_key_pem: bytes, crl_pem: bytes) -> MitKdc:
+    def make(ca_pem: bytes | None = None, kdc_cert_pem: bytes = b"", kdc_key_pem: bytes = b"",
+             crl_pem: bytes = b"") -> MitKdc:
+        """A realm with alice; with ``ca_pem`` also PKINIT (the KDC's certificate, key and the CRL)."""
         folder = Path(tempfile.mkdtemp(prefix="openxpki-kdc-"))
-        files = {"ca.pem": ca_pem, "kdc.pem": kdc_cert_pem, "kdc.key": kdc_key_pem, "crl.pem": crl_pem}
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-        (folder / "kdc.key").chmod(0o600)
+        folder.chmod(0o755)  # Apache (www-data) reads krb5.conf and the keytab made here
+        if ca_pem is not None:
+            files = {"ca.pem": ca_pem, "kdc.pem": kdc_cert_pem, "kdc.key": kdc_key_pem, "crl.pem": crl_pem}
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            (folder / "kdc.key").chmod(0o600)
         kdc = MitKdc(folder, _free_port())
-        _write_realm(folder, kdc.port, folder / "ca.pem", folder / "kdc.pem", folder / "kdc.key",
-                     folder / "crl.pem")
+        _write_realm(folder, kdc.port, pkinit=ca_pem is not None)
         for argv in ([KDB5_UTIL, "create", "-s", "-r", REALM, "-P", "master-password-for-tests"],
                      [KADMIN_LOCAL, "-r", REALM, "-q", f"addprinc +requires_preauth -nokey alice@{REALM}"]):
             done = subprocess.run(argv, env=kdc.env, capture_output=True, text=True, timeout=60, check=False)

@@ -1,0 +1,84 @@
+"""SSO with Kerberos/SPNEGO: an MIT KDC, mod_auth_gssapi in Apache, curl --negotiate.
+
+The shipped block ``apache/sso-kerberos.conf`` is included as a site would
+include it.  With ``GssapiLocalName Off`` Apache hands over
+``alice@EXAMPLE.COM`` and ``auth.sso.realms`` maps it to alice (a principal
+of another realm is refused); with ``On`` krb5's own mapping does it.  Either
+way the pages need a ticket and the agent's API, /crl/ and OCSP do not.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from support.kdc import REALM
+
+from openxpki_py.db.schema import web_session
+
+REPO = Path(__file__).resolve().parents[2]
+CURL = shutil.which("curl") or "/usr/bin/curl"
+
+pytestmark = pytest.mark.slow
+
+
+def _curl(kdc: Any, url: str, *args: str) -> tuple[int, str, str]:
+    """(status, Location, body) of one request; --negotiate uses the ticket in kdc's ccache, if any."""
+    done = subprocess.run([CURL, "-s", "-o", "-", "-w", "\\n%{http_code} %{redirect_url}", "--negotiate", "-u", ":",
+                           *args, url], env=kdc.env, capture_output=True, text=True, timeout=60, check=False)
+    body, _, tail = done.stdout.rpartition("\n")
+    status, _, location = tail.partition(" ")
+    return int(status), location, body
+
+
+@pytest.fixture
+def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[..., Any]) -> Callable[..., Any]:
+    def start(local_name: str) -> tuple[Any, Any]:
+        kdc = mit_kdc()
+        kdc.kadmin(f"cpw -pw alice-password alice@{REALM}")  # the realm has alice, keyless (PKINIT)
+        kdc.kadmin(f"addprinc -pw mallory-password mallory@{REALM}")
+        keytab = kdc.add_service_keytab("HTTP/localhost", kdc.folder / "http.keytab")
+        shutil.chown(keytab, group="www-data")
+        keytab.chmod(0o640)
+        include = "\n".join([f'Define OPENXPKI_PY_KEYTAB "{keytab}"',
+                             f"Define OPENXPKI_PY_GSSAPI_LOCALNAME {local_name}",
+                             f'Include "{REPO / "apache" / "sso-kerberos.conf"}"'])
+        sso = {"realms": [REALM]} if local_name == "Off" else {}
+        site = apache_site_factory(basic_auth=False, extra_include=include,
+                                   envvars={"KRB5_CONFIG": str(kdc.folder / "krb5.conf")},
+                                   config={"auth": {"sso": sso}})
+        return site, kdc
+    return start
+
+
+@pytest.mark.parametrize("local_name", ["Off", "On"])
+def test_spnego_login_maps_the_principal_and_leaves_the_api_outside(kerberos_site: Callable[..., Any],
+                                                                   local_name: str) -> None:
+    site, kdc = kerberos_site(local_name)
+    base = site.base_url.replace("127.0.0.1", "localhost")  # the service principal is HTTP/localhost
+    # No ticket: the pages answer 401 with a Negotiate challenge; API, OCSP and CRL are not behind SSO.
+    assert _curl(kdc, f"{base}/token")[0] == 401
+    api = _curl(kdc, f"{base}/openxpki/api/v1/enroll", "-X", "POST", "-H", "Content-Type: application/json",
+                "--data", '{"code": "AAAAA-BBBBB-CCCCC-DDDDD-E"}')
+    assert api[0] != 401 or '"error"' in api[2]  # the application's own JSON answer, not Apache's challenge
+    assert '"error"' in api[2]
+
+    kdc.kinit_password(f"alice@{REALM}", "alice-password")
+    status, location, _ = _curl(kdc, f"{base}/token")
+    assert status == 303 and re.search(r"/openxpki/deeplink/workflow/\d+$", location), (status, location)
+    logins = site.read_db(lambda c: [row.login for row in c.execute(select(web_session))])
+    assert logins == ["alice"]  # the person, not alice@EXAMPLE.COM
+
+
+def test_principal_that_is_no_person_is_refused(kerberos_site: Callable[..., Any]) -> None:
+    site, kdc = kerberos_site("Off")
+    base = site.base_url.replace("127.0.0.1", "localhost")
+    kdc.kinit_password(f"mallory@{REALM}", "mallory-password")  # a realm user the directory does not know
+    status, _, body = _curl(kdc, f"{base}/openxpki/login")
+    assert status == 403 and "does not match exactly one person" in body
