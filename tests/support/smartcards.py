@@ -70,9 +70,13 @@ def _other_pcscd() -> list[int]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "comm").read_text(encoding="ascii").strip() == "pcscd":
-                    found.append(int(proc.name))
-            except OSError:
+                if (proc / "comm").read_text(encoding="ascii").strip() != "pcscd":
+                    continue
+                # A zombie (exited, not yet reaped by its parent) holds no reader and no port.
+                if (proc / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                found.append(int(proc.name))
+            except (OSError, IndexError):
                 continue
     return found
 
