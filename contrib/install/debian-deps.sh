@@ -25,7 +25,7 @@ TOKEN="$HERE/packages/openxpki-py-token"
 
 PACKAGES="python3-venv python3-dev build-essential libssl-dev
   softhsm2 opensc slapd ldap-utils libldap2-dev libsasl2-dev
-  apache2 apache2-dev gnutls-bin openssl chromium"
+  apache2 apache2-dev gnutls-bin openssl chromium xdg-utils"
 
 missing=""
 for p in $PACKAGES; do
