@@ -53,8 +53,8 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 HINTS: dict[str, str] = {
     "enroll.code_invalid": "check the code: copy it again from the personalization page",
     "enroll.code_expired": "reload the personalization page for a new code and run again",
-    "enroll.code_used": "if no earlier run of yours used this code, someone else did: press \"No\" on the "
-                        "personalization page; then get a new code there and run again",
+    "enroll.code_used": "reload the personalization page for a new code and run again; if no earlier run of "
+                        "yours used this code, someone else did: first press \"No\" on the page",
     "enroll.agent_key": "update openxpki-py-token: this server pairs agents with the web page",
     "agent.unconfirmed": "confirm this agent's phrase on the personalization page, then run again",
     "enroll.rate_limited": "too many tries: wait a little, then run again",
