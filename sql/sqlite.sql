@@ -165,6 +165,8 @@ CREATE INDEX ix_certificate_status_not_after ON certificate (status, not_after);
 CREATE TABLE enrollment_code (
 	id INTEGER NOT NULL, 
 	code_hash VARCHAR(64) NOT NULL, 
+	selector VARCHAR(8) NOT NULL, 
+	failures INTEGER NOT NULL, 
 	workflow_id INTEGER NOT NULL, 
 	login VARCHAR(256) NOT NULL, 
 	created_at TIMESTAMP NOT NULL, 
@@ -174,6 +176,8 @@ CREATE TABLE enrollment_code (
 	CONSTRAINT uq_enrollment_code_code_hash UNIQUE (code_hash), 
 	CONSTRAINT fk_enrollment_code_workflow_id FOREIGN KEY(workflow_id) REFERENCES workflow (id)
 );
+
+CREATE INDEX ix_enrollment_code_selector ON enrollment_code (selector);
 
 CREATE INDEX ix_enrollment_code_workflow_id ON enrollment_code (workflow_id);
 
@@ -228,6 +232,9 @@ CREATE TABLE agent_credential (
 	login VARCHAR(256) NOT NULL, 
 	created_at TIMESTAMP NOT NULL, 
 	expires_at TIMESTAMP NOT NULL, 
+	agent_key VARCHAR(64) NOT NULL, 
+	phrase VARCHAR(128) NOT NULL, 
+	confirmed_at TIMESTAMP, 
 	CONSTRAINT pk_agent_credential PRIMARY KEY (token_hash), 
 	CONSTRAINT uq_agent_credential_code_id UNIQUE (code_id), 
 	CONSTRAINT fk_agent_credential_code_id FOREIGN KEY(code_id) REFERENCES enrollment_code (id), 

@@ -185,10 +185,12 @@ def personalize(site: str, base: Path, venv: Path, env: dict[str, str]) -> None:
         page = browser.open(page_url)
         if not confirmed and "Is this your card?" in page:
             serial = re.search(r'id="card-serial">([^<]+)<', page)
-            print(f"    browser: the page shows card {serial.group(1) if serial else '?'}; alice confirms it")
+            phrase = re.search(r'id="pairing-phrase">([^<]+)<', page)
+            print(f"    browser: the page shows card {serial.group(1) if serial else '?'} and the phrase "
+                  f"\"{phrase.group(1) if phrase else '?'}\" (the agent printed it above); alice confirms both")
             browser.open(actions_url + "/action", {
                 "csrf_token": browser.field(page, "csrf_token"), "version": browser.field(page, "version"),
-                "mode": "deeplink", "action": "confirm_token"})
+                "agent": browser.field(page, "agent"), "mode": "deeplink", "action": "confirm_token"})
             confirmed = True
         time.sleep(0.3)
     if agent.returncode != 0:

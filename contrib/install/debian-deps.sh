@@ -30,7 +30,7 @@ PACKAGES="python3-venv python3-dev build-essential libssl-dev
   softhsm2 opensc slapd ldap-utils libldap2-dev libsasl2-dev
   apache2 apache2-dev gnutls-bin openssl chromium
   krb5-kdc krb5-pkinit krb5-user krb5-admin-server libapache2-mod-auth-gssapi curl
-  pcscd vsmartcard-vpcd libpcsclite-dev swig"
+  pcscd vsmartcard-vpcd libpcsclite-dev swig xdg-utils"
 
 missing=""
 for p in $PACKAGES; do

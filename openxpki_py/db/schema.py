@@ -230,6 +230,11 @@ enrollment_code = Table(
     metadata,
     _id(),
     Column("code_hash", String(64), nullable=False, unique=True),  # sha256: the code itself is never stored
+    # The code's first characters: finds the code a wrong guess was aimed at,
+    # so that wrong guesses count against that code (and end it), not only
+    # against the guesser's address.
+    Column("selector", String(8), nullable=False, index=True),
+    Column("failures", Integer, nullable=False, default=0),
     Column("workflow_id", Id, ForeignKey("workflow.id"), nullable=False, index=True),
     Column("login", String(256), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
@@ -246,6 +251,12 @@ agent_credential = Table(
     Column("login", String(256), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+    # The agent run's ephemeral public key and the pairing phrase derived from
+    # it (openxpki_py_token.pairing); confirmed_at: the user confirmed the
+    # phrase in the browser.  Until then the credential may report a card, never act on it.
+    Column("agent_key", String(64), nullable=False),
+    Column("phrase", String(128), nullable=False),
+    Column("confirmed_at", UTCDateTime),
 )
 
 enrollment_failure = Table(

@@ -23,7 +23,7 @@ from ..errors import UnexpectedStep
 from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
-from .enrollment import revoke_workflow_access
+from .enrollment import confirm_pairing, revoke_workflow_access
 from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
 
 callables = Registry()
@@ -63,15 +63,25 @@ def register_card(ctx: ActivityContext) -> None:
     ctx["token"] = {
         "serial": info.serial, "model": info.model, "manufacturer": info.manufacturer,
         "label": info.label, "card_profile": ctx.inputs.get("card_profile", "generic"), "confirmed": False,
+        "agent": int(ctx.inputs["agent"]),
     }
     ctx.set_attribute("token_serial", info.serial)
-    _pop_inputs(ctx, "serial", "model", "manufacturer", "token_label", "card_profile")
+    _pop_inputs(ctx, "serial", "agent", "model", "manufacturer", "token_label", "card_profile")
 
 
 @callables.activity("confirm_card")
 def confirm_card(ctx: ActivityContext) -> None:
-    """The user says it is their card: now it is registered to them."""
+    """The user says it is their card, shown by their agent: the card is registered, the agent may act.
+
+    The page sends the agent it showed the phrase of; another agent (a newer
+    run, replaced meanwhile) is not confirmed by a click on an older page.
+    """
     card = ctx["token"]
+    agent = int(ctx.inputs["agent"])
+    _pop_inputs(ctx, "agent")
+    if agent != card.get("agent") or not confirm_pairing(ctx.conn, ctx.workflow_id, agent, now=ctx.now):
+        raise UnexpectedStep("the agent that reported this card has been replaced or has stopped; reload the page "
+                             "and compare the phrase again", code="agent.replaced")
     info = TokenInfo(serial=card["serial"], model=card["model"], manufacturer=card["manufacturer"],
                      label=card["label"])
     registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now)

@@ -2,7 +2,9 @@
 
 The agent has no SSO session: it trades the one-time enrollment code for a
 bearer credential bound to one workflow, and then acts *as the workflow's
-user* through the workflow's manual actions.  Calls an interrupted agent
+user* through the workflow's manual actions.  The code is a bearer secret,
+so a credential may only report a card until the user confirmed its pairing
+phrase in the browser (:mod:`.enrollment`); after that it may act.  Calls an interrupted agent
 repeats (card report, CSR, receipt) answer the same way twice and never act
 twice.  Refusals are the project's errors (with their stable codes); the
 web layer (:mod:`openxpki_py.web.api`) maps them to HTTP statuses.
@@ -21,8 +23,8 @@ from .. import roles
 from ..crypto.csr import public_key_fingerprint
 from ..errors import AuthError, PolicyViolation, UnexpectedStep
 from ..workflow.errors import ActionNotAvailable
-from .enrollment import AgentGrant, EnrollmentRefused, check_credential, redeem_code
-from .tasks import WF_TYPE, agent_task
+from .enrollment import AgentCredential, AgentGrant, EnrollmentRefused, check_credential, redeem_code
+from .tasks import FINAL_FAILURE, WF_TYPE, agent_task
 
 AGENT_ROLE = roles.USER
 CARD_FIELDS = (("model", "model"), ("manufacturer", "manufacturer"), ("token_label", "label"),
@@ -33,6 +35,12 @@ class CardMismatch(UnexpectedStep):
     """The agent works on another card than the one the user confirmed (swapped mid-way)."""
 
     code = "token.mismatch"
+
+
+class AgentUnconfirmed(AuthError):
+    """The user has not confirmed this agent's pairing phrase in the browser (yet)."""
+
+    code = "agent.unconfirmed"
 
 
 class IssuanceFailed(PolicyViolation):
@@ -64,25 +72,32 @@ class TokenAgentCalls:
 
     # --- the credential -----------------------------------------------------------
 
-    def redeem(self, code: str, *, client: str, sso_login: str | None) -> AgentGrant:
+    def redeem(self, code: str, *, agent_key: str, client: str, sso_login: str | None) -> AgentGrant:
         """Trade the page's code for a credential; a refusal is committed before it is raised."""
         refusal: EnrollmentRefused | None = None
         with self.db.begin() as conn:
             try:
-                return redeem_code(conn, code, client=client, limits=self.policy.enrollment, now=self._now(),
-                                   sso_login=sso_login)
+                return redeem_code(conn, code, agent_key=agent_key, client=client, limits=self.policy.enrollment,
+                                   now=self._now(), sso_login=sso_login)
             except EnrollmentRefused as exc:
                 refusal = exc  # commit: the failure counts towards the rate limit
         assert refusal is not None
         raise refusal
 
-    def authenticate(self, credential: str, *, sso_login: str | None) -> tuple[int, str]:
-        """(workflow id, login) the credential acts for; the web server's own login, if any, must match."""
+    def authenticate(self, credential: str, *, sso_login: str | None) -> AgentCredential:
+        """Whom the credential acts for; the web server's own login, if any, must match."""
         with self.db.connect() as conn:
-            workflow_id, login = check_credential(conn, credential, now=self._now())
-        if sso_login is not None and sso_login != login:
+            agent = check_credential(conn, credential, now=self._now())
+        if sso_login is not None and sso_login != agent.login:
             raise AuthError("this credential belongs to another user", code="auth.wrong_user")
-        return workflow_id, login
+        return agent
+
+    @staticmethod
+    def _confirmed(agent: AgentCredential) -> None:
+        """Keys and certificates only for an agent whose phrase the user confirmed in the browser."""
+        if not agent.confirmed:
+            raise AgentUnconfirmed(f"confirm this agent in your browser first: the personalization page must "
+                                   f"show the phrase \"{agent.phrase}\"")
 
     # --- the workflow -------------------------------------------------------------
 
@@ -104,30 +119,43 @@ class TokenAgentCalls:
             # For the agent, an action the state does not offer is a task it was not given.
             raise UnexpectedStep(exc.message) from exc
 
-    def report_token(self, workflow_id: int, login: str, serial: str, card: Mapping[str, Any]) -> str:
-        """Bind the card to the personalization; ``awaiting_confirmation`` or ``confirmed``."""
-        view = self._view(workflow_id)
+    def report_token(self, agent: AgentCredential, serial: str, card: Mapping[str, Any]) -> str:
+        """Bind the card to the personalization; ``awaiting_confirmation`` or ``confirmed``.
+
+        ``confirmed`` only when both the card and this agent's phrase are.  The
+        same card from a newer agent run is reported again, so that the page
+        asks about the newer agent's phrase.
+        """
+        view = self._view(agent.workflow_id)
         token = view.context.get("token")
-        if token is not None and token["serial"] == serial:
-            return "confirmed" if token["confirmed"] else "awaiting_confirmation"
         if token is not None and token.get("confirmed"):
-            raise CardMismatch(f"this personalization is for card {token['serial']}; insert that card")
+            if token["serial"] != serial:
+                raise CardMismatch(f"this personalization is for card {token['serial']}; insert that card")
+            return "confirmed" if agent.confirmed else "awaiting_confirmation"
+        if token is not None and token["serial"] == serial and token.get("agent") == agent.credential_id:
+            return "awaiting_confirmation"
         if view.state not in ("WAIT_FOR_TOKEN", "CONFIRM_TOKEN"):
             raise UnexpectedStep(f"the personalization is past the card step ({view.state})")
-        inputs = {"serial": serial}
+        inputs: dict[str, Any] = {"serial": serial, "agent": agent.credential_id}
         for field_name, key in CARD_FIELDS:
             if isinstance(card.get(key), str) and card[key]:
                 inputs[field_name] = card[key].strip()
-        self._execute(workflow_id, login, "report_token", inputs)
+        self._execute(agent.workflow_id, agent.login, "report_token", inputs)
         return "awaiting_confirmation"
 
-    def task(self, workflow_id: int) -> dict[str, Any]:
-        view = self._view(workflow_id)
-        children = self.engine.children(workflow_id) if view.state == "ISSUING" else ()
+    def task(self, agent: AgentCredential) -> dict[str, Any]:
+        view = self._view(agent.workflow_id)
+        if not agent.confirmed and view.state not in ("LOOKUP", "WAIT_FOR_TOKEN", "CONFIRM_TOKEN", *FINAL_FAILURE):
+            # A new code after the card was confirmed: the new agent waits for the user, like the first.
+            return {"task": "wait", "retry_after": 1,
+                    "reason": f"confirm this agent in your browser (phrase \"{agent.phrase}\")"}
+        children = self.engine.children(agent.workflow_id) if view.state == "ISSUING" else ()
         return agent_task(view, children)
 
-    def submit_csr(self, workflow_id: int, login: str, *, cert_type: str, key_id: str, csr_pem: str,
+    def submit_csr(self, agent: AgentCredential, *, cert_type: str, key_id: str, csr_pem: str,
                    token_serial: str | None) -> CsrAnswer:
+        self._confirmed(agent)
+        workflow_id, login = agent.workflow_id, agent.login
         view = self._view(workflow_id, token_serial)
         earlier = _same_csr(view, cert_type, csr_pem)
         if earlier is None:
@@ -143,9 +171,10 @@ class TokenAgentCalls:
         task = agent_task(view, self.engine.children(view.id))
         return CsrAnswer("pending", reason=task.get("reason", "issuing"))
 
-    def receipt(self, workflow_id: int, login: str, *, cert_type: str, serial: str,
-                token_serial: str | None) -> None:
+    def receipt(self, agent: AgentCredential, *, cert_type: str, serial: str, token_serial: str | None) -> None:
         """The certificate is on the card; a repeated receipt is answered, not recorded twice."""
+        self._confirmed(agent)
+        workflow_id, login = agent.workflow_id, agent.login
         view = self._view(workflow_id, token_serial)
         for entry in view.context.get("certificates") or []:
             if entry.get("serial") == serial.lower() and entry["status"] == "installed":

@@ -1,11 +1,19 @@
 """The hand-off from the browser to the token agent.
 
-The page shows a one-time *enrollment code* (100 random bits, single use,
-minutes of life, bound to one workflow and its user).  The agent trades it
-for a *bearer credential* (256 bits, bound to that workflow only, short
-lived).  Only SHA-256 hashes of either are stored, so a copy of the
-database does not let anyone enroll a card in someone's name.  Failed code
-attempts are counted per client address and refused beyond a limit.
+The page shows a one-time *enrollment code* (104 random bits, single use,
+minutes of life, bound to one workflow and its user).  The agent trades it,
+with the public key of its ephemeral pairing key, for a *bearer credential*
+(256 bits, bound to that workflow only, short lived) and a pairing phrase
+(:mod:`openxpki_py_token.pairing`).  The code is a bearer secret, so the
+credential may report a card but do nothing with it until the user has
+confirmed the phrase in the browser (``confirmed_at``).  Only SHA-256 hashes
+of codes and credentials are stored: a copy of the database does not let
+anyone enroll a card in someone's name.
+
+Wrong codes are limited twice, neither of which refuses a right code: per
+client address (too many → 429 for further *wrong* codes), and per code,
+found by its first characters (too many guesses at one code end it).  See
+docs/security.md.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from openxpki_py_token.pairing import NONCE_BYTES, pairing_phrase, parse_public_key
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
@@ -25,6 +34,7 @@ from ..errors import AuthError
 from .policy import EnrollmentLimits
 
 CODE_BYTES = 13  # 104 bits → 21 base32 characters, shown as 5 groups
+SELECTOR_CHARS = 4  # 20 of the 104 bits name the code; 84 bits stay secret
 TOKEN_BYTES = 32
 
 
@@ -62,12 +72,31 @@ class CredentialRefused(EnrollmentRefused):
     code = "auth.token_invalid"
 
 
+class AgentKeyInvalid(EnrollmentRefused):
+    """The agent sent no usable pairing key with the code (an old agent, or a broken one)."""
+
+    code = "enroll.agent_key"
+
+
 @dataclass(frozen=True)
 class AgentGrant:
     access_token: str
     workflow_id: int
     login: str
     expires_at: datetime
+    nonce: str  # base64url; the agent derives the phrase from it and its own key
+    phrase: str
+
+
+@dataclass(frozen=True)
+class AgentCredential:
+    """Who a bearer credential acts for, and whether the user confirmed its pairing phrase."""
+
+    workflow_id: int
+    login: str
+    credential_id: int  # the id of the code it was traded for: unique per credential
+    phrase: str
+    confirmed: bool
 
 
 def _hash(value: str) -> str:
@@ -109,60 +138,92 @@ def new_enrollment_code(conn: Connection, *, workflow_id: int, login: str, limit
     revoke_workflow_access(conn, workflow_id, now=now)
     raw = base64.b32encode(secrets.token_bytes(CODE_BYTES)).decode().rstrip("=")
     conn.execute(enrollment_code.insert(), {
-        "code_hash": _hash(raw), "workflow_id": workflow_id, "login": login, "created_at": now,
+        "code_hash": _hash(raw), "selector": raw[:SELECTOR_CHARS], "failures": 0,
+        "workflow_id": workflow_id, "login": login, "created_at": now,
         "expires_at": now + timedelta(seconds=limits.code_lifetime),
     })
     append_audit(conn, actor=login, event="enroll.code", target=f"workflow:{workflow_id}")
     return format_code(raw)
 
 
-def _rate_limited(conn: Connection, client: str, limits: EnrollmentLimits, now: datetime) -> None:
+def _address_limited(conn: Connection, client: str, limits: EnrollmentLimits, now: datetime) -> bool:
     since = now - timedelta(seconds=limits.failure_window)  # older rows: housekeeping deletes them
     failures = conn.execute(
         select(func.count()).select_from(enrollment_failure)
-        .where(enrollment_failure.c.client == client, enrollment_failure.c.failed_at >= since)
+        .where(enrollment_failure.c.client == client[:64], enrollment_failure.c.failed_at >= since)
     ).scalar_one()
-    if failures >= limits.max_failures:
-        raise EnrollmentRateLimited(
-            f"too many wrong enrollment codes from this address; wait {limits.failure_window // 60} minutes",
-            retry_after=limits.failure_window,
-        )
+    return int(failures) >= limits.max_failures
 
 
-def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentLimits, now: datetime,
-                sso_login: str | None = None) -> AgentGrant:
-    """Trade a code for a bearer credential.  A wrong code counts towards the rate limit.
+def _wrong_code(conn: Connection, selector: str, *, client: str, limits: EnrollmentLimits,
+                now: datetime, sso_login: str | None) -> EnrollmentRefused:
+    """Count a wrong code against the code it names and the address it came from.
+
+    A code that drew ``max_code_failures`` guesses ends (the page makes a new
+    one): a guesser with many addresses still gets only a few tries at it.
+    An address over its limit gets 429 for wrong codes only; its further
+    guesses are not stored, so a flood cannot grow the table.
+    """
+    aimed = conn.execute(
+        select(enrollment_code.c.id, enrollment_code.c.workflow_id, enrollment_code.c.failures)
+        .where(enrollment_code.c.selector == selector, enrollment_code.c.used_at.is_(None),
+               enrollment_code.c.expires_at > now)
+    ).all()
+    for code_id, workflow_id, failures in aimed:
+        ended = failures + 1 >= limits.max_code_failures
+        conn.execute(enrollment_code.update().where(enrollment_code.c.id == code_id).values(
+            failures=enrollment_code.c.failures + 1, **({"expires_at": now} if ended else {})))
+        if ended:
+            append_audit(conn, actor=sso_login or "agent", event="enroll.code_ended", outcome="refused",
+                         target=f"workflow:{workflow_id}", details={"client": client, "failures": failures + 1})
+    append_audit(conn, actor=sso_login or "agent", event="enroll.redeem", outcome="refused",
+                 details={"code": "enroll.code_invalid", "client": client})
+    if _address_limited(conn, client, limits, now):
+        return EnrollmentRateLimited(
+            f"too many wrong enrollment codes from this address; wait {limits.failure_window // 60} minutes "
+            "(a right code is still accepted)", retry_after=limits.failure_window)
+    conn.execute(enrollment_failure.insert(), {"client": client[:64], "failed_at": now})
+    return EnrollmentRefused("this enrollment code is not valid; copy it again from the web page",
+                             code="enroll.code_invalid")
+
+
+def redeem_code(conn: Connection, code: str, *, agent_key: str, client: str, limits: EnrollmentLimits,
+                now: datetime, sso_login: str | None = None) -> AgentGrant:
+    """Trade a code and the agent's pairing key for a bearer credential and the pairing phrase.
 
     Runs in its own transaction: the caller commits failures too (they are
-    the rate limit's memory), so refusals are recorded before raising.
+    the rate limits' memory), so refusals are recorded before raising.
     """
-    _rate_limited(conn, client, limits, now)
+    try:
+        public_key = parse_public_key(agent_key)
+    except ValueError:
+        raise AgentKeyInvalid("send the agent's pairing key (agent_key: base64url Ed25519 public key); "
+                              "update openxpki-py-token") from None
+    normalized = normalize_code(code)
     row = conn.execute(
-        select(enrollment_code).where(enrollment_code.c.code_hash == _hash(normalize_code(code)))
+        select(enrollment_code).where(enrollment_code.c.code_hash == _hash(normalized))
     ).mappings().first()
-    refusal: EnrollmentRefused | None = None
     if row is None:
-        refusal = EnrollmentRefused("this enrollment code is not valid; copy it again from the web page",
-                                    code="enroll.code_invalid")
-    elif sso_login is not None and sso_login != row["login"]:
+        raise _wrong_code(conn, normalized[:SELECTOR_CHARS], client=client, limits=limits, now=now,
+                          sso_login=sso_login)
+    # The code is right: no address limit applies (an office behind one NAT
+    # address must not be locked out by a neighbour's typos).  Used and
+    # expired codes are no guesses either: a rerun agent is no attack.
+    refusal: EnrollmentRefused | None = None
+    if sso_login is not None and sso_login != row["login"]:
         refusal = EnrollmentWrongUser("this enrollment code belongs to another user")
     elif row["used_at"] is not None:
         refusal = EnrollmentCodeUsed(
-            "this enrollment code was already used; rerun the agent with its saved session, or get a new code "
+            "this enrollment code was already used (by an earlier run, or by someone who saw it: then "
+            "press \"No\" on the web page); rerun the agent with its saved session, or get a new code "
             "from the web page")
     elif row["expires_at"] <= now:
-        refusal = EnrollmentRefused("this enrollment code has expired; get a new one from the web page",
-                                    code="enroll.code_expired")
+        refusal = EnrollmentRefused("this enrollment code has expired or was withdrawn; get a new one from "
+                                    "the web page", code="enroll.code_expired")
     if refusal is not None:
-        if refusal.code == "enroll.code_invalid":
-            # Only guesses count: a rerun agent's "used" or "expired" is no
-            # attack, and counting it would lock out a whole NAT'ed office.
-            conn.execute(enrollment_failure.insert(), {"client": client[:64], "failed_at": now})
         append_audit(conn, actor=sso_login or "agent", event="enroll.redeem", outcome="refused",
-                     target=f"workflow:{row['workflow_id']}" if row is not None else None,
-                     details={"code": refusal.code, "client": client})
+                     target=f"workflow:{row['workflow_id']}", details={"code": refusal.code, "client": client})
         raise refusal
-    assert row is not None
     claimed = conn.execute(
         enrollment_code.update()
         .where(enrollment_code.c.id == row["id"], enrollment_code.c.used_at.is_(None))
@@ -176,18 +237,23 @@ def redeem_code(conn: Connection, code: str, *, client: str, limits: EnrollmentL
         .values(expires_at=now)
     )
     access_token = secrets.token_urlsafe(TOKEN_BYTES)
+    # Chosen after the agent's key is known: no key can be ground to match a phrase.
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    phrase = pairing_phrase(int(row["workflow_id"]), nonce, public_key)
     expires = now + timedelta(seconds=limits.agent_token_lifetime)
     conn.execute(agent_credential.insert(), {
         "token_hash": _hash(access_token), "code_id": row["id"], "workflow_id": row["workflow_id"],
-        "login": row["login"], "created_at": now, "expires_at": expires,
+        "login": row["login"], "created_at": now, "expires_at": expires, "agent_key": agent_key[:64],
+        "phrase": phrase,
     })
     append_audit(conn, actor=row["login"], event="enroll.redeem", target=f"workflow:{row['workflow_id']}",
-                 details={"client": client})
-    return AgentGrant(access_token, int(row["workflow_id"]), row["login"], expires)
+                 details={"client": client, "phrase": phrase})
+    return AgentGrant(access_token, int(row["workflow_id"]), row["login"], expires,
+                      base64.urlsafe_b64encode(nonce).decode("ascii").rstrip("="), phrase)
 
 
-def check_credential(conn: Connection, access_token: str, *, now: datetime) -> tuple[int, str]:
-    """(workflow id, login) the bearer credential was issued for."""
+def check_credential(conn: Connection, access_token: str, *, now: datetime) -> AgentCredential:
+    """The workflow, login and pairing the bearer credential was issued for."""
     row = conn.execute(
         select(agent_credential).where(agent_credential.c.token_hash == _hash(access_token))
     ).mappings().first()
@@ -195,9 +261,34 @@ def check_credential(conn: Connection, access_token: str, *, now: datetime) -> t
         raise CredentialRefused("the agent's session is not valid; start again with a new code from the web page")
     if row["expires_at"] <= now:
         raise CredentialRefused(
-            "the agent's session has ended (it expired, or a newer code or agent replaced it); get a new code "
-            "from the web page", code="auth.token_expired")
-    return int(row["workflow_id"]), row["login"]
+            "the agent's session has ended (it expired, or a newer code or agent replaced it, or the pairing "
+            "was refused on the web page); get a new code from the web page", code="auth.token_expired")
+    return AgentCredential(int(row["workflow_id"]), row["login"], int(row["code_id"]), row["phrase"],
+                           row["confirmed_at"] is not None)
+
+
+def live_pairing(conn: Connection, workflow_id: int, *, now: datetime) -> AgentCredential | None:
+    """The workflow's one live agent credential (one agent at a time), if any."""
+    row = conn.execute(
+        select(agent_credential)
+        .where(agent_credential.c.workflow_id == workflow_id, agent_credential.c.expires_at > now)
+        .order_by(agent_credential.c.created_at.desc()).limit(1)
+    ).mappings().first()
+    if row is None:
+        return None
+    return AgentCredential(int(row["workflow_id"]), row["login"], int(row["code_id"]), row["phrase"],
+                           row["confirmed_at"] is not None)
+
+
+def confirm_pairing(conn: Connection, workflow_id: int, credential_id: int, *, now: datetime) -> bool:
+    """The user saw this agent's phrase and says it is theirs; False if that agent is gone meanwhile."""
+    done = conn.execute(
+        agent_credential.update()
+        .where(agent_credential.c.workflow_id == workflow_id, agent_credential.c.code_id == credential_id,
+               agent_credential.c.expires_at > now)
+        .values(confirmed_at=now)
+    ).rowcount
+    return bool(done == 1)
 
 
 def purge_expired(conn: Connection, *, now: datetime, keep: timedelta = timedelta(days=1)) -> int:

@@ -35,8 +35,9 @@ class CertificateType:
 class EnrollmentLimits:
     code_lifetime: int  # seconds an enrollment code is valid
     agent_token_lifetime: int  # seconds the agent's bearer credential is valid
-    max_failures: int  # failed code attempts per client address per window
+    max_failures: int  # wrong codes per client address per window (a right code is never refused)
     failure_window: int  # seconds
+    max_code_failures: int = 5  # wrong guesses aimed at one code (its first characters) before it ends
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,11 @@ def parse_personalization_config(r: Reader) -> PersonalizationPolicy:
         raise ConfigError(f"{r.key_path('certificates')}: certificate types must have distinct key_id values")
     e = r.section("enrollment")
     limits = EnrollmentLimits(
-        code_lifetime=e.int("code_lifetime", 600, minimum=30, maximum=3600),
+        code_lifetime=e.int("code_lifetime", 300, minimum=30, maximum=3600),
         agent_token_lifetime=e.int("agent_token_lifetime", 1800, minimum=60, maximum=86400),
         max_failures=e.int("max_failures", 10, minimum=1),
         failure_window=e.int("failure_window", 900, minimum=60),
+        max_code_failures=e.int("max_code_failures", 5, minimum=1, maximum=100),
     )
     e.finish()
     r.finish()

@@ -1,6 +1,7 @@
 """A user's personalization as the pages see it: start or resume it, what
-the user may do next, and the user's own steps (confirm the card, cancel,
-withdraw a request waiting for approval, a new enrollment code).
+the user may do next, and the user's own steps (confirm the card and the
+agent's pairing phrase, cancel, withdraw a request waiting for approval, a
+new enrollment code, discard an unused one).
 
 Nothing here knows HTTP: a workflow that is not the caller's is "not found"
 (:class:`~openxpki_py.errors.NotFound`), a step that no longer fits is an
@@ -15,13 +16,24 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import roles
+from ..audit import append_audit
 from ..db.certstore import owned_certificate_der, owned_certificates
 from ..errors import NotFound, UnexpectedStep
-from .enrollment import new_enrollment_code
+from .enrollment import (
+    AgentCredential,
+    confirm_pairing,
+    live_pairing,
+    new_enrollment_code,
+    revoke_workflow_access,
+)
 from .tasks import WF_TYPE, Progress, page_progress
 
 USER_ROLE = roles.USER
 PAGE_ACTIONS = ("confirm_token", "reject_token", "cancel")
+# A new agent run after the card was confirmed (a new code): yes, it shows
+# this phrase, so it may act; or no, it is not mine, so its credential ends.
+AGENT_ACTIONS = ("confirm_agent", "reject_agent")
+CARD_STATES = ("LOOKUP", "WAIT_FOR_TOKEN", "CONFIRM_TOKEN")
 WITHDRAW = "withdraw"  # on the issuance child waiting for approval: cancels the personalization
 # Where the page offers an enrollment code: before a card was found, and
 # while the agent still has work to do (to replace an agent that stopped).
@@ -47,6 +59,8 @@ class PersonalizationPage:
     certificates: list[CertificateRow]
     code_offered: bool
     actions: list[str]
+    #: The live agent run whose phrase the user is asked about; None when there is nothing to ask.
+    pairing: AgentCredential | None = None
 
 
 class PersonalizationService:
@@ -83,15 +97,38 @@ class PersonalizationService:
                                rows[e["serial"]]["not_before"], rows[e["serial"]]["not_after"])
                 for e in entries if e["serial"] in rows]
 
+    def pairing(self, wf: Any) -> AgentCredential | None:
+        """The agent run the page asks about: live and not yet confirmed (one agent at a time)."""
+        if wf.state not in CODE_STATES and wf.state != "CONFIRM_TOKEN":
+            return None
+        with self.db.connect() as conn:
+            agent = live_pairing(conn, wf.id, now=datetime.now(timezone.utc))
+        return agent if agent is not None and not agent.confirmed else None
+
+    def agent_marker(self, wf: Any) -> str:
+        """Changes when an agent redeems a code or is confirmed: the live page then reloads."""
+        agent = self.pairing(wf)
+        return f"{agent.credential_id}" if agent is not None else ""
+
     def page(self, wf: Any) -> PersonalizationPage:
         children: Sequence[Any] = self.engine.children(wf.id) if wf.state == "ISSUING" else ()
         progress = page_progress(wf, children)
         offered = {a.name for a in wf.available_actions(USER_ROLE)}
+        pairing = self.pairing(wf)
+        actions = [a for a in PAGE_ACTIONS if a in offered]
+        card = wf.context.get("token") or {}
+        if "confirm_token" in actions and (pairing is None or pairing.credential_id != card.get("agent")):
+            actions.remove("confirm_token")  # the agent that found the card is gone: nothing to confirm
+        if pairing is not None and wf.state not in CARD_STATES:
+            actions = [*AGENT_ACTIONS, *actions]
+        elif pairing is not None and wf.state == "WAIT_FOR_TOKEN":
+            actions = ["reject_agent", *actions]
         return PersonalizationPage(
             workflow=wf, progress=progress,
             certificates=self.certificates(wf) if wf.state == "SUCCESS" else [],
             code_offered=wf.state in CODE_STATES,
-            actions=[a for a in PAGE_ACTIONS if a in offered] + ([WITHDRAW] if progress.phase == "approval" else []),
+            actions=actions + ([WITHDRAW] if progress.phase == "approval" else []),
+            pairing=pairing,
         )
 
     def new_code(self, wf_id: int, login: str) -> tuple[Any, str | None]:
@@ -109,16 +146,53 @@ class PersonalizationService:
                                        now=datetime.now(timezone.utc))
         return wf, code
 
-    def act(self, wf_id: int, login: str, action: str, *, role: str, version: int) -> None:
-        """One of the user's own steps on the page, decided on the version the user saw."""
+    def discard_codes(self, wf_id: int, login: str) -> None:
+        """The page that showed a code was left: its unused codes end (agents already running stay)."""
+        self.own(wf_id, login)
+        with self.db.begin() as conn:
+            revoke_workflow_access(conn, wf_id, now=datetime.now(timezone.utc), credentials=False)
+
+    def act(self, wf_id: int, login: str, action: str, *, role: str, version: int, agent: int | None = None) -> None:
+        """One of the user's own steps on the page, decided on the version (and agent) the user saw."""
         self.own(wf_id, login)
         if action == WITHDRAW:
             self.withdraw(wf_id, login, role=role)
             return
+        if action in AGENT_ACTIONS:
+            self.answer_agent(wf_id, login, agent, accept=action == "confirm_agent")
+            return
         if action not in PAGE_ACTIONS:
             raise UnexpectedStep(f"{action!r} is not a step the personalization page offers")
-        inputs = {"reason": "cancelled by the user"} if action == "cancel" else {}
+        inputs: dict[str, Any] = {"reason": "cancelled by the user"} if action == "cancel" else {}
+        if action == "confirm_token":
+            if agent is None:
+                raise UnexpectedStep("the form does not say which agent's phrase you saw; reload the page")
+            inputs = {"agent": agent}
         self.engine.execute(wf_id, action, actor=login, role=role, inputs=inputs, expected_version=version)
+
+    def answer_agent(self, wf_id: int, login: str, agent: int | None, *, accept: bool) -> None:
+        """Yes or no to the phrase of a new agent run (after the card was confirmed).
+
+        Only the agent whose phrase the page showed is answered for: if
+        another one redeemed a code meanwhile, the user is asked again.
+        """
+        wf = self.own(wf_id, login)
+        now = datetime.now(timezone.utc)
+        with self.db.begin() as conn:
+            live = live_pairing(conn, wf_id, now=now)
+            if live is None or agent is None or live.credential_id != agent or live.confirmed:
+                raise UnexpectedStep("that agent has stopped or was replaced; reload the page",
+                                     code="agent.replaced")
+            if not accept:
+                revoke_workflow_access(conn, wf_id, now=now)
+                append_audit(conn, actor=login, event="enroll.agent_refused", target=f"workflow:{wf_id}",
+                             details={"phrase": live.phrase})
+                return
+            if wf.state in CARD_STATES:
+                raise UnexpectedStep("confirm the card together with the phrase; reload the page")
+            confirm_pairing(conn, wf_id, agent, now=now)
+            append_audit(conn, actor=login, event="enroll.agent_confirmed", target=f"workflow:{wf_id}",
+                         details={"phrase": live.phrase})
 
     def withdraw(self, wf_id: int, login: str, *, role: str) -> None:
         """Waiting for an approval nobody gives: take the request back, which fails the personalization."""

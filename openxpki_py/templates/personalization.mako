@@ -5,33 +5,58 @@
 %>
 <h1>Personalize your smartcard</h1>
 <div id="personalization" data-phase="${progress.phase}" data-state="${workflow.state}"
-     data-version="${workflow.version}" data-status-url="${base_url}/status" data-page-url="${page_url}">
+     data-version="${workflow.version}" data-agent="${agent_marker}" data-status-url="${base_url}/status"
+     data-page-url="${page_url}"
+% if code:
+     data-discard-url="${base_url}/code/discard" data-csrf="${csrf_token}"
+% endif
+     >
 <p id="status-message" class="status status-${progress.phase}" role="status">${progress.message}</p>
 % if message:
 <p class="error-message">${message}</p>
 % endif
 
-% if code_offered and code and progress.phase != "waiting_for_card":
-  <section aria-labelledby="code-heading">
-    <h2 id="code-heading">A new enrollment code</h2>
-    <p class="enrollment-code"><code id="enrollment-code">${code}</code></p>
-    <p>Run the agent again with it; it continues with the same card:</p>
-    <pre id="agent-command">${agent_command}</pre>
+<%def name="code_section(heading, intro)">
+  <section aria-labelledby="code-heading" id="code-section">
+    <h2 id="code-heading">${heading}</h2>
+    <p>${intro} It works once, for this personalization only, for ${code_minutes} minutes, and ends when
+       you leave this page.</p>
+    <p><a id="agent-link" class="button" href="${agent_link}">Open the token agent</a>
+       (once per computer: <code>openxpki-py-token register-handler --server ${server_url}</code>)</p>
+    <details id="code-details">
+      <summary>Type the code instead</summary>
+      <p class="enrollment-code"><code id="enrollment-code">${code}</code></p>
+      <pre id="agent-command">${agent_command}</pre>
+      <p>Nobody else may see this code: whoever uses it first connects an agent to your personalization.</p>
+    </details>
+    <p>This page continues by itself when the agent has connected.</p>
   </section>
+</%def>
+% if code_offered and code and progress.phase != "waiting_for_card":
+  ${code_section("A new enrollment code", "Run the agent again; it continues with the same card.")}
 % endif
 % if progress.phase == "waiting_for_card":
   % if code:
-  <section aria-labelledby="code-heading">
-    <h2 id="code-heading">Your enrollment code</h2>
-    <p class="enrollment-code"><code id="enrollment-code">${code}</code></p>
-    <p>It works once, for this personalization only, for ${code_minutes} minutes.
-       Insert your card, then run the token agent on this computer:</p>
-    <pre id="agent-command">${agent_command}</pre>
-    <p>This page continues by itself when the agent has found your card.</p>
-  </section>
-  % else:
+  ${code_section("Your enrollment code", "Insert your card, then start the token agent on this computer.")}
+  % elif not pairing:
   <p>Insert your card. Then get a one-time code for the token agent:</p>
   % endif
+% endif
+
+% if pairing:
+  <section aria-labelledby="pairing-heading" id="pairing" data-agent="${pairing.credential_id}">
+    % if progress.phase == "confirm_card":
+    <h2 id="pairing-heading">Is this your card, and does your agent show this phrase?</h2>
+    % elif progress.phase == "waiting_for_card":
+    <h2 id="pairing-heading">An agent connected</h2>
+    % else:
+    <h2 id="pairing-heading">A new agent run connected: is it yours?</h2>
+    % endif
+    <p class="pairing-phrase"><strong id="pairing-phrase">${pairing.phrase}</strong></p>
+    <p>Your token agent prints a phrase when it starts. Confirm only if it shows exactly these words.
+       If your agent shows other words or none (for example "code already used"), someone else used your
+       code: press "No".</p>
+  </section>
 % endif
 
 % if code_offered:
@@ -88,11 +113,23 @@
     <input type="hidden" name="csrf_token" value="${csrf_token}">
     <input type="hidden" name="version" value="${workflow.version}">
     <input type="hidden" name="mode" value="${mode}">
+    % if pairing:
+    <input type="hidden" name="agent" value="${pairing.credential_id}">
+    % endif
     % if "confirm_token" in actions:
-    <button type="submit" name="action" value="confirm_token" id="confirm-card">Yes, this is my card</button>
+    <button type="submit" name="action" value="confirm_token" id="confirm-card">Yes, my card and my agent's
+      phrase</button>
     % endif
     % if "reject_token" in actions:
-    <button type="submit" name="action" value="reject_token">No, not this card</button>
+    <button type="submit" name="action" value="reject_token" id="reject-card">No, not this card or not this
+      phrase</button>
+    % endif
+    % if "confirm_agent" in actions:
+    <button type="submit" name="action" value="confirm_agent" id="confirm-agent">Yes, my agent shows this
+      phrase</button>
+    % endif
+    % if "reject_agent" in actions:
+    <button type="submit" name="action" value="reject_agent" id="reject-agent">No, that is not my agent</button>
     % endif
     % if "cancel" in actions:
     <button type="submit" name="action" value="cancel" id="cancel">Cancel personalization</button>

@@ -24,7 +24,8 @@ from werkzeug.wrappers import Request, Response
 from ..auth import identity as sso
 from ..errors import AuthError, OpenXPKIError
 from ..personalization.agent_calls import TokenAgentCalls
-from ..personalization.enrollment import CredentialRefused
+from ..personalization.enrollment import AgentCredential, CredentialRefused
+from .client_address import TrustedProxies
 from .errors import RequestInvalid, RequestTooLarge, error_answer
 
 if TYPE_CHECKING:
@@ -66,9 +67,11 @@ def _token_serial(body: dict[str, Any]) -> str | None:
 class AgentApi:
     """``/api/v1``: a WSGI callable the web app hands API paths to."""
 
-    def __init__(self, calls: TokenAgentCalls, *, sso_config: Any) -> None:
+    def __init__(self, calls: TokenAgentCalls, *, sso_config: Any,
+                 trusted_proxies: TrustedProxies | None = None) -> None:
         self.calls = calls
         self.sso_config = sso_config
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.routes: dict[str, Callable[[Request], Response]] = {
             "enroll": self.enroll, "token": self.report_token, "task": self.task,
             "csr": self.submit_csr, "receipt": self.receipt,
@@ -130,7 +133,7 @@ class AgentApi:
         except sso.InvalidLogin as exc:
             raise AuthError("the web server's login name was refused", code="auth.login_refused") from exc
 
-    def _agent(self, request: Request) -> tuple[int, str]:
+    def _agent(self, request: Request) -> AgentCredential:
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             raise CredentialRefused("send the agent's credential: Authorization: Bearer …",
@@ -140,41 +143,43 @@ class AgentApi:
     # --- endpoints ----------------------------------------------------------------
 
     def enroll(self, request: Request) -> Response:
-        code = self._body(request).get("code")
+        body = self._body(request)
+        code, agent_key = body.get("code"), body.get("agent_key")
         if not isinstance(code, str) or not code.strip() or len(code) > 64:
             raise RequestInvalid("send the enrollment code shown on the web page: {\"code\": …}")
-        grant = self.calls.redeem(code, client=request.remote_addr or "unknown", sso_login=self._sso_login(request))
+        grant = self.calls.redeem(code, agent_key=agent_key if isinstance(agent_key, str) else "",
+                                  client=self.trusted_proxies.client(request), sso_login=self._sso_login(request))
         return json_response({
             "access_token": grant.access_token, "token_type": "Bearer",
             "expires_in": int((grant.expires_at - datetime.now(timezone.utc)).total_seconds()),
             "workflow_id": grant.workflow_id, "user": grant.login,
+            "pairing_nonce": grant.nonce, "pairing_phrase": grant.phrase,
         })
 
     def report_token(self, request: Request) -> Response:
-        workflow_id, login = self._agent(request)
+        agent = self._agent(request)
         body = self._body(request)
         (serial,) = _text(body, "serial", missing="the card's serial number is missing")
-        return json_response({"status": self.calls.report_token(workflow_id, login, serial, body)})
+        return json_response({"status": self.calls.report_token(agent, serial, body)})
 
     def task(self, request: Request) -> Response:
-        workflow_id, _login = self._agent(request)
-        return json_response(self.calls.task(workflow_id))
+        return json_response(self.calls.task(self._agent(request)))
 
     def submit_csr(self, request: Request) -> Response:
-        workflow_id, login = self._agent(request)
+        agent = self._agent(request)
         body = self._body(request)
         csr_pem, cert_type, key_id = _text(body, "csr", "cert_type", "key_id",
                                            missing="send cert_type, key_id and csr (PEM)")
-        answer = self.calls.submit_csr(workflow_id, login, cert_type=cert_type, key_id=key_id, csr_pem=csr_pem,
+        answer = self.calls.submit_csr(agent, cert_type=cert_type, key_id=key_id, csr_pem=csr_pem,
                                        token_serial=_token_serial(body))
         if answer.status == "issued":
             return json_response({"status": "issued", "serial": answer.serial})
         return json_response({"status": "pending", "reason": answer.reason}, 202)
 
     def receipt(self, request: Request) -> Response:
-        workflow_id, login = self._agent(request)
+        agent = self._agent(request)
         body = self._body(request)
         cert_type, serial = _text(body, "cert_type", "serial",
                                   missing="send cert_type and serial of the installed certificate")
-        self.calls.receipt(workflow_id, login, cert_type=cert_type, serial=serial, token_serial=_token_serial(body))
+        self.calls.receipt(agent, cert_type=cert_type, serial=serial, token_serial=_token_serial(body))
         return json_response({"status": "installed"})

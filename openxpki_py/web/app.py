@@ -333,7 +333,7 @@ def create_app(config: Config, services: Services | None = None) -> WebApp:
 
         personalization = PersonalizationService(engine=engine, db=db, policy=config.personalization)
         api = AgentApi(TokenAgentCalls(db=db, engine=engine, policy=config.personalization),
-                       sso_config=config.auth.sso)
+                       sso_config=config.auth.sso, trusted_proxies=config.web.trusted_proxies)
     return WebApp(
         instance_name=config.instance.name,
         auth=config.auth,

@@ -12,6 +12,7 @@
         workflow: smartcard_personalization
         role: User               # granted (its handler runs) when /token is opened
       public_url: https://pki.example.com/openxpki   # what the token agent is told to use
+      trusted_proxies: [10.0.0.5]  # reverse proxies whose X-Forwarded-For names the client (rate limits)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import timedelta
 
 from .. import roles
 from ..configreader import Reader
+from .client_address import TrustedProxies
 
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -47,6 +49,8 @@ class WebConfig:
     # The application's URL as users' PCs reach it.  None: taken from the
     # request, which is wrong behind a TLS-terminating proxy.
     public_url: str | None = None
+    # Only these may tell the client's address in X-Forwarded-For (default: nobody).
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
 
 
 def _parse_session(r: Reader) -> SessionConfig:
@@ -76,8 +80,16 @@ def parse_web_config(r: Reader) -> WebConfig:
     public_url = r.str("public_url", None)
     if public_url is not None and not public_url.startswith(("https://", "http://")):
         raise r.error("public_url", "the application's URL, e.g. https://pki.example.com/openxpki")
+    proxies = r.raw("trusted_proxies", [])
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        raise r.error("trusted_proxies", "a list of addresses or networks, e.g. [10.0.0.5, 10.1.0.0/16]")
+    try:
+        trusted = TrustedProxies.parse(proxies)
+    except ValueError as exc:
+        raise r.error("trusted_proxies", f"addresses or networks ({exc})") from None
     cfg = WebConfig(session=_parse_session(r.section("session")),
                     deep_link=_parse_deep_link(r.section("deep_link")),
-                    public_url=public_url.rstrip("/") if public_url else None)
+                    public_url=public_url.rstrip("/") if public_url else None,
+                    trusted_proxies=trusted)
     r.finish()
     return cfg

@@ -162,6 +162,10 @@ def test_alice_personalizes_her_card_in_the_browser(pki_site: PkiSite, chromium:
     page.wait_for_load_state()
     if page.locator("#enrollment-code").count() == 0:
         raise AssertionError(page.content())
+    # Not on the screen until asked for (a screenshot or a shared screen leaks no code).
+    assert not page.locator("#enrollment-code").is_visible()
+    assert page.locator("#agent-link").get_attribute("href").startswith("openxpki-py-token:enroll?server=")
+    page.click("#code-details summary")
     code = page.locator("#enrollment-code").inner_text()
     command = page.locator("#agent-command").inner_text()
     assert re.fullmatch(r"[A-Z2-7]{5}(-[A-Z2-7]{1,5}){4}", code)
@@ -171,15 +175,21 @@ def test_alice_personalizes_her_card_in_the_browser(pki_site: PkiSite, chromium:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         try:
+            phrase = _printed_phrase(agent)
             page.wait_for_selector("#confirm-card", timeout=60_000)  # the live page reloads by itself
         except Exception:
             agent.kill()
             raise AssertionError(f"no confirmation asked; agent said: {agent.communicate()[1]}") from None
+        assert page.locator("#pairing-phrase").inner_text() == phrase  # what alice compares
         assert page.locator("#card-model").inner_text() == "SoftHSM v2"
         card_serial = page.locator("#card-serial").inner_text()
         screenshot(page, "personalization-confirm-card.png")
         page.click("#confirm-card")
-        out, err = agent.communicate(timeout=180)
+        assert agent.stdout is not None and agent.stderr is not None
+        with agent:  # the rest after the phrase (communicate() would skip what is buffered); closes the pipes
+            err = agent.stderr.read()
+            out = agent.stdout.read()
+            agent.wait(timeout=180)
     finally:
         if agent.poll() is None:
             agent.kill()
@@ -239,6 +249,15 @@ def test_alice_personalizes_her_card_in_the_browser(pki_site: PkiSite, chromium:
     assert len(pki_site.query(_users_certificates())) == 2
 
 
+def _printed_phrase(agent: subprocess.Popen[str]) -> str:
+    """The agent's "pairing phrase:" line (stderr is read up to it)."""
+    assert agent.stderr is not None
+    for line in agent.stderr:
+        if line.startswith("pairing phrase: "):
+            return line.removeprefix("pairing phrase: ").strip()
+    raise AssertionError("the agent printed no pairing phrase")
+
+
 def _start_for(site: Any, login: str) -> tuple[Any, str, str]:
     """The browser part without a browser: /token, then the code."""
     browser = site.browser(login)
@@ -264,10 +283,14 @@ def _confirm_when_asked(browser: Any, path: str, agent: subprocess.Popen[str]) -
         if "Is this your card?" in page:
             csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
             version = re.search(r'name="version" value="(\d+)"', page)
+            agent_id = re.search(r'name="agent" value="(\d+)"', page)
+            if not agent_id:  # the agent that found the card is not asked about yet
+                time.sleep(0.2)
+                continue
             assert csrf and version
             done = browser.post(path.replace("/deeplink/workflow/", "/personalize/") + "/action", {
                 "csrf_token": csrf.group(1), "version": version.group(1), "mode": "deeplink",
-                "action": "confirm_token"})
+                "action": "confirm_token", "agent": agent_id.group(1)})
             assert done.status == 303, done.body
             return
         time.sleep(0.2)

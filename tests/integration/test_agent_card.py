@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
-from support.agent import PKCS11_TOOL, Browser, card_objects, run_agent
+from support.agent import PKCS11_TOOL, Browser, card_objects, printed_phrase, run_agent
 
 from openxpki_py.db.schema import certificate
 
@@ -40,8 +40,12 @@ def test_agent_personalizes_a_token_through_the_api(agent_server: tuple[Any, str
     browser = Browser(app)
     wf_id, code = browser.start()
     agent = run_agent(token, url, code, tmp_path / "state")
-    browser.confirm_when_asked(wf_id)
-    out, err = agent.communicate(timeout=120)
+    browser.confirm_when_asked(wf_id, phrase=printed_phrase(agent))  # the page shows what the agent printed
+    assert agent.stdout is not None and agent.stderr is not None
+    with agent:  # what printed_phrase left on the pipes; closes them
+        err = agent.stderr.read()
+        out = agent.stdout.read()
+        agent.wait(timeout=120)
     assert agent.returncode == 0, err
     assert "done: 2 certificates on the card" in err
     assert token.pin not in out + err

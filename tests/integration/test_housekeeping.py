@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from openxpki_py_token.pairing import new_agent_key, public_key_text
 from sqlalchemy import func, select
 
 from openxpki_py.db.schema import agent_credential, enrollment_code, enrollment_failure, web_session
@@ -28,7 +29,8 @@ def test_purge_expired(make_instance: Callable[..., Any], db_engine: Any) -> Non
     long_ago = now - timedelta(days=3)
     with services.db.begin() as conn:
         old_code = new_enrollment_code(conn, workflow_id=wf.id, login="alice", limits=limits, now=long_ago)
-        redeem_code(conn, old_code, client="127.0.0.1", limits=limits, now=long_ago)  # old credential
+        redeem_code(conn, old_code, agent_key=public_key_text(new_agent_key()), client="127.0.0.1", limits=limits,
+                    now=long_ago)  # old credential
         new_enrollment_code(conn, workflow_id=wf.id, login="alice", limits=limits, now=now)  # live code
         conn.execute(enrollment_failure.insert(), [{"client": "10.0.0.1", "failed_at": long_ago},
                                                    {"client": "10.0.0.1", "failed_at": now}])

@@ -20,11 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import func, select, update
 from werkzeug.test import Client
 
+from openxpki_py_token.pairing import new_agent_key, public_key_text
+
 from openxpki_py.db.schema import certificate, enrollment_code, token
 from openxpki_py.web.app import create_app
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 CODE_RE = re.compile(r'<code id="enrollment-code">([A-Z0-9-]+)</code>')
+AGENT_RE = re.compile(r'name="agent" value="(\d+)"')
+PHRASE_RE = re.compile(r'<strong id="pairing-phrase">([a-z ]+)</strong>')
 
 
 class Browser:
@@ -53,6 +57,7 @@ class Agent:
         self.client = Client(app)
         self.env = env or {}
         self.access_token = ""
+        self.phrase = ""
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
@@ -60,9 +65,10 @@ class Agent:
                                 environ_overrides=self.env)
 
     def enroll(self, code: str) -> Any:
-        response = self.call("POST", "enroll", {"code": code})
+        response = self.call("POST", "enroll", {"code": code, "agent_key": public_key_text(new_agent_key())})
         if response.status_code == 200:
             self.access_token = response.json["access_token"]
+            self.phrase = response.json["pairing_phrase"]
         return response
 
 
@@ -92,9 +98,10 @@ def page_action(browser: Browser, wf_id: int, action: str, *, version_offset: in
     page = browser.get(f"/deeplink/workflow/{wf_id}").text
     version = re.search(r'name="version" value="(\d+)"', page)
     assert version, page
+    agent = AGENT_RE.search(page)  # the agent whose pairing phrase the page shows
     return browser.post(f"/personalize/{wf_id}/action", {
         "csrf_token": browser.csrf(page), "mode": "deeplink", "action": action,
-        "version": str(int(version.group(1)) + version_offset)})
+        "version": str(int(version.group(1)) + version_offset), **({"agent": agent.group(1)} if agent else {})})
 
 
 def confirm(browser: Browser, wf_id: int) -> None:
@@ -201,7 +208,7 @@ def test_refusals(app: Any) -> None:
     agent.call("POST", "token", {"serial": "ALICECARD"})
     early = agent.call("POST", "csr", {"cert_type": "authentication", "key_id": "01",
                                        "csr": make_csr(rsa.generate_private_key(65537, 2048))})
-    assert (early.status_code, early.json["error"]["code"]) == (409, "task.unexpected")
+    assert (early.status_code, early.json["error"]["code"]) == (403, "agent.unconfirmed")  # nothing before the browser says yes
     confirm(browser, wf_id)
 
     mismatch = agent.call("POST", "csr", {"cert_type": "authentication", "key_id": "01",
@@ -364,6 +371,17 @@ def test_new_code_replaces_a_stopped_agent(app: Any) -> None:
     second.enroll(new_code.group(1))
     swapped = second.call("POST", "token", {"serial": "CARD-B"})
     assert (swapped.status_code, swapped.json["error"]["code"]) == (409, "token.mismatch")
+    # A new code after the card was confirmed: the new agent waits for the user, like the first one did.
+    assert second.call("POST", "token", {"serial": "CARD-A"}).json == {"status": "awaiting_confirmation"}
+    waiting = second.call("GET", "task").json
+    assert waiting["task"] == "wait" and second.phrase in waiting["reason"]
+    early = second.call("POST", "receipt", {"cert_type": "authentication", "serial": "01"})
+    assert (early.status_code, early.json["error"]["code"]) == (403, "agent.unconfirmed")
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    shown_phrase = PHRASE_RE.search(page)
+    assert shown_phrase and shown_phrase.group(1) == second.phrase != first.phrase
+    assert page_action(browser, wf_id, "confirm_agent").status_code == 303
+    assert PHRASE_RE.search(browser.get(f"/deeplink/workflow/{wf_id}").text) is None  # nothing left to ask
     assert second.call("POST", "token", {"serial": "CARD-A"}).json == {"status": "confirmed"}
     install = second.call("GET", "task").json
     assert install["task"] == "install_certificate" and install["cert_type"] == "authentication"
@@ -619,3 +637,117 @@ def test_approvals_page_queries_do_not_grow_with_pending_requests(approval_app: 
     ten, page = statements_for_page()
     assert page.count('class="request"') == 10
     assert ten == one, (one, ten)
+
+
+# --- the enrollment code is a bearer secret: the browser decides which agent acts -----------------
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_a_stolen_code_gets_the_attacker_nothing_without_the_victims_yes_to_his_phrase(app: Any) -> None:
+    browser, wf_id, code = start(app)
+    attacker = Agent(app, {"REMOTE_ADDR": "192.0.2.66"})
+    assert attacker.enroll(code).status_code == 200  # shoulder-surfed, and faster
+    assert attacker.call("POST", "token", {"serial": "ALICECARD"}).json == {"status": "awaiting_confirmation"}
+    victim = Agent(app)
+    used = victim.enroll(code)
+    assert (used.status_code, used.json["error"]["code"]) == (409, "enroll.code_used")
+
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "ALICECARD" in page  # her card, as the attacker claims it …
+    shown = PHRASE_RE.search(page)
+    assert shown and shown.group(1) == attacker.phrase  # … but the attacker's words, which her agent never printed
+    refused = attacker.call("POST", "csr", {"cert_type": "authentication", "key_id": "01",
+                                            "csr": make_csr(rsa.generate_private_key(65537, 2048))})
+    assert (refused.status_code, refused.json["error"]["code"]) == (403, "agent.unconfirmed")
+    assert attacker.call("GET", "task").json["task"] == "wait"
+    # Her agent showed no phrase ("code already used"): she says no, and the attacker's credential ends.
+    assert page_action(browser, wf_id, "reject_token").status_code == 303
+    gone = attacker.call("GET", "task")
+    assert (gone.status_code, gone.json["error"]["code"]) == (401, "auth.token_expired")
+    assert count(app.instance, certificate) == 0
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_confirming_needs_the_agent_the_page_showed(app: Any) -> None:
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    agent.call("POST", "token", {"serial": "ALICECARD"})
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert version
+    wrong = browser.post(f"/personalize/{wf_id}/action", {
+        "csrf_token": browser.csrf(page), "mode": "deeplink", "action": "confirm_token",
+        "version": version.group(1), "agent": "999999"})
+    assert wrong.status_code == 409 and "agent.replaced" in wrong.text
+    missing = browser.post(f"/personalize/{wf_id}/action", {
+        "csrf_token": browser.csrf(page), "mode": "deeplink", "action": "confirm_token",
+        "version": version.group(1)})
+    assert missing.status_code == 409
+    assert agent.call("GET", "task").json["reason"] == "confirm the card in your browser"
+    confirm(browser, wf_id)
+    assert agent.call("GET", "task").json["task"] == "generate_key"
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_leaving_the_page_ends_its_unused_code(app: Any) -> None:
+    browser, wf_id, code = start(app)
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert browser.post(f"/personalize/{wf_id}/code/discard", {"csrf_token": browser.csrf(page)}).status_code == 204
+    ended = Agent(app).enroll(code)
+    assert (ended.status_code, ended.json["error"]["code"]) == (401, "enroll.code_expired")
+    assert browser.post(f"/personalize/{wf_id}/code/discard", {}).status_code == 403  # CSRF, as every POST
+
+
+# --- rate limits: wrong codes are limited, a right code never is ------------------------------------
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_wrong_codes_from_an_address_do_not_block_a_right_code_from_it(app: Any) -> None:
+    office = {"REMOTE_ADDR": "198.51.100.7"}  # one NAT address for the whole office
+    _, _, code = start(app)
+    limit = app.instance.config.personalization.enrollment.max_failures
+    answers = [Agent(app, office).enroll("ZZZZZ-WRONG-CODES-ZZZZ").json["error"]["code"] for _ in range(limit + 2)]
+    assert answers[:limit] == ["enroll.code_invalid"] * limit and answers[limit:] == ["enroll.rate_limited"] * 2
+    assert Agent(app, office).enroll(code).status_code == 200  # a colleague's right code still works
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_guesses_aimed_at_one_code_end_that_code_from_any_address(app: Any) -> None:
+    _, _, code = start(app)
+    per_code = app.instance.config.personalization.enrollment.max_code_failures
+    normalized = code.replace("-", "")
+    for n in range(per_code):  # the code's first characters, a wrong rest, from many addresses
+        wrong = normalized[:4] + ("A" if normalized[4] != "A" else "B") + normalized[5:]
+        answer = Agent(app, {"REMOTE_ADDR": f"203.0.113.{n + 1}"}).enroll(wrong)
+        assert answer.json["error"]["code"] == "enroll.code_invalid"
+    ended = Agent(app).enroll(code)
+    assert (ended.status_code, ended.json["error"]["code"]) == (401, "enroll.code_expired")
+
+
+def _wrong_code_via_proxy(app: Any, client: str) -> str:
+    """A wrong code through a reverse proxy at 10.9.0.2 that says the client was ``client``."""
+    answer = Client(app).post("/api/v1/enroll", json={"code": "WRONG", "agent_key": public_key_text(new_agent_key())},
+                              headers={"X-Forwarded-For": f"{client}, 10.9.0.3"},
+                              environ_overrides={"REMOTE_ADDR": "10.9.0.2"})
+    return str(answer.json["error"]["code"])
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_forwarded_for_is_ignored_unless_the_proxy_is_configured(app: Any) -> None:
+    limit = app.instance.config.personalization.enrollment.max_failures
+    codes = [_wrong_code_via_proxy(app, f"198.51.100.{n}") for n in range(limit + 1)]
+    assert codes[-1] == "enroll.rate_limited"  # the header is anyone's claim: all count for the proxy
+
+
+def test_forwarded_for_names_the_client_behind_a_configured_proxy(make_instance: Callable[..., Any],
+                                                                   sqlite_engine: Any) -> None:
+    def behind_proxy(settings: dict[str, Any]) -> None:
+        settings["web"]["trusted_proxies"] = ["10.9.0.0/24"]
+
+    inst = make_instance(sqlite_engine, overrides=behind_proxy)
+    app = create_app(inst.config, inst.services)
+    limit = inst.config.personalization.enrollment.max_failures
+    assert {_wrong_code_via_proxy(app, f"198.51.100.{n}") for n in range(limit + 1)} == {"enroll.code_invalid"}
+    assert [_wrong_code_via_proxy(app, "198.51.100.200") for _ in range(limit + 1)][-1] == "enroll.rate_limited"
+    assert _wrong_code_via_proxy(app, "198.51.100.201") == "enroll.code_invalid"

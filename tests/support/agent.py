@@ -32,6 +32,9 @@ PKCS11_TOOL = shutil.which("pkcs11-tool")
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 CODE_RE = re.compile(r'<code id="enrollment-code">([A-Z0-9-]+)</code>')
 VERSION_RE = re.compile(r'name="version" value="(\d+)"')
+AGENT_RE = re.compile(r'name="agent" value="(\d+)"')
+PHRASE_RE = re.compile(r'<strong id="pairing-phrase">([a-z ]+)</strong>')
+PRINTED_PHRASE_RE = re.compile(r"^pairing phrase: ([a-z ]+)$", re.M)
 
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
@@ -105,20 +108,32 @@ class Browser:
         assert code, shown.text
         return wf_id, code.group(1)
 
-    def confirm_when_asked(self, wf_id: int, timeout: float = 30.0) -> None:
+    def phrase_when_asked(self, wf_id: int, timeout: float = 30.0) -> tuple[str, str]:
+        """(page, pairing phrase) once the page asks to confirm a card or an agent."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             page = self.get(f"/deeplink/workflow/{wf_id}").text
-            if "Is this your card?" in page:
-                version = VERSION_RE.search(page)
-                assert version
-                done = self.post(f"/personalize/{wf_id}/action", {
-                    "csrf_token": _csrf(page), "mode": "deeplink", "action": "confirm_token",
-                    "version": version.group(1)})
-                assert done.status_code == 303, done.text
-                return
+            phrase = PHRASE_RE.search(page)
+            if phrase and ('id="confirm-card"' in page or 'id="confirm-agent"' in page):
+                return page, phrase.group(1)
             time.sleep(0.1)
-        raise AssertionError("the agent never reported the card")
+        raise AssertionError("the page never asked about a card or an agent")
+
+    def answer(self, wf_id: int, page: str, action: str) -> None:
+        """Press a button of ``page`` (as loaded), for the agent whose phrase it showed."""
+        version, agent = VERSION_RE.search(page), AGENT_RE.search(page)
+        assert version and agent, page
+        done = self.post(f"/personalize/{wf_id}/action", {
+            "csrf_token": _csrf(page), "mode": "deeplink", "action": action, "version": version.group(1),
+            "agent": agent.group(1)})
+        assert done.status_code == 303, done.text
+
+    def confirm_when_asked(self, wf_id: int, timeout: float = 30.0, *, phrase: str | None = None) -> str:
+        """Confirm the card (and the agent's phrase, if given it must be the page's); the page's phrase."""
+        page, shown = self.phrase_when_asked(wf_id, timeout)
+        assert phrase is None or shown == phrase, (shown, phrase)
+        self.answer(wf_id, page, "confirm_token" if 'id="confirm-card"' in page else "confirm_agent")
+        return shown
 
 
 def _csrf(page: str) -> str:
@@ -127,13 +142,31 @@ def _csrf(page: str) -> str:
     return match.group(1)
 
 
-def run_agent(token: Any, url: str, code: str, state_dir: Path, *, agent: Path = AGENT) -> subprocess.Popen[str]:
+def run_agent(token: Any, url: str, code: str, state_dir: Path, *, agent: Path = AGENT,
+              timeout: float = 60, source: list[str] | None = None) -> subprocess.Popen[str]:
+    """The agent as a user runs it; ``source`` replaces ``--server URL --code CODE`` (e.g. ``--url …``)."""
     env = {**os.environ, "SOFTHSM2_CONF": str(token.softhsm.conf), "CARD_PIN": token.pin}
     return subprocess.Popen(
-        [str(agent), "enroll", "--server", url, "--code", code, "--module", str(token.module),
+        [str(agent), "enroll", *(source or ["--server", url, "--code", code]), "--module", str(token.module),
          "--token-label", token.label, "--pin-env", "CARD_PIN", "--state-dir", str(state_dir),
-         "--insecure-http-for-localhost", "--timeout", "60"],
+         "--insecure-http-for-localhost", "--timeout", str(timeout)],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def printed_phrase(agent: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    """Read the agent's stderr up to its "pairing phrase:" line (the rest stays in the pipe)."""
+    assert agent.stderr is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = agent.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = PRINTED_PHRASE_RE.match(line.rstrip("\n"))
+        if match:
+            return match.group(1)
+    raise AssertionError(f"the agent printed no pairing phrase: {''.join(seen)}")
 
 
 def card_objects(token: Any) -> list[tuple[str, str]]:

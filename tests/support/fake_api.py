@@ -10,6 +10,7 @@ test's teardown is quick.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import secrets
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from openxpki_py_token.pairing import NONCE_BYTES, pairing_phrase, parse_public_key
 
 # A status a FakeApi subclass's handle() returns to close the connection unanswered.
 DROP = 0
@@ -59,6 +61,7 @@ class FakeApi:
     confirm_after: int = 1  # "wait" answers before the card counts as confirmed
     expires_in: int = 900
     code_used: bool = False
+    phrase: str = ""  # the pairing phrase of the last redeemed code
     tokens: set[str] = field(default_factory=set)
     card: dict[str, Any] | None = None
     confirmed: bool = False
@@ -113,8 +116,11 @@ class FakeApi:
         self.code_used = True
         token = secrets.token_urlsafe(24)
         self.tokens.add(token)
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        self.phrase = pairing_phrase(17, nonce, parse_public_key(body.get("agent_key", "")))
         return 200, {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in,
-                     "workflow_id": 17, "user": "alice"}, {}
+                     "workflow_id": 17, "user": "alice", "pairing_phrase": self.phrase,
+                     "pairing_nonce": base64.urlsafe_b64encode(nonce).decode().rstrip("=")}, {}
 
     def report_token(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self.card is not None and self.card["serial"] != body.get("serial"):

@@ -127,7 +127,9 @@ def test_full_run_puts_two_keys_and_certificates_on_the_token(
     lines = err.splitlines()
     assert lines[0].startswith("card found: SoftHSM v2 serial ")
     expected = [
-        "waiting for you to confirm the card in the browser…",
+        f"pairing phrase: {api.phrase}",  # the agent's own words, the same the server derived
+        "  confirm on the web page only if it shows these same words",
+        "waiting for you to confirm the card and the phrase in the browser…",
         "generating key 1/2 (authentication, RSA-2048) on the card…",
         "CSR sent; certificate issued",
         "writing certificate 1/2 to the card…",

@@ -25,6 +25,7 @@ from openxpki_py.errors import (
 )
 from openxpki_py.personalization.agent_calls import CardMismatch, IssuanceFailed
 from openxpki_py.personalization.enrollment import (
+    AgentCredential,
     CredentialRefused,
     EnrollmentCodeUsed,
     EnrollmentRateLimited,
@@ -136,18 +137,18 @@ class FakeCalls:
     def __init__(self) -> None:
         self.raises: BaseException | None = None
 
-    def authenticate(self, credential: str, *, sso_login: str | None) -> tuple[int, str]:
-        return 7, "alice"
+    def authenticate(self, credential: str, *, sso_login: str | None) -> AgentCredential:
+        return AgentCredential(7, "alice", 1, "acid actor adult agent", confirmed=True)
 
     def _maybe_raise(self) -> None:
         if self.raises is not None:
             raise self.raises
 
-    def task(self, workflow_id: int) -> dict[str, Any]:
+    def task(self, agent: AgentCredential) -> dict[str, Any]:
         self._maybe_raise()
         return {"task": "wait", "reason": "…", "retry_after": 1}
 
-    def submit_csr(self, workflow_id: int, login: str, **_: Any) -> Any:
+    def submit_csr(self, agent: AgentCredential, **_: Any) -> Any:
         self._maybe_raise()
         raise AssertionError("unreachable in these tests")
 

@@ -14,8 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .handler import parse_enroll_url, register_handler, same_server
+
 from . import __version__
-from .api_client import ApiClient
+from .api_client import ApiClient, api_base_url
 from .card import Card
 from .card_profiles import PROFILE_CHOICES
 from .credentials import CardCredentials
@@ -53,7 +55,10 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 HINTS: dict[str, str] = {
     "enroll.code_invalid": "check the code: copy it again from the personalization page",
     "enroll.code_expired": "reload the personalization page for a new code and run again",
-    "enroll.code_used": "reload the personalization page for a new code and run again",
+    "enroll.code_used": "reload the personalization page for a new code and run again; if no earlier run of "
+                        "yours used this code, someone else did: first press \"No\" on the page",
+    "enroll.agent_key": "update openxpki-py-token: this server pairs agents with the web page",
+    "agent.unconfirmed": "confirm this agent's phrase on the personalization page, then run again",
     "enroll.rate_limited": "too many tries: wait a little, then run again",
     "auth.token_missing": "reload the personalization page for a new code and run again",
     "auth.token_invalid": "reload the personalization page for a new code and run again",
@@ -81,9 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         "enroll", help="generate keys on the card and install their certificates",
         description="Run the command the personalization page shows; it continues where an "
                     "interrupted run stopped.")
-    enroll.add_argument("--server", required=True, metavar="URL",
-                        help="the server URL shown on the personalization page")
-    enroll.add_argument("--code", required=True, help="the enrollment code shown on the page")
+    enroll.add_argument("--server", metavar="URL",
+                        help="the server URL shown on the personalization page (with --url: the only server "
+                             "the link may name)")
+    code = enroll.add_mutually_exclusive_group(required=True)
+    code.add_argument("--code", help="the enrollment code shown on the page")
+    code.add_argument("--code-file", type=Path, metavar="FILE",
+                      help="read the code from FILE's first line ('-': standard input), so that it is in no "
+                           "command line or shell history")
+    code.add_argument("--url", metavar="URL",
+                      help="an openxpki-py-token:enroll?server=…&code=… link from the page (the URL handler "
+                           "passes it)")
     enroll.add_argument("--module", type=Path, metavar="PATH",
                         help=f"PKCS#11 module of the card (default: ${MODULE_ENV}, else OpenSC's "
                              "module where this system installs it)")
@@ -120,18 +133,71 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
                         help="give up waiting after this long (default: 900)")
     enroll.add_argument("-v", "--verbose", action="store_true", help="log each step (never PINs)")
+    handler = commands.add_parser(
+        "register-handler", help="open the web page's openxpki-py-token: links with this agent (Linux desktops)",
+        description="Writes ~/.local/share/applications/openxpki-py-token.desktop and makes it the handler "
+                    "of openxpki-py-token: links (xdg-mime). The links may then name only --server.")
+    handler.add_argument("--server", required=True, metavar="URL",
+                         help="your organisation's server URL, as the personalization page shows it")
+    handler.add_argument("--module", metavar="PATH", help="PKCS#11 module of the card, passed to every run")
+    handler.add_argument("--token-label", metavar="LABEL", help="the card's token label, passed to every run")
+    handler.add_argument("--ca-file", metavar="PEM", help="CA file for the server's TLS certificate")
+    handler.add_argument("--card-profile", choices=PROFILE_CHOICES, help="how to treat the card")
+    handler.add_argument("--insecure-http-for-localhost", action="store_true",
+                         help="allow plain http to 127.0.0.1/localhost (demo and tests only)")
+    handler.add_argument("--program", metavar="PATH",
+                         help="the agent's program to run (default: this one)")
     return parser
+
+
+def cmd_register_handler(args: argparse.Namespace) -> int:
+    api_base_url(args.server, allow_http_localhost=args.insecure_http_for_localhost)  # refuse it now, not per click
+    program = args.program or str(Path(sys.argv[0]).resolve())
+    command = [program, "enroll", "--server", args.server]
+    for option, value in (("--module", args.module), ("--token-label", args.token_label),
+                          ("--ca-file", args.ca_file), ("--card-profile", args.card_profile)):
+        if value:
+            command += [option, str(value)]
+    if args.insecure_http_for_localhost:
+        command.append("--insecure-http-for-localhost")
+    path = register_handler(command)
+    print(f"{PROG}: openxpki-py-token: links now start the agent for {printable(args.server)} ({path})",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _server_and_code(args: argparse.Namespace) -> tuple[str, str]:
+    """From --url (checked against --server), --code-file or --code."""
+    if args.url is not None:
+        link = parse_enroll_url(args.url)
+        if args.server is not None and not same_server(args.server, link.server):
+            raise UsageError(f"the link names server {printable(link.server)!r}, but this agent works only with "
+                             f"{printable(args.server)!r}; refused")
+        return link.server, link.code
+    if args.server is None:
+        raise UsageError("--server is required (copy the command from the web page)")
+    if args.code_file is not None:
+        try:
+            text = sys.stdin.readline() if str(args.code_file) == "-" else \
+                args.code_file.read_text(encoding="utf-8").partition("\n")[0]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--code-file {args.code_file}: cannot read it ({exc})") from None
+        if not text.strip():
+            raise UsageError(f"--code-file {args.code_file}: no code in it")
+        return args.server, text.strip()
+    return args.server, args.code
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    server, code = _server_and_code(args)
     pins = CardPins.interactive(
         user=_secret("--pin-file", "--pin-env", args.pin_file, args.pin_env),
         so=_secret("--so-pin-file", "--so-pin-env", args.so_pin_file, args.so_pin_env))
     progress = Progress()
     # Retries of a failing server count against the same --timeout as waiting.
-    api = ApiClient(args.server, ca_file=args.ca_file,
+    api = ApiClient(server, ca_file=args.ca_file,
                     allow_http_localhost=args.insecure_http_for_localhost,
                     retry_window=args.timeout, notify=progress.step)
     credentials = CardCredentials(
@@ -142,7 +208,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     card = open_card(args, pins, credentials)
     agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
                        timeout=args.timeout, progress=progress)
-    for cert in agent.enroll(args.code):
+    for cert in agent.enroll(code):
         print(_result_line(cert))
     return EXIT_OK
 
@@ -215,8 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter(f"{PROG}: %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+                        handlers=[handler])
     try:
+        if args.command == "register-handler":
+            return cmd_register_handler(args)
         return cmd_enroll(args)
     except OpenXPKIError as exc:
         print(f"{PROG}: {describe_failure(exc)}", file=sys.stderr)

@@ -40,6 +40,7 @@ from .errors import (
     TokenKeyNotFound,
 )
 from .keyspec import KeySpec
+from .pairing import NONCE_BYTES, decode_b64, new_agent_key, pairing_phrase, public_key_text
 from .piv_card import INSTALL_HINT, PivCard
 from .progress import Progress
 from .state import CreatedKeys, EnrollmentSession, StateStore
@@ -138,12 +139,17 @@ class TokenAgent:
         if saved is not None and saved.is_valid():
             self.progress.step(f"continuing the personalization for {saved.user} "
                                f"(workflow {saved.workflow_id})")
+            self._show_phrase(saved.phrase)
             self.api.access_token = saved.access_token
             return saved
+        # This run's pairing key: the page shows the phrase derived from it,
+        # and the user confirms there that it is the one printed here.
+        pairing_key = new_agent_key()
         try:
             # Not idempotent: tried again only when the server certainly did not
             # handle it (see ApiClient.call); a lost answer would burn the code.
-            answer = self.api.post("enroll", {"code": code}, idempotent=False)
+            answer = self.api.post("enroll", {"code": code, "agent_key": public_key_text(pairing_key)},
+                                   idempotent=False)
         except ServerUnreachable as exc:
             raise ServerUnreachable(f"{exc.message} (if the next run says the code was used, reload "
                                     "the personalization page for a new code)", code=exc.code) from None
@@ -157,17 +163,34 @@ class TokenAgent:
         token_type = _text(body, "token_type", "enroll")
         if token_type.lower() != "bearer":
             raise ProtocolError(f"the server issued a {token_type!r} token; this agent speaks Bearer")
+        workflow_id = _integer(body, "workflow_id", "enroll")
+        try:
+            nonce = decode_b64(_text(body, "pairing_nonce", "enroll"), size=NONCE_BYTES)
+        except ValueError:
+            raise ProtocolError("the server's pairing_nonce is not 16 bytes of base64url") from None
+        # Computed here, from this run's own key: the words printed are never just the server's.
+        phrase = pairing_phrase(workflow_id, nonce, pairing_key.public_key())
+        if body.get("pairing_phrase") not in (None, phrase):
+            raise ProtocolError("the server's pairing phrase is not the one derived from this agent's key; "
+                                "stopped (is something between you and the server?)")
         session = EnrollmentSession(
             server=server,
-            workflow_id=_integer(body, "workflow_id", "enroll"),
+            workflow_id=workflow_id,
             user=_text(body, "user", "enroll"),
             access_token=_text(body, "access_token", "enroll"),
             expires_at=time.time() + _integer(body, "expires_in", "enroll"),
+            phrase=phrase,
         )
         self.store.save(state_key, session)
         self.api.access_token = session.access_token
         log.info("enrolled as %s, workflow %d", session.user, session.workflow_id)
+        self._show_phrase(phrase)
         return session
+
+    def _show_phrase(self, phrase: str) -> None:
+        if phrase:
+            self.progress.step(f"pairing phrase: {phrase}")
+            self.progress.step("  confirm on the web page only if it shows these same words")
 
     def _card_serial(self) -> str:
         """The card this run works on, named with every CSR and receipt (the server refuses a swap)."""
@@ -184,7 +207,7 @@ class TokenAgent:
             body["key_slots"] = [slot.as_api() for slot in profile.slots]
         status = _text(self.api.post("token", body).body, "status", "token")
         if status == "awaiting_confirmation":
-            self.progress.step("waiting for you to confirm the card in the browser…")
+            self.progress.step("waiting for you to confirm the card and the phrase in the browser…")
             return True
         if status != "confirmed":
             raise ProtocolError(f"the server answered the card report with status {status!r}")

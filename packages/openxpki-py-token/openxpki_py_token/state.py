@@ -48,6 +48,7 @@ class EnrollmentSession:
     user: str
     access_token: str = field(repr=False)  # a credential: never in a log line
     expires_at: float = 0.0  # Unix time
+    phrase: str = ""  # the pairing phrase, printed again by a rerun (not a secret: the page shows it)
 
     def is_valid(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) < self.expires_at - _EXPIRY_MARGIN
@@ -104,7 +105,7 @@ class StateStore:
             saved = EnrollmentSession(
                 server=str(data["server"]), workflow_id=int(data["workflow_id"]),
                 user=str(data["user"]), access_token=str(data["access_token"]),
-                expires_at=float(data["expires_at"]))
+                expires_at=float(data["expires_at"]), phrase=str(data.get("phrase", "")))
         except (ValueError, KeyError, TypeError):
             return None
         return saved if saved.server == server else None
