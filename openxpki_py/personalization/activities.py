@@ -19,7 +19,7 @@ from typing import Any
 
 from ..crypto.csr import ExpectedKey, public_key_fingerprint
 from ..directory import base as _directory_errors  # noqa: F401 - named in the YAML's on_error and retry
-from ..errors import UnexpectedStep
+from ..errors import PolicyViolation, UnexpectedStep
 from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
@@ -104,6 +104,7 @@ def plan_certificates(ctx: ActivityContext) -> None:
         entry: dict[str, Any] = {
             "type": cert_type.name, "profile": cert_type.profile, "key": cert_type.key_request(),
             "key_id": cert_type.key_id, "label": cert_type.name, "usage": cert_type.usage, "status": "pending",
+            "on_card_unable": cert_type.on_card_unable,
         }
         if cert_type.keep_valid_days is not None:
             horizon = ctx.now + timedelta(days=cert_type.keep_valid_days)
@@ -144,6 +145,30 @@ def request_certificate(ctx: ActivityContext) -> None:
     entry.update(status="requested", child_id=child, key_id_used=ctx.inputs["key_id"].lower(),
                  csr_sha256=public_key_fingerprint(checked.csr.public_key()))
     _pop_inputs(ctx, "cert_type", "key_id", "csr")
+
+
+@callables.activity("record_card_unable")
+def record_card_unable(ctx: ActivityContext) -> None:
+    """The agent cannot do this type on this card: skip it visibly, or fail, as the policy says.
+
+    Never wait for a step no party can complete (an OpenPGP card's decryption
+    key cannot sign the CSR that proves possession).
+    """
+    entry = current_entry(ctx)
+    if ctx.inputs["cert_type"] != entry["type"]:
+        raise UnexpectedStep(
+            f"the server is waiting for the {entry['type']} certificate, not {ctx.inputs['cert_type']}",
+            code="task.unexpected")
+    code, reason = ctx.inputs["code"], ctx.inputs.get("reason") or "the card cannot do this step"
+    ctx.note = f"{entry['type']}: {code}: {reason}"
+    if entry.get("on_card_unable", "skip") == "fail":
+        entry.update(status="failed", reason=f"the card cannot: {reason}")
+        raise PolicyViolation(f"the {entry['type']} certificate cannot be made on this card ({code}): {reason}",
+                              code="card.unable")
+    entry.update(status="skipped", reason=f"{reason} [{code}]")
+    ctx["current"] = next((i for i, e in enumerate(ctx["certificates"]) if e["status"] == "pending"),
+                          len(ctx["certificates"]))
+    _pop_inputs(ctx, "cert_type", "code", "reason")
 
 
 @callables.activity("collect_certificate")

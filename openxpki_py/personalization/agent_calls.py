@@ -171,6 +171,20 @@ class TokenAgentCalls:
         task = agent_task(view, self.engine.children(view.id))
         return CsrAnswer("pending", reason=task.get("reason", "issuing"))
 
+    def card_unable(self, agent: AgentCredential, *, cert_type: str, code: str, reason: str,
+                    token_serial: str | None) -> None:
+        """The card cannot do this type's step: the workflow skips it (or fails) instead of waiting forever.
+
+        A repeated report for a type already skipped is answered, not recorded twice.
+        """
+        self._confirmed(agent)
+        view = self._view(agent.workflow_id, token_serial)
+        for entry in view.context.get("certificates") or []:
+            if entry["type"] == cert_type and entry["status"] == "skipped":
+                return
+        self._execute(agent.workflow_id, agent.login, "report_card_unable",
+                      {"cert_type": cert_type, "code": code, "reason": reason[:500]})
+
     def receipt(self, agent: AgentCredential, *, cert_type: str, serial: str, token_serial: str | None) -> None:
         """The certificate is on the card; a repeated receipt is answered, not recorded twice."""
         self._confirmed(agent)

@@ -4,7 +4,7 @@ limits of the enrollment-code hand-off to the token agent."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from openxpki_py_token.keyspec import KeySpec
 
@@ -12,6 +12,9 @@ from ..configreader import Reader
 from ..errors import ConfigError
 
 USAGES = ("sign", "decrypt")
+
+
+ON_CARD_UNABLE: tuple[Literal["skip", "fail"], ...] = ("skip", "fail")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,9 @@ class CertificateType:
     key_id: str  # hex CKA_ID suggested to the agent (a card with fixed slots picks its own)
     usage: str  # sign | decrypt: what the private key is for
     keep_valid_days: int | None  # keep a certificate on this card valid for that long; None: always reissue
+    # What to do when the card cannot make this type's key or sign its CSR
+    # (an OpenPGP decryption slot): leave the type out, visibly, or fail.
+    on_card_unable: Literal["skip", "fail"] = "skip"
 
     def key_request(self) -> dict[str, Any]:
         if self.key.algorithm == "rsa":
@@ -71,6 +77,7 @@ def _certificate_type(r: Reader) -> CertificateType:
         key_id=key_id.lower(),
         usage=r.choice("usage", USAGES, "sign"),
         keep_valid_days=keep,
+        on_card_unable=r.choice("on_card_unable", ON_CARD_UNABLE, CertificateType.on_card_unable),
     )
     r.finish()
     return cert_type

@@ -17,7 +17,7 @@ class Step:
     """One line of the page's progress list."""
 
     label: str
-    status: str  # done | active | waiting | failed
+    status: str  # done | active | waiting | failed | skipped
 
 
 @dataclass
@@ -101,7 +101,9 @@ def agent_task(view: Any, children: Sequence[Any] = ()) -> dict[str, Any]:
     if state == "SUCCESS":
         return {"task": "done", "certificates": [
             {"cert_type": e["type"], "serial": e["serial"], "status": e["status"]} for e in ctx["certificates"]
-        ]}
+            if e["status"] != "skipped"
+        ], "skipped": [{"cert_type": e["type"], "reason": e.get("reason", "")}
+                       for e in ctx["certificates"] if e["status"] == "skipped"]}
     if state in FINAL_FAILURE:
         code, message = _failure(view)
         return {"task": "failed", "code": code, "message": message}
@@ -123,6 +125,10 @@ def page_progress(view: Any, children: Sequence[Any] = ()) -> Progress:
     if state == "CONFIRM_TOKEN":
         return Progress("confirm_card", "The agent found a card. Is this your card?", [], token)
     if state == "SUCCESS":
+        skipped = [e["type"] for e in ctx.get("certificates") or [] if e["status"] == "skipped"]
+        if skipped:
+            return Progress("done", "Your card is ready, without: " + ", ".join(skipped)
+                            + " (this card cannot hold it; see below).", _steps(ctx, state, children), token)
         return Progress("done", "Your card is ready.", _steps(ctx, state, children), token)
     steps = _steps(ctx, state, children) if "certificates" in ctx else []
     if state == "ISSUING" and _child_waits_for_approval(children, ctx["certificates"][ctx["current"]]):
@@ -137,6 +143,9 @@ def _steps(ctx: dict[str, Any], state: str, children: Sequence[Any]) -> list[Ste
     for number, entry in enumerate(todo, start=1):
         name = f"{entry['type']} ({number}/{len(todo)})"
         status = entry["status"]
+        if status == "skipped":
+            steps.append(Step(f"Not on this card: {name}: {entry.get('reason', '')}", "skipped"))
+            continue
         current = entries.index(entry) == ctx.get("current")
         key_done = status in ("requested", "issued", "installed")
         steps.append(Step(f"Generating key {name} on the card",

@@ -1,7 +1,7 @@
 <%inherit file="base.mako"/>
 <%block name="page_title">Personalize your smartcard</%block>
 <%
-  step_marks = {"done": "✓", "active": "…", "waiting": "·", "failed": "✗"}
+  step_marks = {"done": "✓", "active": "…", "waiting": "·", "failed": "✗", "skipped": "–"}
 %>
 <h1>Personalize your smartcard</h1>
 <div id="personalization" data-phase="${progress.phase}" data-state="${workflow.state}"

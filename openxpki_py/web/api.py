@@ -74,7 +74,7 @@ class AgentApi:
         self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.routes: dict[str, Callable[[Request], Response]] = {
             "enroll": self.enroll, "token": self.report_token, "task": self.task,
-            "csr": self.submit_csr, "receipt": self.receipt,
+            "csr": self.submit_csr, "receipt": self.receipt, "unable": self.card_unable,
         }
         self.url_map = Map([
             Rule("/api/v1/enroll", endpoint="enroll", methods=["POST"]),
@@ -82,6 +82,7 @@ class AgentApi:
             Rule("/api/v1/task", endpoint="task", methods=["GET"]),
             Rule("/api/v1/csr", endpoint="csr", methods=["POST"]),
             Rule("/api/v1/receipt", endpoint="receipt", methods=["POST"]),
+            Rule("/api/v1/unable", endpoint="unable", methods=["POST"]),
         ])
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -175,6 +176,16 @@ class AgentApi:
         if answer.status == "issued":
             return json_response({"status": "issued", "serial": answer.serial})
         return json_response({"status": "pending", "reason": answer.reason}, 202)
+
+    def card_unable(self, request: Request) -> Response:
+        agent = self._agent(request)
+        body = self._body(request)
+        cert_type, code = _text(body, "cert_type", "code", missing="send cert_type and code (and a reason)")
+        reason = body.get("reason")
+        self.calls.card_unable(agent, cert_type=cert_type, code=code,
+                               reason=reason if isinstance(reason, str) else "",
+                               token_serial=_token_serial(body))
+        return json_response({"status": "recorded"})
 
     def receipt(self, request: Request) -> Response:
         agent = self._agent(request)

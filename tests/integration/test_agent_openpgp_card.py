@@ -83,16 +83,38 @@ def test_openpgp_card_gets_its_logon_certificate(make_agent_server: Callable[...
 def test_openpgp_decryption_key_cannot_sign_its_csr(make_agent_server: Callable[..., tuple[Any, str]],
                                                     openpgp_card: VirtualCardProcess,
                                                     tmp_path: Path) -> None:
-    """The decryption key answers only PSO:DECIPHER: the agent stops with a clear message, not a hang."""
+    """The decryption key answers only PSO:DECIPHER, so no CSR can prove it: the type is left out, visibly.
+
+    This personalization used to hang in WAIT_FOR_CSR ("Generating key encryption (2/2)") forever.
+    """
     app, url = make_agent_server(_policy(AUTHENTICATION, ENCRYPTION))
     browser = Browser(app)
     wf_id, code = browser.start()
     agent = run_agent_on_card(openpgp_card, url, code, tmp_path / "state", "--so-pin-env", "CARD_SO_PIN")
     browser.confirm_when_asked(wf_id)
     out, err = agent.communicate(timeout=120)
-    assert agent.returncode == 3, err  # a card problem (cli.EXIT_CARD)
-    assert "cannot sign" in err and "leave this certificate type out" in err, err
-    assert len(_issued(app)) == 1  # the authentication certificate came first and is on the card
+    assert agent.returncode == 0, err
+    assert "encryption: this card cannot do it (token.cannot_sign)" in err and "done: 1 certificate" in err, err
+    assert len(_issued(app)) == 1  # the authentication certificate, on the card
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "Your card is ready, without: encryption" in page and "Not on this card: encryption" in page
+    wf = app.instance.services.workflows.get(wf_id)
+    assert [h.action for h in wf.history if h.action == "report_card_unable"] == ["report_card_unable"]
+
+
+def test_policy_can_fail_a_personalization_the_card_cannot_complete(
+        make_agent_server: Callable[..., tuple[Any, str]], openpgp_card: VirtualCardProcess, tmp_path: Path) -> None:
+    app, url = make_agent_server(_policy(AUTHENTICATION, {**ENCRYPTION, "on_card_unable": "fail"}))
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(openpgp_card, url, code, tmp_path / "state", "--so-pin-env", "CARD_SO_PIN")
+    browser.confirm_when_asked(wf_id)
+    out, err = agent.communicate(timeout=120)
+    assert agent.returncode == 4, err  # the server ended it: refused (cli.EXIT_REFUSED)
+    assert "card.unable" in err, err
+    wf = app.instance.services.workflows.get(wf_id)
+    assert wf.state == "FAILED" and wf.context["failure"]["code"] == "card.unable"
+    assert "cannot be made on this card" in browser.get(f"/deeplink/workflow/{wf_id}").text
 
 
 def _section(text: str, title: str) -> str:

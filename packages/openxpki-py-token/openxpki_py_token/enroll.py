@@ -67,6 +67,11 @@ class IssuedCertificate:
     status: str = ""
 
 
+# Card errors that mean "this card cannot do this step" (not "something broke"):
+# reported to the server, which skips the certificate type or fails, per policy.
+CARD_UNABLE_CODES = frozenset({"token.cannot_sign"})
+
+
 class TokenAgent:
     """Runs one enrollment: ``TokenAgent(...).enroll(code)``."""
 
@@ -236,7 +241,12 @@ class TokenAgent:
             quiet, shown = False, None
             if kind == "generate_key":
                 # "CSR sent; waiting for approval" already said what the next waits are for.
-                shown = self._generate_key(task, profile)
+                try:
+                    shown = self._generate_key(task, profile)
+                except TokenError as exc:
+                    if exc.code not in CARD_UNABLE_CODES:
+                        raise
+                    self._report_unable(task, exc)
             elif kind == "install_certificate":
                 self._install_certificate(task, profile)
             elif kind == "done":
@@ -247,6 +257,21 @@ class TokenAgent:
             else:
                 raise ProtocolError(f"the server asked for task {kind!r}, which this agent does not "
                                     "know: update openxpki-py-token")
+
+    def _report_unable(self, task: dict[str, Any], exc: TokenError) -> None:
+        """Tell the server this card cannot do the step, so it skips the type (or fails) instead of waiting.
+
+        A server that predates ``/api/v1/unable`` gets the old behaviour: the agent stops with the card's error.
+        """
+        cert_type = _text(task, "cert_type", "generate_key")
+        try:
+            self.api.post("unable", {"cert_type": cert_type, "code": exc.code, "reason": exc.message,
+                                     "token_serial": self._card_serial()})
+        except (ServerRefused, ProtocolError) as refused:
+            if getattr(refused, "status", 0) == 404 or isinstance(refused, ProtocolError):
+                raise exc from None
+            raise
+        self.progress.step(f"{cert_type}: this card cannot do it ({exc.code}); the server leaves it out")
 
     def _wait(self, task: dict[str, Any], deadline: float, reason: str) -> None:
         """Sleep as the server asks, but never past the deadline (then one last poll)."""
