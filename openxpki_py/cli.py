@@ -225,11 +225,12 @@ def cmd_ca_list(args: argparse.Namespace) -> int:
         rows = list_certificates(conn, owner=args.owner, limit=args.limit)
     items = [
         {"serial": r["serial"], "status": r["status"], "profile": r["profile"], "owner": r["owner"],
-         "subject": r["subject"], "not_after": r["not_after"].isoformat()}
+         "subject": r["subject"], "not_after": r["not_after"].isoformat(), "key_origin": r["key_origin"]}
         for r in rows
     ]
     _emit(args, items, lambda: [
-        f"{i['serial']:40} {i['status']:8} {i['profile']:16} {i['not_after'][:10]}  {i['subject']}" for i in items
+        f"{i['serial']:40} {i['status']:8} {i['profile']:16} {i['not_after'][:10]}  "
+        f"{i['key_origin'] or '-':16} {i['subject']}" for i in items
     ])
     return 0
 

@@ -149,6 +149,7 @@ CREATE TABLE certificate (
 	public_key_sha256 VARCHAR2(64 CHAR) NOT NULL, 
 	csr_id NUMBER(19), 
 	workflow_id NUMBER(19), 
+	key_origin VARCHAR2(32 CHAR), 
 	der BLOB NOT NULL, 
 	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	CONSTRAINT pk_certificate PRIMARY KEY (id), 

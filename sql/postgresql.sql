@@ -149,6 +149,7 @@ CREATE TABLE certificate (
 	public_key_sha256 VARCHAR(64) NOT NULL, 
 	csr_id BIGINT, 
 	workflow_id BIGINT, 
+	key_origin VARCHAR(32), 
 	der BYTEA NOT NULL, 
 	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	CONSTRAINT pk_certificate PRIMARY KEY (id), 

@@ -149,6 +149,7 @@ CREATE TABLE certificate (
 	public_key_sha256 VARCHAR(64) NOT NULL, 
 	csr_id INTEGER, 
 	workflow_id BIGINT, 
+	key_origin VARCHAR(32), 
 	der BLOB NOT NULL, 
 	created_at TIMESTAMP NOT NULL, 
 	CONSTRAINT pk_certificate PRIMARY KEY (id), 

@@ -89,6 +89,7 @@ def issue_certificate(ctx: ActivityContext) -> None:
         token_id=ctx.get("token_id"),
         workflow_id=ctx.workflow_id,
         expected_key=_expected_key(ctx),
+        key_origin=ctx.get("key_origin"),
     )
     issued = pki(ctx).ca.issue_certificate(ctx.conn, request)
     ctx["certificate_id"] = issued.id

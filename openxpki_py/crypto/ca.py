@@ -70,6 +70,7 @@ class IssuanceRequest:
     token_id: int | None = None
     workflow_id: int | None = None
     expected_key: ExpectedKey | None = None
+    key_origin: str | None = None  # e.g. "card-unattested": recorded with the certificate and audited
 
 
 @dataclass(frozen=True)
@@ -319,12 +320,13 @@ class CertificateAuthority:
         cert_id = certstore.store_certificate(
             conn, cert, issuer_key_identifier=active.key_identifier, fingerprint=checked.public_key_sha256,
             profile=profile.name, owner=request.owner, token_id=request.token_id, csr_id=csr_id,
-            workflow_id=request.workflow_id,
+            workflow_id=request.workflow_id, key_origin=request.key_origin,
         )
         append_audit(conn, actor=request.requester, role=request.role, event="cert.issue",
                      target=certstore.serial_hex(cert.serial_number),
                      details={"profile": profile.name, "subject": subject.rfc4514_string(),
-                              "owner": request.owner, "workflow_id": request.workflow_id})
+                              "owner": request.owner, "workflow_id": request.workflow_id,
+                              "key_origin": request.key_origin})
         return IssuedCertificate(cert_id, cert, profile.name, checked.notes)
 
     def revoke_certificate(self, conn: Connection, serial: int, reason: str, *, actor: str,

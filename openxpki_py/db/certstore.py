@@ -92,6 +92,7 @@ def store_certificate(
     token_id: int | None = None,
     csr_id: int | None = None,
     workflow_id: int | None = None,
+    key_origin: str | None = None,
 ) -> int:
     result = conn.execute(
         certificate.insert(), dict(
@@ -107,6 +108,7 @@ def store_certificate(
             profile=profile,
             public_key_sha256=fingerprint,
             csr_id=csr_id,
+            key_origin=key_origin,
             workflow_id=workflow_id,
             der=cert.public_bytes(serialization.Encoding.DER),
             created_at=utcnow(),

@@ -101,6 +101,9 @@ certificate = Table(
     Column("public_key_sha256", String(64), nullable=False, unique=True),
     Column("csr_id", Id, ForeignKey("csr.id")),
     Column("workflow_id", BigInteger),
+    # Where the key was made, as far as anyone can tell: "card-unattested" (the
+    # agent's word only), later "card-attested"; NULL for an operator's CSR.
+    Column("key_origin", String(32)),
     Column("der", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("issuer_key_identifier", "serial", name="uq_certificate_issuer_serial"),

@@ -35,6 +35,10 @@ def _policy(ctx: ActivityContext) -> Any:
     return pki(ctx).config.personalization
 
 
+def _claim_lifetime(ctx: ActivityContext) -> timedelta:
+    return timedelta(seconds=_policy(ctx).enrollment.unproven_claim_lifetime)
+
+
 def current_entry(ctx: ActivityContext) -> dict[str, Any]:
     return ctx["certificates"][ctx["current"]]  # type: ignore[no-any-return]
 
@@ -59,7 +63,7 @@ def register_card(ctx: ActivityContext) -> None:
     """The agent reported a card: registry checks; the user must confirm it before it is registered."""
     info = TokenInfo(serial=ctx.inputs["serial"], model=ctx.inputs.get("model", ""),
                      manufacturer=ctx.inputs.get("manufacturer", ""), label=ctx.inputs.get("token_label", ""))
-    check_token(ctx.conn, info, owner=ctx.creator)
+    check_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx))
     ctx["token"] = {
         "serial": info.serial, "model": info.model, "manufacturer": info.manufacturer,
         "label": info.label, "card_profile": ctx.inputs.get("card_profile", "generic"), "confirmed": False,
@@ -84,7 +88,7 @@ def confirm_card(ctx: ActivityContext) -> None:
                              "and compare the phrase again", code="agent.replaced")
     info = TokenInfo(serial=card["serial"], model=card["model"], manufacturer=card["manufacturer"],
                      label=card["label"])
-    registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now)
+    registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx))
     ctx["token"] = {**card, "id": registered.id, "confirmed": True}
 
 
@@ -141,6 +145,8 @@ def request_certificate(ctx: ActivityContext) -> None:
         "owner": ctx.creator,
         "token_id": ctx["token"]["id"],
         "expected_key": {k: str(v) for k, v in key.items()},  # a map field holds text
+        # Nothing proves the key was made on the card yet (no attestation): say so, on the record.
+        "key_origin": "card-unattested",
     })
     entry.update(status="requested", child_id=child, key_id_used=ctx.inputs["key_id"].lower(),
                  csr_sha256=public_key_fingerprint(checked.csr.public_key()))

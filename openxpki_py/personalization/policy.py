@@ -43,6 +43,9 @@ class EnrollmentLimits:
     agent_token_lifetime: int  # seconds the agent's bearer credential is valid
     max_failures: int  # wrong codes per client address per window (a right code is never refused)
     failure_window: int  # seconds
+    # Seconds after which a card's owner, if no certificate was ever issued
+    # for the card, no longer blocks another user confirming that serial.
+    unproven_claim_lifetime: int = 86400
     max_code_failures: int = 5  # wrong guesses aimed at one code (its first characters) before it ends
 
 
@@ -101,6 +104,8 @@ def parse_personalization_config(r: Reader) -> PersonalizationPolicy:
         agent_token_lifetime=e.int("agent_token_lifetime", 1800, minimum=60, maximum=86400),
         max_failures=e.int("max_failures", 10, minimum=1),
         failure_window=e.int("failure_window", 900, minimum=60),
+        unproven_claim_lifetime=e.int("unproven_claim_lifetime", EnrollmentLimits.unproven_claim_lifetime,
+                                      minimum=1),
         max_code_failures=e.int("max_code_failures", 5, minimum=1, maximum=100),
     )
     e.finish()

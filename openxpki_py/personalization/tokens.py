@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -57,14 +57,32 @@ class RegisteredToken:
     manufacturer: str | None
 
 
-def check_token(conn: Connection, info: TokenInfo, *, owner: str) -> None:
+def check_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime,
+                claim_lifetime: timedelta) -> None:
     """Refuse another user's card or an unusable one (nothing is written)."""
     row = conn.execute(select(token).where(token.c.serial == info.serial)).mappings().first()
     if row is not None:
-        _check_row(conn, row, info, owner)
+        _check_row(conn, row, info, owner, now=now, claim_lifetime=claim_lifetime)
 
 
-def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str) -> None:
+def _claim_expired(conn: Connection, row: Any, now: datetime, claim_lifetime: timedelta) -> bool:
+    """An owner whose claim was never proven by a certificate, and not renewed for a while.
+
+    A serial is only the agent's word: a user who confirmed someone else's
+    new card serial (a script can report any serial) must not lock the real
+    owner out until the help desk acts.  Once a certificate was issued for
+    the card, its owner stays.
+    """
+    if row["last_seen"] > now - claim_lifetime:
+        return False
+    issued = conn.execute(select(certificate.c.id).where(certificate.c.token_id == row["id"]).limit(1)).first()
+    return issued is None
+
+
+def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str, *, now: datetime,
+               claim_lifetime: timedelta) -> None:
+    if row["owner"] is not None and row["owner"] != owner and _claim_expired(conn, row, now, claim_lifetime):
+        return  # register_token takes it over (and audits whose claim lapsed)
     if row["owner"] is not None and row["owner"] != owner:  # None: released by the help desk
         append_audit(conn, actor=owner, event="token.register", outcome="refused", target=info.serial,
                      details={"reason": "owned by another user"})
@@ -80,7 +98,8 @@ def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str) -> None:
         )
 
 
-def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime) -> RegisteredToken:
+def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime,
+                   claim_lifetime: timedelta) -> RegisteredToken:
     """Find or create the card for its confirmed owner; refuse another user's card or an unusable one."""
     row = conn.execute(select(token).where(token.c.serial == info.serial)).mappings().first()
     if row is None:
@@ -95,7 +114,11 @@ def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: dateti
         assert new_id is not None
         return RegisteredToken(int(new_id[0]), info.serial, owner, USABLE,
                                info.model or None, info.manufacturer or None)
-    _check_row(conn, row, info, owner)
+    _check_row(conn, row, info, owner, now=now, claim_lifetime=claim_lifetime)
+    if row["owner"] is not None and row["owner"] != owner:
+        append_audit(conn, actor=owner, event="token.claim_lapsed", target=info.serial,
+                     details={"previous_owner": row["owner"], "reason": "no certificate was ever issued for "
+                              "the card under that claim"})
     conn.execute(token.update().where(token.c.id == row["id"]).values(last_seen=now, owner=owner))
     return RegisteredToken(int(row["id"]), row["serial"], row["owner"], row["status"], row["model"],
                            row["manufacturer"])

@@ -22,7 +22,7 @@ from werkzeug.test import Client
 
 from openxpki_py_token.pairing import new_agent_key, public_key_text
 
-from openxpki_py.db.schema import certificate, enrollment_code, token
+from openxpki_py.db.schema import audit_log, certificate, enrollment_code, token
 from openxpki_py.web.app import create_app
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -751,3 +751,42 @@ def test_forwarded_for_names_the_client_behind_a_configured_proxy(make_instance:
     assert {_wrong_code_via_proxy(app, f"198.51.100.{n}") for n in range(limit + 1)} == {"enroll.code_invalid"}
     assert [_wrong_code_via_proxy(app, "198.51.100.200") for _ in range(limit + 1)][-1] == "enroll.rate_limited"
     assert _wrong_code_via_proxy(app, "198.51.100.201") == "enroll.code_invalid"
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_unproven_claim_on_a_serial_lapses_and_issued_keys_are_marked_unattested(app: Any) -> None:
+    # mallory's script reports alice's new card serial and mallory confirms it: no certificate
+    # is ever issued for it under his claim.  alice must not wait for the help desk for ever.
+    confirmed_agent(app, "ALICE-NEW-CARD", login="bob")
+    browser, wf_id, code = start(app, "alice")
+    agent = Agent(app)
+    assert agent.enroll(code).status_code == 200
+    refused = agent.call("POST", "token", {"serial": "ALICE-NEW-CARD"})
+    assert (refused.status_code, refused.json["error"]["code"]) == (403, "token.owned_by_other")
+    # A day later (the default unproven_claim_lifetime) the claim has lapsed.
+    with app.instance.services.db.begin() as conn:
+        conn.execute(update(token).where(token.c.serial == "ALICE-NEW-CARD").values(
+            last_seen=datetime.now(timezone.utc) - timedelta(days=2)))
+    assert agent.call("POST", "token", {"serial": "ALICE-NEW-CARD"}).status_code == 200
+    confirm(browser, wf_id)
+    with app.instance.services.db.connect() as conn:
+        assert conn.execute(select(token.c.owner).where(token.c.serial == "ALICE-NEW-CARD")).scalar() == "alice"
+        lapsed = conn.execute(select(audit_log.c.details).where(audit_log.c.event == "token.claim_lapsed")).all()
+    assert [row.details["previous_owner"] for row in lapsed] == ["bob"]
+    # The certificates say what nobody can prove yet: the key's origin on a card.
+    task = agent.call("GET", "task").json
+    key = rsa.generate_private_key(65537, 2048)
+    posted = agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
+                                        "csr": make_csr(key)})
+    assert posted.status_code in (200, 202), posted.json
+    with app.instance.services.db.connect() as conn:
+        origins = [r.key_origin for r in conn.execute(select(certificate.c.key_origin))]
+    assert origins == ["card-unattested"]
+    # Once a certificate was issued for the card, alice's claim no longer lapses for anyone.
+    with app.instance.services.db.begin() as conn:
+        conn.execute(update(token).where(token.c.serial == "ALICE-NEW-CARD").values(
+            last_seen=datetime.now(timezone.utc) - timedelta(days=30)))
+    _, _, code = start(app, "carol")
+    carols = Agent(app)
+    assert carols.enroll(code).status_code == 200
+    assert carols.call("POST", "token", {"serial": "ALICE-NEW-CARD"}).json["error"]["code"] == "token.owned_by_other"
