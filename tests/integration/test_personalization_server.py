@@ -17,10 +17,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from openxpki_py_token.pairing import new_agent_key, public_key_text
 from sqlalchemy import func, select, update
 from werkzeug.test import Client
-
-from openxpki_py_token.pairing import new_agent_key, public_key_text
 
 from openxpki_py.db.schema import audit_log, certificate, enrollment_code, token
 from openxpki_py.web.app import create_app
