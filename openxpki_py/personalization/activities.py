@@ -29,6 +29,13 @@ from .tokens import TokenInfo, check_token, register_token, valid_certificates_o
 callables = Registry()
 
 OPEN = ("pending", "requested", "issued")
+# What a state with a deadline waits for, in words for the user's page.
+WAITED_FOR = {
+    "WAIT_FOR_TOKEN": "for your card to be reported by the token agent",
+    "CONFIRM_TOKEN": "for you to confirm the card",
+    "WAIT_FOR_CSR": "for the card to make a key pair",
+    "WAIT_FOR_INSTALL": "for the certificate to be written to the card",
+}
 
 
 def _policy(ctx: ActivityContext) -> Any:
@@ -224,6 +231,18 @@ def record_installation(ctx: ActivityContext) -> None:
     _pop_inputs(ctx, "cert_type", "certificate_serial")
 
 
+@callables.activity("record_expiry")
+def record_expiry(ctx: ActivityContext) -> None:
+    """A wait ran past its deadline with nobody acting: end the personalization, visibly.
+
+    Like a cancellation: codes and agents stop working, certificates issued
+    but never installed on the card are revoked.  The user starts again.
+    """
+    waited_for = WAITED_FOR.get(ctx.state, ctx.state)
+    _end(ctx, "expire", "personalization.expired",
+         f"nothing happened for too long while waiting {waited_for}; open the page again to start over")
+
+
 @callables.activity("record_cancellation")
 def record_cancellation(ctx: ActivityContext) -> None:
     """Codes stop working; certificates issued but never installed on the card are revoked.
@@ -231,8 +250,12 @@ def record_cancellation(ctx: ActivityContext) -> None:
     The agent's credential may stay: a cancelled workflow offers it nothing
     to do, and it learns from its next task that the user cancelled.
     """
-    reason = ctx.inputs.get("reason") or "cancelled by the user"
-    ctx["failure"] = {"action": "cancel", "code": "personalization.cancelled", "message": reason}
+    _end(ctx, "cancel", "personalization.cancelled", ctx.inputs.get("reason") or "cancelled by the user")
+
+
+def _end(ctx: ActivityContext, action: str, code: str, message: str) -> None:
+    """Record why the personalization ends; no code works any more; issued, uninstalled certificates are revoked."""
+    ctx["failure"] = {"action": action, "code": code, "message": message}
     revoke_workflow_access(ctx.conn, ctx.workflow_id, now=ctx.now, credentials=False)
     for entry in ctx.get("certificates") or []:
         if entry["status"] == "issued":

@@ -42,6 +42,9 @@ class WorkflowConfig:
     max_automatic_steps: int = 100  # per request: stops a definition that loops
     operator_roles: frozenset[str] = roles.OPERATORS  # may retry / fail
     retry: RetryDefaults = field(default_factory=RetryDefaults)
+    # "type.STATE" → seconds a manual or waiting state may wait (0: no deadline);
+    # overrides the definition's own ``timeout: {after: …}``.
+    state_timeouts: dict[str, int] = field(default_factory=dict)
 
 
 def parse_workflow_config(r: Reader) -> WorkflowConfig:
@@ -61,11 +64,26 @@ def parse_workflow_config(r: Reader) -> WorkflowConfig:
             factor=retry.float("factor", 2.0, minimum=1),
             max_backoff=retry.float("max_backoff", 3600.0, minimum=0),
         ),
+        state_timeouts=_state_timeouts(r),
     )
     worker.finish()
     retry.finish()
     r.finish()
     return cfg
+
+
+def _state_timeouts(r: Reader) -> dict[str, int]:
+    timeouts: dict[str, int] = {}
+    raw = r.raw("state_timeouts", {})
+    if not isinstance(raw, dict):
+        raise r.error("state_timeouts", 'a mapping of "type.STATE" to seconds')
+    for key, value in raw.items():
+        if not isinstance(key, str) or key.count(".") != 1 or isinstance(value, bool) or not isinstance(value, int) \
+                or value < 0:
+            raise ConfigError(f"{r.key_path('state_timeouts')}.{key}: expected seconds (0: no deadline) for a "
+                              '"workflow_type.STATE" key')
+        timeouts[key] = value
+    return timeouts
 
 
 def _dir(r: Reader, value: str) -> Path:

@@ -102,6 +102,10 @@ class StateSpec:
     actions: tuple[str, ...] = ()  # manual
     auto: str | None = None  # auto, wait
     outcome: Literal["success", "failure"] | None = None  # final
+    # manual / wait: after this many seconds in the state the engine runs
+    # ``timeout_action`` (automatic) as System: nothing waits for ever.
+    timeout: int | None = None
+    timeout_action: str | None = None
 
     @property
     def final(self) -> bool:

@@ -183,15 +183,31 @@ class _FileLoader:
             outcome: Literal["success", "failure"] = r.choice("final", ("success", "failure"))
             r.finish()
             return StateSpec(name, "final", label, description, outcome=outcome)
+        timeout, timeout_action = self._timeout(r)
         if r.has("auto"):
             auto = r.str("auto")
             r.finish()
-            return StateSpec(name, "wait" if wait else "auto", label, description, auto=auto)
+            if timeout is not None and not wait:
+                raise self.fail(r.key_path("timeout"), "only manual and waiting states wait long enough for one")
+            return StateSpec(name, "wait" if wait else "auto", label, description, auto=auto,
+                             timeout=timeout, timeout_action=timeout_action)
         actions = tuple(r.str_list("actions"))
         r.finish()
         if not actions:
             raise self.fail(r.key_path("actions"), "a manual state offers at least one action")
-        return StateSpec(name, "manual", label, description, actions=actions)
+        return StateSpec(name, "manual", label, description, actions=actions, timeout=timeout,
+                         timeout_action=timeout_action)
+
+    def _timeout(self, r: Reader) -> tuple[int | None, str | None]:
+        """``timeout: {after: SECONDS, action: NAME}``: how long the state may wait, and what ends it."""
+        if not r.has("timeout"):
+            r.raw("timeout", None)
+            return None, None
+        t = r.section("timeout")
+        after = t.int("after", minimum=1)
+        action = t.str("action")
+        t.finish()
+        return after, action
 
     def _action_usage(self, states: Mapping[str, StateSpec]) -> dict[str, tuple[bool, str]]:
         """action name → (manual?, where first used); used both ways is an error."""
@@ -200,6 +216,8 @@ class _FileLoader:
             uses = [(a, True, f"states.{state.name}.actions[{i}]") for i, a in enumerate(state.actions)]
             if state.auto:
                 uses.append((state.auto, False, f"states.{state.name}.auto"))
+            if state.timeout_action:
+                uses.append((state.timeout_action, False, f"states.{state.name}.timeout.action"))
             for action, manual, where in uses:
                 if action in usage and usage[action][0] != manual:
                     raise self.fail(where, f"action '{action}' is used as both manual and automatic")
@@ -305,7 +323,7 @@ class _FileLoader:
         edges: dict[str, set[str]] = {}
         for state in d.states.values():
             out: set[str] = set()
-            names = list(state.actions) + ([state.auto] if state.auto else [])
+            names = list(state.actions) + [a for a in (state.auto, state.timeout_action) if a]
             for action in names:
                 spec = d.actions[action]
                 for i, target in enumerate(spec.targets()):

@@ -80,6 +80,7 @@ class Stepper:
             creator=actor, creator_role=role, parent_id=parent_id,
             claimed_by=run.claimant if runnable else None, lease_until=self._lease(now) if runnable else None,
             created_at=now, updated_at=now,
+            wake_at=None if runnable else self._deadline({"wf_type": definition.wf_type}, initial, now),
         )
         row = {"id": wf_id, "wf_type": definition.wf_type, "state": initial.name, "parent_id": parent_id,
                "creator": actor, "creator_role": role}
@@ -113,8 +114,12 @@ class Stepper:
             assert state.auto is not None
             return self.run_action(conn, run, definition, row, definition.actions[state.auto], inputs={},
                                    actor=run.actor, role=run.role)
-        # manual / final / waiting: just settle the row in that state
-        values, runnable, woken = self._arrive(conn, run, row, state, now)
+        if state.timeout_action is not None and row["wake_at"] is not None and row["wake_at"] <= now:
+            # The state's deadline passed with nobody acting: end the wait as the definition says.
+            return self.run_action(conn, run, definition, row, definition.actions[state.timeout_action],
+                                   inputs={}, actor=run.actor, role=run.role)
+        # manual / final / waiting: just settle the row in that state (its deadline unchanged)
+        values, runnable, woken = self._arrive(conn, run, row, state, now, entering=False)
         store.update_workflow(conn, wf_id, row["version"], updated_at=now, **values)
         return Outcome(woken + ([wf_id] if runnable else []))
 
@@ -166,7 +171,7 @@ class Stepper:
         store.add_history(conn, wf_id, action=action, from_state=row["state"], to_state=target, actor=actor,
                           role=role, outcome=outcome, note=note, now=now)
         state = self.definitions.get(row["wf_type"]).state(target)
-        values, runnable, woken = self._arrive(conn, run, row, state, now)
+        values, runnable, woken = self._arrive(conn, run, row, state, now, entering=True)
         store.update_workflow(conn, wf_id, row["version"], state=target, retry_count=0, last_error=last_error,
                               updated_at=now, **values)
         append_audit(conn, actor=actor, role=role, event="workflow.action", outcome=outcome,
@@ -176,19 +181,32 @@ class Stepper:
         return Outcome(children + woken + ([wf_id] if runnable else []))
 
     def _arrive(self, conn: Connection, run: Run, row: Mapping[Any, Any], state: StateSpec,
-                now: datetime) -> tuple[dict[str, Any], bool, list[int]]:
-        """Row values for entering ``state``; (values, keep running, woken parents)."""
+                now: datetime, *, entering: bool) -> tuple[dict[str, Any], bool, list[int]]:
+        """Row values for entering ``state``; (values, keep running, woken parents).
+
+        A manual or waiting state with a timeout gets its deadline as
+        ``wake_at`` when it is entered (``entering``); settling a reclaimed
+        workflow back into it keeps the deadline it had.
+        """
         released = {"claimed_by": None, "lease_until": None, "wake_at": None}
         if state.final:
             proc_state = "finished" if state.outcome == "success" else "failed"
             return {"proc_state": proc_state, **released}, False, self._wake_parent(conn, run, row, now)
+        deadline = self._deadline(row, state, now) if entering else row.get("wake_at")
         if state.kind == "manual":
-            return {"proc_state": "manual", **released}, False, []
+            return {"proc_state": "manual", **released, "wake_at": deadline}, False, []
         if state.kind == "wait" and not self._children_final(conn, int(row["id"])):
-            return {"proc_state": "waiting", **released}, False, []
+            return {"proc_state": "waiting", **released, "wake_at": deadline}, False, []
         claim = {"proc_state": "running", "claimed_by": run.claimant, "lease_until": self._lease(now),
                  "wake_at": None}
         return claim, True, []
+
+    def _deadline(self, row: Mapping[Any, Any], state: StateSpec, now: datetime) -> datetime | None:
+        """When a wait in ``state`` ends by itself: the site's setting, else the definition's."""
+        if state.timeout_action is None:
+            return None
+        seconds = self.config.state_timeouts.get(f"{row['wf_type']}.{state.name}", state.timeout)
+        return now + timedelta(seconds=seconds) if seconds else None
 
     def _wake_parent(self, conn: Connection, run: Run, row: Mapping[Any, Any], now: datetime) -> list[int]:
         """A child became final: if it was the parent's last open one, take the parent along.

@@ -237,9 +237,9 @@ def search(conn: Connection, *, wf_type: str | None, state: str | None, proc_sta
 # --- worker claims -------------------------------------------------------------
 
 def _due(now: datetime) -> Any:
-    """Woken or retry-due workflows, and ones whose runner's lease ran out."""
+    """Woken or retry-due workflows, ones whose state's deadline passed, and ones whose runner's lease ran out."""
     return or_(
-        and_(workflow.c.proc_state.in_(("waiting", "retry")), workflow.c.wake_at <= now),
+        and_(workflow.c.proc_state.in_(("waiting", "retry", "manual")), workflow.c.wake_at <= now),
         and_(workflow.c.proc_state == "running", workflow.c.lease_until < now),
     )
 

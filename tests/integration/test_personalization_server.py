@@ -789,3 +789,25 @@ def test_unproven_claim_on_a_serial_lapses_and_issued_keys_are_marked_unattested
     carols = Agent(app)
     assert carols.enroll(code).status_code == 200
     assert carols.call("POST", "token", {"serial": "ALICE-NEW-CARD"}).json["error"]["code"] == "token.owned_by_other"
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_a_personalization_nobody_continues_ends_by_itself(app: Any) -> None:
+    """Every wait for the user or the agent has a deadline: the worker ends it, visibly, and codes die."""
+    from openxpki_py.db.schema import workflow
+
+    browser, wf_id, code = start(app, "alice")
+    engine = app.instance.services.workflows
+    assert engine.get(wf_id).wake_at is not None  # the deadline is set on arrival (an hour by default)
+    with app.instance.services.db.begin() as conn:  # an hour later
+        conn.execute(update(workflow).where(workflow.c.id == wf_id).values(
+            wake_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    assert engine.resume_due() == 1
+    ended = engine.get(wf_id)
+    assert (ended.state, ended.context["failure"]["code"]) == ("FAILED", "personalization.expired")
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "nothing happened for too long while waiting for your card to be reported" in page
+    agent = Agent(app)
+    assert agent.enroll(code).status_code in (401, 409)  # the code died with it
+    # The next visit starts a new personalization (one per person: the old one is final).
+    assert start(app, "alice")[1] != wf_id

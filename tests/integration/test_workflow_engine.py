@@ -325,3 +325,33 @@ def test_worker_reclaims_expired_lease(engine: WorkflowEngine, db_engine: Engine
     clock.advance(engine.config.lease_seconds + 1)
     assert engine.resume_due() == 1
     assert engine.get(wf.id).state == "DONE"
+
+
+def test_a_wait_nobody_ends_runs_its_timeout_action(engine: WorkflowEngine, clock: FakeClock) -> None:
+    waiting = engine.start("test_deadline", actor="alice", role="User")
+    assert (waiting.state, waiting.proc_state) == ("WAITING", "manual")
+    clock.advance(59)
+    assert engine.resume_due() == 0  # not yet
+    clock.advance(2)
+    assert engine.resume_due() == 1
+    ended = engine.get(waiting.id)
+    assert (ended.state, ended.proc_state) == ("GAVE_UP", "failed")
+    assert [(h.action, h.actor, h.role) for h in ended.history][-1] == ("give_up", "worker", "System")
+    # Acting in time: no deadline is left behind.
+    acted = engine.start("test_deadline", actor="bob", role="User")
+    engine.execute(acted.id, "act", actor="bob", role="User")
+    clock.advance(3600)
+    assert engine.resume_due() == 0
+    assert engine.get(acted.id).state == "DONE"
+
+
+def test_site_config_overrides_a_states_deadline(db_engine: Engine, services: TestServices, clock: FakeClock) -> None:
+    from openxpki_py.workflow.config import WorkflowConfig
+
+    engine = WorkflowEngine(db_engine, load_test_definitions(), services, clock=clock,
+                            config=WorkflowConfig(state_timeouts={"test_deadline.WAITING": 600}))
+    waiting = engine.start("test_deadline", actor="alice", role="User")
+    clock.advance(120)
+    assert engine.resume_due() == 0  # the definition's 60 s no longer apply
+    clock.advance(600)
+    assert engine.resume_due() == 1 and engine.get(waiting.id).state == "GAVE_UP"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from data.workflow.activities_for_tests import REGISTRY, load_test_definitions
 
 from openxpki_py import domains
@@ -61,7 +65,7 @@ def test_good_definition_loads(tmp_path: Path) -> None:
 
 def test_test_definitions_load() -> None:
     defs = load_test_definitions()
-    assert defs.types() == ["test_approval", "test_child", "test_enrollment", "test_parent", "test_secret"]
+    assert defs.types() == ["test_approval", "test_child", "test_deadline", "test_enrollment", "test_parent", "test_secret"]
     with pytest.raises(UnknownWorkflow, match="no workflow type 'nope'"):
         defs.get("nope")
 
@@ -154,3 +158,21 @@ def test_site_folder_replaces_shipped_type(tmp_path: Path) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError, match="definition folder does not exist"):
         load_definitions([tmp_path / "nope"], registry=REGISTRY)
+
+
+def test_timeouts_are_checked_at_load(tmp_path: Path) -> None:
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "workflow" / "defs" / "test_deadline.yaml")
+                          .read_text())
+    def undefined_action(d: dict[str, Any]) -> None:
+        d["states"]["WAITING"]["timeout"]["action"] = "nope"
+        del d["actions"]["give_up"]
+
+    for change, where in ((undefined_action, "undefined action 'nope'"),
+                          (lambda d: d["states"]["WAITING"]["timeout"].update(after=0), "timeout.after"),
+                          (lambda d: d["states"]["WAITING"]["timeout"].update(action="act"), "manual and automatic")):
+        data = copy.deepcopy(base)
+        change(data)
+        path = tmp_path / "test_deadline.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(DefinitionError, match=re.escape(where)):
+            load_definition_file(path, registry=REGISTRY)
