@@ -40,6 +40,15 @@ def lock_chain(conn: Connection) -> None:
         conn.exec_driver_sql("LOCK TABLE audit_log IN EXCLUSIVE MODE")
 
 
+def _storable(text: str | None) -> str | None:
+    """``text`` as every database can hold it: PostgreSQL text refuses NUL.
+
+    Refusals are audited with what was sent (a role name posted with a NUL
+    byte, say), so the byte is written visibly instead of failing the insert.
+    """
+    return text.replace("\x00", "\\x00") if text is not None else None
+
+
 def entry_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     payload = json.dumps(
         {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()},
@@ -65,11 +74,11 @@ def append_audit(
     prev = last or GENESIS
     row = {
         "logged_at": datetime.now(timezone.utc).replace(microsecond=0),
-        "actor": actor,
-        "role_name": role,
+        "actor": _storable(actor),
+        "role_name": _storable(role),
         "event": event,
         "outcome": outcome,
-        "target": target,
+        "target": _storable(target),
         "details": dict(details) if details else None,
     }
     conn.execute(audit_log.insert(), {**row, "prev_hash": prev, "entry_hash": entry_hash(prev, row)})

@@ -100,7 +100,7 @@ def _parse(r: CSRUnderReview) -> None:
             r.csr = x509.load_pem_x509_csr(r.data.strip())
         else:
             r.csr = x509.load_der_x509_csr(r.data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise PolicyViolation(f"the CSR cannot be parsed (PKCS#10, PEM or DER expected): {exc}", code="csr.parse") from None
 
 

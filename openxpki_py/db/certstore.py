@@ -34,6 +34,9 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
@@ -147,6 +150,10 @@ def owned_certificates(conn: Connection, serials: Iterable[str], owner: str) -> 
 
 def owned_certificate_der(conn: Connection, serial: str, owner: str) -> bytes:
     """The DER of ``owner``'s certificate ``serial``; none and someone else's are "not found" alike."""
+    if not _HEX_DIGITS.issuperset(serial) or not 0 < len(serial) <= 64:
+        # Serials are stored as lowercase hex (serial_hex); anything else, a
+        # NUL byte from a URL say, names none and must not reach the driver.
+        raise NotFound(f"{owner} has no certificate {serial!r}")
     der = conn.execute(select(certificate.c.der).where(certificate.c.serial == serial,
                                                        certificate.c.owner == owner)).scalar()
     if der is None:

@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from .. import roles
 from ..crypto.csr import public_key_fingerprint
-from ..errors import AuthError, PolicyViolation, UnexpectedStep
+from ..errors import AuthError, OpenXPKIError, PolicyViolation, UnexpectedStep
 from ..workflow.errors import ActionNotAvailable
 from .enrollment import AgentCredential, AgentGrant, EnrollmentRefused, check_credential, redeem_code
 from .tasks import FINAL_FAILURE, WF_TYPE, agent_task
@@ -140,7 +141,14 @@ class TokenAgentCalls:
         for field_name, key in CARD_FIELDS:
             if isinstance(card.get(key), str) and card[key]:
                 inputs[field_name] = card[key].strip()
-        self._execute(agent.workflow_id, agent.login, "report_token", inputs)
+        try:
+            self._execute(agent.workflow_id, agent.login, "report_token", inputs)
+        except OpenXPKIError:
+            # The same card reported twice at once: the other report won the lock.
+            token = self._view(agent.workflow_id).context.get("token")
+            if token is None or token["serial"] != serial:
+                raise
+            return "confirmed" if token["confirmed"] else "awaiting_confirmation"
         return "awaiting_confirmation"
 
     def task(self, agent: AgentCredential) -> dict[str, Any]:
@@ -159,8 +167,16 @@ class TokenAgentCalls:
         view = self._view(workflow_id, token_serial)
         earlier = _same_csr(view, cert_type, csr_pem)
         if earlier is None:
-            view = self._execute(workflow_id, login, "submit_csr",
-                                 {"cert_type": cert_type, "key_id": key_id, "csr": csr_pem})
+            try:
+                view = self._execute(workflow_id, login, "submit_csr",
+                                     {"cert_type": cert_type, "key_id": key_id, "csr": csr_pem})
+            except OpenXPKIError:
+                # The check above ran before the workflow's lock: an identical
+                # post (the agent's retry) may have been accepted meanwhile.
+                # Then this is a repeat, answered like one; else the refusal stands.
+                view = self._view(workflow_id, token_serial)
+                if _same_csr(view, cert_type, csr_pem) is None:
+                    raise
             earlier = _same_csr(view, cert_type, csr_pem)
         if earlier is None:  # the CSR was accepted but the workflow moved on without it: failed
             raise IssuanceFailed(agent_task(view)["message"])
@@ -189,11 +205,15 @@ class TokenAgentCalls:
         """The certificate is on the card; a repeated receipt is answered, not recorded twice."""
         self._confirmed(agent)
         workflow_id, login = agent.workflow_id, agent.login
-        view = self._view(workflow_id, token_serial)
-        for entry in view.context.get("certificates") or []:
-            if entry.get("serial") == serial.lower() and entry["status"] == "installed":
-                return
-        self._execute(workflow_id, login, "confirm_install", {"cert_type": cert_type, "certificate_serial": serial})
+        if _installed(self._view(workflow_id, token_serial), serial):
+            return
+        try:
+            self._execute(workflow_id, login, "confirm_install", {"cert_type": cert_type, "certificate_serial": serial})
+        except OpenXPKIError:
+            # An identical receipt may have been recorded after the check above
+            # (it ran outside the workflow's lock): that is a repeat, not a refusal.
+            if not _installed(self._view(workflow_id, token_serial), serial):
+                raise
 
 
 def _same_csr(view: Any, cert_type: str, csr_pem: str) -> dict[str, Any] | None:
@@ -204,7 +224,15 @@ def _same_csr(view: Any, cert_type: str, csr_pem: str) -> dict[str, Any] | None:
     """
     try:
         fingerprint = public_key_fingerprint(x509.load_pem_x509_csr(csr_pem.encode("ascii")).public_key())
-    except (ValueError, UnicodeEncodeError):
-        return None  # the workflow's csr_syntax validator explains what is wrong
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm, x509.InvalidVersion):
+        # Not parseable (a bad version too), or a key algorithm or curve
+        # cryptography does not know: never accepted before, and the workflow's validators explain why.
+        return None
     entries = view.context.get("certificates") or []
     return next((e for e in entries if e.get("csr_sha256") == fingerprint and e["type"] == cert_type), None)
+
+
+def _installed(view: Any, serial: str) -> bool:
+    """The card's receipt for certificate ``serial`` was recorded already."""
+    return any(entry.get("serial") == serial.lower() and entry["status"] == "installed"
+               for entry in view.context.get("certificates") or [])

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -26,7 +26,7 @@ from ..errors import AuthError, OpenXPKIError
 from ..personalization.agent_calls import TokenAgentCalls
 from ..personalization.enrollment import AgentCredential, CredentialRefused
 from .client_address import TrustedProxies
-from .errors import RequestInvalid, RequestTooLarge, error_answer
+from .errors import ErrorAnswer, RequestInvalid, RequestTooLarge, database_answer, error_answer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -44,8 +44,34 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def json_error(exc: OpenXPKIError) -> Response:
-    answer = error_answer(exc)
+    return json_answer(error_answer(exc))
+
+
+def json_answer(answer: ErrorAnswer) -> Response:
     return json_response(answer.as_json(), answer.status, answer.headers or None)
+
+
+def _check_text(body: Any) -> None:
+    """Refuse strings no database column can hold: NUL, and lone UTF-16 surrogates (``"\\ud800"``).
+
+    JSON allows both; stored, they fail in the driver (PostgreSQL refuses NUL,
+    UTF-8 encoding refuses surrogates) long after the request was read.
+    """
+    pending = [body]
+    while pending:  # iterative: nesting depth is whatever json.loads accepted
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise RequestInvalid("text in the request must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestInvalid("text in the request must be valid Unicode (no lone surrogates)") from None
 
 
 def _text(body: dict[str, Any], *names: str, missing: str) -> tuple[str, ...]:
@@ -97,12 +123,10 @@ class AgentApi:
             code = {404: "api.not_found", 405: "api.method_not_allowed"}.get(exc.code or 400, "api.bad_request")
             response = json_response({"error": {"code": code, "message": exc.description or exc.name}},
                                      exc.code or 400)
-        except OperationalError:
-            # Database unreachable or busy: the agent waits and asks again.
-            log.warning("API %s %s: database unavailable", request.method, request.path, exc_info=True)
-            response = json_response({"error": {"code": "server.unavailable",
-                                                "message": "the server cannot reach its database; retrying helps"}},
-                                     503, {"Retry-After": "5"})
+        except SQLAlchemyError as exc:
+            # Database unreachable, lost or busy (rolled back): 503, the agent waits and asks again.
+            log.warning("API %s %s: database failed: %s", request.method, request.path, exc, exc_info=True)
+            response = json_answer(database_answer(exc))
         except Exception:
             log.exception("API %s %s failed", request.method, request.path)
             response = json_response({"error": {"code": "server.error",
@@ -124,6 +148,7 @@ class AgentApi:
             raise RequestInvalid("the request body is not JSON") from None
         if not isinstance(body, dict):
             raise RequestInvalid("the request body must be a JSON object")
+        _check_text(body)
         return body
 
     def _sso_login(self, request: Request) -> str | None:

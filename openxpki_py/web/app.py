@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from mako.lookup import TemplateLookup
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, RequestRedirect
+from werkzeug.routing import RequestRedirect
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
@@ -36,7 +37,7 @@ from .config import WebConfig
 from .context import RequestContext, WebRequest
 from .menu import menu_for
 from .render import render, template_lookup
-from .views import VIEWS, View, url_rules
+from .views import VIEWS, View, url_map
 from .workflows import EngineGateway, WorkflowGateway
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class WebApp:
         self.ocsp = ocsp  # the responder's respond(DER request) -> DER response; None: no /ocsp
         self.sessions = SessionStore(idle_timeout=web.session.idle_timeout,
                                      absolute_timeout=web.session.absolute_timeout)
-        self.url_map = Map(url_rules(), strict_slashes=False)
+        self.url_map = url_map()
         # Endpoints whose feature exists in this instance; the menu shows no others.
         self.available = {name for name, view in VIEWS.items() if view.available(self)}
 
@@ -136,6 +137,9 @@ class WebApp:
         except OpenXPKIError as exc:  # mapped by the one table (web/errors.py), never a 500 page
             log.warning("%s %s: %s: %s", request.method, request.path, exc.code, exc.message)
             response = self.error_response(ctx, errors.http_error_for(exc))
+        except SQLAlchemyError as exc:  # the database is lost or locked: 503 with Retry-After, not a 500
+            log.warning("%s %s: database failed: %s", request.method, request.path, exc, exc_info=True)
+            response = self.error_response(ctx, errors.MappedError(errors.database_answer(exc)))
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             response = self.error_response(ctx, errors.ServerError())
@@ -292,7 +296,8 @@ class WebApp:
             # Path "/": Apache's /token rewrite lives outside the application's own prefix.
             response.set_cookie(cfg.cookie_name, ctx.session.cookie, path="/", secure=cfg.cookie_secure,
                                 httponly=True, samesite="Strict")
-        elif ctx.session is None and ctx.identity is not None:
+        elif ctx.session is None and ctx.identity is not None and response.status_code < 500:
+            # (not on a 5xx: the session could not be read, it still exists)
             response.delete_cookie(cfg.cookie_name, path="/", secure=cfg.cookie_secure,
                                    httponly=True, samesite="Strict")
 

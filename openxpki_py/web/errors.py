@@ -18,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, InternalServerError, NotFound, Unauthorized
 
+from ..db.engine import DatabaseUnavailable, storage_error
 from ..errors import (
     AuthError,
     CAError,
@@ -79,12 +81,21 @@ class ErrorRule:
     ``public``: the error's own message is worded for users (else a generic
     sentence is shown and the message stays in the log).  ``page_text``:
     what an HTML page says instead of the message (e.g. "not found" must not
-    confirm that someone else's record exists).
+    confirm that someone else's record exists).  ``code``: the code clients
+    see instead of the error's own (a documented API contract).
+    ``retry_after``: seconds for ``Retry-After``, when asking again soon may
+    succeed.
     """
 
     status: int
     public: bool = True
     page_text: str | None = None
+    code: str | None = None
+    retry_after: int | None = None
+
+
+# How long a client waits before it asks again after a 503 for the database.
+RETRY_AFTER_SECONDS = 5
 
 
 # Most specific first only for the reader: lookup follows the error's MRO.
@@ -113,7 +124,9 @@ ERROR_STATUS: dict[type[OpenXPKIError], ErrorRule] = {
     DirectoryError: ErrorRule(502),
     TokenError: ErrorRule(503, public=False),
     CAError: ErrorRule(503, public=False),
-    StorageError: ErrorRule(503, public=False),
+    # a lost database: nothing of the request happened (rolled back), ask again
+    DatabaseUnavailable: ErrorRule(503, public=False, code="server.unavailable", retry_after=RETRY_AFTER_SECONDS),
+    StorageError: ErrorRule(503, public=False, retry_after=RETRY_AFTER_SECONDS),
     ConfigError: ErrorRule(503, public=False),
     # a refusal of a kind not listed above
     OpenXPKIError: ErrorRule(400),
@@ -163,7 +176,10 @@ def error_answer(exc: OpenXPKIError) -> ErrorAnswer:
                            page_text=_INTERNAL.page_text)
     rule = rule_for(cause)
     fields = fields or cause.fields
+    code = rule.code or code
     headers: dict[str, str] = {}
+    if rule.retry_after is not None:
+        headers["Retry-After"] = str(rule.retry_after)
     if isinstance(cause, CredentialRefused):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(cause, EnrollmentRateLimited):
@@ -171,6 +187,11 @@ def error_answer(exc: OpenXPKIError) -> ErrorAnswer:
     if not rule.public:
         message = UNAVAILABLE_TEXT if rule.status == 503 else SERVER_ERROR_TEXT
     return ErrorAnswer(rule.status, code, message, fields, headers, rule.page_text)
+
+
+def database_answer(exc: SQLAlchemyError) -> ErrorAnswer:
+    """The answer for a failure SQLAlchemy raised (lost or locked database: 503), by the same table."""
+    return error_answer(storage_error(exc))
 
 
 class MappedError(HTTPException):
@@ -243,5 +264,6 @@ class ServerError(InternalServerError):
 __all__ = [
     "ERROR_STATUS", "BadRequest", "CSRFRejected", "Conflict", "ErrorAnswer", "ErrorRule", "HTTPException",
     "LoginRefused", "MappedError", "NotAuthenticated", "PageNotFound", "RequestInvalid", "RequestTooLarge",
-    "RoleNotGranted", "RoleRequired", "ServerError", "error_answer", "http_error_for", "rule_for",
+    "RoleNotGranted", "RoleRequired", "ServerError", "database_answer", "error_answer", "http_error_for",
+    "rule_for",
 ]

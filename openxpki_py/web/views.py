@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from werkzeug.routing import Rule
+from werkzeug.routing import IntegerConverter, Map, Rule
 from werkzeug.security import safe_join
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
@@ -59,6 +59,24 @@ def view(rule: str, *, methods: tuple[str, ...] = ("GET",), access: str = "role"
 
 def url_rules() -> list[Rule]:
     return [Rule(v.rule, endpoint=name, methods=list(v.methods)) for name, v in VIEWS.items()]
+
+
+# Ids are BIGINT columns: a larger number names no record, and handed to the
+# driver it fails as an overflow instead of "not found".
+MAX_ROW_ID = 2**63 - 1
+
+
+class RowIdConverter(IntegerConverter):
+    """``<int:…>`` in every page rule: 0 … 2^63-1; anything else does not match (404)."""
+
+    def __init__(self, map: Map, fixed_digits: int = 0, min: int | None = None,  # noqa: A002 - Werkzeug's names
+                 max: int | None = MAX_ROW_ID, signed: bool = False) -> None:
+        super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)
+
+
+def url_map() -> Map:
+    """The pages' URL map; ``int`` is bounded to database ids (:class:`RowIdConverter`)."""
+    return Map(url_rules(), strict_slashes=False, converters={"int": RowIdConverter})
 
 
 def safe_next(target: str | None) -> str | None:

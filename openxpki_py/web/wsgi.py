@@ -3,17 +3,22 @@
 The config path comes from the process environment (``OPENXPKI_PY_CONFIG``)
 or, since mod_wsgi daemons do not see Apache's ``SetEnv``, from the first
 request's environ; otherwise the default ``/etc/openxpki-py/config.yaml``.
-The app is built on the first request, so a broken config shows up as a 500
-with the reason in Apache's error log, not as a daemon that will not start.
+The app is built on the first request, so a broken config or a database
+that cannot be reached shows up as a 503 (JSON under ``/api/``, a page
+elsewhere) with the reason in Apache's error log, not as a daemon that will
+not start; the next request tries again, so the daemon recovers by itself.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from ..errors import OpenXPKIError
@@ -52,20 +57,45 @@ class LazyApplication:
                     path = os.environ.get(CONFIG_ENV) or environ.get(CONFIG_ENV)
                     try:
                         self._app = self._factory(path)
-                    except OpenXPKIError as exc:
-                        log.error("cannot start the web application: %s", exc.message)
-                        return _unavailable(start_response)
-                    except Exception:
-                        log.exception("cannot start the web application")
-                        return _unavailable(start_response)
+                    except Exception as exc:  # noqa: BLE001 - answered, logged, and tried again next request
+                        return _not_started(environ, start_response, exc)
                 app = self._app
         return app(environ, start_response)
 
 
-def _unavailable(start_response: StartResponse) -> list[bytes]:
-    body = b"The service is not configured correctly; the reason is in the web server's error log.\n"
-    start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
-                                                 ("Content-Length", str(len(body)))])
+def _not_started(environ: WSGIEnvironment, start_response: StartResponse, exc: Exception) -> list[bytes]:
+    """The answer while the application cannot be built, by the one table (web/errors.py).
+
+    A lost database or a config error is 503 with ``Retry-After``; the token
+    agent gets its JSON error (a plain-text page would read to it as "wrong
+    --server"), a browser a short page.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .errors import ErrorAnswer, database_answer, error_answer
+
+    answer: ErrorAnswer
+    if isinstance(exc, OpenXPKIError):
+        log.error("cannot start the web application: %s: %s", exc.code, exc.message)
+        answer = error_answer(exc)
+    elif isinstance(exc, SQLAlchemyError):
+        log.error("cannot start the web application: the database failed: %s", exc)
+        answer = database_answer(exc)
+    else:
+        log.error("cannot start the web application", exc_info=exc)
+        answer = ErrorAnswer(500, "server.error", "the server failed; the details are in its log")
+    if str(environ.get("PATH_INFO", "")).startswith("/api/"):
+        body = json.dumps(answer.as_json()).encode()
+        content_type = "application/json"
+    else:
+        text = html.escape(answer.page_text or answer.message)
+        body = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Service unavailable</title></head>"
+                f"<body><h1>Service unavailable</h1><p>{text}</p><p>Error code: {answer.code}</p>"
+                "</body></html>\n").encode()
+        content_type = "text/html; charset=utf-8"
+    status = f"{answer.status} {HTTPStatus(answer.status).phrase}"
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store"), *answer.headers.items()])
     return [body]
 
 
@@ -75,7 +105,12 @@ def _build(path: str | None) -> WSGIApplication:
     from .app import create_app
 
     config = load_config(path)
-    return create_app(config, Services(config))
+    services = Services(config)
+    try:
+        return create_app(config, services)
+    except BaseException:
+        services.close()  # tried again on the next request: do not keep a pool per attempt
+        raise
 
 
 def make_application() -> LazyApplication:

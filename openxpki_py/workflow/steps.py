@@ -15,8 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..audit import append_audit
+from ..db.engine import storage_error
 from ..errors import OpenXPKIError
 from . import store
 from .config import WorkflowConfig
@@ -148,6 +150,11 @@ class Stepper:
                 ctx.check_no_secrets()
                 target = self._choose(ctx, action)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none kept
+            if isinstance(exc, SQLAlchemyError) and _connection_lost(conn, exc):
+                # Nothing can be recorded on a dead connection (it would fail
+                # again, as PendingRollbackError): the whole transaction is
+                # gone, so the caller is told the database is unavailable.
+                raise storage_error(exc) from exc
             return self._failed(conn, run, definition, row, action, actor, role, exc, ctx.secret_inputs, now)
         return self._transition(conn, run, row, ctx, action.name, target, actor=actor, role=role,
                                 note=ctx.note, outcome="ok", now=now)
@@ -311,3 +318,8 @@ class Stepper:
         append_audit(conn, actor=actor, role=role, event="workflow.fail", target=f"workflow:{wf_id}",
                      details={"type": row["wf_type"], "from": state, "to": target, "reason": reason})
         return Outcome(woken)
+
+
+def _connection_lost(conn: Connection, exc: SQLAlchemyError) -> bool:
+    """The activity failed because the database connection is gone, not because of the request."""
+    return conn.invalidated or (isinstance(exc, DBAPIError) and exc.connection_invalidated)

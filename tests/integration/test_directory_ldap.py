@@ -394,9 +394,15 @@ def silent_server() -> Iterator[int]:
     listener.close()
 
 
-@pytest.mark.parametrize("starttls", [False, True])
-def test_timeout(slapd: SlapdServer, silent_server: int, starttls: bool) -> None:
-    directory = ldap_directory(slapd, uri=f"ldap://127.0.0.1:{silent_server}/", timeout=0.5, starttls=starttls)
+@pytest.mark.parametrize(("scheme", "starttls"), [
+    ("ldap", False), ("ldap", True),
+    # libldap's TLS handshake on ldaps:// has no deadline (OPT_NETWORK_TIMEOUT covers the TCP
+    # connect only): against a silent server it hangs.  Not fixed yet; run=False, it would hang.
+    pytest.param("ldaps", False, marks=pytest.mark.xfail(run=False, reason="ldaps handshake has no timeout")),
+])
+def test_timeout(slapd: SlapdServer, silent_server: int, scheme: str, starttls: bool) -> None:
+    directory = ldap_directory(slapd, uri=f"{scheme}://127.0.0.1:{silent_server}/", timeout=0.5, starttls=starttls,
+                               ca_file=str(slapd.ca_file))
     started = time.monotonic()
     with pytest.raises(DirectoryUnavailable, match="did not answer within 0.5 s"):
         directory.find_user("alice")
@@ -451,3 +457,22 @@ def test_person_is_the_entrys_own_spelling(directory: Directory) -> None:
             resolve_person(directory, other)
     with pytest.raises(UnknownPerson, match="does not name one person"):
         resolve_person(directory, "nobody")
+
+
+def test_page_answers_502_within_the_timeout_when_the_directory_never_answers(
+        slapd: SlapdServer, silent_server: int, make_instance: Any, sqlite_engine: Any) -> None:
+    """A new session looks the login up in the directory: a silent server costs one timeout, then 502."""
+    from werkzeug.test import Client
+
+    from openxpki_py.web.app import create_app
+
+    def silent_directory(settings: dict[str, Any]) -> None:
+        settings["directory"] = slapd.directory_settings(
+            "ldap", ldap={"uri": f"ldap://127.0.0.1:{silent_server}/", "timeout": 1})
+    inst = make_instance(sqlite_engine, init_ca=False, overrides=silent_directory)
+    client = Client(create_app(inst.config, inst.services))
+    started = time.monotonic()
+    answer = client.get("/", environ_overrides={"REMOTE_USER": "alice"})
+    assert answer.status_code == 502, answer.get_data(as_text=True)
+    assert "directory.unavailable" in answer.get_data(as_text=True)
+    assert time.monotonic() - started < 4  # the 1 s timeout (connect, bind or search), not a hang
