@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import ssl
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +72,7 @@ class LdapDirectory(SearchingDirectory):
 
     def _connect(self) -> LDAPObject:
         cfg = self.ldap
+        _ldaps_answers(cfg.uri, cfg.timeout)
         conn = ldap.initialize(cfg.uri)
         try:
             conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
@@ -173,6 +177,31 @@ class LdapDirectory(SearchingDirectory):
         if isinstance(exc, _CONNECTION_LOST):
             return DirectoryUnavailable(f"cannot reach the LDAP server {uri}: {_describe(exc)}")
         return DirectoryError(f"the LDAP server {uri} refused the {step}: {_describe(exc)}")
+
+
+def _ldaps_answers(uris: str, timeout: float) -> None:
+    """Raise ``ldap.TIMEOUT`` unless some ldaps:// server of ``uris`` completes a TLS handshake in time.
+
+    libldap's OPT_NETWORK_TIMEOUT covers the TCP connect only: a server that
+    accepts and never answers the ClientHello would hang the request (and
+    the page) for ever.  Certificates are not checked here; libldap checks
+    them on the real connection right after.
+    """
+    tls_uris = [u for u in uris.split() if u.lower().startswith("ldaps://")]
+    if not tls_uris or len(tls_uris) != len(uris.split()):
+        return  # ldap:// (StartTLS runs inside an operation, which OPT_TIMEOUT bounds) or a mix
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    for uri in tls_uris:
+        parts = urllib.parse.urlsplit(uri)
+        try:
+            with socket.create_connection((parts.hostname or "localhost", parts.port or 636), timeout=timeout) as raw:
+                with probe.wrap_socket(raw, server_hostname=parts.hostname):
+                    return
+        except (OSError, ValueError):
+            continue
+    raise ldap.TIMEOUT({"desc": "no TLS handshake", "info": f"no ldaps server answered within {timeout:g} s"})
 
 
 def _next_cookie(reply_controls: Sequence[Any] | None) -> bytes:
