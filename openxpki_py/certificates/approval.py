@@ -36,6 +36,14 @@ def record_rejection(ctx: ActivityContext) -> None:
     ctx.note = reason
 
 
+@callables.activity("record_approval_expiry")
+def record_approval_expiry(ctx: ActivityContext) -> None:
+    """No RA Operator decided in time: the request is rejected with that reason."""
+    reason = "no RA Operator decided before the deadline; ask for the certificate again"
+    ctx["rejection"] = {"by": ctx.actor, "at": ctx.now.isoformat(), "reason": reason, "expired": True}
+    ctx.note = reason
+
+
 @callables.activity("record_withdrawal")
 def record_withdrawal(ctx: ActivityContext) -> None:
     """Only the requester takes a request back (the role alone would let any user do it)."""

@@ -196,6 +196,8 @@ def collect_certificate(ctx: ActivityContext) -> None:
             rejection = child.context.get("rejection") or {}
             if rejection.get("by") == ctx.creator:
                 reason = "you withdrew the request"
+            elif rejection.get("expired"):
+                reason = str(rejection["reason"])
             elif rejection.get("reason"):
                 reason = f"rejected by an RA Operator: {rejection['reason']}"
             else:

@@ -147,6 +147,24 @@ def test_approval_by_a_second_user_wakes_parent(pki: tuple[Any, WorkflowEngine])
     assert len(certificates(inst)) == 2
 
 
+@pytest.mark.parametrize("approvals", [1])
+def test_an_approval_nobody_gives_expires_and_ends_the_parent(pki: tuple[Any, WorkflowEngine],
+                                                             clock: FakeClock) -> None:
+    inst, engine = pki
+    parent = enroll(engine, encryption=csr_pem())
+    pending = child(engine, parent, "encryption")
+    assert pending.state == "PENDING_APPROVAL"
+    clock.advance(13 * 86400)
+    assert engine.resume_due() == 0
+    clock.advance(2 * 86400)
+    assert engine.resume_due() >= 1
+    expired = engine.get(pending.id)
+    assert expired.state == "REJECTED" and "before the deadline" in expired.context["rejection"]["reason"]
+    parent = engine.get(parent.id)
+    assert parent.proc_state in ("finished", "failed") and parent.state != "WAIT"
+    assert certificates(inst) == []
+
+
 @pytest.mark.parametrize("approvals", [2])
 def test_two_distinct_approvers_or_a_rejection(pki: tuple[Any, WorkflowEngine]) -> None:
     inst, engine = pki
