@@ -54,8 +54,8 @@ def main() -> None:
         with engine.begin() as conn:
             ca_cert = ca.initialize(conn, actor="bench")
         assert isinstance(ca_cert, x509.Certificate)
-        responder_backend = Pkcs11KeyBackend(module=module, token_label=label, key_label="bench-ocsp", pin=pin)
-        responder = OcspResponder(ca, OcspConfig(url="http://pki.example/ocsp"), engine, responder_backend)
+        responder = OcspResponder(ca, OcspConfig(url="http://pki.example/ocsp"), engine, lambda n: Pkcs11KeyBackend(
+            module=module, token_label=label, key_label=f"bench-ocsp-{n}", pin=pin))
         responder.create_key(actor="bench")
         issued = []
         for csr in make_csrs(200):
@@ -68,7 +68,7 @@ def main() -> None:
                 ca.revoke_certificate(conn, cert.serial_number, "keyCompromise", actor="bench")
         requests = [ocsp.OCSPRequestBuilder().add_certificate(c, ca_cert, hashes.SHA1()).build()
                     .public_bytes(serialization.Encoding.DER) for c in issued]
-        key = responder_backend.load_private_key()
+        key = responder.signer().key
         raw_sign_rate(key, 0.2)
         raw = raw_sign_rate(key, args.seconds)
         rng = random.Random(1)

@@ -106,7 +106,7 @@ def _init_ocsp(services: Any, actor: str) -> None:
     if responder is None:
         return
     cert = responder.create_key(actor=actor)
-    print(f"OCSP responder key created ({responder.key_backend.describe()}); certificate valid until "
+    print(f"OCSP responder key created ({responder.describe()}); certificate valid until "
           f"{cert.not_valid_after_utc:%Y-%m-%d}", file=sys.stderr)
 
 

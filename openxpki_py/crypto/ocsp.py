@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -24,13 +25,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from openxpki_py_token.keyspec import KeySpec
-from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from ..db import certstore
-from ..db.schema import certificate
 from ..errors import CAError, NotFound, TokenError, TokenKeyNotFound
 from .ca import REVOCATION_REASONS, CertificateAuthority, IssuanceRequest
+from .csr import public_key_fingerprint
 from .keys.base import CAPrivateKey, KeyBackend
 from .keys.config import KeyConfig, Pkcs11KeyConfig, SoftwareKeyConfig, open_key_backend
 
@@ -43,19 +43,28 @@ PROFILE = "ocsp_signing"
 OWNER = "ocsp-responder"  # the responder certificates' owner in the store
 
 
-def responder_key_config(ca_key: KeyConfig) -> KeyConfig:
-    """The responder key next to the CA key: same token (or folder), its own label (or file)."""
-    origin = "ca.ocsp.key (derived from ca.key)"
+def responder_key_config(ca_key: KeyConfig, generation: int) -> KeyConfig:
+    """Responder key number ``generation`` next to the CA key: same token (or folder), its own label (or file).
+
+    Each renewal certifies a new key: a public key is never certified twice
+    (``csr.key_reused``, and the store's unique fingerprint), the responder's
+    included.
+    """
+    origin = "ca.ocsp key (derived from ca.key)"
     if isinstance(ca_key, Pkcs11KeyConfig):
-        return replace(ca_key, key_label=f"{ca_key.key_label}-ocsp", key_id=None, origin=origin)
+        return replace(ca_key, key_label=f"{ca_key.key_label}-ocsp-{generation}", key_id=None, origin=origin)
     if isinstance(ca_key, SoftwareKeyConfig):
-        return replace(ca_key, path=ca_key.path.with_name(ca_key.path.stem + "-ocsp" + ca_key.path.suffix),
-                       origin=origin)
+        path = ca_key.path.with_name(f"{ca_key.path.stem}-ocsp-{generation}{ca_key.path.suffix}")
+        return replace(ca_key, path=path, origin=origin)
     raise TypeError(f"unknown key config {type(ca_key).__name__}")
+
+
+MAX_GENERATIONS = 10_000  # thirty-day certificates: centuries of renewals
 
 
 @dataclass
 class _Signer:
+    generation: int
     key: CAPrivateKey
     certificate: x509.Certificate
 
@@ -64,58 +73,74 @@ class OcspResponder:
     """Signs OCSP answers for one CA with its delegated responder key."""
 
     def __init__(self, ca: CertificateAuthority, config: OcspConfig, db: Engine,
-                 key_backend: KeyBackend | None = None) -> None:
+                 backend_for: Callable[[int], KeyBackend] | None = None) -> None:
         self.ca = ca
         self.config = config
         self.db = db
-        self.key_backend = key_backend or open_key_backend(responder_key_config(ca.config.key))
+        self._backend_for = backend_for or (lambda n: open_key_backend(responder_key_config(ca.config.key, n)))
+        self._backends: dict[int, KeyBackend] = {}
         self._signer: _Signer | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.key_backend.close()
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+
+    def _backend(self, generation: int) -> KeyBackend:
+        if generation not in self._backends:
+            self._backends[generation] = self._backend_for(generation)
+        return self._backends[generation]
+
+    def describe(self) -> str:
+        """Where the current responder key is (never a secret)."""
+        return self._backend(max(self._current_generation(), 1)).describe()
+
+    def _current_generation(self) -> int:
+        """The newest responder key in the token (0: none yet); another process may have made a newer one."""
+        generation = self._signer.generation if self._signer is not None else 0
+        while generation < MAX_GENERATIONS and self._backend(generation + 1).key_exists():
+            generation += 1
+        return generation
 
     # --- the responder's key and certificate ---------------------------------------
 
     def create_key(self, *, actor: str) -> x509.Certificate:
-        """Generate the responder key in the token (never overwriting one) and certify it."""
-        if self.key_backend.key_exists():
-            raise CAError(f"an OCSP responder key already exists at {self.key_backend.describe()}")
-        self.key_backend.generate_private_key(KeySpec.parse(self.ca.config.key.algorithm))
-        return self.signer(actor=actor).certificate
+        """Generate the first responder key in the token (never overwriting one) and certify it."""
+        with self._lock:
+            if self._current_generation() > 0:
+                raise CAError(f"an OCSP responder key already exists at {self._backend(1).describe()}")
+            self._signer = self._new_signer(1, actor)
+            return self._signer.certificate
 
     def signer(self, *, actor: str = "ocsp", now: datetime | None = None) -> _Signer:
-        """The responder key and a current certificate for it (a new one when a third of its life is left).
+        """The responder key and a current certificate for it.
 
-        Read-only normally; a write transaction only to issue a certificate.
+        When a third of the certificate's life is left, the next key is
+        generated in the token and certified.  Read-only otherwise: a write
+        transaction only to issue a certificate.
         """
         now = now or certstore.utcnow()
         with self._lock:
             signer = self._signer
             if signer is None:
-                key = self.key_backend.load_private_key()
+                generation = self._current_generation()
+                if generation == 0:
+                    raise TokenKeyNotFound("the OCSP responder has no key yet: run 'openxpki-py ca ocsp-init'")
+                key = self._backend(generation).load_private_key()
                 with self.db.connect() as conn:
-                    stored = self._stored_certificate(conn, key)
-                signer = _Signer(key, stored or self._certify(key, actor))
+                    row = certstore.certificate_for_key(conn, public_key_fingerprint(key.public_key()))
+                cert = x509.load_der_x509_certificate(bytes(row["der"])) if row is not None else None
+                signer = _Signer(generation, key, cert or self._certify(key, actor))
             cert = signer.certificate
             if cert.not_valid_after_utc - now < (cert.not_valid_after_utc - cert.not_valid_before_utc) / 3:
-                signer = _Signer(signer.key, self._certify(signer.key, actor))
+                signer = self._new_signer(self._current_generation() + 1, actor)
             self._signer = signer
             return signer
 
-    def _stored_certificate(self, conn: Connection, key: CAPrivateKey) -> x509.Certificate | None:
-        """The newest valid responder certificate in the store for this key (another process may have made it)."""
-        spki = key.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-        rows = conn.execute(select(certificate.c.der).where(
-            certificate.c.owner == OWNER, certificate.c.status == "valid",
-            certificate.c.profile == PROFILE).order_by(certificate.c.id.desc()).limit(5)).all()
-        for (der,) in rows:
-            cert = x509.load_der_x509_certificate(bytes(der))
-            if cert.public_key().public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo) == spki:
-                return cert
-        return None
+    def _new_signer(self, generation: int, actor: str) -> _Signer:
+        key = self._backend(generation).generate_private_key(KeySpec.parse(self.ca.config.key.algorithm))
+        return _Signer(generation, key, self._certify(key, actor))
 
     def _certify(self, key: CAPrivateKey, actor: str) -> x509.Certificate:
         # The CA issues the responder certificate through its usual path (profile,

@@ -132,6 +132,11 @@ def find_certificate(conn: Connection, serial: int, issuer_key_identifier: str |
     return rows[0]
 
 
+def certificate_for_key(conn: Connection, fingerprint: str) -> RowMapping | None:
+    """The certificate of the public key with this SHA-256 fingerprint (a key is certified once)."""
+    return conn.execute(select(certificate).where(certificate.c.public_key_sha256 == fingerprint)).mappings().first()
+
+
 def list_certificates(conn: Connection, *, owner: str | None = None, limit: int = 100) -> Sequence[RowMapping]:
     query = select(certificate).order_by(certificate.c.id.desc()).limit(limit)
     if owner is not None:
