@@ -6,9 +6,11 @@ driver and OpenSC.  Here the reader is vsmartcard's ``vpcd`` (Debian
 127.0.0.1:35963 and whatever program connects is the card in reader 0.
 
 * ``pcscd`` (session): starts ``pcscd --foreground`` in its own process
-  group and stops it at the end.  Only one pcscd can run on a machine; a
-  stale one this plugin started (its pid file) is killed first, anyone
-  else's is reported, never killed.
+  group and stops it at the end.  Only one pcscd can run on a machine, so
+  the fixture first takes a machine-wide lock (a second test run waits for
+  the first one's pcscd to stop instead of killing it); a stale one this
+  plugin started (its pid file) is then killed, anyone else's is reported,
+  never killed.
 * ``openpgp_card`` / ``piv_card`` (per test): a fresh card, inserted once
   ``opensc-tool -l`` shows it, removed after the test.  The OpenPGP card is
   PyPI ``smartcard-app-openpgp`` from its own venv (``card_venv.py``), the
@@ -17,6 +19,7 @@ driver and OpenSC.  Here the reader is vsmartcard's ``vpcd`` (Debian
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -38,6 +42,8 @@ PCSCD = shutil.which("pcscd") or ("/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").e
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 OPENSC_MODULE = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
 _PID_FILE = Path("/run/openxpki-py-tests/pcscd.pid")
+_LOCK_FILE = _PID_FILE.with_name("pcscd.lock")
+_LOCK_WAIT = 1800.0  # a whole other suite may hold the reader
 _LISTEN = "0A"  # TCP state in /proc/net/tcp
 
 
@@ -150,6 +156,28 @@ def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
     why = stack_missing()
     if why:
         pytest.skip(why)
+    assert PCSCD is not None
+    _LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(_LOCK_FILE, "w", encoding="ascii") as lock:
+        _take_machine_lock(lock)
+        yield from _run_pcscd(tmp_path_factory)
+
+
+def _take_machine_lock(lock: IO[str]) -> None:
+    """Wait until no other test run on this machine holds pcscd (released when its file closes)."""
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"another test run has held the smartcard stack ({_LOCK_FILE}) for "
+                            f"{_LOCK_WAIT:.0f} s; stop it and run again")
+            time.sleep(0.5)
+
+
+def _run_pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
     assert PCSCD is not None
     _kill_stale_pcscd()
     others = _other_pcscd()
