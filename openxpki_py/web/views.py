@@ -100,7 +100,7 @@ def login(ctx: RequestContext) -> Response:
     """Role choice: offered roles, one button each; picking one runs its handler."""
     app, req = ctx.app, ctx.request
     next_path = safe_next(req.values.get("next"))
-    offered = app.auth.roles_for(ctx.login)
+    offered = app.auth.roles_for(ctx.login, ctx.groups)
     if req.method == "POST":
         app.choose_role(ctx, req.form.get("role", ""))
         return _continue(ctx, next_path)
