@@ -13,6 +13,7 @@
         header_attributes:            # the same from request headers: web.trusted_proxies only
           groups: X-SSO-Groups
         # header_sso: X-Remote-User   # ONLY from web.trusted_proxies
+        logout_url: /oidc/redirect?logout=https%3A%2F%2Fpki.example.com%2F  # shown after logout
         login_case: preserve          # preserve | lower (see below)
         realms: [EXAMPLE.COM]         # strip these (alice@EXAMPLE.COM → alice), refuse others
       roles:
@@ -86,6 +87,8 @@ class SSOConfig:
     header_attributes: dict[str, str] = field(default_factory=dict)
     groups_separator: str = DEFAULT_GROUPS_SEPARATOR
     header_sso: str | None = None  # a request header trusted as the login (proxy setups only)
+    # Where the SSO module ends its own session (offered on the logout page); None: nowhere.
+    logout_url: str | None = None
     login_case: LoginCase = "preserve"
     # Kerberos realms stripped from principals (upper case); empty: logins taken as they are.
     realms: frozenset[str] = frozenset()
@@ -164,12 +167,16 @@ def _parse_sso(r: Reader) -> SSOConfig:
     header = r.str("header_sso", None)
     if header is not None:
         _header_name(r, "header_sso", header)
+    logout_url = r.str("logout_url", None)
+    if logout_url is not None and (not logout_url.startswith(("/", "https://", "http://"))
+                                   or logout_url.startswith("//") or any(c.isspace() for c in logout_url)):
+        raise r.error("logout_url", "a path on this site or an http(s) URL, e.g. /oidc/redirect?logout=…")
     realms = r.str_list("realms", [])
     for realm in realms:
         if not _REALM.match(realm):
             raise r.error("realms", "Kerberos realm names such as EXAMPLE.COM")
     cfg = SSOConfig(login_key=login_key, attributes=attributes, header_attributes=header_attributes,
-                    groups_separator=separator, header_sso=header,
+                    groups_separator=separator, header_sso=header, logout_url=logout_url,
                     login_case=r.choice("login_case", LOGIN_CASES, defaults.login_case),
                     realms=frozenset(realm.upper() for realm in realms))
     r.finish()

@@ -119,7 +119,7 @@ def _continue(ctx: RequestContext, next_path: str | None) -> Response:
 @view("/logout", methods=("POST",), access="identity")
 def logout(ctx: RequestContext) -> Response:
     ctx.app.end_session(ctx)
-    return ctx.render("logout.mako", hide_menu=True)
+    return ctx.render("logout.mako", hide_menu=True, sso_logout_url=ctx.app.auth.sso.logout_url)
 
 
 @view("/deeplink", access="identity", needs="deep_link_workflows")

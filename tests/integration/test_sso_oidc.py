@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import select
 from support.browser import screenshot
 from support.oidc_provider import OIDCProvider, free_port, start_provider
@@ -68,6 +69,13 @@ def oidc_site(apache_site_factory: Callable[..., Any], tmp_path: Path) -> Iterat
         "roles": {"User": {"command": ["/bin/true"]}, "RA Operator": {"groups": ["pki-ra"]}},
     }}
     site = apache_site_factory(basic_auth=False, extra_include=include, config=config)
+    # The logout link needs the site's address, known only now (the app reads
+    # its config on the first request): mod_auth_openidc ends its session and
+    # the provider's, and the provider returns to this registered address.
+    settings = yaml.safe_load(site.config_path.read_text())
+    back = urllib.parse.quote(f"{site.base_url}/openxpki/", safe="")
+    settings["auth"]["sso"]["logout_url"] = f"/oidc/redirect?logout={back}"
+    site.config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
     # mod_auth_openidc reads the provider's metadata on the first request, so the
     # provider can start once the site's address (the redirect URI) is known.
     client = {"client_id": CLIENT_ID, "client_secret": client_secret,
@@ -138,8 +146,7 @@ def test_oidc_login_claims_roles_token_and_logout(oidc_site: OIDCSite, chromium:
     page.click("form[action$='/logout'] button")
     page.wait_for_load_state()
     assert "Session ended" in page.content()
-    back = urllib.parse.quote(f"{base}/openxpki/", safe="")
-    page.goto(f"{base}/oidc/redirect?logout={back}")
+    page.click("#sso-logout")
     if page.url.startswith(provider.issuer):  # the provider asks to confirm the sign-out
         page.click("button[autofocus], button[type=submit]")
     page.wait_for_url(re.compile(re.escape(provider.issuer) + r"/interaction/"))

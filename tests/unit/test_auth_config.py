@@ -211,6 +211,8 @@ def test_roles_with_groups_are_offered_to_members_only() -> None:
     ({"sso": {"groups_separator": ""}}, "auth.sso.groups_separator"),
     ({"sso": {"header_attributes": {"groups": "X SSO"}}}, "auth.sso.header_attributes.groups"),
     ({"sso": {"header_attributes": {"Groups": "X-SSO"}}}, "attribute names are lower_case"),
+    ({"sso": {"logout_url": "javascript:alert(1)"}}, "auth.sso.logout_url"),
+    ({"sso": {"logout_url": "//evil.example/"}}, "auth.sso.logout_url"),
 ])
 def test_group_config_errors_name_the_key(data: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
