@@ -43,7 +43,7 @@ def _curl(kdc: Any, url: str, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[..., Any]) -> Callable[..., Any]:
-    def start(local_name: str, roles: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    def start(local_name: str, roles: dict[str, Any] | None = None, personalization: bool = False) -> tuple[Any, Any]:
         kdc = mit_kdc()
         kdc.kadmin(f"cpw -pw alice-password alice@{REALM}")  # the realm has alice, keyless (PKINIT)
         kdc.kadmin(f"addprinc -pw mallory-password mallory@{REALM}")
@@ -55,9 +55,13 @@ def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[...
                              f'Include "{REPO / "apache" / "sso-kerberos.conf"}"'])
         sso = {"realms": [REALM]} if local_name == "Off" else {}
         auth: dict[str, Any] = {"sso": sso, **({"roles": roles} if roles else {})}
+        def edit(root: Path, cfg: dict[str, Any]) -> None:
+            if personalization:  # /token starts the real smartcard personalization
+                cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
+                cfg["workflow"] = {}
         site = apache_site_factory(basic_auth=False, extra_include=include,
                                    envvars={"KRB5_CONFIG": str(kdc.folder / "krb5.conf")},
-                                   config={"auth": auth})
+                                   config={"auth": auth}, edit_config=edit)
         return site, kdc
     return start
 
@@ -128,7 +132,7 @@ def negotiating_chromium(tmp_path: Path) -> Iterator[Callable[[Any], Any]]:
 def test_chromium_signs_in_with_its_ticket(kerberos_site: Callable[..., Any],
                                            negotiating_chromium: Callable[[Any], Any], local_name: str) -> None:
     roles = {"User": {"command": ["/bin/true"]}, "RA Operator": {"command": ["/bin/true"], "users": ["alice"]}}
-    site, kdc = kerberos_site(local_name, roles=roles)
+    site, kdc = kerberos_site(local_name, roles=roles, personalization=True)
     base = site.base_url.replace("127.0.0.1", "localhost")
     kdc.kinit_password(f"alice@{REALM}", "alice-password")
     page = negotiating_chromium(kdc).new_page()
@@ -136,6 +140,10 @@ def test_chromium_signs_in_with_its_ticket(kerberos_site: Callable[..., Any],
     assert response is not None and response.status == 200
     assert re.search(r"/openxpki/deeplink/workflow/\d+$", page.url), page.url
     assert "(alice)" in page.content() or ">alice<" in page.content()
+    page.click("#get-code")  # the personalization hands out its enrollment code, polling under SPNEGO
+    page.wait_for_load_state()
+    page.click("#code-details summary")
+    assert re.fullmatch(r"[A-Z2-7]{5}(-[A-Z2-7]{1,5}){4}", page.locator("#enrollment-code").inner_text())
     screenshot(page, f"sso-kerberos-chromium-{local_name}.png")
     # The role choice, under the same SPNEGO session.
     page.goto(f"{base}/openxpki/login")

@@ -68,7 +68,13 @@ def oidc_site(apache_site_factory: Callable[..., Any], tmp_path: Path) -> Iterat
                 "groups_separator": ","},
         "roles": {"User": {"command": ["/bin/true"]}, "RA Operator": {"groups": ["pki-ra"]}},
     }}
-    site = apache_site_factory(basic_auth=False, extra_include=include, config=config)
+
+    def personalization(root: Path, cfg: dict[str, Any]) -> None:
+        # /token starts the real smartcard personalization (the shipped workflows).
+        cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
+        cfg["workflow"] = {}
+
+    site = apache_site_factory(basic_auth=False, extra_include=include, config=config, edit_config=personalization)
     # The logout link needs the site's address, known only now (the app reads
     # its config on the first request): mod_auth_openidc ends its session and
     # the provider's, and the provider returns to this registered address.
@@ -128,6 +134,10 @@ def test_oidc_login_claims_roles_token_and_logout(oidc_site: OIDCSite, chromium:
     sign_in_at_provider(page, provider, "alice", ACCOUNTS["alice"]["password"])
     page.wait_for_url(re.compile(r"/openxpki/deeplink/workflow/\d+$"))
     assert "Alice from the IdP" in page.content()
+    page.click("#get-code")  # the personalization hands out its enrollment code for the agent
+    page.wait_for_load_state()
+    page.click("#code-details summary")
+    assert re.fullmatch(r"[A-Z2-7]{5}(-[A-Z2-7]{1,5}){4}", page.locator("#enrollment-code").inner_text())
     screenshot(page, "sso-oidc-token.png")
     logins = site.read_db(lambda c: [row.login for row in c.execute(select(web_session))])
     assert logins == ["alice"]
