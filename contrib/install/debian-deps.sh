@@ -9,7 +9,10 @@
 # mypy, the agent's PIV extra), which a production host should not carry, and
 # the software OpenPGP card's own venv (GPL-3+, test-only, never in $VENV;
 # tests/support/card_venv.py).  pcscd, vpcd and libpcsclite-dev (pyscard's
-# build) are for the real smartcard stack the tests drive.
+# build) are for the real smartcard stack the tests drive.  The SSO modules
+# (mod_auth_gssapi, mod_auth_openidc) are what a site puts in front of the
+# application; the OIDC tests run a real OpenID provider (npm oidc-provider,
+# pinned by tests/support/oidc/package-lock.json) under node.
 #
 #   contrib/install/debian-deps.sh [VENV] [--with-tests]   default VENV: /opt/openxpki-py/venv
 set -eu
@@ -30,12 +33,17 @@ PACKAGES="python3-venv python3-dev build-essential libssl-dev
   softhsm2 opensc slapd ldap-utils libldap2-dev libsasl2-dev
   apache2 apache2-dev gnutls-bin openssl chromium
   krb5-kdc krb5-pkinit krb5-user krb5-admin-server libapache2-mod-auth-gssapi curl
+  libapache2-mod-auth-openidc
   pcscd vsmartcard-vpcd libpcsclite-dev swig xdg-utils"
 
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
+# node and npm: Debian's nodejs + npm, unless a node (with its npm) is there already.
+if [ "$EXTRAS" != "${EXTRAS%,test}" ] && ! command -v npm >/dev/null 2>&1; then
+    missing="$missing nodejs npm"
+fi
 if [ -n "$missing" ]; then
     echo "installing Debian packages:$missing"
     export DEBIAN_FRONTEND=noninteractive
@@ -71,5 +79,9 @@ rm -rf "$HERE/build" "$TOKEN/build"
 "$VENV/bin/pip" install -q --no-deps --force-reinstall "$TOKEN" "$HERE"
 if [ "$EXTRAS" != "${EXTRAS%,test}" ]; then
     /usr/bin/python3 "$HERE/tests/support/card_venv.py" >/dev/null
+    # The test OpenID provider, exactly as locked (tests/support/oidc_provider.py).
+    if [ ! -d "$HERE/tests/support/oidc/node_modules/oidc-provider" ]; then
+        (cd "$HERE/tests/support/oidc" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
 fi
 chmod -R a+rX "$(dirname "$VENV")"

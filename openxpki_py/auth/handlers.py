@@ -6,6 +6,10 @@ the user, the role and the configured SSO attributes, no stdin, and a
 timeout.  Exit status 0 grants the role; anything else — another status, a
 signal, a timeout, a missing program — refuses it.  What the command wrote
 to stderr is kept for the log and the audit trail, never shown to the user.
+
+A role configured with ``groups`` is decided by the user's SSO groups (the
+``groups`` attribute the SSO module set) before any command: a member of
+none of them is refused; with no command, membership alone grants it.
 """
 
 from __future__ import annotations
@@ -73,9 +77,34 @@ def _stderr_text(data: bytes | None) -> str:
     return data[:MAX_STDERR].decode("utf-8", "replace").strip()
 
 
+def _group_decision(handler: RoleHandler, identity: Identity) -> tuple[bool, str]:
+    assert handler.groups is not None
+    shared = sorted(handler.groups & identity.groups)
+    if shared:
+        return True, f"SSO group {shared[0]}"
+    return False, "in none of the SSO groups " + ", ".join(sorted(handler.groups))
+
+
 def run_role_handler(handler: RoleHandler, identity: Identity) -> HandlerOutcome:
-    """Run ``handler`` for ``identity``; never raises for a refusing or broken command."""
+    """Decide ``handler``'s role for ``identity``; never raises for a refusing or broken command."""
     started = time.monotonic()
+    group_reason = ""
+    if handler.groups is not None:
+        member, group_reason = _group_decision(handler, identity)
+        if not member or handler.command is None:
+            level = logging.INFO if member else logging.WARNING
+            log.log(level, "role %s for %r: %s", handler.role, identity.login, group_reason)
+            return HandlerOutcome(handler.role, member, group_reason, seconds=time.monotonic() - started)
+    assert handler.command is not None
+    outcome = _run_command(handler, handler.command, identity, started)
+    if group_reason:
+        return HandlerOutcome(outcome.role, outcome.granted, f"{group_reason}; {outcome.reason}",
+                              outcome.exit_code, outcome.stderr, outcome.seconds)
+    return outcome
+
+
+def _run_command(handler: RoleHandler, command: tuple[str, ...], identity: Identity,
+                 started: float) -> HandlerOutcome:
 
     def outcome(granted: bool, reason: str, exit_code: int | None = None,
                 stderr: bytes | None = None) -> HandlerOutcome:
@@ -88,7 +117,7 @@ def run_role_handler(handler: RoleHandler, identity: Identity) -> HandlerOutcome
 
     try:
         proc = subprocess.Popen(
-            list(handler.command),
+            list(command),
             shell=False,
             env=handler_environment(handler, identity),
             stdin=subprocess.DEVNULL,
@@ -99,7 +128,7 @@ def run_role_handler(handler: RoleHandler, identity: Identity) -> HandlerOutcome
             cwd="/",
         )
     except OSError as exc:
-        return outcome(False, f"cannot run {handler.command[0]}: {exc.strerror or exc}")
+        return outcome(False, f"cannot run {command[0]}: {exc.strerror or exc}")
     try:
         _, stderr = proc.communicate(timeout=handler.timeout)
     except subprocess.TimeoutExpired:

@@ -1,23 +1,31 @@
 """The SSO identity, as the web server hands it over.
 
 Apache's authentication module (Basic, Kerberos, OpenID Connect …) puts the
-login into ``REMOTE_USER`` and may add attributes as further environment
-variables.  Request headers are never read here unless ``header_sso`` is
-configured: a client can send any header it likes.
+login into ``REMOTE_USER`` and may add attributes (name, mail, groups) as
+further environment variables.  Request headers are never read here unless
+``header_sso`` or ``header_attributes`` is configured, and then only on a
+request from a trusted proxy: a client can send any header it likes.
 """
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AuthError
-from .config import SSOConfig
+from .config import GROUPS_ATTRIBUTE, SSOConfig
+
+log = logging.getLogger(__name__)
 
 MAX_LOGIN_LENGTH = 256
 MAX_ATTRIBUTE_LENGTH = 1024
+# A directory user may be in hundreds of groups.  The groups string is never
+# cut short: a cut could turn "pki-ra-readers" into "pki-ra".
+MAX_GROUPS_LENGTH = 65536
+MAX_GROUP_LENGTH = 256
 
 
 class NotAuthenticated(AuthError):
@@ -64,6 +72,7 @@ class Identity:
 
     login: str
     attributes: dict[str, str] = field(default_factory=dict)
+    groups: frozenset[str] = frozenset()  # from the ``groups`` attribute, split
 
     @property
     def display_name(self) -> str:
@@ -102,9 +111,16 @@ def _has_control_chars(text: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text)
 
 
-def _login_from(environ: Mapping[str, Any], sso: SSOConfig) -> str | None:
+def _header_key(header: str) -> str:
+    """Where the server puts a request header in the environ (CGI rule)."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def _login_from(environ: Mapping[str, Any], sso: SSOConfig, from_trusted_proxy: bool) -> str | None:
     if sso.header_sso is not None:
-        key = "HTTP_" + sso.header_sso.upper().replace("-", "_")
+        if not from_trusted_proxy:
+            return None  # anyone can send the header: only the proxy's counts
+        key = _header_key(sso.header_sso)
     else:
         key = sso.login_key
     value = environ.get(key)
@@ -115,9 +131,37 @@ def _login_from(environ: Mapping[str, Any], sso: SSOConfig) -> str | None:
     return _login_text(value)
 
 
-def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identity:
-    """The authenticated user of this request, or :class:`NotAuthenticated`."""
-    login = _login_from(environ, sso)
+def _raw_attributes(environ: Mapping[str, Any], sso: SSOConfig, from_trusted_proxy: bool) -> dict[str, str]:
+    """Logical name → the server's text; the environment wins over a proxy's header."""
+    sources = [sso.attributes]
+    if from_trusted_proxy:
+        sources.append({name: _header_key(header) for name, header in sso.header_attributes.items()})
+    found: dict[str, str] = {}
+    for source in sources:
+        for name, key in source.items():
+            value = environ.get(key)
+            if name not in found and isinstance(value, str) and value:
+                found[name] = _attribute_text(value)
+    return found
+
+
+def _split_groups(text: str, separator: str) -> frozenset[str]:
+    if len(text) > MAX_GROUPS_LENGTH:
+        # Refusing all is safe; keeping a prefix could grant a role by a cut-off name.
+        log.warning("SSO groups ignored: %d characters, more than %d", len(text), MAX_GROUPS_LENGTH)
+        return frozenset()
+    groups = (group.strip() for group in text.split(separator))
+    return frozenset(g for g in groups if g and len(g) <= MAX_GROUP_LENGTH and not _has_control_chars(g))
+
+
+def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig, *,
+                          from_trusted_proxy: bool = False) -> Identity:
+    """The authenticated user of this request, or :class:`NotAuthenticated`.
+
+    ``from_trusted_proxy``: the request's peer is one of ``web.trusted_proxies``,
+    so the configured headers count.
+    """
+    login = _login_from(environ, sso, from_trusted_proxy)
     if login is None:
         raise NotAuthenticated("the web server did not authenticate the user")
     # The login goes into the audit log, the session table and a handler's
@@ -126,11 +170,13 @@ def identity_from_environ(environ: Mapping[str, Any], sso: SSOConfig) -> Identit
         raise InvalidLogin(f"the SSO login {login[:40]!r} is too long, has surrounding spaces or contains "
                            "control characters")
     login = map_login(login, sso)
+    raw = _raw_attributes(environ, sso, from_trusted_proxy)
+    groups = _split_groups(raw.get(GROUPS_ATTRIBUTE, ""), sso.groups_separator)
     attributes: dict[str, str] = {}
-    for name, key in sso.attributes.items():
-        value = environ.get(key)
-        if isinstance(value, str) and value:
-            text = _attribute_text(value)[:MAX_ATTRIBUTE_LENGTH]
-            # Attributes are only shown and passed on; drop line breaks rather than refuse the user.
-            attributes[name] = "".join(" " if _has_control_chars(ch) else ch for ch in text)
-    return Identity(login=login, attributes=attributes)
+    for name, text in raw.items():
+        if name == GROUPS_ATTRIBUTE and len(text) > MAX_GROUPS_LENGTH:
+            continue  # ignored whole (see _split_groups), for handlers too
+        text = text[:MAX_ATTRIBUTE_LENGTH] if name != GROUPS_ATTRIBUTE else text
+        # Attributes are only shown and passed on; drop line breaks rather than refuse the user.
+        attributes[name] = "".join(" " if _has_control_chars(ch) else ch for ch in text)
+    return Identity(login=login, attributes=attributes, groups=groups)

@@ -153,7 +153,9 @@ class AgentApi:
 
     def _sso_login(self, request: Request) -> str | None:
         try:
-            return sso.identity_from_environ(request.environ, self.sso_config).login
+            peer = str(request.environ.get("REMOTE_ADDR") or "")
+            return sso.identity_from_environ(request.environ, self.sso_config,
+                                             from_trusted_proxy=self.trusted_proxies.trusts(peer)).login
         except sso.NotAuthenticated:
             return None
         except sso.InvalidLogin as exc:

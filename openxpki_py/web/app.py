@@ -87,6 +87,9 @@ class WebApp:
     ) -> None:
         if not auth.roles:
             raise ConfigError("auth.roles: no role is configured, so the web UI could grant none")
+        if auth.reads_headers and not web.trusted_proxies.networks:
+            raise ConfigError("auth.sso.header_sso / header_attributes: request headers count only from "
+                              "web.trusted_proxies, and none is configured")
         # The deep link (and its menu entry) exists only once its workflow type
         # does: a feature not built yet is absent, not a dead link.
         self.deep_link_workflows: WorkflowGateway | None = None
@@ -189,7 +192,9 @@ class WebApp:
 
     def identify(self, request: WebRequest) -> sso.Identity:
         try:
-            return sso.identity_from_environ(request.environ, self.auth.sso)
+            peer = str(request.environ.get("REMOTE_ADDR") or "")
+            return sso.identity_from_environ(request.environ, self.auth.sso,
+                                             from_trusted_proxy=self.web.trusted_proxies.trusts(peer))
         except sso.NotAuthenticated:
             raise errors.NotAuthenticated() from None
         except sso.InvalidLogin as exc:
@@ -210,7 +215,7 @@ class WebApp:
     def require_role(self, ctx: RequestContext, view: View) -> None:
         assert ctx.session is not None
         if ctx.session.role is None:
-            offered = self.auth.roles_for(ctx.login)
+            offered = self.auth.roles_for(ctx.login, ctx.groups)
             if len(offered) == 1 and ctx.request.method == "GET":
                 self.choose_role(ctx, offered[0].role)  # one role: taken without asking
             else:
@@ -224,7 +229,7 @@ class WebApp:
         assert ctx.identity is not None and ctx.session is not None
         handler = self.auth.roles.get(role)
         role = role[:64]  # from a form: fit the audit column whatever was posted
-        if handler is None or not handler.offered_to(ctx.login):
+        if handler is None or not handler.offered_to(ctx.login, ctx.groups):
             outcome = HandlerOutcome(role, False, "role not offered to this user")
         else:
             # Outside any transaction: the command may take up to its timeout.
@@ -263,7 +268,7 @@ class WebApp:
             role=role,
             csrf_token=session.csrf_token if session is not None else "",
             menu=[] if hide_menu else menu_for(role, self.available),
-            can_switch=ctx.identity is not None and len(self.auth.roles_for(ctx.identity.login)) > 1,
+            can_switch=ctx.identity is not None and len(self.auth.roles_for(ctx.identity.login, ctx.identity.groups)) > 1,
             hide_menu=hide_menu,
             url_for=ctx.url_for,
             **values,

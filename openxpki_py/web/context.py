@@ -54,5 +54,11 @@ class RequestContext:
         return self.identity.login
 
     @property
+    def groups(self) -> frozenset[str]:
+        """The SSO groups of this request's user (auth.sso's ``groups`` attribute)."""
+        assert self.identity is not None
+        return self.identity.groups
+
+    @property
     def role(self) -> str | None:
         return self.session.role if self.session is not None else None

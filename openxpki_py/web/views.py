@@ -100,7 +100,7 @@ def login(ctx: RequestContext) -> Response:
     """Role choice: offered roles, one button each; picking one runs its handler."""
     app, req = ctx.app, ctx.request
     next_path = safe_next(req.values.get("next"))
-    offered = app.auth.roles_for(ctx.login)
+    offered = app.auth.roles_for(ctx.login, ctx.groups)
     if req.method == "POST":
         app.choose_role(ctx, req.form.get("role", ""))
         return _continue(ctx, next_path)
@@ -119,7 +119,7 @@ def _continue(ctx: RequestContext, next_path: str | None) -> Response:
 @view("/logout", methods=("POST",), access="identity")
 def logout(ctx: RequestContext) -> Response:
     ctx.app.end_session(ctx)
-    return ctx.render("logout.mako", hide_menu=True)
+    return ctx.render("logout.mako", hide_menu=True, sso_logout_url=ctx.app.auth.sso.logout_url)
 
 
 @view("/deeplink", access="identity", needs="deep_link_workflows")

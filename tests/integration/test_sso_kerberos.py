@@ -5,19 +5,23 @@ include it.  With ``GssapiLocalName Off`` Apache hands over
 ``alice@EXAMPLE.COM`` and ``auth.sso.realms`` maps it to alice (a principal
 of another realm is refused); with ``On`` krb5's own mapping does it.  Either
 way the pages need a ticket and the agent's API, /crl/ and OCSP do not.
+Chromium, allowed to negotiate with the site (``--auth-server-allowlist``),
+signs in with the ticket from ``kinit`` and chooses a role.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
+from support.browser import CHROMIUM, CHROMIUM_ARGS, screenshot
 from support.kdc import REALM
 
 from openxpki_py.db.schema import web_session
@@ -39,7 +43,7 @@ def _curl(kdc: Any, url: str, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[..., Any]) -> Callable[..., Any]:
-    def start(local_name: str) -> tuple[Any, Any]:
+    def start(local_name: str, roles: dict[str, Any] | None = None, personalization: bool = False) -> tuple[Any, Any]:
         kdc = mit_kdc()
         kdc.kadmin(f"cpw -pw alice-password alice@{REALM}")  # the realm has alice, keyless (PKINIT)
         kdc.kadmin(f"addprinc -pw mallory-password mallory@{REALM}")
@@ -50,9 +54,14 @@ def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[...
                              f"Define OPENXPKI_PY_GSSAPI_LOCALNAME {local_name}",
                              f'Include "{REPO / "apache" / "sso-kerberos.conf"}"'])
         sso = {"realms": [REALM]} if local_name == "Off" else {}
+        auth: dict[str, Any] = {"sso": sso, **({"roles": roles} if roles else {})}
+        def edit(root: Path, cfg: dict[str, Any]) -> None:
+            if personalization:  # /token starts the real smartcard personalization
+                cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
+                cfg["workflow"] = {}
         site = apache_site_factory(basic_auth=False, extra_include=include,
                                    envvars={"KRB5_CONFIG": str(kdc.folder / "krb5.conf")},
-                                   config={"auth": {"sso": sso}})
+                                   config={"auth": auth}, edit_config=edit)
         return site, kdc
     return start
 
@@ -82,3 +91,79 @@ def test_principal_that_is_no_person_is_refused(kerberos_site: Callable[..., Any
     kdc.kinit_password(f"mallory@{REALM}", "mallory-password")  # a realm user the directory does not know
     status, _, body = _curl(kdc, f"{base}/openxpki/login")
     assert status == 403 and "does not match exactly one person" in body
+
+
+@pytest.fixture
+def negotiating_chromium(tmp_path: Path) -> Iterator[Callable[[Any], Any]]:
+    """Chromium that sends the ticket in kdc's ccache to http://localhost (AuthServerAllowlist).
+
+    A persistent (regular) profile: Chromium never authenticates ambiently
+    (Kerberos) from incognito or guest profiles, which Playwright's plain
+    contexts are.  On Linux Chromium loads GSSAPI only once its profile has
+    seen a Negotiate challenge (the local-state flag below; the first
+    challenge sets it, fails, and restarts the network service): the profile
+    starts as one that has, as a user's browser is after its first visit.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        contexts: list[Any] = []
+
+        def launch(kdc: Any) -> Any:
+            env = {key: kdc.env[key] for key in ("KRB5_CONFIG", "KRB5CCNAME", "PATH", "HOME") if key in kdc.env}
+            args = [*CHROMIUM_ARGS, "--auth-server-allowlist=localhost"]
+            profile = tmp_path / f"profile{len(contexts)}"
+            profile.mkdir()
+            (profile / "Local State").write_text(json.dumps({"net": {"received_http_auth_negotiate_headers": True}}))
+            context = pw.chromium.launch_persistent_context(str(profile),
+                                                            executable_path=str(CHROMIUM), args=args,
+                                                            headless=True, env=env)
+            contexts.append(context)
+            return context
+        try:
+            yield launch
+        finally:
+            for context in contexts:
+                context.close()
+
+
+@pytest.mark.parametrize("local_name", ["Off", "On"])
+def test_chromium_signs_in_with_its_ticket(kerberos_site: Callable[..., Any],
+                                           negotiating_chromium: Callable[[Any], Any], local_name: str) -> None:
+    roles = {"User": {"command": ["/bin/true"]}, "RA Operator": {"command": ["/bin/true"], "users": ["alice"]}}
+    site, kdc = kerberos_site(local_name, roles=roles, personalization=True)
+    base = site.base_url.replace("127.0.0.1", "localhost")
+    kdc.kinit_password(f"alice@{REALM}", "alice-password")
+    page = negotiating_chromium(kdc).new_page()
+    response = page.goto(f"{base}/token")
+    assert response is not None and response.status == 200
+    assert re.search(r"/openxpki/deeplink/workflow/\d+$", page.url), page.url
+    assert "(alice)" in page.content() or ">alice<" in page.content()
+    page.click("#get-code")  # the personalization hands out its enrollment code, polling under SPNEGO
+    page.wait_for_load_state()
+    page.click("#code-details summary")
+    assert re.fullmatch(r"[A-Z2-7]{5}(-[A-Z2-7]{1,5}){4}", page.locator("#enrollment-code").inner_text())
+    screenshot(page, f"sso-kerberos-chromium-{local_name}.png")
+    # The role choice, under the same SPNEGO session.
+    page.goto(f"{base}/openxpki/login")
+    assert page.locator("button[name=role]").all_text_contents() == ["User", "RA Operator"]
+    page.click("button[name=role][value='RA Operator']")
+    page.wait_for_load_state()
+    grant = site.audit()[-1]
+    assert (grant["event"], grant["actor"], grant["role_name"]) == ("auth.role.grant", "alice", "RA Operator")
+    logins = site.read_db(lambda c: sorted({row.login for row in c.execute(select(web_session))}))
+    assert logins == ["alice"]
+
+
+def test_chromium_without_a_ticket_gets_no_page(kerberos_site: Callable[..., Any],
+                                                negotiating_chromium: Callable[[Any], Any]) -> None:
+    site, kdc = kerberos_site("Off")
+    page = negotiating_chromium(kdc).new_page()
+    try:
+        response = page.goto(site.base_url.replace("127.0.0.1", "localhost") + "/token")
+    except Exception as exc:  # Chromium gives up on the Negotiate challenge it cannot answer
+        assert "ERR_INVALID_AUTH_CREDENTIALS" in str(exc)
+    else:
+        assert response is not None and response.status == 401
+    assert site.read_db(lambda c: list(c.execute(select(web_session)))) == []

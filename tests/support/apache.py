@@ -344,11 +344,12 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 def start_debian_site(root: Path, *, config: ConfigOverride = None,
-                      users: Mapping[str | bytes, str] | None = None) -> ApacheSite:
+                      users: Mapping[str | bytes, str] | None = None, prelude: str = "") -> ApacheSite:
     """Run Debian's apache2 with the shipped site file, paths pointed into ``root``.
 
     Only file locations and ports are replaced; every directive is the
-    shipped one, so this tests what an administrator installs.
+    shipped one, so this tests what an administrator installs.  ``prelude``
+    goes before the site, as conf-enabled/ does (Defines, a2enmod's LoadModule).
     """
     modules_dir = Path("/usr/lib/apache2/modules")
     if not (modules_dir / "mod_ssl.so").exists():
@@ -385,7 +386,7 @@ def start_debian_site(root: Path, *, config: ConfigOverride = None,
         f"Listen 127.0.0.1:{http_port}", f"Listen 127.0.0.1:{tls_port} https",
         *(f"LoadModule {m}_module {modules_dir}/mod_{m}.so" for m in DEBIAN_MODULES),
         wsgi_so, f"WSGISocketPrefix {run}/wsgi", "TypesConfig /etc/mime.types",
-        f"Include {root}/site.conf",
+        prelude, f"Include {root}/site.conf",
     ])
     (root / "httpd.conf").write_text(main + "\n")
     site = ApacheSite(root=root, port=tls_port, config_path=inst.config_path, db_path=inst.db_path,

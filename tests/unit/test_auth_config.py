@@ -100,9 +100,10 @@ def test_attribute_line_breaks_are_flattened() -> None:
 
 def test_header_sso_reads_only_the_named_header() -> None:
     sso = parse({"sso": {"header_sso": "X-Forwarded-User"}}).sso
-    assert identity_from_environ({"HTTP_X_FORWARDED_USER": "carol", "REMOTE_USER": "x"}, sso).login == "carol"
+    assert identity_from_environ({"HTTP_X_FORWARDED_USER": "carol", "REMOTE_USER": "x"}, sso,
+                                 from_trusted_proxy=True).login == "carol"
     with pytest.raises(NotAuthenticated):
-        identity_from_environ({"REMOTE_USER": "x", "HTTP_X_REMOTE_USER": "y"}, sso)
+        identity_from_environ({"REMOTE_USER": "x", "HTTP_X_REMOTE_USER": "y"}, sso, from_trusted_proxy=True)
 
 
 def test_shipped_auth_and_web_sections_parse() -> None:
@@ -149,3 +150,70 @@ def test_login_case_lower_makes_one_spelling() -> None:
 def test_bad_login_mapping_config_names_the_key(section: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse({"sso": section})
+
+
+# --- ClearTrust style: name, mail and groups from the SSO module ----------------
+
+CLEARTRUST = parse({"sso": {"attributes": {"display_name": "SSO_NAME", "mail": "SSO_MAIL", "groups": "SSO_GROUPS"},
+                            "groups_separator": ";",
+                            "header_attributes": {"display_name": "X-SSO-Name", "groups": "X-SSO-Groups"}},
+                    "roles": {"User": {"command": ["/bin/true"]},
+                              "RA Operator": {"groups": ["pki-ra"]},
+                              "CA Operator": {"groups": ["pki-ca"], "command": ["/bin/true"],
+                                              "users": ["carol"]}}})
+
+
+def test_groups_are_split_by_the_configured_separator() -> None:
+    ident = identity_from_environ({"REMOTE_USER": "bob", "SSO_GROUPS": " pki-ra ; staff;;cn=x,o=y ",
+                                   "SSO_MAIL": "bob@example.com"}, CLEARTRUST.sso)
+    assert ident.groups == {"pki-ra", "staff", "cn=x,o=y"}
+    assert ident.attributes["mail"] == "bob@example.com"
+    assert ident.attributes["groups"] == " pki-ra ; staff;;cn=x,o=y "  # handed on to handlers as it came
+
+
+def test_headers_count_only_from_a_trusted_proxy_and_never_as_the_login() -> None:
+    environ = {"REMOTE_USER": "bob", "HTTP_X_SSO_GROUPS": "pki-ra", "HTTP_X_SSO_NAME": "Bob B.",
+               "HTTP_X_REMOTE_USER": "carol"}
+    spoofed = identity_from_environ(environ, CLEARTRUST.sso)
+    assert spoofed.groups == frozenset() and spoofed.attributes == {} and spoofed.login == "bob"
+    proxied = identity_from_environ(environ, CLEARTRUST.sso, from_trusted_proxy=True)
+    assert proxied.groups == {"pki-ra"} and proxied.display_name == "Bob B." and proxied.login == "bob"
+    # What the server itself set wins over the proxy's header.
+    both = identity_from_environ({**environ, "SSO_GROUPS": "staff"}, CLEARTRUST.sso, from_trusted_proxy=True)
+    assert both.groups == {"staff"}
+
+
+def test_header_sso_login_needs_a_trusted_proxy() -> None:
+    sso = parse({"sso": {"header_sso": "X-Forwarded-User"}}).sso
+    with pytest.raises(NotAuthenticated):
+        identity_from_environ({"HTTP_X_FORWARDED_USER": "carol", "REMOTE_USER": "x"}, sso)
+
+
+def test_an_overlong_groups_string_is_ignored_whole_not_cut() -> None:
+    # Cut at any length, "…;pki-ra-readers" could end as "…;pki-ra".
+    text = "g" * 65530 + ";pki-ra-readers"
+    ident = identity_from_environ({"REMOTE_USER": "bob", "SSO_GROUPS": text}, CLEARTRUST.sso)
+    assert ident.groups == frozenset() and "groups" not in ident.attributes
+
+
+def test_roles_with_groups_are_offered_to_members_only() -> None:
+    assert [h.role for h in CLEARTRUST.roles_for("bob")] == ["User"]
+    assert [h.role for h in CLEARTRUST.roles_for("bob", frozenset({"pki-ra"}))] == ["User", "RA Operator"]
+    assert [h.role for h in CLEARTRUST.roles_for("bob", frozenset({"pki-ca"}))] == ["User"]  # users: carol
+    assert [h.role for h in CLEARTRUST.roles_for("carol", frozenset({"pki-ca"}))] == ["User", "CA Operator"]
+    assert CLEARTRUST.roles["RA Operator"].command is None and CLEARTRUST.reads_headers
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"roles": {"RA": {}}}, "auth.roles.RA.command: expected a command .* or `groups`"),
+    ({"roles": {"RA": {"groups": []}}}, "auth.roles.RA.groups"),
+    ({"roles": {"RA": {"groups": [" pki-ra"]}}}, "auth.roles.RA.groups"),
+    ({"sso": {"groups_separator": ""}}, "auth.sso.groups_separator"),
+    ({"sso": {"header_attributes": {"groups": "X SSO"}}}, "auth.sso.header_attributes.groups"),
+    ({"sso": {"header_attributes": {"Groups": "X-SSO"}}}, "attribute names are lower_case"),
+    ({"sso": {"logout_url": "javascript:alert(1)"}}, "auth.sso.logout_url"),
+    ({"sso": {"logout_url": "//evil.example/"}}, "auth.sso.logout_url"),
+])
+def test_group_config_errors_name_the_key(data: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(data)

@@ -116,3 +116,28 @@ def test_configured_env_cannot_override_user_or_role() -> None:
     env = handler_environment(handler("/bin/true", env={"PATH": "/tmp"}), BOB)
     assert env["OPENXPKI_USER"] == "bob" and env["OPENXPKI_ROLE"] == "RA Operator"
     assert env["PATH"] == "/tmp"  # the administrator may choose PATH; users and roles they may not
+
+
+def test_sso_groups_decide_a_role_without_a_command() -> None:
+    ra = RoleHandler(role="RA Operator", command=None, groups=frozenset({"pki-ra", "pki-admins"}))
+    member = run_role_handler(ra, Identity("bob", groups=frozenset({"staff", "pki-ra"})))
+    assert member.granted and member.reason == "SSO group pki-ra" and member.exit_code is None
+    other = run_role_handler(ra, Identity("alice", groups=frozenset({"staff"})))
+    assert not other.granted and other.reason == "in none of the SSO groups pki-admins, pki-ra"
+
+
+def test_sso_groups_and_a_command_must_both_agree(tmp_path: Path) -> None:
+    both = RoleHandler(role="RA Operator", command=(str(DATA / "grant-bob"),), groups=frozenset({"pki-ra"}))
+    assert run_role_handler(both, Identity("bob", groups=frozenset({"pki-ra"}))).granted
+    refused = run_role_handler(both, Identity("alice", groups=frozenset({"pki-ra"})))
+    assert not refused.granted and refused.reason == "SSO group pki-ra; exit 1"
+    # Not a member: the command is not even run.
+    marker = tmp_path / "ran"
+    touch = RoleHandler(role="RA Operator", command=("/usr/bin/touch", str(marker)), groups=frozenset({"pki-ra"}))
+    assert not run_role_handler(touch, Identity("bob")).granted and not marker.exists()
+
+
+def test_groups_reach_the_handler_as_the_sso_set_them() -> None:
+    ident = Identity("bob", {"groups": "pki-ra;staff", "mail": "bob@example.com"}, frozenset({"pki-ra", "staff"}))
+    env = handler_environment(handler("/bin/true"), ident)
+    assert env["OPENXPKI_SSO_GROUPS"] == "pki-ra;staff" and env["OPENXPKI_SSO_MAIL"] == "bob@example.com"

@@ -20,9 +20,10 @@ from openxpki_py.auth.identity import Identity
 from openxpki_py.auth.sessions import utcnow
 from openxpki_py.db.engine import create_schema, open_engine
 from openxpki_py.db.schema import audit_log, web_session
-from openxpki_py.errors import AuthError, NotPermitted, PolicyViolation, StorageError, UnexpectedStep
+from openxpki_py.errors import AuthError, ConfigError, NotPermitted, PolicyViolation, StorageError, UnexpectedStep
 from openxpki_py.errors import NotFound as RecordNotFound
 from openxpki_py.web.app import WebApp
+from openxpki_py.web.client_address import TrustedProxies
 from openxpki_py.web.config import DeepLinkConfig, SessionConfig, WebConfig
 from openxpki_py.web.workflows import WorkflowSummary
 
@@ -158,12 +159,21 @@ def test_request_headers_are_never_identity(app: WebApp, header: str) -> None:
 
 def test_header_is_identity_only_when_configured(db: Engine, grants: Grants) -> None:
     auth = replace(AUTH, sso=SSOConfig(header_sso="X-Forwarded-User"))
-    app = WebApp(instance_name="t", auth=auth, web=WebConfig(), db=db, run_handler=grants)
-    r = get(client(app, "alice"), "/login", headers={"X-Forwarded-User": "carol"})
+    proxy = WebConfig(trusted_proxies=TrustedProxies.parse(["10.0.0.5"]))
+    app = WebApp(instance_name="t", auth=auth, web=proxy, db=db, run_handler=grants)
+    r = get(client(app, "alice", REMOTE_ADDR="10.0.0.5"), "/login", headers={"X-Forwarded-User": "carol"})
     assert r.status_code == 303  # carol has one role: taken without asking
     assert grants.calls == [("carol", "User")]
     # With header_sso, REMOTE_USER alone is not enough.
-    assert get(client(app, "alice"), "/").status_code == 401
+    assert get(client(app, "alice", REMOTE_ADDR="10.0.0.5"), "/").status_code == 401
+    # The header from anyone but the proxy is not a login.
+    assert get(client(app, None, REMOTE_ADDR="10.0.0.6"), "/", headers={"X-Forwarded-User": "carol"}).status_code == 401
+
+
+def test_header_sso_without_trusted_proxies_is_a_config_error(db: Engine, grants: Grants) -> None:
+    for sso in (SSOConfig(header_sso="X-Forwarded-User"), SSOConfig(header_attributes={"groups": "X-SSO-Groups"})):
+        with pytest.raises(ConfigError, match="web.trusted_proxies"):
+            WebApp(instance_name="t", auth=replace(AUTH, sso=sso), web=WebConfig(), db=db, run_handler=grants)
 
 
 def test_login_with_control_characters_is_refused(app: WebApp) -> None:
