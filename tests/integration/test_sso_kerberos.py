@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from support.browser import CHROMIUM, CHROMIUM_ARGS, screenshot
+from support.agent import printed_phrase, run_agent
 from support.kdc import REALM
 
-from openxpki_py.db.schema import web_session
+from openxpki_py.db.schema import certificate, web_session
 
 REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 CURL = shutil.which("curl") or "/usr/bin/curl"
 
 pytestmark = pytest.mark.slow
@@ -42,8 +45,11 @@ def _curl(kdc: Any, url: str, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[..., Any]) -> Callable[..., Any]:
-    def start(local_name: str, roles: dict[str, Any] | None = None, personalization: bool = False) -> tuple[Any, Any]:
+def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[..., Any],
+                  make_token: Callable[..., Any]) -> Callable[..., Any]:
+    def start(local_name: str, roles: dict[str, Any] | None = None, personalization: bool = False,
+              issuing: bool = False) -> tuple[Any, Any]:
+        """``issuing``: a CA key in a SoftHSM token, made by ``ca init`` as Apache's user."""
         kdc = mit_kdc()
         kdc.kadmin(f"cpw -pw alice-password alice@{REALM}")  # the realm has alice, keyless (PKINIT)
         kdc.kadmin(f"addprinc -pw mallory-password mallory@{REALM}")
@@ -55,13 +61,25 @@ def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[...
                              f'Include "{REPO / "apache" / "sso-kerberos.conf"}"'])
         sso = {"realms": [REALM]} if local_name == "Off" else {}
         auth: dict[str, Any] = {"sso": sso, **({"roles": roles} if roles else {})}
+        ca_token = make_token("krb-ca", owner="www-data") if issuing else None
+
         def edit(root: Path, cfg: dict[str, Any]) -> None:
             if personalization:  # /token starts the real smartcard personalization
                 cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
                 cfg["workflow"] = {}
+            if ca_token is not None:
+                cfg["ca"] = {"key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": str(ca_token.module),
+                                     "token_label": ca_token.label, "key_label": "ca-signing",
+                                     "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
+                             "subject": "CN=Kerberos Test CA,O=Example Corp,C=DE",
+                             "crl": {"publish_dir": str(root / "crl")}}
         site = apache_site_factory(basic_auth=False, extra_include=include,
                                    envvars={"KRB5_CONFIG": str(kdc.folder / "krb5.conf")},
                                    config={"auth": auth}, edit_config=edit)
+        if issuing:
+            init = subprocess.run([str(BIN / "openxpki-py"), "--config", str(site.config_path), "ca", "init"],
+                                  capture_output=True, text=True, timeout=120, user="www-data", check=False)
+            assert init.returncode == 0, init.stderr
         return site, kdc
     return start
 
@@ -154,6 +172,39 @@ def test_chromium_signs_in_with_its_ticket(kerberos_site: Callable[..., Any],
     assert (grant["event"], grant["actor"], grant["role_name"]) == ("auth.role.grant", "alice", "RA Operator")
     logins = site.read_db(lambda c: sorted({row.login for row in c.execute(select(web_session))}))
     assert logins == ["alice"]
+
+
+def test_chromium_personalizes_a_card_under_spnego(kerberos_site: Callable[..., Any],
+                                                   negotiating_chromium: Callable[[Any], Any],
+                                                   make_token: Callable[..., Any], tmp_path: Path) -> None:
+    """The whole mission behind Kerberos: alice@EXAMPLE.COM's browser, the page's own polling, the agent."""
+    site, kdc = kerberos_site("Off", personalization=True, issuing=True)
+    base = site.base_url.replace("127.0.0.1", "localhost")
+    kdc.kinit_password(f"alice@{REALM}", "alice-password")
+    page = negotiating_chromium(kdc).new_page()
+    page.goto(f"{base}/token")
+    page.click("#get-code")
+    page.wait_for_load_state()
+    page.click("#code-details summary")
+    code = page.locator("#enrollment-code").inner_text()
+    card = make_token("krb-card")
+    # The agent's API is outside SSO: it needs no ticket, only the code.
+    agent = run_agent(card, f"{site.base_url}/openxpki", code, tmp_path / "state", timeout=180)
+    try:
+        phrase = printed_phrase(agent)
+        page.wait_for_selector("#confirm-card", timeout=60_000)  # the live page, polling under SPNEGO
+        assert page.locator("#pairing-phrase").inner_text() == phrase
+        page.click("#confirm-card")
+        out, err = agent.communicate(timeout=180)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, err
+    page.wait_for_selector("text=Your card is ready.", timeout=60_000)
+    issued = site.read_db(lambda c: sorted((row.owner, row.profile) for row in c.execute(
+        select(certificate).where(certificate.c.owner != "ocsp-responder"))))
+    assert [owner for owner, _ in issued] == ["alice", "alice"], issued  # the person, not the principal
+    assert len({profile for _, profile in issued}) == 2
 
 
 def test_chromium_without_a_ticket_gets_no_page(kerberos_site: Callable[..., Any],
