@@ -675,3 +675,27 @@ def test_fixed_slot_card_with_reinitialisation(make_token: Any, tmp_path: Path,
     objects = token_objects(token)
     assert sorted(k["id"] for k in objects["private"]) == [b"\x0a", b"\x0b"]
     assert {c["cert"] for c in objects["cert"]} == {s.cert for s in again.slots}
+
+
+def test_fixed_slot_refuses_a_key_it_cannot_make_before_touching_the_card(
+        make_token: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slot that makes only P-256 keys, asked for RSA-2048 (an older server that did not plan): refused, exit 3."""
+    from openxpki_py_token import card_profiles
+
+    p256_only = card_profiles.CardProfile(
+        name="p256card", description="test card", detect=("p256-card",),
+        slots=(card_profiles.KeySlot("0a", "Card auth key", "sign", ("authentication",), algorithms=("ec-p256",)),),
+        keygen_login="user", cert_write_login="user", reinit_after_keygen=False)
+    monkeypatch.setitem(card_profiles.CARD_PROFILES, "p256card", p256_only)
+    api = FakeApi([CertSlot("authentication", RSA_2048, "01", "sign")])
+    server, url = serve(api)
+    token = make_token("p256-card-1")
+    try:
+        code, out, err = run_agent(capsys, agent_args(token, url, api.code, tmp_path))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == cli.EXIT_CARD, err
+    assert "slot 0a cannot make RSA-2048 keys (it makes ec-p256)" in err
+    assert api.card is not None and api.card["key_slots"][0]["algorithms"] == ["ec-p256"]
+    assert token_objects(token)["private"] == []

@@ -14,6 +14,7 @@ usage says.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -28,6 +29,7 @@ CREDENTIALS: tuple[Credential, ...] = ("user_pin", "so_pin", "admin_pin", "manag
 GENERIC = "generic"
 PROFILE_ALIASES = {"generic-pkcs11": GENERIC, "": GENERIC}
 MAX_SLOTS = 32
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]{0,32}")
 _MAX_TEXT = 64
 
 
@@ -133,8 +135,7 @@ class CardCapabilities:
     def from_report(cls, report: Mapping[str, Any]) -> CardCapabilities:
         """The capabilities in a card report; ValueError says what is wrong with it."""
         profile = report.get("card_profile", GENERIC)
-        if not isinstance(profile, str) or len(profile) > 32 or not all(
-                ch.isalnum() or ch in "_-" for ch in profile):
+        if not isinstance(profile, str) or not _PROFILE_NAME.fullmatch(profile):
             raise ValueError("card_profile must be a short name such as piv, openpgp or generic")
         profile = PROFILE_ALIASES.get(profile.lower(), profile.lower())
         raw = report.get("key_slots") or []
