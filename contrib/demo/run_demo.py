@@ -232,6 +232,34 @@ def show_issued(cli: list[str], ca_env: dict[str, str]) -> None:
     print("    " + listing.strip().replace("\n", "\n    "))
 
 
+def personalize_and_show(args: argparse.Namespace, site: str, base: Path, venv: Path, env: dict[str, str],
+                         cli: list[str], ca_env: dict[str, str]) -> None:
+    """alice's personalization on the chosen card, then what was issued and what the card holds."""
+    if args.card == "softhsm":
+        step(f"personalization of {USER}'s card")
+        personalize(site, base, venv, env)
+        show_issued(cli, ca_env)
+        step(f"objects on {USER}'s card (pkcs11-tool --list-objects)")
+        card_env = {**env, "SOFTHSM2_CONF": str(base / "card" / "softhsm2.conf")}
+        print(run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--login",
+                   "--pin", CARD_PIN, "--list-objects"], card_env).stdout)
+    else:
+        from virtual_card import VirtualCardStack  # the tests' smartcard stack: only for --card openpgp|piv
+
+        step(f"a virtual {args.card} card in vpcd's reader, pcscd {'as it runs' if args.pcscd_running else 'started'}")
+        try:
+            with VirtualCardStack(args.card, base / "card", own_pcscd=not args.pcscd_running) as card:
+                step(f"personalization of {USER}'s card")
+                personalize(site, base, venv, env, card)
+                show_issued(cli, ca_env)
+                step(f"objects on {USER}'s card, through OpenSC (pkcs11-tool --list-objects)")
+                print(card.list_objects())
+        except RuntimeError as exc:
+            fail(str(exc))
+        print("The virtual card is removed" + ("" if args.pcscd_running else " and pcscd stopped")
+              + " again (only one pcscd can run on a machine).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="openxpki-py demo")
     parser.add_argument("--dir", default="/var/tmp/openxpki-py-demo", type=Path)
@@ -274,25 +302,7 @@ def main() -> None:
                        ca_env).stdout.strip())
     site = f"http://127.0.0.1:{port}"
 
-    if args.card == "softhsm":
-        step(f"personalization of {USER}'s card")
-        personalize(site, base, venv, env)
-        show_issued(cli, ca_env)
-        step(f"objects on {USER}'s card (pkcs11-tool --list-objects)")
-        card_env = {**env, "SOFTHSM2_CONF": str(base / "card" / "softhsm2.conf")}
-        print(run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--login",
-                   "--pin", CARD_PIN, "--list-objects"], card_env).stdout)
-    else:
-        from virtual_card import VirtualCardStack  # the tests' smartcard stack: only for --card openpgp|piv
-
-        step(f"a virtual {args.card} card in vpcd's reader, pcscd {'as it runs' if args.pcscd_running else 'started'}")
-        with VirtualCardStack(args.card, base / "card", own_pcscd=not args.pcscd_running) as card:
-            step(f"personalization of {USER}'s card")
-            personalize(site, base, venv, env, card)
-            show_issued(cli, ca_env)
-            step(f"objects on {USER}'s card, through OpenSC (pkcs11-tool --list-objects)")
-            print(card.list_objects())
-        print("The virtual card and its pcscd are stopped again (only one pcscd can run on a machine).")
+    personalize_and_show(args, site, base, venv, env, cli, ca_env)
 
     print(f"The server keeps running: open {site}/token (user {USER}, password {PASSWORD}),\n"
           f"the CRL is at {site}/crl/demo-pki.crl.  Stop it with: {base / 'httpd' / 'apachectl'} stop")

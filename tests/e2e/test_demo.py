@@ -70,7 +70,7 @@ def test_demo_on_a_virtual_card(pcscd: Any, card: str) -> None:
             assert "plan for this card: Not on this card: encryption" in out
             assert 'browser: "Your card is ready, without: encryption' in out
             assert out.count("Certificate Object") == 1
-        assert "pcscd are stopped again" in out
+        assert "The virtual card is removed again" in out
     finally:
         apachectl = folder / "demo" / "httpd" / "apachectl"
         if apachectl.exists():
