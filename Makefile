@@ -1,6 +1,9 @@
 # The two commands a newcomer needs (see README.md): `make demo`, `make test`.
 VENV ?= /opt/openxpki-py/venv
 DEMO_DIR ?= /var/tmp/openxpki-py-demo
+# alice's card in the demo: softhsm (needs nothing else), or openpgp / piv: a
+# software card behind pcscd + vpcd, borrowed from the tests (needs test-deps)
+CARD ?= softhsm
 
 .PHONY: deps test-deps test demo ddl
 
@@ -13,8 +16,8 @@ test-deps:
 test: test-deps
 	sh tests/run $(VENV) $(PYTEST_ARGS)
 
-demo: deps
-	$(VENV)/bin/python contrib/demo/run_demo.py --venv $(VENV) --dir $(DEMO_DIR)
+demo: $(if $(filter softhsm,$(CARD)),deps,test-deps)
+	$(VENV)/bin/python contrib/demo/run_demo.py --venv $(VENV) --dir $(DEMO_DIR) --card $(CARD)
 
 ddl: deps
 	$(VENV)/bin/openxpki-py db ddl --out sql/

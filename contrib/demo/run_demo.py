@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make demo`: an openxpki-py instance on embedded defaults, and its main job.
 
-    python contrib/demo/run_demo.py [--dir /var/tmp/openxpki-py-demo] [--port 8080]
+    python contrib/demo/run_demo.py [--dir /var/tmp/openxpki-py-demo] [--port 8080] [--card softhsm|openpgp|piv]
 
 Builds everything in one folder (wiped first, a running demo is stopped):
 a SQLite database, the demo LDIF directory, a SoftHSM2 token holding the
@@ -14,6 +14,11 @@ enrollment code, runs the token agent against the card, confirms the card
 when the page asks, and waits until the page says the card is ready.  It
 prints what was issued and `pkcs11-tool --list-objects` of the card, and
 leaves the server running.
+
+`--card openpgp|piv` (`make demo CARD=…`) puts a software OpenPGP or PIV
+card behind pcscd and vsmartcard's vpcd reader instead (`virtual_card.py`,
+borrowed from the test suite); the page then shows the card's plan, e.g.
+that an OpenPGP card's encryption key cannot sign and is left out.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import html
 import http.cookiejar
 import os
 import pwd
@@ -34,6 +40,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -113,6 +120,8 @@ def make_instance(base: Path, env: dict[str, str], port: int) -> dict[str, str]:
         "directory": {"backend": "ldif", "ldif_file": "directory.ldif", "base_dn": "dc=example,dc=com",
                       "required": ["cn", "mail", "upn"]},
         "auth": {"roles": {"User": {"command": ["/bin/true"]}}},
+        # Per kind of card (docs/cards.md): PIV cards get a P-256 encryption key, the others RSA-2048.
+        "personalization": {"card_types": {"piv": {"key": {"encryption": "ec-p256"}}}},
         "web": {"session": {"cookie_secure": False}},  # plain http on 127.0.0.1 only
     }
     (base / "config.yaml").write_text("# made by `make demo`\n" + yaml.safe_dump(settings, sort_keys=False))
@@ -152,7 +161,7 @@ class Browser:
         return match.group(1)  # type: ignore[union-attr]
 
 
-def personalize(site: str, base: Path, venv: Path, env: dict[str, str]) -> None:
+def personalize(site: str, base: Path, venv: Path, env: dict[str, str], card: Any = None) -> None:
     browser = Browser(site)
     page = browser.open("/token")
     print(f"    {USER} opened {site}/token → {browser.url}")
@@ -166,15 +175,20 @@ def personalize(site: str, base: Path, venv: Path, env: dict[str, str]) -> None:
     print(f"    the page shows the enrollment code {code.group(1)} and the command:\n"  # type: ignore[union-attr]
           f"      {command.group(1)}")  # type: ignore[union-attr]
 
-    card_env = {**env, "SOFTHSM2_CONF": str(softhsm(base / "card"))}  # the user's PC: its own SoftHSM
-    run(["softhsm2-util", "--init-token", "--free", "--label", CARD_TOKEN, "--so-pin", CARD_SO_PIN,
-         "--pin", CARD_PIN], card_env)
-    write_private(base / "card" / "pin", CARD_PIN)
     argv = command.group(1).split()  # type: ignore[union-attr]
     argv[0] = str(venv / "bin" / "openxpki-py-token")
-    argv += ["--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--pin-file", str(base / "card" / "pin"),
-             "--card-profile", "generic", "--state-dir", str(base / "card" / "agent-state")]
-    step(f"token agent, talking PKCS#11 to the card '{CARD_TOKEN}' (progress below)")
+    if card is None:
+        card_env = {**env, "SOFTHSM2_CONF": str(softhsm(base / "card"))}  # the user's PC: its own SoftHSM
+        run(["softhsm2-util", "--init-token", "--free", "--label", CARD_TOKEN, "--so-pin", CARD_SO_PIN,
+             "--pin", CARD_PIN], card_env)
+        write_private(base / "card" / "pin", CARD_PIN)
+        argv += ["--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--pin-file", str(base / "card" / "pin"),
+                 "--card-profile", "generic", "--state-dir", str(base / "card" / "agent-state")]
+        step(f"token agent, talking PKCS#11 to the card '{CARD_TOKEN}' (progress below)")
+    else:
+        card_env = {k: v for k, v in env.items() if k != "SOFTHSM2_CONF"}
+        argv += [*card.agent_options(), "--state-dir", str(base / "card" / "agent-state")]
+        step(f"token agent, talking to the virtual {card.kind} card through pcscd (progress below)")
     agent = subprocess.Popen(argv, env=card_env, text=True)
     deadline = time.monotonic() + 120
     confirmed = False
@@ -188,6 +202,8 @@ def personalize(site: str, base: Path, venv: Path, env: dict[str, str]) -> None:
             phrase = re.search(r'id="pairing-phrase">([^<]+)<', page)
             print(f"    browser: the page shows card {serial.group(1) if serial else '?'} and the phrase "
                   f"\"{phrase.group(1) if phrase else '?'}\" (the agent printed it above); alice confirms both")
+            for line in card_plan(page):
+                print(f"    browser: plan for this card: {line}")
             browser.open(actions_url + "/action", {
                 "csrf_token": browser.field(page, "csrf_token"), "version": browser.field(page, "version"),
                 "agent": browser.field(page, "agent"), "mode": "deeplink", "action": "confirm_token"})
@@ -196,9 +212,52 @@ def personalize(site: str, base: Path, venv: Path, env: dict[str, str]) -> None:
     if agent.returncode != 0:
         fail(f"the token agent exited with {agent.returncode}")
     page = browser.open(page_url)
-    if "Your card is ready." not in page:
+    ready = re.search(r'id="status-message"[^>]*>(Your card is ready[^<]*)<', page)
+    if not ready:
         fail("the page does not say the card is ready")
-    print(f"    browser: \"Your card is ready.\" ({page_url})")
+    print(f"    browser: \"{html.unescape(ready.group(1))}\" ({page_url})")  # type: ignore[union-attr]
+
+
+def card_plan(page: str) -> list[str]:
+    """The page's list of what the card will get (and what not, why)."""
+    section = re.search(r'<section[^>]*id="card-plan".*?</section>', page, re.S)
+    items = re.findall(r'<li[^>]*>.*?</span>\s*(.*?)<span class="visually-hidden">', section.group(0) if section
+                       else "", re.S)
+    return [" ".join(html.unescape(item).split()) for item in items]
+
+
+def show_issued(cli: list[str], ca_env: dict[str, str]) -> None:
+    step("issued certificates")
+    listing = run(cli + ["ca", "list", "--owner", USER], ca_env, as_apache=True).stdout
+    print("    " + listing.strip().replace("\n", "\n    "))
+
+
+def personalize_and_show(args: argparse.Namespace, site: str, base: Path, venv: Path, env: dict[str, str],
+                         cli: list[str], ca_env: dict[str, str]) -> None:
+    """alice's personalization on the chosen card, then what was issued and what the card holds."""
+    if args.card == "softhsm":
+        step(f"personalization of {USER}'s card")
+        personalize(site, base, venv, env)
+        show_issued(cli, ca_env)
+        step(f"objects on {USER}'s card (pkcs11-tool --list-objects)")
+        card_env = {**env, "SOFTHSM2_CONF": str(base / "card" / "softhsm2.conf")}
+        print(run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--login",
+                   "--pin", CARD_PIN, "--list-objects"], card_env).stdout)
+    else:
+        from virtual_card import VirtualCardStack  # the tests' smartcard stack: only for --card openpgp|piv
+
+        step(f"a virtual {args.card} card in vpcd's reader, pcscd {'as it runs' if args.pcscd_running else 'started'}")
+        try:
+            with VirtualCardStack(args.card, base / "card", own_pcscd=not args.pcscd_running) as card:
+                step(f"personalization of {USER}'s card")
+                personalize(site, base, venv, env, card)
+                show_issued(cli, ca_env)
+                step(f"objects on {USER}'s card, through OpenSC (pkcs11-tool --list-objects)")
+                print(card.list_objects())
+        except RuntimeError as exc:
+            fail(str(exc))
+        print("The virtual card is removed" + ("" if args.pcscd_running else " and pcscd stopped")
+              + " again (only one pcscd can run on a machine).")
 
 
 def main() -> None:
@@ -206,6 +265,11 @@ def main() -> None:
     parser.add_argument("--dir", default="/var/tmp/openxpki-py-demo", type=Path)
     parser.add_argument("--venv", default=Path(sys.executable).parent.parent, type=Path)
     parser.add_argument("--port", default=8080, type=int)
+    parser.add_argument("--card", default="softhsm", choices=("softhsm", "openpgp", "piv"),
+                        help="alice's card: a SoftHSM token (default), or a software OpenPGP or PIV card "
+                             "behind pcscd + vpcd (needs `make test-deps`)")
+    parser.add_argument("--pcscd-running", action="store_true",
+                        help="use the pcscd that runs already (a test's) instead of starting one")
     args = parser.parse_args()
     base: Path = args.dir.resolve()
     venv: Path = args.venv
@@ -238,17 +302,7 @@ def main() -> None:
                        ca_env).stdout.strip())
     site = f"http://127.0.0.1:{port}"
 
-    step(f"personalization of {USER}'s card")
-    personalize(site, base, venv, env)
-
-    step("issued certificates")
-    listing = run(cli + ["ca", "list", "--owner", USER], ca_env, as_apache=True).stdout
-    print("    " + listing.strip().replace("\n", "\n    "))
-
-    step(f"objects on {USER}'s card (pkcs11-tool --list-objects)")
-    card_env = {**env, "SOFTHSM2_CONF": str(base / "card" / "softhsm2.conf")}
-    print(run(["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", CARD_TOKEN, "--login",
-               "--pin", CARD_PIN, "--list-objects"], card_env).stdout)
+    personalize_and_show(args, site, base, venv, env, cli, ca_env)
 
     print(f"The server keeps running: open {site}/token (user {USER}, password {PASSWORD}),\n"
           f"the CRL is at {site}/crl/demo-pki.crl.  Stop it with: {base / 'httpd' / 'apachectl'} stop")

@@ -4,26 +4,37 @@ The context keeps:
 
 - ``user``: the login, DN and directory attributes (the only source of
   subject data for the certificates);
-- ``token``: the card the agent reported (id, serial, model …, confirmed);
+- ``token``: the card the agent reported (id, serial, model …, confirmed,
+  its card profile and key slots);
+- ``card_plan``: which certificate types this card gets, with which key,
+  and the ones it cannot hold with their ``skip_reason``
+  (:mod:`.planning`), decided when the card is reported;
 - ``certificates``: one entry per certificate type with its key request
   and its progress: ``pending`` → ``requested`` (child forked) →
   ``issued`` → ``installed``; or ``kept`` when a still-valid certificate
-  on this card is kept;
+  on this card is kept; or ``skipped`` (with ``skip_reason``) when the
+  card cannot hold it;
 - ``current``: the index of the entry being worked on.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
+from openxpki_py_token.capabilities import CardCapabilities
+
+from ..audit import append_audit
 from ..crypto.csr import ExpectedKey, public_key_fingerprint
 from ..directory import base as _directory_errors  # noqa: F401 - named in the YAML's on_error and retry
 from ..errors import PolicyViolation, UnexpectedStep
 from ..services import pki
 from ..workflow.context import ActivityContext
+from ..workflow.errors import FieldRefused
 from ..workflow.registry import Registry
 from .enrollment import confirm_pairing, revoke_workflow_access
+from .planning import plan_for_card
 from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
 
 callables = Registry()
@@ -65,19 +76,39 @@ def load_user_from_directory(ctx: ActivityContext) -> None:
     ctx.set_attribute("owner", ctx.creator)
 
 
+def _reported_capabilities(value: Any, ctx: ActivityContext | None = None) -> CardCapabilities:
+    """The card's profile and key slots from the report's inputs (a card without them is generic)."""
+    inputs = ctx.inputs if ctx is not None else {}
+    try:
+        slots = json.loads(value) if value else []
+        return CardCapabilities.from_report({"card_profile": inputs.get("card_profile", "generic"),
+                                             "key_slots": slots})
+    except (ValueError, RecursionError) as exc:
+        raise FieldRefused(f"not a card's key slots: {exc}", code="token.report_invalid") from None
+
+
+@callables.validator("card_key_slots")
+def card_key_slots(value: str, ctx: ActivityContext) -> None:
+    _reported_capabilities(value, ctx)
+
+
 @callables.activity("register_card")
 def register_card(ctx: ActivityContext) -> None:
-    """The agent reported a card: registry checks; the user must confirm it before it is registered."""
+    """The agent reported a card: registry checks, and the plan for it; the user must confirm it."""
     info = TokenInfo(serial=ctx.inputs["serial"], model=ctx.inputs.get("model", ""),
                      manufacturer=ctx.inputs.get("manufacturer", ""), label=ctx.inputs.get("token_label", ""))
     check_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx))
+    card = _reported_capabilities(ctx.inputs.get("key_slots"), ctx)
     ctx["token"] = {
         "serial": info.serial, "model": info.model, "manufacturer": info.manufacturer,
-        "label": info.label, "card_profile": ctx.inputs.get("card_profile", "generic"), "confirmed": False,
-        "agent": int(ctx.inputs["agent"]),
+        "label": info.label, "card_profile": card.profile, "confirmed": False,
+        "agent": int(ctx.inputs["agent"]), "key_slots": [slot.as_api() for slot in card.slots],
     }
+    # Planned before the user confirms: the page shows what this card will
+    # get, and what it cannot hold (and why) is never attempted.
+    ctx["card_plan"] = plan_for_card(_policy(ctx), card).as_context()
     ctx.set_attribute("token_serial", info.serial)
-    _pop_inputs(ctx, "serial", "agent", "model", "manufacturer", "token_label", "card_profile")
+    _pop_inputs(ctx, "serial", "agent", "model", "manufacturer", "token_label", "card_profile", "key_slots")
 
 
 @callables.activity("confirm_card")
@@ -103,28 +134,66 @@ def confirm_card(ctx: ActivityContext) -> None:
 def forget_card(ctx: ActivityContext) -> None:
     """Not the user's card: forget it, and the agent that reported it."""
     ctx.context.pop("token", None)
+    ctx.context.pop("card_plan", None)
     ctx.set_attribute("token_serial")
     revoke_workflow_access(ctx.conn, ctx.workflow_id, now=ctx.now)
 
 
 @callables.activity("plan_certificates")
 def plan_certificates(ctx: ActivityContext) -> None:
-    """One entry per configured type; keep still-valid ones where the policy says so."""
+    """The confirmed card's plan: one entry per type; still-valid ones kept, impossible ones skipped visibly.
+
+    A skipped type that the policy says must not be left out
+    (``on_card_unable: fail``), or a card that can hold none of the types,
+    ends the personalization here, with the reason, before any key is made.
+    """
+    token = ctx["token"]
+    plan = ctx.get("card_plan") or plan_for_card(
+        _policy(ctx), CardCapabilities(token.get("card_profile", "generic"))).as_context()
     entries = []
-    for cert_type in _policy(ctx).certificates:
-        entry: dict[str, Any] = {
-            "type": cert_type.name, "profile": cert_type.profile, "key": cert_type.key_request(),
-            "key_id": cert_type.key_id, "label": cert_type.name, "usage": cert_type.usage, "status": "pending",
-            "on_card_unable": cert_type.on_card_unable,
-        }
-        if cert_type.keep_valid_days is not None:
-            horizon = ctx.now + timedelta(days=cert_type.keep_valid_days)
-            kept = valid_certificates_on_token(ctx.conn, ctx["token"]["id"], cert_type.profile, horizon)
+    for planned in plan["types"]:
+        entry: dict[str, Any] = {**planned, "status": "pending" if planned["status"] == "planned" else "skipped"}
+        if entry["status"] == "pending" and (keep_days := _keep_valid_days(ctx, entry["type"])) is not None:
+            horizon = ctx.now + timedelta(days=keep_days)
+            kept = valid_certificates_on_token(ctx.conn, token["id"], entry["profile"], horizon)
             if kept:
                 entry.update(status="kept", serial=kept[0])
         entries.append(entry)
+    _refuse_unsuitable_card(entries, plan["card_profile"])
+    for entry in entries:
+        if entry["status"] == "skipped":
+            _record_skip(ctx, entry, plan["card_profile"])
     ctx["certificates"] = entries
     ctx["current"] = next((i for i, e in enumerate(entries) if e["status"] == "pending"), len(entries))
+    skipped = [f"{e['type']} ({e['skip_reason']})" for e in entries if e["status"] == "skipped"]
+    ctx.note = (f"{plan['card_profile']} card: " + ", ".join(e["type"] for e in entries if e["status"] != "skipped")
+                + (f"; not on this card: {', '.join(skipped)}" if skipped else ""))
+
+
+def _keep_valid_days(ctx: ActivityContext, type_name: str) -> int | None:
+    configured = next((t for t in _policy(ctx).certificates if t.name == type_name), None)
+    return configured.keep_valid_days if configured is not None else None
+
+
+def _record_skip(ctx: ActivityContext, entry: dict[str, Any], card_profile: str) -> None:
+    """A type this card cannot hold: on the record, with the stable reason a later import can act on."""
+    append_audit(ctx.conn, actor=ctx.actor, role=ctx.role, event="personalization.type_skipped",
+                 outcome="skipped", target=f"workflow:{ctx.workflow_id}",
+                 details={"type": entry["type"], "skip_reason": entry["skip_reason"], "reason": entry["reason"],
+                          "card_profile": card_profile, "token_serial": ctx["token"]["serial"]})
+
+
+def _refuse_unsuitable_card(entries: list[dict[str, Any]], card_profile: str) -> None:
+    skipped = [e for e in entries if e["status"] == "skipped"]
+    required = [e for e in skipped if e.get("on_card_unable") == "fail"]
+    if required:
+        e = required[0]
+        raise PolicyViolation(f"the {e['type']} certificate cannot be made on this card ({e['skip_reason']}): "
+                              f"{e['reason']}", code="card.unable")
+    if len(skipped) == len(entries):
+        reasons = "; ".join(f"{e['type']}: {e['reason']}" for e in skipped) or "the policy gives it no certificate"
+        raise PolicyViolation(f"this {card_profile} card can hold none of the certificates ({reasons}); "
+                              "use another card", code="card.unsuitable")
 
 
 @callables.condition("certificates_pending")
@@ -178,7 +247,9 @@ def record_card_unable(ctx: ActivityContext) -> None:
         entry.update(status="failed", reason=f"the card cannot: {reason}")
         raise PolicyViolation(f"the {entry['type']} certificate cannot be made on this card ({code}): {reason}",
                               code="card.unable")
-    entry.update(status="skipped", reason=f"{reason} [{code}]")
+    # Found only when trying (an older agent's report, or a card that said less than it does):
+    # skipped like a planned skip, with its own stable reason.
+    entry.update(status="skipped", skip_reason="card_unable", reason=f"{reason} [{code}]")
     ctx["current"] = next((i for i, e in enumerate(ctx["certificates"]) if e["status"] == "pending"),
                           len(ctx["certificates"]))
     _pop_inputs(ctx, "cert_type", "code", "reason")

@@ -12,6 +12,7 @@ web layer (:mod:`openxpki_py.web.api`) maps them to HTTP statuses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from openxpki_py_token.capabilities import CardCapabilities
 
 from .. import roles
 from ..crypto.csr import public_key_fingerprint
@@ -28,8 +30,8 @@ from .enrollment import AgentCredential, AgentGrant, EnrollmentRefused, check_cr
 from .tasks import FINAL_FAILURE, WF_TYPE, agent_task
 
 AGENT_ROLE = roles.USER
-CARD_FIELDS = (("model", "model"), ("manufacturer", "manufacturer"), ("token_label", "label"),
-               ("card_profile", "card_profile"))  # workflow field ← what the agent reports
+CARD_FIELDS = (("model", "model"), ("manufacturer", "manufacturer"),
+               ("token_label", "label"))  # workflow field ← what the agent reports
 
 
 class CardMismatch(UnexpectedStep):
@@ -120,8 +122,12 @@ class TokenAgentCalls:
             # For the agent, an action the state does not offer is a task it was not given.
             raise UnexpectedStep(exc.message) from exc
 
-    def report_token(self, agent: AgentCredential, serial: str, card: Mapping[str, Any]) -> str:
+    def report_token(self, agent: AgentCredential, serial: str, card: Mapping[str, Any],
+                     capabilities: CardCapabilities | None = None) -> str:
         """Bind the card to the personalization; ``awaiting_confirmation`` or ``confirmed``.
+
+        ``capabilities`` (the card's profile and key slots, read from the
+        report by the web layer) decide which certificate types it gets.
 
         ``confirmed`` only when both the card and this agent's phrase are.  The
         same card from a newer agent run is reported again, so that the page
@@ -141,6 +147,10 @@ class TokenAgentCalls:
         for field_name, key in CARD_FIELDS:
             if isinstance(card.get(key), str) and card[key]:
                 inputs[field_name] = card[key].strip()
+        capabilities = capabilities or CardCapabilities()
+        inputs["card_profile"] = capabilities.profile
+        if capabilities.slots:
+            inputs["key_slots"] = json.dumps(capabilities.as_api()["key_slots"], separators=(",", ":"))
         try:
             self._execute(agent.workflow_id, agent.login, "report_token", inputs)
         except OpenXPKIError:

@@ -3,7 +3,9 @@ limits of the enrollment-code hand-off to the token agent."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openxpki_py_token.keyspec import KeySpec
@@ -32,9 +34,14 @@ class CertificateType:
     on_card_unable: Literal["skip", "fail"] = "skip"
 
     def key_request(self) -> dict[str, Any]:
-        if self.key.algorithm == "rsa":
-            return {"algorithm": "rsa", "size": self.key.rsa_bits}
-        return {"algorithm": "ec", "curve": self.key.curve}
+        return key_request(self.key)
+
+
+def key_request(key: KeySpec) -> dict[str, Any]:
+    """A key as the agent's ``generate_key`` task and the CSR check name it."""
+    if key.algorithm == "rsa":
+        return {"algorithm": "rsa", "size": key.rsa_bits}
+    return {"algorithm": "ec", "curve": key.curve}
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,37 @@ class EnrollmentLimits:
 
 
 @dataclass(frozen=True)
+class CardTypePolicy:
+    """What one kind of card (the agent's card profile: ``piv``, ``openpgp``, ``generic``) gets.
+
+    ``types`` narrows the configured certificate types (None: all of them);
+    ``keys`` chooses another key per type for this kind of card (an OpenPGP
+    card's RSA keys for PKINIT, P-256 where TLS 1.3 matters).
+    """
+
+    name: str
+    types: tuple[str, ...] | None = None
+    keys: Mapping[str, KeySpec] = field(default_factory=dict)
+
+    def key_for(self, cert_type: CertificateType) -> KeySpec:
+        return self.keys.get(cert_type.name, cert_type.key)
+
+
+#: The ``card_types`` entry for a card profile the config does not name.
+DEFAULT_CARD_TYPE = "default"
+_CARD_TYPE_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+@dataclass(frozen=True)
 class PersonalizationPolicy:
     certificates: tuple[CertificateType, ...]
     enrollment: EnrollmentLimits
+    card_types: Mapping[str, CardTypePolicy] = field(default_factory=dict)
+
+    def for_card(self, card_profile: str) -> CardTypePolicy:
+        """The card type's policy, else ``default``'s, else every type with its configured key."""
+        return (self.card_types.get(card_profile) or self.card_types.get(DEFAULT_CARD_TYPE)
+                or CardTypePolicy(DEFAULT_CARD_TYPE))
 
 
 DEFAULT_CERTIFICATES: list[dict[str, Any]] = [
@@ -109,8 +144,34 @@ def parse_personalization_config(r: Reader) -> PersonalizationPolicy:
         max_code_failures=e.int("max_code_failures", 5, minimum=1, maximum=100),
     )
     e.finish()
+    card_types = _card_types(r, names)
     r.finish()
-    return PersonalizationPolicy(types, limits)
+    return PersonalizationPolicy(types, limits, card_types)
+
+
+def _card_types(r: Reader, type_names: list[str]) -> dict[str, CardTypePolicy]:
+    """``card_types: {piv: {types: [...], key: {authentication: rsa-2048}}, default: {...}}``."""
+    policies: dict[str, CardTypePolicy] = {}
+    for name, c in r.sections("card_types").items():
+        where = c.path
+        if not _CARD_TYPE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a card type is a short lower-case name (piv, openpgp, generic, default)")
+        types = c.raw("types", None)
+        if types is not None and (not isinstance(types, list) or not all(t in type_names for t in types)):
+            raise c.error("types", f"a list of the configured certificate types ({', '.join(type_names)})")
+        keys_raw = c.raw("key", {})
+        if not isinstance(keys_raw, dict) or not all(t in type_names for t in keys_raw):
+            raise c.error("key", f"a mapping of certificate type ({', '.join(type_names)}) to a key such as rsa-2048")
+        keys: dict[str, KeySpec] = {}
+        for cert_type, spec in keys_raw.items():
+            try:
+                keys[cert_type] = KeySpec.parse(spec)
+            except ValueError:
+                raise ConfigError(f"{where}.key.{cert_type}: one of rsa-2048, rsa-3072, rsa-4096, ec-p256, "
+                                  "ec-p384") from None
+        c.finish()
+        policies[name] = CardTypePolicy(name, tuple(dict.fromkeys(types)) if types is not None else None, keys)
+    return policies
 
 
 def check_profiles(policy: PersonalizationPolicy, profile_names: list[str]) -> None:

@@ -28,10 +28,25 @@ class Progress:
     message: str
     steps: list[Step] = field(default_factory=list)
     token: dict[str, Any] | None = None
+    #: Which certificates the reported card will get (and which not, why), before and while it is worked on.
+    plan: list[Step] = field(default_factory=list)
 
 
 def _to_issue(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in entries if e["status"] != "kept"]
+    return [e for e in entries if e["status"] not in ("kept", "skipped")]
+
+
+def _plan_steps(ctx: dict[str, Any]) -> list[Step]:
+    """The card plan as the page lists it: what goes on the card (with its key), what cannot, and why."""
+    plan = ctx.get("card_plan") or {}
+    steps = []
+    for entry in plan.get("types") or []:
+        key = entry.get("key_name", "")
+        if entry["status"] == "planned":
+            steps.append(Step(f"{entry['type']} certificate, {key} key made on the card", "waiting"))
+        else:
+            steps.append(Step(f"Not on this card: {entry['type']}: {entry.get('reason', '')}", "skipped"))
+    return steps
 
 
 def _position(ctx: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
@@ -102,7 +117,8 @@ def agent_task(view: Any, children: Sequence[Any] = ()) -> dict[str, Any]:
         return {"task": "done", "certificates": [
             {"cert_type": e["type"], "serial": e["serial"], "status": e["status"]} for e in ctx["certificates"]
             if e["status"] != "skipped"
-        ], "skipped": [{"cert_type": e["type"], "reason": e.get("reason", "")}
+        ], "skipped": [{"cert_type": e["type"], "reason": e.get("reason", ""),
+                        "skip_reason": e.get("skip_reason", "")}
                        for e in ctx["certificates"] if e["status"] == "skipped"]}
     if state in FINAL_FAILURE:
         code, message = _failure(view)
@@ -115,7 +131,8 @@ def page_progress(view: Any, children: Sequence[Any] = ()) -> Progress:
     ctx, state = view.context, view.state
     token = ctx.get("token")
     if state in FINAL_FAILURE:
-        return Progress("failed", _failure(view)[1], _steps(ctx, state, children), token)
+        plan = _plan_steps(ctx) if "certificates" not in ctx else []
+        return Progress("failed", _failure(view)[1], _steps(ctx, state, children), token, plan)
     stalled = _stalled(view, children)
     if stalled is not None:
         return Progress("working", stalled, _steps(ctx, state, children) if "certificates" in ctx else [], token)
@@ -123,7 +140,11 @@ def page_progress(view: Any, children: Sequence[Any] = ()) -> Progress:
         return Progress("waiting_for_card", "Insert your card and run the token agent with the code below.",
                         [], token)
     if state == "CONFIRM_TOKEN":
-        return Progress("confirm_card", "The agent found a card. Is this your card?", [], token)
+        plan = _plan_steps(ctx)
+        if plan and all(step.status == "skipped" for step in plan):
+            return Progress("confirm_card", "The agent found a card, but it cannot hold any of your certificates: "
+                            "use another card (answer No), or confirm to end the personalization.", [], token, plan)
+        return Progress("confirm_card", "The agent found a card. Is this your card?", [], token, plan)
     if state == "SUCCESS":
         skipped = [e["type"] for e in ctx.get("certificates") or [] if e["status"] == "skipped"]
         if skipped:
@@ -143,9 +164,6 @@ def _steps(ctx: dict[str, Any], state: str, children: Sequence[Any]) -> list[Ste
     for number, entry in enumerate(todo, start=1):
         name = f"{entry['type']} ({number}/{len(todo)})"
         status = entry["status"]
-        if status == "skipped":
-            steps.append(Step(f"Not on this card: {name}: {entry.get('reason', '')}", "skipped"))
-            continue
         current = entries.index(entry) == ctx.get("current")
         key_done = status in ("requested", "issued", "installed")
         steps.append(Step(f"Generating key {name} on the card",
@@ -161,4 +179,6 @@ def _steps(ctx: dict[str, Any], state: str, children: Sequence[Any]) -> list[Ste
     for entry in entries:
         if entry["status"] == "kept":
             steps.append(Step(f"Keeping the valid {entry['type']} certificate {entry['serial']}", "done"))
+        elif entry["status"] == "skipped":
+            steps.append(Step(f"Not on this card: {entry['type']}: {entry.get('reason', '')}", "skipped"))
     return steps

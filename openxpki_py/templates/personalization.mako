@@ -79,6 +79,18 @@
   </dl>
 % endif
 
+% if progress.plan:
+  <section aria-labelledby="plan-heading" id="card-plan">
+    <h2 id="plan-heading">What this card will get</h2>
+    <ul class="steps">
+    % for step in progress.plan:
+      <li class="step-${step.status}" data-status="${step.status}"><span aria-hidden="true">${step_marks[step.status]}</span>
+        ${step.label}<span class="visually-hidden"> (${step.status})</span></li>
+    % endfor
+    </ul>
+  </section>
+% endif
+
 % if progress.steps:
   <ol class="steps" id="steps">
   % for step in progress.steps:

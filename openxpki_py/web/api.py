@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from openxpki_py_token.capabilities import CardCapabilities
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
@@ -188,7 +189,11 @@ class AgentApi:
         agent = self._agent(request)
         body = self._body(request)
         (serial,) = _text(body, "serial", missing="the card's serial number is missing")
-        return json_response({"status": self.calls.report_token(agent, serial, body)})
+        try:
+            capabilities = CardCapabilities.from_report(body)
+        except ValueError as exc:
+            raise RequestInvalid(f"the card report's profile or key slots: {exc}") from None
+        return json_response({"status": self.calls.report_token(agent, serial, body, capabilities)})
 
     def task(self, request: Request) -> Response:
         return json_response(self.calls.task(self._agent(request)))

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -42,6 +43,44 @@ def test_demo_personalizes_alices_card() -> None:
         if apachectl.exists():
             subprocess.run([str(apachectl), "stop"], capture_output=True, check=False, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_demo_on_a_virtual_card(pcscd: Any, card: str) -> None:
+    """`make demo CARD=piv|openpgp`: the same main job with a software card behind pcscd + vpcd.
+
+    The test's pcscd (which holds the machine-wide lock) is the demo's: ``--pcscd-running``.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"openxpki-demo-{card}-test-"))
+    folder.chmod(0o755)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "contrib" / "demo" / "run_demo.py"), "--dir", str(folder / "demo"),
+             "--venv", str(Path(sys.executable).parent.parent), "--port", "0", "--card", card, "--pcscd-running"],
+            capture_output=True, text=True, timeout=300, check=False)
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out[-6000:]
+        if card == "piv":
+            # Both certificates; the demo's PIV policy makes the encryption key P-256.
+            assert "done: 2 certificates on the card" in out and 'browser: "Your card is ready."' in out
+            assert "plan for this card: encryption certificate, ec-p256 key made on the card" in out
+            assert out.count("Certificate Object") == 2 and "Private Key Object; EC" in out
+        else:
+            # The logon certificate, and the encryption type left out up front, visibly.
+            assert "done: 1 certificate on the card" in out, out[-6000:]
+            assert "plan for this card: Not on this card: encryption" in out
+            assert 'browser: "Your card is ready, without: encryption' in out
+            assert out.count("Certificate Object") == 1
+        assert "The virtual card is removed again" in out
+    finally:
+        apachectl = folder / "demo" / "httpd" / "apachectl"
+        if apachectl.exists():
+            subprocess.run([str(apachectl), "stop"], capture_output=True, check=False, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["piv", "openpgp"])
+def card(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def _fetch(url: str) -> bytes:

@@ -83,23 +83,35 @@ def test_openpgp_card_gets_its_logon_certificate(make_agent_server: Callable[...
 def test_openpgp_decryption_key_cannot_sign_its_csr(make_agent_server: Callable[..., tuple[Any, str]],
                                                     openpgp_card: VirtualCardProcess,
                                                     tmp_path: Path) -> None:
-    """The decryption key answers only PSO:DECIPHER, so no CSR can prove it: the type is left out, visibly.
+    """The decryption key answers only PSO:DECIPHER, so no CSR can prove it: the type is left out, up front.
 
-    This personalization used to hang in WAIT_FOR_CSR ("Generating key encryption (2/2)") forever.
+    This personalization used to hang in WAIT_FOR_CSR ("Generating key encryption (2/2)") forever;
+    then the agent had to try and report back (``POST /unable``); now the server plans it away from
+    the card's report, before the user confirms, and never asks the card for it.
     """
     app, url = make_agent_server(_policy(AUTHENTICATION, ENCRYPTION))
     browser = Browser(app)
     wf_id, code = browser.start()
     agent = run_agent_on_card(openpgp_card, url, code, tmp_path / "state", "--so-pin-env", "CARD_SO_PIN")
+    page, _ = browser.phrase_when_asked(wf_id)  # before the user confirms, the page shows the card's plan
+    assert "authentication certificate, rsa-2048 key made on the card" in page, page
+    assert "Not on this card: encryption: its Encryption key (slot 02) cannot sign" in page, page
     browser.confirm_when_asked(wf_id)
     out, err = agent.communicate(timeout=120)
     assert agent.returncode == 0, err
-    assert "encryption: this card cannot do it (token.cannot_sign)" in err and "done: 1 certificate" in err, err
+    assert "done: 1 certificate" in err and "not on this card: encryption" in err, err
+    assert "generating key 1/1 (authentication" in err, err
+    assert "encryption: this card cannot do it" not in err  # no round trip through POST /unable
     assert len(_issued(app)) == 1  # the authentication certificate, on the card
     page = browser.get(f"/deeplink/workflow/{wf_id}").text
     assert "Your card is ready, without: encryption" in page and "Not on this card: encryption" in page
     wf = app.instance.services.workflows.get(wf_id)
-    assert [h.action for h in wf.history if h.action == "report_card_unable"] == ["report_card_unable"]
+    assert "report_card_unable" not in [h.action for h in wf.history]
+    skipped = next(e for e in wf.context["certificates"] if e["type"] == "encryption")
+    assert (skipped["status"], skipped["skip_reason"]) == ("skipped", "slot_cannot_sign")
+    # Only the authentication slot got a key: the decryption slot was never touched.
+    dump = subprocess.run(["pkcs15-tool", "-D"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "Private RSA Key [Authentication key]" in dump and "[Encryption key]" not in dump, dump
 
 
 def test_policy_can_fail_a_personalization_the_card_cannot_complete(
@@ -115,6 +127,7 @@ def test_policy_can_fail_a_personalization_the_card_cannot_complete(
     wf = app.instance.services.workflows.get(wf_id)
     assert wf.state == "FAILED" and wf.context["failure"]["code"] == "card.unable"
     assert "cannot be made on this card" in browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert _issued(app) == []  # ended at the plan, before any key or certificate
 
 
 def _section(text: str, title: str) -> str:

@@ -29,12 +29,27 @@ yubikit = pytest.importorskip("yubikit.piv", reason="the agent's [piv] extra is 
 
 POLICY = [
     {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01", "usage": "sign"},
-    {"type": "encryption", "profile": "encryption", "key": "ec-p256", "key_id": "02", "usage": "decrypt"},
+    {"type": "encryption", "profile": "encryption", "key": "rsa-2048", "key_id": "02", "usage": "decrypt"},
 ]
+# The per-card-type policy: on PIV cards the encryption key is P-256; other cards keep RSA-2048.
+CARD_TYPES = {"piv": {"key": {"encryption": "ec-p256"}}, "openpgp": {"types": ["authentication"]}}
 
 
 def _policy(settings: dict[str, Any]) -> None:
-    settings["personalization"] = {"certificates": POLICY}
+    settings["personalization"] = {"certificates": POLICY, "card_types": CARD_TYPES}
+
+
+def _key_types(pin: str) -> dict[str, str]:
+    """Key type per PKCS#11 ID of the private keys on the card, as OpenSC lists them (``{"01": "RSA"}``)."""
+    listing = _pkcs11_tool("--login", "--pin", pin, "--list-objects", "--type", "privkey").decode()
+    types: dict[str, str] = {}
+    kind = ""
+    for line in listing.splitlines():
+        if line.startswith("Private Key Object;"):
+            kind = line.split(";", 1)[1].strip().split()[0]
+        elif line.strip().startswith("ID:") and kind:
+            types[line.split(":", 1)[1].strip()] = kind
+    return types
 
 
 def _pkcs11_tool(*args: str) -> bytes:
@@ -87,6 +102,10 @@ def test_piv_card_gets_two_certificates_and_a_new_chuid(make_agent_server: Calla
         == issued["encryption"]
     listing = _pkcs11_tool("--login", "--pin", piv_card.pin, "--list-objects").decode()
     assert listing.count("Private Key Object") == 2, listing
+    # The keys the PIV card-type policy chose: RSA in 9a (ID 01), P-256 in 9d (ID 03).
+    assert _key_types(piv_card.pin) == {"01": "RSA", "03": "EC"}, listing
+    wf = app.instance.services.workflows.get(wf_id)
+    assert wf.context["card_plan"]["policy"] == "piv"
 
     # A signature with the 9a key, made through OpenSC, verifies with the issued certificate.
     data = tmp_path / "data.bin"
@@ -102,6 +121,24 @@ def test_piv_card_gets_two_certificates_and_a_new_chuid(make_agent_server: Calla
     # card now answers only to the escrowed management key.
     assert stat.S_IMODE(escrow.stat().st_mode) == 0o600
     _check_on_card(bytes.fromhex(escrow.read_text()), issued, piv_card)
+
+
+def test_piv_card_type_policy_choosing_ec_for_logon_is_honoured(
+        make_agent_server: Callable[..., tuple[Any, str]], piv_card: VirtualCardProcess, tmp_path: Path) -> None:
+    """EC P-256 where TLS 1.3 matters: the PIV policy gives the logon key P-256; the configured type says RSA."""
+    app, url = make_agent_server(lambda s: s.update(personalization={
+        "certificates": POLICY[:1], "card_types": {"piv": {"key": {"authentication": "ec-p256"}}}}))
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(piv_card, url, code, tmp_path / "state")
+    page, _ = browser.phrase_when_asked(wf_id)
+    assert "authentication certificate, ec-p256 key made on the card" in page, page
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    assert "generating key 1/1 (authentication, EC P-256)" in err, err
+    assert isinstance(_issued(app)["authentication"].public_key(), ec.EllipticCurvePublicKey)
+    assert _key_types(piv_card.pin) == {"01": "EC"}
 
 
 def test_piv_factory_management_key_is_not_kept_silently(make_agent_server: Callable[..., tuple[Any, str]],

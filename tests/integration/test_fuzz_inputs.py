@@ -149,9 +149,16 @@ def test_fuzz_api_enroll(scene: Scene) -> None:
 
 
 def test_fuzz_api_token(scene: Scene) -> None:
+    slot = st.fixed_dictionaries({}, optional={
+        "key_id": st.sampled_from(["01", "9a", "zz", ""]) | json_values, "label": texts | json_values,
+        "usage": st.sampled_from(["sign", "decrypt", "wrap"]) | json_values, "can_sign": json_values,
+        "can_decrypt": json_values, "algorithms": st.lists(st.sampled_from(["rsa-2048", "ec-p256", "dsa"]) | texts),
+        "key_generation": st.sampled_from(["admin_pin", "management_key", "root"]) | json_values,
+        "object_write": json_values, "cert_types": st.lists(texts) | json_values, "default_for_usage": json_values})
     @FUZZ
     @given(_bodies({"serial": texts, "model": texts, "manufacturer": texts, "label": texts,
-                    "card_profile": texts}))
+                    "card_profile": st.sampled_from(["piv", "openpgp", "generic-pkcs11"]) | texts,
+                    "key_slots": st.lists(slot, max_size=40)}))
     def check(body: Any) -> None:
         _no_server_error(_post_json(scene.agent, "token", body), body)
     check()

@@ -601,10 +601,15 @@ def test_openpgp_profile_refuses_an_encryption_key_it_cannot_prove(
     assert code == cli.EXIT_CARD
     assert "encryption key (ID 02, 'Encryption key') cannot sign" in err
     assert api.card is not None and api.card["card_profile"] == "openpgp"
+    keys = ["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"]
+    common = {"algorithms": keys, "key_generation": "admin_pin", "object_write": "admin_pin"}
     assert api.card["key_slots"] == [
-        {"key_id": "01", "label": "Signature key", "usage": "sign", "can_sign": True},
-        {"key_id": "02", "label": "Encryption key", "usage": "decrypt", "can_sign": False},
-        {"key_id": "03", "label": "Authentication key", "usage": "sign", "can_sign": True},
+        {"key_id": "01", "label": "Signature key", "usage": "sign", "can_sign": True, "can_decrypt": False,
+         "cert_types": ["signature"], "default_for_usage": False, **common},
+        {"key_id": "02", "label": "Encryption key", "usage": "decrypt", "can_sign": False, "can_decrypt": True,
+         "cert_types": ["encryption"], "default_for_usage": True, **common},
+        {"key_id": "03", "label": "Authentication key", "usage": "sign", "can_sign": True, "can_decrypt": False,
+         "cert_types": ["authentication"], "default_for_usage": True, **common},
     ]
     assert token_objects(token)["private"] == []
     _assert_no_pin(token, out + err, api)
@@ -670,3 +675,27 @@ def test_fixed_slot_card_with_reinitialisation(make_token: Any, tmp_path: Path,
     objects = token_objects(token)
     assert sorted(k["id"] for k in objects["private"]) == [b"\x0a", b"\x0b"]
     assert {c["cert"] for c in objects["cert"]} == {s.cert for s in again.slots}
+
+
+def test_fixed_slot_refuses_a_key_it_cannot_make_before_touching_the_card(
+        make_token: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slot that makes only P-256 keys, asked for RSA-2048 (an older server that did not plan): refused, exit 3."""
+    from openxpki_py_token import card_profiles
+
+    p256_only = card_profiles.CardProfile(
+        name="p256card", description="test card", detect=("p256-card",),
+        slots=(card_profiles.KeySlot("0a", "Card auth key", "sign", ("authentication",), algorithms=("ec-p256",)),),
+        keygen_login="user", cert_write_login="user", reinit_after_keygen=False)
+    monkeypatch.setitem(card_profiles.CARD_PROFILES, "p256card", p256_only)
+    api = FakeApi([CertSlot("authentication", RSA_2048, "01", "sign")])
+    server, url = serve(api)
+    token = make_token("p256-card-1")
+    try:
+        code, out, err = run_agent(capsys, agent_args(token, url, api.code, tmp_path))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == cli.EXIT_CARD, err
+    assert "slot 0a cannot make RSA-2048 keys (it makes ec-p256)" in err
+    assert api.card is not None and api.card["key_slots"][0]["algorithms"] == ["ec-p256"]
+    assert token_objects(token)["private"] == []

@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from .capabilities import Credential, SlotCapability, match_slot
+from .capabilities import Usage as Usage  # re-exported: the routes import it from here
 from .errors import TokenError, UsageError
 
-Usage = Literal["sign", "decrypt"]
 Login = Literal["user", "so"]
 Route = Literal["pkcs11", "piv"]
 
@@ -33,11 +34,12 @@ class KeySlot:
     default_for_usage: bool = False
     #: Whether the card signs with this key: a CSR needs a signature from it.
     can_sign: bool = True
+    #: Key specs the card can generate here (``rsa-2048`` …); empty: whatever the server asks.
+    algorithms: tuple[str, ...] = ()
 
-    def as_api(self) -> dict[str, str | bool]:
-        # can_sign lets the server leave out a certificate type whose key
-        # cannot sign its CSR before the user's time is spent on the others.
-        return {"key_id": self.key_id, "label": self.label, "usage": self.usage, "can_sign": self.can_sign}
+    @property
+    def can_decrypt(self) -> bool:
+        return self.usage == "decrypt"
 
 
 @dataclass(frozen=True)
@@ -61,21 +63,31 @@ class CardProfile:
     #: How the agent reaches the card: OpenSC's (or a vendor's) PKCS#11
     #: module, or PIV commands through PC/SC (:mod:`openxpki_py_token.piv_card`).
     route: Route = "pkcs11"
+    #: What the card calls its "so" login, as the report names it.
+    so_credential: Credential = "so_pin"
 
     @property
     def needs_so_pin(self) -> bool:
         return "so" in (self.keygen_login, self.cert_write_login)
 
+    def credential(self, login: Login) -> Credential:
+        return self.so_credential if login == "so" else "user_pin"
+
+    def capabilities(self) -> list[SlotCapability]:
+        """The slots as the card report gives them to the server, which plans the certificate types by them."""
+        return [SlotCapability(
+            key_id=slot.key_id, label=slot.label, usage=slot.usage, can_sign=slot.can_sign,
+            can_decrypt=slot.can_decrypt, algorithms=slot.algorithms,
+            key_generation=self.credential(self.keygen_login), object_write=self.credential(self.cert_write_login),
+            cert_types=slot.cert_types, default_for_usage=slot.default_for_usage) for slot in self.slots]
+
     def slot_for(self, cert_type: str, usage: Usage) -> KeySlot | None:
         """The fixed slot for this certificate type (None: the card has no fixed slots)."""
         if not self.slots:
             return None
-        for slot in self.slots:
-            if cert_type in slot.cert_types:
-                return slot
-        for slot in self.slots:
-            if slot.usage == usage and slot.default_for_usage:
-                return slot
+        slot = match_slot(self.slots, cert_type, usage)
+        if slot is not None:
+            return slot
         offered = ", ".join(f"{s.key_id} ({'/'.join(s.cert_types) or s.usage})" for s in self.slots)
         raise TokenError(f"the {self.description} has no key slot for a {cert_type!r} certificate "
                          f"with usage {usage!r} (its slots: {offered})", code="token.no_slot")
@@ -95,39 +107,48 @@ GENERIC = CardProfile(
 # OpenPGP applet, Gnuk …): three fixed keys with OpenSC's labels; the admin
 # PIN (PW3) generates keys and writes certificates, the user PIN (PW1) signs.
 # The decryption key answers only PSO:DECIPHER: it cannot sign a CSR.
+# OpenPGP card 3.x: RSA 2048-4096 and NIST P-256/P-384 in every slot.
+_OPENPGP_KEYS = ("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384")
 OPENPGP = CardProfile(
     name="openpgp",
     description="OpenPGP card",
     detect=("openpgp",),
     slots=(
-        KeySlot("01", "Signature key", "sign", ("signature",)),
+        KeySlot("01", "Signature key", "sign", ("signature",), algorithms=_OPENPGP_KEYS),
         KeySlot("02", "Encryption key", "decrypt", ("encryption",), default_for_usage=True,
-                can_sign=False),
-        KeySlot("03", "Authentication key", "sign", ("authentication",), default_for_usage=True),
+                can_sign=False, algorithms=_OPENPGP_KEYS),
+        KeySlot("03", "Authentication key", "sign", ("authentication",), default_for_usage=True,
+                algorithms=_OPENPGP_KEYS),
     ),
     keygen_login="so",
     cert_write_login="so",
     reinit_after_keygen=True,
+    so_credential="admin_pin",
 )
 
 # PIV (NIST SP 800-73-4; YubiKey, PIV smartcards): fixed slots, the
 # management key ("so") generates keys and writes certificates, the PIN
 # signs.  Chosen by its applet (SELECT), not by words: OpenSC's PIV token
 # cannot be personalized through PKCS#11, so "piv" in a PKCS#11 token's
-# label only leads to the advice to install the PIV extra.
+# label only leads to the advice to install the PIV extra.  The PIV route
+# (piv_card) makes RSA-2048, P-256 and P-384 keys in every slot.
+_PIV_KEYS = ("rsa-2048", "ec-p256", "ec-p384")
 PIV = CardProfile(
     name="piv",
     description="PIV card",
     detect=("piv",),
     slots=(
-        KeySlot("9a", "PIV Authentication", "sign", ("authentication",), default_for_usage=True),
-        KeySlot("9c", "Digital Signature", "sign", ("signature",)),
-        KeySlot("9d", "Key Management", "decrypt", ("encryption",), default_for_usage=True),
+        KeySlot("9a", "PIV Authentication", "sign", ("authentication",), default_for_usage=True,
+                algorithms=_PIV_KEYS),
+        KeySlot("9c", "Digital Signature", "sign", ("signature",), algorithms=_PIV_KEYS),
+        KeySlot("9d", "Key Management", "decrypt", ("encryption",), default_for_usage=True,
+                algorithms=_PIV_KEYS),
     ),
     keygen_login="so",
     cert_write_login="so",
     reinit_after_keygen=False,
     route="piv",
+    so_credential="management_key",
 )
 
 CARD_PROFILES: dict[str, CardProfile] = {p.name: p for p in (GENERIC, OPENPGP, PIV)}

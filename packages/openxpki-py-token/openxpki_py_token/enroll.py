@@ -69,7 +69,7 @@ class IssuedCertificate:
 
 # Card errors that mean "this card cannot do this step" (not "something broke"):
 # reported to the server, which skips the certificate type or fails, per policy.
-CARD_UNABLE_CODES = frozenset({"token.cannot_sign"})
+CARD_UNABLE_CODES = frozenset({"token.cannot_sign", "token.key_unsupported"})
 
 
 class TokenAgent:
@@ -209,7 +209,9 @@ class TokenAgent:
             "label": info.label, "card_profile": profile.name,
         }
         if profile.slots:
-            body["key_slots"] = [slot.as_api() for slot in profile.slots]
+            # The server plans the certificate types by these (which slot can
+            # sign a CSR, which keys it makes) before the user's time is spent.
+            body["key_slots"] = [slot.as_api() for slot in profile.capabilities()]
         status = _text(self.api.post("token", body).body, "status", "token")
         if status == "awaiting_confirmation":
             self.progress.step("waiting for you to confirm the card and the phrase in the browser…")
@@ -297,6 +299,10 @@ class TokenAgent:
         issued = [IssuedCertificate(**{name: str(c.get(name) or "") for name in
                                        ("cert_type", "serial", "subject", "not_after", "status")})
                   for c in listed if isinstance(c, dict)]
+        for left_out in task.get("skipped") or []:
+            if isinstance(left_out, dict):
+                self.progress.step(f"not on this card: {left_out.get('cert_type')} "
+                                   f"({left_out.get('reason') or 'the server left it out'})")
         self.progress.step(f"done: {len(issued)} certificate{'s' if len(issued) != 1 else ''} on the card")
         return issued
 
@@ -316,6 +322,10 @@ class TokenAgent:
                     f"{slot.label!r}) cannot sign, so it cannot sign the CSR that proves the key "
                     "is yours; ask your PKI administrator to leave this certificate type out for "
                     "this card", code="token.cannot_sign")
+            if slot.algorithms and spec.name not in slot.algorithms:
+                raise TokenError(f"the {profile.description}'s {cert_type} slot {slot.key_id} cannot make "
+                                 f"{spec_text(spec)} keys (it makes {', '.join(slot.algorithms)})",
+                                 code="token.key_unsupported")
             key_id, label = bytes.fromhex(slot.key_id), slot.label
         else:
             key_id, label = _key_id(task.get("key_id")), str(task.get("label") or cert_type)
