@@ -193,27 +193,49 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_revoke(args: argparse.Namespace) -> int:
-    from .db.certstore import parse_serial
+    from .console.revocation import HOLD, revoke
 
     services = _services(args)
-    serial = parse_serial(args.serial)
-    with services.db.begin() as conn:
-        services.ca.revoke_certificate(conn, serial, args.reason, actor=args.actor, role=roles.CA_OPERATOR)
-    print(f"certificate {format(serial, 'x')} revoked ({args.reason}); run 'openxpki-py ca crl' to publish")
+    row = revoke(services.db, services.ca, args.serial, args.reason, actor=args.actor, role=roles.CA_OPERATOR,
+                 comment=args.comment)
+    done = "put on hold" if args.reason == HOLD else f"revoked ({args.reason})"
+    print(f"certificate {row['serial']} {done}; run 'openxpki-py ca crl' to publish")
+    return 0
+
+
+def cmd_ca_release_hold(args: argparse.Namespace) -> int:
+    from .console.revocation import release_hold
+
+    services = _services(args)
+    row = release_hold(services.db, services.ca, args.serial, actor=args.actor, role=roles.CA_OPERATOR,
+                       comment=args.comment)
+    print(f"certificate {row['serial']} is valid again (hold released); the next CRL leaves it out")
     return 0
 
 
 def cmd_ca_crl(args: argparse.Namespace) -> int:
+    from .console.revocation import issue_crl_now
+
     services = _services(args)
-    with services.db.begin() as conn:
-        issued = services.ca.issue_crl(conn, actor=args.actor, role=roles.CA_OPERATOR)
-        written = services.ca.publish_crl(conn, issued)
+    issued, written = issue_crl_now(services.db, services.ca, actor=args.actor, role=roles.CA_OPERATOR)
     if args.out:
         Path(args.out).write_bytes(issued.crl.public_bytes(serialization.Encoding.PEM))
     print(f"CRL number {issued.number} issued with {issued.revoked} revoked certificate(s); "
           f"next update {issued.crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
     for path in written:
         print(f"published {path}")
+    return 0
+
+
+def cmd_ca_crl_info(args: argparse.Namespace) -> int:
+    from .console.revocation import crl_status
+
+    services = _services(args)
+    status = crl_status(services.db, services.ca)
+    if status is None:
+        raise errors.NotFound("no CRL has been issued yet: run 'openxpki-py ca crl'")
+    info = status.as_json()
+    _emit(args, info, lambda: [f"{k:14} {v}" for k, v in info.items()])
     return 0
 
 
@@ -345,9 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the certificate (PEM) here instead of stdout")
     p = command(ca, "revoke", cmd_ca_revoke, "revoke a certificate")
     p.add_argument("serial", help="serial number (hex)")
-    p.add_argument("--reason", default="unspecified", help="RFC 5280 reason, e.g. keyCompromise, superseded")
+    p.add_argument("--reason", default="unspecified",
+                   help="RFC 5280 reason, e.g. keyCompromise, superseded; certificateHold suspends it")
+    p.add_argument("--comment", help="why (kept in the audit trail)")
+    p = command(ca, "release-hold", cmd_ca_release_hold, "end a certificateHold (removeFromCRL)")
+    p.add_argument("serial", help="serial number (hex)")
+    p.add_argument("--comment", help="why (kept in the audit trail)")
     p = command(ca, "crl", cmd_ca_crl, "issue (and publish) a new CRL")
     p.add_argument("--out", help="also write the CRL (PEM) here")
+    p = command(ca, "crl-info", cmd_ca_crl_info, "the current CRL: number, this/next update, entries")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command(ca, "list", cmd_ca_list, "list issued certificates")
     p.add_argument("--owner", help="only this owner's certificates")
     p.add_argument("--limit", type=int, default=100)
