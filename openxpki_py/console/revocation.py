@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ..db import certstore
-from ..db.schema import certificate, crl
+from ..db.schema import audit_log, crl
 from ..errors import NotFound, PolicyViolation
 from . import policy
 
@@ -95,7 +95,7 @@ class CrlStatus:
     this_update: datetime
     next_update: datetime
     entries: int
-    changed_since: int  # revocations, holds and releases after this_update: the next CRL will differ
+    changed_since: int  # revocations, holds and releases since: the next CRL will differ
     overdue: bool
 
     def as_json(self) -> dict[str, Any]:
@@ -113,20 +113,22 @@ def crl_status(db: Engine, ca: CertificateAuthority) -> CrlStatus | None:
                            .order_by(crl.c.crl_number.desc()).limit(1)).mappings().first()
         if row is None:
             return None
-        changed = conn.execute(select(func.count()).select_from(certificate).where(
-            certificate.c.issuer_key_identifier == key_id,
-            certificate.c.revoked_at > row["this_update"])).scalar_one()
-        released = _releases_since(conn, row["this_update"])
+        changed = _changes_since(conn, int(row["crl_number"]))
     return CrlStatus(int(row["crl_number"]), row["this_update"], row["next_update"], int(row["revoked_count"]),
-                     int(changed) + released, row["next_update"] <= certstore.utcnow())
+                     changed, row["next_update"] <= certstore.utcnow())
 
 
-def _releases_since(conn: Any, since: datetime) -> int:
-    """Holds released after ``since`` (the store forgets them; the audit trail does not)."""
-    from ..db.schema import audit_log
+CHANGES = ("cert.revoke", "cert.hold", "cert.hold.release")
 
+
+def _changes_since(conn: Connection, number: int) -> int:
+    """Revocations, holds and releases audited after the CRL's own audit row (exact, unlike timestamps in seconds)."""
+    issued_at = conn.execute(select(func.max(audit_log.c.id)).where(
+        audit_log.c.event == "crl.issue", audit_log.c.target == str(number))).scalar()
+    if issued_at is None:
+        return 0
     return int(conn.execute(select(func.count()).select_from(audit_log).where(
-        audit_log.c.event == "cert.hold.release", audit_log.c.logged_at > since)).scalar_one())
+        audit_log.c.event.in_(CHANGES), audit_log.c.outcome == "ok", audit_log.c.id > issued_at)).scalar_one())
 
 
 def current_crl_der(db: Engine, ca: CertificateAuthority) -> bytes:

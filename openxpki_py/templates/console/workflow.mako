@@ -44,7 +44,7 @@
 <h2>Context</h2>
 <table class="context" id="workflow-context">
   <tbody>
-  % for key, value in context.items():
+  % for key, value in wf_context.items():
     <tr><th scope="row">${key}</th><td><code>${value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)}</code></td></tr>
   % endfor
   </tbody>

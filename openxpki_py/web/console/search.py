@@ -100,6 +100,6 @@ def console_workflow(ctx: RequestContext, wf_id: int) -> Response:
         data = wf.as_json()
         data["context"] = context
         return json_answer(data)
-    return ctx.render("console/workflow.mako", wf=wf, context=context, message=ctx.take_flash(),
+    return ctx.render("console/workflow.mako", wf=wf, wf_context=context, message=ctx.take_flash(),
                       may_retry=policy.may(ctx.role, "workflow.retry") and wf.proc_state in ("exception", "retry"),
                       may_fail=policy.may(ctx.role, "workflow.fail") and not wf.final)
