@@ -404,10 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "init", cmd_db_init, "create the database tables (same as 'db init')")
     # Sub-commands that live next to their subsystem.
     from .audit.cli import register as register_audit
+    from .console.cli import register as register_console
     from .workflow.cli import register as register_workflow
 
     register_workflow(sub)
     register_audit(sub)
+    register_console(sub)
     return parser
 
 

@@ -40,7 +40,7 @@ MENU: tuple[MenuItem, ...] = (
     MenuItem("Search", ("console_search",), OPERATOR_ROLES),
     MenuItem("Revocation and CRL", ("console_crl",), OPERATOR_ROLES),
     MenuItem("Stuck work", ("console_stuck",), OPERATOR_ROLES),
-    MenuItem("Audit log", ("audit_log",), OPERATOR_ROLES),
+    MenuItem("Audit log", ("console_audit", "audit_log"), OPERATOR_ROLES),
 )
 
 

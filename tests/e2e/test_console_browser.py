@@ -241,3 +241,32 @@ def test_stuck_workflow_is_retried_from_the_queue(console_site: Any, chromium: A
     page.context.close()
     assert ("bob", RA, "workflow.retry", "ok") in [(r["actor"], r["role_name"], r["event"], r["outcome"])
                                                    for r in site.audit()]
+
+
+def test_audit_search_export_and_verify(console_site: Any, chromium: Any) -> None:
+    site = console_site
+    serial = _issue(site, "audited")
+    page = _as(chromium, "bob")
+    page.goto(f"{site.base_url}/openxpki/console/certificates/{serial}")
+    _pick_role(page, CA)
+    page.select_option("#reason", "superseded")
+    page.get_by_role("button", name="Revoke…").click()
+    page.click("#confirm-revoke")
+
+    page.get_by_role("navigation", name="Main menu").get_by_role("link", name="Audit log").click()
+    page.fill("#actor", "bob")
+    page.fill("#event", "cert.*")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("#audit-rows tbody tr")
+    assert rows.count() == 1 and "cert.revoke" in rows.first.inner_text() and serial in rows.first.inner_text()
+    screenshot(page, "console-audit-search.png")
+    with page.expect_download() as download:
+        page.click("#export-jsonl")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert len(lines) == 1 and '"event": "cert.revoke"' in lines[0] and '"entry_hash"' in lines[0]
+
+    page.click("#verify-chain")
+    assert "Audit chain intact" in page.locator("#audit-message").inner_text()
+    page.context.close()
+    events = [(r["actor"], r["event"], r["details"]) for r in site.audit()]
+    assert any(e[:2] == ("bob", "audit.export") and e[2]["format"] == "jsonl" for e in events)

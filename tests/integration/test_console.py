@@ -7,6 +7,8 @@ Revocation, holds and their release are checked where relying parties look:
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -325,3 +327,39 @@ def test_stuck_work_retry_and_fail(inst: Any, app: Any) -> None:
     alice = Operator(app, "alice")
     assert alice.get("/console/stuck").status_code == 403
     assert alice.get(f"/console/workflows/{retried}").status_code == 403
+
+
+def test_audit_search_and_export(inst: Any, app: Any) -> None:
+    from openxpki_py.audit import append_audit
+    from openxpki_py.console import auditlog
+
+    svc = inst.services
+    serial = issue(inst)
+    revocation.revoke(svc.db, svc.ca, serial, "keyCompromise", actor="bob", role=RA)
+    with svc.db.begin() as conn:  # an actor name a spreadsheet would run as a formula
+        append_audit(conn, actor="=HYPERLINK(\"http://evil\")", event="auth.login.refused", outcome="refused")
+    bob = Operator(app, "bob").choose(RA)
+    page = bob.get("/console/audit", query_string={"actor": "bob", "event": "cert.*"}).get_data(as_text=True)
+    assert "cert.revoke" in page and "auth.role.grant" not in page and "cert.issue" not in page
+    assert serial in bob.get("/console/audit", query_string={"target": serial}).get_data(as_text=True)
+    today = datetime.now(timezone.utc).date().isoformat()
+    got = bob.get("/console/audit", query_string={"since": today, "until": today, "outcome": "refused",
+                                                  "format": "json"})
+    assert [r["event"] for r in got.json["rows"]] == ["auth.login.refused"]  # type: ignore[index]
+    assert bob.get("/console/audit", query_string={"since": "yesterday"}).status_code == 422
+
+    csv_text = bob.get("/console/audit/export", query_string={"format": "csv"}).get_data(as_text=True)
+    header, *lines = list(csv.reader(io.StringIO(csv_text)))
+    assert header[:3] == ["id", "logged_at", "actor"] and "entry_hash" in header
+    assert ["'=HYPERLINK(\"http://evil\")"] == [line[2] for line in lines if "HYPERLINK" in line[2]]  # no formula
+    jsonl = bob.get("/console/audit/export", query_string={"format": "jsonl"}).get_data(as_text=True)
+    records = [json.loads(line) for line in jsonl.splitlines()]
+    assert all(b["prev_hash"] == a["entry_hash"] for a, b in zip(records, records[1:]))  # the chain, exported
+    assert bob.get("/console/audit/export", query_string={"format": "xml"}).status_code == 422
+    assert ("audit.export", "ok", RA, None) in events(inst)
+    assert list(auditlog.rows(svc.db, auditlog.AuditFilter(event="cert.revoke")))[0]["target"] == serial
+    assert Operator(app, "alice").get("/console/audit/export").status_code == 403
+
+    exported = run_cli(inst, "console", "audit-export", "--format", "jsonl", "--event", "cert.*")
+    assert exported.returncode == 0, exported.stderr
+    assert {json.loads(line)["event"] for line in exported.stdout.splitlines()} == {"cert.issue", "cert.revoke"}
