@@ -28,6 +28,10 @@ def register(subparsers: Any) -> None:
     p = leaf("search", cmd_search, "find people (login, name, mail) or show a person's cards, certificates, workflows")
     p.add_argument("text")
     p.add_argument("--person", action="store_true", help="TEXT is a login: show that person's records")
+    p = leaf("card", cmd_card, "move a card to another state: suspend, resume, lost, damaged, terminate")
+    p.add_argument("serial")
+    p.add_argument("transition", choices=("suspend", "resume", "lost", "damaged", "terminate"))
+    p.add_argument("--comment", help="why (kept in the audit trail)")
     p = leaf("stuck", cmd_stuck, "workflows in exception or past their deadline with an error (JSON)")
     p.add_argument("--page", type=int, default=1)
     p = leaf("audit-export", cmd_audit_export, "the audit trail as CSV or JSON Lines on stdout")
@@ -59,6 +63,17 @@ def cmd_search(args: argparse.Namespace) -> int:
             "cards": [dict(r) for r in search.cards_of(services.db, args.text)],
             "certificates": [dict(r) for r in search.certificates_of(services.db, args.text).items],
             "workflows": [dict(r) for r in search.workflows_of(services.db, args.text).items]})
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from .cards import transition
+
+    services = _services(args)
+    result = transition(services.db, services.ca, args.serial, args.transition, actor=args.actor,
+                        role=roles.CA_OPERATOR, comment=args.comment)
+    print(f"card {result.serial} is now {result.status}; certificates changed: "
+          f"{', '.join(result.certificates) or 'none'}")
     return 0
 
 

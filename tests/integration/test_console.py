@@ -36,6 +36,7 @@ from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.web.app import create_app
 
 RA, CA, USER = "RA Operator", "CA Operator", "User"
+HOLD_REASON = "certificateHold"
 
 
 def operator_roles(settings: dict[str, Any]) -> None:
@@ -363,3 +364,65 @@ def test_audit_search_and_export(inst: Any, app: Any) -> None:
     exported = run_cli(inst, "console", "audit-export", "--format", "jsonl", "--event", "cert.*")
     assert exported.returncode == 0, exported.stderr
     assert {json.loads(line)["event"] for line in exported.stdout.splitlines()} == {"cert.issue", "cert.revoke"}
+
+
+def test_card_lifecycle_changes_its_certificates(inst: Any, app: Any, tmp_path: Path) -> None:
+    from openxpki_py.console import cards
+
+    svc = inst.services
+    now = datetime.now(timezone.utc)
+    with svc.db.begin() as conn:
+        card = register_token(conn, TokenInfo("CARD-7"), owner="alice", now=now, claim_lifetime=timedelta(days=1))
+        other = register_token(conn, TokenInfo("CARD-8"), owner="carol", now=now, claim_lifetime=timedelta(days=1))
+    logon, encryption = issue(inst, token_id=card.id), issue(inst, token_id=card.id)
+    carols = issue(inst, owner="carol", token_id=other.id)
+    status = lambda s: (revocation.find(svc.db, s)["status"], revocation.find(svc.db, s)["revocation_reason"])  # noqa: E731
+
+    bob = Operator(app, "bob").choose(RA)
+    page = bob.get("/console/cards/CARD-7").get_data(as_text=True)
+    assert 'id="transition-suspend"' in page and 'id="transition-resume"' not in page
+    assert bob.post("/console/cards/CARD-7/transition", {"transition": "suspend"}).status_code == 400  # unconfirmed
+    assert bob.post("/console/cards/CARD-7/transition", {"transition": "suspend", "confirm": "yes"},
+                    csrf=False).status_code == 403
+    assert bob.post("/console/cards/CARD-7/transition", {"transition": "suspend", "confirm": "yes",
+                                                         "comment": "on leave"}).status_code == 303
+    assert status(logon) == status(encryption) == ("revoked", "certificateHold")
+    assert search.find_card(svc.db, "CARD-7")["status"] == "suspended"
+    assert bob.post("/console/cards/CARD-7/transition", {"transition": "suspend", "confirm": "yes"}).status_code == 422
+    assert bob.post("/console/cards/CARD-7/transition", {"transition": "resume", "confirm": "yes"}).status_code == 303
+    assert status(logon) == status(encryption) == ("valid", None)
+
+    # The owner reports it lost from "My certificates"; she cannot touch carol's card.
+    alice = Operator(app, "alice")
+    mine = alice.get("/certificates").get_data(as_text=True)
+    alice.csrf = re.search(r'name="csrf_token" value="([^"]+)"', mine).group(1)  # type: ignore[union-attr]
+    assert "Block card CARD-7" in mine and "CARD-8" not in mine
+    assert alice.post("/certificates/cards/CARD-8/lost", {"confirm": "yes"}).status_code == 404
+    assert status(carols) == ("valid", None)
+    assert alice.post("/console/cards/CARD-7/transition", {"transition": "terminate", "confirm": "yes"}).status_code == 403
+    assert alice.post("/certificates/cards/CARD-7/lost", {"confirm": "yes"}).status_code == 303
+    assert status(logon) == status(encryption) == ("revoked", "keyCompromise")
+    assert "is blocked" in alice.get("/certificates").get_data(as_text=True)
+    with pytest.raises(NotPermitted):
+        cards.transition(svc.db, svc.ca, "CARD-8", "terminate", actor="alice", role=USER)
+
+    # Damaged (superseded) and terminated (every certificate, held ones too: affiliationChanged).
+    held = issue(inst, owner="carol", token_id=other.id)
+    revocation.revoke(svc.db, svc.ca, held, HOLD_REASON, actor="bob", role=RA)
+    result = cards.transition(svc.db, svc.ca, "CARD-8", "terminate", actor="bob", role=RA, comment="left")
+    assert set(result.certificates) == {carols, held}
+    assert status(carols) == status(held) == ("revoked", "affiliationChanged")
+    revocation.issue_crl_now(svc.db, svc.ca, actor="carol", role=CA)
+    text = crl_text(inst, tmp_path)
+    assert "Key Compromise" in crl_entry(text, logon) and "Affiliation Changed" in crl_entry(text, held)
+    audit = events(inst)
+    assert ("token.transition", "ok", RA, "CARD-7") in audit and ("token.transition", "ok", USER, "CARD-7") in audit
+    assert ("token.transition", "refused", USER, "CARD-8") in audit
+
+    damaged_card = issue(inst)
+    with svc.db.begin() as conn:
+        spare = register_token(conn, TokenInfo("CARD-9"), owner="alice", now=now, claim_lifetime=timedelta(days=1))
+    damaged_card = issue(inst, token_id=spare.id)
+    done = run_cli(inst, "console", "card", "CARD-9", "damaged", "--comment", "chip broken")
+    assert done.returncode == 0, done.stderr
+    assert status(damaged_card) == ("revoked", "superseded")

@@ -18,6 +18,20 @@
   <dt>First seen</dt><dd>${parts.when(card["first_seen"])} UTC</dd>
   <dt>Last seen</dt><dd>${parts.when(card["last_seen"])} UTC</dd>
 </dl>
+% if transitions:
+<section class="actions" id="card-transitions">
+  <h2>Change the card's state</h2>
+  % for t in transitions:
+  <form method="post" action="${url_for('console_card_transition', serial=card['serial'])}" id="transition-${t.name}">
+    <input type="hidden" name="csrf_token" value="${csrf_token}">
+    <input type="hidden" name="transition" value="${t.name}">
+    <label><input type="checkbox" name="confirm" value="yes" required> confirm</label>
+    <input type="text" name="comment" maxlength="1000" placeholder="comment (audit trail)" aria-label="Comment for ${t.label}">
+    <button type="submit">${t.label}</button>
+  </form>
+  % endfor
+</section>
+% endif
 <h2>Certificates</h2>
 % if certs:
 ${parts.cert_table(certs, "card-certificates")}

@@ -7,6 +7,7 @@ from typing import Any
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
+from ...console import cards as card_states
 from ...console import policy, search, stuck
 from ...errors import NotFound
 from ..context import RequestContext
@@ -89,7 +90,7 @@ def console_card(ctx: RequestContext, serial: str) -> Response:
         return json_answer({"card": dict(card), "certificates": _rows(certs), "history": _rows(history),
                             "workflows": _rows(flows)})
     return ctx.render("console/card.mako", card=card, certs=certs, history=history, flows=flows,
-                      message=ctx.take_flash())
+                      transitions=card_states.available(card["status"], ctx.role), message=ctx.take_flash())
 
 
 @view("/console/workflows/<int:wf_id>", roles=OPERATORS, needs="console")
