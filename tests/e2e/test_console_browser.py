@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from support.browser import screenshot
 
-from openxpki_py.db.schema import crl, workflow
+from openxpki_py.db.schema import certificate, crl, token, workflow
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -270,3 +270,58 @@ def test_audit_search_export_and_verify(console_site: Any, chromium: Any) -> Non
     page.context.close()
     events = [(r["actor"], r["event"], r["details"]) for r in site.audit()]
     assert any(e[:2] == ("bob", "audit.export") and e[2]["format"] == "jsonl" for e in events)
+
+
+def test_card_suspended_resumed_and_reported_lost(console_site: Any, chromium: Any) -> None:
+    site = console_site
+    serial = _issue(site, "on-card")
+    now = datetime.now(timezone.utc)
+
+    def register(conn: Any) -> None:
+        card_id = conn.execute(token.insert(), {"serial": "ALICE-CARD-1", "model": "Virtual PIV", "owner": "alice",
+                                                "status": "active", "first_seen": now, "last_seen": now}
+                               ).inserted_primary_key[0]
+        conn.execute(certificate.update().where(certificate.c.serial == serial).values(token_id=card_id))
+        conn.commit()
+
+    site.read_db(register)
+    page = _as(chromium, "bob")
+    page.goto(f"{site.base_url}/openxpki/console/search")
+    _pick_role(page, RA)
+    page.select_option("#kind", "card")
+    page.fill("#q", "ALICE-CARD-1")
+    page.get_by_role("button", name="Search").click()
+    assert page.locator(".card-status").inner_text() == "active"
+    form = page.locator("#transition-suspend")
+    form.locator("input[name=confirm]").check()
+    form.locator("input[name=comment]").fill("on parental leave")
+    form.get_by_role("button").click()
+    assert page.locator(".card-status").inner_text() == "suspended"
+    screenshot(page, "console-card-suspended.png")
+    assert "certificateHold" in _ocsp(site, "on-card")
+    form = page.locator("#transition-resume")
+    form.locator("input[name=confirm]").check()
+    form.get_by_role("button").click()
+    assert page.locator(".card-status").inner_text() == "active"
+    assert ": good" in _ocsp(site, "on-card")
+    assert "token.transition" in page.locator("#card-history").inner_text()
+    page.get_by_role("navigation", name="Main menu").get_by_role("link", name="Audit log").click()
+    page.click("#verify-chain")
+    assert "Audit chain intact" in page.locator("#audit-message").inner_text()
+    page.context.close()
+
+    # alice blocks her lost card herself.
+    mine = _as(chromium, "alice")
+    mine.goto(f"{site.base_url}/openxpki/login")
+    _pick_role(mine, "User")
+    mine.goto(f"{site.base_url}/openxpki/certificates")
+    mine.locator("#my-cards input[name=confirm]").check()
+    mine.get_by_role("button", name="Block card ALICE-CARD-1").click()
+    assert "is blocked" in mine.locator("#my-message").inner_text()
+    screenshot(mine, "console-user-blocked-card.png")
+    answer = _ocsp(site, "on-card")
+    assert ": revoked" in answer and "keyCompromise" in answer, answer
+    mine.context.close()
+    transitions = [(r["actor"], r["role_name"], r["details"]["transition"]) for r in site.audit()
+                   if r["event"] == "token.transition"]
+    assert transitions == [("bob", RA, "suspend"), ("bob", RA, "resume"), ("alice", "User", "lost")]

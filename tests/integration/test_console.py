@@ -31,7 +31,7 @@ from werkzeug.test import Client, TestResponse
 from openxpki_py.console import revocation, search, stuck
 from openxpki_py.crypto.ca import IssuanceRequest
 from openxpki_py.db.schema import audit_log, workflow, workflow_context
-from openxpki_py.errors import NotPermitted, PolicyViolation
+from openxpki_py.errors import NotFound, NotPermitted, PolicyViolation
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.web.app import create_app
 
@@ -403,8 +403,10 @@ def test_card_lifecycle_changes_its_certificates(inst: Any, app: Any, tmp_path: 
     assert alice.post("/certificates/cards/CARD-7/lost", {"confirm": "yes"}).status_code == 303
     assert status(logon) == status(encryption) == ("revoked", "keyCompromise")
     assert "is blocked" in alice.get("/certificates").get_data(as_text=True)
-    with pytest.raises(NotPermitted):
+    with pytest.raises(NotFound):  # another's card: not even whether it exists
         cards.transition(svc.db, svc.ca, "CARD-8", "terminate", actor="alice", role=USER)
+    with pytest.raises(NotPermitted):  # her own, but only "lost" is hers to do
+        cards.transition(svc.db, svc.ca, "CARD-7", "terminate", actor="alice", role=USER)
 
     # Damaged (superseded) and terminated (every certificate, held ones too: affiliationChanged).
     held = issue(inst, owner="carol", token_id=other.id)
