@@ -117,6 +117,12 @@ def workflows_of(db: Engine, login: str, number: int = 1) -> Page[RowMapping]:
         return paged(conn, query, number)
 
 
+def find_certificate_row(db: Engine, serial: str) -> RowMapping | None:
+    """The certificate with this serial (lowercase hex, whatever issuer): the search box's exact match."""
+    with db.connect() as conn:
+        return conn.execute(select(*_cert_columns()).where(certificate.c.serial == serial).limit(1)).mappings().first()
+
+
 def find_card(db: Engine, serial: str) -> RowMapping:
     with db.connect() as conn:
         row = conn.execute(select(token).where(token.c.serial == serial)).mappings().first()
