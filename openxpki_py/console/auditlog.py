@@ -29,6 +29,7 @@ COLUMNS = ("id", "logged_at", "actor", "role_name", "event", "outcome", "target"
            "entry_hash")
 FORMATS = {"csv": "text/csv", "jsonl": "application/jsonl"}
 BATCH = 1000
+FILTER_FIELDS = ("actor", "event", "target", "outcome", "since", "until")
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ def clean_comment(text: str | None) -> str | None:
     cleaned = " ".join(text.split())
     if len(cleaned) > MAX_COMMENT:
         raise PolicyViolation(f"the comment is longer than {MAX_COMMENT} characters", code="console.comment")
-    if "\x00" in cleaned:
-        raise PolicyViolation("the comment must not contain NUL characters", code="console.comment")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in cleaned):
+        raise PolicyViolation("the comment must be text: no control characters", code="console.comment")
     return cleaned
 
 

@@ -428,3 +428,23 @@ def test_card_lifecycle_changes_its_certificates(inst: Any, app: Any, tmp_path: 
     done = run_cli(inst, "console", "card", "CARD-9", "damaged", "--comment", "chip broken")
     assert done.returncode == 0, done.stderr
     assert status(damaged_card) == ("revoked", "superseded")
+
+
+def test_hostile_input_is_not_found_or_refused_never_a_server_error(inst: Any, app: Any) -> None:
+    serial = issue(inst)
+    bob = Operator(app, "bob").choose(RA)
+    for path in ("/console/cards/%00", "/console/people/a%00b", "/console/cards/" + "x" * 300,
+                 "/console/certificates/%00", "/console/workflows/99999999999"):
+        assert bob.get(path).status_code == 404, path
+    for query in ({"kind": "person", "q": "a\x00b"}, {"kind": "person", "q": "*)(uid=*"},
+                  {"kind": "workflow", "q": "\x00"}, "kind=person&q=%ED%A0%80%FF"):
+        assert bob.get("/console/search", query_string=query).status_code == 200, query
+    assert bob.get("/console/audit", query_string="actor=a%00&target=%ED%A0%80x").status_code == 200
+    assert bob.post("/console/cards/%00/transition", {"transition": "lost", "confirm": "yes"}).status_code == 404
+    for comment in ("a\x00b", "a\x1bb", "x" * 1001):
+        answer = bob.post(f"/console/certificates/{serial}/revoke",
+                          {"reason": "keyCompromise", "confirm": "yes", "comment": comment})
+        assert answer.status_code == 422, comment
+    assert revocation.find(inst.services.db, serial)["status"] == "valid"
+    assert bob.post(f"/console/certificates/{serial}/revoke", {"reason": "cACompromise", "confirm": "yes"}
+                    ).status_code == 422

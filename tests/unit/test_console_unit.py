@@ -33,8 +33,9 @@ def test_serial_garbage_is_not_found(text: str) -> None:
 def test_comment_is_one_bounded_line() -> None:
     assert clean_comment("  lost \n on the\ttrain ") == "lost on the train"
     assert clean_comment("   ") is None
-    with pytest.raises(PolicyViolation):
-        clean_comment("x" * 1001)
+    for bad in ("x" * 1001, "a\x00b", "\ud800", "bell\x07"):
+        with pytest.raises(PolicyViolation):
+            clean_comment(bad)
 
 
 def _view(context: dict[str, Any], fields: tuple[FieldSpec, ...] = ()) -> WorkflowView:

@@ -10,7 +10,7 @@ from ...console import cards
 from .. import errors
 from ..context import RequestContext
 from ..views import view
-from .common import OPERATORS, done, form_text, services
+from .common import OPERATORS, checked_name, done, form_text, services
 
 USER_ROLES = frozenset({roles.USER})
 
@@ -22,6 +22,7 @@ def _confirmed(ctx: RequestContext) -> None:
 
 @view("/console/cards/<serial>/transition", methods=("POST",), roles=OPERATORS, needs="console")
 def console_card_transition(ctx: RequestContext, serial: str) -> Response:
+    serial = checked_name(serial, "card")
     _confirmed(ctx)
     svc = services(ctx)
     result = cards.transition(svc.db, svc.ca, serial, form_text(ctx, "transition"), actor=ctx.login,
@@ -34,6 +35,7 @@ def console_card_transition(ctx: RequestContext, serial: str) -> Response:
 @view("/certificates/cards/<serial>/lost", methods=("POST",), roles=USER_ROLES, needs="console")
 def my_card_lost(ctx: RequestContext, serial: str) -> Response:
     """The owner reports their own card lost: its certificates are revoked at once (keyCompromise)."""
+    serial = checked_name(serial, "card")
     _confirmed(ctx)
     svc = services(ctx)
     result = cards.transition(svc.db, svc.ca, serial, "lost", actor=ctx.login, role=ctx.role or "",

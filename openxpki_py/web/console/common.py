@@ -58,6 +58,24 @@ def checked_serial(text: str) -> str:
     return cleaned
 
 
+def checked_name(text: str, what: str) -> str:
+    """A login or card serial from a URL: control characters (NUL above all) name nothing and never reach the driver."""
+    if not text or len(text) > 256 or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise NotFound(f"no {what} {text[:64]!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotFound(f"no {what} with that name") from None
+    return text
+
+
+def query_text(ctx: RequestContext, name: str, limit: int = 256) -> str:
+    """A search field: control characters and lone surrogates dropped, bounded."""
+    value = ctx.request.args.get(name, "")
+    cleaned = "".join(ch for ch in value if ord(ch) >= 0x20 and ord(ch) != 0x7F and not 0xD800 <= ord(ch) <= 0xDFFF)
+    return cleaned.strip()[:limit]
+
+
 def form_text(ctx: RequestContext, name: str) -> str:
     value = ctx.request.form.get(name, "")
     return value if isinstance(value, str) else ""

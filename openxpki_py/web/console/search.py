@@ -12,7 +12,7 @@ from ...console import policy, search, stuck
 from ...errors import NotFound
 from ..context import RequestContext
 from ..views import view
-from .common import OPERATORS, checked_serial, json_answer, services, wants_json
+from .common import OPERATORS, checked_name, checked_serial, json_answer, query_text, services, wants_json
 
 
 def _rows(rows: Any) -> list[dict[str, Any]]:
@@ -23,7 +23,7 @@ def _rows(rows: Any) -> list[dict[str, Any]]:
 def console_search(ctx: RequestContext) -> Response:
     """One box: a person (login, name, mail), a card serial, a certificate serial, a workflow id or state."""
     svc = services(ctx)
-    text = ctx.request.args.get("q", "").strip()[:256]
+    text = query_text(ctx, "q")
     kind = ctx.request.args.get("kind", "person")
     number = search.page_number(ctx.request.args.get("page"))
     people: list[search.PersonHit] = []
@@ -63,6 +63,7 @@ def _go(ctx: RequestContext, endpoint: str, **values: Any) -> Response:
 
 @view("/console/people/<login>", roles=OPERATORS, needs="console")
 def console_person(ctx: RequestContext, login: str) -> Response:
+    login = checked_name(login, "person")
     svc = services(ctx)
     entry = search.person_entry(svc.directory, login)
     cards = search.cards_of(svc.db, login)
@@ -81,6 +82,7 @@ def console_person(ctx: RequestContext, login: str) -> Response:
 
 @view("/console/cards/<serial>", roles=OPERATORS, needs="console")
 def console_card(ctx: RequestContext, serial: str) -> Response:
+    serial = checked_name(serial, "card")
     svc = services(ctx)
     card = search.find_card(svc.db, serial)
     certs = search.card_certificates(svc.db, int(card["id"]))
