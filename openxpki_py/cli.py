@@ -282,15 +282,20 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``token status`` is a card transition (console/cards.py): the same as the console's buttons.
+STATUS_TRANSITIONS = {"active": "resume", "suspended": "suspend", "lost": "lost", "destroyed": "damaged",
+                      "revoked": "terminate"}
+
+
 def cmd_token_status(args: argparse.Namespace) -> int:
-    from .personalization.tokens import set_token_status
+    from .console.cards import transition
 
     services = _services(args)
-    with services.db.begin() as conn:
-        revoked = set_token_status(conn, args.serial, args.status, actor=args.actor, ca=services.ca)
-    print(f"card {args.serial} is now {args.status}"
-          + (f"; revoked {len(revoked)} certificate(s): {', '.join(revoked)} (run 'openxpki-py ca crl')"
-             if revoked else ""))
+    result = transition(services.db, services.ca, args.serial, STATUS_TRANSITIONS[args.status], actor=args.actor,
+                        role=roles.CA_OPERATOR, comment=args.comment)
+    print(f"card {args.serial} is now {result.status}"
+          + (f"; certificates changed: {', '.join(result.certificates)} (run 'openxpki-py ca crl')"
+             if result.certificates else ""))
     return 0
 
 
@@ -387,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", help="only this user's cards")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command(tok, "status", cmd_token_status,
-                "mark a card active, lost, revoked or destroyed (the last three revoke its certificates)")
+                "suspend a card (certificates on hold) or make it active again; mark it lost, destroyed or revoked "
+                "(its certificates are revoked: keyCompromise, superseded, affiliationChanged)")
     p.add_argument("serial")
-    p.add_argument("status", choices=("active", "lost", "revoked", "destroyed"))
+    p.add_argument("status", choices=tuple(STATUS_TRANSITIONS))
+    p.add_argument("--comment", help="why (kept in the audit trail)")
     p = command(tok, "release", cmd_token_release, "forget a card's owner so another user may personalize it")
     p.add_argument("serial")
     p = command(sub, "serve", cmd_serve, "run the instance in Apache via mod_wsgi-express (demo, small sites)")

@@ -425,9 +425,12 @@ def test_card_lifecycle_changes_its_certificates(inst: Any, app: Any, tmp_path: 
     with svc.db.begin() as conn:
         spare = register_token(conn, TokenInfo("CARD-9"), owner="alice", now=now, claim_lifetime=timedelta(days=1))
     damaged_card = issue(inst, token_id=spare.id)
+    done = run_cli(inst, "token", "status", "CARD-9", "suspended")
+    assert done.returncode == 0 and status(damaged_card) == ("revoked", "certificateHold"), done.stderr
     done = run_cli(inst, "console", "card", "CARD-9", "damaged", "--comment", "chip broken")
     assert done.returncode == 0, done.stderr
     assert status(damaged_card) == ("revoked", "superseded")
+    assert run_cli(inst, "token", "status", "CARD-9", "active").returncode == 5  # destroyed stays destroyed
 
 
 def test_hostile_input_is_not_found_or_refused_never_a_server_error(inst: Any, app: Any) -> None:
