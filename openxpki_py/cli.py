@@ -193,27 +193,49 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_ca_revoke(args: argparse.Namespace) -> int:
-    from .db.certstore import parse_serial
+    from .console.revocation import HOLD, revoke
 
     services = _services(args)
-    serial = parse_serial(args.serial)
-    with services.db.begin() as conn:
-        services.ca.revoke_certificate(conn, serial, args.reason, actor=args.actor, role=roles.CA_OPERATOR)
-    print(f"certificate {format(serial, 'x')} revoked ({args.reason}); run 'openxpki-py ca crl' to publish")
+    row = revoke(services.db, services.ca, args.serial, args.reason, actor=args.actor, role=roles.CA_OPERATOR,
+                 comment=args.comment)
+    done = "put on hold" if args.reason == HOLD else f"revoked ({args.reason})"
+    print(f"certificate {row['serial']} {done}; run 'openxpki-py ca crl' to publish")
+    return 0
+
+
+def cmd_ca_release_hold(args: argparse.Namespace) -> int:
+    from .console.revocation import release_hold
+
+    services = _services(args)
+    row = release_hold(services.db, services.ca, args.serial, actor=args.actor, role=roles.CA_OPERATOR,
+                       comment=args.comment)
+    print(f"certificate {row['serial']} is valid again (hold released); the next CRL leaves it out")
     return 0
 
 
 def cmd_ca_crl(args: argparse.Namespace) -> int:
+    from .console.revocation import issue_crl_now
+
     services = _services(args)
-    with services.db.begin() as conn:
-        issued = services.ca.issue_crl(conn, actor=args.actor, role=roles.CA_OPERATOR)
-        written = services.ca.publish_crl(conn, issued)
+    issued, written = issue_crl_now(services.db, services.ca, actor=args.actor, role=roles.CA_OPERATOR)
     if args.out:
         Path(args.out).write_bytes(issued.crl.public_bytes(serialization.Encoding.PEM))
     print(f"CRL number {issued.number} issued with {issued.revoked} revoked certificate(s); "
           f"next update {issued.crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
     for path in written:
         print(f"published {path}")
+    return 0
+
+
+def cmd_ca_crl_info(args: argparse.Namespace) -> int:
+    from .console.revocation import crl_status
+
+    services = _services(args)
+    status = crl_status(services.db, services.ca)
+    if status is None:
+        raise errors.NotFound("no CRL has been issued yet: run 'openxpki-py ca crl'")
+    info = status.as_json()
+    _emit(args, info, lambda: [f"{k:14} {v}" for k, v in info.items()])
     return 0
 
 
@@ -260,15 +282,20 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``token status`` is a card transition (console/cards.py): the same as the console's buttons.
+STATUS_TRANSITIONS = {"active": "resume", "suspended": "suspend", "lost": "lost", "destroyed": "damaged",
+                      "revoked": "terminate"}
+
+
 def cmd_token_status(args: argparse.Namespace) -> int:
-    from .personalization.tokens import set_token_status
+    from .console.cards import transition
 
     services = _services(args)
-    with services.db.begin() as conn:
-        revoked = set_token_status(conn, args.serial, args.status, actor=args.actor, ca=services.ca)
-    print(f"card {args.serial} is now {args.status}"
-          + (f"; revoked {len(revoked)} certificate(s): {', '.join(revoked)} (run 'openxpki-py ca crl')"
-             if revoked else ""))
+    result = transition(services.db, services.ca, args.serial, STATUS_TRANSITIONS[args.status], actor=args.actor,
+                        role=roles.CA_OPERATOR, comment=args.comment)
+    print(f"card {args.serial} is now {result.status}"
+          + (f"; certificates changed: {', '.join(result.certificates)} (run 'openxpki-py ca crl')"
+             if result.certificates else ""))
     return 0
 
 
@@ -345,9 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the certificate (PEM) here instead of stdout")
     p = command(ca, "revoke", cmd_ca_revoke, "revoke a certificate")
     p.add_argument("serial", help="serial number (hex)")
-    p.add_argument("--reason", default="unspecified", help="RFC 5280 reason, e.g. keyCompromise, superseded")
+    p.add_argument("--reason", default="unspecified",
+                   help="RFC 5280 reason, e.g. keyCompromise, superseded; certificateHold suspends it")
+    p.add_argument("--comment", help="why (kept in the audit trail)")
+    p = command(ca, "release-hold", cmd_ca_release_hold, "end a certificateHold (removeFromCRL)")
+    p.add_argument("serial", help="serial number (hex)")
+    p.add_argument("--comment", help="why (kept in the audit trail)")
     p = command(ca, "crl", cmd_ca_crl, "issue (and publish) a new CRL")
     p.add_argument("--out", help="also write the CRL (PEM) here")
+    p = command(ca, "crl-info", cmd_ca_crl_info, "the current CRL: number, this/next update, entries")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command(ca, "list", cmd_ca_list, "list issued certificates")
     p.add_argument("--owner", help="only this owner's certificates")
     p.add_argument("--limit", type=int, default=100)
@@ -358,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", help="only this user's cards")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command(tok, "status", cmd_token_status,
-                "mark a card active, lost, revoked or destroyed (the last three revoke its certificates)")
+                "suspend a card (certificates on hold) or make it active again; mark it lost, destroyed or revoked "
+                "(its certificates are revoked: keyCompromise, superseded, affiliationChanged)")
     p.add_argument("serial")
-    p.add_argument("status", choices=("active", "lost", "revoked", "destroyed"))
+    p.add_argument("status", choices=tuple(STATUS_TRANSITIONS))
+    p.add_argument("--comment", help="why (kept in the audit trail)")
     p = command(tok, "release", cmd_token_release, "forget a card's owner so another user may personalize it")
     p.add_argument("serial")
     p = command(sub, "serve", cmd_serve, "run the instance in Apache via mod_wsgi-express (demo, small sites)")
@@ -375,10 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "init", cmd_db_init, "create the database tables (same as 'db init')")
     # Sub-commands that live next to their subsystem.
     from .audit.cli import register as register_audit
+    from .console.cli import register as register_console
     from .workflow.cli import register as register_workflow
 
     register_workflow(sub)
     register_audit(sub)
+    register_console(sub)
     return parser
 
 

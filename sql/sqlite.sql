@@ -32,6 +32,14 @@ CREATE TABLE audit_log (
 	CONSTRAINT uq_audit_log_entry_hash UNIQUE (entry_hash)
 );
 
+CREATE INDEX ix_audit_log_actor ON audit_log (actor, id);
+
+CREATE INDEX ix_audit_log_event ON audit_log (event, id);
+
+CREATE INDEX ix_audit_log_logged_at ON audit_log (logged_at);
+
+CREATE INDEX ix_audit_log_target ON audit_log (target, id);
+
 CREATE TABLE ca_certificate (
 	id INTEGER NOT NULL, 
 	subject VARCHAR(1024) NOT NULL, 
@@ -126,9 +134,15 @@ CREATE TABLE workflow (
 	CONSTRAINT fk_workflow_parent_id FOREIGN KEY(parent_id) REFERENCES workflow (id)
 );
 
+CREATE INDEX ix_workflow_creator ON workflow (creator, id);
+
 CREATE INDEX ix_workflow_due ON workflow (proc_state, wake_at);
 
 CREATE INDEX ix_workflow_parent_id ON workflow (parent_id);
+
+CREATE INDEX ix_workflow_proc_state ON workflow (proc_state, id);
+
+CREATE INDEX ix_workflow_state ON workflow (state, id);
 
 CREATE INDEX ix_workflow_type_state ON workflow (wf_type, state);
 
@@ -161,7 +175,11 @@ CREATE TABLE certificate (
 
 CREATE INDEX ix_certificate_owner ON certificate (owner);
 
+CREATE INDEX ix_certificate_serial ON certificate (serial);
+
 CREATE INDEX ix_certificate_status_not_after ON certificate (status, not_after);
+
+CREATE INDEX ix_certificate_token_id ON certificate (token_id);
 
 CREATE TABLE enrollment_code (
 	id INTEGER NOT NULL, 

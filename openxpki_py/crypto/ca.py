@@ -55,6 +55,8 @@ REVOCATION_REASONS: Mapping[str, x509.ReasonFlags | None] = {
     "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
     "aACompromise": x509.ReasonFlags.aa_compromise,
 }
+# The one reversible reason: a held certificate is released (removeFromCRL) or revoked for good.
+HOLD = "certificateHold"
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,8 @@ class CertificateAuthority:
         return IssuedCertificate(cert_id, cert, profile.name, checked.notes)
 
     def revoke_certificate(self, conn: Connection, serial: int, reason: str, *, actor: str,
-                           role: str = "system", when: datetime | None = None) -> None:
+                           role: str = "system", when: datetime | None = None, comment: str | None = None) -> None:
+        """Revoke, or put on hold (``certificateHold``); a held certificate may still be revoked for good."""
         if reason not in REVOCATION_REASONS:
             raise PolicyViolation(
                 f"unknown revocation reason '{reason}'; use one of {', '.join(REVOCATION_REASONS)}",
@@ -338,11 +341,33 @@ class CertificateAuthority:
             )
         active = self._load(conn)
         row = certstore.find_certificate(conn, serial, active.key_identifier)
-        if row["status"] == "revoked":
-            raise PolicyViolation(f"certificate {row['serial']} is already revoked", code="revoke.already")
-        certstore.mark_revoked(conn, int(row["id"]), reason=reason, when=when or certstore.utcnow())
-        append_audit(conn, actor=actor, role=role, event="cert.revoke", target=row["serial"],
-                     details={"reason": reason})
+        held = row["status"] == "revoked" and row["revocation_reason"] == HOLD
+        if row["status"] == "revoked" and (not held or reason == HOLD):
+            raise PolicyViolation(f"certificate {row['serial']} is already revoked"
+                                  + (" (on hold)" if held else ""), code="revoke.already")
+        certstore.mark_revoked(conn, int(row["id"]), reason=reason, when=when or certstore.utcnow(),
+                               from_hold=held)
+        details: dict[str, Any] = {"reason": reason}
+        if held:
+            details["was_on_hold"] = True
+        if comment:
+            details["comment"] = comment
+        append_audit(conn, actor=actor, role=role, event="cert.hold" if reason == HOLD else "cert.revoke",
+                     target=row["serial"], details=details)
+
+    def release_hold(self, conn: Connection, serial: int, *, actor: str, role: str = "system",
+                     comment: str | None = None) -> None:
+        """End a ``certificateHold``: the certificate is valid again and leaves the next CRL (removeFromCRL)."""
+        active = self._load(conn)
+        row = certstore.find_certificate(conn, serial, active.key_identifier)
+        if row["status"] != "revoked" or row["revocation_reason"] != HOLD:
+            raise PolicyViolation(f"certificate {row['serial']} is not on hold; only a certificateHold can be "
+                                  "released", code="revoke.not_on_hold")
+        certstore.mark_released(conn, int(row["id"]))
+        details: dict[str, Any] = {"reason": "removeFromCRL", "held_since": row["revoked_at"].isoformat()}
+        if comment:
+            details["comment"] = comment
+        append_audit(conn, actor=actor, role=role, event="cert.hold.release", target=row["serial"], details=details)
 
     def issue_crl(self, conn: Connection, *, actor: str, role: str = "system",
                   now: datetime | None = None) -> IssuedCRL:

@@ -166,14 +166,29 @@ def owned_certificate_der(conn: Connection, serial: str, owner: str) -> bytes:
     return bytes(der)
 
 
-def mark_revoked(conn: Connection, cert_id: int, *, reason: str, when: datetime) -> None:
+def mark_revoked(conn: Connection, cert_id: int, *, reason: str, when: datetime, from_hold: bool = False) -> None:
+    """valid → revoked; with ``from_hold`` a certificateHold becomes a final revocation."""
+    current = (certificate.c.status == "revoked") & (certificate.c.revocation_reason == "certificateHold") \
+        if from_hold else certificate.c.status == "valid"
     updated = conn.execute(
         certificate.update()
-        .where(certificate.c.id == cert_id, certificate.c.status == "valid")
+        .where(certificate.c.id == cert_id, current)
         .values(status="revoked", revoked_at=when, revocation_reason=reason)
     ).rowcount
     if updated != 1:
         raise StorageError("the certificate changed while it was being revoked; try again")
+
+
+def mark_released(conn: Connection, cert_id: int) -> None:
+    """A certificateHold ends: valid again (RFC 5280 removeFromCRL: it leaves the next full CRL)."""
+    updated = conn.execute(
+        certificate.update()
+        .where(certificate.c.id == cert_id, certificate.c.status == "revoked",
+               certificate.c.revocation_reason == "certificateHold")
+        .values(status="valid", revoked_at=None, revocation_reason=None)
+    ).rowcount
+    if updated != 1:
+        raise StorageError("the certificate changed while its hold was being released; try again")
 
 
 def revoked_certificates(conn: Connection, issuer_key_identifier: str) -> Sequence[RowMapping]:

@@ -109,6 +109,9 @@ certificate = Table(
     UniqueConstraint("issuer_key_identifier", "serial", name="uq_certificate_issuer_serial"),
 )
 Index("ix_certificate_status_not_after", certificate.c.status, certificate.c.not_after)
+# The operators' console finds a certificate by serial alone and a card's certificates by card.
+Index("ix_certificate_serial", certificate.c.serial)
+Index("ix_certificate_token_id", certificate.c.token_id)
 
 crl = Table(
     "crl",
@@ -139,6 +142,11 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False, unique=True),
     Column("entry_hash", String(64), nullable=False, unique=True),
 )
+# The console's audit search: who, what, about what, when.
+Index("ix_audit_log_actor", audit_log.c.actor, audit_log.c.id)
+Index("ix_audit_log_event", audit_log.c.event, audit_log.c.id)
+Index("ix_audit_log_target", audit_log.c.target, audit_log.c.id)
+Index("ix_audit_log_logged_at", audit_log.c.logged_at)
 
 # Signed checkpoints of the audit chain's head (openxpki_py/audit/checkpoint.py).
 # Every column is covered by the signature; the same records are appended to
@@ -182,6 +190,10 @@ workflow = Table(
 )
 Index("ix_workflow_due", workflow.c.proc_state, workflow.c.wake_at)
 Index("ix_workflow_type_state", workflow.c.wf_type, workflow.c.state)
+# The console: a person's workflows, and workflows by state or processing state alone.
+Index("ix_workflow_creator", workflow.c.creator, workflow.c.id)
+Index("ix_workflow_state", workflow.c.state, workflow.c.id)
+Index("ix_workflow_proc_state", workflow.c.proc_state, workflow.c.id)
 
 workflow_context = Table(
     "workflow_context",

@@ -115,6 +115,10 @@ class Directory(Protocol):
         """
         ...
 
+    def find_people(self, text: str, *, limit: int = 25) -> list[DirectoryUser]:
+        """People whose login, name or mail contains ``text`` (the operators' search)."""
+        ...
+
     def is_member(self, user: DirectoryUser | str, group: str) -> bool:
         """Whether the user (object or login) is a direct member of ``group``.
 

@@ -100,6 +100,31 @@ class SearchingDirectory:
             member_of=member_of if cfg.membership == "memberOf" else (),
         )
 
+    def find_people(self, text: str, *, limit: int = 25) -> list[DirectoryUser]:
+        """People whose login, name (cn) or mail contains ``text``: the help desk's search box.
+
+        At most ``limit`` entries, sorted by login; a person's ``login`` is
+        the directory's own spelling.  ``text`` is escaped, never a filter.
+        """
+        cfg = self.config
+        text = text.strip()
+        if not text or any(ord(c) < 32 for c in text):
+            return []
+        needle = f"*{escape_value(text)}*"
+        names = _unique([cfg.login_attribute, *(cfg.attributes[k] for k in ("cn", "mail") if k in cfg.attributes)])
+        filterstr = "(&(objectClass=person)(|" + "".join(f"({a}={needle})" for a in names) + "))"
+        wanted = _unique([*cfg.attributes.values(), cfg.login_attribute])
+        people = []
+        for dn, values in self._search(cfg.base_dn, "subtree", filterstr, wanted):
+            logins = values.get(cfg.login_attribute.lower(), ())
+            if not logins:
+                continue
+            every = {name: tuple(values[a.lower()]) for name, a in cfg.attributes.items() if values.get(a.lower())}
+            people.append(DirectoryUser(login=logins[0], dn=dn,
+                                        attributes=MappingProxyType({n: v[0] for n, v in every.items()}),
+                                        all_values=MappingProxyType(every), member_of=()))
+        return sorted(people, key=lambda u: u.login.lower())[:limit]
+
     def _user(self, user: DirectoryUser | str) -> DirectoryUser:
         return user if isinstance(user, DirectoryUser) else self._lookup(user)
 

@@ -25,7 +25,7 @@ from ..audit import append_audit
 from ..db.schema import certificate, token
 from ..errors import NotFound, NotPermitted, PolicyViolation
 
-STATUSES = ("active", "lost", "revoked", "destroyed")
+STATUSES = ("active", "suspended", "lost", "revoked", "destroyed")  # transitions: console/cards.py
 USABLE = "active"
 SERIAL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 

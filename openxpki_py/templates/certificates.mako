@@ -1,6 +1,9 @@
 <%inherit file="base.mako"/>
 <%block name="page_title">My certificates</%block>
 <h1>My certificates</h1>
+% if message:
+<p class="status" role="status" id="my-message">${message}</p>
+% endif
 % if not certs:
 <p>You have no certificates yet. <a href="${url_for('personalize')}">Personalize a smartcard</a> to get them.</p>
 % else:
@@ -25,4 +28,22 @@
   </tbody>
 </table>
 % endif
+<%
+  own_cards = [c for c in cards.values() if c["owner"] == identity.login and c["status"] in ("active", "suspended")]
+  may_report = "my_card_lost" in available
+%>
+% if own_cards and may_report:
+<section id="my-cards">
+  <h2>Lost your card?</h2>
+  <p>Block it here: its certificates are revoked at once, so nobody can sign on with it. Then ask the help desk for a new card.</p>
+  % for c in own_cards:
+  <form method="post" action="${url_for('my_card_lost', serial=c['serial'])}" class="actions">
+    <input type="hidden" name="csrf_token" value="${csrf_token}">
+    <label><input type="checkbox" name="confirm" value="yes" required> card ${c["serial"]} is lost or stolen</label>
+    <button type="submit">Block card ${c["serial"]}</button>
+  </form>
+  % endfor
+</section>
+% else:
 <p>A lost card? Tell the help desk: they block it and revoke its certificates.</p>
+% endif

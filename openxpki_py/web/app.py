@@ -29,6 +29,8 @@ from ..auth.person import UnknownPerson, resolve_person
 from ..auth.sessions import SessionStore, WebSession
 from ..errors import ConfigError, OpenXPKIError
 from . import approvals as _approval_views  # noqa: F401 - registers its views
+from . import console as _console_views  # noqa: F401 - registers its views
+from .console.common import error_json, wants_json
 from . import errors
 from . import mine as _my_views  # noqa: F401 - registers its views
 from . import ocsp as _ocsp_views  # noqa: F401 - registers its views
@@ -84,6 +86,7 @@ class WebApp:
         resolve_person: Callable[[str], object] | None = None,
         verify_audit: Callable[[], ChainReport] | None = None,
         ocsp: Callable[[bytes], bytes] | None = None,
+        console: Services | None = None,
     ) -> None:
         if not auth.roles:
             raise ConfigError("auth.roles: no role is configured, so the web UI could grant none")
@@ -117,6 +120,8 @@ class WebApp:
         self.resolve_person = resolve_person
         self.verify_audit: Callable[[], ChainReport] = verify_audit or self._verify_chain_only
         self.ocsp = ocsp  # the responder's respond(DER request) -> DER response; None: no /ocsp
+        # The operators' console (web/console/): the instance's services (CA, engine, directory).
+        self.console = console
         self.sessions = SessionStore(idle_timeout=web.session.idle_timeout,
                                      absolute_timeout=web.session.absolute_timeout)
         self.url_map = url_map()
@@ -279,6 +284,8 @@ class WebApp:
         if isinstance(exc, _Redirect):
             return redirect(exc.location, code=303)
         code = exc.code or 500
+        if ctx.request.path.startswith("/console") and wants_json(ctx):
+            return error_json(exc)  # a script asked: it reads JSON, not a page
         try:
             error_code = exc.answer.code if isinstance(exc, errors.MappedError) else ""
             response = self.render_page(ctx, "error.mako", status=code, hide_menu=ctx.role is None,
@@ -355,6 +362,7 @@ def create_app(config: Config, services: Services | None = None) -> WebApp:
         resolve_person=lambda login: resolve_person(services.directory, login),
         verify_audit=services.audit_checkpoints.verify if services.audit_checkpoints is not None else None,
         ocsp=_ocsp_responder(services),
+        console=services,
     )
 
 

@@ -37,7 +37,10 @@ MENU: tuple[MenuItem, ...] = (
     MenuItem("Personalize SmartCard", ("personalize", "deep_link"), frozenset({roles.USER})),
     MenuItem("My certificates", ("my_certificates",), frozenset({roles.USER})),
     MenuItem("Approvals", ("approvals",), frozenset({roles.RA_OPERATOR})),
-    MenuItem("Audit log", ("audit_log",), OPERATOR_ROLES),
+    MenuItem("Search", ("console_search",), OPERATOR_ROLES),
+    MenuItem("Revocation and CRL", ("console_crl",), OPERATOR_ROLES),
+    MenuItem("Stuck work", ("console_stuck",), OPERATOR_ROLES),
+    MenuItem("Audit log", ("console_audit", "audit_log"), OPERATOR_ROLES),
 )
 
 

@@ -25,7 +25,8 @@ def my_certificates(ctx: RequestContext) -> Response:
         # a card released to someone else still names the certificates issued for it
         released = {c["token_id"] for c in certs if c["token_id"] and c["token_id"] not in cards}
         cards.update(tokens_by_id(conn, released))
-    return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc))
+    return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc),
+                      message=ctx.take_flash(), available=ctx.app.available)
 
 
 def pem_download(der: bytes, serial: str) -> Response:

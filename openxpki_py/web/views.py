@@ -182,7 +182,9 @@ def audit_verify(ctx: RequestContext) -> Response:
     else:
         ctx.flash(f"AUDIT CHAIN BROKEN: {problem.line()} ({len(report.problems)} problem(s) in all); "
                   "run openxpki-py audit verify for the full list.")
-    return redirect(ctx.url_for("audit_log"), code=303)
+    # The console's searchable log (web/console/audit.py) where it exists, else the plain list.
+    back = "console_audit" if "console_audit" in ctx.app.available else "audit_log"
+    return redirect(ctx.url_for(back), code=303)
 
 
 @view("/static/<path:filename>", access="public")
