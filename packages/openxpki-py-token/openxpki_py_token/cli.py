@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PIV cards: use the reader whose name contains NAME")
     mgmt = enroll.add_mutually_exclusive_group()
     mgmt.add_argument("--management-key-file", type=Path, metavar="FILE",
-                      help="PIV cards: read the card's management key (hex) from FILE "
-                           "(default: the factory key, with a warning)")
+                      help="PIV cards: read the card's management key (hex) from FILE, for servers "
+                           "without per-card admin credentials (default: the key the server derives for "
+                           "this card, else the factory key with a warning)")
     mgmt.add_argument("--management-key-env", metavar="VAR",
                       help="PIV cards: read the card's management key (hex) from VAR")
     enroll.add_argument("--rotate-management-key", type=Path, metavar="FILE",
@@ -203,10 +204,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     credentials = CardCredentials(
         management_key=_secret("--management-key-file", "--management-key-env",
                                args.management_key_file, args.management_key_env),
-        rotate_to=args.rotate_management_key)
+        rotate_to=args.rotate_management_key,
+        so_pin_given=args.so_pin_file is not None or args.so_pin_env is not None)
     credentials.check_rotation_target()
     card = open_card(args, pins, credentials)
-    agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
+    agent = TokenAgent(api, card, StateStore(args.state_dir), credentials=credentials,
+                       profile_name=args.card_profile,
                        timeout=args.timeout, progress=progress)
     for cert in agent.enroll(code):
         print(_result_line(cert))

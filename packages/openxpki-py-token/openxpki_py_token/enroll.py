@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from .api_client import ApiClient
 from .card import Card, CardInfo, CardKey, spec_text
 from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
+from .credentials import CardCredentials, DerivedCredentials
 from .errors import (
     EnrollmentFailed,
     EnrollmentStopped,
@@ -76,6 +77,7 @@ class TokenAgent:
     """Runs one enrollment: ``TokenAgent(...).enroll(code)``."""
 
     def __init__(self, api: ApiClient, card: Card | PivCard, store: StateStore, *,
+                 credentials: CardCredentials | None = None,
                  profile_name: str = "auto", timeout: float = 900.0,
                  progress: Progress | None = None,
                  sleep: Callable[[float], None] = time.sleep,
@@ -83,6 +85,7 @@ class TokenAgent:
         self.api = api
         self.card = card
         self.store = store
+        self.credentials = credentials if credentials is not None else CardCredentials()
         self.profile_name = profile_name
         self.timeout = timeout
         self.progress = progress or Progress()
@@ -103,11 +106,13 @@ class TokenAgent:
             log.info("card profile %s", profile.name)
             _check_route(profile, self.card)
             # Check the PINs before the one-time code is spent: a typo must not
-            # cost the user a new code.
+            # cost the user a new code.  Admin credentials from the server are
+            # released only for a confirmed card: they are checked at first use.
             self.card.login("user")
-            if profile.needs_so_pin:
+            if profile.needs_so_pin and not self.credentials.from_server(profile.route):
                 self.card.login("so")
             session = self._authenticate(code, state_key)
+            self.credentials.server = self._derived_credentials
             self._created = self.store.load_created_keys(session.server, session.workflow_id, info.serial)
             try:
                 announced = self._report_card(info, profile)
@@ -126,8 +131,28 @@ class TokenAgent:
         self.store.forget_created_keys(session.server, session.workflow_id)
         return issued
 
+    def _derived_credentials(self) -> DerivedCredentials | None:
+        """The card's admin credentials from the server (``POST /card-credentials``); None if not offered.
+
+        A server without the feature answers 404 (``card.admin_credentials_off``,
+        or ``api.not_found`` from an older server): then the local options apply.
+        """
+        serial = self._card_serial()
+        try:
+            body = self.api.post("card-credentials", {"token_serial": serial}).body
+        except ServerRefused as exc:
+            if exc.status == 404:
+                log.info("the server does not derive card admin credentials (%s)", exc.code)
+                return None
+            raise
+        log.info("received the card's admin credentials from the server")  # never the values
+        return DerivedCredentials.from_api(body, serial=serial)
+
     def _finish_card(self) -> None:
         """What a card needs once all its certificates are on it (PIV: CHUID, management key)."""
+        if getattr(self.card, "admin_replaced", False):
+            self.progress.step("the card's factory admin credentials were replaced by per-card ones that only "
+                               "your PKI can derive")
         escrow = self.card.finish()
         if isinstance(self.card, PivCard):
             self.progress.step("new CHUID and CCC written (the card's PC/SC identity changed)")
