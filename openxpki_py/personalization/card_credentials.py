@@ -38,7 +38,7 @@ class CardCredentialsRefused(NotPermitted):
     code = "card.admin_credentials_refused"
 
 
-class CardCredentialsExhausted(NotPermitted):
+class CardCredentialsExhausted(CardCredentialsRefused):
     """The personalization already received the card's credentials as often as allowed."""
 
     code = "card.admin_credentials_limit"
