@@ -260,7 +260,9 @@ def describe_failure(exc: OpenXPKIError) -> str:
             hint = f"too many tries: wait {exc.retry_after:.0f} s, then run again"
         return f"{text}\n  {hint}" if hint else text
     if isinstance(exc, TokenError):
-        return printable(f"card problem: {exc.message}")
+        # card.* codes are for the help desk too: shown, like the server's codes.
+        code = f" [{exc.code}]" if exc.code.startswith("card.") else ""
+        return printable(f"card problem: {exc.message}{code}")
     if isinstance(exc, ServerUnreachable):
         return printable(f"network problem: {exc.message}")
     if isinstance(exc, EnrollmentStopped):
