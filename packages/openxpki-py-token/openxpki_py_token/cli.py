@@ -224,7 +224,8 @@ def open_card(args: argparse.Namespace, pins: CardPins, credentials: CardCredent
     if (args.card_profile == "auto" and not pkcs11_asked and piv_available()
             and find_piv_reader(args.reader) is not None):
         return PivCard(pins, credentials, reader=args.reader)
-    return Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label)
+    return Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label,
+                credentials=credentials)
 
 
 def _secret(file_option: str, env_option: str, file: Path | None, env: str | None) -> SecretRef | None:
