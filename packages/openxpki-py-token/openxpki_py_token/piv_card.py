@@ -187,7 +187,13 @@ class PivCard:
 
     def _admin_login(self) -> None:
         """Management-key authentication: the server's derived key, else the local options (module doc)."""
-        derived = self.credentials.derived(self.route)
+        # Derived values need a serial that stays: a CHUID GUID is renewed at
+        # every personalization (and "unknown" would give every card the same).
+        stable = self.info is not None and self.info.manufacturer == "Yubico"
+        derived = self.credentials.derived(self.route) if stable else None
+        if not stable and self.credentials.from_server(self.route):
+            log.warning("%s has no hardware serial: per-card admin credentials are not used for it",
+                        self.describe())
         if derived is not None:
             self._derived_login(derived)
             return
