@@ -212,3 +212,27 @@ def test_a_server_without_the_feature_says_so(make_instance: Callable[..., Any],
     confirm(browser, wf_id)
     off = agent.call("POST", "card-credentials", {"token_serial": "55501234"})
     assert off.status_code == 404 and off.json["error"]["code"] == "card.admin_credentials_off"
+
+
+def test_cli_creates_the_master_secret_once(make_instance: Callable[..., Any], sqlite_engine: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = [str(Path(sys.executable).parent / "openxpki-py")]
+    off = make_instance(sqlite_engine, init_ca=False)
+    refused = subprocess.run([*cli, "--config", str(off.config_path), "ca", "card-admin-init"],
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 3 and "card_admin.enabled is false" in refused.stderr
+    inst = make_instance(sqlite_engine, init_ca=False, overrides=lambda s: s.update(card_admin={"enabled": True}))
+    argv = [*cli, "--config", str(inst.config_path), "--actor", "setup", "ca", "card-admin-init"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "'ca-signing-card-admin'" in first.stdout and "never extractable: True" in first.stdout
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0 and "exists already; it is never replaced" in again.stdout
+    with inst.services.db.connect() as conn:
+        created = list(conn.execute(select(audit_log).where(audit_log.c.event == "card.admin_secret")).mappings())
+    assert [(r["actor"], r["target"]) for r in created] == [("setup", "ca-signing-card-admin")]
+    inst.reload()  # a fresh process's view of the token
+    assert inst.services.card_admin.exists()

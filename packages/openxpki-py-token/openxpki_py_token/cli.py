@@ -67,6 +67,9 @@ HINTS: dict[str, str] = {
     "token.unusable": "this card may not be used any more: use another card or ask your PKI administrator",
     "token.mismatch": "this personalization was started with another card: insert that one, "
                       "or start again in the browser",
+    "card.admin_credentials_limit": "start a new personalization in the browser, then run the agent with its code",
+    "card.admin_credentials_unsupported": "this card type has no per-card admin credentials: use "
+                                          "--so-pin-file/--management-key-file",
 }
 
 
