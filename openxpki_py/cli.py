@@ -134,7 +134,7 @@ def cmd_ca_card_admin_init(args: argparse.Namespace) -> int:
         append_audit(conn, actor=args.actor, event="card.admin_secret", target=secret.key_label,
                      details={"token": secret.token_label})
     flags = secret.protection()
-    print(f"{secret.describe()} created (never extractable: {flags['never_extractable']})")
+    print(f"{secret.describe()} created inside the token (CKA_NEVER_EXTRACTABLE: {flags['never_extractable']})")
     return 0
 
 

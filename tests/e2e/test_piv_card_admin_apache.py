@@ -108,7 +108,7 @@ def test_piv_card_admin_credentials_through_apache(apache_site_factory: Callable
 
     site = apache_site_factory(edit_config=edit, processes=1, threads=4)
     _operator(site, "ca", "init")
-    assert "never extractable: True" in _operator(site, "ca", "card-admin-init")
+    assert "CKA_NEVER_EXTRACTABLE: True" in _operator(site, "ca", "card-admin-init")
 
     outputs = []
     for run in ("first", "second"):

@@ -228,7 +228,7 @@ def test_cli_creates_the_master_secret_once(make_instance: Callable[..., Any], s
     argv = [*cli, "--config", str(inst.config_path), "--actor", "setup", "ca", "card-admin-init"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert first.returncode == 0, first.stderr
-    assert "'ca-signing-card-admin'" in first.stdout and "never extractable: True" in first.stdout
+    assert "'ca-signing-card-admin'" in first.stdout and "CKA_NEVER_EXTRACTABLE: True" in first.stdout
     again = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 0 and "exists already; it is never replaced" in again.stdout
     with inst.services.db.connect() as conn:

@@ -24,15 +24,21 @@ Nothing here is logged, printed or saved in the agent's state file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, ProtocolError, UsageError
+from .errors import ConfigError, ProtocolError, ServerRefused, UsageError
 from .secret import SecretRef
+
+if TYPE_CHECKING:
+    from .api_client import ApiClient
+
+log = logging.getLogger("openxpki_py_token")
 
 FACTORY_MANAGEMENT_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
 FACTORY_PUK = "12345678"
@@ -140,3 +146,20 @@ class CardCredentials:
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(key.hex() + "\n")
         return self.rotate_to
+
+
+def ask_server(api: ApiClient, serial: str) -> DerivedCredentials | None:
+    """The card's admin credentials from the server (``POST /card-credentials``); None if not offered.
+
+    A server without the feature answers 404 (``card.admin_credentials_off``,
+    or ``api.not_found`` from an older server): then the local options apply.
+    """
+    try:
+        body = api.post("card-credentials", {"token_serial": serial}).body
+    except ServerRefused as exc:
+        if exc.status == 404:
+            log.info("the server does not derive card admin credentials (%s)", exc.code)
+            return None
+        raise
+    log.info("received the card's admin credentials from the server")  # never the values
+    return DerivedCredentials.from_api(body, serial=serial)

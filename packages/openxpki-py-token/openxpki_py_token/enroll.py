@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from .api_client import ApiClient
 from .card import Card, CardInfo, CardKey, spec_text
 from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
-from .credentials import CardCredentials, DerivedCredentials
+from .credentials import CardCredentials, DerivedCredentials, ask_server
 from .errors import (
     EnrollmentFailed,
     EnrollmentStopped,
@@ -132,21 +132,7 @@ class TokenAgent:
         return issued
 
     def _derived_credentials(self) -> DerivedCredentials | None:
-        """The card's admin credentials from the server (``POST /card-credentials``); None if not offered.
-
-        A server without the feature answers 404 (``card.admin_credentials_off``,
-        or ``api.not_found`` from an older server): then the local options apply.
-        """
-        serial = self._card_serial()
-        try:
-            body = self.api.post("card-credentials", {"token_serial": serial}).body
-        except ServerRefused as exc:
-            if exc.status == 404:
-                log.info("the server does not derive card admin credentials (%s)", exc.code)
-                return None
-            raise
-        log.info("received the card's admin credentials from the server")  # never the values
-        return DerivedCredentials.from_api(body, serial=serial)
+        return ask_server(self.api, self._card_serial())
 
     def _finish_card(self) -> None:
         """What a card needs once all its certificates are on it (PIV: CHUID, management key)."""
