@@ -21,10 +21,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from .. import roles
+from ..crypto.card_admin import CardAdminCredentials
 from ..crypto.csr import public_key_fingerprint
 from ..errors import AuthError, OpenXPKIError, PolicyViolation, UnexpectedStep
 from ..workflow.errors import ActionNotAvailable
-from ..crypto.card_admin import CardAdminCredentials
 from .card_credentials import CardCredentialsRefused, release_card_credentials
 from .enrollment import AgentCredential, AgentGrant, EnrollmentRefused, check_credential, redeem_code
 from .tasks import FINAL_FAILURE, WF_TYPE, agent_task

@@ -211,8 +211,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         so_pin_given=args.so_pin_file is not None or args.so_pin_env is not None)
     credentials.check_rotation_target()
     card = open_card(args, pins, credentials)
-    agent = TokenAgent(api, card, StateStore(args.state_dir), credentials=credentials,
-                       profile_name=args.card_profile,
+    agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
                        timeout=args.timeout, progress=progress)
     for cert in agent.enroll(code):
         print(_result_line(cert))

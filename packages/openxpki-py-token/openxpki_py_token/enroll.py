@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from .api_client import ApiClient
 from .card import Card, CardInfo, CardKey, spec_text
 from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
-from .credentials import CardCredentials, DerivedCredentials, ask_server
+from .credentials import DerivedCredentials, ask_server
 from .errors import (
     EnrollmentFailed,
     EnrollmentStopped,
@@ -77,7 +77,6 @@ class TokenAgent:
     """Runs one enrollment: ``TokenAgent(...).enroll(code)``."""
 
     def __init__(self, api: ApiClient, card: Card | PivCard, store: StateStore, *,
-                 credentials: CardCredentials | None = None,
                  profile_name: str = "auto", timeout: float = 900.0,
                  progress: Progress | None = None,
                  sleep: Callable[[float], None] = time.sleep,
@@ -85,7 +84,6 @@ class TokenAgent:
         self.api = api
         self.card = card
         self.store = store
-        self.credentials = credentials if credentials is not None else CardCredentials()
         self.profile_name = profile_name
         self.timeout = timeout
         self.progress = progress or Progress()
@@ -109,10 +107,10 @@ class TokenAgent:
             # cost the user a new code.  Admin credentials from the server are
             # released only for a confirmed card: they are checked at first use.
             self.card.login("user")
-            if profile.needs_so_pin and not self.credentials.from_server(profile.route):
+            if profile.needs_so_pin and not self.card.credentials.from_server(profile.route):
                 self.card.login("so")
             session = self._authenticate(code, state_key)
-            self.credentials.server = self._derived_credentials
+            self.card.credentials.server = self._derived_credentials
             self._created = self.store.load_created_keys(session.server, session.workflow_id, info.serial)
             try:
                 announced = self._report_card(info, profile)
@@ -136,7 +134,7 @@ class TokenAgent:
 
     def _finish_card(self) -> None:
         """What a card needs once all its certificates are on it (PIV: CHUID, management key)."""
-        if getattr(self.card, "admin_replaced", False):
+        if self.card.admin_replaced:
             self.progress.step("the card's factory admin credentials were replaced by per-card ones that only "
                                "your PKI can derive")
         escrow = self.card.finish()
