@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
+from ..audit.chain import lock_chain
 from ..crypto.card_admin import CARD_KINDS, CardAdminCredentials, CardAdminSecret
 from ..db.schema import audit_log
 from ..errors import NotFound, NotPermitted, UnexpectedStep
@@ -84,6 +85,9 @@ def release_card_credentials(conn: Connection, secret: CardAdminSecret | None, v
                                  "--management-key-file/--so-pin-file options")
     try:
         card_type, serial = check_release(view, token_serial)
+        # Count and record under the audit chain's lock: two requests at once
+        # cannot both be the last one allowed.
+        lock_chain(conn)
         if releases_so_far(conn, view.id) >= max_releases:
             raise CardCredentialsExhausted(
                 f"this personalization received the card's admin credentials {max_releases} times already; "
