@@ -118,6 +118,26 @@ def cmd_ca_ocsp_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca_card_admin_init(args: argparse.Namespace) -> int:
+    """Create the master secret cards' admin credentials derive from (once, at setup)."""
+    from .audit import append_audit
+
+    services = _services(args)
+    secret = services.card_admin
+    if secret is None:
+        raise errors.ConfigError("card_admin.enabled is false: no card admin master secret is used (docs/cards.md)")
+    if secret.exists():
+        print(f"{secret.describe()} exists already; it is never replaced")
+        return 0
+    secret.create()
+    with services.db.begin() as conn:
+        append_audit(conn, actor=args.actor, event="card.admin_secret", target=secret.key_label,
+                     details={"token": secret.token_label})
+    flags = secret.protection()
+    print(f"{secret.describe()} created inside the token (CKA_NEVER_EXTRACTABLE: {flags['never_extractable']})")
+    return 0
+
+
 def cmd_ca_import_cert(args: argparse.Namespace) -> int:
     services = _services(args)
     data = _read_file(args.file, "certificate")
@@ -361,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(ca, "import-cert", cmd_ca_import_cert, "activate the CA certificate signed by the external root")
     p.add_argument("file", help="certificate file (PEM or DER)")
     command(ca, "ocsp-init", cmd_ca_ocsp_init, "create the OCSP responder's key in the token and certify it")
+    command(ca, "card-admin-init", cmd_ca_card_admin_init,
+            "create the master secret in the CA's token from which every card's admin credentials derive")
     p = command(ca, "show", cmd_ca_show, "show the active CA certificate")
     p.add_argument("--pem", action="store_true", help="also print the certificate in PEM")
     p.add_argument("--json", action="store_true", help="machine-readable output")

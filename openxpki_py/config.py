@@ -22,6 +22,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .audit.config import AuditConfig
     from .auth.config import AuthConfig
+    from .crypto.card_admin import CardAdminConfig
     from .crypto.keys.config import KeyConfig
     from .directory.config import DirectoryConfig
     from .personalization.policy import PersonalizationPolicy
@@ -97,6 +98,7 @@ class Config:
     workflow: WorkflowConfig
     personalization: PersonalizationPolicy
     audit: AuditConfig
+    card_admin: CardAdminConfig
 
 
 def _parse_instance(r: Reader) -> InstanceConfig:
@@ -179,6 +181,7 @@ def parse_config(data: Any, path: Path) -> Config:
     """Validate a parsed YAML document; ``path`` anchors relative paths."""
     from .audit.config import parse_audit_config
     from .auth.config import parse_auth_config
+    from .crypto.card_admin import parse_card_admin_config
     from .directory.config import parse_directory_config
     from .personalization.policy import parse_personalization_config
     from .web.config import parse_web_config
@@ -198,6 +201,7 @@ def parse_config(data: Any, path: Path) -> Config:
         workflow=parse_workflow_config(root.section("workflow")),
         personalization=parse_personalization_config(root.section("personalization")),
         audit=parse_audit_config(root.section("audit"), ca.key),
+        card_admin=parse_card_admin_config(root.section("card_admin"), ca.key),
     )
     root.finish()
     return cfg

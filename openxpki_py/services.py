@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .audit.service import AuditCheckpoints
     from .config import Config
+    from .crypto.card_admin import CardAdminSecret
     from .crypto.ca import CertificateAuthority
     from .crypto.ocsp import OcspResponder
     from .directory.base import Directory
@@ -116,11 +117,19 @@ class Services:
         cfg = self.config.audit.checkpoint
         return AuditCheckpoints(self.db, cfg) if cfg is not None else None
 
+    @_Part
+    def card_admin(self) -> CardAdminSecret | None:
+        """The master secret cards' admin credentials derive from; None unless ``card_admin.enabled``."""
+        from .crypto.card_admin import CardAdminSecret
+
+        cfg = self.config.card_admin
+        return CardAdminSecret.from_config(cfg) if cfg.enabled else None
+
     def close(self) -> None:
+        closing = ("directory", "ocsp", "ca", "audit_checkpoints", "card_admin")
         with self._lock:
-            parts: dict[str, Any] = {name: self.__dict__.pop(name, None)
-                                     for name in ("directory", "ocsp", "ca", "audit_checkpoints", "db")}
-        for name in ("directory", "ocsp", "ca", "audit_checkpoints"):
+            parts: dict[str, Any] = {name: self.__dict__.pop(name, None) for name in (*closing, "db")}
+        for name in closing:
             closer = getattr(getattr(parts[name], "key_backend", parts[name]), "close", None)
             if callable(closer):
                 closer()

@@ -123,6 +123,8 @@ def make_instance(base: Path, env: dict[str, str], port: int) -> dict[str, str]:
         # Per kind of card (docs/cards.md): PIV cards get a P-256 encryption key, the others RSA-2048.
         "personalization": {"card_types": {"piv": {"key": {"encryption": "ec-p256"}}}},
         "web": {"session": {"cookie_secure": False}},  # plain http on 127.0.0.1 only
+        # Per-card admin credentials (PIV management key and PUK, OpenPGP admin PIN) from the HSM.
+        "card_admin": {"enabled": True},
     }
     (base / "config.yaml").write_text("# made by `make demo`\n" + yaml.safe_dump(settings, sort_keys=False))
     digest = base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
@@ -294,6 +296,7 @@ def main() -> None:
     step("CA key generated inside the HSM token, self-signed root")
     print("    " + run(cli + ["ca", "init", "--out", str(base / "db" / "ca.pem")], ca_env,
                        as_apache=True).stderr.strip())
+    print("    " + run(cli + ["ca", "card-admin-init"], ca_env, as_apache=True).stdout.strip())
     print("    " + run(cli + ["ca", "crl"], ca_env, as_apache=True).stdout.strip().replace("\n", "\n    "))
 
     step(f"Apache (mod_wsgi-express) on 127.0.0.1:{port}, Basic auth standing in for the SSO")

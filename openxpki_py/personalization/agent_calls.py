@@ -23,9 +23,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from openxpki_py_token.capabilities import CardCapabilities
 
 from .. import roles
+from ..crypto.card_admin import CardAdminCredentials
 from ..crypto.csr import public_key_fingerprint
 from ..errors import AuthError, OpenXPKIError, PolicyViolation, UnexpectedStep
 from ..workflow.errors import ActionNotAvailable
+from .card_credentials import CardCredentialsRefused, release_card_credentials
 from .enrollment import AgentCredential, AgentGrant, EnrollmentRefused, check_credential, redeem_code
 from .tasks import FINAL_FAILURE, WF_TYPE, agent_task
 
@@ -64,10 +66,14 @@ class CsrAnswer:
 class TokenAgentCalls:
     """The agent's side of a personalization: credential, card, keys, certificates."""
 
-    def __init__(self, *, db: Any, engine: Any, policy: Any) -> None:
+    def __init__(self, *, db: Any, engine: Any, policy: Any, card_admin: Any = None,
+                 max_card_admin_releases: int = 5) -> None:
         self.db = db
         self.engine = engine
         self.policy = policy
+        #: A callable giving the CardAdminSecret (or None): the HSM is touched only when asked.
+        self.card_admin = card_admin
+        self.max_card_admin_releases = max_card_admin_releases
 
     @staticmethod
     def _now() -> datetime:
@@ -210,6 +216,21 @@ class TokenAgentCalls:
                 return
         self._execute(agent.workflow_id, agent.login, "report_card_unable",
                       {"cert_type": cert_type, "code": code, "reason": reason[:500]})
+
+    def card_credentials(self, agent: AgentCredential, *, token_serial: str | None) -> CardAdminCredentials:
+        """The confirmed card's admin credentials, for this personalization's confirmed agent (audited)."""
+        self._confirmed(agent)
+        view = self._view(agent.workflow_id, token_serial)
+        secret = self.card_admin() if self.card_admin is not None else None
+        refusal: OpenXPKIError | None = None
+        with self.db.begin() as conn:
+            try:
+                return release_card_credentials(conn, secret, view, login=agent.login, token_serial=token_serial,
+                                                max_releases=self.max_card_admin_releases)
+            except (CardCredentialsRefused, UnexpectedStep) as exc:
+                refusal = exc  # commit: the refusal is audited
+        assert refusal is not None
+        raise refusal
 
     def receipt(self, agent: AgentCredential, *, cert_type: str, serial: str, token_serial: str | None) -> None:
         """The certificate is on the card; a repeated receipt is answered, not recorded twice."""

@@ -102,6 +102,7 @@ class AgentApi:
         self.routes: dict[str, Callable[[Request], Response]] = {
             "enroll": self.enroll, "token": self.report_token, "task": self.task,
             "csr": self.submit_csr, "receipt": self.receipt, "unable": self.card_unable,
+            "card-credentials": self.card_credentials,
         }
         self.url_map = Map([
             Rule("/api/v1/enroll", endpoint="enroll", methods=["POST"]),
@@ -110,6 +111,7 @@ class AgentApi:
             Rule("/api/v1/csr", endpoint="csr", methods=["POST"]),
             Rule("/api/v1/receipt", endpoint="receipt", methods=["POST"]),
             Rule("/api/v1/unable", endpoint="unable", methods=["POST"]),
+            Rule("/api/v1/card-credentials", endpoint="card-credentials", methods=["POST"]),
         ])
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -218,6 +220,15 @@ class AgentApi:
                                reason=reason if isinstance(reason, str) else "",
                                token_serial=_token_serial(body))
         return json_response({"status": "recorded"})
+
+    def card_credentials(self, request: Request) -> Response:
+        """The confirmed card's admin credentials (docs/api.md); never logged, never cached."""
+        agent = self._agent(request)
+        body = self._body(request)
+        (serial,) = _text(body, "token_serial", missing="send token_serial, the card's serial number")
+        credentials = self.calls.card_credentials(agent, token_serial=serial)
+        return json_response({"card_type": credentials.card_type, "serial": credentials.serial,
+                              "credentials": credentials.as_api()})
 
     def receipt(self, request: Request) -> Response:
         agent = self._agent(request)

@@ -142,3 +142,68 @@ def _section(text: str, title: str) -> str:
                 block.append(following)
             return "\n".join(block)
     raise AssertionError(f"{title!r} not in:\n{text}")
+
+
+def test_openpgp_admin_pin_becomes_the_server_derived_one(make_agent_server: Callable[..., tuple[Any, str]],
+                                                          openpgp_card: VirtualCardProcess,
+                                                          tmp_path: Path) -> None:
+    """No --so-pin: the factory admin PIN (PW3) is replaced by the derived one, which a second run uses."""
+
+    def with_card_admin(settings: dict[str, Any]) -> None:
+        _policy(AUTHENTICATION)(settings)
+        settings["card_admin"] = {"enabled": True}
+
+    app, url = make_agent_server(with_card_admin)
+    errors = []
+    for run in ("first", "second"):
+        browser = Browser(app)
+        wf_id, code = browser.start()
+        agent = run_agent_on_card(openpgp_card, url, code, tmp_path / run, "-v")
+        browser.confirm_when_asked(wf_id)
+        out, err = agent.communicate(timeout=120)
+        assert agent.returncode == 0, err
+        assert "done: 1 certificate on the card" in err
+        errors.append(out + err)
+    assert "factory admin credentials were replaced" in errors[0]
+    assert "replaced" not in errors[1]
+    serial = _token_serial_pgp()
+    admin_pin = app.instance.services.card_admin.card_admin_credentials("openpgp", serial).values["admin_pin"]
+    assert isinstance(admin_pin, str)
+    assert all(admin_pin not in text for text in errors)
+
+    def so_login(pin: str) -> int:
+        return subprocess.run(["pkcs11-tool", "--module", str(OPENSC_MODULE), "--login", "--login-type", "so",
+                               "--so-pin", pin, "--list-objects"], capture_output=True, timeout=60).returncode
+
+    assert so_login(openpgp_card.so_pin) != 0  # the factory admin PIN no longer works…
+    assert so_login(admin_pin) == 0  # …the derived one does (and resets the try counter)
+
+
+def _token_serial_pgp() -> str:
+    listing = _pkcs11_tool("--list-token-slots").stdout.decode()
+    return next(line.split(":", 1)[1].strip() for line in listing.splitlines() if "serial num" in line)
+
+
+def test_openpgp_card_with_a_foreign_admin_pin_is_refused(make_agent_server: Callable[..., tuple[Any, str]],
+                                                          openpgp_card: VirtualCardProcess,
+                                                          tmp_path: Path) -> None:
+    """An admin PIN that is neither the factory one nor the derived one: refused with the code, nothing made."""
+    subprocess.run(["pkcs11-tool", "--module", str(OPENSC_MODULE), "--login", "--login-type", "so",
+                    "--so-pin", openpgp_card.so_pin, "--change-pin", "--new-pin", "87654321"],
+                   capture_output=True, timeout=60, check=True)
+
+    def with_card_admin(settings: dict[str, Any]) -> None:
+        _policy(AUTHENTICATION)(settings)
+        settings["card_admin"] = {"enabled": True}
+
+    app, url = make_agent_server(with_card_admin)
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(openpgp_card, url, code, tmp_path / "state")
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 3, err
+    assert "[card.admin_credential_unknown]" in err and "an operator must reset the card" in err, err
+    assert _issued(app) == []
+    # The foreign admin PIN still works (two tries were spent, the right one resets the counter).
+    _pkcs11_tool("--login", "--login-type", "so", "--so-pin", "87654321", "--list-objects")

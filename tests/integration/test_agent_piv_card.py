@@ -173,3 +173,109 @@ def _check_on_card(management_key: bytes, issued: dict[str, x509.Certificate], c
             attestation = piv.attest_key(slot)
             attestation.verify_directly_issued_by(device_ca)
             assert attestation.public_key() == issued[cert_type].public_key()
+
+
+# --- per-card admin credentials (card_admin, docs/cards.md) -----------------------------------
+
+
+def _with_card_admin(settings: dict[str, Any]) -> None:
+    settings["personalization"] = {"certificates": POLICY[:1]}
+    settings["card_admin"] = {"enabled": True}
+
+
+def _personalize(app: Any, url: str, card: VirtualCardProcess, state: Path, *options: str) -> tuple[int, str, str]:
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(card, url, code, state, "--card-profile", "piv", "-v", *options)
+    browser.confirm_when_asked(wf_id)
+    out, err = agent.communicate(timeout=120)
+    return agent.returncode, out, err
+
+
+def _card_admin_state() -> tuple[bool, bool, Any]:
+    """(management key is the factory one, PUK is the factory one, the card's YubiKey serial)."""
+    from ykman.pcsc import list_devices
+    from yubikit.core.smartcard import SmartCardConnection
+    from yubikit.piv import PivSession
+
+    [device] = list_devices("Virtual PCD 00 00")
+    with device.open_connection(SmartCardConnection) as connection:
+        piv = PivSession(connection)
+        return (piv.get_management_key_metadata().default_value, piv.get_puk_metadata().default_value,
+                piv.get_serial())
+
+
+def _authenticates(key: bytes) -> bool:
+    from ykman.pcsc import list_devices
+    from yubikit.core.smartcard import ApduError, SmartCardConnection
+    from yubikit.piv import PivSession
+
+    [device] = list_devices("Virtual PCD 00 00")
+    with device.open_connection(SmartCardConnection) as connection:
+        try:
+            PivSession(connection).authenticate(key)
+        except (ApduError, ValueError):
+            return False
+        return True
+
+
+@pytest.mark.parametrize("firmware", ["5.4.3", "5.7.1"])  # 3DES factory key, AES-192 factory key
+def test_server_derived_admin_credentials_replace_the_factory_ones(
+        make_agent_server: Callable[..., tuple[Any, str]], make_piv_card: Callable[..., VirtualCardProcess],
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, firmware: str) -> None:
+    """First run: factory management key and PUK -> derived; second run on the same card uses them."""
+    import logging
+
+    from yubikit.piv import PivSession  # noqa: F401 - the [piv] extra is present (module skip above)
+
+    caplog.set_level(logging.DEBUG)
+    card = make_piv_card("--firmware", firmware)
+    app, url = make_agent_server(_with_card_admin)
+    code, out, err = _personalize(app, url, card, tmp_path / "state")
+    assert code == 0, err
+    assert "factory admin credentials were replaced" in err and "factory PIV management key" not in err, err
+    default_key, default_puk, serial = _card_admin_state()
+    assert not default_key and not default_puk
+    derived = app.instance.services.card_admin.card_admin_credentials("piv", str(serial))
+    key, puk = derived.values["management_key"], derived.values["puk"]
+    assert isinstance(key, bytes) and isinstance(puk, str)
+    # The card itself: the factory key is refused, the derived one accepted.
+    assert not _authenticates(bytes.fromhex("010203040506070801020304050607080102030405060708"))
+    assert _authenticates(key)
+
+    # A second personalization of the same card works with the derived key (and changes nothing).
+    code, out2, err2 = _personalize(app, url, card, tmp_path / "state2")
+    assert code == 0, err2
+    assert "done: 1 certificate on the card" in err2 and "replaced" not in err2, err2
+    assert _authenticates(key)
+
+    # Never in the agent's output, the server's log or the database.
+    with app.instance.services.db.connect() as conn:
+        raw = conn.connection.driver_connection
+        dump = "\n".join(raw.iterdump())
+    for text in (out + err + out2 + err2, caplog.text, dump):
+        for value in (key.hex(), key.hex().upper(), puk):
+            assert value not in text
+
+
+def test_card_personalized_elsewhere_is_refused(make_agent_server: Callable[..., tuple[Any, str]],
+                                                piv_card: VirtualCardProcess, tmp_path: Path) -> None:
+    """A management key that is neither the factory one nor the derived one: refused, card untouched."""
+    import os
+
+    from ykman.pcsc import list_devices
+    from yubikit.core.smartcard import SmartCardConnection
+    from yubikit.piv import MANAGEMENT_KEY_TYPE, PivSession
+
+    foreign = os.urandom(24)
+    [device] = list_devices("Virtual PCD 00 00")
+    with device.open_connection(SmartCardConnection) as connection:
+        piv = PivSession(connection)
+        piv.authenticate(bytes.fromhex("010203040506070801020304050607080102030405060708"))
+        piv.set_management_key(MANAGEMENT_KEY_TYPE.AES192, foreign)
+    app, url = make_agent_server(_with_card_admin)
+    code, _, err = _personalize(app, url, piv_card, tmp_path / "state")
+    assert code == 3, err
+    assert "[card.admin_credential_unknown]" in err and "an operator must reset the card" in err, err
+    assert _authenticates(foreign)  # nothing on the card changed
+    assert _card_admin_state()[1]  # the PUK is still the factory one

@@ -92,6 +92,8 @@ def make_instance(make_token: Callable[..., Any]) -> Iterator[Callable[..., Inst
         if init_ca:
             with inst.services.db.begin() as conn:
                 inst.services.ca.initialize(conn, actor="test")
+            if inst.services.card_admin is not None:  # as `openxpki-py ca card-admin-init` does at setup
+                inst.services.card_admin.create()
         return inst
 
     yield make

@@ -26,7 +26,8 @@ from pkcs11 import exceptions as p11_exc
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from .card_profiles import Login, Route, Usage
-from .errors import TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError
+from .credentials import FACTORY_OPENPGP_ADMIN_PIN, CardCredentials, DerivedCredentials
+from .errors import ProtocolError, TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError, unknown_admin_credential
 from .keyspec import KeySpec
 from .pins import CardPins
 from .pkcs11.keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
@@ -44,6 +45,7 @@ _CKR_USER_ALREADY_LOGGED_IN, _CKR_USER_PIN_NOT_INITIALIZED = 0x100, 0x102
 # VERIFY with a wrong PIN to this; from C_Login it can only mean "refused".
 _CKR_USER_NOT_LOGGED_IN = 0x101
 _CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
+_PIN_REFUSED = (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE, _CKR_USER_NOT_LOGGED_IN)
 _PIN_NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
 _CURVE_OIDS = {"P-256": ec.EllipticCurveOID.SECP256R1.dotted_string,
                "P-384": ec.EllipticCurveOID.SECP384R1.dotted_string}
@@ -91,9 +93,12 @@ class Card:
     route: Route = "pkcs11"
 
     def __init__(self, module_path: Path, pins: CardPins, *, slot_id: int | None = None,
-                 token_label: str | None = None) -> None:
+                 token_label: str | None = None, credentials: CardCredentials | None = None) -> None:
         self.module_path = module_path
         self.pins = pins
+        self.credentials = credentials if credentials is not None else CardCredentials()
+        #: The factory admin PIN was replaced by the derived one in this run.
+        self.admin_replaced = False
         self.slot_id = slot_id
         self.token_label = token_label
         self.module: Pkcs11Module | None = None
@@ -187,29 +192,70 @@ class Card:
             with contextlib.suppress(p11_exc.PKCS11Error):
                 self.module.logout(self._session)
             self._role = None
+        derived = self.credentials.derived(self.route) if role == "so" else None
+        if derived is not None:
+            self._derived_so_login(derived)
+            return
         pin = self.pins.get(role, self.describe())
-        rv = login_as(self.module, self._session, role, pin)
-        if rv == _CKR_USER_ANOTHER_ALREADY_LOGGED_IN:  # someone left the other role logged in
-            self.module.logout(self._session)
-            rv = login_as(self.module, self._session, role, pin)
+        rv = self._log_in(role, pin)
         if rv in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
             self._role = role
             return
         self.pins.forget(role)
+        raise self._refused(role, rv)
+
+    def _log_in(self, role: Login, pin: str) -> int:
+        assert self.module is not None
+        rv = login_as(self.module, self._session, role, pin)
+        if rv == _CKR_USER_ANOTHER_ALREADY_LOGGED_IN:  # someone left the other role logged in
+            self.module.logout(self._session)
+            rv = login_as(self.module, self._session, role, pin)
+        return rv
+
+    def _derived_so_login(self, derived: DerivedCredentials) -> None:
+        """The admin PIN the server derived; a card still on the factory PIN gets the derived one first.
+
+        The derived PIN is tried first (later personalizations then cost no
+        try); a card on neither spends two of its admin PIN tries and is refused.
+        """
+        if derived.admin_pin is None:
+            raise ProtocolError("the server sent no admin PIN for this card")
+        rv = self._log_in("so", derived.admin_pin)
+        if rv not in _PIN_REFUSED:
+            if rv not in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
+                raise self._refused("so", rv)
+            self._role = "so"
+            return
+        rv = self._log_in("so", FACTORY_OPENPGP_ADMIN_PIN)
+        if rv in _PIN_REFUSED:
+            raise unknown_admin_credential(self.describe(), "admin PIN",
+                                           "(its OpenPGP application, e.g. with 'ykman openpgp reset')")
+        if rv not in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
+            raise self._refused("so", rv)
+        self._role = "so"
+        try:
+            self._session.set_pin(FACTORY_OPENPGP_ADMIN_PIN, derived.admin_pin)
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.describe()} did not take its new admin PIN ({type(exc).__name__})",
+                             code="token.set_pin") from None
+        self.admin_replaced = True
+        log.info("%s: factory admin PIN replaced by the per-card one", self.describe())
+
+    def _refused(self, role: Login, rv: int) -> TokenError:
         name = _PIN_NAMES[role]
         where = self.describe()
-        if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE, _CKR_USER_NOT_LOGGED_IN):
-            raise TokenPinError(f"{where} refused the {name}{self._tries_left(role)}; run again "
-                                f"with the right {name} (each wrong try counts towards locking the card)")
+        if rv in _PIN_REFUSED:
+            return TokenPinError(f"{where} refused the {name}{self._tries_left(role)}; run again "
+                                 f"with the right {name} (each wrong try counts towards locking the card)")
         if rv == _CKR_PIN_LOCKED:
             fix = ("ask your PKI administrator to unblock it" if role == "user"
                    else "the card must be reset by your PKI administrator")
-            raise TokenPinError(f"the {name} of {where} is locked: {fix}")
+            return TokenPinError(f"the {name} of {where} is locked: {fix}")
         if rv == _CKR_PIN_EXPIRED:
-            raise TokenPinError(f"the {name} of {where} has expired: set a new one, then run again")
+            return TokenPinError(f"the {name} of {where} has expired: set a new one, then run again")
         if rv == _CKR_USER_PIN_NOT_INITIALIZED:
-            raise TokenPinError(f"{where} has no {name} yet: initialise the card first")
-        raise TokenError(f"logging in to {where} failed (CKR 0x{rv:x}); is the card still in the reader?")
+            return TokenPinError(f"{where} has no {name} yet: initialise the card first")
+        return TokenError(f"logging in to {where} failed (CKR 0x{rv:x}); is the card still in the reader?")
 
     def _tries_left(self, role: Login) -> str:
         try:

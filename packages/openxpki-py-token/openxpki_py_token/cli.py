@@ -67,6 +67,9 @@ HINTS: dict[str, str] = {
     "token.unusable": "this card may not be used any more: use another card or ask your PKI administrator",
     "token.mismatch": "this personalization was started with another card: insert that one, "
                       "or start again in the browser",
+    "card.admin_credentials_limit": "start a new personalization in the browser, then run the agent with its code",
+    "card.admin_credentials_unsupported": "this card type has no per-card admin credentials: use "
+                                          "--so-pin-file/--management-key-file",
 }
 
 
@@ -119,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PIV cards: use the reader whose name contains NAME")
     mgmt = enroll.add_mutually_exclusive_group()
     mgmt.add_argument("--management-key-file", type=Path, metavar="FILE",
-                      help="PIV cards: read the card's management key (hex) from FILE "
-                           "(default: the factory key, with a warning)")
+                      help="PIV cards: read the card's management key (hex) from FILE, for servers "
+                           "without per-card admin credentials (default: the key the server derives for "
+                           "this card, else the factory key with a warning)")
     mgmt.add_argument("--management-key-env", metavar="VAR",
                       help="PIV cards: read the card's management key (hex) from VAR")
     enroll.add_argument("--rotate-management-key", type=Path, metavar="FILE",
@@ -203,7 +207,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     credentials = CardCredentials(
         management_key=_secret("--management-key-file", "--management-key-env",
                                args.management_key_file, args.management_key_env),
-        rotate_to=args.rotate_management_key)
+        rotate_to=args.rotate_management_key,
+        so_pin_given=args.so_pin_file is not None or args.so_pin_env is not None)
     credentials.check_rotation_target()
     card = open_card(args, pins, credentials)
     agent = TokenAgent(api, card, StateStore(args.state_dir), profile_name=args.card_profile,
@@ -221,7 +226,8 @@ def open_card(args: argparse.Namespace, pins: CardPins, credentials: CardCredent
     if (args.card_profile == "auto" and not pkcs11_asked and piv_available()
             and find_piv_reader(args.reader) is not None):
         return PivCard(pins, credentials, reader=args.reader)
-    return Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label)
+    return Card(find_module(args.module), pins, slot_id=args.slot, token_label=args.token_label,
+                credentials=credentials)
 
 
 def _secret(file_option: str, env_option: str, file: Path | None, env: str | None) -> SecretRef | None:
@@ -257,7 +263,9 @@ def describe_failure(exc: OpenXPKIError) -> str:
             hint = f"too many tries: wait {exc.retry_after:.0f} s, then run again"
         return f"{text}\n  {hint}" if hint else text
     if isinstance(exc, TokenError):
-        return printable(f"card problem: {exc.message}")
+        # card.* codes are for the help desk too: shown, like the server's codes.
+        code = f" [{exc.code}]" if exc.code.startswith("card.") else ""
+        return printable(f"card problem: {exc.message}{code}")
     if isinstance(exc, ServerUnreachable):
         return printable(f"network problem: {exc.message}")
     if isinstance(exc, EnrollmentStopped):

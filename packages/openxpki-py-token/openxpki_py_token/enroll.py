@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from .api_client import ApiClient
 from .card import Card, CardInfo, CardKey, spec_text
 from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
+from .credentials import DerivedCredentials, ask_server
 from .errors import (
     EnrollmentFailed,
     EnrollmentStopped,
@@ -103,11 +104,13 @@ class TokenAgent:
             log.info("card profile %s", profile.name)
             _check_route(profile, self.card)
             # Check the PINs before the one-time code is spent: a typo must not
-            # cost the user a new code.
+            # cost the user a new code.  Admin credentials from the server are
+            # released only for a confirmed card: they are checked at first use.
             self.card.login("user")
-            if profile.needs_so_pin:
+            if profile.needs_so_pin and not self.card.credentials.from_server(profile.route):
                 self.card.login("so")
             session = self._authenticate(code, state_key)
+            self.card.credentials.server = self._derived_credentials
             self._created = self.store.load_created_keys(session.server, session.workflow_id, info.serial)
             try:
                 announced = self._report_card(info, profile)
@@ -126,8 +129,14 @@ class TokenAgent:
         self.store.forget_created_keys(session.server, session.workflow_id)
         return issued
 
+    def _derived_credentials(self) -> DerivedCredentials | None:
+        return ask_server(self.api, self._card_serial())
+
     def _finish_card(self) -> None:
         """What a card needs once all its certificates are on it (PIV: CHUID, management key)."""
+        if self.card.admin_replaced:
+            self.progress.step("the card's factory admin credentials were replaced by per-card ones that only "
+                               "your PKI can derive")
         escrow = self.card.finish()
         if isinstance(self.card, PivCard):
             self.progress.step("new CHUID and CCC written (the card's PC/SC identity changed)")

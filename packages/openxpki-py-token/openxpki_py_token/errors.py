@@ -88,6 +88,24 @@ class TokenKeyNotFound(TokenError):
     code = "token.key_not_found"
 
 
+class AdminCredentialUnknown(TokenError):
+    """The card answers neither to its factory admin credential nor to the one this PKI derives for it.
+
+    It was personalized elsewhere: only an operator's reset (which erases the
+    card's keys) makes it usable here.
+    """
+
+    code = "card.admin_credential_unknown"
+
+
+def unknown_admin_credential(card: str, what: str, reset: str) -> AdminCredentialUnknown:
+    """The refusal for a card personalized elsewhere; ``reset`` says how an operator resets it."""
+    return AdminCredentialUnknown(
+        f"{card} answers neither to its factory {what} nor to the one this PKI derives for it: it was "
+        f"personalized elsewhere. Nothing on it was changed; an operator must reset the card {reset} "
+        "(this erases its keys and certificates), then run again")
+
+
 # --- the agent's own -------------------------------------------------------------
 
 

@@ -29,8 +29,8 @@ from pkcs11 import Mechanism
 
 from .card import CardInfo, CardKey
 from .card_profiles import Login, Route, Usage
-from .credentials import FACTORY_MANAGEMENT_KEY, CardCredentials
-from .errors import TokenError, TokenNotFound, TokenPinError, UsageError
+from .credentials import FACTORY_MANAGEMENT_KEY, FACTORY_PUK, CardCredentials, DerivedCredentials
+from .errors import ProtocolError, TokenError, TokenNotFound, TokenPinError, UsageError, unknown_admin_credential
 from .keyspec import KeySpec
 from .pins import CardPins
 from .pkcs11.keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
@@ -106,6 +106,8 @@ class PivCard:
         self._connection: Any = None
         self._session: PivSession | None = None
         self._roles: set[Login] = set()
+        #: The factory management key and PUK were replaced by the derived ones in this run.
+        self.admin_replaced = False
 
     # --- opening and closing -----------------------------------------------------------
 
@@ -180,18 +182,82 @@ class PivCard:
                 raise TokenPinError(f"{self.describe()} refused the PIN ({left} tries left); run again "
                                     "with the right PIN") from None
         else:
-            key = self.credentials.current_management_key()
-            try:
-                self.session.authenticate(key)
-            except (ApduError, ValueError, _bad_response()):
-                raise TokenPinError(f"{self.describe()} refused the management key; pass the card's "
-                                    "key with --management-key-file or --management-key-env",
-                                    code="token.management_key") from None
-            if key == FACTORY_MANAGEMENT_KEY and self.credentials.rotate_to is None:
-                log.warning("%s still has the factory PIV management key: anyone can replace its keys "
-                            "and certificates; run with --rotate-management-key FILE (and escrow FILE)",
-                            self.describe())
+            self._admin_login()
         self._roles.add(role)
+
+    def _admin_login(self) -> None:
+        """Management-key authentication: the server's derived key, else the local options (module doc)."""
+        # Derived values need a serial that stays: a CHUID GUID is renewed at
+        # every personalization (and "unknown" would give every card the same).
+        stable = self.info is not None and self.info.manufacturer == "Yubico"
+        derived = self.credentials.derived(self.route) if stable else None
+        if not stable and self.credentials.from_server(self.route):
+            log.warning("%s has no hardware serial: per-card admin credentials are not used for it",
+                        self.describe())
+        if derived is not None:
+            self._derived_login(derived)
+            return
+        key = self.credentials.current_management_key()
+        if not self._authenticate(key):
+            raise TokenPinError(f"{self.describe()} refused the management key; pass the card's "
+                                "key with --management-key-file or --management-key-env",
+                                code="token.management_key")
+        if key == FACTORY_MANAGEMENT_KEY and self.credentials.rotate_to is None:
+            log.warning("%s still has the factory PIV management key: anyone can replace its keys "
+                        "and certificates; run with --rotate-management-key FILE (and escrow FILE), or "
+                        "ask your PKI administrator to enable per-card admin credentials on the server",
+                        self.describe())
+
+    def _authenticate(self, key: bytes) -> bool:
+        from yubikit.core.smartcard import ApduError
+
+        try:
+            self.session.authenticate(key)
+        except (ApduError, ValueError, _bad_response()):
+            return False
+        return True
+
+    def _derived_login(self, derived: DerivedCredentials) -> None:
+        """The card's derived key; a card still on its factory values gets the derived ones first."""
+        if derived.management_key is None or derived.puk is None:
+            raise ProtocolError("the server sent no PIV management key and PUK for this PIV card")
+        if self._authenticate(derived.management_key):
+            return
+        if not self._authenticate(FACTORY_MANAGEMENT_KEY):
+            raise unknown_admin_credential(self.describe(), "management key",
+                                           "(its PIV application, e.g. with 'ykman piv reset')")
+        self._replace_puk(derived.puk)
+        from yubikit.piv import MANAGEMENT_KEY_TYPE
+
+        # AES-192 where the card has it (YubiKey 5.4+), else 3DES; same length.
+        key_type = (MANAGEMENT_KEY_TYPE.AES192 if self.session.version >= (5, 4, 0)
+                    else MANAGEMENT_KEY_TYPE.TDES)
+        self.session.set_management_key(key_type, derived.management_key)
+        if not self._authenticate(derived.management_key):
+            raise TokenError(f"{self.describe()} did not take its new management key", code="token.management_key")
+        self.admin_replaced = True
+        log.info("%s: factory management key and PUK replaced by the per-card ones", self.describe())
+
+    def _replace_puk(self, puk: str) -> None:
+        """Factory PUK -> derived one; a PUK that is already the derived one stays (a rerun)."""
+        from yubikit.core import InvalidPinError, NotSupportedError
+        from yubikit.core.smartcard import ApduError
+
+        try:
+            is_default: bool | None = self.session.get_puk_metadata().default_value
+        except (NotSupportedError, ApduError):
+            is_default = None  # no metadata (not a YubiKey 5.3+): try the factory PUK first
+        if is_default is not False:
+            try:
+                self.session.change_puk(FACTORY_PUK, puk)
+                return
+            except InvalidPinError:
+                pass
+        try:
+            self.session.change_puk(puk, puk)  # proves it is ours; a right PUK resets its counter
+        except InvalidPinError:
+            raise unknown_admin_credential(self.describe(), "PUK",
+                                           "(its PIV application, e.g. with 'ykman piv reset')") from None
 
     # --- keys ---------------------------------------------------------------------------------
 
