@@ -313,9 +313,7 @@ def cmd_token_status(args: argparse.Namespace) -> int:
     services = _services(args)
     result = transition(services.db, services.ca, args.serial, STATUS_TRANSITIONS[args.status], actor=args.actor,
                         role=roles.CA_OPERATOR, comment=args.comment)
-    print(f"card {args.serial} is now {result.status}"
-          + (f"; certificates changed: {', '.join(result.certificates)} (run 'openxpki-py ca crl')"
-             if result.certificates else ""))
+    print(result.summary() + (" (run 'openxpki-py ca crl')" if result.certificates else ""))
     return 0
 
 

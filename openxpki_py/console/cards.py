@@ -62,6 +62,14 @@ class TransitionResult:
     serial: str
     status: str
     certificates: tuple[str, ...]  # held, released or revoked
+    effect: str = ""  # hold | release | revoke
+
+    def summary(self) -> str:
+        """One line for an operator: what the card is now and what happened to its certificates."""
+        verb = {"hold": "put on hold", "release": "released from hold", "revoke": "revoked"}.get(self.effect, "changed")
+        changed = (f"; {verb} {len(self.certificates)} certificate(s): {', '.join(self.certificates)}"
+                   if self.certificates else "; no certificate changed")
+        return f"card {self.serial} is now {self.status}{changed}"
 
 
 def available(status: str, role: str | None, *, own_card: bool = False) -> list[Transition]:
@@ -93,7 +101,7 @@ def transition(db: Engine, ca: CertificateAuthority, serial: str, name: str, *, 
         append_audit(conn, actor=actor, role=role, event="token.transition", target=serial,
                      details={"transition": name, "from": card["status"], "to": step.target,
                               "certificates": list(done), **({"comment": note} if note else {})})
-    return TransitionResult(serial, step.target, done)
+    return TransitionResult(serial, step.target, done, step.effect)
 
 
 def _check_actor(db: Engine, serial: str, owner: str | None, step: Transition, *, actor: str, role: str) -> None:

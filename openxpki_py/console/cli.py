@@ -72,8 +72,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     services = _services(args)
     result = transition(services.db, services.ca, args.serial, args.transition, actor=args.actor,
                         role=roles.CA_OPERATOR, comment=args.comment)
-    print(f"card {result.serial} is now {result.status}; certificates changed: "
-          f"{', '.join(result.certificates) or 'none'}")
+    print(result.summary())
     return 0
 
 

@@ -163,10 +163,16 @@ def set_token_status(conn: Connection, serial: str, status: str, *, actor: str, 
 
 
 def release_token(conn: Connection, serial: str, *, actor: str) -> None:
-    """Forget the card's owner: the next user who confirms it gets it (help desk, reissued card)."""
+    """Forget the card's owner: the next user who confirms it gets it (help desk, reissued card).
+
+    A card that was lost, damaged or terminated becomes usable again as a
+    blank card: its old certificates stay revoked, the next personalization
+    gives it new keys.
+    """
     row = find_token(conn, serial)
-    conn.execute(token.update().where(token.c.id == row["id"]).values(owner=None))
-    append_audit(conn, actor=actor, event="token.release", target=serial, details={"previous_owner": row["owner"]})
+    conn.execute(token.update().where(token.c.id == row["id"]).values(owner=None, status=USABLE))
+    append_audit(conn, actor=actor, event="token.release", target=serial,
+                 details={"previous_owner": row["owner"], "previous_status": row["status"]})
 
 
 def list_tokens(conn: Connection, *, owner: str | None = None) -> list[Any]:

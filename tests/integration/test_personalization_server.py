@@ -449,8 +449,11 @@ def test_help_desk_marks_a_card_lost_and_releases_it(app: Any) -> None:
 
     unknown = subprocess.run(cli + ["status", "NO-SUCH-CARD", "lost"], capture_output=True, text=True, check=False)
     assert unknown.returncode == 6 and "no card with serial NO-SUCH-CARD is registered" in unknown.stderr
-    for argv in (["release", "CARD-LOST"], ["status", "CARD-LOST", "active"]):
-        assert subprocess.run(cli + argv, capture_output=True, text=True, check=False).returncode == 0
+    # A lost card's certificates stay revoked: it cannot simply be "active" again ...
+    resumed = subprocess.run(cli + ["status", "CARD-LOST", "active"], capture_output=True, text=True, check=False)
+    assert resumed.returncode != 0 and "token.transition_state" in resumed.stderr
+    # ... but the help desk can release it as a blank card for the next user.
+    assert subprocess.run(cli + ["release", "CARD-LOST"], capture_output=True, text=True, check=False).returncode == 0
     bob_browser, bob_wf, bob_code = start(app, "bob")
     bob = Agent(app)
     bob.enroll(bob_code)
