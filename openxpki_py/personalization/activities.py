@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from openxpki_py_token.capabilities import CardCapabilities
+from openxpki_py_token.errors import WHOLE_CARD_CODES
 
 from ..audit import append_audit
 from ..crypto.csr import ExpectedKey, public_key_fingerprint
@@ -243,6 +244,9 @@ def record_card_unable(ctx: ActivityContext) -> None:
             code="task.unexpected")
     code, reason = ctx.inputs["code"], ctx.inputs.get("reason") or "the card cannot do this step"
     ctx.note = f"{entry['type']}: {code}: {reason}"
+    if code in WHOLE_CARD_CODES:  # e.g. a card personalized elsewhere: no type can be made on it
+        entry.update(status="failed", reason=f"the card was refused: {reason}")
+        raise PolicyViolation(f"this card cannot be personalized here ({code}): {reason}", code=code)
     if entry.get("on_card_unable", "skip") == "fail":
         entry.update(status="failed", reason=f"the card cannot: {reason}")
         raise PolicyViolation(f"the {entry['type']} certificate cannot be made on this card ({code}): {reason}",

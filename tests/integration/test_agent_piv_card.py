@@ -22,7 +22,7 @@ from sqlalchemy import select
 from support.agent import Browser, run_agent_on_card
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
 
-from openxpki_py.db.schema import certificate
+from openxpki_py.db.schema import certificate, workflow
 
 pytestmark = pytest.mark.slow
 yubikit = pytest.importorskip("yubikit.piv", reason="the agent's [piv] extra is not installed")
@@ -274,8 +274,18 @@ def test_card_personalized_elsewhere_is_refused(make_agent_server: Callable[...,
         piv.authenticate(bytes.fromhex("010203040506070801020304050607080102030405060708"))
         piv.set_management_key(MANAGEMENT_KEY_TYPE.AES192, foreign)
     app, url = make_agent_server(_with_card_admin)
-    code, _, err = _personalize(app, url, piv_card, tmp_path / "state")
-    assert code == 3, err
+    browser = Browser(app)
+    wf_id, enrollment_code = browser.start()
+    agent = run_agent_on_card(piv_card, url, enrollment_code, tmp_path / "state", "--card-profile", "piv", "-v")
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 3, err
     assert "[card.admin_credential_unknown]" in err and "an operator must reset the card" in err, err
+    # The server was told: the personalization ends now with the reason, not at its deadline an hour later.
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert "card.admin_credential_unknown" in page and "personalized elsewhere" in page, page
+    with app.instance.services.db.connect() as conn:
+        state = conn.execute(select(workflow.c.state).where(workflow.c.id == wf_id)).scalar_one()
+    assert state == "FAILED"
     assert _authenticates(foreign)  # nothing on the card changed
     assert _card_admin_state()[1]  # the PUK is still the factory one

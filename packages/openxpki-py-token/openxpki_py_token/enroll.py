@@ -31,6 +31,7 @@ from .card import Card, CardInfo, CardKey, spec_text
 from .card_profiles import CardProfile, KeySlot, Usage, choose_profile
 from .credentials import DerivedCredentials, ask_server
 from .errors import (
+    WHOLE_CARD_CODES,
     EnrollmentFailed,
     EnrollmentStopped,
     ForeignKeyRefused,
@@ -70,7 +71,7 @@ class IssuedCertificate:
 
 # Card errors that mean "this card cannot do this step" (not "something broke"):
 # reported to the server, which skips the certificate type or fails, per policy.
-CARD_UNABLE_CODES = frozenset({"token.cannot_sign", "token.key_unsupported"})
+CARD_UNABLE_CODES = frozenset({"token.cannot_sign", "token.key_unsupported"}) | WHOLE_CARD_CODES
 
 
 class TokenAgent:
@@ -258,6 +259,8 @@ class TokenAgent:
                     if exc.code not in CARD_UNABLE_CODES:
                         raise
                     self._report_unable(task, exc)
+                    if exc.code in WHOLE_CARD_CODES:
+                        raise  # the server has ended the personalization; the user reads why here too
             elif kind == "install_certificate":
                 self._install_certificate(task, profile)
             elif kind == "done":
@@ -282,7 +285,8 @@ class TokenAgent:
             if getattr(refused, "status", 0) == 404 or isinstance(refused, ProtocolError):
                 raise exc from None
             raise
-        self.progress.step(f"{cert_type}: this card cannot do it ({exc.code}); the server leaves it out")
+        if exc.code not in WHOLE_CARD_CODES:
+            self.progress.step(f"{cert_type}: this card cannot do it ({exc.code}); the server leaves it out")
 
     def _wait(self, task: dict[str, Any], deadline: float, reason: str) -> None:
         """Sleep as the server asks, but never past the deadline (then one last poll)."""

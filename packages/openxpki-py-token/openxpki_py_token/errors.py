@@ -98,6 +98,11 @@ class AdminCredentialUnknown(TokenError):
     code = "card.admin_credential_unknown"
 
 
+#: Refusals of the whole card, not of one certificate type: reported to the
+#: server, which ends the personalization with the reason instead of waiting.
+WHOLE_CARD_CODES = frozenset({AdminCredentialUnknown.code})
+
+
 def unknown_admin_credential(card: str, what: str, reset: str) -> AdminCredentialUnknown:
     """The refusal for a card personalized elsewhere; ``reset`` says how an operator resets it."""
     return AdminCredentialUnknown(
