@@ -57,14 +57,19 @@ class Personalization:
     card: Any
 
 
-def personalize(cluster: Cluster, index: int, card: Any, state_dir: Path) -> Personalization:
-    """One user: browser on node ``index % 2``, agent on the other one (whichever is up)."""
+def personalize(cluster: Cluster, index: int, card: Any, state_dir: Path,
+                agents: dict[int, str]) -> Personalization:
+    """One user: browser on node ``index % 2``, agent on the other one (whichever is up).
+
+    ``agents`` learns each workflow's agent node as the agent starts.
+    """
     login = cluster.users[index]
     home, other = cluster.nodes[index % 2], cluster.nodes[(index + 1) % 2]
     browser = cluster.browser(login, home)
     wf_id, code = browser.start_personalization()
     agent_node = other if other.alive else home
     agent = run_agent(card, agent_node.url, code, state_dir, timeout=120)
+    agents[wf_id] = agent_node.name
     try:
         browser.confirm_card(wf_id)
         out, err = agent.communicate(timeout=150)
@@ -83,9 +88,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def kill_node_and_worker_mid_issuance(cluster: Cluster) -> None:
+def kill_node_and_worker_mid_issuance(cluster: Cluster, agents: dict[int, str]) -> None:
     node_b, first, second = cluster.node("node-b"), cluster.worker("worker-1"), cluster.worker("worker-2")
     gone = "SELECT 1 FROM pg_stat_activity WHERE application_name = :app"
+    # An agent on node B that has not posted a CSR yet will: the lock below is sure to catch B.
+    wait_for(lambda: bool(cluster.query(
+        "SELECT 1 FROM workflow WHERE id = ANY(:ids) AND state IN ('WAIT_FOR_TOKEN', 'CONFIRM_TOKEN')",
+        ids=[wf for wf, node in list(agents.items()) if node == "node-b"])), 60, "an agent on node B before its CSR")
     with cluster.db.connect() as lock:
         held = lock.begin()
         lock.exec_driver_sql("LOCK TABLE certificate IN SHARE ROW EXCLUSIVE MODE")  # inserts wait
@@ -110,11 +119,19 @@ def test_a_node_and_a_worker_killed_mid_issuance_lose_and_duplicate_nothing(
         make_cluster: Callable[..., Cluster], make_token: Callable[..., Any], tmp_path: Path) -> None:
     cluster = make_cluster(nodes=2, workers=2, users=PERSONALIZATIONS)
     cards = [make_token(f"card-{i:02d}") for i in range(PERSONALIZATIONS)]
+    agents: dict[int, str] = {}
     with ThreadPoolExecutor(AT_ONCE) as pool:
         stream: list[Future[Personalization]] = [
-            pool.submit(personalize, cluster, i, cards[i], tmp_path / f"agent-{i}") for i in range(PERSONALIZATIONS)]
-        wait_for(lambda: sum(f.done() for f in stream) >= KILL_AFTER, 120, "the first personalizations ended")
-        kill_node_and_worker_mid_issuance(cluster)
+            pool.submit(personalize, cluster, i, cards[i], tmp_path / f"agent-{i}", agents)
+            for i in range(PERSONALIZATIONS)]
+        try:
+            wait_for(lambda: sum(f.done() for f in stream) >= KILL_AFTER, 120, "the first personalizations ended")
+            kill_node_and_worker_mid_issuance(cluster, agents)
+        except AssertionError:
+            for failed in (f.exception() for f in stream if f.done()):
+                if failed is not None:
+                    raise failed  # the first personalization that went wrong says more
+            raise
         results = [f.result() for f in stream]
 
     assert not cluster.worker("worker-2").alive and cluster.worker("worker-1").alive
@@ -126,6 +143,11 @@ def test_a_node_and_a_worker_killed_mid_issuance_lose_and_duplicate_nothing(
         assert "Your card is ready." in r.page, r.page[:3000]
         assert [kind for kind, _ in card_objects(r.card)].count("Certificate") == 2
     assert_nothing_lost_or_duplicated(cluster, results)
+    # The issuance node B had claimed was finished by the surviving worker.
+    taken_over = cluster.query("SELECT h.workflow_id FROM workflow_history h JOIN workflow w ON w.id = h.workflow_id "
+                               "WHERE w.wf_type = 'certificate_issuance' AND h.action = 'issue' "
+                               "AND h.actor LIKE 'worker@%'")
+    assert len(taken_over) == 1, taken_over
     verified = cluster.cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
