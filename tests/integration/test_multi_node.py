@@ -89,29 +89,37 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def kill_node_and_worker_mid_issuance(cluster: Cluster, agents: dict[int, str]) -> None:
+    """SIGKILL node B, then worker 2, each after it stored a certificate and before it committed."""
     node_b, first, second = cluster.node("node-b"), cluster.worker("worker-1"), cluster.worker("worker-2")
-    gone = "SELECT 1 FROM pg_stat_activity WHERE application_name = :app"
     # An agent on node B that has not posted a CSR yet will: the lock below is sure to catch B.
     wait_for(lambda: bool(cluster.query(
         "SELECT 1 FROM workflow WHERE id = ANY(:ids) AND state IN ('WAIT_FOR_TOKEN', 'CONFIRM_TOKEN')",
         ids=[wf for wf, node in list(agents.items()) if node == "node-b"])), 60, "an agent on node B before its CSR")
-    with cluster.db.connect() as lock:
-        held = lock.begin()
-        lock.exec_driver_sql("LOCK TABLE certificate IN SHARE ROW EXCLUSIVE MODE")  # inserts wait
-        wait_for(lambda: cluster.waiting_on("certificate", "node-b"), 60,
+    storing = "INSERT INTO certificate "
+    with cluster.db.connect() as certificates, cluster.db.connect() as audit:
+        held = certificates.begin()
+        certificates.exec_driver_sql("LOCK TABLE certificate IN SHARE ROW EXCLUSIVE MODE")  # inserts wait
+        wait_for(lambda: bool(cluster.sessions("node-b", waiting_on="certificate", doing=storing)), 60,
                  "node B never tried to store a certificate")
+        # The issuance audits right after storing the certificate: hold the audit
+        # chain (as every appender does), let the certificate in.
+        audit.exec_driver_sql("SET lock_timeout = '20s'")
+        audit.exec_driver_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
+        held.commit()
+        wait_for(lambda: bool(cluster.sessions("node-b", waiting_on="audit_log", holding="certificate")),
+                 30, "node B never got past storing its certificate")
         node_b.kill()
         # The database notices the dead client (client_connection_check_interval) and rolls back.
-        wait_for(lambda: not cluster.query(gone, app="node-b"), 30, "node B's sessions outlived it")
+        wait_for(lambda: not cluster.connected("node-b"), 30, "node B's sessions outlived it")
         first.signal(signal.SIGSTOP)
-        try:
-            wait_for(lambda: cluster.waiting_on("certificate", "worker-2"), 60,
-                     "worker 2 never took over node B's issuance")
+        try:  # the orphaned issuance's lease runs out; worker 2 takes it over, and gets as far
+            wait_for(lambda: bool(cluster.sessions("worker-2", waiting_on="audit_log", holding="certificate")),
+                     60, "worker 2 never took over node B's issuance")
             second.kill()
-            wait_for(lambda: not cluster.query(gone, app="worker-2"), 30, "worker 2's session outlived it")
+            wait_for(lambda: not cluster.connected("worker-2"), 30, "worker 2's session outlived it")
         finally:
             first.signal(signal.SIGCONT)
-        held.rollback()
+        audit.rollback()
     node_b.restart()
 
 

@@ -147,12 +147,26 @@ class Cluster:
         with self.db.connect() as conn:
             return list(conn.execute(statement, params).mappings())
 
-    def waiting_on(self, table: str, application: str) -> bool:
-        """Whether a backend of ``application`` waits for a lock on ``table`` (inside its transaction)."""
-        return bool(self.query(
-            "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted "
-            "AND l.relation = CAST(:table AS regclass) AND a.application_name = :app",
-            table=table, app=application))
+    def sessions(self, application: str, *, waiting_on: str, doing: str = "", holding: str | None = None) -> set[int]:
+        """Server pids of ``application`` waiting for a lock on table ``waiting_on`` inside a transaction.
+
+        ``doing``: only those whose waiting statement starts so (``INSERT INTO certificate``).
+        ``holding``: only those that have written to that table earlier in the
+        same transaction (they hold its ROW EXCLUSIVE lock).
+        """
+        sql = ("SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted "
+               "AND l.relation = CAST(:waiting AS regclass) AND a.application_name = :app "
+               "AND a.query LIKE :doing")
+        if holding is not None:
+            sql += (" AND EXISTS (SELECT 1 FROM pg_locks h WHERE h.pid = l.pid AND h.granted "
+                    "AND h.relation = CAST(:holding AS regclass) AND h.mode = 'RowExclusiveLock')")
+        rows = self.query(sql, waiting=waiting_on, app=application, doing=doing.replace("%", r"\%") + "%",
+                          holding=holding)
+        return {int(r["pid"]) for r in rows}
+
+    def connected(self, application: str) -> bool:
+        """Whether the database still has a session of ``application`` (a killed process's, until noticed)."""
+        return bool(self.query("SELECT 1 FROM pg_stat_activity WHERE application_name = :app", app=application))
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -231,7 +245,7 @@ class ClusterBrowser(Browser):
                         "csrf_token": _match(CSRF_RE, page), "mode": "deeplink", "action": "confirm_token",
                         "version": _match(VERSION_RE, page), "agent": _match(AGENT_RE, page)})
                     assert done.status == 303, (done.status, done.body[:2000])
-                    return phrase.group(1)
+                    return str(phrase.group(1))
             except (ConnectionError, OSError):
                 pass  # the node died under the request: look again (wherever the balancer sends us)
             time.sleep(0.2)
