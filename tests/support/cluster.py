@@ -285,7 +285,7 @@ def build_cluster(folder: Path, db: Engine, ca_token: Any, *, nodes: int = 2, wo
     db_url = db.url.render_as_string(hide_password=False)
     # A node killed inside a transaction leaves a server session behind until
     # PostgreSQL notices the closed socket; while it waits for a lock it
-    # notices only with this set (README: more than one node).
+    # notices only with this set (README, "More than one node").
     with db.connect() as conn:
         conn.exec_driver_sql(f'ALTER DATABASE "{db.url.database}" SET client_connection_check_interval = \'1s\'')
         conn.commit()
