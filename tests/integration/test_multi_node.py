@@ -18,8 +18,9 @@ sent to node A meanwhile).  Worker 2 stays dead: worker 1 must take over.
 
 Afterwards: every agent finished with its certificates on its card, every
 certificate an agent was told about is in the store, no person, type or
-issuance workflow has two certificates, every workflow is final, and
-``openxpki-py audit verify`` passes.
+issuance workflow has two certificates, every workflow is final, and once
+worker 1 stops (signing a last audit checkpoint) ``openxpki-py audit
+verify`` passes with every row anchored.
 """
 
 from __future__ import annotations
@@ -156,8 +157,12 @@ def test_a_node_and_a_worker_killed_mid_issuance_lose_and_duplicate_nothing(
                                "WHERE w.wf_type = 'certificate_issuance' AND h.action = 'issue' "
                                "AND h.actor LIKE 'worker@%'")
     assert len(taken_over) == 1, taken_over
+    # The surviving worker's clean stop signs the chain's head; the chain and every checkpoint verify.
+    assert cluster.worker("worker-1").stop() == 0
     verified = cluster.cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    anchored = re.search(r"(\d+) checkpoint\(s\).* (\d+) newer row\(s\) not yet anchored", verified.stdout)
+    assert anchored and int(anchored.group(1)) >= 2 and anchored.group(2) == "0", verified.stdout
 
 
 def assert_nothing_lost_or_duplicated(cluster: Cluster, results: list[Personalization]) -> None:

@@ -274,6 +274,10 @@ def _instance_settings(root: Path, cfg: dict[str, Any], *, db_url: str, ca_token
         "profile_variables": {"organization": "Example Corp", "country": "DE"},
     }
     cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
+    # Workers sign checkpoints of the audit chain (at start, then hourly, and at SIGTERM).
+    cfg["audit"] = {"checkpoint": {
+        "key": {**cfg["ca"]["key"], "algorithm": "ec-p256", "key_label": "audit-checkpoint"},
+        "file": str(root / "audit-checkpoints.log")}}
     # A dead node's claim is taken over after this (the shipped default is 5 minutes).
     cfg["workflow"] = {"lease_seconds": lease_seconds, "worker": {"poll_interval": 0.2}}
 
@@ -295,8 +299,9 @@ def build_cluster(folder: Path, db: Engine, ca_token: Any, *, nodes: int = 2, wo
     env = {**os.environ, "SOFTHSM2_CONF": str(ca_token.softhsm.conf)}
     cluster = Cluster(folder, inst.config_path, db, env, logins)
     _chown_tree(folder)
-    init = cluster.cli("ca", "init")
-    assert init.returncode == 0, init.stderr
+    for command in (("ca", "init"), ("audit", "init-key")):
+        done = cluster.cli(*command)
+        assert done.returncode == 0, done.stderr
     for letter in string.ascii_lowercase[:nodes]:
         root = folder / f"node-{letter}"
         root.mkdir()
