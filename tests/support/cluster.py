@@ -18,6 +18,7 @@ is down.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -218,7 +219,19 @@ class ClusterBrowser(Browser):
     # --- the personalization page -------------------------------------------------------------
 
     def start_personalization(self) -> tuple[int, str]:
-        """/token → the deep-linked page → the enrollment code: (workflow id, code)."""
+        """/token → the deep-linked page → the enrollment code: (workflow id, code).
+
+        A request cut off by a dying node is done again, as a user reloads
+        (the person's one open personalization is found again).
+        """
+        for _ in range(3):
+            try:
+                return self._start_personalization()
+            except (ConnectionError, http.client.HTTPException):
+                time.sleep(0.5)
+        return self._start_personalization()
+
+    def _start_personalization(self) -> tuple[int, str]:
         first = self.get("/token")
         assert first.status == 303, (first.status, first.body[:2000])
         page_path = urllib.parse.urlsplit(first.headers["Location"]).path
@@ -236,17 +249,21 @@ class ClusterBrowser(Browser):
     def confirm_card(self, wf_id: int, timeout: float = 60.0) -> str:
         """Wait for the page to ask about the agent's card, confirm it; the pairing phrase shown."""
         deadline = time.monotonic() + timeout
+        pressed: str | None = None
         while time.monotonic() < deadline:
             try:
                 page = self.page(wf_id)
                 phrase = PHRASE_RE.search(page)
                 if phrase and 'id="confirm-card"' in page:
+                    pressed = phrase.group(1)
                     done = self.post(f"/openxpki/personalize/{wf_id}/action", {
                         "csrf_token": _match(CSRF_RE, page), "mode": "deeplink", "action": "confirm_token",
                         "version": _match(VERSION_RE, page), "agent": _match(AGENT_RE, page)})
                     assert done.status == 303, (done.status, done.body[:2000])
-                    return str(phrase.group(1))
-            except (ConnectionError, OSError):
+                    return pressed
+                if pressed is not None:
+                    return pressed  # the press was cut off by a dying node, but it counted
+            except (ConnectionError, http.client.HTTPException):
                 pass  # the node died under the request: look again (wherever the balancer sends us)
             time.sleep(0.2)
         raise AssertionError(f"workflow {wf_id}: the page never asked to confirm the card")
