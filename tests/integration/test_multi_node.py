@@ -6,15 +6,17 @@ Ten personalizations run three at a time, each with the real agent
 (``openxpki-py-token``, a SoftHSM card) and a user's browser; the browser
 starts on one node and the agent talks to the other, so every
 personalization crosses nodes.  In the middle the test makes the kills
-land inside a transaction, not between requests: it holds a lock on the
-certificate table, waits until node B's PostgreSQL session is blocked
-inserting a certificate (a CSR posted by an agent), and SIGKILLs node B's
-whole process group (Apache and its mod_wsgi daemons).  The issuance
-workflow B had claimed is then orphaned; with worker 1 paused (SIGSTOP),
-worker 2 reclaims it when its lease runs out and blocks on the same lock,
-and is SIGKILLed too.  Then the lock goes, worker 1 resumes, and node B is
-restarted on its port (agents that were talking to it retry; browsers are
-sent to node A meanwhile).  Worker 2 stays dead: worker 1 must take over.
+land inside a transaction, at the worst moment of an issuance: the
+certificate signed and stored, not yet committed.  It holds a lock on the
+certificate table until node B's PostgreSQL session waits there (an agent's
+CSR), then swaps it for the audit chain's lock (which the issuance takes
+right after storing the certificate), and when B waits for that, SIGKILLs
+node B's whole process group (Apache and its mod_wsgi daemons).  The
+issuance workflow B had claimed is orphaned; with worker 1 paused
+(SIGSTOP), worker 2 takes it over when its lease runs out, gets as far, and
+is SIGKILLed too.  Then the lock goes, worker 1 resumes and finishes the
+issuance, and node B is restarted on its port (agents that were talking to
+it retry; browsers go to node A meanwhile).  Worker 2 stays dead.
 
 Afterwards: every agent finished with its certificates on its card, every
 certificate an agent was told about is in the store, no person, type or
