@@ -1,17 +1,17 @@
 """One instance on several nodes: Apache sites and workers sharing one PostgreSQL database.
 
 A pytest plugin.  ``make_cluster(nodes=2, workers=2, users=10)`` builds one
-instance (config.yaml, CA key in a SoftHSM token, an LDIF directory with
-``user01`` … ``userNN`` beside the demo people, a fresh PostgreSQL database)
-and serves it from ``nodes`` mod_wsgi-express sites (each its own server
+instance (config.yaml, CA key and audit checkpoint key in a SoftHSM token,
+an LDIF directory with ``user01`` … ``userNN`` beside the demo people, a
+fresh PostgreSQL database, workflow leases of 5 s) and serves it from ``nodes`` mod_wsgi-express sites (each its own server
 root and port, all the same config file) and ``workers`` ``openxpki-py
 worker`` processes, all as www-data, as a deployment would run them.
 
 Each node and worker has a process group of its own (``kill()`` is a
 SIGKILL of the whole group: Apache, its mod_wsgi daemons, a worker) and its
 own PostgreSQL ``application_name`` (``node-a``, ``worker-2`` …, through
-``PGAPPNAME``), so a test can see in ``pg_stat_activity`` which process is
-inside which transaction.  :class:`ClusterBrowser` plays a user behind a load
+``PGAPPNAME``), so a test can see which process waits inside which
+transaction (:meth:`Cluster.sessions`) and kill it right there.  :class:`ClusterBrowser` plays a user behind a load
 balancer: each request goes to the user's node, or to another one while that
 is down.
 """
