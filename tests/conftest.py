@@ -13,4 +13,5 @@ pytest_plugins = [
     "support.agent",
     "support.kdc",
     "support.smartcards",
+    "support.cluster",
 ]

@@ -260,13 +260,18 @@ def _prepare_instance(root: Path, config: ConfigOverride, users: Mapping[str | b
     return _Instance(config_path, db_path, htpasswd)
 
 
-def _launch(site: ApacheSite, argv: list[str]) -> ApacheSite:
+def _launch(site: ApacheSite, argv: list[str], *, own_group: bool = False) -> ApacheSite:
+    """Start Apache in the foreground and wait for its port.
+
+    ``own_group``: Apache and its mod_wsgi daemons get a process group of
+    their own, so a test can SIGKILL the whole node (``os.killpg``).
+    """
     # Apache's processes (and the role handlers they run) are www-data: the
     # whole site folder is theirs, including private files a test put there.
     _chown_tree(site.root)
     stderr_file = site.root / "apache.stderr"
-    with stderr_file.open("wb") as stderr:  # a file, not a pipe: nobody reads a pipe, Apache would block
-        site.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
+    with stderr_file.open("ab") as stderr:  # a file, not a pipe: nobody reads a pipe, Apache would block
+        site.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=own_group)
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -280,18 +285,16 @@ def _launch(site: ApacheSite, argv: list[str]) -> ApacheSite:
             time.sleep(0.05)
 
 
-def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str | bytes, str] | None = None,
-               basic_auth: bool = True, extra_include: str = "", processes: int = 1,
-               threads: int = 4, edit_config: ConfigEdit = None,
-               envvars: Mapping[str, str] | None = None) -> ApacheSite:
-    """Build and start one mod_wsgi-express site in ``root`` (an empty folder).
+def express_site(root: Path, *, config_path: Path, db_path: Path, htpasswd: Path | None,
+                 extra_include: str = "", processes: int = 1, threads: int = 4,
+                 envvars: Mapping[str, str] | None = None) -> ApacheSite:
+    """Write a mod_wsgi-express server root in ``root/httpd`` serving ``config_path`` (not started).
 
-    ``config`` overrides parts of :func:`default_site_config`; it may be a
-    function of ``root`` that also writes files the site needs there.
+    Several of these may serve one config (nodes of one instance); start
+    one with :func:`launch_express`.  ``htpasswd`` None: no Basic auth.
     """
-    inst = _prepare_instance(root, config, users, edit_config)
     include = root / "instance.conf"
-    lines = [f'Define OPENXPKI_PY_HTPASSWD "{inst.htpasswd}"'] if basic_auth else []
+    lines = [f'Define OPENXPKI_PY_HTPASSWD "{htpasswd}"'] if htpasswd is not None else []
     lines += [f'Include "{APACHE_DIR / "express.conf"}"', extra_include]
     include.write_text("\n".join(lines) + "\n")
 
@@ -303,7 +306,7 @@ def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str 
         "--mount-point", "/openxpki",
         "--include-file", str(include),
         "--rewrite-rules", str(APACHE_DIR / "token-rewrite.conf"),
-        "--setenv", "OPENXPKI_PY_CONFIG", str(inst.config_path),
+        "--setenv", "OPENXPKI_PY_CONFIG", str(config_path),
         "--processes", str(processes), "--threads", str(threads),
         "--locale", "C.UTF-8",
         "--python-path", str(REPO),
@@ -315,9 +318,28 @@ def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str 
         # apachectl sources this: the environment of Apache itself (libkrb5 reads KRB5_CONFIG there).
         with open(server_root / "envvars", "a", encoding="utf-8") as stream:
             stream.writelines(f"export {name}={shlex.quote(value)}\n" for name, value in envvars.items())
-    site = ApacheSite(root=root, port=port, config_path=inst.config_path, db_path=inst.db_path,
-                      server_root=server_root)
-    return _launch(site, [str(server_root / "apachectl"), "start", "-DFOREGROUND"])
+    return ApacheSite(root=root, port=port, config_path=config_path, db_path=db_path, server_root=server_root)
+
+
+def launch_express(site: ApacheSite, *, own_group: bool = False) -> ApacheSite:
+    """Start (or start again, on the same port) a site written by :func:`express_site`."""
+    return _launch(site, [str(site.server_root / "apachectl"), "start", "-DFOREGROUND"], own_group=own_group)
+
+
+def start_site(root: Path, *, config: ConfigOverride = None, users: Mapping[str | bytes, str] | None = None,
+               basic_auth: bool = True, extra_include: str = "", processes: int = 1,
+               threads: int = 4, edit_config: ConfigEdit = None,
+               envvars: Mapping[str, str] | None = None) -> ApacheSite:
+    """Build and start one mod_wsgi-express site in ``root`` (an empty folder).
+
+    ``config`` overrides parts of :func:`default_site_config`; it may be a
+    function of ``root`` that also writes files the site needs there.
+    """
+    inst = _prepare_instance(root, config, users, edit_config)
+    site = express_site(root, config_path=inst.config_path, db_path=inst.db_path,
+                        htpasswd=inst.htpasswd if basic_auth else None, extra_include=extra_include,
+                        processes=processes, threads=threads, envvars=envvars)
+    return launch_express(site)
 
 
 DEBIAN_MODULES = ("mpm_event", "authn_core", "authn_file", "authz_core", "authz_host", "authz_user", "auth_basic",
