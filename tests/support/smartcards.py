@@ -5,10 +5,12 @@ driver and OpenSC.  Here the reader is vsmartcard's ``vpcd`` (Debian
 ``vsmartcard-vpcd``, configured in /etc/reader.conf.d/vpcd): it listens on
 127.0.0.1:35963 and whatever program connects is the card in reader 0.
 
-* ``pcscd`` (session): starts ``pcscd --foreground`` in its own process
+* ``pcscd`` (per test module): starts ``pcscd --foreground`` in its own process
   group and stops it at the end.  Only one pcscd can run on a machine, so
   the fixture first takes a machine-wide lock (a second test run waits for
-  the first one's pcscd to stop instead of killing it); a stale one this
+  the first one's pcscd to stop instead of killing it; per module, so
+  runs in parallel take turns instead of one holding the reader for a
+  whole suite); a stale one this
   plugin started (its pid file) is then killed, anyone else's is reported,
   never killed.
 * ``openpgp_card`` / ``piv_card`` (per test): a fresh card, inserted once
@@ -151,7 +153,7 @@ class Pcscd:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
     why = stack_missing()
     if why:
