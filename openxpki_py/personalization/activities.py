@@ -17,12 +17,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from ..audit import append_audit
 from ..crypto.csr import ExpectedKey, public_key_fingerprint
 from ..directory import base as _directory_errors  # noqa: F401 - named in the YAML's on_error and retry
 from ..errors import PolicyViolation, UnexpectedStep
 from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
+from .attestation import key_origin
 from .enrollment import confirm_pairing, revoke_workflow_access
 from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
 
@@ -117,6 +119,8 @@ def plan_certificates(ctx: ActivityContext) -> None:
             "key_id": cert_type.key_id, "label": cert_type.name, "usage": cert_type.usage, "status": "pending",
             "on_card_unable": cert_type.on_card_unable,
         }
+        if cert_type.require_attestation:
+            entry["require_attestation"] = True
         if cert_type.keep_valid_days is not None:
             horizon = ctx.now + timedelta(days=cert_type.keep_valid_days)
             kept = valid_certificates_on_token(ctx.conn, ctx["token"]["id"], cert_type.profile, horizon)
@@ -145,6 +149,9 @@ def request_certificate(ctx: ActivityContext) -> None:
     expected = ExpectedKey(key["algorithm"], size=key.get("size"), curve=key.get("curve"))
     csr_pem: str = ctx.inputs["csr"]
     checked = pki(ctx).ca.check_csr(ctx.conn, csr_pem.encode("ascii"), entry["profile"], expected_key=expected)
+    origin, attested = key_origin(ctx.inputs.get("attestation"), public_key=checked.csr.public_key(),
+                                  required=bool(entry.get("require_attestation")), cert_type=entry["type"],
+                                  card_serial=ctx["token"]["serial"], trust=_policy(ctx).attestation, now=ctx.now)
     child = ctx.fork("certificate_issuance", {
         "csr": csr_pem,
         "profile": entry["profile"],
@@ -152,12 +159,16 @@ def request_certificate(ctx: ActivityContext) -> None:
         "owner": ctx.creator,
         "token_id": ctx["token"]["id"],
         "expected_key": {k: str(v) for k, v in key.items()},  # a map field holds text
-        # Nothing proves the key was made on the card yet (no attestation): say so, on the record.
-        "key_origin": "card-unattested",
+        # card-attested only with a verified attestation; else only the agent says the card made it.
+        "key_origin": origin,
     })
     entry.update(status="requested", child_id=child, key_id_used=ctx.inputs["key_id"].lower(),
-                 csr_sha256=public_key_fingerprint(checked.csr.public_key()))
-    _pop_inputs(ctx, "cert_type", "key_id", "csr")
+                 csr_sha256=public_key_fingerprint(checked.csr.public_key()), key_origin=origin)
+    if attested is not None:
+        entry["attestation"] = attested
+        append_audit(ctx.conn, actor=ctx.actor, role=ctx.role, event="key.attested", target=f"workflow:{ctx.workflow_id}",
+                     details={"cert_type": entry["type"], "csr_sha256": entry["csr_sha256"], **attested})
+    _pop_inputs(ctx, "cert_type", "key_id", "csr", "attestation")
 
 
 @callables.activity("record_card_unable")

@@ -9,7 +9,9 @@ from typing import Any, Literal
 from openxpki_py_token.keyspec import KeySpec
 
 from ..configreader import Reader
+from ..crypto.attestation import AttestationTrust
 from ..errors import ConfigError
+from .attestation import parse_attestation_config
 
 USAGES = ("sign", "decrypt")
 
@@ -30,6 +32,8 @@ class CertificateType:
     # What to do when the card cannot make this type's key or sign its CSR
     # (an OpenPGP decryption slot): leave the type out, visibly, or fail.
     on_card_unable: Literal["skip", "fail"] = "skip"
+    # Refuse a key the card does not attest was generated on it (docs/cards.md, Attestation).
+    require_attestation: bool = False
 
     def key_request(self) -> dict[str, Any]:
         if self.key.algorithm == "rsa":
@@ -53,6 +57,7 @@ class EnrollmentLimits:
 class PersonalizationPolicy:
     certificates: tuple[CertificateType, ...]
     enrollment: EnrollmentLimits
+    attestation: AttestationTrust = AttestationTrust()
 
 
 DEFAULT_CERTIFICATES: list[dict[str, Any]] = [
@@ -81,6 +86,7 @@ def _certificate_type(r: Reader) -> CertificateType:
         usage=r.choice("usage", USAGES, "sign"),
         keep_valid_days=keep,
         on_card_unable=r.choice("on_card_unable", ON_CARD_UNABLE, CertificateType.on_card_unable),
+        require_attestation=r.bool("require_attestation", False),
     )
     r.finish()
     return cert_type
@@ -109,8 +115,12 @@ def parse_personalization_config(r: Reader) -> PersonalizationPolicy:
         max_code_failures=e.int("max_code_failures", 5, minimum=1, maximum=100),
     )
     e.finish()
+    trust = parse_attestation_config(r.section("attestation"))
+    if not trust.roots and any(t.require_attestation for t in types):
+        raise ConfigError(f"{r.key_path('attestation')}.roots: a certificate type requires attestation, so "
+                          "name the card vendors' attestation root CAs (PEM files), e.g. Yubico's PIV roots")
     r.finish()
-    return PersonalizationPolicy(types, limits)
+    return PersonalizationPolicy(types, limits, trust)
 
 
 def check_profiles(policy: PersonalizationPolicy, profile_names: list[str]) -> None:
