@@ -120,7 +120,7 @@ def _chain_to_root(device_cert: x509.Certificate,
     if not trust.roots:
         raise AttestationRefused("no attestation roots are configured (personalization.attestation.roots)",
                                  code="attestation.chain")
-    current, chain = device_cert, []
+    current, chain = device_cert, list[x509.Certificate]()
     for _ in range(MAX_INTERMEDIATES + 1):
         root = _issuer_among(current, trust.roots)
         if root is not None:
