@@ -24,7 +24,7 @@ from ..errors import PolicyViolation, UnexpectedStep
 from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.registry import Registry
-from .attestation import key_origin
+from .attestation import CARD_ATTESTED, key_origin
 from .enrollment import confirm_pairing, revoke_workflow_access
 from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
 
@@ -166,7 +166,9 @@ def request_certificate(ctx: ActivityContext) -> None:
                  csr_sha256=public_key_fingerprint(checked.csr.public_key()), key_origin=origin)
     if attested is not None:
         entry["attestation"] = attested
-        append_audit(ctx.conn, actor=ctx.actor, role=ctx.role, event="key.attested", target=f"workflow:{ctx.workflow_id}",
+    if origin == CARD_ATTESTED and attested is not None:
+        append_audit(ctx.conn, actor=ctx.actor, role=ctx.role, event="key.attested",
+                     target=f"workflow:{ctx.workflow_id}",
                      details={"cert_type": entry["type"], "csr_sha256": entry["csr_sha256"], **attested})
     _pop_inputs(ctx, "cert_type", "key_id", "csr", "attestation")
 

@@ -64,7 +64,11 @@ def _certificates(r: Reader, key: str) -> tuple[x509.Certificate, ...]:
 def key_origin(attestation: Mapping[str, Any] | None, *, public_key: CertificatePublicKeyTypes, required: bool,
                cert_type: str, card_serial: str, trust: AttestationTrust,
                now: datetime) -> tuple[str, dict[str, str] | None]:
-    """(key origin, attested facts) for a CSR's key, or AttestationRefused with its code."""
+    """(key origin, what the attestation says) for a CSR's key, or AttestationRefused with its code.
+
+    A site without attestation roots checks nothing: an attestation sent
+    there leaves the key ``card-unattested``, with a note saying why.
+    """
     if not attestation:
         if required:
             raise AttestationRefused(
@@ -73,6 +77,9 @@ def key_origin(attestation: Mapping[str, Any] | None, *, public_key: Certificate
                 "openxpki-py-token, or ask your PKI administrator (policy: require_attestation)",
                 code="csr.attestation_required")
         return CARD_UNATTESTED, None
+    if not trust.roots:
+        # Nothing to check it against (and nothing requires it): the key stays unattested, on the record.
+        return CARD_UNATTESTED, {"checked": "no", "reason": "no attestation roots are configured"}
     if attestation.get(FORMAT, YUBICO_PIV) != YUBICO_PIV:
         raise AttestationRefused(f"attestation format {attestation.get(FORMAT)!r} is not known here "
                                  f"(known: {YUBICO_PIV})", code="attestation.malformed")

@@ -192,5 +192,6 @@ def test_unattested_key_where_not_required_stays_card_unattested(make_app: Calla
 def test_attestation_must_be_an_object_of_text(make_app: Callable[..., Any]) -> None:
     app = make_app(required=False)
     _, _, agent = confirmed_agent(app, str(CARD_SERIAL))
-    posted = _post_csr(agent, ec.generate_private_key(ec.SECP256R1()), {"key_certificate": 5})  # type: ignore[dict-item]
+    not_text: Any = {"key_certificate": 5}
+    posted = _post_csr(agent, ec.generate_private_key(ec.SECP256R1()), not_text)
     assert posted.status_code == 400 and posted.json["error"]["code"] == "request.invalid", posted.json
