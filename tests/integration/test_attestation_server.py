@@ -79,13 +79,13 @@ def make_app(make_instance: Callable[..., Any], sqlite_engine: Any, vendor: Vend
     roots = tmp_path / "attestation-roots.pem"
     roots.write_text(_pem(vendor.root))
 
-    def make(*, required: bool, on_card_unable: str = "skip") -> Any:
+    def make(*, required: bool, on_card_unable: str = "skip", with_roots: bool = True) -> Any:
         def policy(settings: dict[str, Any]) -> None:
             settings["personalization"] = {
                 "certificates": [{"type": "authentication", "profile": "smartcard_logon", "key": "ec-p256",
                                   "key_id": "01", "require_attestation": required,
                                   "on_card_unable": on_card_unable}],
-                "attestation": {"roots": [str(roots)]},
+                "attestation": {"roots": [str(roots)] if with_roots else []},
             }
         inst = make_instance(sqlite_engine, overrides=policy)
         application = create_app(inst.config, inst.services)
@@ -195,3 +195,16 @@ def test_attestation_must_be_an_object_of_text(make_app: Callable[..., Any]) -> 
     not_text: Any = {"key_certificate": 5}
     posted = _post_csr(agent, ec.generate_private_key(ec.SECP256R1()), not_text)
     assert posted.status_code == 400 and posted.json["error"]["code"] == "request.invalid", posted.json
+
+
+def test_site_without_roots_notes_the_attestation_unchecked(make_app: Callable[..., Any], vendor: Vendor) -> None:
+    """Nothing to check a YubiKey's attestation against: issued as card-unattested, and the entry says why."""
+    app = make_app(required=False, with_roots=False)
+    _, wf_id, agent = confirmed_agent(app, str(CARD_SERIAL))
+    key = ec.generate_private_key(ec.SECP256R1())
+    posted = _post_csr(agent, key, vendor.attest(key.public_key()))
+    assert posted.status_code in (200, 202), posted.json
+    assert _origins(app) == ["card-unattested"]
+    [entry] = app.instance.services.workflows.get(wf_id).context["certificates"]
+    assert entry["attestation"] == {"checked": "no", "reason": "no attestation roots are configured"}
+    assert _audit(app, "key.attested") == []
