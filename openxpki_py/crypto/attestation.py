@@ -50,7 +50,7 @@ PIN_POLICIES = {1: "never", 2: "once", 3: "always", 4: "match-once", 5: "match-a
 TOUCH_POLICIES = {1: "never", 2: "always", 3: "cached"}
 FORM_FACTORS = {0: "unknown", 1: "usb-a-keychain", 2: "usb-a-nano", 3: "usb-c-keychain", 4: "usb-c-nano",
                 5: "usb-c-lightning", 6: "usb-a-bio", 7: "usb-c-bio"}
-# Root ← intermediate ← … ← device certificate: Yubico's newer chains have two CAs in between.
+# Root ← intermediate ← … ← device certificate: newer vendor chains have CAs in between.
 MAX_INTERMEDIATES = 4
 
 
