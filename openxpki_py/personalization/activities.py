@@ -34,6 +34,7 @@ from ..services import pki
 from ..workflow.context import ActivityContext
 from ..workflow.errors import FieldRefused
 from ..workflow.registry import Registry
+from .attestation import CARD_ATTESTED, key_origin
 from .enrollment import confirm_pairing, revoke_workflow_access
 from .planning import plan_for_card
 from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
@@ -152,8 +153,11 @@ def plan_certificates(ctx: ActivityContext) -> None:
     plan = ctx.get("card_plan") or plan_for_card(
         _policy(ctx), CardCapabilities(token.get("card_profile", "generic"))).as_context()
     entries = []
+    types = {cert_type.name: cert_type for cert_type in _policy(ctx).certificates}
     for planned in plan["types"]:
         entry: dict[str, Any] = {**planned, "status": "pending" if planned["status"] == "planned" else "skipped"}
+        if types[entry["type"]].require_attestation:
+            entry["require_attestation"] = True
         if entry["status"] == "pending" and (keep_days := _keep_valid_days(ctx, entry["type"])) is not None:
             horizon = ctx.now + timedelta(days=keep_days)
             kept = valid_certificates_on_token(ctx.conn, token["id"], entry["profile"], horizon)
@@ -215,6 +219,9 @@ def request_certificate(ctx: ActivityContext) -> None:
     expected = ExpectedKey(key["algorithm"], size=key.get("size"), curve=key.get("curve"))
     csr_pem: str = ctx.inputs["csr"]
     checked = pki(ctx).ca.check_csr(ctx.conn, csr_pem.encode("ascii"), entry["profile"], expected_key=expected)
+    origin, attested = key_origin(ctx.inputs.get("attestation"), public_key=checked.csr.public_key(),
+                                  required=bool(entry.get("require_attestation")), cert_type=entry["type"],
+                                  card_serial=ctx["token"]["serial"], trust=_policy(ctx).attestation, now=ctx.now)
     child = ctx.fork("certificate_issuance", {
         "csr": csr_pem,
         "profile": entry["profile"],
@@ -222,12 +229,18 @@ def request_certificate(ctx: ActivityContext) -> None:
         "owner": ctx.creator,
         "token_id": ctx["token"]["id"],
         "expected_key": {k: str(v) for k, v in key.items()},  # a map field holds text
-        # Nothing proves the key was made on the card yet (no attestation): say so, on the record.
-        "key_origin": "card-unattested",
+        # card-attested only with a verified attestation; else only the agent says the card made it.
+        "key_origin": origin,
     })
     entry.update(status="requested", child_id=child, key_id_used=ctx.inputs["key_id"].lower(),
-                 csr_sha256=public_key_fingerprint(checked.csr.public_key()))
-    _pop_inputs(ctx, "cert_type", "key_id", "csr")
+                 csr_sha256=public_key_fingerprint(checked.csr.public_key()), key_origin=origin)
+    if attested is not None:
+        entry["attestation"] = attested
+    if origin == CARD_ATTESTED and attested is not None:
+        append_audit(ctx.conn, actor=ctx.actor, role=ctx.role, event="key.attested",
+                     target=f"workflow:{ctx.workflow_id}",
+                     details={"cert_type": entry["type"], "csr_sha256": entry["csr_sha256"], **attested})
+    _pop_inputs(ctx, "cert_type", "key_id", "csr", "attestation")
 
 
 @callables.activity("record_card_unable")

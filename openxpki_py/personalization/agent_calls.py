@@ -177,15 +177,17 @@ class TokenAgentCalls:
         return agent_task(view, children)
 
     def submit_csr(self, agent: AgentCredential, *, cert_type: str, key_id: str, csr_pem: str,
-                   token_serial: str | None) -> CsrAnswer:
+                   token_serial: str | None, attestation: Mapping[str, str] | None = None) -> CsrAnswer:
         self._confirmed(agent)
         workflow_id, login = agent.workflow_id, agent.login
         view = self._view(workflow_id, token_serial)
         earlier = _same_csr(view, cert_type, csr_pem)
         if earlier is None:
+            inputs: dict[str, Any] = {"cert_type": cert_type, "key_id": key_id, "csr": csr_pem}
+            if attestation:
+                inputs["attestation"] = dict(attestation)
             try:
-                view = self._execute(workflow_id, login, "submit_csr",
-                                     {"cert_type": cert_type, "key_id": key_id, "csr": csr_pem})
+                view = self._execute(workflow_id, login, "submit_csr", inputs)
             except OpenXPKIError:
                 # The check above ran before the workflow's lock: an identical
                 # post (the agent's retry) may have been accepted meanwhile.
@@ -195,7 +197,9 @@ class TokenAgentCalls:
                     raise
             earlier = _same_csr(view, cert_type, csr_pem)
         if earlier is None:  # the CSR was accepted but the workflow moved on without it: failed
-            raise IssuanceFailed(agent_task(view)["message"])
+            task = agent_task(view)
+            # The agent is told why with the refusal's own code (attestation.chain …), not a generic one.
+            raise IssuanceFailed(task["message"], code=task.get("code") or IssuanceFailed.code)
         if earlier["status"] in ("issued", "installed"):
             return CsrAnswer("issued", serial=earlier["serial"])
         if earlier["status"] == "failed":

@@ -11,7 +11,9 @@ from typing import Any, Literal
 from openxpki_py_token.keyspec import KeySpec
 
 from ..configreader import Reader
+from ..crypto.attestation import AttestationTrust
 from ..errors import ConfigError
+from .attestation import parse_attestation_config
 
 USAGES = ("sign", "decrypt")
 
@@ -32,6 +34,8 @@ class CertificateType:
     # What to do when the card cannot make this type's key or sign its CSR
     # (an OpenPGP decryption slot): leave the type out, visibly, or fail.
     on_card_unable: Literal["skip", "fail"] = "skip"
+    # Refuse a key the card does not attest was generated on it (docs/cards.md, Attestation).
+    require_attestation: bool = False
 
     def key_request(self) -> dict[str, Any]:
         return key_request(self.key)
@@ -88,6 +92,7 @@ class PersonalizationPolicy:
         """The card type's policy, else ``default``'s, else every type with its configured key."""
         return (self.card_types.get(card_profile) or self.card_types.get(DEFAULT_CARD_TYPE)
                 or CardTypePolicy(DEFAULT_CARD_TYPE))
+    attestation: AttestationTrust = AttestationTrust()
 
 
 DEFAULT_CERTIFICATES: list[dict[str, Any]] = [
@@ -116,6 +121,7 @@ def _certificate_type(r: Reader) -> CertificateType:
         usage=r.choice("usage", USAGES, "sign"),
         keep_valid_days=keep,
         on_card_unable=r.choice("on_card_unable", ON_CARD_UNABLE, CertificateType.on_card_unable),
+        require_attestation=r.bool("require_attestation", False),
     )
     r.finish()
     return cert_type
@@ -145,8 +151,12 @@ def parse_personalization_config(r: Reader) -> PersonalizationPolicy:
     )
     e.finish()
     card_types = _card_types(r, names)
+    trust = parse_attestation_config(r.section("attestation"))
+    if not trust.roots and any(t.require_attestation for t in types):
+        raise ConfigError(f"{r.key_path('attestation')}.roots: a certificate type requires attestation, so "
+                          "name the card vendors' attestation root CAs (PEM files), e.g. Yubico's PIV roots")
     r.finish()
-    return PersonalizationPolicy(types, limits, card_types)
+    return PersonalizationPolicy(types, limits, card_types, trust)
 
 
 def _card_types(r: Reader, type_names: list[str]) -> dict[str, CardTypePolicy]:

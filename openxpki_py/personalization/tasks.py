@@ -101,8 +101,12 @@ def agent_task(view: Any, children: Sequence[Any] = ()) -> dict[str, Any]:
         return {"task": "wait", "reason": "confirm the card in your browser", "retry_after": 1}
     if state == "WAIT_FOR_CSR":
         entry, index, count = _position(ctx)
-        return {"task": "generate_key", "cert_type": entry["type"], "index": index, "count": count,
+        task = {"task": "generate_key", "cert_type": entry["type"], "index": index, "count": count,
                 "key": entry["key"], "key_id": entry["key_id"], "label": entry["label"], "usage": entry["usage"]}
+        if entry.get("require_attestation"):
+            # A card that cannot attest reports it (/unable) before making a key in vain.
+            task["attestation"] = "required"
+        return task
     if state == "ISSUING":
         entry, _, _ = _position(ctx)
         reason = ("waiting for approval by an RA Operator" if _child_waits_for_approval(children, entry)

@@ -91,6 +91,16 @@ def _token_serial(body: dict[str, Any]) -> str | None:
     return named
 
 
+def _attestation(body: dict[str, Any]) -> dict[str, str] | None:
+    """The card's key attestation (``attestation``: an object of text), when the agent sends one."""
+    sent = body.get("attestation")
+    if sent is None:
+        return None
+    if not isinstance(sent, dict) or not all(isinstance(v, str) for v in sent.values()):
+        raise RequestInvalid("attestation must be an object of text: format, key_certificate, device_certificate")
+    return sent
+
+
 class AgentApi:
     """``/api/v1``: a WSGI callable the web app hands API paths to."""
 
@@ -206,7 +216,7 @@ class AgentApi:
         csr_pem, cert_type, key_id = _text(body, "csr", "cert_type", "key_id",
                                            missing="send cert_type, key_id and csr (PEM)")
         answer = self.calls.submit_csr(agent, cert_type=cert_type, key_id=key_id, csr_pem=csr_pem,
-                                       token_serial=_token_serial(body))
+                                       token_serial=_token_serial(body), attestation=_attestation(body))
         if answer.status == "issued":
             return json_response({"status": "issued", "serial": answer.serial})
         return json_response({"status": "pending", "reason": answer.reason}, 202)

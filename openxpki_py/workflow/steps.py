@@ -170,7 +170,7 @@ class Stepper:
 
     def _transition(self, conn: Connection, run: Run, row: RowMapping, ctx: ActivityContext, action: str,
                     target: str, *, actor: str, role: str, note: str | None, outcome: str, now: datetime,
-                    last_error: str | None = None) -> Outcome:
+                    last_error: str | None = None, error_code: str | None = None) -> Outcome:
         wf_id = int(row["id"])
         changed, deleted = ctx.context.changes()
         store.save_context(conn, wf_id, changed, deleted, ctx.context.stored_keys())
@@ -183,7 +183,9 @@ class Stepper:
                               updated_at=now, **values)
         append_audit(conn, actor=actor, role=role, event="workflow.action", outcome=outcome,
                      target=f"workflow:{wf_id}",
-                     details={"type": row["wf_type"], "action": action, "from": row["state"], "to": target})
+                     details={"type": row["wf_type"], "action": action, "from": row["state"], "to": target,
+                              # An on_error transition: the audit says which error took it.
+                              **({"error": error_code} if error_code else {})})
         children = [child for child, child_runs in ctx.forked if child_runs]
         return Outcome(children + woken + ([wf_id] if runnable else []))
 
@@ -250,7 +252,8 @@ class Stepper:
                 ctx = self._context(conn, run, row, action.name, actor, role, store.load_context(conn, row["id"]), now)
                 ctx.context["failure"] = {"action": action.name, "code": code, "message": message}
                 return self._transition(conn, run, row, ctx, action.name, target, actor=actor, role=role,
-                                        note=reason, outcome="failed", now=now, last_error=reason)
+                                        note=reason, outcome="failed", now=now, last_error=reason,
+                                        error_code=code)
         wf_id, state = int(row["id"]), row["state"]
         store.add_history(conn, wf_id, action=action.name, from_state=state, to_state=state, actor=actor,
                           role=role, outcome="failed", note=reason, now=now)

@@ -8,6 +8,7 @@ PKCS#11 module (where PIV slot 9a is ID 01 and 9d is ID 03).
 
 from __future__ import annotations
 
+import datetime
 import stat
 import subprocess
 from collections.abc import Callable
@@ -16,10 +17,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 from sqlalchemy import select
-from support.agent import Browser, run_agent_on_card
+from support.agent import Browser, run_agent, run_agent_on_card
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
 
 from openxpki_py.db.schema import certificate, workflow
@@ -289,3 +291,93 @@ def test_card_personalized_elsewhere_is_refused(make_agent_server: Callable[...,
     assert state == "FAILED"
     assert _authenticates(foreign)  # nothing on the card changed
     assert _card_admin_state()[1]  # the PUK is still the factory one
+
+
+# --- key attestation -------------------------------------------------------------------------------
+
+
+def _attesting_policy(roots: Path, *, on_card_unable: str = "skip") -> Callable[[dict[str, Any]], None]:
+    def edit(settings: dict[str, Any]) -> None:
+        settings["personalization"] = {
+            "certificates": [{**POLICY[0], "require_attestation": True, "on_card_unable": on_card_unable},
+                             POLICY[1]],
+            "attestation": {"roots": [str(roots)]},
+        }
+    return edit
+
+
+def test_piv_card_attests_its_keys_and_the_certificate_says_card_attested(
+        make_agent_server: Callable[..., tuple[Any, str]], piv_card: VirtualCardProcess, tmp_path: Path) -> None:
+    """require_attestation on: the agent sends the card's attestation, the server verifies it to the root."""
+    app, url = make_agent_server(_attesting_policy(piv_card.extra["attestation_root"]))
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(piv_card, url, code, tmp_path / "state")
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    assert err.count("the card attests that it generated the key") == 2, err
+    with app.instance.services.db.connect() as conn:
+        rows = conn.execute(select(certificate.c.der, certificate.c.key_origin)).all()
+    origins = {bytes(r.der): r.key_origin for r in rows}
+    issued = _issued(app)
+    # Both keys attested (the encryption type does not require it, but an attestation sent is checked and kept).
+    assert {origins[c.public_bytes(serialization.Encoding.DER)] for c in issued.values()} == {"card-attested"}
+    view = app.instance.services.workflows.get(wf_id)
+    serial = view.context["token"]["serial"]
+    for entry in view.context["certificates"]:
+        assert entry["attestation"]["serial"] == serial and entry["attestation"]["firmware"] == "5.4.3", entry
+    assert "Your card is ready." in browser.get(f"/deeplink/workflow/{wf_id}").text
+
+
+def test_piv_card_of_an_unknown_vendor_is_refused_visibly(make_agent_server: Callable[..., tuple[Any, str]],
+                                                          piv_card: VirtualCardProcess, tmp_path: Path) -> None:
+    """The card attests, but to a root the site does not trust: refused, never taken as card-unattested."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test PIV Attestation Root CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    other_root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                  .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                  .sign(key, hashes.SHA256()))  # the same name as the card's root, another key
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(other_root.public_bytes(serialization.Encoding.PEM))
+    app, url = make_agent_server(_attesting_policy(roots))
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(piv_card, url, code, tmp_path / "state")
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 4 and "attestation.chain" in err, err
+    view = app.instance.services.workflows.get(wf_id)
+    assert view.state == "FAILED" and view.context["failure"]["code"] == "attestation.chain"
+    assert "configured attestation root" in browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert _issued(app) == {}
+
+
+@pytest.mark.parametrize("on_card_unable", ["skip", "fail"])
+def test_card_that_cannot_attest_is_refused_without_hanging(make_agent_server: Callable[..., tuple[Any, str]],
+                                                            make_token: Any, tmp_path: Path,
+                                                            piv_attestation_ca: tuple[Path, Path],
+                                                            on_card_unable: str) -> None:
+    """A SoftHSM "card" (PKCS#11, no attestation) where attestation is required: skipped or failed, visibly."""
+    app, url = make_agent_server(_attesting_policy(piv_attestation_ca[1], on_card_unable=on_card_unable))
+    token = make_token("alice-card", pin="482913")
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent(token, url, code, tmp_path / "state")
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    view = app.instance.services.workflows.get(wf_id)
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    if on_card_unable == "skip":
+        assert agent.returncode == 0, err
+        assert "authentication: this card cannot do it (token.cannot_attest)" in err, err
+        assert view.state == "SUCCESS" and "Not on this card: authentication" in page
+        [entry] = [e for e in view.context["certificates"] if e["type"] == "authentication"]
+        assert entry["status"] == "skipped" and "token.cannot_attest" in entry["reason"]
+        assert list(_issued(app)) == ["encryption"]
+    else:
+        assert agent.returncode == 4 and "card.unable" in err, err
+        assert view.state == "FAILED" and "cannot attest" in view.context["failure"]["message"]
+        assert "cannot attest" in page
+        assert _issued(app) == {}

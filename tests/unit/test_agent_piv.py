@@ -39,3 +39,53 @@ def test_every_chuid_and_ccc_is_new() -> None:
     assert first != second
     assert first.startswith(b"\x30\x19") and b"\x34\x10" in first and first.endswith(b"\xfe\x00")
     assert new_ccc() != new_ccc()
+
+
+def test_attest_sends_both_certificates_or_nothing() -> None:
+    """A card that cannot attest (no f9 certificate, or a key it did not generate) gives None, not an error."""
+    pytest.importorskip("yubikit.piv")
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from yubikit.core.smartcard import ApduError
+    from yubikit.piv import SLOT
+
+    from openxpki_py_token.pins import CardPins
+    from openxpki_py_token.piv_card import PivCard
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attestation")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+
+    class Session:
+        def __init__(self, f9: bool, attests: bool) -> None:
+            self.f9, self.attests = f9, attests
+            self.asked: list[SLOT] = []
+
+        def get_certificate(self, slot: SLOT) -> x509.Certificate:
+            assert slot == SLOT.ATTESTATION
+            if not self.f9:
+                raise ApduError(b"", 0x6A82)
+            return cert
+
+        def attest_key(self, slot: SLOT) -> x509.Certificate:
+            self.asked.append(slot)
+            if not self.attests:
+                raise ApduError(b"", 0x6A80)
+            return cert
+
+    card = PivCard(CardPins(), CardCredentials())
+    for f9, attests, expected in ((True, True, True), (False, True, False), (True, False, False)):
+        card._session = Session(f9, attests)  # type: ignore[assignment]
+        sent = card.attest(b"\x9a")
+        assert (sent is not None) == expected, (f9, attests)
+        if sent is not None:
+            assert sent["format"] == "yubico-piv"
+            assert x509.load_pem_x509_certificate(sent["key_certificate"].encode()) == cert
+            assert x509.load_pem_x509_certificate(sent["device_certificate"].encode()) == cert

@@ -71,7 +71,8 @@ class IssuedCertificate:
 
 # Card errors that mean "this card cannot do this step" (not "something broke"):
 # reported to the server, which skips the certificate type or fails, per policy.
-CARD_UNABLE_CODES = frozenset({"token.cannot_sign", "token.key_unsupported"}) | WHOLE_CARD_CODES
+CARD_UNABLE_CODES = (frozenset({"token.cannot_sign", "token.key_unsupported", "token.cannot_attest"})
+                     | WHOLE_CARD_CODES)
 
 
 class TokenAgent:
@@ -342,6 +343,12 @@ class TokenAgent:
             key_id, label = bytes.fromhex(slot.key_id), slot.label
         else:
             key_id, label = _key_id(task.get("key_id")), str(task.get("label") or cert_type)
+        required = task.get("attestation") == "required"
+        if required and not self._can_attest():
+            # Said before a key is made: the server skips the type (or fails) as its policy says.
+            raise TokenError(f"the {cert_type} certificate needs a key the card attests it generated, and "
+                             f"{self.card.describe()} cannot attest keys (YubiKey PIV 4.3+ can)",
+                             code="token.cannot_attest")
         what = f"{index}/{count} ({cert_type}, {spec_text(spec)})"
         key = self._key_for(what, spec, key_id, label, usage, profile, slot)
         if not key.can_sign:
@@ -349,8 +356,16 @@ class TokenAgent:
                              "so it cannot sign the CSR that proves the key is yours",
                              code="token.cannot_sign")
         csr = build_csr(self.card, key, cert_type)
-        answer = self.api.post("csr", {"cert_type": cert_type, "key_id": key.key_id.hex(), "csr": csr,
-                                       "token_serial": self._card_serial()})
+        body: dict[str, Any] = {"cert_type": cert_type, "key_id": key.key_id.hex(), "csr": csr,
+                                "token_serial": self._card_serial()}
+        attestation = self.card.attest(key.key_id) if isinstance(self.card, PivCard) else None
+        if attestation is not None:
+            body["attestation"] = attestation
+            self.progress.step("the card attests that it generated the key")
+        elif required:
+            raise TokenError(f"{self.card.describe()} did not attest key {key.key_id.hex()}",
+                             code="token.cannot_attest")
+        answer = self.api.post("csr", body)
         status = _text(answer.body, "status", "csr")
         if status == "issued":
             self.progress.step("CSR sent; certificate issued")
@@ -360,6 +375,10 @@ class TokenAgent:
             self.progress.step(f"CSR sent; {reason}")
             return reason
         raise ProtocolError(f"the server answered the CSR with status {status!r}")
+
+    def _can_attest(self) -> bool:
+        """Whether the card can prove where its keys were made (only the PIV route reads attestations)."""
+        return isinstance(self.card, PivCard) and self.card.attestation_certificate() is not None
 
     def _key_for(self, what: str, spec: KeySpec, key_id: bytes, label: str, usage: Usage,
                  profile: CardProfile, slot: KeySlot | None) -> CardKey:

@@ -23,7 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from pkcs11 import Mechanism
 
@@ -321,6 +321,40 @@ class PivCard:
         raise TokenError(f"PIV keys sign PKCS#1 v1.5 (SHA-2) or ECDSA here, not {mechanism.name}",
                          code="token.mechanism")
 
+    # --- attestation ---------------------------------------------------------------------------
+
+    def attestation_certificate(self) -> x509.Certificate | None:
+        """The card's attestation key certificate (YubiKey slot f9), if it has one."""
+        from yubikit.core import BadResponseError, NotSupportedError
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        try:
+            return self.session.get_certificate(SLOT.ATTESTATION)
+        except (ApduError, BadResponseError, NotSupportedError, ValueError):
+            return None  # not a YubiKey (4.3+), or its f9 certificate was removed
+
+    def attest(self, key_id: bytes) -> dict[str, str] | None:
+        """The card's proof that it generated the key in this slot (for the CSR post), or None.
+
+        Per-key attestation certificate (INS f9) and the slot f9 certificate
+        that signed it, as PEM; the server checks the chain up to the
+        vendor's root.  A card that cannot attest gives None, not an error.
+        """
+        from yubikit.core import BadResponseError, NotSupportedError
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        device = self.attestation_certificate()
+        if device is None:
+            return None
+        try:
+            attested = self.session.attest_key(SLOT(_slot(key_id)))
+        except (ApduError, BadResponseError, NotSupportedError, ValueError) as exc:
+            log.info("%s did not attest slot %s: %s", self.describe(), key_id.hex(), exc)
+            return None  # e.g. an imported key: the card attests only keys it generated
+        return {"format": "yubico-piv", "key_certificate": _pem(attested), "device_certificate": _pem(device)}
+
     # --- certificates and data objects --------------------------------------------------------
 
     def certificates(self, key_id: bytes) -> list[x509.Certificate]:
@@ -403,6 +437,10 @@ def new_ccc() -> bytes:
     return (_tlv(0xF0, card_id) + _tlv(0xF1, b"\x21") + _tlv(0xF2, b"\x21") + _tlv(0xF3) + _tlv(0xF4, b"\x00")
             + _tlv(0xF5, b"\x10") + _tlv(0xF6) + _tlv(0xF7) + _tlv(0xFA) + _tlv(0xFB) + _tlv(0xFC)
             + _tlv(0xFD) + _tlv(0xFE))
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def _tlv(tag: int, value: bytes = b"") -> bytes:
