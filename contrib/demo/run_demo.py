@@ -49,6 +49,11 @@ SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 APACHE_USER = "www-data"
 CA_TOKEN, CARD_TOKEN = "openxpki-ca", "alice-card"
 USER, PASSWORD = "alice", "alice"
+# The operators (docs/operators.md), each in the demo directory's group for the role;
+# login = password, as alice's.  role → (login, group DN in contrib/ldap/demo.ldif)
+OPERATORS = {"RA Operator": ("bob", "cn=ra-operators,ou=groups,dc=example,dc=com"),
+             "CA Operator": ("carol", "cn=ca-operators,ou=groups,dc=example,dc=com")}
+CHECK_LDIF_GROUP = REPO / "contrib" / "auth" / "check-ldif-group"
 CARD_PIN, CARD_SO_PIN = "123456", "12345678"
 
 
@@ -119,7 +124,7 @@ def make_instance(base: Path, env: dict[str, str], port: int) -> dict[str, str]:
         },
         "directory": {"backend": "ldif", "ldif_file": "directory.ldif", "base_dn": "dc=example,dc=com",
                       "required": ["cn", "mail", "upn"]},
-        "auth": {"roles": {"User": {"command": ["/bin/true"]}}},
+        "auth": {"roles": demo_roles(base / "directory.ldif")},
         # Per kind of card (docs/cards.md): PIV cards get a P-256 encryption key, the others RSA-2048.
         "personalization": {"card_types": {"piv": {"key": {"encryption": "ec-p256"}}}},
         "web": {"session": {"cookie_secure": False}},  # plain http on 127.0.0.1 only
@@ -127,13 +132,27 @@ def make_instance(base: Path, env: dict[str, str], port: int) -> dict[str, str]:
         "card_admin": {"enabled": True},
     }
     (base / "config.yaml").write_text("# made by `make demo`\n" + yaml.safe_dump(settings, sort_keys=False))
-    digest = base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
-    (base / "htpasswd").write_text(f"{USER}:{{SHA}}{digest}\n")
+    accounts = {USER: PASSWORD, **{login: login for login, _ in OPERATORS.values()}}
+    (base / "htpasswd").write_text("".join(
+        f"{login}:{{SHA}}{base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()}\n"
+        for login, password in accounts.items()))
     if os.geteuid() == 0:
         entry = pwd.getpwnam(APACHE_USER)
         for path in (base, *base.rglob("*")):
             os.chown(path, entry.pw_uid, entry.pw_gid)
     return ca_env
+
+
+def demo_roles(ldif: Path) -> dict[str, Any]:
+    """User for everyone; each operator role for its directory group, checked in the LDIF file.
+
+    The roles' "External Static" handler is contrib/auth/check-ldif-group, the
+    embedded directory's counterpart of check-ldap-group (docs/sso.md).
+    """
+    roles: dict[str, Any] = {"User": {"command": ["/bin/true"]}}
+    for role, (_, group) in OPERATORS.items():
+        roles[role] = {"command": [str(CHECK_LDIF_GROUP), str(ldif), group]}
+    return roles
 
 
 class Browser:
@@ -309,6 +328,11 @@ def main() -> None:
 
     print(f"The server keeps running: open {site}/token (user {USER}, password {PASSWORD}),\n"
           f"the CRL is at {site}/crl/demo-pki.crl.  Stop it with: {base / 'httpd' / 'apachectl'} stop")
+    print("Operators' console: open " + f"{site}/openxpki/console" + " and log in as")
+    for role, (login, group) in OPERATORS.items():
+        print(f"    user {login}, password {login}: pick the role {role} (member of {group.split(',')[0]})")
+    print(f"e.g. as bob (RA Operator) search for {USER}, open her card, suspend and resume it; "
+          "Audit log → Verify chain.")
 
 
 if __name__ == "__main__":
