@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .crypto.ca import CertificateAuthority
     from .crypto.ocsp import OcspResponder
     from .directory.base import Directory
+    from .escrow.service import KeyEscrow
     from .workflow.context import ActivityContext
     from .workflow.domain import WorkflowDomain
     from .workflow.engine import WorkflowEngine
@@ -116,11 +117,20 @@ class Services:
         cfg = self.config.audit.checkpoint
         return AuditCheckpoints(self.db, cfg) if cfg is not None else None
 
+    @_Part
+    def escrow(self) -> KeyEscrow | None:
+        """Escrowed keys in the custody of the HSM's key-recovery key; None without an escrow key."""
+        from .escrow.custody import EscrowCustodian
+        from .escrow.service import KeyEscrow
+
+        cfg = self.config.escrow
+        return KeyEscrow(EscrowCustodian(cfg.key)) if cfg is not None and cfg.key is not None else None
+
     def close(self) -> None:
         with self._lock:
             parts: dict[str, Any] = {name: self.__dict__.pop(name, None)
-                                     for name in ("directory", "ocsp", "ca", "audit_checkpoints", "db")}
-        for name in ("directory", "ocsp", "ca", "audit_checkpoints"):
+                                     for name in ("directory", "ocsp", "ca", "audit_checkpoints", "escrow", "db")}
+        for name in ("directory", "ocsp", "ca", "audit_checkpoints", "escrow"):
             closer = getattr(getattr(parts[name], "key_backend", parts[name]), "close", None)
             if callable(closer):
                 closer()

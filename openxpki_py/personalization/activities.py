@@ -115,7 +115,7 @@ def plan_certificates(ctx: ActivityContext) -> None:
         entry: dict[str, Any] = {
             "type": cert_type.name, "profile": cert_type.profile, "key": cert_type.key_request(),
             "key_id": cert_type.key_id, "label": cert_type.name, "usage": cert_type.usage, "status": "pending",
-            "on_card_unable": cert_type.on_card_unable,
+            "on_card_unable": cert_type.on_card_unable, "key_origin": cert_type.key_origin,
         }
         if cert_type.keep_valid_days is not None:
             horizon = ctx.now + timedelta(days=cert_type.keep_valid_days)
@@ -221,6 +221,10 @@ def record_installation(ctx: ActivityContext) -> None:
             f"should be installing {entry['type']} {entry['serial']}",
             code="task.unexpected",
         )
+    if entry.get("escrow_id") is not None:
+        from ..escrow.personalization import check_key_proof
+
+        check_key_proof(ctx, entry, ctx.inputs.get("key_proof"))
     entry["status"] = "installed"
     entry.pop("certificate_pem", None)  # it is in the certificate table; the context need not carry it
     # The card's earlier certificate of this profile is replaced: revoke it as superseded.
@@ -230,7 +234,7 @@ def record_installation(ctx: ActivityContext) -> None:
                                                role=ctx.role)
     ctx["current"] = next((i for i, e in enumerate(ctx["certificates"]) if e["status"] == "pending"),
                           len(ctx["certificates"]))
-    _pop_inputs(ctx, "cert_type", "certificate_serial")
+    _pop_inputs(ctx, "cert_type", "certificate_serial", "key_proof")
 
 
 @callables.activity("record_expiry")

@@ -15,6 +15,9 @@ USAGES = ("sign", "decrypt")
 
 
 ON_CARD_UNABLE: tuple[Literal["skip", "fail"], ...] = ("skip", "fail")
+# Where the key pair is made: on the card (never leaves it), or on the server,
+# escrowed under the HSM's key-recovery key and imported onto the card (openxpki_py.escrow).
+KEY_ORIGINS: tuple[Literal["card", "escrowed"], ...] = ("card", "escrowed")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class CertificateType:
     # What to do when the card cannot make this type's key or sign its CSR
     # (an OpenPGP decryption slot): leave the type out, visibly, or fail.
     on_card_unable: Literal["skip", "fail"] = "skip"
+    key_origin: Literal["card", "escrowed"] = "card"
 
     def key_request(self) -> dict[str, Any]:
         if self.key.algorithm == "rsa":
@@ -81,7 +85,13 @@ def _certificate_type(r: Reader) -> CertificateType:
         usage=r.choice("usage", USAGES, "sign"),
         keep_valid_days=keep,
         on_card_unable=r.choice("on_card_unable", ON_CARD_UNABLE, CertificateType.on_card_unable),
+        key_origin=r.choice("key_origin", KEY_ORIGINS, CertificateType.key_origin),
     )
+    if cert_type.key_origin == "escrowed" and (cert_type.usage != "decrypt" or key.algorithm != "rsa"):
+        # A signing key that someone else holds a copy of proves nothing; the
+        # card's proof of holding the key is an RSA decryption (EC: not yet).
+        raise r.error("key_origin", "card, unless usage is decrypt and the key RSA (escrowed keys are "
+                      "decryption keys, RSA for now)")
     r.finish()
     return cert_type
 
