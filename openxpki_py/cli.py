@@ -97,6 +97,10 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
         print(f"CA initialised: {result.subject.rfc4514_string()} (key: {services.ca.key_backend.describe()})",
               file=sys.stderr)
         _init_ocsp(services, args.actor)
+    from .escrow.cli import init_escrow_key
+
+    if init_escrow_key(services, only_if_needed=True):
+        print(f"key-recovery key created ({services.escrow.custodian.describe()})", file=sys.stderr)
     return 0
 
 
@@ -375,10 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "init", cmd_db_init, "create the database tables (same as 'db init')")
     # Sub-commands that live next to their subsystem.
     from .audit.cli import register as register_audit
+    from .escrow.cli import register as register_escrow
     from .workflow.cli import register as register_workflow
 
     register_workflow(sub)
     register_audit(sub)
+    register_escrow(sub)
     return parser
 
 

@@ -46,8 +46,8 @@ def escrowed_key_next(ctx: ActivityContext) -> bool:
     """The next open certificate's key is made on the server, not on the card."""
     entries = ctx["certificates"]
     current = ctx.get("current", len(entries))
-    return current < len(entries) and entries[current].get("key_origin") == "escrowed" \
-        and entries[current]["status"] == "pending"
+    return bool(current < len(entries) and entries[current].get("key_origin") == "escrowed"
+                and entries[current]["status"] == "pending")
 
 
 @callables.activity("generate_escrowed_key")

@@ -104,12 +104,14 @@ class KeyEscrow:
             wipe(plain)
             del private
         now = utcnow()
-        escrow_id = conn.execute(key_escrow.insert().values(
+        inserted = conn.execute(key_escrow.insert().values(
             owner=owner, cert_type=cert_type, profile=profile, key_spec=spec.name,
             public_key_sha256=fingerprint, public_key_der=public_der, wrap_algorithm=WRAP_ALGORITHM,
             wrap_key_label=self.custodian.config.key_label, wrap_nonce=nonce, wrapped_key=blob,
             status="escrowed", workflow_id=workflow_id, deliveries=0, created_at=now,
-        )).inserted_primary_key[0]
+        )).inserted_primary_key
+        assert inserted is not None
+        escrow_id = int(inserted[0])
         append_audit(conn, actor=actor, role=role, event="escrow.generate", target=fingerprint,
                      details={"escrow_id": escrow_id, "owner": owner, "cert_type": cert_type,
                               "key": spec.name, "workflow_id": workflow_id,

@@ -337,7 +337,7 @@ def create_app(config: Config, services: Services | None = None) -> WebApp:
         from .api import AgentApi
 
         personalization = PersonalizationService(engine=engine, db=db, policy=config.personalization)
-        api = AgentApi(TokenAgentCalls(db=db, engine=engine, policy=config.personalization),
+        api = AgentApi(TokenAgentCalls(db=db, engine=engine, policy=config.personalization, escrow=services.escrow),
                        sso_config=config.auth.sso, trusted_proxies=config.web.trusted_proxies)
     return WebApp(
         instance_name=config.instance.name,

@@ -249,6 +249,10 @@ class TokenAgent:
                     self._report_unable(task, exc)
             elif kind == "install_certificate":
                 self._install_certificate(task, profile)
+            elif kind == "import_key":
+                from .key_import import import_escrowed_key
+
+                import_escrowed_key(self, task, profile)
             elif kind == "done":
                 return self._done(task)
             elif kind == "failed":
