@@ -93,8 +93,11 @@ def public_text(key: X25519PrivateKey) -> str:
 
 def _session_key(own: X25519PrivateKey, peer: X25519PublicKey, agent_raw: bytes, server_raw: bytes,
                  context: bytes) -> bytes:
-    shared = own.exchange(peer)
-    if not any(shared):  # a low-order peer point gives the all-zero secret (RFC 7748 §6.1)
+    try:
+        shared = own.exchange(peer)
+    except ValueError:  # OpenSSL refuses the all-zero secret of a low-order point (RFC 7748 §6.1)
+        shared = b""
+    if not any(shared):
         raise TransportRefused("the other side's transport key is not usable")
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=agent_raw + server_raw,
                 info=_LABEL + context).derive(shared)
