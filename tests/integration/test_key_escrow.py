@@ -156,7 +156,7 @@ def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
         release_recovered_key(engine, recovery.id, actor="dave")  # released once only
 
     # The plaintext key is nowhere: not in the database (blobs and context), not in the logs or the agent's output.
-    secrets = _key_forms(key)
+    secrets = key_forms(key)
     dump = "\n".join(_sqlite_dump(inst))
     logs = caplog.text + agent_output
     for name, form in secrets.items():
@@ -165,8 +165,11 @@ def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
     assert released.password not in dump and released.password not in caplog.text
 
 
-def _key_forms(key: rsa.RSAPrivateKey) -> dict[str, str]:
-    """The ways a private key could be written down: PKCS#8 DER (hex), PEM body, the private exponent."""
+def key_forms(key: rsa.RSAPrivateKey) -> dict[str, str]:
+    """The ways a private key could be written down: PKCS#8 DER (hex), PEM body, the private exponent.
+
+    Hex both ways round: SQLite's dump writes blobs as X'…' in upper case, pg_dump as \\x… in lower case.
+    """
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
