@@ -114,6 +114,14 @@ def make_instance(base: Path, env: dict[str, str], port: int) -> dict[str, str]:
                       "required": ["cn", "mail", "upn"]},
         "auth": {"roles": {"User": {"command": ["/bin/true"]}}},
         "web": {"session": {"cookie_secure": False}},  # plain http on 127.0.0.1 only
+        # The encryption key is escrowed (docs/key-escrow.md): made on the server, sealed under the
+        # key-recovery key in the HSM, imported onto the card; the logon key is made on the card.
+        "personalization": {"certificates": [
+            {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01",
+             "usage": "sign"},
+            {"type": "encryption", "profile": "encryption", "key": "rsa-2048", "key_id": "02",
+             "usage": "decrypt", "key_origin": "escrowed"},
+        ]},
     }
     (base / "config.yaml").write_text("# made by `make demo`\n" + yaml.safe_dump(settings, sort_keys=False))
     digest = base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
@@ -244,6 +252,11 @@ def main() -> None:
     step("issued certificates")
     listing = run(cli + ["ca", "list", "--owner", USER], ca_env, as_apache=True).stdout
     print("    " + listing.strip().replace("\n", "\n    "))
+
+    step(f"escrowed keys of {USER} (the encryption key; openxpki-py escrow list — no key material)")
+    listing = run(cli + ["escrow", "list", "--owner", USER], ca_env, as_apache=True).stdout
+    print("    " + listing.strip().replace("\n", "\n    "))
+    print("    two Key Recovery Officers can release it after a lost card: openxpki-py escrow recover|approve|release")
 
     step(f"objects on {USER}'s card (pkcs11-tool --list-objects)")
     card_env = {**env, "SOFTHSM2_CONF": str(base / "card" / "softhsm2.conf")}
