@@ -27,7 +27,7 @@ from openxpki_py.db.schema import certificate, key_escrow
 from openxpki_py.escrow.cli import init_escrow_key
 from openxpki_py.escrow.custody import EscrowBlobRefused
 from openxpki_py.escrow.recovery import approve_recovery, release_recovered_key, request_recovery
-from openxpki_py.workflow.errors import ActionNotAvailable, ActivityFailed
+from openxpki_py.workflow.errors import ActionNotAvailable, ActivityFailed, InputInvalid
 
 ESCROWED = [
     {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01", "usage": "sign"},
@@ -132,6 +132,10 @@ def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
 
     # Recovery: one officer alone gets nowhere; the same officer twice counts once; the owner never approves.
     engine = inst.services.workflows
+    with pytest.raises(InputInvalid, match="reason"):
+        request_recovery(engine, record["id"], reason="", actor="carol")  # no recovery without a reason
+    own = request_recovery(engine, record["id"], reason="I lost my card", actor="alice")
+    assert own.state == "REJECTED" and "recovery.own_key" in (own.last_error or str(own.context))
     recovery = request_recovery(engine, record["id"], reason="card lost, ticket 4711", actor="carol")
     assert recovery.state == "PENDING_APPROVAL"
     approve_recovery(engine, recovery.id, actor="carol")
