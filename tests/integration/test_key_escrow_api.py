@@ -97,6 +97,14 @@ def test_only_the_confirmed_agent_at_this_step_gets_the_key_and_only_a_true_proo
     cert = x509.load_pem_x509_certificate(task["certificate"].encode())
     assert cert.public_key() == key.public_key()
 
+    # A rerun asks again: a new challenge replaces the old one, whose answer no longer counts.
+    first_proof = key.decrypt(unb64(delivered.json["challenge"], "challenge"), CHALLENGE_PADDING)
+    transport, delivered = _fetch(agent, "CARD-E1")
+    assert delivered.status_code == 200
+    stale = {"cert_type": "encryption", "serial": task["serial"], "token_serial": "CARD-E1",
+             "key_proof": b64(first_proof)}
+    assert agent.call("POST", "receipt", stale).json["error"]["code"] == "escrow.proof"
+
     receipt = {"cert_type": "encryption", "serial": task["serial"], "token_serial": "CARD-E1"}
     for proof in (None, b64(b"\x00" * 32), "!!"):
         body = receipt if proof is None else {**receipt, "key_proof": proof}
@@ -113,7 +121,7 @@ def test_only_the_confirmed_agent_at_this_step_gets_the_key_and_only_a_true_proo
         record = conn.execute(select(key_escrow)).mappings().one()
         events = [r.event for r in conn.execute(select(audit_log.c.event).order_by(audit_log.c.id))]
     assert record["status"] == "installed" and record["certificate_serial"] == task["serial"]
-    assert record["challenge_sha256"] is None and record["deliveries"] == 1
+    assert record["challenge_sha256"] is None and record["deliveries"] == 2
     assert {"escrow.generate", "escrow.deliver", "escrow.install"} <= set(events)
     # After the install the key is not handed out again through the agent API.
     _, late = _fetch(agent, "CARD-E1")
