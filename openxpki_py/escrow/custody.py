@@ -15,6 +15,7 @@ import os
 import threading
 from typing import Any
 
+from openxpki_py_token.key_transport import scrub
 from openxpki_py_token.pkcs11.keys import TokenKeyRef
 from openxpki_py_token.pkcs11.session import PooledSession, TokenSessionPool, acquire_pool, release_pool
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -101,7 +102,8 @@ class EscrowCustodian:
         names = {"sensitive": Attribute.SENSITIVE, "extractable": Attribute.EXTRACTABLE,
                  "never_extractable": Attribute.NEVER_EXTRACTABLE, "always_sensitive": Attribute.ALWAYS_SENSITIVE,
                  "local": Attribute.LOCAL, "wrap": Attribute.WRAP, "unwrap": Attribute.UNWRAP}
-        return self._run(lambda pooled: {n: bool(self._key(pooled)[a]) for n, a in names.items()})  # type: ignore[no-any-return]
+        flags: dict[str, bool] = self._run(lambda pooled: {n: bool(self._key(pooled)[a]) for n, a in names.items()})
+        return flags
 
     # --- sealing --------------------------------------------------------------------
 
@@ -110,16 +112,23 @@ class EscrowCustodian:
         nonce = os.urandom(_NONCE_BYTES)
 
         def operation(pooled: PooledSession) -> bytes:
-            return bytes(self._key(pooled).encrypt(bytes(plaintext), mechanism=Mechanism.AES_GCM,
-                                                   mechanism_param=GCMParams(nonce, aad, 128)))
+            plain = bytes(plaintext)  # the library wants bytes: a copy, scrubbed after use
+            try:
+                return bytes(self._key(pooled).encrypt(plain, mechanism=Mechanism.AES_GCM,
+                                                       mechanism_param=GCMParams(nonce, aad, 128)))
+            finally:
+                scrub(plain)
         return nonce, self._run(operation)
 
     def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytearray:
         """The plaintext, decrypted inside the HSM, as a buffer the caller wipes."""
         def operation(pooled: PooledSession) -> bytearray:
             try:
-                return bytearray(self._key(pooled).decrypt(ciphertext, mechanism=Mechanism.AES_GCM,
-                                                           mechanism_param=GCMParams(nonce, aad, 128)))
+                plain = self._key(pooled).decrypt(ciphertext, mechanism=Mechanism.AES_GCM,
+                                                  mechanism_param=GCMParams(nonce, aad, 128))
+                buffer = bytearray(plain)
+                scrub(plain)
+                return buffer
             except (p11_exc.EncryptedDataInvalid, p11_exc.EncryptedDataLenRange, p11_exc.GeneralError) as exc:
                 raise EscrowBlobRefused(f"{self.describe()} refused to open an escrowed key "
                                         f"({type(exc).__name__}): the record was changed") from None

@@ -183,10 +183,12 @@ class KeyEscrow:
         """(PKCS#12, one-time password): the key and its certificate, for the person it belongs to."""
         row = self.record(conn, escrow_id)
         plain = self._private_key(row)
+        der = bytes(plain)
         try:
-            key = serialization.load_der_private_key(bytes(plain), password=None)
+            key = serialization.load_der_private_key(der, password=None)
         finally:
             wipe(plain)
+            scrub(der)
         assert isinstance(key, rsa.RSAPrivateKey)
         password = "".join(secrets.choice(_OTP_ALPHABET) for _ in range(_OTP_LENGTH))
         encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()

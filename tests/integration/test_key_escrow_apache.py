@@ -102,7 +102,8 @@ def _confirm_when_asked(browser: Any, path: str, agent: subprocess.Popen[str]) -
 def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token: Any, tmp_path: Path) -> None:
     site = escrow_site
     status = _cli(site, "escrow", "status")
-    assert status.returncode == 0 and "extractable: False" in status.stdout and "never_extractable: True" in status.stdout
+    assert status.returncode == 0, status.stderr
+    assert "extractable: False" in status.stdout and "never_extractable: True" in status.stdout
 
     card = make_token("alice-card", pin="482913", owner="www-data")  # same SoftHSM folder as the CA's token
     browser, path, code = _start_for(site, "alice")

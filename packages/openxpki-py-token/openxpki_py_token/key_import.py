@@ -33,6 +33,7 @@ from .key_transport import (
     new_transport_key,
     open_private_key,
     public_text,
+    scrub,
     transport_context,
     unb64,
     wipe,
@@ -115,12 +116,14 @@ def _import(agent: TokenAgent, pkcs8: bytearray, public: rsa.RSAPublicKey, key_i
     """Load, check, import, wipe: the plaintext lives only inside this call."""
     from .enroll import _spki
 
+    der = bytes(pkcs8)
     try:
-        key = serialization.load_der_private_key(bytes(pkcs8), password=None)
+        key = serialization.load_der_private_key(der, password=None)
     except ValueError:
         raise ProtocolError("the escrowed key the server sent is not a PKCS#8 private key") from None
     finally:
         wipe(pkcs8)
+        scrub(der)
     try:
         if not isinstance(key, rsa.RSAPrivateKey) or _spki(key.public_key()) != _spki(public):
             raise ForeignKeyRefused("the escrowed key the server sent is not the key of its certificate; "

@@ -110,7 +110,12 @@ def seal_private_key(agent_key_text: str, pkcs8_der: bytes | bytearray, context:
     server_raw = server.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     key = _session_key(server, X25519PublicKey.from_public_bytes(agent_raw), agent_raw, server_raw, context)
     nonce = os.urandom(NONCE_BYTES)
-    ciphertext = AESGCM(key).encrypt(nonce, bytes(pkcs8_der), context)
+    plain = bytes(pkcs8_der)
+    try:
+        ciphertext = AESGCM(key).encrypt(nonce, plain, context)
+    finally:
+        if plain is not pkcs8_der:
+            scrub(plain)
     return SealedKey(server_key=b64(server_raw), nonce=b64(nonce), ciphertext=b64(ciphertext))
 
 
