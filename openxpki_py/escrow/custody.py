@@ -117,7 +117,8 @@ class EscrowCustodian:
                 return bytes(self._key(pooled).encrypt(plain, mechanism=Mechanism.AES_GCM,
                                                        mechanism_param=GCMParams(nonce, aad, 128)))
             finally:
-                scrub(plain)
+                if plain is not plaintext:  # never the caller's own bytes object
+                    scrub(plain)
         return nonce, self._run(operation)
 
     def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytearray:
