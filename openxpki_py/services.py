@@ -124,7 +124,9 @@ class Services:
         from .escrow.service import KeyEscrow
 
         cfg = self.config.escrow
-        return KeyEscrow(EscrowCustodian(cfg.key)) if cfg is not None and cfg.key is not None else None
+        if cfg is None or cfg.key is None:
+            return None
+        return KeyEscrow(EscrowCustodian(cfg.key), history_keys=cfg.history_keys)
 
     def close(self) -> None:
         with self._lock:

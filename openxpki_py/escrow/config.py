@@ -7,6 +7,7 @@ escrow:
     token_label: openxpki-ca
     key_label: ca-signing-escrow
     pin_file: ca-token.pin
+  history_keys: 3            # a new card also gets the owner's previous N escrowed keys of the type
 ```
 
 Without the section, and with the CA key in an HSM, the escrow key lives on
@@ -41,6 +42,9 @@ class EscrowKeyConfig:
 @dataclass(frozen=True)
 class EscrowConfig:
     key: EscrowKeyConfig | None  # None: no escrow key configured or derivable
+    # How many of the owner's earlier escrowed keys of a type a new card receives
+    # next to the new one (key history: old mail still opens after a lost card).
+    history_keys: int = 3
 
 
 def parse_escrow_config(r: Reader, ca_key: Any, personalization: Any) -> EscrowConfig:
@@ -61,10 +65,11 @@ def parse_escrow_config(r: Reader, ca_key: Any, personalization: Any) -> EscrowC
             key = EscrowKeyConfig(module=ca_key.module, token_label=ca_key.token_label,
                                   key_label=f"{ca_key.key_label}-escrow", pin=ca_key.pin,
                                   origin=r.key_path("key"))
+    history_keys = r.int("history_keys", EscrowConfig.history_keys, minimum=0, maximum=20)
     r.finish()
     escrowed = [t.name for t in personalization.certificates if t.key_origin == "escrowed"]
     if escrowed and key is None:
         raise ConfigError(f"{r.key_path('key')}: certificate types {', '.join(escrowed)} are escrowed "
                           "(key_origin: escrowed) but there is no escrow key: give escrow.key, or keep "
                           "the CA key in an HSM (then the escrow key defaults to its token)")
-    return EscrowConfig(key=key)
+    return EscrowConfig(key=key, history_keys=history_keys)

@@ -36,7 +36,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..audit import append_audit
-from ..db.certstore import utcnow
+from ..db.certstore import certificate_for_key, utcnow
 from ..db.schema import key_escrow
 from ..errors import NotFound, PolicyViolation
 from .custody import WRAP_ALGORITHM, EscrowCustodian
@@ -77,8 +77,9 @@ def _pkcs8(key: rsa.RSAPrivateKey) -> bytearray:
 class KeyEscrow:
     """The escrow's operations; each takes the caller's connection so it commits with the caller's step."""
 
-    def __init__(self, custodian: EscrowCustodian) -> None:
+    def __init__(self, custodian: EscrowCustodian, *, history_keys: int = 0) -> None:
         self.custodian = custodian
+        self.history_keys = history_keys
 
     def close(self) -> None:
         self.custodian.close()
@@ -141,26 +142,56 @@ class KeyEscrow:
     # --- delivery to the card -------------------------------------------------------------
 
     def deliver(self, conn: Connection, escrow_id: int, *, agent_key: str, context: bytes, actor: str,
-                workflow_id: int) -> dict[str, str]:
+                workflow_id: int) -> dict[str, Any]:
         """The key sealed for this agent and task, and a challenge only the key's holder can decrypt."""
         row = self.record(conn, escrow_id)
         if row["workflow_id"] != workflow_id or row["status"] not in ("escrowed", "installed"):
             raise PolicyViolation("this escrowed key is not for this personalization's current step",
                                   code="escrow.not_yours")
-        plain = self._private_key(row)
-        try:
-            sealed: SealedKey = seal_private_key(agent_key, plain, context)
-        finally:
-            wipe(plain)
+        sealed = self._seal_for_agent(row, agent_key, context)
         public = serialization.load_der_public_key(bytes(row["public_key_der"]))
         assert isinstance(public, rsa.RSAPublicKey)
         expected, challenge = new_challenge(public)
+        history = self._history(conn, row, agent_key, workflow_id)
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id)
                      .values(challenge_sha256=expected, deliveries=key_escrow.c.deliveries + 1))
         append_audit(conn, actor=actor, role="User", event="escrow.deliver", target=row["public_key_sha256"],
                      details={"escrow_id": escrow_id, "workflow_id": workflow_id,
-                              "delivery": int(row["deliveries"]) + 1})
-        return {**sealed.as_api(), "challenge": b64(challenge)}
+                              "delivery": int(row["deliveries"]) + 1,
+                              "history": [h["escrow_id"] for h in history]})
+        return {**sealed.as_api(), "challenge": b64(challenge), "history": history}
+
+    def _seal_for_agent(self, row: RowMapping, agent_key: str, context: bytes) -> SealedKey:
+        plain = self._private_key(row)
+        try:
+            return seal_private_key(agent_key, plain, context)
+        finally:
+            wipe(plain)
+
+    def _history(self, conn: Connection, current: RowMapping, agent_key: str, workflow_id: int) -> list[dict[str, Any]]:
+        """The owner's previous escrowed keys of this type (newest first), each sealed for the agent.
+
+        Each is bound to its own certificate's serial: ``transport_context(workflow, type, serial)``.
+        """
+        from openxpki_py_token.key_transport import transport_context
+
+        if self.history_keys <= 0:
+            return []
+        rows = conn.execute(select(key_escrow).where(
+            key_escrow.c.owner == current["owner"], key_escrow.c.cert_type == current["cert_type"],
+            key_escrow.c.id < current["id"], key_escrow.c.certificate_serial.is_not(None),
+        ).order_by(key_escrow.c.id.desc()).limit(self.history_keys)).mappings().all()
+        history = []
+        for row in rows:
+            cert_row = certificate_for_key(conn, row["public_key_sha256"])
+            if cert_row is None:
+                continue
+            serial = str(row["certificate_serial"])
+            sealed = self._seal_for_agent(row, agent_key, transport_context(workflow_id, row["cert_type"], serial))
+            pem = x509.load_der_x509_certificate(bytes(cert_row["der"])).public_bytes(serialization.Encoding.PEM)
+            history.append({"escrow_id": int(row["id"]), "serial": serial, "certificate": pem.decode(),
+                            **sealed.as_api()})
+        return history
 
     def check_proof(self, conn: Connection, escrow_id: int, proof: bytes, *, token_id: int, serial: str,
                     actor: str, now: datetime) -> None:

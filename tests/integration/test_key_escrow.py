@@ -191,3 +191,45 @@ def _sqlite_dump(inst: Any) -> list[str]:
     path = inst.services.db.url.database
     with sqlite3.connect(path) as conn:
         return list(conn.iterdump())
+
+
+@pytest.mark.skipif(PKCS11_TOOL is None, reason="OpenSC's pkcs11-tool is not installed")
+def test_lost_card_replacement_card_gets_the_key_history_and_opens_old_mail(
+        escrow_instance: Any, make_token: Any, tmp_path: Path) -> None:
+    from openxpki_py.personalization.tokens import set_token_status
+
+    inst = escrow_instance
+    first = make_token("alice-card-1", pin="482913")
+    _personalize(inst, first, tmp_path / "state-1")
+    with inst.services.db.connect() as conn:
+        old_cert = x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
+            certificate.c.profile == "encryption")).scalar_one()))
+    old_public = old_cert.public_key()
+    assert isinstance(old_public, rsa.RSAPublicKey)
+    mail = tmp_path / "old-mail.bin"
+    mail.write_bytes(old_public.encrypt(b"mail from last year", padding.PKCS1v15()))
+
+    # Card 1 is lost: its certificates are revoked; card 2 gets a new escrowed key and the old one.
+    with inst.services.db.begin() as conn:
+        serial = conn.execute(select(certificate.c.token_id)).scalars().first()
+        from openxpki_py.db.schema import token as token_table
+
+        card_serial = conn.execute(select(token_table.c.serial).where(token_table.c.id == serial)).scalar_one()
+        assert set_token_status(conn, card_serial, "lost", actor="helpdesk", ca=inst.services.ca)
+    second = make_token("alice-card-2", pin="482913")
+    _, output = _personalize(inst, second, tmp_path / "state-2")
+    assert f"earlier key 1 (certificate {old_cert.serial_number:x}" in output, output
+    assert ("Private Key", "0281") in card_objects(second) and ("Certificate", "0281") in card_objects(second)
+    assert _card_private_key_flags(second, b"\x02\x81") == {"sensitive": True, "extractable": False,
+                                                             "decrypt": True, "sign": False}
+    decrypted = subprocess.run(
+        [str(PKCS11_TOOL), "--module", str(second.module), "--token-label", second.label, "--login",
+         "--pin", second.pin, "--decrypt", "--mechanism", "RSA-PKCS", "--id", "0281",
+         "--input-file", str(mail), "--output-file", str(tmp_path / "old-mail.txt")],
+        env={**os.environ, "SOFTHSM2_CONF": str(second.softhsm.conf)}, capture_output=True, text=True, timeout=60)
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert (tmp_path / "old-mail.txt").read_bytes() == b"mail from last year"
+    with inst.services.db.connect() as conn:
+        records = conn.execute(select(key_escrow).order_by(key_escrow.c.id)).mappings().all()
+    assert [r["status"] for r in records] == ["installed", "installed"]
+    assert records[0]["public_key_sha256"] != records[1]["public_key_sha256"]  # a new key for the new card

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from .card import Card
@@ -90,9 +91,53 @@ def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardPr
     if not any(existing_cert == cert for existing_cert in card.certificates(key_id)):
         agent.progress.step(f"writing certificate {index}/{count} to the card…")
         card.write_certificate(cert, key_id, label, login=profile.cert_write_login, replace=slot is not None)
+    history = answer.get("history") or []
+    if isinstance(history, list) and history:
+        _import_history(agent, history, transport_key, cert_type, key_id, label, profile)
     proof = _decrypt(card, key_id, unb64(answer.get("challenge"), "challenge"))
     agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
                                "token_serial": agent._card_serial(), "key_proof": b64(proof)})
+
+
+def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519PrivateKey, cert_type: str,
+                    key_id: bytes, label: str, profile: CardProfile) -> None:
+    """The owner's earlier escrowed keys, each with its certificate: old mail still opens with the new card.
+
+    PIV: the retired key-management slots 82, 83 …; other cards: IDs after
+    the current key's (``02`` → ``0281``, ``0282`` …), labelled with the
+    certificate's end of validity.
+    """
+    from .enroll import _serial_int, _spki
+
+    card, created = agent.card, agent._created_keys()
+    for number, item in enumerate(history[:20], start=1):
+        if not isinstance(item, dict):
+            raise ProtocolError("the server's key history has an entry that is not an object")
+        try:
+            cert = x509.load_pem_x509_certificate(str(item.get("certificate")).encode())
+        except ValueError:
+            raise ProtocolError("the server's key history has a certificate that is not PEM X.509") from None
+        serial = str(item.get("serial") or "")
+        if _serial_int(serial) != cert.serial_number or not isinstance(cert.public_key(), rsa.RSAPublicKey):
+            raise ProtocolError(f"the server's key history entry {number} does not match its certificate")
+        public = cert.public_key()
+        assert isinstance(public, rsa.RSAPublicKey)
+        wanted = bytes((0x81 + number,)) if isinstance(card, PivCard) else key_id + bytes((0x80 + number,))
+        old_id = _choose_key_id(card, wanted, _spki(public), fixed=isinstance(card, PivCard), created=created)
+        old_label = f"{label} (old key, until {cert.not_valid_after_utc:%Y-%m-%d})"
+        existing = card.find_key(old_id)
+        if existing is None or _spki(existing.public_key) != _spki(public):
+            context = transport_context(created.workflow_id, cert_type, serial)
+            created.claim(old_id)
+            agent.store.save_created_keys(created)
+            _import(agent, open_private_key(transport_key, item, context), public, old_id, old_label, profile)
+        if created.record(old_id, _spki(public)):
+            agent.store.save_created_keys(created)
+        if not any(c == cert for c in card.certificates(old_id)):
+            card.write_certificate(cert, old_id, old_label, login=profile.cert_write_login,
+                                   replace=isinstance(card, PivCard))
+        agent.progress.step(f"earlier key {number} (certificate {serial}, until {cert.not_valid_after_utc:%Y-%m-%d}) "
+                            f"is on the card under ID {old_id.hex()}: old mail still opens")
 
 
 def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: bool, created: Any) -> bytes:
