@@ -1,4 +1,4 @@
-"""An escrowed encryption key imported onto a PIV card through the real smartcard stack.
+"""An escrowed encryption key imported onto a PIV card through the real smartcard stack, and its key history.
 
 pcscd + vpcd + the project's software PIV card (``support/virtual_piv.py``,
 which speaks Yubico's key import); the agent's PIV route imports the key
@@ -69,3 +69,18 @@ def test_escrowed_key_goes_into_slot_9d_and_the_card_decrypts_with_it(
                     "--decrypt", "--mechanism", "RSA-PKCS", "--id", "03", "--input-file", str(tmp_path / "mail.bin"),
                     "--output-file", str(tmp_path / "mail.out")], capture_output=True, timeout=60, check=True)
     assert (tmp_path / "mail.out").read_bytes() == message
+
+    # The card is personalized again (a new escrowed key): the previous key moves to retired slot 82.
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(piv_card, url, code, tmp_path / "state-2")
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    assert f"earlier key 1 (certificate {cert.serial_number:x}" in err and "under ID 82" in err, err
+    with device.open_connection(SmartCardConnection) as connection:
+        piv = PivSession(connection)
+        assert piv.get_slot_metadata(SLOT.RETIRED1).public_key == public
+        assert piv.get_certificate(SLOT.RETIRED1) == cert
+        piv.verify_pin(piv_card.pin)
+        old_mail = public.encrypt(b"last year's mail", padding.PKCS1v15())
+        assert piv.decrypt(SLOT.RETIRED1, old_mail, padding.PKCS1v15()) == b"last year's mail"
