@@ -26,6 +26,7 @@ def test_example_config_loads() -> None:
     assert [t.key_origin for t in cfg.personalization.certificates] == ["card", "escrowed"]
     assert cfg.escrow is not None and cfg.escrow.key is not None
     assert cfg.escrow.key.key_label == "ca-signing-escrow" != cfg.ca.key.key_label
+    assert cfg.escrow.history_keys == 3
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
