@@ -97,6 +97,10 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
         print(f"CA initialised: {result.subject.rfc4514_string()} (key: {services.ca.key_backend.describe()})",
               file=sys.stderr)
         _init_ocsp(services, args.actor)
+    from .escrow.cli import init_escrow_key
+
+    if init_escrow_key(services, only_if_needed=True):
+        print(f"key-recovery key created ({services.escrow.custodian.describe()})", file=sys.stderr)
     return 0
 
 
@@ -432,11 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Sub-commands that live next to their subsystem.
     from .audit.cli import register as register_audit
     from .console.cli import register as register_console
+    from .escrow.cli import register as register_escrow
     from .workflow.cli import register as register_workflow
 
     register_workflow(sub)
     register_audit(sub)
     register_console(sub)
+    register_escrow(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .audit.config import AuditConfig
+    from .escrow.config import EscrowConfig
     from .auth.config import AuthConfig
     from .crypto.card_admin import CardAdminConfig
     from .crypto.keys.config import KeyConfig
@@ -99,6 +100,7 @@ class Config:
     personalization: PersonalizationPolicy
     audit: AuditConfig
     card_admin: CardAdminConfig
+    escrow: EscrowConfig | None = None  # the key-recovery key (openxpki_py.escrow); None in hand-built configs
 
 
 def _parse_instance(r: Reader) -> InstanceConfig:
@@ -183,6 +185,7 @@ def parse_config(data: Any, path: Path) -> Config:
     from .auth.config import parse_auth_config
     from .crypto.card_admin import parse_card_admin_config
     from .directory.config import parse_directory_config
+    from .escrow.config import parse_escrow_config
     from .personalization.policy import parse_personalization_config
     from .web.config import parse_web_config
     from .workflow.config import parse_workflow_config
@@ -190,6 +193,7 @@ def parse_config(data: Any, path: Path) -> Config:
     root = Reader(data, "", path.parent)
     instance = _parse_instance(root.section("instance", required=True))
     ca = _parse_ca(root.section("ca", required=True), instance)
+    personalization = parse_personalization_config(root.section("personalization"))
     cfg = Config(
         path=path,
         instance=instance,
@@ -199,9 +203,10 @@ def parse_config(data: Any, path: Path) -> Config:
         auth=parse_auth_config(root.section("auth")),
         web=parse_web_config(root.section("web")),
         workflow=parse_workflow_config(root.section("workflow")),
-        personalization=parse_personalization_config(root.section("personalization")),
+        personalization=personalization,
         audit=parse_audit_config(root.section("audit"), ca.key),
         card_admin=parse_card_admin_config(root.section("card_admin"), ca.key),
+        escrow=parse_escrow_config(root.section("escrow"), ca.key, personalization),
     )
     root.finish()
     return cfg

@@ -23,9 +23,10 @@ def shipped_domains() -> tuple[WorkflowDomain, ...]:
     """Imported here, not at module level: ``openxpki-py db ddl`` needs none of them."""
     from .auth.domain import DOMAIN as AUTH
     from .certificates.domain import DOMAIN as CERTIFICATES
+    from .escrow.domain import DOMAIN as ESCROW
     from .personalization.domain import DOMAIN as PERSONALIZATION
 
-    return (AUTH, CERTIFICATES, PERSONALIZATION)
+    return (AUTH, CERTIFICATES, PERSONALIZATION, ESCROW)
 
 
 def shipped_registry() -> Registry:

@@ -12,6 +12,8 @@ USER = "User"
 RA_OPERATOR = "RA Operator"
 CA_OPERATOR = "CA Operator"
 SYSTEM = "System"
+# Approves the release of an escrowed private key (two different persons each time; openxpki_py.escrow).
+KEY_RECOVERY_OFFICER = "Key Recovery Officer"
 
 OPERATORS: frozenset[str] = frozenset({RA_OPERATOR, CA_OPERATOR})
-KNOWN: frozenset[str] = frozenset({USER, RA_OPERATOR, CA_OPERATOR, SYSTEM})
+KNOWN: frozenset[str] = frozenset({USER, RA_OPERATOR, CA_OPERATOR, KEY_RECOVERY_OFFICER, SYSTEM})

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .crypto.ca import CertificateAuthority
     from .crypto.ocsp import OcspResponder
     from .directory.base import Directory
+    from .escrow.service import KeyEscrow
     from .workflow.context import ActivityContext
     from .workflow.domain import WorkflowDomain
     from .workflow.engine import WorkflowEngine
@@ -125,8 +126,19 @@ class Services:
         cfg = self.config.card_admin
         return CardAdminSecret.from_config(cfg) if cfg.enabled else None
 
+    @_Part
+    def escrow(self) -> KeyEscrow | None:
+        """Escrowed keys in the custody of the HSM's key-recovery key; None without an escrow key."""
+        from .escrow.custody import EscrowCustodian
+        from .escrow.service import KeyEscrow
+
+        cfg = self.config.escrow
+        if cfg is None or cfg.key is None:
+            return None
+        return KeyEscrow(EscrowCustodian(cfg.key), history_keys=cfg.history_keys)
+
     def close(self) -> None:
-        closing = ("directory", "ocsp", "ca", "audit_checkpoints", "card_admin")
+        closing = ("directory", "ocsp", "ca", "audit_checkpoints", "card_admin", "escrow")
         with self._lock:
             parts: dict[str, Any] = {name: self.__dict__.pop(name, None) for name in (*closing, "db")}
         for name in closing:

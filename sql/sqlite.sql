@@ -200,6 +200,34 @@ CREATE INDEX ix_enrollment_code_selector ON enrollment_code (selector);
 
 CREATE INDEX ix_enrollment_code_workflow_id ON enrollment_code (workflow_id);
 
+CREATE TABLE key_escrow (
+	id INTEGER NOT NULL, 
+	owner VARCHAR(256) NOT NULL, 
+	cert_type VARCHAR(64) NOT NULL, 
+	profile VARCHAR(64) NOT NULL, 
+	key_spec VARCHAR(16) NOT NULL, 
+	public_key_sha256 VARCHAR(64) NOT NULL, 
+	public_key_der BLOB NOT NULL, 
+	wrap_algorithm VARCHAR(32) NOT NULL, 
+	wrap_key_label VARCHAR(128) NOT NULL, 
+	wrap_nonce BLOB NOT NULL, 
+	wrapped_key BLOB NOT NULL, 
+	status VARCHAR(16) NOT NULL, 
+	workflow_id BIGINT, 
+	certificate_serial VARCHAR(64), 
+	token_id INTEGER, 
+	challenge_sha256 BLOB, 
+	deliveries INTEGER NOT NULL, 
+	created_at TIMESTAMP NOT NULL, 
+	installed_at TIMESTAMP, 
+	recovered_at TIMESTAMP, 
+	CONSTRAINT pk_key_escrow PRIMARY KEY (id), 
+	CONSTRAINT uq_key_escrow_public_key_sha256 UNIQUE (public_key_sha256), 
+	CONSTRAINT fk_key_escrow_token_id FOREIGN KEY(token_id) REFERENCES token (id)
+);
+
+CREATE INDEX ix_key_escrow_owner ON key_escrow (owner);
+
 CREATE TABLE workflow_attribute (
 	workflow_id INTEGER NOT NULL, 
 	attr_key VARCHAR(64) NOT NULL, 

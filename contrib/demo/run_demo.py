@@ -125,11 +125,17 @@ def make_instance(base: Path, env: dict[str, str], port: int) -> dict[str, str]:
         "directory": {"backend": "ldif", "ldif_file": "directory.ldif", "base_dn": "dc=example,dc=com",
                       "required": ["cn", "mail", "upn"]},
         "auth": {"roles": demo_roles(base / "directory.ldif")},
-        # Per kind of card (docs/cards.md): PIV cards get a P-256 encryption key, the others RSA-2048.
-        "personalization": {"card_types": {"piv": {"key": {"encryption": "ec-p256"}}}},
         "web": {"session": {"cookie_secure": False}},  # plain http on 127.0.0.1 only
         # Per-card admin credentials (PIV management key and PUK, OpenPGP admin PIN) from the HSM.
         "card_admin": {"enabled": True},
+        # The encryption key is escrowed (docs/key-escrow.md): made on the server, sealed under the
+        # key-recovery key in the HSM, imported onto the card; the logon key is made on the card.
+        "personalization": {"certificates": [
+            {"type": "authentication", "profile": "smartcard_logon", "key": "rsa-2048", "key_id": "01",
+             "usage": "sign"},
+            {"type": "encryption", "profile": "encryption", "key": "rsa-2048", "key_id": "02",
+             "usage": "decrypt", "key_origin": "escrowed"},
+        ]},
     }
     (base / "config.yaml").write_text("# made by `make demo`\n" + yaml.safe_dump(settings, sort_keys=False))
     accounts = {USER: PASSWORD, **{login: login for login, _ in OPERATORS.values()}}
@@ -251,6 +257,10 @@ def show_issued(cli: list[str], ca_env: dict[str, str]) -> None:
     step("issued certificates")
     listing = run(cli + ["ca", "list", "--owner", USER], ca_env, as_apache=True).stdout
     print("    " + listing.strip().replace("\n", "\n    "))
+    step(f"escrowed keys of {USER} (the encryption key; openxpki-py escrow list — no key material)")
+    listing = run(cli + ["escrow", "list", "--owner", USER], ca_env, as_apache=True).stdout
+    print("    " + listing.strip().replace("\n", "\n    "))
+    print("    two Key Recovery Officers can release it after a lost card: openxpki-py escrow recover|approve|release")
 
 
 def personalize_and_show(args: argparse.Namespace, site: str, base: Path, venv: Path, env: dict[str, str],

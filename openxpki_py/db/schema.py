@@ -296,3 +296,34 @@ web_session = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
 )
+
+# --- key escrow (openxpki_py.escrow) -------------------------------------------
+
+# One row per escrowed key pair: the key history of a person.  The private
+# key is here only as a blob sealed by the key-recovery key inside the HSM
+# (openxpki_py.escrow.custody); the plaintext is never stored.
+key_escrow = Table(
+    "key_escrow",
+    metadata,
+    _id(),
+    Column("owner", String(256), nullable=False, index=True),
+    Column("cert_type", String(64), nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("key_spec", String(16), nullable=False),  # rsa-2048 …
+    Column("public_key_sha256", String(64), nullable=False, unique=True),
+    Column("public_key_der", LargeBinary, nullable=False),  # SubjectPublicKeyInfo
+    Column("wrap_algorithm", String(32), nullable=False),
+    Column("wrap_key_label", String(128), nullable=False),
+    Column("wrap_nonce", LargeBinary, nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),  # escrowed | issued | installed | recovered | abandoned
+    Column("workflow_id", BigInteger),  # the personalization that made it
+    Column("certificate_serial", String(64)),
+    Column("token_id", Id, ForeignKey("token.id")),
+    # SHA-256 of the last challenge sent with a delivery: the receipt proves the card decrypts it.
+    Column("challenge_sha256", LargeBinary),
+    Column("deliveries", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("installed_at", UTCDateTime),
+    Column("recovered_at", UTCDateTime),
+)

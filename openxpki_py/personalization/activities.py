@@ -156,6 +156,7 @@ def plan_certificates(ctx: ActivityContext) -> None:
     types = {cert_type.name: cert_type for cert_type in _policy(ctx).certificates}
     for planned in plan["types"]:
         entry: dict[str, Any] = {**planned, "status": "pending" if planned["status"] == "planned" else "skipped"}
+        entry["key_origin"] = types[entry["type"]].key_origin
         if types[entry["type"]].require_attestation:
             entry["require_attestation"] = True
         if entry["status"] == "pending" and (keep_days := _keep_valid_days(ctx, entry["type"])) is not None:
@@ -309,6 +310,10 @@ def record_installation(ctx: ActivityContext) -> None:
             f"should be installing {entry['type']} {entry['serial']}",
             code="task.unexpected",
         )
+    if entry.get("escrow_id") is not None:
+        from ..escrow.personalization import check_key_proof
+
+        check_key_proof(ctx, entry, ctx.inputs.get("key_proof"))
     entry["status"] = "installed"
     entry.pop("certificate_pem", None)  # it is in the certificate table; the context need not carry it
     # The card's earlier certificate of this profile is replaced: revoke it as superseded.
@@ -318,7 +323,7 @@ def record_installation(ctx: ActivityContext) -> None:
                                                role=ctx.role)
     ctx["current"] = next((i for i, e in enumerate(ctx["certificates"]) if e["status"] == "pending"),
                           len(ctx["certificates"]))
-    _pop_inputs(ctx, "cert_type", "certificate_serial")
+    _pop_inputs(ctx, "cert_type", "certificate_serial", "key_proof")
 
 
 @callables.activity("record_expiry")

@@ -67,13 +67,14 @@ class TokenAgentCalls:
     """The agent's side of a personalization: credential, card, keys, certificates."""
 
     def __init__(self, *, db: Any, engine: Any, policy: Any, card_admin: Any = None,
-                 max_card_admin_releases: int = 5) -> None:
+                 max_card_admin_releases: int = 5, escrow: Any = None) -> None:
         self.db = db
         self.engine = engine
         self.policy = policy
         #: A callable giving the CardAdminSecret (or None): the HSM is touched only when asked.
         self.card_admin = card_admin
         self.max_card_admin_releases = max_card_admin_releases
+        self.escrow = escrow  # openxpki_py.escrow.service.KeyEscrow, or None without an escrow key
 
     @staticmethod
     def _now() -> datetime:
@@ -236,14 +237,31 @@ class TokenAgentCalls:
         assert refusal is not None
         raise refusal
 
-    def receipt(self, agent: AgentCredential, *, cert_type: str, serial: str, token_serial: str | None) -> None:
+    def escrowed_key(self, agent: AgentCredential, *, cert_type: str, agent_key: str,
+                     token_serial: str | None) -> dict[str, Any]:
+        """The current escrowed key, sealed for this agent run (openxpki_py.escrow.personalization)."""
+        from ..escrow.personalization import deliver_to_agent, escrow_of
+
+        self._confirmed(agent)
+        if token_serial is None:
+            raise UnexpectedStep("name the card (token_serial) the escrowed key is for", code="token.mismatch")
+        view = self._view(agent.workflow_id, token_serial)
+        with self.db.begin() as conn:
+            return deliver_to_agent(view, escrow_of(self), conn, login=agent.login, cert_type=cert_type,
+                                    agent_key=agent_key)
+
+    def receipt(self, agent: AgentCredential, *, cert_type: str, serial: str, token_serial: str | None,
+                key_proof: str | None = None) -> None:
         """The certificate is on the card; a repeated receipt is answered, not recorded twice."""
         self._confirmed(agent)
         workflow_id, login = agent.workflow_id, agent.login
         if _installed(self._view(workflow_id, token_serial), serial):
             return
+        inputs = {"cert_type": cert_type, "certificate_serial": serial}
+        if key_proof is not None:
+            inputs["key_proof"] = key_proof
         try:
-            self._execute(workflow_id, login, "confirm_install", {"cert_type": cert_type, "certificate_serial": serial})
+            self._execute(workflow_id, login, "confirm_install", inputs)
         except OpenXPKIError:
             # An identical receipt may have been recorded after the check above
             # (it ran outside the workflow's lock): that is a repeat, not a refusal.

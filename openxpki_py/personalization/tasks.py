@@ -114,9 +114,14 @@ def agent_task(view: Any, children: Sequence[Any] = ()) -> dict[str, Any]:
         return {"task": "wait", "reason": reason, "retry_after": 2}
     if state == "WAIT_FOR_INSTALL":
         entry, index, count = _position(ctx)
-        return {"task": "install_certificate", "cert_type": entry["type"], "index": index, "count": count,
+        task = {"task": "install_certificate", "cert_type": entry["type"], "index": index, "count": count,
                 "key_id": entry.get("key_id_used", entry["key_id"]), "label": entry["label"],
                 "certificate": entry["certificate_pem"], "serial": entry["serial"]}
+        if entry.get("escrow_id") is not None:
+            from ..escrow.personalization import import_task
+
+            return import_task(entry, task)
+        return task
     if state == "SUCCESS":
         return {"task": "done", "certificates": [
             {"cert_type": e["type"], "serial": e["serial"], "status": e["status"]} for e in ctx["certificates"]
@@ -170,8 +175,9 @@ def _steps(ctx: dict[str, Any], state: str, children: Sequence[Any]) -> list[Ste
         status = entry["status"]
         current = entries.index(entry) == ctx.get("current")
         key_done = status in ("requested", "issued", "installed")
-        steps.append(Step(f"Generating key {name} on the card",
-                          "done" if key_done else ("active" if current and state == "WAIT_FOR_CSR" else
+        where = "on the server, escrowed" if entry.get("key_origin") == "escrowed" else "on the card"
+        steps.append(Step(f"Generating key {name} {where}",
+                          "done" if key_done else ("active" if current and state in ("WAIT_FOR_CSR", "ESCROW_KEY") else
                                                    "failed" if status == "failed" else "waiting")))
         steps.append(Step(f"Issuing certificate {name}",
                           "done" if status in ("issued", "installed") else

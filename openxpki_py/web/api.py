@@ -113,6 +113,7 @@ class AgentApi:
             "enroll": self.enroll, "token": self.report_token, "task": self.task,
             "csr": self.submit_csr, "receipt": self.receipt, "unable": self.card_unable,
             "card-credentials": self.card_credentials,
+            "escrowed_key": self.escrowed_key,
         }
         self.url_map = Map([
             Rule("/api/v1/enroll", endpoint="enroll", methods=["POST"]),
@@ -122,6 +123,7 @@ class AgentApi:
             Rule("/api/v1/receipt", endpoint="receipt", methods=["POST"]),
             Rule("/api/v1/unable", endpoint="unable", methods=["POST"]),
             Rule("/api/v1/card-credentials", endpoint="card-credentials", methods=["POST"]),
+            Rule("/api/v1/escrowed-key", endpoint="escrowed_key", methods=["POST"]),
         ])
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -245,5 +247,18 @@ class AgentApi:
         body = self._body(request)
         cert_type, serial = _text(body, "cert_type", "serial",
                                   missing="send cert_type and serial of the installed certificate")
-        self.calls.receipt(agent, cert_type=cert_type, serial=serial, token_serial=_token_serial(body))
+        proof = body.get("key_proof")
+        if proof is not None and not isinstance(proof, str):
+            raise RequestInvalid("key_proof must be base64url text")
+        self.calls.receipt(agent, cert_type=cert_type, serial=serial, token_serial=_token_serial(body),
+                           key_proof=proof)
         return json_response({"status": "installed"})
+
+    def escrowed_key(self, request: Request) -> Response:
+        """An escrowed key for the card, sealed for the agent's ephemeral key (docs/api.md)."""
+        agent = self._agent(request)
+        body = self._body(request)
+        cert_type, agent_key = _text(body, "cert_type", "agent_key",
+                                     missing="send cert_type and agent_key (ephemeral X25519, base64url)")
+        return json_response(self.calls.escrowed_key(agent, cert_type=cert_type, agent_key=agent_key,
+                                                     token_serial=_token_serial(body)))

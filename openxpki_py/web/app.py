@@ -351,7 +351,8 @@ def create_app(config: Config, services: Services | None = None) -> WebApp:
         personalization = PersonalizationService(engine=engine, db=db, policy=config.personalization)
         calls = TokenAgentCalls(db=db, engine=engine, policy=config.personalization,
                                 card_admin=lambda: services.card_admin,
-                                max_card_admin_releases=config.card_admin.max_releases)
+                                max_card_admin_releases=config.card_admin.max_releases,
+                                escrow=services.escrow)
         api = AgentApi(calls,
                        sso_config=config.auth.sso, trusted_proxies=config.web.trusted_proxies)
     return WebApp(

@@ -60,8 +60,13 @@ def test_demo_personalizes_alices_card(demo: DemoRun) -> None:
     out = demo.out
     assert "done: 2 certificates on the card" in out
     assert 'browser: "Your card is ready."' in out
-    assert out.count("Certificate Object") == 2 and out.count("never extractable") == 2
+    # The logon key was made on the card (never extractable); the escrowed encryption key was
+    # imported (sensitive, not extractable, but made outside the card: not "never extractable").
+    assert out.count("Certificate Object") == 2 and out.count("never extractable") == 1
     assert "smartcard_logon" in out and "encryption" in out
+    assert "key-recovery key created" in out
+    assert "escrowed key 2/2 (encryption) imported onto the card" in out
+    assert re.search(r"^\s+\d+\s+encryption\s+rsa-2048\s+installed", out, re.M), out[-3000:]
     _every_url_in_the_certificates_answers(demo.base)
 
 
@@ -163,10 +168,10 @@ def test_demo_on_a_virtual_card(pcscd: Any, card: str) -> None:
         out = result.stdout + result.stderr
         assert result.returncode == 0, out[-6000:]
         if card == "piv":
-            # Both certificates; the demo's PIV policy makes the encryption key P-256.
+            # Both certificates; the escrowed encryption key imported into the card's 9d slot.
             assert "done: 2 certificates on the card" in out and 'browser: "Your card is ready."' in out
-            assert "plan for this card: encryption certificate, ec-p256 key made on the card" in out
-            assert out.count("Certificate Object") == 2 and "Private Key Object; EC" in out
+            assert "escrowed key 2/2 (encryption) imported onto the card" in out
+            assert out.count("Certificate Object") == 2
         else:
             # The logon certificate, and the encryption type left out up front, visibly.
             assert "done: 1 certificate on the card" in out, out[-6000:]

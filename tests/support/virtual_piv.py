@@ -51,7 +51,7 @@ _CIPHER_KEY_LEN = {TDES: 24, AES128: 16, AES192: 24, AES256: 32}
 _CURVES: dict[int, ec.EllipticCurve] = {ECCP256: ec.SECP256R1(), ECCP384: ec.SECP384R1()}
 _PIN_NEVER, _PIN_ONCE, _PIN_ALWAYS = 1, 2, 3
 _TOUCH_NEVER = 1
-_ORIGIN_GENERATED = 1
+_ORIGIN_GENERATED, _ORIGIN_IMPORTED = 1, 2
 # Key slot -> certificate data object (SP 800-73-4 Part 1, Table 3; 9f/f9 Yubico's).
 CERT_OBJECTS = {0x9A: 0x5FC105, 0x9C: 0x5FC10A, 0x9D: 0x5FC10B, 0x9E: 0x5FC101, 0xF9: 0x5FFF01,
                 **{0x82 + n: 0x5FC10D + n for n in range(20)}}
@@ -251,7 +251,7 @@ class VirtualPivCard:
             0x24: self._change_reference, 0x2C: self._reset_retry_counter,
             0x87: self._general_authenticate, 0x47: self._generate,
             0xFD: self._version, 0xF8: self._serial, 0xF9: self._attest,
-            0xFF: self._set_management_key, 0xF7: self._metadata,
+            0xFF: self._set_management_key, 0xF7: self._metadata, 0xFE: self._import_key,
         }.get(apdu.ins)
         if handler is None:
             raise CardError(SW_INS)
@@ -420,6 +420,25 @@ class VirtualPivCard:
         self.state.keys[apdu.p2] = KeySlot(algorithm[0], key, policy)
         return tlv(0x7F49, _public_key_tlvs(key))
 
+    def _import_key(self, apdu: Apdu) -> bytes:
+        """Yubico's IMPORT ASYMMETRIC KEY (INS FE): RSA-2048 from p, q, dp, dq, qinv (escrowed keys)."""
+        self._need_admin()
+        if apdu.p2 not in CERT_OBJECTS or apdu.p2 == 0xF9:
+            raise CardError(SW_REF_NOT_FOUND)
+        if apdu.p1 != RSA2048:
+            raise CardError(SW_WRONG_DATA)
+        parts = dict(parse_tlvs(apdu.data))
+        try:
+            p, q, dmp1, dmq1, iqmp = (int.from_bytes(parts[tag], "big") for tag in (1, 2, 3, 4, 5))
+        except KeyError:
+            raise CardError(SW_WRONG_DATA) from None
+        e = 65537
+        d = pow(e, -1, (p - 1) * (q - 1))
+        key = rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, rsa.RSAPublicNumbers(e, p * q)).private_key()
+        policy = parts.get(0xAA, b"\x00")[0] or _DEFAULT_PIN_POLICY.get(apdu.p2, _PIN_ONCE)
+        self.state.keys[apdu.p2] = KeySlot(RSA2048, key, policy, generated=False)
+        return b""
+
     def _attest(self, apdu: Apdu) -> bytes:
         slot = self.state.keys.get(apdu.p1)
         if slot is None or not slot.generated:
@@ -476,7 +495,8 @@ class VirtualPivCard:
         if slot is None:
             raise CardError(SW_REF_NOT_FOUND)
         return (tlv(0x01, bytes((slot.algorithm,))) + tlv(0x02, bytes((slot.pin_policy, _TOUCH_NEVER)))
-                + tlv(0x03, bytes((_ORIGIN_GENERATED,))) + tlv(0x04, _public_key_tlvs(slot.key)))
+                + tlv(0x03, bytes((_ORIGIN_GENERATED if slot.generated else _ORIGIN_IMPORTED,)))
+                + tlv(0x04, _public_key_tlvs(slot.key)))
 
 
 def _public_key_tlvs(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:

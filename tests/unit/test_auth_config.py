@@ -110,7 +110,7 @@ def test_shipped_auth_and_web_sections_parse() -> None:
     shipped = Path(__file__).resolve().parents[2] / "contrib" / "config" / "config.yaml"
     data = yaml.safe_load(shipped.read_text())
     auth = parse_auth_config(Reader(data["auth"], "auth", shipped.parent))
-    assert list(auth.roles) == ["User", "RA Operator", "CA Operator"]
+    assert list(auth.roles) == ["User", "RA Operator", "CA Operator", "Key Recovery Officer"]
     assert auth.roles["User"].command == ("/bin/true",)
     assert auth.roles["RA Operator"].command[0].endswith("/auth/check-ldap-group")
     web = parse_web_config(Reader(data["web"], "web", shipped.parent))

@@ -21,7 +21,12 @@ def test_example_config_loads() -> None:
     assert [t.name for t in cfg.personalization.certificates] == ["authentication", "encryption"]
     assert cfg.personalization.certificates[0].keep_valid_days == 30
     assert cfg.directory.backend == "ldif"
-    assert set(cfg.auth.roles) == {"User", "RA Operator", "CA Operator"}
+    assert set(cfg.auth.roles) == {"User", "RA Operator", "CA Operator", "Key Recovery Officer"}
+    # The encryption key survives a lost card: escrowed under its own HSM key, not the CA key.
+    assert [t.key_origin for t in cfg.personalization.certificates] == ["card", "escrowed"]
+    assert cfg.escrow is not None and cfg.escrow.key is not None
+    assert cfg.escrow.key.key_label == "ca-signing-escrow" != cfg.ca.key.key_label
+    assert cfg.escrow.history_keys == 3
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [
@@ -31,6 +36,7 @@ def test_example_config_loads() -> None:
      "expected an integer between 30 and 3600, got 5"),
     (("instance", "base_url"), "pki.example.com", "instance.base_url: expected an http(s) URL"),
     (("database", "url"), "mysql://x", "database.url: expected an SQLAlchemy URL"),
+    (("escrow", "key", "key_label"), "ca-signing", "escrow.key.key_label: names the CA key"),
 ])
 def test_broken_values_name_their_key(path: tuple[str, ...], value: object, message: str) -> None:
     data = yaml.safe_load(CONTRIB.read_text())
@@ -54,3 +60,26 @@ def test_typo_is_refused_and_unreadable_file_named(tmp_path: Path) -> None:
     bad.write_text("instance: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml line \d+, column \d+: not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(("index", "changes", "message"), [
+    (0, {"key_origin": "escrowed"}, "key_origin: expected card, unless usage is decrypt and the key RSA"),
+    (1, {"key": "ec-p256"}, "key_origin: expected card, unless usage is decrypt and the key RSA"),
+    (1, {"key_origin": "server"}, "key_origin: expected one of card, escrowed"),
+])
+def test_escrowed_types_are_rsa_decryption_keys(index: int, changes: dict[str, str], message: str) -> None:
+    data = yaml.safe_load(CONTRIB.read_text())
+    data["personalization"]["certificates"][index].update(changes)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, CONTRIB)
+
+
+def test_escrowed_type_needs_an_escrow_key() -> None:
+    """With a software CA key there is no HSM to derive the key-recovery key from: say so at load time."""
+    data = yaml.safe_load(CONTRIB.read_text())
+    del data["escrow"]
+    data["ca"]["key"] = {"backend": "software", "algorithm": "rsa-2048", "path": "ca.pem", "password_env": "X"}
+    with pytest.raises(ConfigError, match="escrow.key: certificate types encryption are escrowed"):
+        parse_config(data, CONTRIB)
+    data["personalization"]["certificates"][1]["key_origin"] = "card"
+    assert parse_config(data, CONTRIB).escrow.key is None  # type: ignore[union-attr]

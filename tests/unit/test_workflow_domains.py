@@ -65,7 +65,7 @@ def test_importing_the_engine_loads_no_domain() -> None:
 
 def test_shipped_domains_bring_their_callables_and_folders() -> None:
     domains = {d.name: d for d in shipped_domains()}
-    assert list(domains) == ["auth", "certificates", "personalization"]
+    assert list(domains) == ["auth", "certificates", "personalization", "escrow"]
     registry = shipped_registry()
     assert registry.get("activity", "issue_certificate").__module__ == "openxpki_py.certificates.issuance"
     assert registry.get("activity", "request_certificate").__module__ == "openxpki_py.personalization.activities"
@@ -73,7 +73,8 @@ def test_shipped_domains_bring_their_callables_and_folders() -> None:
     assert domains["certificates"].definitions is not None
     assert sorted(p.stem for p in domains["certificates"].definitions.glob("*.yaml")) == [
         "certificate_issuance", "certificate_revocation", "crl_issuance"]
-    assert [len(d.purges) for d in domains.values()] == [1, 0, 1]
+    assert registry.get("activity", "generate_escrowed_key").__module__ == "openxpki_py.escrow.personalization"
+    assert [len(d.purges) for d in domains.values()] == [1, 0, 1, 0]
 
 
 def test_two_domains_may_not_claim_one_name() -> None:

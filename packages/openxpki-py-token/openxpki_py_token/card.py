@@ -380,6 +380,34 @@ class Card:
                 f"({type(exc).__name__}); the CSR that proves the key is yours needs that signature",
                 code="token.cannot_sign") from None
 
+    def create_key_objects(self, templates: list[dict[Attribute, Any]], *, login: Login) -> None:
+        """Store key objects given in full (an escrowed key's import: :mod:`.key_import`)."""
+        self.login(login)
+        try:
+            for template in templates:
+                self._session.create_object(template)
+        except _CARD_GONE as exc:
+            raise TokenError(f"{self.describe()} went away while importing a key ({type(exc).__name__}): "
+                             "put it back and run again") from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.describe()} refused to import the key ({type(exc).__name__})",
+                             code="token.key_import") from None
+
+    def decrypt(self, key_id: bytes, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+        """Decrypt with the card's private key (the escrow receipt's proof)."""
+        self.login("user")
+        found = self._objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
+        if len(found) != 1:
+            raise TokenKeyNotFound(f"key {key_id.hex()} is gone from {self.describe()}")
+        try:
+            return bytes(found[0].decrypt(data, mechanism=mechanism, mechanism_param=param))
+        except _CARD_GONE as exc:
+            raise TokenError(f"{self.describe()} went away while decrypting ({type(exc).__name__}): "
+                             "put it back and run again") from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.describe()} refused to decrypt with key {key_id.hex()} "
+                             f"({type(exc).__name__})", code="token.decrypt") from None
+
     # --- certificates ----------------------------------------------------------------------
 
     def certificates(self, key_id: bytes) -> list[x509.Certificate]:

@@ -264,6 +264,10 @@ class TokenAgent:
                         raise  # the server has ended the personalization; the user reads why here too
             elif kind == "install_certificate":
                 self._install_certificate(task, profile)
+            elif kind == "import_key":
+                from .key_import import import_escrowed_key
+
+                import_escrowed_key(self, task, profile)
             elif kind == "done":
                 return self._done(task)
             elif kind == "failed":

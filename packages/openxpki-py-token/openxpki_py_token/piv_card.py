@@ -43,7 +43,9 @@ log = logging.getLogger("openxpki_py_token")
 PIV_AID = bytes.fromhex("a000000308")
 _SW_OK = 0x9000
 _SLOT_NAMES = {0x9A: "PIV Authentication", 0x9C: "Digital Signature", 0x9D: "Key Management",
-               0x9E: "Card Authentication"}
+               0x9E: "Card Authentication",
+               # Retired key-management slots: earlier escrowed encryption keys (key history).
+               **{0x82 + n: f"Retired Key Management {n + 1}" for n in range(20)}}
 _PKCS1_HASHES: dict[Mechanism, hashes.HashAlgorithm] = {
     Mechanism.SHA256_RSA_PKCS: hashes.SHA256(), Mechanism.SHA384_RSA_PKCS: hashes.SHA384(),
     Mechanism.SHA512_RSA_PKCS: hashes.SHA512()}
@@ -450,7 +452,8 @@ def _tlv(tag: int, value: bytes = b"") -> bytes:
 
 def _slot(key_id: bytes) -> int:
     if len(key_id) != 1 or key_id[0] not in _SLOT_NAMES:
-        raise TokenError(f"key ID {key_id.hex()} is not a PIV key slot (9a, 9c, 9d, 9e)", code="token.no_slot")
+        raise TokenError(f"key ID {key_id.hex()} is not a PIV key slot (9a, 9c, 9d, 9e, 82-95)",
+                         code="token.no_slot")
     return key_id[0]
 
 

@@ -1,0 +1,235 @@
+"""The ``import_key`` task: put an escrowed key the server made onto the card, then prove the card holds it.
+
+The agent asks for the key with a fresh X25519 key of its own
+(:mod:`.key_transport`), opens it, checks that it is the certificate's key,
+imports it (PKCS#11: ``C_CreateObject`` with CKA_SENSITIVE true and
+CKA_EXTRACTABLE false; PIV: the management key's PUT KEY), wipes its
+buffers, writes the certificate, decrypts the server's challenge on the card
+and sends the result with the receipt.  A rerun whose card already holds the
+key skips the import and only proves it.
+
+OpenPGP cards through OpenSC are not offered this task: OpenSC's PKCS#11
+module cannot create private key objects on them (its ``C_CreateObject``
+refuses CKO_PRIVATE_KEY for that card), and the admin-PIN import would need
+the card's own key import commands, which this agent does not speak yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+from .card import Card
+from .card_profiles import CardProfile
+from .errors import ForeignKeyRefused, ProtocolError, TokenError
+from .key_transport import (
+    CHALLENGE_PADDING,
+    b64,
+    new_transport_key,
+    open_private_key,
+    public_text,
+    scrub,
+    transport_context,
+    unb64,
+    wipe,
+)
+from .piv_card import PivCard
+
+if TYPE_CHECKING:
+    from .enroll import TokenAgent
+
+log = logging.getLogger("openxpki_py_token")
+
+# A generic token: the server's ID, or the next free one (never overwrites someone else's key).
+_ALTERNATIVE_IDS = 15
+
+
+def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardProfile) -> None:
+    from .enroll import _integer, _key_id, _serial_int, _spki, _text, _usage
+
+    cert_type = _text(task, "cert_type", "import_key")
+    index, count = _integer(task, "index", "import_key"), _integer(task, "count", "import_key")
+    serial = _text(task, "serial", "import_key")
+    usage = _usage(task.get("usage"))
+    try:
+        cert = x509.load_pem_x509_certificate(_text(task, "certificate", "import_key").encode())
+    except ValueError:
+        raise ProtocolError("the server sent a certificate that is not PEM X.509") from None
+    if _serial_int(serial) != cert.serial_number:
+        raise ProtocolError(f"the server's serial {serial} is not the certificate's ({cert.serial_number:x})")
+    public = cert.public_key()
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise ProtocolError("escrowed keys are RSA; the server's certificate is not")
+    card, created = agent.card, agent._created_keys()
+    slot = profile.slot_for(cert_type, usage)
+    label = slot.label if slot is not None else str(task.get("label") or cert_type)
+    key_id = _choose_key_id(card, bytes.fromhex(slot.key_id) if slot else _key_id(task.get("key_id")),
+                            _spki(public), fixed=slot is not None, created=created)
+    transport_key = new_transport_key()
+    answer = agent.api.post("escrowed-key", {"cert_type": cert_type, "agent_key": public_text(transport_key),
+                                             "token_serial": agent._card_serial()}).body
+    if answer.get("serial") != serial or answer.get("cert_type") != cert_type:
+        raise ProtocolError("the server's escrowed key is for another certificate than the task's")
+    existing = card.find_key(key_id)
+    if existing is not None and _spki(existing.public_key) == _spki(public):
+        agent.progress.step(f"escrowed key {index}/{count} ({cert_type}) is already on the card")
+    else:
+        context = transport_context(created.workflow_id, cert_type, serial)
+        created.claim(key_id)
+        agent.store.save_created_keys(created)
+        _import(agent, open_private_key(transport_key, answer, context), public, key_id, label, profile)
+        agent.progress.step(f"escrowed key {index}/{count} ({cert_type}) imported onto the card "
+                            "(it cannot be read out again)")
+    if created.record(key_id, _spki(public)):
+        agent.store.save_created_keys(created)
+    if not any(existing_cert == cert for existing_cert in card.certificates(key_id)):
+        agent.progress.step(f"writing certificate {index}/{count} to the card…")
+        card.write_certificate(cert, key_id, label, login=profile.cert_write_login, replace=slot is not None)
+    history = answer.get("history") or []
+    if isinstance(history, list) and history:
+        _import_history(agent, history, transport_key, cert_type, key_id, label, profile)
+    proof = _decrypt(card, key_id, unb64(answer.get("challenge"), "challenge"))
+    agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
+                               "token_serial": agent._card_serial(), "key_proof": b64(proof)})
+
+
+def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519PrivateKey, cert_type: str,
+                    key_id: bytes, label: str, profile: CardProfile) -> None:
+    """The owner's earlier escrowed keys, each with its certificate: old mail still opens with the new card.
+
+    PIV: the retired key-management slots 82, 83 …; other cards: IDs after
+    the current key's (``02`` → ``0281``, ``0282`` …), labelled with the
+    certificate's end of validity.
+    """
+    from .enroll import _serial_int, _spki
+
+    card, created = agent.card, agent._created_keys()
+    for number, item in enumerate(history[:20], start=1):
+        if not isinstance(item, dict):
+            raise ProtocolError("the server's key history has an entry that is not an object")
+        try:
+            cert = x509.load_pem_x509_certificate(str(item.get("certificate")).encode())
+        except ValueError:
+            raise ProtocolError("the server's key history has a certificate that is not PEM X.509") from None
+        serial = str(item.get("serial") or "")
+        if _serial_int(serial) != cert.serial_number or not isinstance(cert.public_key(), rsa.RSAPublicKey):
+            raise ProtocolError(f"the server's key history entry {number} does not match its certificate")
+        public = cert.public_key()
+        assert isinstance(public, rsa.RSAPublicKey)
+        wanted = bytes((0x81 + number,)) if isinstance(card, PivCard) else key_id + bytes((0x80 + number,))
+        old_id = _choose_key_id(card, wanted, _spki(public), fixed=isinstance(card, PivCard), created=created)
+        old_label = f"{label} (old key, until {cert.not_valid_after_utc:%Y-%m-%d})"
+        existing = card.find_key(old_id)
+        if existing is None or _spki(existing.public_key) != _spki(public):
+            context = transport_context(created.workflow_id, cert_type, serial)
+            created.claim(old_id)
+            agent.store.save_created_keys(created)
+            _import(agent, open_private_key(transport_key, item, context), public, old_id, old_label, profile)
+        if created.record(old_id, _spki(public)):
+            agent.store.save_created_keys(created)
+        if not any(c == cert for c in card.certificates(old_id)):
+            card.write_certificate(cert, old_id, old_label, login=profile.cert_write_login,
+                                   replace=isinstance(card, PivCard))
+        agent.progress.step(f"earlier key {number} (certificate {serial}, until {cert.not_valid_after_utc:%Y-%m-%d}) "
+                            f"is on the card under ID {old_id.hex()}: old mail still opens")
+
+
+def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: bool, created: Any) -> bytes:
+    """A fixed slot as it is; on a generic token the first ID that is free or already holds this key."""
+    from .enroll import _spki
+
+    if fixed:
+        return wanted
+    for candidate in [wanted, *(wanted + bytes((n,)) for n in range(1, _ALTERNATIVE_IDS + 1))]:
+        existing = card.find_key(candidate)
+        if existing is not None and _spki(existing.public_key) == spki:
+            return candidate
+        if existing is None and not card.certificates(candidate):
+            return candidate
+    raise TokenError(f"key IDs {wanted.hex()} and the next {_ALTERNATIVE_IDS} are all taken on "
+                     f"{card.describe()}; remove old keys first", code="token.full")
+
+
+def _import(agent: TokenAgent, pkcs8: bytearray, public: rsa.RSAPublicKey, key_id: bytes, label: str,
+            profile: CardProfile) -> None:
+    """Load, check, import, wipe: the plaintext lives only inside this call."""
+    from .enroll import _spki
+
+    der = bytes(pkcs8)
+    try:
+        key = serialization.load_der_private_key(der, password=None)
+    except ValueError:
+        raise ProtocolError("the escrowed key the server sent is not a PKCS#8 private key") from None
+    finally:
+        wipe(pkcs8)
+        scrub(der)
+    try:
+        if not isinstance(key, rsa.RSAPrivateKey) or _spki(key.public_key()) != _spki(public):
+            raise ForeignKeyRefused("the escrowed key the server sent is not the key of its certificate; "
+                                    "nothing was written to the card")
+        if isinstance(agent.card, PivCard):
+            _import_piv(agent.card, key, key_id)
+        else:
+            if profile.slots:
+                agent.card.delete_key(key_id, login=profile.keygen_login)
+            agent.card.create_key_objects(_rsa_templates(key, key_id, label), login=profile.keygen_login)
+    finally:
+        del key
+
+
+def _rsa_templates(key: rsa.RSAPrivateKey, key_id: bytes, label: str) -> list[dict[Attribute, Any]]:
+    """Private half sensitive and never extractable; a decryption key, not a signing one."""
+    numbers = key.private_numbers()
+    pub = numbers.public_numbers
+
+    def big(value: int) -> bytes:
+        return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+    common = {Attribute.TOKEN: True, Attribute.KEY_TYPE: KeyType.RSA, Attribute.ID: key_id,
+              Attribute.LABEL: label, Attribute.MODULUS: big(pub.n), Attribute.PUBLIC_EXPONENT: big(pub.e)}
+    private = {**common, Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.PRIVATE: True,
+               Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.DECRYPT: True,
+               Attribute.UNWRAP: True, Attribute.SIGN: False, Attribute.DERIVE: False,
+               Attribute.PRIVATE_EXPONENT: big(numbers.d), Attribute.PRIME_1: big(numbers.p),
+               Attribute.PRIME_2: big(numbers.q), Attribute.EXPONENT_1: big(numbers.dmp1),
+               Attribute.EXPONENT_2: big(numbers.dmq1), Attribute.COEFFICIENT: big(numbers.iqmp)}
+    public = {**common, Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.PRIVATE: False,
+              Attribute.ENCRYPT: True, Attribute.WRAP: True, Attribute.VERIFY: False}
+    return [private, public]
+
+
+def _import_piv(card: PivCard, key: rsa.RSAPrivateKey, key_id: bytes) -> None:
+    from yubikit.core.smartcard import ApduError
+    from yubikit.piv import SLOT
+
+    from .piv_card import _slot
+
+    card.login("so")
+    try:
+        card.session.put_key(SLOT(_slot(key_id)), key)
+    except ApduError as exc:
+        raise TokenError(f"{card.describe()} did not take the escrowed key in slot {key_id.hex()} "
+                         f"(status {exc.sw:04x})", code="token.key_import") from None
+
+
+def _decrypt(card: Card | PivCard, key_id: bytes, challenge: bytes) -> bytes:
+    """The card decrypts the server's RSA-OAEP challenge: only the holder of the key can."""
+    if isinstance(card, PivCard):
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        from .piv_card import _slot
+
+        card.login("user")
+        try:
+            return bytes(card.session.decrypt(SLOT(_slot(key_id)), challenge, CHALLENGE_PADDING))
+        except (ApduError, ValueError) as exc:
+            raise TokenError(f"{card.describe()} could not decrypt with slot {key_id.hex()} ({exc})",
+                             code="token.decrypt") from None
+    return card.decrypt(key_id, challenge, Mechanism.RSA_PKCS_OAEP)

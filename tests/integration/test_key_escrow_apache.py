@@ -1,0 +1,190 @@
+"""An escrowed encryption key through every real part: Apache (mod_wsgi-express), the operator CLI as
+www-data, the key-recovery key in SoftHSM, the real agent on a SoftHSM card, OpenSC and OpenSSL.
+
+alice personalizes her card through Apache; the card decrypts what was
+encrypted to her encryption certificate; two Key Recovery Officers release
+the key with ``openxpki-py escrow …`` (one alone cannot); the released
+PKCS#12 opens the same mail.  Neither the database nor Apache's log holds
+the plaintext key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from sqlalchemy import select
+from support.agent import PKCS11_TOOL, run_agent
+from test_key_escrow import ESCROWED, key_forms
+
+from openxpki_py.db.schema import certificate, key_escrow
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.skipif(PKCS11_TOOL is None, reason="OpenSC's pkcs11-tool is not installed")
+
+
+@pytest.fixture
+def escrow_site(apache_site_factory: Callable[..., Any], make_token: Callable[..., Any]) -> Any:
+    ca_token = make_token("escrow-ca", owner="www-data")
+
+    def edit(root: Path, cfg: dict[str, Any]) -> None:
+        cfg["ca"] = {
+            "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": str(ca_token.module),
+                    "token_label": ca_token.label, "key_label": "ca-signing",
+                    "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
+            "subject": "CN=Escrow Test CA,O=Example Corp,C=DE",
+            "crl": {"publish_dir": str(root / "crl")},
+            "profile_variables": {"organization": "Example Corp", "country": "DE"},
+        }
+        cfg["directory"]["required"] = ["cn", "mail", "upn"]
+        cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
+        cfg["workflow"] = {}
+        cfg["personalization"] = {"certificates": ESCROWED}
+
+    site = apache_site_factory(edit_config=edit, processes=2, threads=4,
+                               envvars={"SOFTHSM2_CONF": str(ca_token.softhsm.conf)})
+    init = _cli(site, "ca", "init")
+    assert init.returncode == 0, init.stderr
+    assert "key-recovery key created" in init.stderr  # ca init makes it when a type is escrowed
+    return site
+
+
+def _cli(site: Any, *args: str, actor: str = "cli") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "openxpki-py"), "--config", str(site.config_path), "--actor", actor, *args],
+                          capture_output=True, text=True, timeout=120, user="www-data", check=False,
+                          env={**os.environ, "HOME": str(site.root)})
+
+
+def _start_for(site: Any, login: str) -> tuple[Any, str, str]:
+    browser = site.browser(login)
+    first = browser.get("/token")
+    assert first.status == 303, first.body
+    path = first.headers["Location"].replace(site.base_url, "")
+    page = browser.get(path)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
+    assert csrf
+    shown = browser.post(path.replace("/deeplink/workflow/", "/personalize/") + "/code",
+                         {"csrf_token": csrf.group(1), "mode": "deeplink"})
+    code = re.search(r'<code id="enrollment-code">([A-Z0-9-]+)</code>', shown.body)
+    assert code, shown.body
+    return browser, path, code.group(1)
+
+
+def _confirm_when_asked(browser: Any, path: str, agent: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and agent.poll() is None:
+        page = browser.get(path).body
+        agent_id = re.search(r'name="agent" value="(\d+)"', page)
+        if "Is this your card?" in page and agent_id:
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+            version = re.search(r'name="version" value="(\d+)"', page)
+            assert csrf and version
+            done = browser.post(path.replace("/deeplink/workflow/", "/personalize/") + "/action", {
+                "csrf_token": csrf.group(1), "version": version.group(1), "mode": "deeplink",
+                "action": "confirm_token", "agent": agent_id.group(1)})
+            assert done.status == 303, done.body
+            return
+        time.sleep(0.2)
+    raise AssertionError("the page never asked to confirm the card")
+
+
+def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token: Any, tmp_path: Path) -> None:
+    site = escrow_site
+    status = _cli(site, "escrow", "status")
+    assert status.returncode == 0, status.stderr
+    assert "extractable: False" in status.stdout and "never_extractable: True" in status.stdout
+
+    card = make_token("alice-card", pin="482913", owner="www-data")  # same SoftHSM folder as the CA's token
+    browser, path, code = _start_for(site, "alice")
+    agent = run_agent(card, f"{site.base_url}/openxpki", code, tmp_path / "state", timeout=120)
+    try:
+        _confirm_when_asked(browser, path, agent)
+        out, err = agent.communicate(timeout=180)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, err
+    assert "escrowed key 2/2 (encryption) imported onto the card" in err and "done: 2 certificates" in err
+    assert "Your card is ready." in browser.get(path).body
+
+    record, cert = site.read_db(lambda conn: (
+        conn.execute(select(key_escrow)).mappings().one(),
+        x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
+            certificate.c.profile == "encryption")).scalar_one()))))
+    public = cert.public_key()
+    assert isinstance(public, rsa.RSAPublicKey)
+    assert public.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo) == bytes(record["public_key_der"])
+
+    # Mail to alice's encryption certificate opens with her card (OpenSC's pkcs11-tool decrypts on the card).
+    message = b"the quarterly figures"
+    (tmp_path / "mail.bin").write_bytes(public.encrypt(message, padding.PKCS1v15()))
+    decrypted = subprocess.run(
+        [PKCS11_TOOL, "--module", str(card.module), "--token-label", card.label, "--login", "--pin", card.pin,
+         "--decrypt", "--mechanism", "RSA-PKCS", "--id", "02", "--input-file", str(tmp_path / "mail.bin"),
+         "--output-file", str(tmp_path / "mail.out")],
+        env={**os.environ, "SOFTHSM2_CONF": str(card.softhsm.conf)}, capture_output=True, text=True, timeout=60)
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert (tmp_path / "mail.out").read_bytes() == message
+
+    # The card is lost: two Key Recovery Officers release the key; one alone cannot, nor alice herself.
+    started = _cli(site, "escrow", "recover", str(record["id"]), "--reason", "card lost, ticket 4711", actor="carol")
+    assert started.returncode == 0, started.stderr
+    recovery = re.search(r"recovery workflow (\d+): PENDING_APPROVAL", started.stdout)
+    assert recovery, started.stdout
+    wf = recovery.group(1)
+    p12_path = site.root / "alice.p12"
+    assert _cli(site, "escrow", "approve", wf, actor="carol").returncode == 0
+    alone = _cli(site, "escrow", "release", wf, "--out", str(p12_path), actor="carol")
+    assert alone.returncode != 0 and "PENDING_APPROVAL" in alone.stderr and not p12_path.exists()
+    twice = _cli(site, "escrow", "approve", wf, actor="carol")
+    assert twice.returncode != 0 and "approval.same_person" in twice.stderr
+    own = _cli(site, "escrow", "approve", wf, actor="alice")
+    assert own.returncode != 0 and "recovery.own_key" in own.stderr
+    second = _cli(site, "escrow", "approve", wf, actor="dave")
+    assert second.returncode == 0 and "APPROVED" in second.stdout, second.stderr
+    released = _cli(site, "escrow", "release", wf, "--out", str(p12_path), actor="dave")
+    assert released.returncode == 0, released.stderr
+    password = re.search(r"one-time password .*: (\S+)$", released.stdout, re.M)
+    assert password and p12_path.stat().st_mode & 0o077 == 0
+    key, p12_cert, _ = pkcs12.load_key_and_certificates(p12_path.read_bytes(), password.group(1).encode())
+    assert isinstance(key, rsa.RSAPrivateKey) and p12_cert == cert
+    assert key.decrypt((tmp_path / "mail.bin").read_bytes(), padding.PKCS1v15()) == message
+    again = _cli(site, "escrow", "release", wf, "--out", str(site.root / "again.p12"), actor="dave")
+    assert again.returncode != 0  # released once
+
+    history = _cli(site, "escrow", "list", "--owner", "alice", "--json")
+    assert '"status": "installed"' in history.stdout and "wrapped" not in history.stdout
+
+    # The plaintext key: not in the database, not in Apache's log, not in what the agent or the CLI printed.
+    from test_key_escrow_api import database_dump
+
+    from openxpki_py.db.engine import open_engine
+
+    engine = open_engine(f"sqlite:///{site.db_path}")
+    try:
+        dump = database_dump(engine)
+    finally:
+        engine.dispose()
+    assert bytes(record["wrapped_key"]).hex()[:64] in dump.lower()
+    printed = out + err + site.error_log() + "".join(
+        r.stdout + r.stderr for r in (init_output(site), started, second, released, history))
+    for name, form in key_forms(key).items():
+        assert form not in dump, f"the private key ({name}) is in the database"
+        assert form not in printed, f"the private key ({name}) is in a log or output"
+    assert password.group(1) not in dump and password.group(1) not in site.error_log()
+
+
+def init_output(site: Any) -> subprocess.CompletedProcess[str]:
+    return _cli(site, "escrow", "status")
