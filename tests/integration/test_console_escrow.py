@@ -68,12 +68,7 @@ def escrowed_certificate(inst: Any, owner: str = "alice") -> tuple[int, x509.Cer
         issued = svc.ca.issue_certificate(conn, request)
         conn.execute(key_escrow.update().where(key_escrow.c.id == key.id)
                      .values(status="installed", certificate_serial=issued.serial))
-        der = svc.ca.certificate_der(conn, issued.serial) if hasattr(svc.ca, "certificate_der") else None
-    from openxpki_py.console.revocation import find
-
-    row = find(svc.db, issued.serial)
-    del der
-    return key.id, x509.load_der_x509_certificate(bytes(row["der"]))
+    return key.id, issued.certificate
 
 
 class Person:
@@ -141,7 +136,7 @@ def test_recovery_through_the_pages_under_four_eyes(inst: Any, app: Any) -> None
     url = f"/console/escrow/{escrow_id}/recover"
     assert carol.post(url, {"reason": "card lost"}, csrf=False).status_code == 403
     refused = carol.post(url, {"reason": ""}, headers=JSON)
-    assert refused.status_code == 422 and error_code(refused) == "workflow.input_invalid" or "reason" in refused.get_data(as_text=True)
+    assert refused.status_code == 422 and "reason" in refused.get_data(as_text=True)
     own = alice_officer.post(url, {"reason": "my card is gone"}, headers=JSON)
     assert own.status_code == 422 and error_code(own) == "recovery.refused"
     assert 'id="recover-form"' not in alice_officer.page(f"/console/escrow/{escrow_id}")
