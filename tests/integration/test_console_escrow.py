@@ -140,6 +140,7 @@ def test_recovery_through_the_pages_under_four_eyes(inst: Any, app: Any) -> None
     own = alice_officer.post(url, {"reason": "my card is gone"}, headers=JSON)
     assert own.status_code == 422 and error_code(own) == "recovery.refused"
     assert 'id="recover-form"' not in alice_officer.page(f"/console/escrow/{escrow_id}")
+    assert carol.post("/console/escrow/999999/recover", {"reason": "x"}, headers=JSON).status_code == 404
     asked = carol.post(url, {"reason": "card lost, ticket 4711"})
     assert asked.status_code == 303
     assert "waiting for two Key Recovery Officers" in carol.page(asked.headers["Location"])

@@ -55,7 +55,9 @@ def console_escrow_record(ctx: RequestContext, escrow_id: int) -> Response:
 @view("/console/escrow/<int:escrow_id>/recover", methods=("POST",), roles=OFFICERS, needs="console")
 def console_escrow_recover(ctx: RequestContext, escrow_id: int) -> Response:
     """Ask for a recovery; the reason is required (the workflow refuses an empty one)."""
-    wf = recovery_service.request_recovery(services(ctx).workflows, escrow_id, reason=form_text(ctx, "reason"),
+    svc = services(ctx)
+    service.record(svc.db, escrow_id)  # no such record: "not found", not a refused workflow
+    wf = recovery_service.request_recovery(svc.workflows, escrow_id, reason=form_text(ctx, "reason"),
                                            actor=ctx.login)
     if wf.state != "PENDING_APPROVAL":  # refused by the workflow's check (and audited there)
         raise PolicyViolation(f"recovery request {wf.id} was refused: {wf.last_error or wf.state}",
