@@ -8,7 +8,7 @@
 <p>You have no certificates yet. <a href="${url_for('personalize')}">Personalize a smartcard</a> to get them.</p>
 % else:
 <table class="certificates" id="my-certificates">
-  <thead><tr><th>Profile</th><th>Subject</th><th>Serial</th><th>Valid</th><th>Status</th><th>Card</th><th></th></tr></thead>
+  <thead><tr><th>Profile</th><th>Subject</th><th>Serial</th><th>Valid</th><th>Status</th><th>Card</th><th>Key</th><th></th></tr></thead>
   <tbody>
   % for c in certs:
     <%
@@ -22,6 +22,7 @@
       <td>${c["not_before"].strftime("%Y-%m-%d")} – ${c["not_after"].strftime("%Y-%m-%d")}</td>
       <td class="status">${"expired" if expired else c["status"]}${(" (" + c["revocation_reason"] + ")") if c["revocation_reason"] else ""}</td>
       <td>${card["serial"] if card else ""}${(" – " + card["status"]) if card and card["status"] != "active" else ""}</td>
+      <td class="key-escrow">${"escrowed (recoverable)" if c["public_key_sha256"] in escrowed or c["key_origin"] == "server-escrowed" else "not escrowed"}</td>
       <td><a href="${url_for('my_certificate_download', serial=c['serial'])}">Download</a></td>
     </tr>
   % endfor

@@ -41,6 +41,7 @@ MENU: tuple[MenuItem, ...] = (
     MenuItem("Revocation and CRL", ("console_crl",), OPERATOR_ROLES),
     MenuItem("Stuck work", ("console_stuck",), OPERATOR_ROLES),
     MenuItem("Audit log", ("console_audit", "audit_log"), OPERATOR_ROLES),
+    MenuItem("Escrowed keys", ("console_escrow",), OPERATOR_ROLES | {roles.KEY_RECOVERY_OFFICER}),
 )
 
 

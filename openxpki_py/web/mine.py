@@ -6,10 +6,12 @@ from datetime import datetime, timezone
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from .. import roles
 from ..db.certstore import list_certificates, owned_certificate_der
+from ..db.schema import key_escrow
 from ..personalization.tokens import list_tokens, tokens_by_id
 from .context import RequestContext
 from .views import view
@@ -25,7 +27,11 @@ def my_certificates(ctx: RequestContext) -> Response:
         # a card released to someone else still names the certificates issued for it
         released = {c["token_id"] for c in certs if c["token_id"] and c["token_id"] not in cards}
         cards.update(tokens_by_id(conn, released))
+        # keys with an escrow record: a copy is in the HSM's custody, recoverable by two officers
+        escrowed = set(conn.execute(select(key_escrow.c.public_key_sha256)
+                                    .where(key_escrow.c.owner == ctx.login)).scalars())
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc),
+                      escrowed=escrowed,
                       message=ctx.take_flash(), available=ctx.app.available)
 
 

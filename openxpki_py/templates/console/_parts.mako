@@ -38,3 +38,54 @@
   </tbody>
 </table>
 </%def>
+<%def name="escrow_table(records, table_id)">
+## Escrow records: who, which key (its SPKI SHA-256), which certificate; never key material.
+<table class="escrow" id="${table_id}">
+  <thead><tr><th scope="col">Record</th><th scope="col">Owner</th><th scope="col">Type</th><th scope="col">Key (SPKI SHA-256)</th>
+    <th scope="col">Certificate</th><th scope="col">Created (UTC)</th><th scope="col">Status</th></tr></thead>
+  <tbody>
+  % for r in records:
+    <tr class="escrow-record" data-escrow-id="${r['id']}"><td><a href="${url_for('console_escrow_record', escrow_id=r['id'])}">${r["id"]}</a></td>
+      <td>${r["owner"]}</td><td>${r["cert_type"]} (${r["key_spec"]})</td><td><code>${r["public_key_sha256"][:16]}…</code></td>
+      <td>\
+% if r["certificate_serial"]:
+<code>${r["certificate_serial"]}</code>\
+% else:
+—\
+% endif
+</td><td>${when(r["created_at"])}</td>
+      <td class="status">${r["status"]}${" (recovered " + r["recovered_at"].strftime("%Y-%m-%d") + ")" if r["recovered_at"] else ""}</td></tr>
+  % endfor
+  </tbody>
+</table>
+</%def>
+<%def name="recovery_table(requests, table_id, officer, login)">
+<table class="recoveries" id="${table_id}">
+  <thead><tr><th scope="col">Request</th><th scope="col">Record</th><th scope="col">Owner</th><th scope="col">Asked by</th>
+    <th scope="col">Reason</th><th scope="col">Approvals</th><th scope="col">State</th><th scope="col"></th></tr></thead>
+  <tbody>
+  % for q in requests:
+    <tr class="recovery" data-recovery-id="${q.id}"><td>${q.id}</td>
+      <td><a href="${url_for('console_escrow_record', escrow_id=q.escrow_id)}">${q.escrow_id}</a></td>
+      <td>${q.owner}</td><td>${q.requested_by}</td><td>${q.reason}</td>
+      <td>${len(q.approvals)} of ${q.approvals_required}${": " + ", ".join(a.get("by", "") for a in q.approvals) if q.approvals else ""}</td>
+      <td class="status">${q.state}</td>
+      <td>
+  % if officer and q.state == "PENDING_APPROVAL" and q.owner != login and not q.approved_by(login):
+      <form method="post" action="${url_for('console_recovery_approve', wf_id=q.id)}" class="actions approve-form">
+        <input type="hidden" name="csrf_token" value="${csrf_token}">
+        <input type="text" name="comment" maxlength="1000" aria-label="Comment (optional)" placeholder="comment (optional)">
+        <button type="submit">Approve</button>
+      </form>
+  % elif officer and q.state == "APPROVED":
+      <form method="post" action="${url_for('console_recovery_release', wf_id=q.id)}" class="actions release-form">
+        <input type="hidden" name="csrf_token" value="${csrf_token}">
+        <label><input type="checkbox" name="confirm" value="yes" required> release to ${q.owner} now</label>
+        <button type="submit">Release as PKCS#12</button>
+      </form>
+  % endif
+      </td></tr>
+  % endfor
+  </tbody>
+</table>
+</%def>

@@ -35,6 +35,7 @@ ${parts.pager(certs, "console_person", param="cpage", login=login)}
 % else:
 <p>No certificates.</p>
 % endif
+<p><a href="${url_for('console_escrow', owner=login)}" id="person-escrow">Escrowed keys of ${login}</a></p>
 <h2>Workflows</h2>
 % if flows.items:
 ${parts.workflow_table(flows.items, "person-workflows")}

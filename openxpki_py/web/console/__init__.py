@@ -15,3 +15,4 @@ from . import search as _search  # noqa: F401 - registers its views
 from . import stuck as _stuck  # noqa: F401 - registers its views
 from . import audit as _audit  # noqa: F401 - registers its views
 from . import cards as _cards  # noqa: F401 - registers its views
+from . import escrow as _escrow  # noqa: F401 - registers its views
