@@ -24,18 +24,17 @@ card_admin:
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openxpki_py_token.pkcs11.session import PooledSession, TokenSessionPool, acquire_pool, release_pool
+from openxpki_py_token.pkcs11.session import PooledSession
 from openxpki_py_token.secret import SecretRef
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11 import exceptions as p11_exc
 
 from ..configreader import Reader
-from ..errors import ConfigError, TokenError, TokenKeyNotFound, TokenModuleError
+from ..errors import ConfigError, TokenError, TokenKeyNotFound
+from .keys.token_pool import PooledTokenKey
 
 #: Names the derivation; a different scheme gets a new label (and new card values).
 DERIVATION_LABEL = b"openxpki-py card admin v1"
@@ -110,18 +109,14 @@ def _shape(mac: bytes, form: str, size: int) -> bytes | str:
     return str(int.from_bytes(mac[:8], "big") % 10 ** size).zfill(size)
 
 
-class CardAdminSecret:
+class CardAdminSecret(PooledTokenKey):
     """The master secret in the CA's token, and the credentials derived from it."""
 
     def __init__(self, *, module: Path | str, token_label: str, pin: SecretRef, key_label: str,
                  max_sessions: int = 4) -> None:
-        self.module_path = Path(module)
-        self.token_label = token_label
-        self.pin = pin
+        super().__init__(module=module, token_label=token_label, pin=pin, max_sessions=max_sessions,
+                         origin="ca.key")
         self.key_label = key_label
-        self.max_sessions = max_sessions
-        self._pool: TokenSessionPool | None = None
-        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg: CardAdminConfig) -> CardAdminSecret:
@@ -130,24 +125,6 @@ class CardAdminSecret:
 
     def describe(self) -> str:
         return f"card admin master secret {self.key_label!r} on token {self.token_label!r}"
-
-    def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            release_pool(pool)
-
-    def _run(self, operation: Any, *, rw: bool = False) -> Any:
-        with self._lock:
-            if self._pool is None:
-                self._pool = acquire_pool(self.module_path, self.token_label, self.pin, self.max_sessions)
-            pool = self._pool
-        try:
-            return pool.run(operation, rw=rw)
-        except TokenModuleError as exc:
-            raise TokenModuleError(f"{exc.message} (check ca.key.module)") from None
-        except p11_exc.PKCS11Error as exc:
-            raise TokenError(f"{self.describe()}: {type(exc).__name__} from the token") from None
 
     def _find(self, session: Any) -> list[Any]:
         return list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: self.key_label}))

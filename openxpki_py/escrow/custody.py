@@ -12,17 +12,17 @@ so a blob copied onto another user's record does not open.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from openxpki_py_token.key_transport import scrub
 from openxpki_py_token.pkcs11.keys import TokenKeyRef
-from openxpki_py_token.pkcs11.session import PooledSession, TokenSessionPool, acquire_pool, release_pool
+from openxpki_py_token.pkcs11.session import PooledSession
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11_exc
 from pkcs11.mechanisms import GCMParams
 
-from ..errors import TokenError, TokenKeyNotFound, TokenModuleError
+from ..crypto.keys.token_pool import PooledTokenKey
+from ..errors import TokenError, TokenKeyNotFound
 from .config import EscrowKeyConfig
 
 #: Recorded with every blob, so that a later key or mechanism can be told apart.
@@ -40,35 +40,17 @@ class EscrowBlobRefused(TokenError):
     code = "escrow.blob"
 
 
-class EscrowCustodian:
+class EscrowCustodian(PooledTokenKey):
     """Encrypts and decrypts escrowed keys with the key-recovery key; the key itself never leaves the HSM."""
 
     def __init__(self, config: EscrowKeyConfig) -> None:
+        super().__init__(module=config.module, token_label=config.token_label, pin=config.pin, max_sessions=8,
+                         origin=config.origin)
         self.config = config
         self.ref = TokenKeyRef(config.key_label)
-        self._pool: TokenSessionPool | None = None
-        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return self.config.describe()
-
-    def _run(self, operation: Any, *, rw: bool = False) -> Any:
-        with self._lock:
-            if self._pool is None:
-                self._pool = acquire_pool(self.config.module, self.config.token_label, self.config.pin)
-            pool = self._pool
-        try:
-            return pool.run(operation, rw=rw)
-        except TokenModuleError as exc:
-            raise TokenModuleError(f"{exc.message} (check {self.config.origin}.module)") from None
-        except p11_exc.PKCS11Error as exc:
-            raise TokenError(f"{self.describe()}: {type(exc).__name__} from the token") from None
-
-    def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            release_pool(pool)
 
     def _key(self, pooled: PooledSession) -> Any:
         found = self.ref.find(pooled.session, ObjectClass.SECRET_KEY)

@@ -8,7 +8,6 @@ objects; the public key is stored next to them under the same label and id.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,58 +20,29 @@ from openxpki_py_token.pkcs11.keys import (
     TokenSigner,
 )
 from openxpki_py_token.pkcs11.public_keys import EC_PARAMS, public_key_of
-from openxpki_py_token.pkcs11.session import (
-    PooledSession,
-    TokenSessionPool,
-    acquire_pool,
-    release_pool,
-)
+from openxpki_py_token.pkcs11.session import PooledSession
 from openxpki_py_token.secret import SecretRef
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11_exc
 
-from ...errors import ConfigError, TokenError, TokenKeyNotFound, TokenModuleError
+from ...errors import ConfigError, TokenError, TokenKeyNotFound
 from .base import CAPrivateKey, KeyBackend
+from .token_pool import PooledTokenKey
 
 
-class Pkcs11KeyBackend(KeyBackend):
+class Pkcs11KeyBackend(PooledTokenKey, KeyBackend):
     """One private key, by label (and optional CKA_ID), on one token."""
 
     def __init__(self, *, module: Path | str, token_label: str, key_label: str, pin: SecretRef,
                  key_id: bytes | None = None, spec: KeySpec | None = None,
                  max_sessions: int = 8, origin: str = "ca.key") -> None:
-        self.module_path = Path(module)
-        self.token_label = token_label
+        super().__init__(module=module, token_label=token_label, pin=pin, max_sessions=max_sessions,
+                         origin=origin)
         self.ref = TokenKeyRef(key_label, key_id)
-        self.pin = pin
         self.spec = spec
-        self.max_sessions = max_sessions
-        self.origin = origin
-        self._pool: TokenSessionPool | None = None
-        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return f"PKCS#11 key {self.ref} on token {self.token_label!r} via {self.module_path}"
-
-    def _session_pool(self) -> TokenSessionPool:
-        with self._lock:
-            if self._pool is None:
-                self._pool = acquire_pool(self.module_path, self.token_label, self.pin, self.max_sessions)
-            return self._pool
-
-    def _run(self, operation: Any, *, rw: bool = False) -> Any:
-        try:
-            return self._session_pool().run(operation, rw=rw)
-        except TokenModuleError as exc:
-            raise TokenModuleError(f"{exc.message} (check {self.origin}.module)") from None
-        except p11_exc.PKCS11Error as exc:
-            raise TokenError(f"{self.describe()}: {type(exc).__name__} from the token") from None
-
-    def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            release_pool(pool)
 
     # --- using an existing key -----------------------------------------------------
 
