@@ -364,16 +364,24 @@ class Card:
             return Pkcs11RSAPrivateKey(signer, key.public_key)
         return Pkcs11ECPrivateKey(signer, key.public_key)
 
-    def sign(self, key_id: bytes, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+    def _user_key(self, key_id: bytes) -> Any:
+        """The private key ``key_id``, after the user's login (a key gone since it was found is an error)."""
         self.login("user")
         found = self._objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
         if len(found) != 1:
             raise TokenKeyNotFound(f"key {key_id.hex()} is gone from {self.describe()}")
+        return found[0]
+
+    def _went_away(self, doing: str, exc: Exception) -> TokenError:
+        return TokenError(f"{self.describe()} went away while {doing} ({type(exc).__name__}): "
+                          "put it back and run again")
+
+    def sign(self, key_id: bytes, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
+        key = self._user_key(key_id)
         try:
-            return bytes(found[0].sign(data, mechanism=mechanism, mechanism_param=param))
+            return bytes(key.sign(data, mechanism=mechanism, mechanism_param=param))
         except _CARD_GONE as exc:
-            raise TokenError(f"{self.describe()} went away while signing ({type(exc).__name__}): "
-                             "put it back and run again") from None
+            raise self._went_away("signing", exc) from None
         except p11_exc.PKCS11Error as exc:
             raise TokenError(
                 f"{self.describe()} refused to sign with key {key_id.hex()} using {mechanism.name} "
@@ -387,23 +395,18 @@ class Card:
             for template in templates:
                 self._session.create_object(template)
         except _CARD_GONE as exc:
-            raise TokenError(f"{self.describe()} went away while importing a key ({type(exc).__name__}): "
-                             "put it back and run again") from None
+            raise self._went_away("importing a key", exc) from None
         except p11_exc.PKCS11Error as exc:
             raise TokenError(f"{self.describe()} refused to import the key ({type(exc).__name__})",
                              code="token.key_import") from None
 
     def decrypt(self, key_id: bytes, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
         """Decrypt with the card's private key (the escrow receipt's proof)."""
-        self.login("user")
-        found = self._objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
-        if len(found) != 1:
-            raise TokenKeyNotFound(f"key {key_id.hex()} is gone from {self.describe()}")
+        key = self._user_key(key_id)
         try:
-            return bytes(found[0].decrypt(data, mechanism=mechanism, mechanism_param=param))
+            return bytes(key.decrypt(data, mechanism=mechanism, mechanism_param=param))
         except _CARD_GONE as exc:
-            raise TokenError(f"{self.describe()} went away while decrypting ({type(exc).__name__}): "
-                             "put it back and run again") from None
+            raise self._went_away("decrypting", exc) from None
         except p11_exc.PKCS11Error as exc:
             raise TokenError(f"{self.describe()} refused to decrypt with key {key_id.hex()} "
                              f"({type(exc).__name__})", code="token.decrypt") from None
@@ -452,8 +455,7 @@ class Card:
                 Attribute.VALUE: der,
             })
         except _CARD_GONE as exc:
-            raise TokenError(f"{self.describe()} went away while writing the certificate "
-                             f"({type(exc).__name__}): put it back and run again") from None
+            raise self._went_away("writing the certificate", exc) from None
         except p11_exc.PKCS11Error as exc:
             raise TokenError(f"{self.describe()} refused to store the certificate for key "
                              f"{key_id.hex()} ({type(exc).__name__})", code="token.cert_write") from None
