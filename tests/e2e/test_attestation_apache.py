@@ -27,7 +27,6 @@ from openxpki_py.db.schema import audit_log, certificate
 pytestmark = pytest.mark.slow
 pytest.importorskip("yubikit.piv", reason="the agent's [piv] extra is not installed")
 
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
 @pytest.fixture
@@ -39,13 +38,7 @@ def attesting_site(apache_site_factory: Callable[..., Any], make_token: Callable
     def edit(root: Path, cfg: dict[str, Any]) -> None:
         roots = root / "attestation-roots.pem"
         shutil.copy(piv_attestation_ca[1], roots)  # Apache's www-data must read it
-        cfg["ca"] = {
-            "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": SOFTHSM_MODULE,
-                    "token_label": ca_token.label, "key_label": "ca-signing",
-                    "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
-            "subject": "CN=Attestation Test CA,O=Example Corp,C=DE",
-            "profile_variables": {"organization": "Example Corp", "country": "DE"},
-        }
+        cfg["ca"] = ca_token.ca_settings(root, "CN=Attestation Test CA,O=Example Corp,C=DE")
         cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
         cfg["workflow"] = {}
         cfg["personalization"] = {

@@ -126,14 +126,7 @@ def pki_site(request: pytest.FixtureRequest, apache_site_factory: Callable[..., 
         directory = slapd.directory_settings("ldap")
         directory["ldap"]["bind_password_file"] = str(password)
         cfg["directory"] = directory
-        cfg["ca"] = {
-            "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": SOFTHSM_MODULE,
-                    "token_label": ca_token.label, "key_label": "ca-signing",
-                    "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
-            "subject": "CN=E2E Smartcard CA,O=Example Corp,C=DE",
-            "crl": {"publish_dir": str(root / "crl")},
-            "profile_variables": {"organization": "Example Corp", "country": "DE"},
-        }
+        cfg["ca"] = ca_token.ca_settings(root, "CN=E2E Smartcard CA,O=Example Corp,C=DE")
         cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
         cfg["workflow"] = {}
         if pg_url is not None:

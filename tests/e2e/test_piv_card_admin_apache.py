@@ -23,7 +23,6 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("yubikit.piv", reason="the agent's [piv] extra is not installed")
 
 BIN = Path(sys.executable).parent
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 FACTORY_KEY = bytes.fromhex("010203040506070801020304050607080102030405060708")
 
 
@@ -91,14 +90,7 @@ def test_piv_card_admin_credentials_through_apache(apache_site_factory: Callable
     ca_token = make_token("piv-admin-ca", owner="www-data")
 
     def edit(root: Path, cfg: dict[str, Any]) -> None:
-        cfg["ca"] = {
-            "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": SOFTHSM_MODULE,
-                    "token_label": ca_token.label, "key_label": "ca-signing",
-                    "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
-            "subject": "CN=PIV Admin CA,O=Example Corp,C=DE",
-            "crl": {"publish_dir": str(root / "crl")},
-            "profile_variables": {"organization": "Example Corp", "country": "DE"},
-        }
+        cfg["ca"] = ca_token.ca_settings(root, "CN=PIV Admin CA,O=Example Corp,C=DE")
         cfg["directory"]["required"] = ["cn", "mail", "upn"]
         cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
         cfg["workflow"] = {}

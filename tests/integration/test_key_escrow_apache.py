@@ -39,14 +39,7 @@ def escrow_site(apache_site_factory: Callable[..., Any], make_token: Callable[..
     ca_token = make_token("escrow-ca", owner="www-data")
 
     def edit(root: Path, cfg: dict[str, Any]) -> None:
-        cfg["ca"] = {
-            "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": str(ca_token.module),
-                    "token_label": ca_token.label, "key_label": "ca-signing",
-                    "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
-            "subject": "CN=Escrow Test CA,O=Example Corp,C=DE",
-            "crl": {"publish_dir": str(root / "crl")},
-            "profile_variables": {"organization": "Example Corp", "country": "DE"},
-        }
+        cfg["ca"] = ca_token.ca_settings(root, "CN=Escrow Test CA,O=Example Corp,C=DE")
         cfg["directory"]["required"] = ["cn", "mail", "upn"]
         cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
         cfg["workflow"] = {}

@@ -68,11 +68,7 @@ def kerberos_site(apache_site_factory: Callable[..., Any], mit_kdc: Callable[...
                 cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
                 cfg["workflow"] = {}
             if ca_token is not None:
-                cfg["ca"] = {"key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": str(ca_token.module),
-                                     "token_label": ca_token.label, "key_label": "ca-signing",
-                                     "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
-                             "subject": "CN=Kerberos Test CA,O=Example Corp,C=DE",
-                             "crl": {"publish_dir": str(root / "crl")}}
+                cfg["ca"] = ca_token.ca_settings(root, "CN=Kerberos Test CA,O=Example Corp,C=DE")
         site = apache_site_factory(basic_auth=False, extra_include=include,
                                    envvars={"KRB5_CONFIG": str(kdc.folder / "krb5.conf")},
                                    config={"auth": auth}, edit_config=edit)

@@ -282,14 +282,7 @@ def _instance_settings(root: Path, cfg: dict[str, Any], *, db_url: str, ca_token
     cfg["database"] = {"url": db_url}
     cfg["directory"]["ldif_file"] = str(ldif)
     cfg["directory"]["required"] = ["cn", "mail", "upn"]
-    cfg["ca"] = {
-        "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": str(ca_token.module),
-                "token_label": ca_token.label, "key_label": "ca-signing",
-                "pin_file": str(ca_token.write_pin(root / "ca.pin"))},
-        "subject": "CN=Cluster Smartcard CA,O=Example Corp,C=DE",
-        "crl": {"publish_dir": str(root / "crl")},
-        "profile_variables": {"organization": "Example Corp", "country": "DE"},
-    }
+    cfg["ca"] = ca_token.ca_settings(root, "CN=Cluster Smartcard CA,O=Example Corp,C=DE")
     cfg["web"]["deep_link"] = {"workflow": "smartcard_personalization", "role": "User"}
     # Workers sign checkpoints of the audit chain (at start, then hourly, and at SIGTERM).
     cfg["audit"] = {"checkpoint": {

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openxpki_py_token.secret import SecretRef
@@ -69,6 +70,17 @@ class SoftHSMToken:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write((self.pin if pin is None else pin) + "\n")
         return path
+
+    def ca_settings(self, root: Path, subject: str) -> dict[str, Any]:
+        """A config's ``ca`` section with this token's key ``ca-signing`` (``openxpki-py ca init`` makes it)."""
+        return {
+            "key": {"backend": "pkcs11", "algorithm": "rsa-2048", "module": str(self.module),
+                    "token_label": self.label, "key_label": "ca-signing",
+                    "pin_file": str(self.write_pin(root / "ca.pin"))},
+            "subject": subject,
+            "crl": {"publish_dir": str(root / "crl")},
+            "profile_variables": {"organization": "Example Corp", "country": "DE"},
+        }
 
     def pin_ref(self, pin: str | None = None) -> SecretRef:
         """A SecretRef to a PIN file, as ``ca.key.pin_file`` would give."""
