@@ -8,7 +8,8 @@ signed in memory, so every CSR check (key as requested, never certified
 before, approval) applies unchanged.  Once issued, the agent's task is
 ``import_key``: it fetches the key sealed for its own ephemeral key
 (:func:`deliver_to_agent`), imports it onto the card, writes the
-certificate and answers the challenge in its receipt
+certificate and answers the challenge (RSA: a decryption, EC: ECDH on
+the card) in its receipt
 (:func:`check_key_proof`).
 """
 

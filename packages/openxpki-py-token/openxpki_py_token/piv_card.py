@@ -323,6 +323,18 @@ class PivCard:
         raise TokenError(f"PIV keys sign PKCS#1 v1.5 (SHA-2) or ECDSA here, not {mechanism.name}",
                          code="token.mechanism")
 
+    def ecdh(self, key_id: bytes, peer: ec.EllipticCurvePublicKey) -> bytes:
+        """The ECDH secret of the slot's key and ``peer`` (GENERAL AUTHENTICATE): the escrow receipt's proof."""
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        self.login("user")
+        try:
+            return bytes(self.session.calculate_secret(SLOT(_slot(key_id)), peer))
+        except (ApduError, ValueError) as exc:
+            raise TokenError(f"{self.describe()} refused ECDH with slot {key_id.hex()} ({exc})",
+                             code="token.derive") from None
+
     # --- attestation ---------------------------------------------------------------------------
 
     def attestation_certificate(self) -> x509.Certificate | None:
