@@ -146,6 +146,8 @@ def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519
                                    replace=isinstance(card, PivCard))
         agent.progress.step(f"earlier key {number} (certificate {serial}, until {cert.not_valid_after_utc:%Y-%m-%d}) "
                             f"is on the card under ID {old_id.hex()}: old mail still opens")
+    if isinstance(card, PivCard):
+        card.write_key_history()  # else no PIV middleware looks at the retired slots
 
 
 def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: bool, created: Any) -> bytes:

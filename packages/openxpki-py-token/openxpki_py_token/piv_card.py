@@ -394,6 +394,19 @@ class PivCard:
             raise TokenError(f"{self.describe()} did not take the certificate for slot {key_id.hex()} "
                              f"(status {exc.sw:04x})", code="token.write") from None
 
+    def write_key_history(self) -> int:
+        """The Key History object (SP 800-73-4 Part 1 §3.3.3): how many retired slots from 82 on hold a key and its
+        certificate.  Without it OpenSC (and Windows' PIV minidriver) never look at 82-95: old mail would not open.
+        """
+        from yubikit.piv import OBJECT_ID
+
+        on_card = 0
+        while on_card < 20 and self.certificates(bytes((0x82 + on_card,))):
+            on_card += 1
+        self.login("so")
+        self.session.put_object(OBJECT_ID.KEY_HISTORY, _tlv(0xC1, bytes((on_card,))) + _tlv(0xC2, b"\x00") + _tlv(0xFE))
+        return on_card
+
     def finish(self) -> str | None:
         """New CHUID + CCC, then the management key rotation; returns where the new key went."""
         from yubikit.piv import MANAGEMENT_KEY_TYPE, OBJECT_ID
