@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from sqlalchemy import select
 from support.agent import PKCS11_TOOL, Browser, card_objects, printed_phrase, run_agent, serve_app
-from support.cms import cms_decrypt_on_card, cms_encrypt, engine_missing
+from support.cms import cms_decrypt_on_card, cms_encrypt
 from support.pkix import assert_cert_lints_clean, assert_chain_lints_clean
 
 from openxpki_py.db.schema import certificate, key_escrow
@@ -121,7 +121,6 @@ def _card_private_key_flags(token: Any, key_id: bytes) -> dict[str, bool]:
 
 
 @pytest.mark.skipif(PKCS11_TOOL is None, reason="OpenSC's pkcs11-tool is not installed")
-@pytest.mark.skipif(engine_missing() is not None, reason=str(engine_missing()))
 def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
         escrow_instance: Any, make_token: Any, tmp_path: Path, caplog: Any) -> None:
     inst = escrow_instance
@@ -209,7 +208,6 @@ def _sqlite_dump(inst: Any) -> list[str]:
 
 
 @pytest.mark.skipif(PKCS11_TOOL is None, reason="OpenSC's pkcs11-tool is not installed")
-@pytest.mark.skipif(engine_missing() is not None, reason=str(engine_missing()))
 def test_lost_card_replacement_card_gets_the_key_history_and_opens_old_mail(
         escrow_instance: Any, make_token: Any, tmp_path: Path) -> None:
     from openxpki_py.personalization.tokens import set_token_status
@@ -242,7 +240,6 @@ def test_lost_card_replacement_card_gets_the_key_history_and_opens_old_mail(
     assert records[0]["public_key_sha256"] != records[1]["public_key_sha256"]  # a new key for the new card
 
 
-@pytest.mark.skipif(engine_missing() is not None, reason=str(engine_missing()))
 def test_escrowed_ec_key_is_proved_by_ecdh_on_the_card_and_opens_ecdh_mail(
         make_instance: Any, sqlite_engine: Any, make_token: Any, tmp_path: Path) -> None:
     """P-256: generated on the server, imported as a key-agreement key, proved by ECDH, opens kari S/MIME."""

@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from support.agent import Browser, run_agent_on_card
-from support.cms import cms_decrypt_on_card, cms_encrypt, engine_missing
+from support.cms import cms_decrypt_on_card, cms_encrypt
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
 from test_key_escrow import escrowed_settings
 
 from openxpki_py.db.schema import certificate, key_escrow
 from openxpki_py.escrow.cli import init_escrow_key
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(engine_missing() is not None, reason=str(engine_missing()))]
+pytestmark = pytest.mark.slow
 yubikit = pytest.importorskip("yubikit.piv", reason="the agent's [piv] extra is not installed")
 
 
