@@ -123,6 +123,11 @@ def test_escrowed_ec_p384_key_goes_into_slot_9d_is_proved_by_ecdh_and_opens_ecdh
     mail, cert_pem = cms_encrypt(cert, b"kari: ECDH with the PIV card", tmp_path)
     assert on_piv(piv_card, b"\x03", mail, cert_pem) == b"kari: ECDH with the PIV card"
 
+    # Personalized again: a new EC key in 9d, the old one in retired slot 82 still opens the old mail.
+    returncode, err = _personalize(app, url, piv_card, tmp_path / "state-2")
+    assert returncode == 0 and "under ID 82" in err, err
+    assert on_piv(piv_card, b"\x05", mail, cert_pem) == b"kari: ECDH with the PIV card"
+
 
 def test_a_piv_card_that_takes_no_ec_import_is_refused_with_the_fix(
         make_agent_server: Callable[..., tuple[Any, str]], make_piv_card: Callable[..., VirtualCardProcess],
