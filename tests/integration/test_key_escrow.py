@@ -183,8 +183,8 @@ def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
     assert released.password not in dump and released.password not in caplog.text
 
 
-def key_forms(key: rsa.RSAPrivateKey) -> dict[str, str]:
-    """The ways a private key could be written down: PKCS#8 DER (hex), PEM body, the private exponent.
+def key_forms(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    """The ways a private key could be written down: PKCS#8 DER (hex), PEM body, the private exponent or scalar.
 
     Hex both ways round: SQLite's dump writes blobs as X'…' in upper case, pg_dump as \\x… in lower case.
     """
@@ -192,7 +192,7 @@ def key_forms(key: rsa.RSAPrivateKey) -> dict[str, str]:
                             serialization.NoEncryption())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
-    d = key.private_numbers().d
+    d = key.private_numbers().d if isinstance(key, rsa.RSAPrivateKey) else key.private_numbers().private_value
     d_bytes = d.to_bytes((d.bit_length() + 7) // 8, "big")
     return {"pkcs8-hex": der.hex()[64:192], "pkcs8-hex-upper": der.hex()[64:192].upper(),
             "pem": pem.splitlines()[3], "d-hex": d_bytes.hex()[:64], "d-HEX": d_bytes.hex()[:64].upper(),
@@ -241,7 +241,7 @@ def test_lost_card_replacement_card_gets_the_key_history_and_opens_old_mail(
 
 
 def test_escrowed_ec_key_is_proved_by_ecdh_on_the_card_and_opens_ecdh_mail(
-        make_instance: Any, sqlite_engine: Any, make_token: Any, tmp_path: Path) -> None:
+        make_instance: Any, sqlite_engine: Any, make_token: Any, tmp_path: Path, caplog: Any) -> None:
     """P-256: generated on the server, imported as a key-agreement key, proved by ECDH, opens kari S/MIME."""
     inst = make_instance(sqlite_engine, overrides=lambda s: escrowed_settings(s, key="ec-p256"))
     assert init_escrow_key(inst.services, only_if_needed=True)
@@ -264,3 +264,11 @@ def test_escrowed_ec_key_is_proved_by_ecdh_on_the_card_and_opens_ecdh_mail(
     assert_chain_lints_clean(ca_cert, cert, tmp_path)
     mail, cert_pem = cms_encrypt(cert, b"the EC way: ECDH key agreement", tmp_path)
     assert on_card(token, b"\x02", mail, cert_pem) == b"the EC way: ECDH key agreement"
+
+    # The private scalar is nowhere in clear: opened here in the HSM only to know what to look for.
+    key = serialization.load_der_private_key(bytes(inst.services.escrow._private_key(record)), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.public_key() == public
+    dump, logs = "\n".join(_sqlite_dump(inst)), caplog.text + output
+    for name, form in key_forms(key).items():
+        assert form not in dump, f"the private key ({name}) is in the database"
+        assert form not in logs, f"the private key ({name}) is in a log"
