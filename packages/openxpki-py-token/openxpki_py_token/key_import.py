@@ -6,10 +6,11 @@ imports it (PKCS#11: ``C_CreateObject`` with CKA_SENSITIVE true and
 CKA_EXTRACTABLE false; PIV: the management key's PUT KEY), wipes its
 buffers, writes the certificate, answers the server's challenge on the card
 (RSA: decrypts it; EC: derives the ECDH secret with the server's ephemeral
-key, :func:`.key_transport.ecdh_proof`) and sends the answer with the receipt.
-RSA keys (2048-4096) and EC P-256/P-384 keys are imported; a card that
-refuses an EC key is named with the fix (an RSA key for that card type).  A rerun whose card already holds the
-key skips the import and only proves it.
+key, :func:`.key_transport.ecdh_proof`) and sends the answer with the
+receipt.  RSA keys (2048-4096) and EC P-256/P-384 keys are imported; a card
+that refuses an EC key is named with the fix (an RSA key for that card
+type).  A rerun whose card already holds the key skips the import and only
+proves it.
 
 OpenPGP cards through OpenSC are not offered this task: OpenSC's PKCS#11
 module cannot create private key objects on them (its ``C_CreateObject``
@@ -27,11 +28,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_named_curve_parameters
 
 from .card import Card
 from .card_profiles import CardProfile
 from .errors import ForeignKeyRefused, ProtocolError, TokenError
+from .keyspec import KeySpec
 from .key_transport import (
     CHALLENGE_PADDING,
     PROOF_ECDH,
@@ -48,6 +49,7 @@ from .key_transport import (
     wipe,
 )
 from .piv_card import PivCard
+from .pkcs11.public_keys import EC_PARAMS
 
 if TYPE_CHECKING:
     from .enroll import TokenAgent
@@ -203,11 +205,9 @@ def _import(agent: TokenAgent, pkcs8: bytearray, public: EscrowedPublicKey, key_
 
 def _no_ec_import(card: Card | PivCard, key: ec.EllipticCurvePrivateKey, exc: TokenError) -> TokenError:
     """The card took no EC key: say what to change in the policy, not only what the card answered."""
-    curve = {"secp256r1": "P-256", "secp384r1": "P-384"}.get(key.curve.name, key.curve.name)
-    return TokenError(f"{card.describe()} cannot take an imported EC {curve} key ({exc}); ask your PKI "
-                      f"administrator to give this kind of card an RSA key for the escrowed type "
-                      f"(personalization.card_types.<card>.key.<type>: rsa-2048); nothing was changed "
-                      "on the card", code="token.key_import_ec")
+    return TokenError(f"{card.describe()} cannot take an imported EC {KeySpec.of(key).curve} key ({exc}); ask "
+                      "your PKI administrator to give this kind of card an RSA key for the escrowed type "
+                      "(personalization.card_types.<card>.key.<type>: rsa-2048)", code="token.key_import_ec")
 
 
 def _rsa_templates(key: rsa.RSAPrivateKey, key_id: bytes, label: str) -> list[dict[Attribute, Any]]:
@@ -235,9 +235,10 @@ def _ec_templates(key: ec.EllipticCurvePrivateKey, key_id: bytes, label: str) ->
     """Private half sensitive and never extractable; key agreement (ECDH derive) only, no signing."""
     size = (key.curve.key_size + 7) // 8
     point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    oid = {"secp256r1": "1.2.840.10045.3.1.7", "secp384r1": "1.3.132.0.34"}[key.curve.name]
+    curve = KeySpec.of(key).curve
+    assert curve is not None
     common = {Attribute.TOKEN: True, Attribute.KEY_TYPE: KeyType.EC, Attribute.ID: key_id, Attribute.LABEL: label,
-              Attribute.EC_PARAMS: encode_named_curve_parameters(oid), Attribute.DERIVE: True}
+              Attribute.EC_PARAMS: EC_PARAMS[curve], Attribute.DERIVE: True}
     private = {**common, Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.PRIVATE: True,
                Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: False,
                Attribute.DECRYPT: False, Attribute.UNWRAP: False,
