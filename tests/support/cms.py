@@ -43,13 +43,18 @@ def cms_encrypt(cert: x509.Certificate, message: bytes, folder: Path) -> tuple[P
 
 def cms_decrypt_on_card(mail: Path, cert_pem: Path, *, module: Path, key_id: bytes, pin: str,
                         token_label: str | None = None, env: dict[str, str] | None = None) -> bytes:
-    """The mail's content, decrypted by the card's key ``key_id`` (PKCS#11 URI) through the engine."""
+    """The mail's content, decrypted by the card's key ``key_id`` (PKCS#11 URI) through the engine.
+
+    The PIN goes to the engine through ``-passin env:`` (not ``pin-value`` in the URI: no PIN in argv).
+    """
     _need_engine()
     uri = "pkcs11:" + (f"token={token_label};" if token_label else "") + \
-        "id=" + "".join(f"%{b:02x}" for b in key_id) + f";type=private;pin-value={pin}"
+        "id=" + "".join(f"%{b:02x}" for b in key_id) + ";type=private"
     result = subprocess.run(
         ["openssl", "cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(mail), "-recip", str(cert_pem),
-         "-engine", "pkcs11", "-keyform", "engine", "-inkey", uri],
-        env={**os.environ, **(env or {}), "PKCS11_MODULE_PATH": str(module)}, capture_output=True, timeout=60)
-    assert result.returncode == 0, f"openssl cms -decrypt with the card failed:\n{result.stderr.decode(errors='replace')}"
+         "-engine", "pkcs11", "-keyform", "engine", "-inkey", uri, "-passin", "env:CARD_PIN"],
+        env={**os.environ, **(env or {}), "PKCS11_MODULE_PATH": str(module), "CARD_PIN": pin},
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, f"openssl cms -decrypt with the card failed:\n{stderr}"
     return result.stdout
