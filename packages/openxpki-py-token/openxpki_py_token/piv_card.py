@@ -396,7 +396,7 @@ class PivCard:
 
     def write_key_history(self) -> int:
         """The Key History object (SP 800-73-4 Part 1 §3.3.3): how many retired slots from 82 on hold a key and its
-        certificate.  Without it OpenSC (and Windows' PIV minidriver) never look at 82-95: old mail would not open.
+        certificate.  PIV middleware reads it first: without it OpenSC never looks at 82-95 and old mail does not open.
         """
         from yubikit.piv import OBJECT_ID
 
