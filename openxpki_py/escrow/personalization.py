@@ -77,7 +77,7 @@ def import_task(entry: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_key_proof(ctx: ActivityContext, entry: dict[str, Any], proof_text: Any) -> None:
-    """Called by ``record_installation``: the receipt must carry the decrypted challenge."""
+    """Called by ``record_installation``: the receipt must carry the card's answer to the challenge."""
     try:
         proof = unb64(proof_text, "key_proof")
     except TransportRefused:

@@ -5,8 +5,8 @@ GET/PUT DATA, VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER, GENERAL
 AUTHENTICATE (management key mutual/external auth with 3DES or AES-192,
 raw RSA, ECDSA, ECDH), GENERATE ASYMMETRIC KEY PAIR (RSA-2048, P-256,
 P-384), Yubico's key import (RSA-2048, P-256, P-384; ``--no-ec-import``
-for a card that takes RSA only), version, serial, attestation, set management key and
-metadata.  Command chaining, extended APDUs and 61xx response chaining work
+for a card that takes RSA only), version, serial, attestation, set
+management key and metadata.  Command chaining, extended APDUs and 61xx response chaining work
 both ways.  State lives in memory: every start is a new card.  Not
 emulated: touch, secure messaging, RSA-3072/4096, 25519 keys,
 PIN-retry setting, biometrics.
