@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from support.agent import Browser, run_agent_on_card
 from support.cms import cms_decrypt_on_card, cms_encrypt
+from support.pkix import assert_chain_lints_clean
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
 from test_key_escrow import escrowed_settings
 
@@ -108,8 +109,11 @@ def test_escrowed_ec_p384_key_goes_into_slot_9d_is_proved_by_ecdh_and_opens_ecdh
         record = conn.execute(select(key_escrow)).mappings().one()
         cert = x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
             certificate.c.profile == "encryption")).scalar_one()))
+        ca_cert = app.instance.services.ca.certificate(conn)
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_agreement
+    assert_chain_lints_clean(ca_cert, cert, tmp_path)
     assert record["status"] == "installed" and record["key_spec"] == "ec-p384"  # the card's ECDH answer counted
 
     from ykman.pcsc import list_devices
