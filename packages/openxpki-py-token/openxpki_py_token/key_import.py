@@ -207,7 +207,9 @@ def _no_ec_import(card: Card | PivCard, key: ec.EllipticCurvePrivateKey, exc: To
     """The card took no EC key: say what to change in the policy, not only what the card answered."""
     return TokenError(f"{card.describe()} cannot take an imported EC {KeySpec.of(key).curve} key ({exc}); ask "
                       "your PKI administrator to give this kind of card an RSA key for the escrowed type "
-                      "(personalization.card_types.<card>.key.<type>: rsa-2048)", code="token.key_import_ec")
+                      "(personalization.card_types.<card>.key.<type>: rsa-2048) or, for a card that imports "
+                      "no keys at all (OpenPGP), to leave the type out for it (card_types.<card>.types)",
+                      code="token.key_import_ec")
 
 
 def _rsa_templates(key: rsa.RSAPrivateKey, key_id: bytes, label: str) -> list[dict[Attribute, Any]]:
