@@ -1,8 +1,8 @@
 """An escrowed encryption key through every real part: Apache (mod_wsgi-express), the operator CLI as
 www-data, the key-recovery key in SoftHSM, the real agent on a SoftHSM card, OpenSC and OpenSSL.
 
-alice personalizes her card through Apache; the card decrypts what was
-encrypted to her encryption certificate; two Key Recovery Officers release
+alice personalizes her card through Apache; the card opens S/MIME mail
+(openssl cms) to her encryption certificate; two Key Recovery Officers release
 the key with ``openxpki-py escrow …`` (one alone cannot); the released
 PKCS#12 opens the same mail.  Neither the database nor Apache's log holds
 the plaintext key.
@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from sqlalchemy import select
 from support.agent import PKCS11_TOOL, run_agent
-from test_key_escrow import ESCROWED, key_forms
+from support.cms import cms_encrypt
+from test_key_escrow import ESCROWED, key_forms, on_card
 
 from openxpki_py.db.schema import certificate, key_escrow
 
@@ -120,16 +121,10 @@ def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token
     assert public.public_bytes(serialization.Encoding.DER,
                                serialization.PublicFormat.SubjectPublicKeyInfo) == bytes(record["public_key_der"])
 
-    # Mail to alice's encryption certificate opens with her card (OpenSC's pkcs11-tool decrypts on the card).
+    # S/MIME mail to alice's encryption certificate (openssl cms) opens with her card (OpenSSL's PKCS#11 engine).
     message = b"the quarterly figures"
-    (tmp_path / "mail.bin").write_bytes(public.encrypt(message, padding.PKCS1v15()))
-    decrypted = subprocess.run(
-        [PKCS11_TOOL, "--module", str(card.module), "--token-label", card.label, "--login", "--pin", card.pin,
-         "--decrypt", "--mechanism", "RSA-PKCS", "--id", "02", "--input-file", str(tmp_path / "mail.bin"),
-         "--output-file", str(tmp_path / "mail.out")],
-        env={**os.environ, "SOFTHSM2_CONF": str(card.softhsm.conf)}, capture_output=True, text=True, timeout=60)
-    assert decrypted.returncode == 0, decrypted.stderr
-    assert (tmp_path / "mail.out").read_bytes() == message
+    mail, cert_pem = cms_encrypt(cert, message, tmp_path)
+    assert on_card(card, b"\x02", mail, cert_pem) == message
 
     # The card is lost: two Key Recovery Officers release the key; one alone cannot, nor alice herself.
     started = _cli(site, "escrow", "recover", str(record["id"]), "--reason", "card lost, ticket 4711", actor="carol")
@@ -153,7 +148,7 @@ def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token
     assert password and p12_path.stat().st_mode & 0o077 == 0
     key, p12_cert, _ = pkcs12.load_key_and_certificates(p12_path.read_bytes(), password.group(1).encode())
     assert isinstance(key, rsa.RSAPrivateKey) and p12_cert == cert
-    assert key.decrypt((tmp_path / "mail.bin").read_bytes(), padding.PKCS1v15()) == message
+    assert pkcs7.pkcs7_decrypt_der(mail.read_bytes(), cert, key, []) == message  # the same mail, without the card
     again = _cli(site, "escrow", "release", wf, "--out", str(site.root / "again.p12"), actor="dave")
     assert again.returncode != 0  # released once
 
