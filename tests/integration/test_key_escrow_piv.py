@@ -37,18 +37,10 @@ def test_escrowed_key_goes_into_slot_9d_and_the_card_decrypts_with_it(
         make_agent_server: Callable[..., tuple[Any, str]], piv_card: VirtualCardProcess, tmp_path: Path) -> None:
     app, url = make_agent_server(escrowed_settings)
     assert init_escrow_key(app.instance.services, only_if_needed=True)
-    browser = Browser(app)
-    wf_id, code = browser.start()
-    agent = run_agent_on_card(piv_card, url, code, tmp_path / "state")
-    browser.confirm_when_asked(wf_id)
-    out, err = agent.communicate(timeout=120)
-    assert agent.returncode == 0, err
+    returncode, err = _personalize(app, url, piv_card, tmp_path / "state")
+    assert returncode == 0, err
     assert "escrowed key 2/2 (encryption) imported onto the card" in err and "done: 2 certificates" in err, err
-
-    with app.instance.services.db.connect() as conn:
-        record = conn.execute(select(key_escrow)).mappings().one()
-        cert = x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
-            certificate.c.profile == "encryption")).scalar_one()))
+    record, cert, _ = _issued(app)
     assert record["status"] == "installed"
     public = cert.public_key()
     assert isinstance(public, rsa.RSAPublicKey)
@@ -56,13 +48,7 @@ def test_escrowed_key_goes_into_slot_9d_and_the_card_decrypts_with_it(
                                serialization.PublicFormat.SubjectPublicKeyInfo) == bytes(record["public_key_der"])
 
     # The card says the 9d key was imported (not generated), and it is the certificate's key.
-    from ykman.pcsc import list_devices
-    from yubikit.core.smartcard import SmartCardConnection
-    from yubikit.piv import SLOT, PivSession
-
-    [device] = list_devices("Virtual PCD 00 00")
-    with device.open_connection(SmartCardConnection) as connection:
-        metadata = PivSession(connection).get_slot_metadata(SLOT.KEY_MANAGEMENT)
+    metadata, _ = _slot(yubikit.SLOT.KEY_MANAGEMENT)
     assert not metadata.generated and metadata.public_key == public
 
     # Mail to the certificate opens with the card, through OpenSC (PIV 9d = ID 03).
@@ -70,16 +56,11 @@ def test_escrowed_key_goes_into_slot_9d_and_the_card_decrypts_with_it(
     assert on_piv(piv_card, b"\x03", mail, cert_pem) == b"minutes of the board meeting"
 
     # The card is personalized again (a new escrowed key): the previous key moves to retired slot 82.
-    wf_id, code = browser.start()
-    agent = run_agent_on_card(piv_card, url, code, tmp_path / "state-2")
-    browser.confirm_when_asked(wf_id)
-    _, err = agent.communicate(timeout=120)
-    assert agent.returncode == 0, err
+    returncode, err = _personalize(app, url, piv_card, tmp_path / "state-2")
+    assert returncode == 0, err
     assert f"earlier key 1 (certificate {cert.serial_number:x}" in err and "under ID 82" in err, err
-    with device.open_connection(SmartCardConnection) as connection:
-        piv = PivSession(connection)
-        assert piv.get_slot_metadata(SLOT.RETIRED1).public_key == public
-        assert piv.get_certificate(SLOT.RETIRED1) == cert
+    metadata, retired_cert = _slot(yubikit.SLOT.RETIRED1)
+    assert metadata.public_key == public and retired_cert == cert
     # Last year's mail opens with the key in retired slot 82 (OpenSC's ID 05), as a mail program finds it.
     assert on_piv(piv_card, b"\x05", mail, cert_pem) == b"minutes of the board meeting"
 
@@ -98,6 +79,26 @@ def _personalize(app: Any, url: str, card: VirtualCardProcess, state: Path) -> t
     return agent.returncode, err
 
 
+def _issued(app: Any) -> tuple[Any, x509.Certificate, x509.Certificate]:
+    """(the escrow record, the encryption certificate, the CA certificate)."""
+    with app.instance.services.db.connect() as conn:
+        record = conn.execute(select(key_escrow)).mappings().one()
+        cert = x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
+            certificate.c.profile == "encryption")).scalar_one()))
+        return record, cert, app.instance.services.ca.certificate(conn)
+
+
+def _slot(slot: Any) -> tuple[Any, x509.Certificate]:
+    """What the card itself says about a slot (yubikit, next to OpenSC): its metadata and certificate."""
+    from ykman.pcsc import list_devices
+    from yubikit.core.smartcard import SmartCardConnection
+
+    [device] = list_devices("Virtual PCD 00 00")
+    with device.open_connection(SmartCardConnection) as connection:
+        piv = yubikit.PivSession(connection)
+        return piv.get_slot_metadata(slot), piv.get_certificate(slot)
+
+
 def test_escrowed_ec_p384_key_goes_into_slot_9d_is_proved_by_ecdh_and_opens_ecdh_mail(
         make_agent_server: Callable[..., tuple[Any, str]], piv_card: VirtualCardProcess, tmp_path: Path) -> None:
     app, url = make_agent_server(lambda s: escrowed_settings(s, key="ec-p384"))
@@ -105,24 +106,14 @@ def test_escrowed_ec_p384_key_goes_into_slot_9d_is_proved_by_ecdh_and_opens_ecdh
     returncode, err = _personalize(app, url, piv_card, tmp_path / "state")
     assert returncode == 0, err
     assert "escrowed key 2/2 (encryption) imported onto the card" in err, err
-    with app.instance.services.db.connect() as conn:
-        record = conn.execute(select(key_escrow)).mappings().one()
-        cert = x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
-            certificate.c.profile == "encryption")).scalar_one()))
-        ca_cert = app.instance.services.ca.certificate(conn)
+    record, cert, ca_cert = _issued(app)
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"
     assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_agreement
     assert_chain_lints_clean(ca_cert, cert, tmp_path)
     assert record["status"] == "installed" and record["key_spec"] == "ec-p384"  # the card's ECDH answer counted
 
-    from ykman.pcsc import list_devices
-    from yubikit.core.smartcard import SmartCardConnection
-    from yubikit.piv import SLOT, PivSession
-
-    [device] = list_devices("Virtual PCD 00 00")
-    with device.open_connection(SmartCardConnection) as connection:
-        metadata = PivSession(connection).get_slot_metadata(SLOT.KEY_MANAGEMENT)
+    metadata, _ = _slot(yubikit.SLOT.KEY_MANAGEMENT)
     assert not metadata.generated and metadata.public_key == public
     mail, cert_pem = cms_encrypt(cert, b"kari: ECDH with the PIV card", tmp_path)
     assert on_piv(piv_card, b"\x03", mail, cert_pem) == b"kari: ECDH with the PIV card"
