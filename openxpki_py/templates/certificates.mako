@@ -10,10 +10,10 @@
   <p>Two Key Recovery Officers released a copy of your escrowed key to you. Collect it here, once: the next
     page offers it as a PKCS#12 file with a one-time password that only you see.</p>
   % for r in recovered:
+  <p>Your ${r.cert_type} key${(" of certificate " + r.certificate_serial) if r.certificate_serial else ""},
+    released by ${r.released_by}${("; collect it by " + r.collect_by.strftime("%Y-%m-%d %H:%M") + " UTC") if r.collect_by else ""}.</p>
   <form method="post" action="${url_for('my_recovered_key', wf_id=r.workflow_id)}" class="actions recovered-key" data-recovery-id="${r.workflow_id}">
     <input type="hidden" name="csrf_token" value="${csrf_token}">
-    <p>${r.cert_type} key${(" of certificate " + r.certificate_serial) if r.certificate_serial else ""},
-      released by ${r.released_by}${(", until " + r.collect_by.strftime("%Y-%m-%d %H:%M") + " UTC") if r.collect_by else ""}</p>
     <label><input type="checkbox" name="confirm" value="yes" required> I am ready to save the file and note its password</label>
     <button type="submit">Collect my ${r.cert_type} key</button>
   </form>
