@@ -35,10 +35,11 @@ WF_TYPE = "key_recovery"
 APPROVALS_REQUIRED = 2
 READY_FOR_OWNER = "READY_FOR_OWNER"
 
-# The collection hands its PKCS#12 to the caller of collect_recovered_key, in
-# this process only: keyed by workflow id, taken exactly once.
-_handoff: dict[int, tuple[bytes, str]] = {}
-_handoff_lock = threading.Lock()
+# The collection hands its PKCS#12 to the caller of collect_recovered_key: the
+# engine runs the action's activity in the caller's thread, so a thread-local
+# carries it, never shared with another request.  The activity refuses to run
+# for anyone else (a generic `workflow execute … collect` would only burn it).
+_collecting = threading.local()
 
 
 class RecoveryNotCollectable(WorkflowError):
@@ -138,6 +139,9 @@ def collect_escrowed_key(ctx: ActivityContext) -> None:
     """The owner only: the key unsealed, as PKCS#12 with a fresh one-time password, into the hand-off."""
     if ctx.actor != ctx["owner"]:
         raise NotPermitted("only the key's owner collects a recovered key", code="recovery.not_owner")
+    if getattr(_collecting, "workflow_id", None) != ctx.workflow_id:
+        raise PolicyViolation("the owner collects a recovered key on \"My certificates\", which shows it",
+                              code="recovery.collect_on_the_web")
     escrow = escrow_of(ctx.services)
     row = KeyEscrow.record(ctx.conn, int(ctx["escrow_id"]))
     cert_row = certstore.certificate_for_key(ctx.conn, row["public_key_sha256"])
@@ -145,8 +149,7 @@ def collect_escrowed_key(ctx: ActivityContext) -> None:
     data, password = escrow.pkcs12_for_owner(ctx.conn, int(ctx["escrow_id"]), cert, actor=ctx.actor,
                                              role=ctx.role, recovery_workflow=ctx.workflow_id)
     ctx.secret_inputs = ctx.secret_inputs | {password}  # the engine refuses to keep it in the context or note
-    with _handoff_lock:
-        _handoff[ctx.workflow_id] = (data, password)
+    _collecting.result = (data, password)
     ctx["collected"] = {"at": ctx.now.isoformat()}
 
 
@@ -203,24 +206,19 @@ def collect_recovered_key(engine: Any, workflow_id: int, *, login: str) -> Colle
     if view is None or view.wf_type != WF_TYPE or view.context.get("owner") != login:
         _refuse(engine, workflow_id, login, "not_owner")
         raise NotFound(f"no recovered key {workflow_id} is waiting for you", code="recovery.not_found")
+    _collecting.workflow_id, _collecting.result = workflow_id, None
     try:
         view = engine.execute(workflow_id, "collect", actor=login, role=roles.USER)
+        taken: tuple[bytes, str] | None = _collecting.result
     except ActionNotAvailable:  # not released, or collected or expired (perhaps a moment ago)
         raise _not_collectable(engine, engine.get(workflow_id), login) from None
-    except BaseException:
-        _take(workflow_id)  # failed after the activity built it (e.g. the commit): drop it
-        raise
-    taken = _take(workflow_id)  # only our own execute's: a concurrent collection was refused above
+    finally:  # also when the action failed after the activity built it (e.g. the commit)
+        _collecting.workflow_id, _collecting.result = None, None
     if view.state != "COLLECTED" or taken is None:
         raise WorkflowError(f"recovery {workflow_id} did not hand out the key (state {view.state})",
                             code="recovery.not_collected")
     return CollectedKey(owner=login, cert_type=str(view.context["escrow"]["cert_type"]),
                         pkcs12=taken[0], password=taken[1])
-
-
-def _take(workflow_id: int) -> tuple[bytes, str] | None:
-    with _handoff_lock:
-        return _handoff.pop(workflow_id, None)
 
 
 def _not_collectable(engine: Any, view: Any, login: str) -> RecoveryNotCollectable:

@@ -161,6 +161,9 @@ def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
         release_recovered_key(engine, recovery.id, actor="dave")  # released once only
     with pytest.raises(NotFound):
         collect_recovered_key(engine, recovery.id, login="dave")  # only the owner collects
+    with pytest.raises(ActivityFailed, match="recovery.collect_on_the_web"):  # not by a generic execute:
+        engine.execute(recovery.id, "collect", actor="alice", role="User")  # nobody would receive it
+    assert engine.get(recovery.id).state == "READY_FOR_OWNER"
     collected = collect_recovered_key(engine, recovery.id, login="alice")
     assert collected.owner == "alice" and len(collected.password) == 29
     key, p12_cert, _ = pkcs12.load_key_and_certificates(collected.pkcs12, collected.password.encode())
