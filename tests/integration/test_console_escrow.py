@@ -231,7 +231,9 @@ def test_the_owner_collects_the_released_key_once(inst: Any, app: Any, tmp_path:
     text = answer.get_data(as_text=True)
     password = re.search(r'id="pkcs12-password">([^<]+)<', text).group(1)  # type: ignore[union-attr]
     assert re.fullmatch(r"[a-z2-9]{5}(-[a-z2-9]{5}){4}", password)  # ~124 bits, in readable groups
-    encoded = re.search(r'href="data:application/x-pkcs12;base64,([A-Za-z0-9+/=]+)"', text).group(1)  # type: ignore[union-attr]
+    link = re.search(r'href="data:application/x-pkcs12;base64,([A-Za-z0-9+/=]+)"', text)
+    assert link
+    encoded = link.group(1)
     p12 = base64.b64decode(encoded)
     p12_path = tmp_path / "alice.p12"
     p12_path.write_bytes(p12)
