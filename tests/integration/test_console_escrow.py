@@ -173,6 +173,9 @@ def test_recovery_through_the_pages_under_four_eyes(inst: Any, app: Any) -> None
     assert 'class="actions approve-form"' not in carol.page("/console/escrow")  # carol has approved already
     assert dave.post(approve, {"comment": "ok"}).status_code == 303
 
+    early = Person(app, "alice", USER).post(f"/certificates/recovered/{wf_id}", {"confirm": "yes"})
+    assert early.status_code == 409 and "not released to you yet" in early.get_data(as_text=True)
+
     # The release: confirmed, once; the officer gets nothing of the key, the owner is to collect it.
     assert dave.post(release).status_code == 400
     answer = dave.post(release, {"confirm": "yes"})
@@ -186,7 +189,8 @@ def test_recovery_through_the_pages_under_four_eyes(inst: Any, app: Any) -> None
     assert f'data-recovery-id="{wf_id}"' in carol.page("/console/escrow")  # still waiting (for alice)
 
     # Every step audited, by the person who took it; nothing unsealed yet.
-    assert events(inst, "escrow.") == [("escrow.generate", "test"), ("escrow.release", "dave")]
+    assert events(inst, "escrow.") == [("escrow.generate", "test"), ("escrow.collect", "alice"),
+                                       ("escrow.release", "dave")]  # alice's early attempt: refused
 
 
 def released_recovery(inst: Any, escrow_id: int) -> int:
