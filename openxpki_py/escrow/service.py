@@ -1,4 +1,4 @@
-"""Escrowed keys: made on the server, sealed in the HSM's custody, delivered to one card, released by two officers.
+"""Escrowed keys: made on the server, sealed in the HSM's custody, delivered to one card, recovered for the owner.
 
 Where a private key exists in clear: in this process's memory while it is
 generated (then sealed by the HSM and wiped), while it is delivered (opened
@@ -42,9 +42,10 @@ from ..errors import NotFound, PolicyViolation
 from .custody import WRAP_ALGORITHM, EscrowCustodian
 
 _AAD_LABEL = "openxpki-py escrow v1"
-#: Characters of a one-time PKCS#12 password: no look-alikes (0/O, 1/l/I).
-_OTP_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-_OTP_LENGTH = 20  # ~ 115 bits
+#: Characters of a one-time PKCS#12 password: lower case and digits without look-alikes (0/o, 1/l/i),
+#: read out or typed without doubt; five groups of five, joined by "-": 25 × log2(31) ≈ 124 bits.
+_OTP_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+_OTP_GROUPS, _OTP_GROUP_LENGTH = 5, 5
 
 
 class KeyProofRefused(PolicyViolation):
@@ -223,9 +224,13 @@ class KeyEscrow:
 
     # --- recovery ---------------------------------------------------------------------
 
-    def release_pkcs12(self, conn: Connection, escrow_id: int, certificate: x509.Certificate | None, *,
-                       actor: str, role: str, recovery_workflow: int) -> tuple[bytes, str]:
-        """(PKCS#12, one-time password): the key and its certificate, for the person it belongs to."""
+    def pkcs12_for_owner(self, conn: Connection, escrow_id: int, certificate: x509.Certificate | None, *,
+                         actor: str, role: str, recovery_workflow: int) -> tuple[bytes, str]:
+        """(PKCS#12, one-time password): the key and its certificate, for the owner who collects it.
+
+        AES-256-CBC with PBKDF2-HMAC-SHA256 for key and certificate, an
+        HMAC-SHA256 MAC: what OpenSSL 3 writes by default and opens.
+        """
         row = self.record(conn, escrow_id)
         plain = self._private_key(row)
         der = bytes(plain)
@@ -235,7 +240,7 @@ class KeyEscrow:
             wipe(plain)
             scrub(der)
         assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey))
-        password = "".join(secrets.choice(_OTP_ALPHABET) for _ in range(_OTP_LENGTH))
+        password = one_time_password()
         encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
                       .kdf_rounds(100_000)
                       .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
@@ -246,10 +251,16 @@ class KeyEscrow:
         del key
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id)
                      .values(recovered_at=utcnow()))
-        append_audit(conn, actor=actor, role=role, event="escrow.release", target=row["public_key_sha256"],
+        append_audit(conn, actor=actor, role=role, event="escrow.collect", target=row["public_key_sha256"],
                      details={"escrow_id": escrow_id, "owner": row["owner"], "form": "pkcs12",
                               "recovery_workflow": recovery_workflow})
         return data, password
+
+
+def one_time_password() -> str:
+    """A fresh password for one PKCS#12, in readable groups (the dashes are part of it)."""
+    return "-".join("".join(secrets.choice(_OTP_ALPHABET) for _ in range(_OTP_GROUP_LENGTH))
+                    for _ in range(_OTP_GROUPS))
 
 
 def describe(row: RowMapping) -> dict[str, Any]:

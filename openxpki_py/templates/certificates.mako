@@ -4,6 +4,22 @@
 % if message:
 <p class="status" role="status" id="my-message">${message}</p>
 % endif
+% if recovered:
+<section id="my-recovered-keys">
+  <h2>A recovered key is waiting for you</h2>
+  <p>Two Key Recovery Officers released a copy of your escrowed key to you. Collect it here, once: the next
+    page offers it as a PKCS#12 file with a one-time password that only you see.</p>
+  % for r in recovered:
+  <p>Your ${r.cert_type} key${(" of certificate " + r.certificate_serial) if r.certificate_serial else ""},
+    released by ${r.released_by}${("; collect it by " + r.collect_by.strftime("%Y-%m-%d %H:%M") + " UTC") if r.collect_by else ""}.</p>
+  <form method="post" action="${url_for('my_recovered_key', wf_id=r.workflow_id)}" class="actions recovered-key" data-recovery-id="${r.workflow_id}">
+    <input type="hidden" name="csrf_token" value="${csrf_token}">
+    <label><input type="checkbox" name="confirm" value="yes" required> I am ready to save the file and note its password</label>
+    <button type="submit">Collect my ${r.cert_type} key</button>
+  </form>
+  % endfor
+</section>
+% endif
 % if not certs:
 <p>You have no certificates yet. <a href="${url_for('personalize')}">Personalize a smartcard</a> to get them.</p>
 % else:

@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response
 from .. import roles
 from ..db.certstore import list_certificates, owned_certificate_der
 from ..db.schema import key_escrow
+from ..escrow.recovery import waiting_for_owner
 from ..personalization.tokens import list_tokens, tokens_by_id
 from .context import RequestContext
 from .views import view
@@ -30,8 +31,11 @@ def my_certificates(ctx: RequestContext) -> Response:
         # keys with an escrow record: a copy is in the HSM's custody, recoverable by two officers
         escrowed = set(conn.execute(select(key_escrow.c.public_key_sha256)
                                     .where(key_escrow.c.owner == ctx.login)).scalars())
+    # recovered keys two Key Recovery Officers released to this person: theirs to collect
+    services = ctx.app.console
+    recovered = waiting_for_owner(services.workflows, ctx.login) if services is not None and escrowed else []
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc),
-                      escrowed=escrowed,
+                      escrowed=escrowed, recovered=recovered,
                       message=ctx.take_flash(), available=ctx.app.available)
 
 

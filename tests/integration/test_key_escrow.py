@@ -10,6 +10,7 @@ database dump) is test_key_escrow_apache.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -29,8 +30,15 @@ from support.pkix import assert_cert_lints_clean, assert_chain_lints_clean
 
 from openxpki_py.db.schema import certificate, key_escrow
 from openxpki_py.escrow.cli import init_escrow_key
+from openxpki_py.errors import NotFound
 from openxpki_py.escrow.custody import EscrowBlobRefused
-from openxpki_py.escrow.recovery import approve_recovery, release_recovered_key, request_recovery
+from openxpki_py.escrow.recovery import (
+    RecoveryNotCollectable,
+    approve_recovery,
+    collect_recovered_key,
+    release_recovered_key,
+    request_recovery,
+)
 from openxpki_py.workflow.errors import ActionNotAvailable, ActivityFailed, InputInvalid
 
 ESCROWED = [
@@ -161,17 +169,26 @@ def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
         approve_recovery(engine, recovery.id, actor="alice")
     assert engine.get(recovery.id).state == "PENDING_APPROVAL"
     assert approve_recovery(engine, recovery.id, actor="dave").state == "APPROVED"
-    released = release_recovered_key(engine, recovery.id, actor="dave")
-    assert released.owner == "alice" and len(released.password) == 20
-    key, p12_cert, _ = pkcs12.load_key_and_certificates(released.pkcs12, released.password.encode())
+    released = release_recovered_key(engine, recovery.id, actor="dave")  # the officer receives no key
+    assert released.state == "READY_FOR_OWNER" and "pkcs12" not in json.dumps(released.context)
+    with pytest.raises(ActionNotAvailable):
+        release_recovered_key(engine, recovery.id, actor="dave")  # released once only
+    with pytest.raises(NotFound):
+        collect_recovered_key(engine, recovery.id, login="dave")  # only the owner collects
+    with pytest.raises(ActivityFailed, match="recovery.collect_on_the_web"):  # not by a generic execute:
+        engine.execute(recovery.id, "collect", actor="alice", role="User")  # nobody would receive it
+    assert engine.get(recovery.id).state == "READY_FOR_OWNER"
+    collected = collect_recovered_key(engine, recovery.id, login="alice")
+    assert collected.owner == "alice" and len(collected.password) == 29
+    key, p12_cert, _ = pkcs12.load_key_and_certificates(collected.pkcs12, collected.password.encode())
     assert isinstance(key, rsa.RSAPrivateKey) and p12_cert == cert
     assert key.public_key().public_bytes(serialization.Encoding.DER,
                                          serialization.PublicFormat.SubjectPublicKeyInfo) == spki
     # The recovered key opens what was encrypted to the certificate (as the card does).
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
     assert key.decrypt(cert.public_key().encrypt(b"old mail", oaep), oaep) == b"old mail"  # type: ignore[union-attr]
-    with pytest.raises(ActionNotAvailable):
-        release_recovered_key(engine, recovery.id, actor="dave")  # released once only
+    with pytest.raises(RecoveryNotCollectable, match="collected this key already"):
+        collect_recovered_key(engine, recovery.id, login="alice")  # collected once only
 
     # The plaintext key is nowhere: not in the database (blobs and context), not in the logs or the agent's output.
     secrets = key_forms(key)
@@ -180,7 +197,7 @@ def test_escrowed_encryption_key_on_the_card_and_recovered_by_two_officers(
     for name, form in secrets.items():
         assert form not in dump, f"the private key ({name}) is in the database"
         assert form not in logs, f"the private key ({name}) is in a log"
-    assert released.password not in dump and released.password not in caplog.text
+    assert collected.password not in dump and collected.password not in caplog.text
 
 
 def key_forms(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> dict[str, str]:
