@@ -21,7 +21,11 @@
       <td><code>${c["serial"]}</code></td>
       <td>${c["not_before"].strftime("%Y-%m-%d")} – ${c["not_after"].strftime("%Y-%m-%d")}</td>
       <td class="status">${"expired" if expired else c["status"]}${(" (" + c["revocation_reason"] + ")") if c["revocation_reason"] else ""}</td>
-      <td>${card["serial"] if card else ""}${(" – " + card["status"]) if card and card["status"] != "active" else ""}</td>
+      <td>${card["serial"] if card else ""}${(" – " + card["status"]) if card and card["status"] != "active" else ""}\
+% if card and card["id"] in temporary:
+ <span class="temporary-card">(temporary card${(", until " + temporary[card["id"]].strftime("%Y-%m-%d %H:%M") + " UTC") if temporary[card["id"]] else ""})</span>\
+% endif
+</td>
       <td class="key-escrow">${"escrowed (recoverable)" if c["public_key_sha256"] in escrowed or c["key_origin"] == "server-escrowed" else "not escrowed"}</td>
       <td><a href="${url_for('my_certificate_download', serial=c['serial'])}">Download</a></td>
     </tr>
@@ -30,7 +34,7 @@
 </table>
 % endif
 <%
-  own_cards = [c for c in cards.values() if c["owner"] == identity.login and c["status"] in ("active", "suspended")]
+  own_cards = [c for c in cards.values() if "lost" in own_transitions.get(c["serial"], ())]
   may_report = "my_card_lost" in available
 %>
 % if own_cards and may_report:

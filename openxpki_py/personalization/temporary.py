@@ -1,0 +1,91 @@
+"""Temporary cards: a second card that stands in, briefly, for a permanent card forgotten at home.
+
+The help desk (or the owner, where the lifecycle allows) moves the permanent
+card to a ``stand_in`` state (``forgotten``): its certificates go on hold.
+The next card *new to its owner* that the owner personalizes is registered
+as the temporary card for it (``token.kind = temporary``, ``stands_in_for``),
+and its certificates live ``cards.temporary.validity_days`` days (never
+longer than the profile allows).  There is one live temporary card per
+permanent card.  "returned" on the permanent card revokes the temporary
+card's certificates and releases the holds (console/cards.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.engine import Connection
+
+from ..console.lifecycle import HOLD, CardsConfig
+from ..db.schema import certificate, token
+from ..errors import PolicyViolation
+from .tokens import USABLE
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A card about to be personalized as the temporary card of ``permanent``."""
+
+    permanent_id: int
+    permanent_serial: str
+    validity_days: int
+
+    def as_context(self) -> dict[str, Any]:
+        return {"stands_in_for": self.permanent_serial, "validity_days": self.validity_days}
+
+
+def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: str) -> StandIn | None:
+    """Whether ``serial`` is (or becomes) a temporary card of ``owner``'s, and for which card.
+
+    None: a permanent card.  Refuses a second live temporary card, and a
+    temporary card whose permanent card is no longer forgotten.
+    """
+    stand_in_states = sorted(cards.lifecycle.stand_in)
+    days = cards.temporary_validity_days
+    row = conn.execute(select(token).where(token.c.serial == serial)).mappings().first()
+    if row is not None and row["owner"] == owner:  # the owner's card already: it keeps its kind
+        if row["kind"] != "temporary":
+            return None
+        permanent = conn.execute(select(token).where(token.c.id == row["stands_in_for"])).mappings().one()
+        if permanent["status"] not in stand_in_states:
+            raise PolicyViolation(
+                f"card {serial} was the temporary card for your card {permanent['serial']}, which is "
+                f"{permanent['status']} now; a temporary card is personalized only while its permanent card is "
+                "forgotten: ask the help desk", code="token.temporary_ended")
+        return StandIn(int(permanent["id"]), permanent["serial"], days)
+    forgotten = list(conn.execute(select(token).where(
+        token.c.owner == owner, token.c.kind == "permanent", token.c.status.in_(stand_in_states))
+        .order_by(token.c.id)).mappings())
+    for permanent in forgotten:
+        live = live_stand_in(conn, int(permanent["id"]))
+        if live is None:
+            return StandIn(int(permanent["id"]), permanent["serial"], days)
+    if forgotten:
+        raise PolicyViolation(
+            f"your card {forgotten[0]['serial']} is {forgotten[0]['status']} and card {live} already stands in "
+            "for it: one temporary card per card. Use that one, or ask the help desk", code="token.temporary_exists")
+    return None
+
+
+def live_stand_in(conn: Connection, permanent_id: int) -> str | None:
+    """The serial of the temporary card that still works for this card: usable, or with live certificates."""
+    c = certificate.c
+    alive = select(c.id).where(c.token_id == token.c.id, or_(
+        c.status == "valid", (c.status == "revoked") & (c.revocation_reason == HOLD))).exists()
+    return conn.execute(select(token.c.serial).where(
+        token.c.stands_in_for == permanent_id, token.c.kind == "temporary",
+        or_(token.c.status == USABLE, alive)).order_by(token.c.id)).scalar()
+
+
+def stand_ins(conn: Connection, permanent_id: int) -> list[dict[str, Any]]:
+    """The temporary cards that stood in for this card, newest first, each with its certificates' end."""
+    return [{**row, "valid_until": valid_until(conn, int(row["id"]))} for row in conn.execute(
+        select(token).where(token.c.stands_in_for == permanent_id).order_by(token.c.id.desc())).mappings()]
+
+
+def valid_until(conn: Connection, card_id: int) -> datetime | None:
+    """When the card's last certificate ends (None: none issued yet)."""
+    return conn.execute(select(func.max(certificate.c.not_after)).where(certificate.c.token_id == card_id)).scalar()
