@@ -1,0 +1,175 @@
+"""A card forgotten at home: its certificates on hold, a temporary card with short-lived certificates
+standing in, and both put right when it comes back — through the personalization in-process (the agent
+played by HTTP calls with software keys), the CA key in SoftHSM, SQLite and PostgreSQL.
+
+What relying parties see is checked where they look: ``openssl crl -text`` on the issued CRL (the
+entry's reason, the hold's removal), and pkilint on the CRL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+from support.pkix import assert_crl_lints_clean
+from test_console import crl_entry, crl_text
+from test_personalization_server import CSRF_RE, Agent, Browser, _personalize_fully, start
+
+from openxpki_py.console import cards, revocation
+from openxpki_py.db.schema import token
+from openxpki_py.errors import NotPermitted, PolicyViolation
+from openxpki_py.web.app import create_app
+
+RA, CA, USER = "RA Operator", "CA Operator", "User"
+DAYS = 5
+
+
+def settings(values: dict[str, Any]) -> None:
+    values["cards"] = {"temporary": {"validity_days": DAYS}}
+
+
+@pytest.fixture
+def app(make_instance: Callable[..., Any], db_engine: Any) -> Any:
+    inst = make_instance(db_engine, overrides=settings)
+    application = create_app(inst.config, inst.services)
+    application.instance = inst  # type: ignore[attr-defined]
+    return application
+
+
+def move(app: Any, serial: str, name: str, *, actor: str = "bob", role: str = RA) -> cards.TransitionResult:
+    svc = app.instance.services
+    return cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, name, actor=actor, role=role)
+
+
+def status(app: Any, serial: str) -> tuple[str, str | None]:
+    row = revocation.find(app.instance.services.db, serial)
+    return row["status"], row["revocation_reason"]
+
+
+def card(app: Any, serial: str) -> Any:
+    with app.instance.services.db.connect() as conn:
+        return conn.execute(select(token).where(token.c.serial == serial)).mappings().one()
+
+
+def lasts(app: Any, serial: str, days: int) -> bool:
+    """The certificate's notAfter is ``days`` after its issuance (to the second X.509 keeps, and the moment
+    between signing and storing; notBefore says nothing here: it is set back for lagging clocks)."""
+    row = revocation.find(app.instance.services.db, serial)
+    cert = x509.load_der_x509_certificate(bytes(row["der"]))
+    return abs(cert.not_valid_after_utc - row["created_at"] - timedelta(days=days)) < timedelta(seconds=3)
+
+
+def published_crl(app: Any, tmp_path: Path) -> str:
+    """Issue a CRL now (CA Operator), lint it, and return ``openssl crl -text``."""
+    svc = app.instance.services
+    issued, _ = revocation.issue_crl_now(svc.db, svc.ca, actor="carol", role=CA)
+    assert_crl_lints_clean(issued.crl, tmp_path)
+    return crl_text(app.instance, tmp_path)
+
+
+def test_forgotten_card_temporary_card_and_return(app: Any, tmp_path: Path) -> None:
+    _, _, permanent = _personalize_fully(app, "CARD-P")
+    assert all(lasts(app, s, 365) for s in permanent)  # the profile's validity
+
+    # Forgotten is the help desk's call here (owner_may: false): the owner is refused.
+    with pytest.raises(NotPermitted):
+        move(app, "CARD-P", "forgotten", actor="alice", role=USER)
+    result = move(app, "CARD-P", "forgotten")
+    assert (result.status, set(result.certificates)) == ("forgotten", set(permanent))
+    assert all(status(app, s) == ("revoked", "certificateHold") for s in permanent)
+    text = published_crl(app, tmp_path)
+    assert all("Certificate Hold" in crl_entry(text, s) for s in permanent)
+
+    # The next new card alice personalizes stands in for it: the page says so before she confirms.
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    assert agent.call("POST", "token", {"serial": "CARD-T"}).status_code == 200
+    page = browser.get(f"/deeplink/workflow/{wf_id}").text
+    assert 'id="temporary-card"' in page and "CARD-P" in page and f"valid\n    for {DAYS} days" in page
+    page_cancel = browser.post(f"/personalize/{wf_id}/action", {"csrf_token": browser.csrf(page), "mode": "deeplink",
+                                                                "action": "cancel", "version": _version(page)})
+    assert page_cancel.status_code == 303
+    _, _, temporary = _personalize_fully(app, "CARD-T")
+    assert temporary and all(lasts(app, s, DAYS) for s in temporary)
+    temp_card = card(app, "CARD-T")
+    assert (temp_card["kind"], temp_card["stands_in_for"]) == ("temporary", card(app, "CARD-P")["id"])
+    mine = browser.get("/certificates").text
+    assert "(temporary card, until " in mine
+
+    # One temporary card per card: a third card is refused when reported, and nothing is registered.
+    _, _, code = start(app)
+    third = Agent(app)
+    third.enroll(code)
+    refused = third.call("POST", "token", {"serial": "CARD-T2"})
+    assert (refused.status_code, refused.json["error"]["code"]) == (422, "token.temporary_exists"), refused.json
+    with pytest.raises(PolicyViolation, match="temporary card"):
+        move(app, "CARD-T", "forgotten")  # a temporary card is not "forgotten" in turn
+
+    # Returned: the holds are released, the temporary card's certificates revoked, all in one step.
+    result = move(app, "CARD-P", "returned")
+    assert (result.status, set(result.certificates)) == ("active", set(permanent))
+    assert [(t.serial, t.status, set(t.certificates)) for t in result.temporary] == [
+        ("CARD-T", "retired", set(temporary))]
+    assert all(status(app, s) == ("valid", None) for s in permanent)
+    assert all(status(app, s) == ("revoked", "cessationOfOperation") for s in temporary)
+    text = published_crl(app, tmp_path)
+    assert all(crl_entry(text, s) == "" for s in permanent)  # removeFromCRL: gone from the next CRL
+    assert all("Cessation Of Operation" in crl_entry(text, s) for s in temporary)
+    # The retired temporary card is not personalized again, and the permanent card is alice's as before.
+    _, _, code = start(app)
+    again = Agent(app)
+    again.enroll(code)
+    assert again.call("POST", "token", {"serial": "CARD-T"}).json["error"]["code"] == "token.unusable"
+
+
+def _version(page: str) -> str:
+    import re
+
+    match = re.search(r'name="version" value="(\d+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_permanent_card_lost_while_the_temporary_card_is_out(app: Any, tmp_path: Path) -> None:
+    _, _, permanent = _personalize_fully(app, "CARD-P")
+    move(app, "CARD-P", "forgotten")
+    _, _, temporary = _personalize_fully(app, "CARD-T")
+
+    # Alice reports the forgotten card lost (it was not at home after all): its held certificates are
+    # revoked for good (keyCompromise); the temporary card keeps working until its few days end.
+    browser = Browser(app, "alice")
+    mine = browser.get("/certificates").text
+    assert "Block card CARD-P" in mine
+    token_value = CSRF_RE.search(mine)
+    assert token_value
+    lost = browser.post("/certificates/cards/CARD-P/lost", {"confirm": "yes", "csrf_token": token_value.group(1)})
+    assert lost.status_code == 303, lost.text
+    assert all(status(app, s) == ("revoked", "keyCompromise") for s in permanent)
+    assert all(status(app, s) == ("valid", None) for s in temporary)
+    text = published_crl(app, tmp_path)
+    assert all("Key Compromise" in crl_entry(text, s) for s in permanent)
+    assert all(crl_entry(text, s) == "" for s in temporary)
+    with pytest.raises(PolicyViolation, match="forgotten"):
+        move(app, "CARD-P", "returned")
+
+    # A temporary card is personalized only while its permanent card is forgotten; her next new card
+    # is a permanent one again, with the profile's validity.
+    _, _, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    assert agent.call("POST", "token", {"serial": "CARD-T"}).json["error"]["code"] == "token.temporary_ended"
+    _, _, replacement = _personalize_fully(app, "CARD-N")
+    assert card(app, "CARD-N")["kind"] == "permanent"
+    assert all(lasts(app, s, 365) for s in replacement)
+
+    # The help desk takes the temporary card back; a leaver's terminate would have revoked it too.
+    result = move(app, "CARD-T", "retire")
+    assert result.status == "retired" and all(status(app, s) == ("revoked", "cessationOfOperation")
+                                              for s in temporary)
