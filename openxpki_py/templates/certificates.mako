@@ -52,3 +52,13 @@
 % else:
 <p>A lost card? Tell the help desk: they block it and revoke its certificates.</p>
 % endif
+% for serial, names in own_transitions.items():
+  % for t in [t for t in lifecycle_transitions if t.name in names and t.name != "lost"]:
+<form method="post" action="${url_for('my_card_transition', serial=serial)}" class="actions" id="my-${t.name}-${serial}">
+  <input type="hidden" name="csrf_token" value="${csrf_token}">
+  <input type="hidden" name="transition" value="${t.name}">
+  <label><input type="checkbox" name="confirm" value="yes" required> card ${serial}: ${t.label}</label>
+  <button type="submit">${t.label}</button>
+</form>
+  % endfor
+% endfor

@@ -39,6 +39,7 @@ def my_certificates(ctx: RequestContext) -> Response:
            for c in cards.values() if c["owner"] == ctx.login} if lifecycle is not None else {}
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc),
                       escrowed=escrowed, temporary=temporary, own_transitions=own,
+                      lifecycle_transitions=list(lifecycle.transitions.values()) if lifecycle is not None else [],
                       message=ctx.take_flash(), available=ctx.app.available)
 
 

@@ -9,7 +9,7 @@ entry's reason, the hold's removal), and pkilint on the CRL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,13 @@ import pytest
 from cryptography import x509
 from sqlalchemy import select
 from support.pkix import assert_crl_lints_clean
-from test_console import crl_entry, crl_text
+from test_console import Operator, crl_entry, crl_text, issue, operator_roles
 from test_personalization_server import CSRF_RE, Agent, Browser, _personalize_fully, start
 
 from openxpki_py.console import cards, revocation
 from openxpki_py.db.schema import token
 from openxpki_py.errors import NotPermitted, PolicyViolation
+from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.web.app import create_app
 
 RA, CA, USER = "RA Operator", "CA Operator", "User"
@@ -30,6 +31,7 @@ DAYS = 5
 
 
 def settings(values: dict[str, Any]) -> None:
+    operator_roles(values)  # bob: RA and CA Operator
     values["cards"] = {"temporary": {"validity_days": DAYS}}
 
 
@@ -49,6 +51,10 @@ def move(app: Any, serial: str, name: str, *, actor: str = "bob", role: str = RA
 def status(app: Any, serial: str) -> tuple[str, str | None]:
     row = revocation.find(app.instance.services.db, serial)
     return row["status"], row["revocation_reason"]
+
+
+def search_status(app: Any, serial: str) -> str:
+    return str(card(app, serial)["status"])
 
 
 def card(app: Any, serial: str) -> Any:
@@ -79,8 +85,12 @@ def test_forgotten_card_temporary_card_and_return(app: Any, tmp_path: Path) -> N
     # Forgotten is the help desk's call here (owner_may: false): the owner is refused.
     with pytest.raises(NotPermitted):
         move(app, "CARD-P", "forgotten", actor="alice", role=USER)
-    result = move(app, "CARD-P", "forgotten")
-    assert (result.status, set(result.certificates)) == ("forgotten", set(permanent))
+    bob = Operator(app, "bob").choose(RA)
+    page = bob.get("/console/cards/CARD-P").text
+    assert 'id="transition-forgotten"' in page and 'id="transition-returned"' not in page
+    done = bob.post("/console/cards/CARD-P/transition", {"transition": "forgotten", "confirm": "yes",
+                                                          "comment": "left it at home, called at 8:05"})
+    assert done.status_code == 303 and search_status(app, "CARD-P") == "forgotten"
     assert all(status(app, s) == ("revoked", "certificateHold") for s in permanent)
     text = published_crl(app, tmp_path)
     assert all("Certificate Hold" in crl_entry(text, s) for s in permanent)
@@ -110,6 +120,10 @@ def test_forgotten_card_temporary_card_and_return(app: Any, tmp_path: Path) -> N
     assert (refused.status_code, refused.json["error"]["code"]) == (422, "token.temporary_exists"), refused.json
     with pytest.raises(PolicyViolation, match="temporary card"):
         move(app, "CARD-T", "forgotten")  # a temporary card is not "forgotten" in turn
+
+    page = bob.get("/console/cards/CARD-P").text
+    assert 'class="card-stand-in"' in page and "CARD-T" in page and 'id="transition-returned"' in page
+    assert "stands in for" in bob.get("/console/cards/CARD-T").text
 
     # Returned: the holds are released, the temporary card's certificates revoked, all in one step.
     result = move(app, "CARD-P", "returned")
@@ -173,3 +187,32 @@ def test_permanent_card_lost_while_the_temporary_card_is_out(app: Any, tmp_path:
     result = move(app, "CARD-T", "retire")
     assert result.status == "retired" and all(status(app, s) == ("revoked", "cessationOfOperation")
                                               for s in temporary)
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_a_site_lets_owners_say_forgotten_and_forbids_the_lost_self_report(
+        make_instance: Callable[..., Any], db_engine: Any) -> None:
+    def site(values: dict[str, Any]) -> None:
+        values["cards"] = {"lifecycle": {"transitions": {"lost": {"owner_may": False},
+                                                         "forgotten": {"owner_may": True}}}}
+
+    inst = make_instance(db_engine, overrides=site)
+    app = create_app(inst.config, inst.services)
+    app.instance = inst  # type: ignore[attr-defined]
+    with inst.services.db.begin() as conn:
+        permanent = register_token(conn, TokenInfo("CARD-P"), owner="alice", now=datetime.now(timezone.utc),
+                                   claim_lifetime=timedelta(days=1))
+    logon = issue(inst, token_id=permanent.id)
+    alice = Operator(app, "alice")
+    mine = alice.get("/certificates").text
+    alice.csrf = CSRF_RE.search(mine).group(1)  # type: ignore[union-attr]
+    assert "Block card" not in mine and 'id="my-forgotten-CARD-P"' in mine
+    assert alice.post("/certificates/cards/CARD-P/lost", {"confirm": "yes"}).status_code == 403
+    assert alice.post("/certificates/cards/CARD-P/transition", {"transition": "lost", "confirm": "yes"}
+                      ).status_code == 403
+    assert status(app, logon) == ("valid", None)
+    said = alice.post("/certificates/cards/CARD-P/transition", {"transition": "forgotten", "confirm": "yes"})
+    assert said.status_code == 303 and status(app, logon) == ("revoked", "certificateHold")
+    # Bringing it back is still the help desk's: it revokes the temporary card's certificates.
+    assert alice.post("/certificates/cards/CARD-P/transition", {"transition": "returned", "confirm": "yes"}
+                      ).status_code == 403
