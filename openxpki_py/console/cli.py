@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("serial")
     p.add_argument("transition", help="the transition's name in the lifecycle (cards.lifecycle in config.yaml)")
     p.add_argument("--comment", help="why (kept in the audit trail)")
+    leaf("forgotten", cmd_forgotten, "cards forgotten at home (certificates on hold), their temporary cards, and "
+                                      "which ran out without the card coming back (JSON)")
     p = leaf("stuck", cmd_stuck, "workflows in exception or past their deadline with an error (JSON)")
     p.add_argument("--page", type=int, default=1)
     p = leaf("audit-export", cmd_audit_export, "the audit trail as CSV or JSON Lines on stdout")
@@ -75,6 +77,17 @@ def cmd_card(args: argparse.Namespace) -> int:
                         actor=args.actor,
                         role=roles.CA_OPERATOR, comment=args.comment)
     print(result.summary())
+    return 0
+
+
+def cmd_forgotten(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from ..personalization.temporary import forgotten_cards
+
+    services = _services(args)
+    with services.db.connect() as conn:
+        _print(forgotten_cards(conn, services.config.cards, datetime.now(timezone.utc)))
     return 0
 
 

@@ -13,14 +13,14 @@ card's certificates and releases the holds (console/cards.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection
 
 from ..console.lifecycle import HOLD, CardsConfig
-from ..db.schema import certificate, token
+from ..db.schema import audit_log, certificate, token
 from ..errors import PolicyViolation
 from .tokens import USABLE
 
@@ -84,6 +84,30 @@ def stand_ins(conn: Connection, permanent_id: int) -> list[dict[str, Any]]:
     """The temporary cards that stood in for this card, newest first, each with its certificates' end."""
     return [{**row, "valid_until": valid_until(conn, int(row["id"]))} for row in conn.execute(
         select(token).where(token.c.stands_in_for == permanent_id).order_by(token.c.id.desc())).mappings()]
+
+
+def forgotten_cards(conn: Connection, cards: CardsConfig, now: datetime) -> list[dict[str, Any]]:
+    """Every card in a stand-in state, with its temporary cards; ``overdue`` when none works any more.
+
+    A temporary card that runs out leaves its permanent card on hold: nothing
+    releases the holds but the help desk ("returned", or "lost").  This is
+    their follow-up list (``openxpki-py console forgotten``).
+    """
+    rows = conn.execute(select(token).where(token.c.kind == "permanent",
+                                            token.c.status.in_(sorted(cards.lifecycle.stand_in)))
+                        .order_by(token.c.id)).mappings()
+    listed = []
+    for row in rows:
+        since = conn.execute(select(func.max(audit_log.c.logged_at)).where(
+            audit_log.c.target == row["serial"], audit_log.c.event == "token.transition",
+            audit_log.c.outcome == "ok")).scalar()
+        temps = [{"serial": t["serial"], "status": t["status"], "valid_until": t["valid_until"]}
+                 for t in stand_ins(conn, int(row["id"]))]
+        working = [t for t in temps if t["status"] == USABLE and (t["valid_until"] is None or t["valid_until"] > now)]
+        ended = since is not None and since + timedelta(days=cards.temporary_validity_days) < now
+        listed.append({"serial": row["serial"], "owner": row["owner"], "status": row["status"], "since": since,
+                       "temporary_cards": temps, "overdue": not working and (bool(temps) or ended)})
+    return listed
 
 
 def valid_until(conn: Connection, card_id: int) -> datetime | None:

@@ -8,6 +8,7 @@ entry's reason, the hold's removal), and pkilint on the CRL.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,12 +18,13 @@ import pytest
 from cryptography import x509
 from sqlalchemy import select
 from support.pkix import assert_crl_lints_clean
-from test_console import Operator, crl_entry, crl_text, issue, operator_roles
+from test_console import Operator, crl_entry, crl_text, issue, operator_roles, run_cli
 from test_personalization_server import CSRF_RE, Agent, Browser, _personalize_fully, start
 
 from openxpki_py.console import cards, revocation
 from openxpki_py.db.schema import token
 from openxpki_py.errors import NotPermitted, PolicyViolation
+from openxpki_py.personalization.temporary import forgotten_cards
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.web.app import create_app
 
@@ -120,6 +122,16 @@ def test_forgotten_card_temporary_card_and_return(app: Any, tmp_path: Path) -> N
     assert (refused.status_code, refused.json["error"]["code"]) == (422, "token.temporary_exists"), refused.json
     with pytest.raises(PolicyViolation, match="temporary card"):
         move(app, "CARD-T", "forgotten")  # a temporary card is not "forgotten" in turn
+
+    # The help desk's follow-up list: overdue once the temporary card has run out and the card is not back.
+    listed = run_cli(app.instance, "console", "forgotten")
+    assert listed.returncode == 0, listed.stderr
+    assert [(c["serial"], c["overdue"], [t["serial"] for t in c["temporary_cards"]])
+            for c in json.loads(listed.stdout)] == [("CARD-P", False, ["CARD-T"])]
+    with app.instance.services.db.connect() as conn:
+        later = forgotten_cards(conn, app.instance.services.config.cards,
+                                datetime.now(timezone.utc) + timedelta(days=DAYS, hours=1))
+    assert [(c["serial"], c["overdue"]) for c in later] == [("CARD-P", True)]
 
     page = bob.get("/console/cards/CARD-P").text
     assert 'class="card-stand-in"' in page and "CARD-T" in page and 'id="transition-returned"' in page
