@@ -108,7 +108,7 @@ def register_card(ctx: ActivityContext) -> None:
         "agent": int(ctx.inputs["agent"]), "key_slots": [slot.as_api() for slot in card.slots],
     }
     # Shown before the user confirms: this card will be a temporary card, for a few days.
-    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial)
+    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now)
     if stand_in is not None:
         ctx["token"]["temporary"] = stand_in.as_context()
     # Planned before the user confirms: the page shows what this card will
@@ -134,7 +134,7 @@ def confirm_card(ctx: ActivityContext) -> None:
     info = TokenInfo(serial=card["serial"], model=card["model"], manufacturer=card["manufacturer"],
                      label=card["label"])
     # Decided again: the permanent card may have come back (or gone) since the card was reported.
-    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial)
+    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now)
     registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx),
                                 stands_in_for=stand_in.permanent_id if stand_in is not None else None)
     ctx["token"] = {**card, "id": registered.id, "confirmed": True}

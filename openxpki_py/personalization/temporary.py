@@ -37,11 +37,13 @@ class StandIn:
         return {"stands_in_for": self.permanent_serial, "validity_days": self.validity_days}
 
 
-def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: str) -> StandIn | None:
+def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: str,
+                 now: datetime) -> StandIn | None:
     """Whether ``serial`` is (or becomes) a temporary card of ``owner``'s, and for which card.
 
-    None: a permanent card.  Refuses a second live temporary card, and a
-    temporary card whose permanent card is no longer forgotten.
+    None: a permanent card.  Refuses a second live temporary card, a
+    temporary card whose permanent card is no longer forgotten, and one whose
+    days are over (its certificates expired: only the help desk extends it).
     """
     stand_in_states = sorted(cards.lifecycle.stand_in)
     days = cards.temporary_validity_days
@@ -55,6 +57,11 @@ def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: st
                 f"card {serial} was the temporary card for your card {permanent['serial']}, which is "
                 f"{permanent['status']} now; a temporary card is personalized only while its permanent card is "
                 "forgotten: ask the help desk", code="token.temporary_ended")
+        ends = valid_until(conn, int(row["id"]))
+        if ends is not None and ends <= now:
+            raise PolicyViolation(
+                f"card {serial} was a temporary card for {days} days, which are over; bring it back with your "
+                f"card {permanent['serial']} to the help desk", code="token.temporary_ended")
         return StandIn(int(permanent["id"]), permanent["serial"], days)
     forgotten = list(conn.execute(select(token).where(
         token.c.owner == owner, token.c.kind == "permanent", token.c.status.in_(stand_in_states))

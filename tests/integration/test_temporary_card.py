@@ -22,9 +22,9 @@ from test_console import Operator, crl_entry, crl_text, issue, operator_roles, r
 from test_personalization_server import CSRF_RE, Agent, Browser, _personalize_fully, start
 
 from openxpki_py.console import cards, revocation
-from openxpki_py.db.schema import token
+from openxpki_py.db.schema import certificate, token
 from openxpki_py.errors import NotPermitted, PolicyViolation
-from openxpki_py.personalization.temporary import forgotten_cards
+from openxpki_py.personalization.temporary import forgotten_cards, valid_until
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.web.app import create_app
 
@@ -70,6 +70,18 @@ def lasts(app: Any, serial: str, days: int) -> bool:
     row = revocation.find(app.instance.services.db, serial)
     cert = x509.load_der_x509_certificate(bytes(row["der"]))
     return abs(cert.not_valid_after_utc - row["created_at"] - timedelta(days=days)) < timedelta(seconds=3)
+
+
+def valid_until_of(app: Any, card_id: int) -> datetime:
+    with app.instance.services.db.connect() as conn:
+        ends = valid_until(conn, card_id)
+    assert ends is not None
+    return ends
+
+
+def set_not_after(app: Any, card_id: int, when: datetime) -> None:
+    with app.instance.services.db.begin() as conn:
+        conn.execute(certificate.update().where(certificate.c.token_id == card_id).values(not_after=when))
 
 
 def published_crl(app: Any, tmp_path: Path) -> str:
@@ -132,6 +144,16 @@ def test_forgotten_card_temporary_card_and_return(app: Any, tmp_path: Path) -> N
         later = forgotten_cards(conn, app.instance.services.config.cards,
                                 datetime.now(timezone.utc) + timedelta(days=DAYS, hours=1))
     assert [(c["serial"], c["overdue"]) for c in later] == [("CARD-P", True)]
+
+    # Its days over (the store's notAfter moved back for a moment), the temporary card is not personalized
+    # again: the help desk decides.
+    ends = valid_until_of(app, temp_card["id"])
+    set_not_after(app, temp_card["id"], datetime.now(timezone.utc) - timedelta(minutes=1))
+    _, _, code = start(app)
+    renewal = Agent(app)
+    renewal.enroll(code)
+    assert renewal.call("POST", "token", {"serial": "CARD-T"}).json["error"]["code"] == "token.temporary_ended"
+    set_not_after(app, temp_card["id"], ends)
 
     page = bob.get("/console/cards/CARD-P").text
     assert 'class="card-stand-in"' in page and "CARD-T" in page and 'id="transition-returned"' in page
