@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .. import roles
 from ..audit import append_audit
 from ..db.schema import certificate, token
 from ..errors import NotFound, NotPermitted, PolicyViolation
@@ -136,42 +135,11 @@ def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: dateti
                            changes.get("stands_in_for", row["stands_in_for"]))
 
 
-# Why a card's certificates are revoked when the card is marked so (RFC 5280 reasons).
-REVOCATION_FOR_STATUS = {"lost": "keyCompromise", "revoked": "privilegeWithdrawn", "destroyed": "cessationOfOperation"}
-
-
 def find_token(conn: Connection, serial: str) -> Any:
     row = conn.execute(select(token).where(token.c.serial == serial)).mappings().first()
     if row is None:
         raise NotFound(f"no card with serial {serial} is registered")
     return row
-
-
-def set_token_status(conn: Connection, serial: str, status: str, *, actor: str, ca: Any = None) -> list[str]:
-    """Mark a card; for lost/revoked/destroyed also revoke its valid certificates (returns their serials).
-
-    ``ca`` revokes; without it (no CA at hand) the status changes only when
-    nothing needs revoking.
-    """
-    if status not in STATUSES:
-        raise PolicyViolation(f"unknown card status '{status}'; use one of {', '.join(STATUSES)}",
-                              code="token.status_invalid")
-    row = find_token(conn, serial)
-    conn.execute(token.update().where(token.c.id == row["id"]).values(status=status))
-    revoked = []
-    reason = REVOCATION_FOR_STATUS.get(status)
-    if reason is not None:
-        serials = [r.serial for r in conn.execute(select(certificate.c.serial).where(
-            certificate.c.token_id == row["id"], certificate.c.status == "valid"))]
-        if serials and ca is None:
-            raise PolicyViolation(f"card {serial} has valid certificates; revoking them needs the CA",
-                                  code="token.needs_ca")
-        for cert_serial in serials:
-            ca.revoke_certificate(conn, int(cert_serial, 16), reason, actor=actor, role=roles.RA_OPERATOR)
-            revoked.append(cert_serial)
-    append_audit(conn, actor=actor, event="token.status", target=serial,
-                 details={"status": status, "revoked": revoked})
-    return revoked
 
 
 def release_token(conn: Connection, serial: str, *, actor: str) -> None:
