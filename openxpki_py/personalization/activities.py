@@ -134,7 +134,8 @@ def confirm_card(ctx: ActivityContext) -> None:
     info = TokenInfo(serial=card["serial"], model=card["model"], manufacturer=card["manufacturer"],
                      label=card["label"])
     # Decided again: the permanent card may have come back (or gone) since the card was reported.
-    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now)
+    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now,
+                            lock=True)
     registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx),
                                 stands_in_for=stand_in.permanent_id if stand_in is not None else None)
     ctx["token"] = {**card, "id": registered.id, "confirmed": True}

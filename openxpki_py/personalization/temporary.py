@@ -37,13 +37,16 @@ class StandIn:
         return {"stands_in_for": self.permanent_serial, "validity_days": self.validity_days}
 
 
-def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: str,
-                 now: datetime) -> StandIn | None:
+def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: str, now: datetime,
+                 lock: bool = False) -> StandIn | None:
     """Whether ``serial`` is (or becomes) a temporary card of ``owner``'s, and for which card.
 
     None: a permanent card.  Refuses a second live temporary card, a
     temporary card whose permanent card is no longer forgotten, and one whose
     days are over (its certificates expired: only the help desk extends it).
+    ``lock``: when registering, lock the forgotten card's row, so that two
+    cards confirmed at the same moment cannot both stand in for it (and
+    "returned", which locks it too, waits or goes first).
     """
     stand_in_states = sorted(cards.lifecycle.stand_in)
     days = cards.temporary_validity_days
@@ -63,9 +66,9 @@ def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: st
                 f"card {serial} was a temporary card for {days} days, which are over; bring it back with your "
                 f"card {permanent['serial']} to the help desk", code="token.temporary_ended")
         return StandIn(int(permanent["id"]), permanent["serial"], days)
-    forgotten = list(conn.execute(select(token).where(
-        token.c.owner == owner, token.c.kind == "permanent", token.c.status.in_(stand_in_states))
-        .order_by(token.c.id)).mappings())
+    query = select(token).where(token.c.owner == owner, token.c.kind == "permanent",
+                                token.c.status.in_(stand_in_states)).order_by(token.c.id)
+    forgotten = list(conn.execute(query.with_for_update() if lock else query).mappings())
     for permanent in forgotten:
         live = live_stand_in(conn, int(permanent["id"]))
         if live is None:

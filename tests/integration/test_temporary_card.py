@@ -24,7 +24,7 @@ from test_personalization_server import CSRF_RE, Agent, Browser, _personalize_fu
 from openxpki_py.console import cards, revocation
 from openxpki_py.db.schema import certificate, token
 from openxpki_py.errors import NotPermitted, PolicyViolation
-from openxpki_py.personalization.temporary import forgotten_cards, valid_until
+from openxpki_py.personalization.temporary import forgotten_cards, stand_in_for, valid_until
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.web.app import create_app
 
@@ -250,3 +250,40 @@ def test_a_site_lets_owners_say_forgotten_and_forbids_the_lost_self_report(
     # Bringing it back is still the help desk's: it revokes the temporary card's certificates.
     assert alice.post("/certificates/cards/CARD-P/transition", {"transition": "returned", "confirm": "yes"}
                       ).status_code == 403
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite", "postgresql"], indirect=True)
+def test_two_cards_confirmed_at_once_cannot_both_stand_in(make_instance: Callable[..., Any], db_engine: Any) -> None:
+    """The registration locks the forgotten card's row: the second confirmer waits, then is refused."""
+    import threading
+
+    inst = make_instance(db_engine)
+    svc, now = inst.services, datetime.now(timezone.utc)
+    with svc.db.begin() as conn:
+        register_token(conn, TokenInfo("CARD-P"), owner="alice", now=now, claim_lifetime=timedelta(days=1))
+    cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-P", "forgotten", actor="bob", role=RA)
+
+    def confirm(serial: str) -> None:
+        stand_in = stand_in_for(conn, svc.config.cards, owner="alice", serial=serial, now=now, lock=True)
+        assert stand_in is not None
+        register_token(conn, TokenInfo(serial), owner="alice", now=now, claim_lifetime=timedelta(days=1),
+                       stands_in_for=stand_in.permanent_id)
+
+    outcome: list[BaseException | None] = []
+
+    def second() -> None:
+        try:
+            with svc.db.begin() as other:
+                stand_in_for(other, svc.config.cards, owner="alice", serial="CARD-T2", now=now, lock=True)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome.append(exc)
+
+    with svc.db.begin() as conn:
+        confirm("CARD-T1")
+        racer = threading.Thread(target=second)
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive()  # waits for the first confirmation's transaction
+    racer.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], PolicyViolation) and outcome[0].code == "token.temporary_exists"
