@@ -52,14 +52,14 @@ def inst(make_instance: Callable[..., Any], db_engine: Engine) -> Iterator[Any]:
     yield make_instance(db_engine, algorithm="ec-p256", overrides=operator_roles)
 
 
-def issue(inst: Any, owner: str = "alice", token_id: int | None = None) -> str:
+def issue(inst: Any, owner: str = "alice", token_id: int | None = None, validity_days: int | None = None) -> str:
     svc = inst.services
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x")]))
            .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
     request = IssuanceRequest(csr=csr.public_bytes(serialization.Encoding.PEM), profile="smartcard_logon",
                               subject_attributes=svc.directory.find_user(owner).certificate_values(), owner=owner,
-                              requester="test", role=CA, token_id=token_id)
+                              requester="test", role=CA, token_id=token_id, validity_days=validity_days)
     with svc.db.begin() as conn:
         return svc.ca.issue_certificate(conn, request).serial
 

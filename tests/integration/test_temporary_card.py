@@ -221,6 +221,10 @@ def test_permanent_card_lost_while_the_temporary_card_is_out(app: Any, tmp_path:
     result = move(app, "CARD-T", "retire")
     assert result.status == "retired" and all(status(app, s) == ("revoked", "cessationOfOperation")
                                               for s in temporary)
+    assert move(app, "CARD-N", "damaged").status == "destroyed"
+    text = published_crl(app, tmp_path)
+    assert all("Cessation Of Operation" in crl_entry(text, s) for s in temporary)
+    assert all("Superseded" in crl_entry(text, s) for s in replacement)
 
 
 @pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
@@ -247,6 +251,10 @@ def test_a_site_lets_owners_say_forgotten_and_forbids_the_lost_self_report(
     assert status(app, logon) == ("valid", None)
     said = alice.post("/certificates/cards/CARD-P/transition", {"transition": "forgotten", "confirm": "yes"})
     assert said.status_code == 303 and status(app, logon) == ("revoked", "certificateHold")
+    # A temporary card's validity never exceeds the profile's (365 days for smartcard_logon).
+    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=3650), 365)
+    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=2), 2)
+
     # Bringing it back is still the help desk's: it revokes the temporary card's certificates.
     assert alice.post("/certificates/cards/CARD-P/transition", {"transition": "returned", "confirm": "yes"}
                       ).status_code == 403
