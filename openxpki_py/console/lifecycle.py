@@ -136,7 +136,8 @@ def _parse(r: Reader) -> Lifecycle:
         sr.finish()
     if USABLE not in states:
         raise ConfigError(f"{r.key_path('states')}: the state '{USABLE}' (a usable card) must be there")
-    transitions = {name: _parse_transition(tr, name, states) for name, tr in r.sections("transitions").items()}
+    transitions = {name: _parse_transition(tr, name, states, frozenset(stand_in))
+                   for name, tr in r.sections("transitions").items()}
     r.finish()
     return Lifecycle(states, frozenset(stand_in), transitions)
 
@@ -164,11 +165,11 @@ def _certificate_effect(r: Reader) -> CertificateEffect:
     return CertificateEffect(effect, HOLD if effect == "hold" else None)
 
 
-def _parse_transition(r: Reader, name: str, states: Mapping[str, str]) -> Transition:
+def _parse_transition(r: Reader, name: str, states: Mapping[str, str], stand_in: frozenset[str]) -> Transition:
     granted = r.str_list("roles")
-    unknown = [role for role in granted if role not in roles.KNOWN or role == roles.SYSTEM]
-    if unknown:
-        raise r.error("roles", "a list of " + ", ".join(sorted(roles.KNOWN - {roles.SYSTEM})))
+    if any(role not in roles.OPERATORS for role in granted):  # a User: only their own card, by owner_may
+        raise r.error("roles", "a list of " + ", ".join(sorted(roles.OPERATORS))
+                      + " (a User acts on their own card only, through owner_may)")
     kinds = r.str_list("cards", list(KINDS))
     if not kinds or any(k not in KINDS for k in kinds):
         raise r.error("cards", "a list of " + ", ".join(KINDS))
@@ -185,5 +186,9 @@ def _parse_transition(r: Reader, name: str, states: Mapping[str, str]) -> Transi
         certificates=_certificate_effect(r), roles=frozenset(granted), owner_may=r.bool("owner_may", False),
         kinds=frozenset(kinds), temporary_card=temporary,
     )
+    if transition.target in stand_in and transition.effect not in ("hold", "revoke"):
+        # never two working cards: the one a temporary card stands in for must not work meanwhile
+        raise r.error("certificates", f"hold or revoke: '{name}' leads to '{transition.target}', where a temporary "
+                      "card may stand in")
     r.finish()
     return transition

@@ -47,6 +47,8 @@ def test_shipped_lifecycle_and_site_overrides_field_by_field() -> None:
     ({"transitions": {"lost": {"to": "gone"}}}, "cards.lifecycle.transitions.lost.to: expected one of active"),
     ({"transitions": {"lost": {"from": ["active", "mislaid"]}}}, "cards.lifecycle.transitions.lost.from"),
     ({"transitions": {"lost": {"roles": ["Help Desk"]}}}, "cards.lifecycle.transitions.lost.roles"),
+    ({"transitions": {"lost": {"roles": ["User"]}}},
+     "cards.lifecycle.transitions.lost.roles: expected a list of CA Operator, RA Operator (a User acts on their own"),
     ({"transitions": {"lost": {"owner_may": "yes"}}}, "cards.lifecycle.transitions.lost.owner_may: expected true"),
     ({"transitions": {"lost": {"ownr_may": True}}}, "cards.lifecycle.transitions.lost.ownr_may: unknown key"),
     ({"transitions": {"lost": {"certificates": "shred"}}}, "cards.lifecycle.transitions.lost.certificates"),
@@ -57,6 +59,8 @@ def test_shipped_lifecycle_and_site_overrides_field_by_field() -> None:
      "cards.lifecycle.transitions.returned.temporary_card.reason"),
     ({"transitions": {"forgotten": {"cards": ["loaner"]}}}, "cards.lifecycle.transitions.forgotten.cards"),
     ({"transitions": ["lost"]}, "cards.lifecycle.transitions: expected a mapping"),
+    ({"transitions": {"forgotten": {"certificates": "keep"}}},
+     "cards.lifecycle.transitions.forgotten.certificates: expected hold or revoke: 'forgotten' leads to"),
     ({"transitons": {}}, "cards.lifecycle.transitons: unknown key"),
 ])
 def test_bad_site_lifecycle_names_the_key(site: dict[str, Any], message: str) -> None:
