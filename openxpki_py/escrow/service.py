@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from openxpki_py_token.key_transport import (
@@ -66,7 +66,19 @@ def _aad(owner: str, fingerprint: str) -> bytes:
     return f"{_AAD_LABEL};owner={owner};spki_sha256={fingerprint}".encode()
 
 
-def _pkcs8(key: rsa.RSAPrivateKey) -> bytearray:
+EscrowedPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def new_key_pair(spec: KeySpec) -> EscrowedPrivateKey:
+    """RSA of the spec's size, or EC on its curve (P-256, P-384): the kinds a card imports and proves."""
+    if spec.algorithm == "rsa" and spec.rsa_bits is not None:
+        return rsa.generate_private_key(public_exponent=65537, key_size=spec.rsa_bits)
+    if spec.algorithm == "ec":
+        return ec.generate_private_key(spec.ec_curve())
+    raise PolicyViolation(f"escrowed keys are RSA or EC P-256/P-384, not {spec}", code="escrow.key_type")
+
+
+def _pkcs8(key: EscrowedPrivateKey) -> bytearray:
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     buffer = bytearray(der)
@@ -89,9 +101,7 @@ class KeyEscrow:
     def generate(self, conn: Connection, *, owner: str, cert_type: str, profile: str, spec: KeySpec,
                  workflow_id: int | None, actor: str, role: str) -> EscrowedKey:
         """A new key pair, sealed in the HSM's custody and recorded; the CSR is for the issuance workflow."""
-        if spec.algorithm != "rsa" or spec.rsa_bits is None:
-            raise PolicyViolation(f"escrowed keys are RSA for now, not {spec}", code="escrow.key_type")
-        private = rsa.generate_private_key(public_exponent=65537, key_size=spec.rsa_bits)
+        private = new_key_pair(spec)
         public_der = private.public_key().public_bytes(serialization.Encoding.DER,
                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
         fingerprint = hashlib.sha256(public_der).hexdigest()
@@ -143,15 +153,19 @@ class KeyEscrow:
 
     def deliver(self, conn: Connection, escrow_id: int, *, agent_key: str, context: bytes, actor: str,
                 workflow_id: int) -> dict[str, Any]:
-        """The key sealed for this agent and task, and a challenge only the key's holder can decrypt."""
+        """The key sealed for this agent and task, and a challenge only the key's holder can answer.
+
+        ``proof`` names the challenge: RSA-OAEP ciphertext to decrypt, or an
+        ephemeral EC key for ECDH (:func:`~openxpki_py_token.key_transport.new_challenge`).
+        """
         row = self.record(conn, escrow_id)
         if row["workflow_id"] != workflow_id or row["status"] not in ("escrowed", "installed"):
             raise PolicyViolation("this escrowed key is not for this personalization's current step",
                                   code="escrow.not_yours")
         sealed = self._seal_for_agent(row, agent_key, context)
         public = serialization.load_der_public_key(bytes(row["public_key_der"]))
-        assert isinstance(public, rsa.RSAPublicKey)
-        expected, challenge = new_challenge(public)
+        assert isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
+        expected, challenge, proof = new_challenge(public, context)
         history = self._history(conn, row, agent_key, workflow_id)
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id)
                      .values(challenge_sha256=expected, deliveries=key_escrow.c.deliveries + 1))
@@ -159,7 +173,7 @@ class KeyEscrow:
                      details={"escrow_id": escrow_id, "workflow_id": workflow_id,
                               "delivery": int(row["deliveries"]) + 1,
                               "history": [h["escrow_id"] for h in history]})
-        return {**sealed.as_api(), "challenge": b64(challenge), "history": history}
+        return {**sealed.as_api(), "challenge": b64(challenge), "proof": proof, "history": history}
 
     def _seal_for_agent(self, row: RowMapping, agent_key: str, context: bytes) -> SealedKey:
         plain = self._private_key(row)
@@ -195,11 +209,11 @@ class KeyEscrow:
 
     def check_proof(self, conn: Connection, escrow_id: int, proof: bytes, *, token_id: int, serial: str,
                     actor: str, now: datetime) -> None:
-        """The card decrypted the last challenge: the key is on it.  Records the installation."""
+        """The card answered the last challenge (decryption or ECDH): the key is on it.  Records the installation."""
         row = self.record(conn, escrow_id)
         expected = row["challenge_sha256"]
         if expected is None or not proof_matches(bytes(expected), proof):
-            raise KeyProofRefused("the card did not decrypt the server's challenge with the escrowed key; "
+            raise KeyProofRefused("the card did not answer the server's challenge with the escrowed key; "
                                   "run the agent again (it fetches the key and a new challenge)")
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id).values(
             status="installed", token_id=token_id, certificate_serial=serial, installed_at=now,
@@ -220,7 +234,7 @@ class KeyEscrow:
         finally:
             wipe(plain)
             scrub(der)
-        assert isinstance(key, rsa.RSAPrivateKey)
+        assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey))
         password = "".join(secrets.choice(_OTP_ALPHABET) for _ in range(_OTP_LENGTH))
         encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
                       .kdf_rounds(100_000)
