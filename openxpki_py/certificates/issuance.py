@@ -90,6 +90,7 @@ def issue_certificate(ctx: ActivityContext) -> None:
         workflow_id=ctx.workflow_id,
         expected_key=_expected_key(ctx),
         key_origin=ctx.get("key_origin"),
+        validity_days=ctx.get("validity_days"),
     )
     issued = pki(ctx).ca.issue_certificate(ctx.conn, request)
     ctx["certificate_id"] = issued.id

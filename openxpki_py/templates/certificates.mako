@@ -37,7 +37,11 @@
       <td><code>${c["serial"]}</code></td>
       <td>${c["not_before"].strftime("%Y-%m-%d")} – ${c["not_after"].strftime("%Y-%m-%d")}</td>
       <td class="status">${"expired" if expired else c["status"]}${(" (" + c["revocation_reason"] + ")") if c["revocation_reason"] else ""}</td>
-      <td>${card["serial"] if card else ""}${(" – " + card["status"]) if card and card["status"] != "active" else ""}</td>
+      <td>${card["serial"] if card else ""}${(" – " + card["status"]) if card and card["status"] != "active" else ""}\
+% if card and card["id"] in temporary:
+ <span class="temporary-card">(temporary card${(", until " + temporary[card["id"]].strftime("%Y-%m-%d %H:%M") + " UTC") if temporary[card["id"]] else ""})</span>\
+% endif
+</td>
       <td class="key-escrow">${"escrowed (recoverable)" if c["public_key_sha256"] in escrowed or c["key_origin"] == "server-escrowed" else "not escrowed"}</td>
       <td><a href="${url_for('my_certificate_download', serial=c['serial'])}">Download</a></td>
     </tr>
@@ -46,7 +50,7 @@
 </table>
 % endif
 <%
-  own_cards = [c for c in cards.values() if c["owner"] == identity.login and c["status"] in ("active", "suspended")]
+  own_cards = [c for c in cards.values() if "lost" in own_transitions.get(c["serial"], ())]
   may_report = "my_card_lost" in available
 %>
 % if own_cards and may_report:
@@ -64,3 +68,13 @@
 % else:
 <p>A lost card? Tell the help desk: they block it and revoke its certificates.</p>
 % endif
+% for serial, names in own_transitions.items():
+  % for t in [t for t in lifecycle_transitions if t.name in names and t.name != "lost"]:
+<form method="post" action="${url_for('my_card_transition', serial=serial)}" class="actions" id="my-${t.name}-${serial}">
+  <input type="hidden" name="csrf_token" value="${csrf_token}">
+  <input type="hidden" name="transition" value="${t.name}">
+  <label><input type="checkbox" name="confirm" value="yes" required> card ${serial}: ${t.label}</label>
+  <button type="submit">${t.label}</button>
+</form>
+  % endfor
+% endfor

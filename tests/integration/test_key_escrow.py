@@ -227,7 +227,7 @@ def _sqlite_dump(inst: Any) -> list[str]:
 @pytest.mark.skipif(PKCS11_TOOL is None, reason="OpenSC's pkcs11-tool is not installed")
 def test_lost_card_replacement_card_gets_the_key_history_and_opens_old_mail(
         escrow_instance: Any, make_token: Any, tmp_path: Path) -> None:
-    from openxpki_py.personalization.tokens import set_token_status
+    from openxpki_py.console.cards import transition
 
     inst = escrow_instance
     first = make_token("alice-card-1", pin="482913")
@@ -238,12 +238,14 @@ def test_lost_card_replacement_card_gets_the_key_history_and_opens_old_mail(
     mail, cert_pem = cms_encrypt(old_cert, b"mail from last year", tmp_path)
 
     # Card 1 is lost: its certificates are revoked; card 2 gets a new escrowed key and the old one.
-    with inst.services.db.begin() as conn:
+    svc = inst.services
+    with svc.db.connect() as conn:
         serial = conn.execute(select(certificate.c.token_id)).scalars().first()
         from openxpki_py.db.schema import token as token_table
 
         card_serial = conn.execute(select(token_table.c.serial).where(token_table.c.id == serial)).scalar_one()
-        assert set_token_status(conn, card_serial, "lost", actor="helpdesk", ca=inst.services.ca)
+    assert transition(svc.db, svc.ca, svc.config.cards.lifecycle, card_serial, "lost", actor="helpdesk",
+                      role="RA Operator").certificates
     second = make_token("alice-card-2", pin="482913")
     _, output = _personalize(inst, second, tmp_path / "state-2")
     assert f"earlier key 1 (certificate {old_cert.serial_number:x}" in output, output
