@@ -30,13 +30,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from .. import roles
 from ..audit import append_audit
+from ..errors import WorkflowError
 from ..db.schema import certificate, token
 from ..errors import NotFound, NotPermitted, PolicyViolation
-from .lifecycle import CertificateEffect, Lifecycle, TemporaryCardEffect, Transition
+from .lifecycle import USABLE, CertificateEffect, Lifecycle, TemporaryCardEffect, Transition
 from .revocation import HOLD, clean_comment
 
 if TYPE_CHECKING:
     from ..crypto.ca import CertificateAuthority
+    from ..workflow.engine import WorkflowEngine
+
+PERSONALIZATION = "smartcard_personalization"
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def _may(step: Transition, role: str | None, *, own_card: bool) -> bool:
 
 
 def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, serial: str, name: str, *, actor: str,
-               role: str, comment: str | None = None) -> TransitionResult:
+               role: str, workflows: WorkflowEngine, comment: str | None = None) -> TransitionResult:
     step = lifecycle.get(name)
     if step is None:
         raise PolicyViolation(f"unknown card transition '{name[:32]}'; use one of {', '.join(lifecycle.transitions)}",
@@ -87,7 +91,34 @@ def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, seria
                                            role=role, comment=note) for row in _temporary_cards(conn, card, effect))
         result = _change_card(conn, ca, card, step.target, step.certificates, name, actor=actor, role=role,
                               comment=note, temporary=stand_ins)
+    for changed in (result, *result.temporary):
+        if changed.status != USABLE:
+            end_personalizations(workflows, changed.serial, f"card {changed.serial} is now {changed.status} "
+                                 f"('{name}' by {actor}): it gets no more certificates", actor=actor)
     return result
+
+
+def end_personalizations(workflows: WorkflowEngine, serial: str, reason: str, *, actor: str) -> list[int]:
+    """Fail the unfinished personalizations of a card made unusable, so the page and the agent learn at once.
+
+    After the transition committed: issuing checks the card in its own
+    transaction (personalization/tokens.py ``lock_usable_card``), so nothing
+    is issued for the card from now on; this only ends what would otherwise
+    wait.  An issuance child still open is failed first (its parent then ends
+    with the reason); through the engine, audited as ``workflow.fail`` by
+    ``actor`` in role System.
+    """
+    ended = []
+    open_ones = [wf for wf in workflows.search(wf_type=PERSONALIZATION, token_serial=serial, limit=1000)
+                 if not wf.final]
+    for wf in open_ones:
+        for run in [c for c in workflows.children(wf.id) if not c.final] + [wf]:
+            try:
+                workflows.fail(run.id, actor=actor, role=roles.SYSTEM, reason=reason)
+                ended.append(run.id)
+            except WorkflowError:  # finished meanwhile (or already: the parent ended with its child)
+                continue
+    return ended
 
 
 def _check_card(card: Any, step: Transition) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
 from ..db import certstore
+from ..personalization.tokens import lock_usable_card
 from ..errors import CAError, PolicyViolation
 from . import extensions
 from .csr import CheckedCSR, ExpectedKey, check_csr
@@ -286,6 +287,9 @@ class CertificateAuthority:
                           *, now: datetime | None = None) -> IssuedCertificate:
         """Check the CSR, build, sign and store the certificate; return it."""
         profile = self.profiles.get(request.profile)
+        if request.token_id is not None:
+            # In the issuing transaction: a card made unusable meanwhile gets nothing (console/cards.py).
+            lock_usable_card(conn, request.token_id)
         checked = check_csr(request.csr, profile, conn=conn, expected_key=request.expected_key)
         subject = profile.subject_name(request.subject_attributes)
         alt_names = profile.subject_alt_names(request.subject_attributes)

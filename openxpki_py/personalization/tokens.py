@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
 from ..db.schema import certificate, token
-from ..errors import NotFound, NotPermitted, PolicyViolation
+from ..errors import CardNotUsable, NotFound, NotPermitted, PolicyViolation
 
 STATUSES = ("active", "suspended", "forgotten", "lost", "revoked", "destroyed", "retired")  # console/lifecycle.yaml
 USABLE = "active"
@@ -133,6 +133,23 @@ def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: dateti
     return RegisteredToken(int(row["id"]), row["serial"], row["owner"], row["status"], row["model"],
                            row["manufacturer"], changes.get("kind", row["kind"]),
                            changes.get("stands_in_for", row["stands_in_for"]))
+
+
+def lock_usable_card(conn: Connection, token_id: int) -> Any:
+    """Lock the card's row and refuse unless it may be personalized now.
+
+    Called where a certificate is about to be requested or issued for the
+    card, in that transaction: a card transition (lost, returned, …) locks
+    the row too, so it commits either before (and this refuses) or after
+    (and revokes or holds what was issued).
+    """
+    row = conn.execute(select(token).where(token.c.id == token_id).with_for_update()).mappings().first()
+    if row is None:
+        raise NotFound(f"the card (token id {token_id}) is no longer registered")
+    if row["status"] != USABLE:
+        raise CardNotUsable(f"card {row['serial']} is {row['status']} now and gets no certificate; the "
+                            "personalization ends here: use another card or ask the help desk")
+    return row
 
 
 def find_token(conn: Connection, serial: str) -> Any:

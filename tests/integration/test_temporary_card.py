@@ -47,7 +47,7 @@ def app(make_instance: Callable[..., Any], db_engine: Any) -> Any:
 
 def move(app: Any, serial: str, name: str, *, actor: str = "bob", role: str = RA) -> cards.TransitionResult:
     svc = app.instance.services
-    return cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, name, actor=actor, role=role)
+    return cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, name, actor=actor, role=role, workflows=svc.workflows)
 
 
 def status(app: Any, serial: str) -> tuple[str, str | None]:
@@ -241,6 +241,9 @@ def test_a_site_lets_owners_say_forgotten_and_forbids_the_lost_self_report(
         permanent = register_token(conn, TokenInfo("CARD-P"), owner="alice", now=datetime.now(timezone.utc),
                                    claim_lifetime=timedelta(days=1))
     logon = issue(inst, token_id=permanent.id)
+    # A temporary card's validity never exceeds the profile's (365 days for smartcard_logon).
+    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=3650), 365)
+    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=2), 2)
     alice = Operator(app, "alice")
     mine = alice.get("/certificates").text
     alice.csrf = CSRF_RE.search(mine).group(1)  # type: ignore[union-attr]
@@ -251,9 +254,6 @@ def test_a_site_lets_owners_say_forgotten_and_forbids_the_lost_self_report(
     assert status(app, logon) == ("valid", None)
     said = alice.post("/certificates/cards/CARD-P/transition", {"transition": "forgotten", "confirm": "yes"})
     assert said.status_code == 303 and status(app, logon) == ("revoked", "certificateHold")
-    # A temporary card's validity never exceeds the profile's (365 days for smartcard_logon).
-    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=3650), 365)
-    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=2), 2)
 
     # Bringing it back is still the help desk's: it revokes the temporary card's certificates.
     assert alice.post("/certificates/cards/CARD-P/transition", {"transition": "returned", "confirm": "yes"}
@@ -269,7 +269,7 @@ def test_two_cards_confirmed_at_once_cannot_both_stand_in(make_instance: Callabl
     svc, now = inst.services, datetime.now(timezone.utc)
     with svc.db.begin() as conn:
         register_token(conn, TokenInfo("CARD-P"), owner="alice", now=now, claim_lifetime=timedelta(days=1))
-    cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-P", "forgotten", actor="bob", role=RA)
+    cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-P", "forgotten", actor="bob", role=RA, workflows=svc.workflows)
 
     def confirm(serial: str) -> None:
         stand_in = stand_in_for(conn, svc.config.cards, owner="alice", serial=serial, now=now, lock=True)

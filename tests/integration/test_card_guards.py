@@ -1,0 +1,71 @@
+"""A card's state guards what happens to it, whoever moves first: a card made unusable during its
+personalization gets no certificate, a temporary card never outlives its days, and an operator acts on
+their own card only as its owner may — through the in-process personalization (the agent played by HTTP
+calls with software keys), the CA key in SoftHSM, SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import select
+from test_console import issue
+from test_personalization_server import Agent, _personalize_fully, confirmed_agent, make_csr
+from test_temporary_card import RA, app, card, move, status  # noqa: F401 - app is the fixture
+
+from openxpki_py.db.schema import certificate, token
+from openxpki_py.errors import CardNotUsable
+
+
+def certificates_of(app: Any, serial: str) -> list[str]:  # noqa: F811
+    with app.instance.services.db.connect() as conn:
+        return [r.serial for r in conn.execute(select(certificate.c.serial).join(
+            token, token.c.id == certificate.c.token_id).where(token.c.serial == serial))]
+
+
+def next_csr(agent: Agent) -> Any:
+    """Answer the agent's key task with a CSR; return the server's answer."""
+    task = agent.call("GET", "task").json
+    assert task["task"] == "generate_key", task
+    key = (rsa.generate_private_key(65537, task["key"]["size"]) if task["key"]["algorithm"] == "rsa"
+           else ec.generate_private_key(ec.SECP256R1()))
+    return agent.call("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"], "csr": make_csr(key)})
+
+
+def test_returned_ends_the_temporary_cards_personalization(app: Any) -> None:  # noqa: F811
+    """alice confirmed her temporary card; the help desk presses "returned" before anything was issued."""
+    _personalize_fully(app, "CARD-P")
+    move(app, "CARD-P", "forgotten")
+    browser, wf_id, agent = confirmed_agent(app, "CARD-T")
+    move(app, "CARD-P", "returned")
+    assert card(app, "CARD-T")["status"] == "retired"
+    task = agent.call("GET", "task").json
+    assert task["task"] == "failed" and "CARD-T is now retired" in task["message"], task
+    assert "CARD-T is now retired" in browser.get(f"/deeplink/workflow/{wf_id}").text
+    answer = agent.call("POST", "csr", {"cert_type": "authentication", "key_id": "01",
+                                        "csr": make_csr(ec.generate_private_key(ec.SECP256R1()))})
+    assert answer.status_code >= 400
+    assert certificates_of(app, "CARD-T") == []
+
+
+def test_a_card_made_unusable_gets_no_certificate_for_its_csr(app: Any) -> None:  # noqa: F811
+    """However the card left `active` (here: the row changed under the workflow), its CSR ends the personalization."""
+    browser, wf_id, agent = confirmed_agent(app, "CARD-S")
+    with app.instance.services.db.begin() as conn:
+        conn.execute(token.update().where(token.c.serial == "CARD-S").values(status="suspended"))
+    next_csr(agent)
+    task = agent.call("GET", "task").json
+    assert task == {"task": "failed", "code": "token.not_active", "message": task["message"]}
+    assert "CARD-S is suspended now" in task["message"]
+    assert certificates_of(app, "CARD-S") == []
+
+
+def test_the_ca_issues_nothing_for_a_card_that_is_not_active(app: Any) -> None:  # noqa: F811
+    """The issuing transaction checks the card itself (an issuance child that outlived the transition)."""
+    _personalize_fully(app, "CARD-L")
+    move(app, "CARD-L", "lost")
+    with pytest.raises(CardNotUsable, match="CARD-L is lost"):
+        issue(app.instance, token_id=int(card(app, "CARD-L")["id"]))
+    assert all(status(app, s) == ("revoked", "keyCompromise") for s in certificates_of(app, "CARD-L"))
