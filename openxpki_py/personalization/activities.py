@@ -137,7 +137,8 @@ def confirm_card(ctx: ActivityContext) -> None:
     stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now,
                             lock=True)
     registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx),
-                                stands_in_for=stand_in.permanent_id if stand_in is not None else None)
+                                stands_in_for=stand_in.permanent_id if stand_in is not None else None,
+                                temporary_until=stand_in.until if stand_in is not None else None)
     ctx["token"] = {**card, "id": registered.id, "confirmed": True}
     ctx["token"].pop("temporary", None)
     if stand_in is not None:

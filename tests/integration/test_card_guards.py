@@ -6,17 +6,18 @@ calls with software keys), the CA key in SoftHSM, SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from test_console import issue
-from test_personalization_server import Agent, _personalize_fully, confirmed_agent, make_csr
-from test_temporary_card import RA, app, card, move, status  # noqa: F401 - app is the fixture
+from test_personalization_server import Agent, _personalize_fully, confirmed_agent, make_csr, start
+from test_temporary_card import RA, app, card, ends_with_card, move, status  # noqa: F401 - app is the fixture
 
 from openxpki_py.db.schema import certificate, token
-from openxpki_py.errors import CardNotUsable
+from openxpki_py.errors import CardNotUsable, PolicyViolation
 
 
 def certificates_of(app: Any, serial: str) -> list[str]:  # noqa: F811
@@ -69,3 +70,27 @@ def test_the_ca_issues_nothing_for_a_card_that_is_not_active(app: Any) -> None: 
     with pytest.raises(CardNotUsable, match="CARD-L is lost"):
         issue(app.instance, token_id=int(card(app, "CARD-L")["id"]))
     assert all(status(app, s) == ("revoked", "keyCompromise") for s in certificates_of(app, "CARD-L"))
+
+
+def test_personalizing_the_temporary_card_again_gives_no_more_days(app: Any) -> None:  # noqa: F811
+    """Its end is fixed when confirmed; a later personalization's certificates end then too, and none after it."""
+    _personalize_fully(app, "CARD-P")
+    move(app, "CARD-P", "forgotten")
+    _, _, first = _personalize_fully(app, "CARD-T")
+    ends = card(app, "CARD-T")["temporary_until"]
+    with app.instance.services.db.begin() as conn:  # a day later, as far as the card's end is concerned
+        conn.execute(token.update().where(token.c.serial == "CARD-T").values(temporary_until=ends - timedelta(days=1)))
+    _, _, second = _personalize_fully(app, "CARD-T")
+    assert second and all(ends_with_card(app, s, ends - timedelta(days=1)) for s in second)
+    assert all(status(app, s) == ("revoked", "superseded") for s in first)
+
+    with app.instance.services.db.begin() as conn:  # its days are over
+        conn.execute(token.update().where(token.c.serial == "CARD-T").values(
+            temporary_until=datetime.now(timezone.utc) - timedelta(minutes=1)))
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    refused = agent.call("POST", "token", {"serial": "CARD-T"})
+    assert refused.status_code >= 400 and "token.temporary_ended" in refused.text, refused.text
+    with pytest.raises(PolicyViolation, match="days ended"):  # and the CA itself refuses
+        issue(app.instance, token_id=int(card(app, "CARD-T")["id"]))
