@@ -67,7 +67,10 @@ def available(lifecycle: Lifecycle, card: Any, role: str | None, *, own_card: bo
 
 
 def _may(step: Transition, role: str | None, *, own_card: bool) -> bool:
-    return role in step.roles or (role == roles.USER and own_card and step.owner_may)
+    # On their own card an operator is its owner: an operator role must not lift a hold security put there.
+    if own_card:
+        return step.owner_may and (role == roles.USER or role in roles.OPERATORS)
+    return role in step.roles
 
 
 def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, serial: str, name: str, *, actor: str,
@@ -161,6 +164,9 @@ def _check_actor(db: Engine, serial: str, owner: str | None, step: Transition, *
                      details={"transition": step.name})
     if role == roles.USER and owner != actor:  # someone else's card: not even whether it exists
         raise NotFound(f"you have no card {serial[:128]}")
+    if owner == actor and role in step.roles:
+        raise NotPermitted(f"card {serial[:128]} is your own: another operator must '{step.name}' it (on your own "
+                           "card you may do only what its owner may)", code="token.own_card")
     raise NotPermitted(f"the role {role} may not '{step.name}' this card", code="console.role")
 
 

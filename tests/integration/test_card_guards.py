@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
-from test_console import issue
+from test_console import Operator, issue
 from test_personalization_server import Agent, _personalize_fully, confirmed_agent, make_csr, start
 from test_temporary_card import RA, app, card, ends_with_card, move, status  # noqa: F401 - app is the fixture
 
-from openxpki_py.db.schema import certificate, token
-from openxpki_py.errors import CardNotUsable, PolicyViolation
+from openxpki_py.db.schema import audit_log, certificate, token
+from openxpki_py.errors import CardNotUsable, NotPermitted, PolicyViolation
+from openxpki_py.personalization.tokens import TokenInfo, register_token
 
 
 def certificates_of(app: Any, serial: str) -> list[str]:  # noqa: F811
@@ -94,3 +95,26 @@ def test_personalizing_the_temporary_card_again_gives_no_more_days(app: Any) -> 
     assert refused.status_code >= 400 and "token.temporary_ended" in refused.text, refused.text
     with pytest.raises(PolicyViolation, match="days ended"):  # and the CA itself refuses
         issue(app.instance, token_id=int(card(app, "CARD-T")["id"]))
+
+
+def test_an_operator_acts_on_their_own_card_only_as_its_owner(app: Any) -> None:  # noqa: F811
+    """bob (RA Operator) cannot lift the hold security put on his card, nor mint himself a temporary card."""
+    inst = app.instance
+    with inst.services.db.begin() as conn:
+        mine = register_token(conn, TokenInfo("CARD-BOB"), owner="bob", now=datetime.now(timezone.utc),
+                              claim_lifetime=timedelta(days=1))
+    cert = issue(inst, owner="bob", token_id=mine.id)
+    move(app, "CARD-BOB", "suspend", actor="carol", role=RA)
+    for name in ("resume", "forgotten", "damaged"):
+        with pytest.raises(NotPermitted, match="another operator must") as refused:
+            move(app, "CARD-BOB", name, actor="bob", role=RA)
+        assert refused.value.code == "token.own_card"
+    assert status(app, cert) == ("revoked", "certificateHold") and card(app, "CARD-BOB")["status"] == "suspended"
+    with inst.services.db.connect() as conn:
+        refusals = conn.execute(select(audit_log.c.details).where(
+            audit_log.c.target == "CARD-BOB", audit_log.c.outcome == "refused")).scalars().all()
+    assert len(refusals) == 3
+    page = Operator(app, "bob").choose(RA).get("/console/cards/CARD-BOB").text
+    assert 'id="transition-resume"' not in page and 'id="transition-lost"' in page  # lost: owner_may
+    move(app, "CARD-BOB", "lost", actor="bob", role=RA)  # what an owner may, he may
+    assert status(app, cert) == ("revoked", "keyCompromise")
