@@ -30,8 +30,10 @@ def my_certificates(ctx: RequestContext) -> Response:
         # keys with an escrow record: a copy is in the HSM's custody, recoverable by two officers
         escrowed = set(conn.execute(select(key_escrow.c.public_key_sha256)
                                     .where(key_escrow.c.owner == ctx.login)).scalars())
+    # PIN unblocks under way for the user's cards (also those the help desk started for them)
+    unblocks = ctx.app.unblock.open_for_owner(ctx.login) if ctx.app.unblock is not None else []
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc),
-                      escrowed=escrowed,
+                      escrowed=escrowed, unblocks=unblocks,
                       message=ctx.take_flash(), available=ctx.app.available)
 
 

@@ -92,7 +92,9 @@ def console_card(ctx: RequestContext, serial: str) -> Response:
         return json_answer({"card": dict(card), "certificates": _rows(certs), "history": _rows(history),
                             "workflows": _rows(flows)})
     return ctx.render("console/card.mako", card=card, certs=certs, history=history, flows=flows,
-                      transitions=card_states.available(card["status"], ctx.role), message=ctx.take_flash())
+                      transitions=card_states.available(card["status"], ctx.role), message=ctx.take_flash(),
+                      may_unblock="console_card_unblock" in ctx.app.available and card["status"] == "active"
+                      and bool(card["owner"]))
 
 
 @view("/console/workflows/<int:wf_id>", roles=OPERATORS, needs="console")
