@@ -6,6 +6,7 @@ tests/integration/test_agent_pin_unblock.py; here the pages and the JSON API in-
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Callable
@@ -117,6 +118,9 @@ def test_the_owners_agent_gets_the_puk_once_for_the_confirmed_card(app: Any) -> 
 
     confirm(alice, wf_id, agent.phrase)
     assert state(app, wf_id) == "UNBLOCKING"
+    # The unblock's agent is no personalization's: the management key stays out of its reach.
+    mgmt = agent.call("POST", "card-credentials", {"token_serial": "55501234"})
+    assert (mgmt.status_code, mgmt.json["error"]["code"]) == (409, "workflow.type")
     assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}
                       ).json == {"status": "confirmed"}
     wrong = agent.call("POST", "pin-unblock/credential", {"token_serial": "55509999"})
@@ -164,19 +168,27 @@ def test_refused_for_another_users_card_an_unknown_or_inactive_card(app: Any) ->
     assert alice.post("/certificates/cards/ALICE02/unblock", {}).status_code in (400, 403)
 
 
-def test_rate_limit_per_card(app: Any) -> None:
+def cancel(browser: Browser, wf_id: int) -> None:
+    page = browser.get(f"/unblock/{wf_id}").text
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert version
+    done = browser.post(f"/unblock/{wf_id}/action", {"csrf_token": browser.csrf(page), "action": "cancel",
+                                                     "version": version.group(1)})
+    assert done.status_code == 303 and state(browser.client.application, wf_id) == "CANCELLED"
+
+
+def test_rate_limits_per_card_and_per_owner(app: Any) -> None:
     register(app, "55501234")
     alice = Browser(app, "alice")
     for _ in range(2):
-        wf_id = unblock_id(ask(alice, "55501234"))
-        page = alice.get(f"/unblock/{wf_id}").text
-        version = re.search(r'name="version" value="(\d+)"', page)
-        assert version
-        alice.post(f"/unblock/{wf_id}/action", {"csrf_token": alice.csrf(page), "action": "cancel",
-                                                "version": version.group(1)})
-        assert state(app, wf_id) == "CANCELLED"
+        cancel(alice, unblock_id(ask(alice, "55501234")))
     ask(alice, "55501234")
-    assert "had 2 PIN unblock(s) in the last 24 h already" in alice.get("/certificates").text
+    assert "card 55501234 had 2 PIN unblock(s) in the last 24 h already" in alice.get("/certificates").text
+    # Per owner: a third unblock of alice's on another card is still allowed, the fourth is not.
+    register(app, "55505678")
+    cancel(alice, unblock_id(ask(alice, "55505678")))
+    ask(alice, "55505678")
+    assert "alice's cards had 3 PIN unblock(s)" in html.unescape(alice.get("/certificates").text)
 
 
 def test_an_operator_starts_it_and_only_the_owner_runs_it(app: Any) -> None:
