@@ -26,7 +26,7 @@ callables = Registry()
 
 WF_TYPE = "pin_unblock"
 #: Card types whose unblock credential the server derives, and its kind (crypto.card_admin.CARD_KINDS).
-UNBLOCK_KINDS = {"piv": "puk"}
+UNBLOCK_KINDS = {"piv": "puk", "openpgp": "admin_pin"}
 
 
 class UnblockRateLimited(PolicyViolation):

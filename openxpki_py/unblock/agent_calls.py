@@ -4,8 +4,8 @@ The agent pairs like a personalization's (:mod:`openxpki_py.personalization.enro
 a one-time code from the owner's page, a bearer credential bound to this
 workflow, a phrase the owner confirms in the browser together with the card.
 Only then, only in ``UNBLOCKING``, only for the card the unblock names and
-only once per workflow is the unblock credential released (PIV: the PUK; not
-the management key).  Every release and refusal is audited
+only once per workflow is the unblock credential released (PIV: the PUK, not
+the management key; OpenPGP: the admin PIN).  Every release and refusal is audited
 (``card.unblock_credential``) with the card and the kind, never the value;
 nothing of it is stored.
 """

@@ -4,7 +4,8 @@ The card is personalized first with per-card admin credentials (card_admin),
 so that its PUK is the one the server derives; three wrong PINs block it; the
 owner asks on "My certificates", runs ``openxpki-py-token unblock`` and
 confirms the phrase; afterwards the new PIN signs through OpenSC and the old
-one does not.  Refusals without a card are tests/integration/test_pin_unblock_server.py.
+one does not.  The same for the virtual OpenPGP card, whose admin PIN (PW3)
+unblocks PW1.  Refusals without a card are tests/integration/test_pin_unblock_server.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from support.agent import AGENT, CSRF_RE, Browser, printed_phrase
-from support.smartcards import VirtualCardProcess
+from support.agent import AGENT, CSRF_RE, Browser, printed_phrase, run_agent_on_card
+from support.smartcards import OPENSC_MODULE, VirtualCardProcess
 
 from test_agent_piv_card import _card_admin_state, _issued, _personalize, _pkcs11_tool, _with_card_admin
 
@@ -109,12 +110,12 @@ def _unblock(app: Any, url: str, serial: str, state: Path) -> tuple[int, int, st
     return wf_id, agent.returncode, out, err
 
 
-def _signs(pin: str, tmp_path: Path) -> bytes | None:
-    """A signature with the logon key (PIV 9a, OpenSC ID 01) after a login with ``pin``; None if refused."""
+def _signs(pin: str, tmp_path: Path, key_id: str = "01") -> bytes | None:
+    """A signature with the logon key (PIV 9a: OpenSC ID 01; OpenPGP: 03) after a login with ``pin``; None: refused."""
     data, sig = tmp_path / "data.bin", tmp_path / "data.sig"
     data.write_bytes(b"logon challenge")
     try:
-        _pkcs11_tool("--login", "--pin", pin, "--sign", "--mechanism", "SHA256-RSA-PKCS", "--id", "01",
+        _pkcs11_tool("--login", "--pin", pin, "--sign", "--mechanism", "SHA256-RSA-PKCS", "--id", key_id,
                      "--input-file", str(data), "--output-file", str(sig))
     except subprocess.CalledProcessError:
         return None
@@ -180,3 +181,39 @@ def test_a_card_that_refuses_the_puk_stays_as_it_was(make_agent_server: Callable
     view = app.instance.services.workflows.get(wf_id)
     assert view.state == "FAILED" and view.context["result"] == {"outcome": "failed", "code": "card.puk_refused"}
     assert "card.puk_refused" in Browser(app).get(f"/unblock/{wf_id}").text
+
+
+def test_openpgp_card_pin_unblocked_with_its_admin_pin(make_agent_server: Callable[..., tuple[Any, str]],
+                                                        openpgp_card: VirtualCardProcess, tmp_path: Path) -> None:
+    """The OpenPGP route: VERIFY PW3 with the derived admin PIN, RESET RETRY COUNTER P1=02, then PW1 works."""
+    from test_agent_openpgp_card import AUTHENTICATION, _policy, _token_serial_pgp
+
+    def with_card_admin(settings: dict[str, Any]) -> None:
+        _policy(AUTHENTICATION)(settings)
+        settings["card_admin"] = {"enabled": True}
+
+    app, url = make_agent_server(with_card_admin)
+    browser = Browser(app)
+    personalization, enrollment_code = browser.start()
+    agent = run_agent_on_card(openpgp_card, url, enrollment_code, tmp_path / "state")  # the derived admin PIN
+    browser.confirm_when_asked(personalization)
+    _, err = agent.communicate(timeout=120)
+    assert agent.returncode == 0, err
+    serial = _token_serial_pgp()
+    admin_pin = app.instance.services.card_admin.card_admin_credentials("openpgp", serial).values["admin_pin"]
+    for _ in range(3):
+        assert _login(openpgp_card.pin[::-1]) != 0
+    assert _login(openpgp_card.pin) != 0  # blocked
+
+    wf_id, returncode, out, err = _unblock(app, url, serial, tmp_path / "unblock-state")
+    assert returncode == 0, err
+    assert "done: the PIN is unblocked" in err, err
+    view = app.instance.services.workflows.get(wf_id)
+    assert view.state == "UNBLOCKED" and view.context["card"]["card_profile"] == "openpgp"
+    assert _signs(NEW_PIN, tmp_path, "03") is not None and _login(openpgp_card.pin) != 0
+    assert admin_pin not in out + err
+
+
+def _login(pin: str) -> int:
+    return subprocess.run(["pkcs11-tool", "--module", str(OPENSC_MODULE), "--login", "--pin", pin, "--list-objects"],
+                          capture_output=True, timeout=60).returncode

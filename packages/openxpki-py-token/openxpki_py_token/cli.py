@@ -30,11 +30,13 @@ from .errors import (
     ServerRefused,
     ServerUnreachable,
     TokenError,
+    TokenNotFound,
     UsageError,
 )
 from .opensc import MODULE_ENV, find_module
 from .pins import CardPins, new_pin, terminal_prompt
-from .piv_card import PivCard, find_piv_reader, piv_available
+from .openpgp_unblock import OpenPgpUnblockCard
+from .piv_card import INSTALL_HINT, PivCard, find_piv_reader, piv_available
 from .progress import Progress
 from .secret import SecretRef
 from .state import DEFAULT_STATE_DIR, StateStore
@@ -195,10 +197,23 @@ def cmd_unblock(args: argparse.Namespace) -> int:
     progress = Progress()
     api = ApiClient(server, ca_file=args.ca_file, allow_http_localhost=args.insecure_http_for_localhost,
                     retry_window=args.timeout, notify=progress.step)
-    card = PivCard(CardPins(), CardCredentials(), reader=args.reader)  # UsageError if the PIV extra is missing
+    card = unblock_card(args.reader)
     PinUnblocker(api, card, StateStore(args.state_dir), lambda name: new_pin(source, prompt, card=name),
                  timeout=args.timeout, progress=progress).unblock(code)
     return EXIT_OK
+
+
+def unblock_card(reader: str | None) -> PivCard | OpenPgpUnblockCard:
+    """A PIV card if one answers, else an OpenPGP card; both over PC/SC (the PIV extra brings pyscard)."""
+    if not piv_available():
+        raise UsageError(INSTALL_HINT.replace("PIV cards need", "unblocking a PIN needs"))
+    if find_piv_reader(reader) is not None:
+        return PivCard(CardPins(), CardCredentials(), reader=reader)
+    found = OpenPgpUnblockCard.find(reader)
+    if found is None:
+        where = f" in a reader matching {reader!r}" if reader else ""
+        raise TokenNotFound(f"no PIV or OpenPGP card found{where}: insert the card whose PIN is blocked")
+    return found
 
 
 def cmd_register_handler(args: argparse.Namespace) -> int:

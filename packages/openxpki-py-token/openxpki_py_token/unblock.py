@@ -5,7 +5,7 @@ got a one-time code there.  The agent reads the card, asks for the new PIN
 (before the code is spent: a typo costs nothing), pairs with the page like
 ``enroll`` (:mod:`.session`), reports the card, and waits until the owner
 confirmed card and phrase.  Then it receives the card's unblock credential
-(PIV: the PUK), once, and resets the PIN on the card.  The new PIN never
+(PIV: the PUK; OpenPGP: the admin PIN), once, and resets the PIN on the card.  The new PIN never
 leaves this computer; the credential is used for the one card command,
 never printed, logged or saved, and dropped right after (Python cannot
 overwrite a string in place: the reference goes, the memory is freed).  The
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from .api_client import ApiClient
 from .credentials import DerivedCredentials
 from .errors import EnrollmentStopped, ProtocolError, ServerRefused, TokenError
+from .openpgp_unblock import OpenPgpUnblockCard
 from .piv_card import PivCard
 from .progress import Progress
 from .session import answer_text, open_session
@@ -33,7 +34,8 @@ _POLL = 1.0
 class PinUnblocker:
     """One unblock: ``PinUnblocker(...).unblock(code)``; ``new_pin`` asks for (or reads) the new PIN."""
 
-    def __init__(self, api: ApiClient, card: PivCard, store: StateStore, new_pin: Callable[[str], str], *,
+    def __init__(self, api: ApiClient, card: PivCard | OpenPgpUnblockCard, store: StateStore,
+                 new_pin: Callable[[str], str], *,
                  timeout: float = 900.0, progress: Progress | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
@@ -51,7 +53,7 @@ class PinUnblocker:
             info = self.card.info
             assert info is not None
             self.progress.step(f"card found: {info.describe()}")
-            if info.manufacturer != "Yubico":
+            if self.card.route == "piv" and info.manufacturer != "Yubico":
                 # The server derives the PUK from a serial that stays; a CHUID GUID changes at every personalization.
                 raise TokenError(f"{info.describe()} has no hardware serial, so the server cannot know its PUK; "
                                  "ask your PKI administrator", code="card.no_serial")
@@ -69,7 +71,7 @@ class PinUnblocker:
 
     def _wait_for_confirmation(self, serial: str) -> None:
         deadline = self._clock() + self.timeout
-        body = {"serial": serial, "card_profile": "piv"}
+        body = {"serial": serial, "card_profile": self.card.route}
         announced = False
         while True:
             status = answer_text(self.api.post("pin-unblock/card", body).body, "status", "pin-unblock/card")
@@ -90,9 +92,10 @@ class PinUnblocker:
         answer = self.api.post("pin-unblock/credential", {"token_serial": serial}, idempotent=False)
         credentials: DerivedCredentials | None = DerivedCredentials.from_api(answer.body, serial=serial)
         assert credentials is not None
-        puk = credentials.puk
+        # PIV: the PUK; OpenPGP: the admin PIN (PW3).
+        puk = credentials.puk if self.card.route == "piv" else credentials.admin_pin
         if puk is None:
-            raise ProtocolError("the server sent no PUK for this PIV card")
+            raise ProtocolError(f"the server sent no unblock credential for this {self.card.route} card")
         log.info("received the card's unblock credential from the server")  # never the value
         try:
             self.progress.step("unblocking the PIN on the card…")
