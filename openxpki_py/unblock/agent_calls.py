@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from ..audit import append_audit
 from ..audit.chain import lock_chain
 from ..crypto.card_admin import CardAdminCredentials
-from ..db.schema import audit_log
+from ..db.schema import audit_log, token
 from ..errors import NotPermitted, OpenXPKIError, UnexpectedStep
 from ..personalization.agent_calls import AGENT_ROLE, AgentUnconfirmed, CardMismatch
 from ..personalization.card_credentials import CardCredentialsOff
@@ -121,6 +121,13 @@ class PinUnblockCalls:
             raise AgentUnconfirmed("confirm this card and this agent's phrase on the unblock page first")
         if view.state != "UNBLOCKING":
             raise UnexpectedStep(f"this PIN unblock is not unblocking now ({view.state})", code="unblock.state")
+        # Checked again now, not only at the start: a card reported lost or handed to someone else since
+        # gets no unblock.
+        card_row = conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == token_serial)).first()
+        if card_row is None or card_row.owner != agent.login or view.context.get("owner") != agent.login \
+                or card_row.status != "active":
+            raise UnblockCredentialRefused(f"card {token_serial} is no longer an active card of {agent.login}",
+                                           code="unblock.card_inactive")
         lock_chain(conn)  # count and record under one lock: two requests at once cannot both be the first
         released = conn.execute(select(func.count()).select_from(audit_log).where(
             audit_log.c.event == RELEASED, audit_log.c.target == f"workflow:{view.id}",

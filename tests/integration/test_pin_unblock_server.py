@@ -125,6 +125,13 @@ def test_the_owners_agent_gets_the_puk_once_for_the_confirmed_card(app: Any) -> 
                       ).json == {"status": "confirmed"}
     wrong = agent.call("POST", "pin-unblock/credential", {"token_serial": "55509999"})
     assert wrong.json["error"]["code"] == "token.mismatch"
+    # A card suspended (or lost, or handed on) since the unblock started gets no PUK.
+    for status in ("suspended", "active"):
+        with app.instance.services.db.begin() as conn:
+            conn.execute(token.update().where(token.c.serial == "55501234").values(status=status))
+        if status == "suspended":
+            inactive = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+            assert (inactive.status_code, inactive.json["error"]["code"]) == (403, "unblock.card_inactive")
     answer = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
     assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
     puk = app.instance.services.card_admin.card_admin_credentials("piv", "55501234").values["puk"]
@@ -144,7 +151,7 @@ def test_the_owners_agent_gets_the_puk_once_for_the_confirmed_card(app: Any) -> 
     ok = next(r for r in rows if r["outcome"] == "ok")
     assert ok["actor"] == "alice" and ok["details"] == {"card": "55501234", "card_type": "piv", "kinds": ["puk"]}
     assert sorted(r["details"]["code"] for r in rows if r["outcome"] == "refused") == [
-        "agent.unconfirmed", "token.mismatch", "unblock.credential_used", "workflow.type"]
+        "agent.unconfirmed", "token.mismatch", "unblock.card_inactive", "unblock.credential_used", "workflow.type"]
     assert puk not in _dump(app) and json.dumps({"puk": puk}) not in _dump(app)
 
 
