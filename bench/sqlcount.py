@@ -1,0 +1,145 @@
+"""What one personalization costs the database: SQL statements and transactions, per HTTP round trip.
+
+``count_personalization`` builds the same WSGI application Apache runs
+(same config, same database) in this process, counts every statement the
+engine sends (``before_cursor_execute``) and every transaction it ends
+(``commit``, ``rollback``), and plays one user's whole flow through it
+(bench/personalizing.py's ``personalize``, in-process instead of over a
+socket; Apache's part — Basic authentication setting ``REMOTE_USER`` and
+the ``/token`` rewrite — is done here).  Counts do not depend on load, so
+before/after figures compare exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+MOUNT = "/openxpki"
+
+
+@dataclass
+class SqlCounts:
+    statements: int = 0
+    transactions: int = 0  # begun (reads included: the engine opens one per connection use)
+    commits: int = 0
+    per_request: list[tuple[str, int, int]] = field(default_factory=list)  # (request, statements, transactions)
+    kinds: Counter[str] = field(default_factory=Counter)  # first word of each statement, LOCK counted apart
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.statements = 0
+        self.transactions = 0
+        self.commits = 0
+        self.kinds: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def statement(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        with self.lock:
+            self.statements += 1
+            self.kinds[statement.split(None, 1)[0].upper()] += 1
+
+    def begun(self, _conn: Any) -> None:
+        with self.lock:
+            self.transactions += 1
+
+    def committed(self, _conn: Any) -> None:
+        with self.lock:
+            self.commits += 1
+
+
+def _wsgi_client(app: Any, meter: _Meter, counts: SqlCounts) -> Any:
+    """A ``personalizing.Client`` whose round trips go into ``app`` in-process."""
+    from personalizing import Client
+
+    class WsgiClient(Client):
+        def __init__(self, port: int, user: str | None = None) -> None:
+            super().__init__(port, None)  # no Basic header: REMOTE_USER is set as Apache would
+            self.user = user
+
+        def send(self, method: str, path: str, data: str | None,
+                 headers: dict[str, str]) -> tuple[int, dict[str, str], list[str], str]:
+            from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+            if path.rstrip("/") == "/token":
+                path = f"{MOUNT}/deeplink"  # apache/token-rewrite.conf
+            assert path.startswith(MOUNT), path
+            builder = EnvironBuilder(path=path[len(MOUNT):] or "/", base_url=f"http://127.0.0.1{MOUNT}",
+                                     method=method, data=data, headers=headers)
+            environ = builder.get_environ()
+            if self.user:
+                environ["REMOTE_USER"] = self.user
+                environ["AUTH_TYPE"] = "Basic"
+            before = (meter.statements, meter.transactions)
+            body, status, response_headers = run_wsgi_app(app, environ, buffered=True)
+            text = b"".join(body).decode()
+            counts.per_request.append((f"{method} {path.split('?')[0]}", meter.statements - before[0],
+                                       meter.transactions - before[1]))
+            return (int(status.split()[0]), dict(response_headers), response_headers.getlist("Set-Cookie"), text)
+
+    return WsgiClient
+
+
+def count_personalization(config: Path, user: str, keys: Sequence[Any]) -> SqlCounts:
+    """One whole personalization of ``user`` in-process; what it cost the database."""
+    from personalizing import personalize
+
+    from openxpki_py.config import load_config
+    from openxpki_py.services import Services
+    from openxpki_py.web.app import create_app
+
+    settings = load_config(config)
+    services = Services(settings)
+    try:
+        app = create_app(settings, services)
+        meter = _Meter()
+        counts = SqlCounts()
+        client = _wsgi_client(app, meter, counts)
+        # A first request builds what every daemon builds once (templates, the CA's certificate).
+        personalize(0, user, keys[:2], f"count-warm-{user}", client=client)
+        counts.per_request.clear()
+        event.listen(services.db, "before_cursor_execute", meter.statement)
+        event.listen(services.db, "begin", meter.begun)
+        event.listen(services.db, "commit", meter.committed)
+        personalize(0, user, keys[2:4], f"count-{user}", client=client)
+        counts.statements, counts.transactions, counts.commits = meter.statements, meter.transactions, meter.commits
+        counts.kinds = meter.kinds
+        return counts
+    finally:
+        services.close()
+
+
+def print_counts(counts: SqlCounts, *, detail: bool = False) -> None:
+    kinds = ", ".join(f"{k} {n}" for k, n in counts.kinds.most_common())
+    print(f"per personalization: {counts.statements} SQL statements ({kinds}); {counts.transactions} transactions "
+          f"({counts.commits} committed); {len(counts.per_request)} HTTP round trips")
+    if detail:
+        for request, statements, transactions in counts.per_request:
+            print(f"    {request:<46} {statements:>4} statements {transactions:>3} transactions")
+
+
+def main() -> None:
+    """``sqlcount.py CONFIG USER [--detail]``: bench/personalization.py runs it in a fresh process.
+
+    A process of its own: the PKCS#11 module is loaded once per process, as in a mod_wsgi daemon.
+    """
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    args = sys.argv[1:]
+    detail = "--detail" in args
+    config, user = [a for a in args if a != "--detail"]
+    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4)]
+    print_counts(count_personalization(Path(config), user, keys), detail=detail)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
