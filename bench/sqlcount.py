@@ -13,6 +13,7 @@ before/after figures compare exactly.
 from __future__ import annotations
 
 import sys
+import time
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ class SqlCounts:
     statements: int = 0
     transactions: int = 0  # begun (reads included: the engine opens one per connection use)
     commits: int = 0
+    seconds: float = 0.0  # in-process CPU time of one personalization (mean), if timed
     per_request: list[tuple[str, int, int]] = field(default_factory=list)  # (request, statements, transactions)
     kinds: Counter[str] = field(default_factory=Counter)  # first word of each statement, LOCK counted apart
 
@@ -88,8 +90,13 @@ def _wsgi_client(app: Any, meter: _Meter, counts: SqlCounts) -> Any:
     return WsgiClient
 
 
-def count_personalization(config: Path, user: str, keys: Sequence[Any]) -> SqlCounts:
-    """One whole personalization of ``user`` in-process; what it cost the database."""
+def count_personalization(config: Path, user: str, keys: Sequence[Any], *, profile: int = 0,
+                          timed: int = 0) -> SqlCounts:
+    """One whole personalization of ``user`` in-process; what it cost the database.
+
+    ``timed``: then run that many more and keep their mean CPU time in-process (``seconds``: no HTTP, no Apache).
+    ``profile``: then run that many more under cProfile and print the top 20 by own time and by cumulative time.
+    """
     from personalizing import personalize
 
     from openxpki_py.config import load_config
@@ -112,22 +119,48 @@ def count_personalization(config: Path, user: str, keys: Sequence[Any]) -> SqlCo
         personalize(0, user, keys[2:4], f"count-{user}", client=client)
         counts.statements, counts.transactions, counts.commits = meter.statements, meter.transactions, meter.commits
         counts.kinds = meter.kinds
+        counted = len(counts.per_request)
+        if timed:
+            # CPU time of this process: on a shared machine it depends far less on the others' load than wall time.
+            cpu = time.process_time()
+            for i in range(timed):
+                personalize(0, user, keys[4 + 2 * i:6 + 2 * i], f"timed-{i}-{user}", client=client)
+            counts.seconds = (time.process_time() - cpu) / timed
+        if profile:
+            _profile(lambda i: personalize(0, user, keys[4 + 2 * i:6 + 2 * i], f"profile-{i}-{user}", client=client),
+                     profile)
+        del counts.per_request[counted:]  # the timed and profiled runs added theirs
         return counts
     finally:
         services.close()
 
 
+def _profile(run: Any, n: int) -> None:
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(n):
+        run(i)
+    profiler.disable()
+    print(f"cProfile of {n} in-process personalizations (server side only; the agent's keys were made before)")
+    for order in ("tottime", "cumulative"):
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats(order).print_stats(20 if order == "tottime" else 40)
+
+
 def print_counts(counts: SqlCounts, *, detail: bool = False) -> None:
     kinds = ", ".join(f"{k} {n}" for k, n in counts.kinds.most_common())
     print(f"per personalization: {counts.statements} SQL statements ({kinds}); {counts.transactions} transactions "
-          f"({counts.commits} committed); {len(counts.per_request)} HTTP round trips")
+          f"({counts.commits} committed); {len(counts.per_request)} HTTP round trips"
+          + (f"; in-process CPU {counts.seconds * 1000:.1f} ms" if counts.seconds else ""))
     if detail:
         for request, statements, transactions in counts.per_request:
             print(f"    {request:<46} {statements:>4} statements {transactions:>3} transactions")
 
 
 def main() -> None:
-    """``sqlcount.py CONFIG USER [--detail]``: bench/personalization.py runs it in a fresh process.
+    """``sqlcount.py CONFIG USER [--detail] [--profile=N] [--time=N]``: bench/personalization.py runs it in a fresh process.
 
     A process of its own: the PKCS#11 module is loaded once per process, as in a mod_wsgi daemon.
     """
@@ -135,9 +168,12 @@ def main() -> None:
 
     args = sys.argv[1:]
     detail = "--detail" in args
-    config, user = [a for a in args if a != "--detail"]
-    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4)]
-    print_counts(count_personalization(Path(config), user, keys), detail=detail)
+    profile = int(next((a.split("=")[1] for a in args if a.startswith("--profile=")), "0"))
+    timed = int(next((a.split("=")[1] for a in args if a.startswith("--time=")), "0"))
+    config, user = [a for a in args if not a.startswith("--")]
+    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4 + 2 * max(profile, timed))]
+    counts = count_personalization(Path(config), user, keys, profile=profile, timed=timed)
+    print_counts(counts, detail=detail)
 
 
 if __name__ == "__main__":

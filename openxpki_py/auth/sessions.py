@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
@@ -27,6 +27,10 @@ from .identity import Identity
 # last_seen is written at most this often: a write per request would make
 # every page view a write transaction.
 TOUCH_INTERVAL = timedelta(seconds=30)
+
+
+# Every browser request runs it: built once (issue #15).
+_SESSION = select(web_session).where(web_session.c.id_hash == bindparam("b_hash"))
 
 
 def utcnow() -> datetime:
@@ -106,7 +110,7 @@ class SessionStore:
         return None
 
     def _load(self, conn: Connection, cookie: str) -> WebSession | None:
-        row = conn.execute(select(web_session).where(web_session.c.id_hash == _hash(cookie))).mappings().first()
+        row = conn.execute(_SESSION, {"b_hash": _hash(cookie)}).mappings().first()
         if row is None:
             return None
         return WebSession(
