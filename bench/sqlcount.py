@@ -32,6 +32,7 @@ class SqlCounts:
     transactions: int = 0  # begun (reads included: the engine opens one per connection use)
     commits: int = 0
     seconds: float = 0.0  # in-process CPU time of one personalization (mean), if timed
+    wall: float = 0.0  # and its wall time: CPU plus waiting for the database (and for other processes)
     per_request: list[tuple[str, int, int]] = field(default_factory=list)  # (request, statements, transactions)
     kinds: Counter[str] = field(default_factory=Counter)  # first word of each statement, LOCK counted apart
 
@@ -118,14 +119,15 @@ def count_personalization(config: Path, user: str, keys: Sequence[Any], *, profi
         event.listen(services.db, "commit", meter.committed)
         personalize(0, user, keys[2:4], f"count-{user}", client=client)
         counts.statements, counts.transactions, counts.commits = meter.statements, meter.transactions, meter.commits
-        counts.kinds = meter.kinds
+        counts.kinds = Counter(meter.kinds)  # a copy: later runs go on counting
         counted = len(counts.per_request)
         if timed:
             # CPU time of this process: on a shared machine it depends far less on the others' load than wall time.
-            cpu = time.process_time()
+            cpu, wall = time.process_time(), time.perf_counter()
             for i in range(timed):
                 personalize(0, user, keys[4 + 2 * i:6 + 2 * i], f"timed-{i}-{user}", client=client)
             counts.seconds = (time.process_time() - cpu) / timed
+            counts.wall = (time.perf_counter() - wall) / timed
         if profile:
             _profile(lambda i: personalize(0, user, keys[4 + 2 * i:6 + 2 * i], f"profile-{i}-{user}", client=client),
                      profile)
@@ -153,7 +155,7 @@ def print_counts(counts: SqlCounts, *, detail: bool = False) -> None:
     kinds = ", ".join(f"{k} {n}" for k, n in counts.kinds.most_common())
     print(f"per personalization: {counts.statements} SQL statements ({kinds}); {counts.transactions} transactions "
           f"({counts.commits} committed); {len(counts.per_request)} HTTP round trips"
-          + (f"; in-process CPU {counts.seconds * 1000:.1f} ms" if counts.seconds else ""))
+          + (f"; in-process CPU {counts.seconds * 1000:.1f} ms, wall {counts.wall * 1000:.1f} ms" if counts.seconds else ""))
     if detail:
         for request, statements, transactions in counts.per_request:
             print(f"    {request:<46} {statements:>4} statements {transactions:>3} transactions")

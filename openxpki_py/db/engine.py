@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from ..errors import StorageError
@@ -34,10 +34,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+#: Execution option of a connection that only reads (see :func:`read_only`).
+READ_ONLY_OPTION = "openxpki_read_only"
+
+
 def _sqlite_begin(conn: Any) -> None:
     # Take the write lock at BEGIN: two writers then queue on busy_timeout
-    # instead of one failing late with "database is locked" on upgrade.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # instead of one failing late with "database is locked" on upgrade.  A
+    # reader needs no lock: in WAL mode its snapshot never waits for a writer,
+    # and taking the write lock made every page view queue behind issuances.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
+
+
+def read_only(engine: Engine) -> Connection:
+    """A connection for reads only (``with read_only(db) as conn``).
+
+    On SQLite its transaction is a plain BEGIN: a consistent snapshot that
+    neither waits for nor blocks writers.  Never write through it: the write
+    would need the lock its BEGIN did not take, and can fail with "database
+    is locked".  Other databases: an ordinary connection.
+    """
+    return engine.connect().execution_options(**{READ_ONLY_OPTION: True})
 
 
 def open_engine(url: str, *, echo: bool = False) -> Engine:
