@@ -89,6 +89,20 @@ class SessionStore:
         self.end(conn, found, actor=identity.login, reason=reason)
         return None
 
+    def current(self, conn: Connection, cookie: str | None, identity: Identity) -> tuple[WebSession | None, bool]:
+        """The cookie's session as read, and whether :meth:`find` must run (it would end or touch it).
+
+        Most requests change nothing: they read the session on a read-only
+        connection and take no write lock (issue #15).
+        """
+        if not cookie:
+            return None, False
+        found = self._load(conn, cookie)
+        if found is None:
+            return None, False
+        unchanged = self._end_reason(found, identity) is None and self.clock() - found.last_seen < TOUCH_INTERVAL
+        return found, not unchanged
+
     def create(self, conn: Connection, identity: Identity) -> WebSession:
         """A new session for an admitted user (its ``cookie`` is to be set)."""
         cookie, now = new_token(), self.clock()

@@ -111,8 +111,7 @@ class PersonalizationService:
 
     def agent_marker(self, wf: Any) -> str:
         """Changes when an agent redeems a code or is confirmed: the live page then reloads."""
-        agent = self.pairing(wf)
-        return f"{agent.credential_id}" if agent is not None else ""
+        return agent_marker_of(self.pairing(wf))
 
     def page(self, wf: Any) -> PersonalizationPage:
         children: Sequence[Any] = self.engine.children(wf.id) if wf.state == "ISSUING" else ()
@@ -214,6 +213,11 @@ class PersonalizationService:
         with read_only(self.db) as conn:
             return owned_certificate_der(conn, serial, login)
 
+
+
+def agent_marker_of(pairing: AgentCredential | None) -> str:
+    """:meth:`PersonalizationService.agent_marker` for a pairing already read (the page has it)."""
+    return f"{pairing.credential_id}" if pairing is not None else ""
 
 
 def _check_owner(wf: Any, wf_id: int, login: str) -> None:
