@@ -307,7 +307,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 # ``token status`` is a card transition (console/cards.py): the same as the console's buttons.
-STATUS_TRANSITIONS = {"active": "resume", "suspended": "suspend", "lost": "lost", "destroyed": "damaged",
+STATUS_TRANSITIONS = {"active": "resume", "suspended": "suspend", "forgotten": "forgotten", "lost": "lost",
+                      "destroyed": "damaged", "retired": "retire",
                       "revoked": "terminate"}
 
 
@@ -315,8 +316,8 @@ def cmd_token_status(args: argparse.Namespace) -> int:
     from .console.cards import transition
 
     services = _services(args)
-    result = transition(services.db, services.ca, args.serial, STATUS_TRANSITIONS[args.status], actor=args.actor,
-                        role=roles.CA_OPERATOR, comment=args.comment)
+    result = transition(services.db, services.ca, services.config.cards.lifecycle, args.serial,
+                        STATUS_TRANSITIONS[args.status], actor=args.actor, role=roles.CA_OPERATOR, comment=args.comment)
     print(result.summary() + (" (run 'openxpki-py ca crl')" if result.certificates else ""))
     return 0
 

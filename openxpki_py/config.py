@@ -9,7 +9,7 @@ assembles :class:`Config`.  Every error names the offending key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .audit.config import AuditConfig
     from .escrow.config import EscrowConfig
     from .auth.config import AuthConfig
+    from .console.lifecycle import CardsConfig
     from .crypto.card_admin import CardAdminConfig
     from .crypto.keys.config import KeyConfig
     from .directory.config import DirectoryConfig
@@ -101,6 +102,13 @@ class Config:
     audit: AuditConfig
     card_admin: CardAdminConfig
     escrow: EscrowConfig | None = None  # the key-recovery key (openxpki_py.escrow); None in hand-built configs
+    cards: CardsConfig = field(default_factory=lambda: _default_cards())  # the card lifecycle (console/lifecycle.py)
+
+
+def _default_cards() -> CardsConfig:
+    from .console.lifecycle import CardsConfig
+
+    return CardsConfig()
 
 
 def _parse_instance(r: Reader) -> InstanceConfig:
@@ -183,6 +191,7 @@ def parse_config(data: Any, path: Path) -> Config:
     """Validate a parsed YAML document; ``path`` anchors relative paths."""
     from .audit.config import parse_audit_config
     from .auth.config import parse_auth_config
+    from .console.lifecycle import parse_cards_config
     from .crypto.card_admin import parse_card_admin_config
     from .directory.config import parse_directory_config
     from .escrow.config import parse_escrow_config
@@ -207,6 +216,7 @@ def parse_config(data: Any, path: Path) -> Config:
         audit=parse_audit_config(root.section("audit"), ca.key),
         card_admin=parse_card_admin_config(root.section("card_admin"), ca.key),
         escrow=parse_escrow_config(root.section("escrow"), ca.key, personalization),
+        cards=parse_cards_config(root.section("cards")),
     )
     root.finish()
     return cfg

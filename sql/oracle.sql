@@ -97,8 +97,11 @@ CREATE TABLE token (
 	status VARCHAR2(16 CHAR) NOT NULL, 
 	first_seen TIMESTAMP WITH TIME ZONE NOT NULL, 
 	last_seen TIMESTAMP WITH TIME ZONE NOT NULL, 
+	kind VARCHAR2(16 CHAR) NOT NULL, 
+	stands_in_for NUMBER(19), 
 	CONSTRAINT pk_token PRIMARY KEY (id), 
-	CONSTRAINT uq_token_serial UNIQUE (serial)
+	CONSTRAINT uq_token_serial UNIQUE (serial), 
+	CONSTRAINT fk_token_stands_in_for FOREIGN KEY(stands_in_for) REFERENCES token (id)
 );
 
 CREATE INDEX ix_token_owner ON token (owner);

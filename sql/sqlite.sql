@@ -97,8 +97,11 @@ CREATE TABLE token (
 	status VARCHAR(16) NOT NULL, 
 	first_seen TIMESTAMP NOT NULL, 
 	last_seen TIMESTAMP NOT NULL, 
+	kind VARCHAR(16) NOT NULL, 
+	stands_in_for INTEGER, 
 	CONSTRAINT pk_token PRIMARY KEY (id), 
-	CONSTRAINT uq_token_serial UNIQUE (serial)
+	CONSTRAINT uq_token_serial UNIQUE (serial), 
+	CONSTRAINT fk_token_stands_in_for FOREIGN KEY(stands_in_for) REFERENCES token (id)
 );
 
 CREATE INDEX ix_token_owner ON token (owner);

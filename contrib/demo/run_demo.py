@@ -260,7 +260,8 @@ def show_issued(cli: list[str], ca_env: dict[str, str]) -> None:
     step(f"escrowed keys of {USER} (the encryption key; openxpki-py escrow list — no key material)")
     listing = run(cli + ["escrow", "list", "--owner", USER], ca_env, as_apache=True).stdout
     print("    " + listing.strip().replace("\n", "\n    "))
-    print("    two Key Recovery Officers can release it after a lost card: openxpki-py escrow recover|approve|release")
+    print("    two Key Recovery Officers can release it to its owner after a lost card (openxpki-py escrow "
+          "recover|approve|release); the owner collects it on My certificates")
 
 
 def personalize_and_show(args: argparse.Namespace, site: str, base: Path, venv: Path, env: dict[str, str],

@@ -9,7 +9,10 @@
 # mypy, the agent's PIV extra), which a production host should not carry, and
 # the software OpenPGP card's own venv (GPL-3+, test-only, never in $VENV;
 # tests/support/card_venv.py).  pcscd, vpcd and libpcsclite-dev (pyscard's
-# build) are for the real smartcard stack the tests drive.  The SSO modules
+# build) are for the real smartcard stack the tests drive; with --with-tests,
+# libengine-pkcs11-openssl lets `openssl cms -decrypt` use a key on a card
+# (the escrow tests open S/MIME mail with the card, as a mail program would).
+# The SSO modules
 # (mod_auth_gssapi, mod_auth_openidc) are what a site puts in front of the
 # application; the OIDC tests run a real OpenID provider (npm oidc-provider,
 # pinned by tests/support/oidc/package-lock.json) under node.  --with-bench
@@ -21,10 +24,11 @@ set -eu
 
 VENV=/opt/openxpki-py/venv
 EXTRAS=postgresql,oracle
+TEST_PACKAGES=""
 BENCH_PACKAGES=""
 for arg in "$@"; do
     case "$arg" in
-        --with-tests) EXTRAS=$EXTRAS,test ;;
+        --with-tests) EXTRAS=$EXTRAS,test; TEST_PACKAGES="libengine-pkcs11-openssl" ;;
         --with-bench) BENCH_PACKAGES="golang-cfssl" ;;
         -*) echo "debian-deps.sh: unknown option $arg" >&2; exit 2 ;;
         *) VENV=$arg ;;
@@ -39,7 +43,7 @@ PACKAGES="python3-venv python3-dev build-essential libssl-dev
   krb5-kdc krb5-pkinit krb5-user krb5-admin-server libapache2-mod-auth-gssapi curl
   libapache2-mod-auth-openidc
   pcscd vsmartcard-vpcd libpcsclite-dev swig xdg-utils
-  $BENCH_PACKAGES"
+  $TEST_PACKAGES $BENCH_PACKAGES"
 
 missing=""
 for p in $PACKAGES; do

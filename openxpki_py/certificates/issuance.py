@@ -30,7 +30,7 @@ def csr_syntax(value: str, ctx: ActivityContext) -> None:
                            code="csr.parse")
     try:
         x509.load_pem_x509_csr(value.strip().encode("ascii"))
-    except (ValueError, UnicodeEncodeError) as exc:
+    except (ValueError, UnicodeEncodeError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise FieldRefused(f"the certificate request does not parse: {exc}", code="csr.parse") from None
 
 
@@ -90,6 +90,7 @@ def issue_certificate(ctx: ActivityContext) -> None:
         workflow_id=ctx.workflow_id,
         expected_key=_expected_key(ctx),
         key_origin=ctx.get("key_origin"),
+        validity_days=ctx.get("validity_days"),
     )
     issued = pki(ctx).ca.issue_certificate(ctx.conn, request)
     ctx["certificate_id"] = issued.id

@@ -1,24 +1,29 @@
-"""A card's life: explicit states and the transitions between them, with their effect on its certificates.
+"""A card's life: apply a transition of the lifecycle (``lifecycle.yaml``, :mod:`.lifecycle`) to a card.
 
 ::
 
-    active ──suspend──▶ suspended ──resume──▶ active        (certificates on hold, then released)
-    active | suspended ──lost──▶ lost                        (revoked: keyCompromise)
-    active | suspended ──damaged──▶ destroyed                (revoked: superseded)
-    any but revoked ──terminate──▶ revoked                   (leaver: every certificate revoked, affiliationChanged)
+    active ──suspend──▶ suspended ──resume──▶ active          (certificates on hold, then released)
+    active ──forgotten──▶ forgotten ──returned──▶ active      (on hold meanwhile; a temporary card may stand in,
+                                                               and "returned" revokes it: cessationOfOperation)
+    active | suspended | forgotten ──lost──▶ lost              (revoked: keyCompromise)
+    active | suspended ──damaged──▶ destroyed                  (revoked: superseded)
+    temporary card ──retire──▶ retired                         (revoked: cessationOfOperation)
+    … ──terminate──▶ revoked                                   (leaver: every certificate revoked, affiliationChanged,
+                                                               the temporary card's too)
 
-The RA and CA Operators may make every transition; the card's owner may
-report their own card lost (a User, from "My certificates").  The card's
-status, each certificate's revocation or release and the audit row commit in
-one transaction: a card is never "lost" with valid certificates.  Only an
+Who may do which is data too: a transition's ``roles``, and ``owner_may``
+for the card's owner (a User may report their own card lost from "My
+certificates").  The card's status, each certificate's revocation or
+release, the temporary card's and the audit rows commit in one transaction:
+a card is never "lost" with valid certificates, and a permanent card is
+never active again while its temporary card still works.  Only an
 ``active`` card can be personalized (personalization/tokens.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection, Engine
@@ -27,7 +32,7 @@ from .. import roles
 from ..audit import append_audit
 from ..db.schema import certificate, token
 from ..errors import NotFound, NotPermitted, PolicyViolation
-from . import policy
+from .lifecycle import CertificateEffect, Lifecycle, TemporaryCardEffect, Transition
 from .revocation import HOLD, clean_comment
 
 if TYPE_CHECKING:
@@ -35,55 +40,37 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Transition:
-    name: str
-    label: str
-    sources: frozenset[str]
-    target: str
-    effect: str  # hold | release | revoke
-    reason: str | None = None  # RFC 5280 reason of the revocation or hold
-    owner_may: bool = False  # the card's owner (role User) may do it on their own card
-
-
-TRANSITIONS: Mapping[str, Transition] = {t.name: t for t in (
-    Transition("suspend", "Suspend (certificates on hold)", frozenset({"active"}), "suspended", "hold", HOLD),
-    Transition("resume", "Resume (release the holds)", frozenset({"suspended"}), "active", "release"),
-    Transition("lost", "Lost or stolen (revoke: keyCompromise)", frozenset({"active", "suspended"}), "lost",
-               "revoke", "keyCompromise", owner_may=True),
-    Transition("damaged", "Damaged (revoke: superseded)", frozenset({"active", "suspended"}), "destroyed",
-               "revoke", "superseded"),
-    Transition("terminate", "Terminate: owner left (revoke all: affiliationChanged)",
-               frozenset({"active", "suspended", "lost", "destroyed"}), "revoked", "revoke", "affiliationChanged"),
-)}
-
-
-@dataclass(frozen=True)
 class TransitionResult:
     serial: str
     status: str
     certificates: tuple[str, ...]  # held, released or revoked
-    effect: str = ""  # hold | release | revoke
+    effect: str = ""  # hold | release | revoke | keep
+    temporary: tuple[TransitionResult, ...] = ()  # the temporary cards that changed with it
 
     def summary(self) -> str:
         """One line for an operator: what the card is now and what happened to its certificates."""
         verb = {"hold": "put on hold", "release": "released from hold", "revoke": "revoked"}.get(self.effect, "changed")
         changed = (f"; {verb} {len(self.certificates)} certificate(s): {', '.join(self.certificates)}"
                    if self.certificates else "; no certificate changed")
-        return f"card {self.serial} is now {self.status}{changed}"
+        also = "".join(f"; temporary {t.summary()}" for t in self.temporary)
+        return f"card {self.serial} is now {self.status}{changed}{also}"
 
 
-def available(status: str, role: str | None, *, own_card: bool = False) -> list[Transition]:
-    """The transitions ``role`` may make on a card in ``status`` (for the buttons)."""
-    operator = policy.may(role, "token.status")
-    return [t for t in TRANSITIONS.values() if status in t.sources
-            and (operator or (role == roles.USER and own_card and t.owner_may))]
+def available(lifecycle: Lifecycle, card: Any, role: str | None, *, own_card: bool = False) -> list[Transition]:
+    """The transitions ``role`` may make on ``card`` (a token row) in its status (for the buttons)."""
+    return [t for t in lifecycle.transitions.values() if card["status"] in t.sources and card["kind"] in t.kinds
+            and _may(t, role, own_card=own_card)]
 
 
-def transition(db: Engine, ca: CertificateAuthority, serial: str, name: str, *, actor: str, role: str,
-               comment: str | None = None) -> TransitionResult:
-    step = TRANSITIONS.get(name)
+def _may(step: Transition, role: str | None, *, own_card: bool) -> bool:
+    return role in step.roles or (role == roles.USER and own_card and step.owner_may)
+
+
+def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, serial: str, name: str, *, actor: str,
+               role: str, comment: str | None = None) -> TransitionResult:
+    step = lifecycle.get(name)
     if step is None:
-        raise PolicyViolation(f"unknown card transition '{name[:32]}'; use one of {', '.join(TRANSITIONS)}",
+        raise PolicyViolation(f"unknown card transition '{name[:32]}'; use one of {', '.join(lifecycle.transitions)}",
                               code="token.transition")
     note = clean_comment(comment)
     with db.connect() as conn:
@@ -93,21 +80,50 @@ def transition(db: Engine, ca: CertificateAuthority, serial: str, name: str, *, 
     _check_actor(db, serial, owner[0], step, actor=actor, role=role)
     with db.begin() as conn:
         card = conn.execute(select(token).where(token.c.serial == serial).with_for_update()).mappings().one()
-        if card["status"] not in step.sources:
-            raise PolicyViolation(f"card {serial} is {card['status']}; '{name}' needs a card that is "
-                                  f"{' or '.join(sorted(step.sources))}", code="token.transition_state")
-        done = _apply(conn, ca, int(card["id"]), step, actor=actor, role=role, comment=note)
-        conn.execute(token.update().where(token.c.id == card["id"]).values(status=step.target))
-        append_audit(conn, actor=actor, role=role, event="token.transition", target=serial,
-                     details={"transition": name, "from": card["status"], "to": step.target,
-                              "certificates": list(done), **({"comment": note} if note else {})})
-    return TransitionResult(serial, step.target, done, step.effect)
+        _check_card(card, step)
+        stand_ins: tuple[TransitionResult, ...] = ()
+        if (effect := step.temporary_card) is not None:
+            stand_ins = tuple(_change_card(conn, ca, row, effect.target, effect.certificates, name, actor=actor,
+                                           role=role, comment=note) for row in _temporary_cards(conn, card, effect))
+        result = _change_card(conn, ca, card, step.target, step.certificates, name, actor=actor, role=role,
+                              comment=note, temporary=stand_ins)
+    return result
+
+
+def _check_card(card: Any, step: Transition) -> None:
+    if card["kind"] not in step.kinds:
+        raise PolicyViolation(f"card {card['serial']} is a {card['kind']} card; '{step.name}' is for "
+                              f"{' and '.join(sorted(step.kinds))} cards", code="token.transition_kind")
+    if card["status"] not in step.sources:
+        raise PolicyViolation(f"card {card['serial']} is {card['status']}; '{step.name}' needs a card that is "
+                              f"{' or '.join(sorted(step.sources))}", code="token.transition_state")
+
+
+def _temporary_cards(conn: Connection, card: Any, effect: TemporaryCardEffect) -> list[Any]:
+    """The temporary cards standing in for ``card`` that the transition changes (locked, in this transaction)."""
+    return list(conn.execute(select(token).where(
+        token.c.stands_in_for == card["id"], token.c.kind == "temporary",
+        token.c.status.in_(sorted(effect.sources))).order_by(token.c.id).with_for_update()).mappings())
+
+
+def _change_card(conn: Connection, ca: CertificateAuthority, card: Any, target: str, effect: CertificateEffect,
+                 name: str, *, actor: str, role: str, comment: str | None,
+                 temporary: tuple[TransitionResult, ...] = ()) -> TransitionResult:
+    done = _apply(conn, ca, int(card["id"]), effect, actor=actor, role=role, comment=comment)
+    conn.execute(token.update().where(token.c.id == card["id"]).values(status=target))
+    details: dict[str, Any] = {"transition": name, "from": card["status"], "to": target, "certificates": list(done)}
+    if card["kind"] == "temporary":
+        details["kind"] = "temporary"
+    if temporary:
+        details["temporary_cards"] = [t.serial for t in temporary]
+    if comment:
+        details["comment"] = comment
+    append_audit(conn, actor=actor, role=role, event="token.transition", target=card["serial"], details=details)
+    return TransitionResult(card["serial"], target, done, effect.effect, temporary)
 
 
 def _check_actor(db: Engine, serial: str, owner: str | None, step: Transition, *, actor: str, role: str) -> None:
-    if policy.may(role, "token.status"):
-        return
-    if role == roles.USER and step.owner_may and owner == actor:
+    if _may(step, role, own_card=owner == actor):
         return
     with db.begin() as conn:
         append_audit(conn, actor=actor, role=role, event="token.transition", outcome="refused", target=serial,
@@ -117,18 +133,20 @@ def _check_actor(db: Engine, serial: str, owner: str | None, step: Transition, *
     raise NotPermitted(f"the role {role} may not '{step.name}' this card", code="console.role")
 
 
-def _apply(conn: Connection, ca: CertificateAuthority, card_id: int, step: Transition, *, actor: str, role: str,
-           comment: str | None) -> tuple[str, ...]:
+def _apply(conn: Connection, ca: CertificateAuthority, card_id: int, effect: CertificateEffect, *, actor: str,
+           role: str, comment: str | None) -> tuple[str, ...]:
     """Hold, release or revoke the card's certificates through the CA (which audits each one)."""
+    if effect.effect == "keep":
+        return ()
     c = certificate.c
     on_hold = (c.status == "revoked") & (c.revocation_reason == HOLD)
     wanted = {"hold": c.status == "valid", "release": on_hold, "revoke": or_(c.status == "valid", on_hold)}
-    serials = [r.serial for r in conn.execute(select(c.serial).where(c.token_id == card_id, wanted[step.effect])
-                                              .order_by(c.id))]
+    serials = [r.serial for r in conn.execute(select(c.serial).where(c.token_id == card_id,
+                                                                     wanted[effect.effect]).order_by(c.id))]
     for serial in serials:
-        if step.effect == "release":
+        if effect.effect == "release":
             ca.release_hold(conn, int(serial, 16), actor=actor, role=role, comment=comment)
         else:
-            assert step.reason is not None
-            ca.revoke_certificate(conn, int(serial, 16), step.reason, actor=actor, role=role, comment=comment)
+            assert effect.reason is not None
+            ca.revoke_certificate(conn, int(serial, 16), effect.reason, actor=actor, role=role, comment=comment)
     return tuple(serials)

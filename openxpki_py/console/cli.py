@@ -28,10 +28,13 @@ def register(subparsers: Any) -> None:
     p = leaf("search", cmd_search, "find people (login, name, mail) or show a person's cards, certificates, workflows")
     p.add_argument("text")
     p.add_argument("--person", action="store_true", help="TEXT is a login: show that person's records")
-    p = leaf("card", cmd_card, "move a card to another state: suspend, resume, lost, damaged, terminate")
+    p = leaf("card", cmd_card, "move a card to another state: a transition of the card lifecycle (suspend, "
+                               "resume, forgotten, returned, lost, damaged, retire, terminate, or the site's own)")
     p.add_argument("serial")
-    p.add_argument("transition", choices=("suspend", "resume", "lost", "damaged", "terminate"))
+    p.add_argument("transition", help="the transition's name in the lifecycle (cards.lifecycle in config.yaml)")
     p.add_argument("--comment", help="why (kept in the audit trail)")
+    leaf("forgotten", cmd_forgotten, "cards forgotten at home (certificates on hold), their temporary cards, and "
+                                      "which ran out without the card coming back (JSON)")
     p = leaf("stuck", cmd_stuck, "workflows in exception or past their deadline with an error (JSON)")
     p.add_argument("--page", type=int, default=1)
     p = leaf("audit-export", cmd_audit_export, "the audit trail as CSV or JSON Lines on stdout")
@@ -70,9 +73,21 @@ def cmd_card(args: argparse.Namespace) -> int:
     from .cards import transition
 
     services = _services(args)
-    result = transition(services.db, services.ca, args.serial, args.transition, actor=args.actor,
+    result = transition(services.db, services.ca, services.config.cards.lifecycle, args.serial, args.transition,
+                        actor=args.actor,
                         role=roles.CA_OPERATOR, comment=args.comment)
     print(result.summary())
+    return 0
+
+
+def cmd_forgotten(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from ..personalization.temporary import forgotten_cards
+
+    services = _services(args)
+    with services.db.connect() as conn:
+        _print(forgotten_cards(conn, services.config.cards, datetime.now(timezone.utc)))
     return 0
 
 

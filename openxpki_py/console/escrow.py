@@ -1,6 +1,6 @@
 """What the console shows about escrowed keys: records (never key material) and recovery requests.
 
-The changes (ask, approve, release) are the escrow's own service functions
+The changes (ask, approve, release to the owner) are the escrow's own service functions
 (:mod:`openxpki_py.escrow.recovery`); this module only reads.
 """
 
@@ -14,11 +14,11 @@ from sqlalchemy.engine import Engine
 
 from ..db.schema import key_escrow, workflow
 from ..errors import NotFound
-from ..escrow.recovery import WF_TYPE
+from ..escrow.recovery import READY_FOR_OWNER, WF_TYPE
 from ..escrow.service import KeyEscrow, describe
 
-#: Recovery requests still waiting for a person (approvals, or the release).
-OPEN_STATES = ("PENDING_APPROVAL", "APPROVED")
+#: Recovery requests still waiting for a person (approvals, the release, or the owner's collection).
+OPEN_STATES = ("PENDING_APPROVAL", "APPROVED", "READY_FOR_OWNER")
 LIMIT = 200
 
 
@@ -35,6 +35,9 @@ class Recovery:
     approvals: tuple[dict[str, Any], ...]
     approvals_required: int
     created_at: Any
+    released: dict[str, Any] | None = None  # by whom, when (to the owner)
+    collect_by: Any = None  # READY_FOR_OWNER: when it expires uncollected
+    collected_at: str | None = None  # by the owner; never what they received
 
     def approved_by(self, login: str) -> bool:
         return any(a.get("by") == login for a in self.approvals)
@@ -42,7 +45,8 @@ class Recovery:
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "escrow_id": self.escrow_id, "owner": self.owner,
                 "requested_by": self.requested_by, "reason": self.reason, "approvals": list(self.approvals),
-                "approvals_required": self.approvals_required, "created_at": self.created_at}
+                "approvals_required": self.approvals_required, "created_at": self.created_at,
+                "released": self.released, "collect_by": self.collect_by, "collected_at": self.collected_at}
 
 
 def records(db: Engine, owner: str | None = None) -> list[dict[str, Any]]:
@@ -83,4 +87,6 @@ def _recovery(wf: Any) -> Recovery:
     return Recovery(id=wf.id, state=wf.state, escrow_id=int(ctx.get("escrow_id", 0)), owner=str(ctx.get("owner", "")),
                     requested_by=wf.creator, reason=str(ctx.get("reason", "")),
                     approvals=tuple(ctx.get("approvals", [])),
-                    approvals_required=int(ctx.get("approvals_required", 2)), created_at=wf.created_at)
+                    approvals_required=int(ctx.get("approvals_required", 2)), created_at=wf.created_at,
+                    released=ctx.get("released"), collect_by=wf.wake_at if wf.state == READY_FOR_OWNER else None,
+                    collected_at=ctx.get("collected", {}).get("at"))

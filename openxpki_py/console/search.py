@@ -137,6 +137,19 @@ def card_certificates(db: Engine, card_id: int) -> list[RowMapping]:
                                  .order_by(certificate.c.id.desc()).limit(200)).mappings())
 
 
+def card_links(db: Engine, card: RowMapping) -> dict[str, Any]:
+    """A temporary card's permanent card and its certificates' end; a permanent card's temporary cards."""
+    from ..personalization import temporary
+
+    with db.connect() as conn:
+        links: dict[str, Any] = {"stand_ins": temporary.stand_ins(conn, int(card["id"]))}
+        if card["kind"] == "temporary":
+            links["valid_until"] = temporary.valid_until(conn, int(card["id"]))
+            links["stands_in_for"] = conn.execute(select(token.c.serial).where(
+                token.c.id == card["stands_in_for"])).scalar()
+    return links
+
+
 def card_history(db: Engine, serial: str) -> list[RowMapping]:
     """The card's audit rows (registered, status changes, released) and its workflows, newest first."""
     with db.connect() as conn:

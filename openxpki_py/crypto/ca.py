@@ -73,6 +73,7 @@ class IssuanceRequest:
     workflow_id: int | None = None
     expected_key: ExpectedKey | None = None
     key_origin: str | None = None  # e.g. "card-unattested": recorded with the certificate and audited
+    validity_days: int | None = None  # shorter than the profile's (a temporary card's); never longer
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,8 @@ class CertificateAuthority:
         ca_cert = active.certificate
         assert ca_cert is not None
         now = now or certstore.utcnow()
-        not_after = min(now + timedelta(days=profile.validity_days), ca_cert.not_valid_after_utc)
+        days = min(profile.validity_days, request.validity_days or profile.validity_days)
+        not_after = min(now + timedelta(days=days), ca_cert.not_valid_after_utc)
         if not_after <= now:
             raise CAError("the CA certificate has expired; no certificate can be issued")
         # A few minutes back: a client (a domain controller) whose clock lags

@@ -65,9 +65,12 @@ token = Table(
     Column("model", String(128)),
     Column("manufacturer", String(128)),
     Column("owner", String(256), index=True),
-    Column("status", String(16), nullable=False),  # active | lost | revoked | destroyed
+    Column("status", String(16), nullable=False),  # a state of console/lifecycle.yaml: active | suspended | …
     Column("first_seen", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
+    # permanent | temporary: a temporary card stands in for a forgotten one, with short-lived certificates
+    Column("kind", String(16), nullable=False, default="permanent"),
+    Column("stands_in_for", Id, ForeignKey("token.id")),  # a temporary card's permanent card
 )
 
 csr = Table(

@@ -7,18 +7,20 @@ openxpki-py escrow list --owner alice           # a person's key history (no key
 openxpki-py --actor carol escrow recover 7 --reason "card lost, ticket 4711"   # starts key_recovery
 openxpki-py --actor dave  escrow approve 42     # first approval
 openxpki-py --actor erin  escrow approve 42     # second, by a different person
-openxpki-py --actor dave  escrow release 42 --out alice.p12   # prints the one-time password once
+openxpki-py --actor dave  escrow release 42     # alice may now collect it on "My certificates"
 ```
+
+The officers never see the key: ``release`` hands the recovery to the key's
+owner, who collects the PKCS#12 and its one-time password in their own web
+session (there is no owner CLI: the SSO login is the owner's identity).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -44,9 +46,8 @@ def register(subparsers: Any) -> None:
     p = leaf("approve", "approve a recovery (two different Key Recovery Officers are needed)", cmd_approve)
     p.add_argument("workflow_id", type=int, metavar="WORKFLOW_ID")
     p.add_argument("--comment")
-    p = leaf("release", "release an approved recovery as PKCS#12; prints its one-time password once", cmd_release)
+    p = leaf("release", "release an approved recovery to the key's owner, who collects it on the web", cmd_release)
     p.add_argument("workflow_id", type=int, metavar="WORKFLOW_ID")
-    p.add_argument("--out", required=True, help="file for the PKCS#12 (created, mode 0600; must not exist)")
 
 
 def _with_services(command: Any, args: argparse.Namespace) -> int:
@@ -136,13 +137,8 @@ def cmd_approve(args: argparse.Namespace, services: Any) -> int:
 def cmd_release(args: argparse.Namespace, services: Any) -> int:
     from .recovery import release_recovered_key
 
-    out = Path(args.out)
-    if out.exists():
-        raise ConfigError(f"{out} exists; the PKCS#12 is written to a new file only")
-    released = release_recovered_key(services.workflows, args.workflow_id, actor=_actor(args))
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(released.pkcs12)
-    print(f"PKCS#12 for {released.owner} written to {out}")
-    print(f"one-time password (shown once, give it to {released.owner} only): {released.password}")
+    view = release_recovered_key(services.workflows, args.workflow_id, actor=_actor(args))
+    until = f" until {view.wake_at:%Y-%m-%d %H:%M} UTC" if view.wake_at else ""
+    print(f"recovery workflow {view.id}: {view.state}; {view.context['owner']} collects the key on "
+          f"\"My certificates\"{until} (PKCS#12 and one-time password are shown to them only)")
     return 0

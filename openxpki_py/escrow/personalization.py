@@ -8,7 +8,8 @@ signed in memory, so every CSR check (key as requested, never certified
 before, approval) applies unchanged.  Once issued, the agent's task is
 ``import_key``: it fetches the key sealed for its own ephemeral key
 (:func:`deliver_to_agent`), imports it onto the card, writes the
-certificate and answers the challenge in its receipt
+certificate and answers the challenge (RSA: a decryption, EC: ECDH on
+the card) in its receipt
 (:func:`check_key_proof`).
 """
 
@@ -76,7 +77,7 @@ def import_task(entry: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_key_proof(ctx: ActivityContext, entry: dict[str, Any], proof_text: Any) -> None:
-    """Called by ``record_installation``: the receipt must carry the decrypted challenge."""
+    """Called by ``record_installation``: the receipt must carry the card's answer to the challenge."""
     try:
         proof = unb64(proof_text, "key_proof")
     except TransportRefused:

@@ -1,4 +1,4 @@
-"""Escrowed keys: made on the server, sealed in the HSM's custody, delivered to one card, released by two officers.
+"""Escrowed keys: made on the server, sealed in the HSM's custody, delivered to one card, recovered for the owner.
 
 Where a private key exists in clear: in this process's memory while it is
 generated (then sealed by the HSM and wiped), while it is delivered (opened
@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from openxpki_py_token.key_transport import (
@@ -42,9 +42,10 @@ from ..errors import NotFound, PolicyViolation
 from .custody import WRAP_ALGORITHM, EscrowCustodian
 
 _AAD_LABEL = "openxpki-py escrow v1"
-#: Characters of a one-time PKCS#12 password: no look-alikes (0/O, 1/l/I).
-_OTP_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-_OTP_LENGTH = 20  # ~ 115 bits
+#: Characters of a one-time PKCS#12 password: lower case and digits without look-alikes (0/o, 1/l/i),
+#: read out or typed without doubt; five groups of five, joined by "-": 25 × log2(31) ≈ 124 bits.
+_OTP_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+_OTP_GROUPS, _OTP_GROUP_LENGTH = 5, 5
 
 
 class KeyProofRefused(PolicyViolation):
@@ -66,7 +67,19 @@ def _aad(owner: str, fingerprint: str) -> bytes:
     return f"{_AAD_LABEL};owner={owner};spki_sha256={fingerprint}".encode()
 
 
-def _pkcs8(key: rsa.RSAPrivateKey) -> bytearray:
+EscrowedPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def new_key_pair(spec: KeySpec) -> EscrowedPrivateKey:
+    """RSA of the spec's size, or EC on its curve (P-256, P-384): the kinds a card imports and proves."""
+    if spec.algorithm == "rsa" and spec.rsa_bits is not None:
+        return rsa.generate_private_key(public_exponent=65537, key_size=spec.rsa_bits)
+    if spec.algorithm == "ec":
+        return ec.generate_private_key(spec.ec_curve())
+    raise PolicyViolation(f"escrowed keys are RSA or EC P-256/P-384, not {spec}", code="escrow.key_type")
+
+
+def _pkcs8(key: EscrowedPrivateKey) -> bytearray:
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     buffer = bytearray(der)
@@ -89,9 +102,7 @@ class KeyEscrow:
     def generate(self, conn: Connection, *, owner: str, cert_type: str, profile: str, spec: KeySpec,
                  workflow_id: int | None, actor: str, role: str) -> EscrowedKey:
         """A new key pair, sealed in the HSM's custody and recorded; the CSR is for the issuance workflow."""
-        if spec.algorithm != "rsa" or spec.rsa_bits is None:
-            raise PolicyViolation(f"escrowed keys are RSA for now, not {spec}", code="escrow.key_type")
-        private = rsa.generate_private_key(public_exponent=65537, key_size=spec.rsa_bits)
+        private = new_key_pair(spec)
         public_der = private.public_key().public_bytes(serialization.Encoding.DER,
                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
         fingerprint = hashlib.sha256(public_der).hexdigest()
@@ -143,15 +154,19 @@ class KeyEscrow:
 
     def deliver(self, conn: Connection, escrow_id: int, *, agent_key: str, context: bytes, actor: str,
                 workflow_id: int) -> dict[str, Any]:
-        """The key sealed for this agent and task, and a challenge only the key's holder can decrypt."""
+        """The key sealed for this agent and task, and a challenge only the key's holder can answer.
+
+        ``proof`` names the challenge: RSA-OAEP ciphertext to decrypt, or an
+        ephemeral EC key for ECDH (:func:`~openxpki_py_token.key_transport.new_challenge`).
+        """
         row = self.record(conn, escrow_id)
         if row["workflow_id"] != workflow_id or row["status"] not in ("escrowed", "installed"):
             raise PolicyViolation("this escrowed key is not for this personalization's current step",
                                   code="escrow.not_yours")
         sealed = self._seal_for_agent(row, agent_key, context)
         public = serialization.load_der_public_key(bytes(row["public_key_der"]))
-        assert isinstance(public, rsa.RSAPublicKey)
-        expected, challenge = new_challenge(public)
+        assert isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
+        expected, challenge, proof = new_challenge(public, context)
         history = self._history(conn, row, agent_key, workflow_id)
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id)
                      .values(challenge_sha256=expected, deliveries=key_escrow.c.deliveries + 1))
@@ -159,7 +174,7 @@ class KeyEscrow:
                      details={"escrow_id": escrow_id, "workflow_id": workflow_id,
                               "delivery": int(row["deliveries"]) + 1,
                               "history": [h["escrow_id"] for h in history]})
-        return {**sealed.as_api(), "challenge": b64(challenge), "history": history}
+        return {**sealed.as_api(), "challenge": b64(challenge), "proof": proof, "history": history}
 
     def _seal_for_agent(self, row: RowMapping, agent_key: str, context: bytes) -> SealedKey:
         plain = self._private_key(row)
@@ -195,11 +210,11 @@ class KeyEscrow:
 
     def check_proof(self, conn: Connection, escrow_id: int, proof: bytes, *, token_id: int, serial: str,
                     actor: str, now: datetime) -> None:
-        """The card decrypted the last challenge: the key is on it.  Records the installation."""
+        """The card answered the last challenge (decryption or ECDH): the key is on it.  Records the installation."""
         row = self.record(conn, escrow_id)
         expected = row["challenge_sha256"]
         if expected is None or not proof_matches(bytes(expected), proof):
-            raise KeyProofRefused("the card did not decrypt the server's challenge with the escrowed key; "
+            raise KeyProofRefused("the card did not answer the server's challenge with the escrowed key; "
                                   "run the agent again (it fetches the key and a new challenge)")
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id).values(
             status="installed", token_id=token_id, certificate_serial=serial, installed_at=now,
@@ -209,9 +224,13 @@ class KeyEscrow:
 
     # --- recovery ---------------------------------------------------------------------
 
-    def release_pkcs12(self, conn: Connection, escrow_id: int, certificate: x509.Certificate | None, *,
-                       actor: str, role: str, recovery_workflow: int) -> tuple[bytes, str]:
-        """(PKCS#12, one-time password): the key and its certificate, for the person it belongs to."""
+    def pkcs12_for_owner(self, conn: Connection, escrow_id: int, certificate: x509.Certificate | None, *,
+                         actor: str, role: str, recovery_workflow: int) -> tuple[bytes, str]:
+        """(PKCS#12, one-time password): the key and its certificate, for the owner who collects it.
+
+        AES-256-CBC with PBKDF2-HMAC-SHA256 for key and certificate, an
+        HMAC-SHA256 MAC: what OpenSSL 3 writes by default and opens.
+        """
         row = self.record(conn, escrow_id)
         plain = self._private_key(row)
         der = bytes(plain)
@@ -220,8 +239,8 @@ class KeyEscrow:
         finally:
             wipe(plain)
             scrub(der)
-        assert isinstance(key, rsa.RSAPrivateKey)
-        password = "".join(secrets.choice(_OTP_ALPHABET) for _ in range(_OTP_LENGTH))
+        assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey))
+        password = one_time_password()
         encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
                       .kdf_rounds(100_000)
                       .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
@@ -232,10 +251,16 @@ class KeyEscrow:
         del key
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id)
                      .values(recovered_at=utcnow()))
-        append_audit(conn, actor=actor, role=role, event="escrow.release", target=row["public_key_sha256"],
+        append_audit(conn, actor=actor, role=role, event="escrow.collect", target=row["public_key_sha256"],
                      details={"escrow_id": escrow_id, "owner": row["owner"], "form": "pkcs12",
                               "recovery_workflow": recovery_workflow})
         return data, password
+
+
+def one_time_password() -> str:
+    """A fresh password for one PKCS#12, in readable groups (the dashes are part of it)."""
+    return "-".join("".join(secrets.choice(_OTP_ALPHABET) for _ in range(_OTP_GROUP_LENGTH))
+                    for _ in range(_OTP_GROUPS))
 
 
 def describe(row: RowMapping) -> dict[str, Any]:

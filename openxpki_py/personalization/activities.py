@@ -37,6 +37,7 @@ from ..workflow.registry import Registry
 from .attestation import CARD_ATTESTED, key_origin
 from .enrollment import confirm_pairing, revoke_workflow_access
 from .planning import plan_for_card
+from .temporary import stand_in_for
 from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
 
 callables = Registry()
@@ -106,6 +107,10 @@ def register_card(ctx: ActivityContext) -> None:
         "label": info.label, "card_profile": card.profile, "confirmed": False,
         "agent": int(ctx.inputs["agent"]), "key_slots": [slot.as_api() for slot in card.slots],
     }
+    # Shown before the user confirms: this card will be a temporary card, for a few days.
+    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now)
+    if stand_in is not None:
+        ctx["token"]["temporary"] = stand_in.as_context()
     # Planned before the user confirms: the page shows what this card will
     # get, and what it cannot hold (and why) is never attempted.
     ctx["card_plan"] = plan_for_card(_policy(ctx), card).as_context()
@@ -128,8 +133,15 @@ def confirm_card(ctx: ActivityContext) -> None:
                              "and compare the phrase again", code="agent.replaced")
     info = TokenInfo(serial=card["serial"], model=card["model"], manufacturer=card["manufacturer"],
                      label=card["label"])
-    registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx))
+    # Decided again: the permanent card may have come back (or gone) since the card was reported.
+    stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now,
+                            lock=True)
+    registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx),
+                                stands_in_for=stand_in.permanent_id if stand_in is not None else None)
     ctx["token"] = {**card, "id": registered.id, "confirmed": True}
+    ctx["token"].pop("temporary", None)
+    if stand_in is not None:
+        ctx["token"]["temporary"] = stand_in.as_context()
 
 
 @callables.activity("forget_card")
@@ -232,6 +244,8 @@ def request_certificate(ctx: ActivityContext) -> None:
         "expected_key": {k: str(v) for k, v in key.items()},  # a map field holds text
         # card-attested only with a verified attestation; else only the agent says the card made it.
         "key_origin": origin,
+        # a temporary card's certificates live a few days (never longer than the profile says)
+        **({"validity_days": temporary["validity_days"]} if (temporary := ctx["token"].get("temporary")) else {}),
     })
     entry.update(status="requested", child_id=child, key_id_used=ctx.inputs["key_id"].lower(),
                  csr_sha256=public_key_fingerprint(checked.csr.public_key()), key_origin=origin)

@@ -128,11 +128,10 @@ def _certificate_type(r: Reader) -> CertificateType:
         require_attestation=r.bool("require_attestation", False),
         key_origin=r.choice("key_origin", KEY_ORIGINS, CertificateType.key_origin),
     )
-    if cert_type.key_origin == "escrowed" and (cert_type.usage != "decrypt" or key.algorithm != "rsa"):
-        # A signing key that someone else holds a copy of proves nothing; the
-        # card's proof of holding the key is an RSA decryption (EC: not yet).
-        raise r.error("key_origin", "card, unless usage is decrypt and the key RSA (escrowed keys are "
-                      "decryption keys, RSA for now)")
+    if cert_type.key_origin == "escrowed" and cert_type.usage != "decrypt":
+        # A signing key that someone else holds a copy of proves nothing.
+        raise r.error("key_origin", "card, unless usage is decrypt (escrowed keys are decryption keys: "
+                      "RSA key transport or EC key agreement)")
     if cert_type.key_origin == "escrowed" and cert_type.require_attestation:
         raise r.error("require_attestation", "false for an escrowed key: the server made it, no card can attest it")
     r.finish()
@@ -163,7 +162,6 @@ def parse_personalization_config(r: Reader) -> PersonalizationPolicy:
     )
     e.finish()
     card_types = _card_types(r, names)
-    _check_escrowed_keys(types, card_types, r.key_path("card_types"))
     trust = parse_attestation_config(r.section("attestation"))
     if not trust.roots and any(t.require_attestation for t in types):
         raise ConfigError(f"{r.key_path('attestation')}.roots: a certificate type requires attestation, so "
@@ -195,17 +193,6 @@ def _card_types(r: Reader, type_names: list[str]) -> dict[str, CardTypePolicy]:
         c.finish()
         policies[name] = CardTypePolicy(name, tuple(dict.fromkeys(types)) if types is not None else None, keys)
     return policies
-
-
-def _check_escrowed_keys(types: tuple[CertificateType, ...], card_types: Mapping[str, CardTypePolicy],
-                         where: str) -> None:
-    """A card type may not give an escrowed type a key the escrow cannot make (RSA only for now)."""
-    escrowed = {t.name for t in types if t.key_origin == "escrowed"}
-    for name, policy in card_types.items():
-        for cert_type, spec in policy.keys.items():
-            if cert_type in escrowed and spec.algorithm != "rsa":
-                raise ConfigError(f"{where}.{name}.key.{cert_type}: {cert_type} is escrowed (key_origin), so its "
-                                  "key is made by the server and must be RSA (rsa-2048, rsa-3072, rsa-4096)")
 
 
 def check_profiles(policy: PersonalizationPolicy, profile_names: list[str]) -> None:

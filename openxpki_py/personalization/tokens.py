@@ -20,12 +20,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .. import roles
 from ..audit import append_audit
 from ..db.schema import certificate, token
 from ..errors import NotFound, NotPermitted, PolicyViolation
 
-STATUSES = ("active", "suspended", "lost", "revoked", "destroyed")  # transitions: console/cards.py
+STATUSES = ("active", "suspended", "forgotten", "lost", "revoked", "destroyed", "retired")  # console/lifecycle.yaml
 USABLE = "active"
 SERIAL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -55,6 +54,8 @@ class RegisteredToken:
     status: str
     model: str | None
     manufacturer: str | None
+    kind: str = "permanent"
+    stands_in_for: int | None = None  # a temporary card's permanent card (personalization/temporary.py)
 
 
 def check_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime,
@@ -99,33 +100,39 @@ def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str, *, now: 
 
 
 def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime,
-                   claim_lifetime: timedelta) -> RegisteredToken:
-    """Find or create the card for its confirmed owner; refuse another user's card or an unusable one."""
+                   claim_lifetime: timedelta, stands_in_for: int | None = None) -> RegisteredToken:
+    """Find or create the card for its confirmed owner; refuse another user's card or an unusable one.
+
+    ``stands_in_for``: a card new to its owner becomes the temporary card
+    for this permanent card (the caller checked it may: temporary.py).
+    """
+    kind = "temporary" if stands_in_for is not None else "permanent"
     row = conn.execute(select(token).where(token.c.serial == info.serial)).mappings().first()
     if row is None:
         result = conn.execute(token.insert(), {
             "serial": info.serial, "model": info.model[:128] or None,
             "manufacturer": info.manufacturer[:128] or None, "owner": owner, "status": USABLE,
-            "first_seen": now, "last_seen": now,
+            "first_seen": now, "last_seen": now, "kind": kind, "stands_in_for": stands_in_for,
         })
         append_audit(conn, actor=owner, event="token.register", target=info.serial,
-                     details={"model": info.model, "manufacturer": info.manufacturer})
+                     details={"model": info.model, "manufacturer": info.manufacturer,
+                              **({"kind": kind, "stands_in_for": stands_in_for} if stands_in_for else {})})
         new_id = result.inserted_primary_key
         assert new_id is not None
         return RegisteredToken(int(new_id[0]), info.serial, owner, USABLE,
-                               info.model or None, info.manufacturer or None)
+                               info.model or None, info.manufacturer or None, kind, stands_in_for)
     _check_row(conn, row, info, owner, now=now, claim_lifetime=claim_lifetime)
     if row["owner"] is not None and row["owner"] != owner:
         append_audit(conn, actor=owner, event="token.claim_lapsed", target=info.serial,
                      details={"previous_owner": row["owner"], "reason": "no certificate was ever issued for "
                               "the card under that claim"})
-    conn.execute(token.update().where(token.c.id == row["id"]).values(last_seen=now, owner=owner))
+    changes: dict[str, Any] = {"last_seen": now, "owner": owner}
+    if row["owner"] != owner:  # new to this owner (released, or a lapsed claim): its kind is decided now
+        changes.update(kind=kind, stands_in_for=stands_in_for)
+    conn.execute(token.update().where(token.c.id == row["id"]).values(**changes))
     return RegisteredToken(int(row["id"]), row["serial"], row["owner"], row["status"], row["model"],
-                           row["manufacturer"])
-
-
-# Why a card's certificates are revoked when the card is marked so (RFC 5280 reasons).
-REVOCATION_FOR_STATUS = {"lost": "keyCompromise", "revoked": "privilegeWithdrawn", "destroyed": "cessationOfOperation"}
+                           row["manufacturer"], changes.get("kind", row["kind"]),
+                           changes.get("stands_in_for", row["stands_in_for"]))
 
 
 def find_token(conn: Connection, serial: str) -> Any:
@@ -133,33 +140,6 @@ def find_token(conn: Connection, serial: str) -> Any:
     if row is None:
         raise NotFound(f"no card with serial {serial} is registered")
     return row
-
-
-def set_token_status(conn: Connection, serial: str, status: str, *, actor: str, ca: Any = None) -> list[str]:
-    """Mark a card; for lost/revoked/destroyed also revoke its valid certificates (returns their serials).
-
-    ``ca`` revokes; without it (no CA at hand) the status changes only when
-    nothing needs revoking.
-    """
-    if status not in STATUSES:
-        raise PolicyViolation(f"unknown card status '{status}'; use one of {', '.join(STATUSES)}",
-                              code="token.status_invalid")
-    row = find_token(conn, serial)
-    conn.execute(token.update().where(token.c.id == row["id"]).values(status=status))
-    revoked = []
-    reason = REVOCATION_FOR_STATUS.get(status)
-    if reason is not None:
-        serials = [r.serial for r in conn.execute(select(certificate.c.serial).where(
-            certificate.c.token_id == row["id"], certificate.c.status == "valid"))]
-        if serials and ca is None:
-            raise PolicyViolation(f"card {serial} has valid certificates; revoking them needs the CA",
-                                  code="token.needs_ca")
-        for cert_serial in serials:
-            ca.revoke_certificate(conn, int(cert_serial, 16), reason, actor=actor, role=roles.RA_OPERATOR)
-            revoked.append(cert_serial)
-    append_audit(conn, actor=actor, event="token.status", target=serial,
-                 details={"status": status, "revoked": revoked})
-    return revoked
 
 
 def release_token(conn: Connection, serial: str, *, actor: str) -> None:
@@ -170,7 +150,8 @@ def release_token(conn: Connection, serial: str, *, actor: str) -> None:
     gives it new keys.
     """
     row = find_token(conn, serial)
-    conn.execute(token.update().where(token.c.id == row["id"]).values(owner=None, status=USABLE))
+    conn.execute(token.update().where(token.c.id == row["id"]).values(owner=None, status=USABLE, kind="permanent",
+                                                                       stands_in_for=None))
     append_audit(conn, actor=actor, event="token.release", target=serial,
                  details={"previous_owner": row["owner"], "previous_status": row["status"]})
 

@@ -79,6 +79,12 @@
   </dl>
 % endif
 
+% if progress.token and progress.token.get("temporary"):
+  <p class="status" id="temporary-card">A temporary card: it stands in for your card
+    ${progress.token["temporary"]["stands_in_for"]}, which is on hold while it is away. Its certificates are valid
+    for ${progress.token["temporary"]["validity_days"]} days; give it back to the help desk with your card.</p>
+% endif
+
 % if progress.plan:
   <section aria-labelledby="plan-heading" id="card-plan">
     <h2 id="plan-heading">What this card will get</h2>

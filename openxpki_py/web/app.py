@@ -36,6 +36,7 @@ from . import errors
 from . import mine as _my_views  # noqa: F401 - registers its views
 from . import ocsp as _ocsp_views  # noqa: F401 - registers its views
 from . import personalization as _personalization_views  # noqa: F401 - registers its views
+from . import recovered as _recovered_views  # noqa: F401 - registers its views
 from .config import WebConfig
 from .context import RequestContext, WebRequest
 from .menu import menu_for

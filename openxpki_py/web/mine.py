@@ -10,8 +10,11 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from .. import roles
+from ..console.cards import available
 from ..db.certstore import list_certificates, owned_certificate_der
 from ..db.schema import key_escrow
+from ..escrow.recovery import waiting_for_owner
+from ..personalization.temporary import valid_until
 from ..personalization.tokens import list_tokens, tokens_by_id
 from .context import RequestContext
 from .views import view
@@ -30,8 +33,17 @@ def my_certificates(ctx: RequestContext) -> Response:
         # keys with an escrow record: a copy is in the HSM's custody, recoverable by two officers
         escrowed = set(conn.execute(select(key_escrow.c.public_key_sha256)
                                     .where(key_escrow.c.owner == ctx.login)).scalars())
+        temporary = {i: valid_until(conn, i) for i, c in cards.items() if c["kind"] == "temporary"}
+    services = ctx.app.console
+    # recovered keys two Key Recovery Officers released to this person: theirs to collect
+    recovered = waiting_for_owner(services.workflows, ctx.login) if services is not None and escrowed else []
+    # what the owner may do to their own cards themselves (lifecycle: owner_may), when the console runs here
+    lifecycle = services.config.cards.lifecycle if services is not None else None
+    own = {c["serial"]: [t.name for t in available(lifecycle, c, ctx.role, own_card=True)]
+           for c in cards.values() if c["owner"] == ctx.login} if lifecycle is not None else {}
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc),
-                      escrowed=escrowed,
+                      escrowed=escrowed, recovered=recovered, temporary=temporary, own_transitions=own,
+                      lifecycle_transitions=list(lifecycle.transitions.values()) if lifecycle is not None else [],
                       message=ctx.take_flash(), available=ctx.app.available)
 
 

@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
 from support.browser import screenshot
 
 from openxpki_py.db.schema import certificate, crl, token, workflow
@@ -305,6 +306,7 @@ def test_card_suspended_resumed_and_reported_lost(console_site: Any, chromium: A
     assert page.locator(".card-status").inner_text() == "active"
     assert ": good" in _ocsp(site, "on-card")
     assert "token.transition" in page.locator("#card-history").inner_text()
+    _forgotten_and_returned(site, page)
     page.get_by_role("navigation", name="Main menu").get_by_role("link", name="Audit log").click()
     page.click("#verify-chain")
     assert "Audit chain intact" in page.locator("#audit-message").inner_text()
@@ -324,4 +326,40 @@ def test_card_suspended_resumed_and_reported_lost(console_site: Any, chromium: A
     mine.context.close()
     transitions = [(r["actor"], r["role_name"], r["details"]["transition"]) for r in site.audit()
                    if r["event"] == "token.transition"]
-    assert transitions == [("bob", RA, "suspend"), ("bob", RA, "resume"), ("alice", "User", "lost")]
+    assert transitions == [("bob", RA, "suspend"), ("bob", RA, "resume"), ("bob", RA, "forgotten"),
+                           ("bob", RA, "returned"), ("bob", RA, "returned"), ("alice", "User", "lost")]
+
+
+def _forgotten_and_returned(site: Any, page: Any) -> None:
+    """Forgotten at home: on hold; a temporary card stands in; returned: the holds go, the temporary card's
+    certificate is revoked.  The temporary card is registered here as its personalization would
+    (tests/integration/test_temporary_card.py personalizes one)."""
+    temporary = _issue(site, "temporary")
+
+    def stand_in(conn: Any) -> None:
+        now = datetime.now(timezone.utc)
+        permanent = conn.execute(select(token.c.id).where(token.c.serial == "ALICE-CARD-1")).scalar_one()
+        temp_id = conn.execute(token.insert(), {"serial": "ALICE-TEMP-1", "owner": "alice", "status": "active",
+                                                "kind": "temporary", "stands_in_for": permanent, "first_seen": now,
+                                                "last_seen": now}).inserted_primary_key[0]
+        conn.execute(certificate.update().where(certificate.c.serial == temporary).values(token_id=temp_id))
+        conn.commit()
+
+    form = page.locator("#transition-forgotten")
+    form.locator("input[name=confirm]").check()
+    form.locator("input[name=comment]").fill("left it at home")
+    form.get_by_role("button").click()
+    assert page.locator(".card-status").inner_text() == "forgotten"
+    assert "certificateHold" in _ocsp(site, "on-card")
+    site.read_db(stand_in)
+    page.reload()
+    assert "ALICE-TEMP-1" in page.locator(".card-stand-in").inner_text()
+    screenshot(page, "console-card-forgotten.png")
+    form = page.locator("#transition-returned")
+    form.locator("input[name=confirm]").check()
+    form.get_by_role("button").click()
+    assert page.locator(".card-status").inner_text() == "active"
+    assert "retired" in page.locator(".card-stand-in").inner_text()
+    assert ": good" in _ocsp(site, "on-card")
+    answer = _ocsp(site, "temporary")
+    assert ": revoked" in answer and "cessationOfOperation" in answer, answer

@@ -2,9 +2,10 @@
 
 The key-recovery key is in SoftHSM; an escrowed key and its certificate are
 made by the server's own escrow service (as www-data, as the site runs).
-carol asks for the recovery and approves, dave approves and releases; the
-PKCS#12 Chromium downloads opens with the password the page showed once.
-alice sees on "My certificates" that her key is escrowed.
+carol asks for the recovery and approves, dave approves and releases it to
+alice, and sees nothing of the key; alice sees on "My certificates" that her
+key is escrowed and that the recovered key waits for her, collects it, and the
+PKCS#12 Chromium downloads opens with the password her page showed once.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _officer(chromium: Any, site: Any, user: str, path: str) -> Any:
     return page
 
 
-def test_two_officers_release_an_escrowed_key_in_the_browser(escrow_site: Any, chromium: Any,
+def test_two_officers_release_an_escrowed_key_and_its_owner_collects_it(escrow_site: Any, chromium: Any,
                                                               tmp_path: Path) -> None:
     site = escrow_site
     made = _run(site, str(BIN / "python"), "-c", MAKE_ESCROWED_KEY, str(site.config_path)).stdout.split()
@@ -118,18 +119,32 @@ def test_two_officers_release_an_escrowed_key_in_the_browser(escrow_site: Any, c
     dave.get_by_role("button", name="Approve").click()
     assert "2 of 2 approvals (APPROVED)" in dave.locator("#console-message").inner_text()
     dave.get_by_label("release to alice now").check()
-    dave.get_by_role("button", name="Release as PKCS#12").click()
-    password = dave.locator("#pkcs12-password").inner_text().strip()
-    with dave.expect_download() as info:
-        dave.locator("#download-pkcs12").click()
-    target = tmp_path / "alice.p12"
-    info.value.save_as(str(target))
-    key, cert, _ = pkcs12.load_key_and_certificates(target.read_bytes(), password.encode())
-    assert key is not None and cert is not None and format(cert.serial_number, "x") == serial
-    dave.goto(f"{site.base_url}/openxpki/console/escrow/{escrow_id}")  # shown once, nowhere else
-    assert "RELEASED" in dave.locator("#record-recoveries").inner_text() and password not in dave.content()
+    dave.get_by_role("button", name="Release to alice").click()
+    assert "released to alice, who collects the key" in dave.locator("#console-message").inner_text()
+    assert dave.locator("#pkcs12-password").count() == 0 and dave.locator("#download-pkcs12").count() == 0
+    assert "waiting for alice to collect it" in dave.locator("#record-recoveries").inner_text()
 
+    # alice, in her own session: "My certificates" says a key waits for her; she collects it once.
     alice = _as(chromium, "alice")
     alice.goto(f"{site.base_url}/openxpki/certificates")
     mark = alice.locator(f'tr[data-serial="{serial}"] td.key-escrow').inner_text()
     assert mark == "escrowed (recoverable)"
+    waiting = alice.locator("#my-recovered-keys")
+    assert "released by dave" in waiting.inner_text()
+    screenshot(alice, "my-certificates-recovered-key.png")
+    alice.get_by_label("I am ready to save the file and note its password").check()
+    alice.get_by_role("button", name="Collect my encryption key").click()
+    password = alice.locator("#pkcs12-password").inner_text().strip()
+    with alice.expect_download() as info:
+        alice.locator("#download-pkcs12").click()
+    target = tmp_path / "alice.p12"
+    info.value.save_as(str(target))
+    assert info.value.suggested_filename == "alice-encryption-recovered.p12"
+    key, cert, _ = pkcs12.load_key_and_certificates(target.read_bytes(), password.encode())
+    assert key is not None and cert is not None and format(cert.serial_number, "x") == serial
+    alice.goto(f"{site.base_url}/openxpki/certificates")  # shown once: nothing waits any more
+    assert alice.locator("#my-recovered-keys").count() == 0 and password not in alice.content()
+
+    dave.reload()  # the officers see that she collected it, never what she received
+    assert "collected by alice at" in dave.locator("#record-recoveries").inner_text()
+    assert password not in dave.content()

@@ -52,14 +52,14 @@ def inst(make_instance: Callable[..., Any], db_engine: Engine) -> Iterator[Any]:
     yield make_instance(db_engine, algorithm="ec-p256", overrides=operator_roles)
 
 
-def issue(inst: Any, owner: str = "alice", token_id: int | None = None) -> str:
+def issue(inst: Any, owner: str = "alice", token_id: int | None = None, validity_days: int | None = None) -> str:
     svc = inst.services
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x")]))
            .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
     request = IssuanceRequest(csr=csr.public_bytes(serialization.Encoding.PEM), profile="smartcard_logon",
                               subject_attributes=svc.directory.find_user(owner).certificate_values(), owner=owner,
-                              requester="test", role=CA, token_id=token_id)
+                              requester="test", role=CA, token_id=token_id, validity_days=validity_days)
     with svc.db.begin() as conn:
         return svc.ca.issue_certificate(conn, request).serial
 
@@ -404,14 +404,14 @@ def test_card_lifecycle_changes_its_certificates(inst: Any, app: Any, tmp_path: 
     assert status(logon) == status(encryption) == ("revoked", "keyCompromise")
     assert "is blocked" in alice.get("/certificates").get_data(as_text=True)
     with pytest.raises(NotFound):  # another's card: not even whether it exists
-        cards.transition(svc.db, svc.ca, "CARD-8", "terminate", actor="alice", role=USER)
+        cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-8", "terminate", actor="alice", role=USER)
     with pytest.raises(NotPermitted):  # her own, but only "lost" is hers to do
-        cards.transition(svc.db, svc.ca, "CARD-7", "terminate", actor="alice", role=USER)
+        cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-7", "terminate", actor="alice", role=USER)
 
     # Damaged (superseded) and terminated (every certificate, held ones too: affiliationChanged).
     held = issue(inst, owner="carol", token_id=other.id)
     revocation.revoke(svc.db, svc.ca, held, HOLD_REASON, actor="bob", role=RA)
-    result = cards.transition(svc.db, svc.ca, "CARD-8", "terminate", actor="bob", role=RA, comment="left")
+    result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-8", "terminate", actor="bob", role=RA, comment="left")
     assert set(result.certificates) == {carols, held}
     assert status(carols) == status(held) == ("revoked", "affiliationChanged")
     revocation.issue_crl_now(svc.db, svc.ca, actor="carol", role=CA)

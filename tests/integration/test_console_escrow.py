@@ -3,29 +3,36 @@ through the real WSGI app (identity from the environ as Apache sets it), SQLite 
 
 Four eyes through the pages: one officer twice, the key's owner, a request without a reason,
 a wrong role and a missing CSRF token are all refused, and nothing is released until two
-different officers approved; the released PKCS#12 opens with the password shown once.
+different officers approved.  The release gives the officers nothing: the owner collects the
+PKCS#12 once on "My certificates", and it opens (OpenSSL) with the password shown to her only;
+another user, an officer, a second collection and a late one are refused, all audited.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
+import subprocess
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 from openxpki_py_token.keyspec import KeySpec
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from test_key_escrow_api import database_dump
 from werkzeug.test import Client, TestResponse
 
 from openxpki_py.crypto.ca import IssuanceRequest
-from openxpki_py.db.schema import audit_log, key_escrow
+from openxpki_py.db.schema import audit_log, key_escrow, workflow
 from openxpki_py.escrow.cli import init_escrow_key
+from openxpki_py.escrow.recovery import approve_recovery, release_recovered_key, request_recovery
 from openxpki_py.web.app import create_app
 
 RA, USER, KRO = "RA Operator", "User", "Key Recovery Officer"
@@ -42,6 +49,8 @@ def escrow_roles(settings: dict[str, Any]) -> None:
         RA: {"command": ["/bin/true"], "users": ["bob"]},
         KRO: {"command": ["/bin/true"], "users": ["carol", "dave", "alice"]},
     }
+    # an uncollected recovered key expires after 3 days here (7 by default)
+    settings.setdefault("workflow", {})["state_timeouts"] = {"key_recovery.READY_FOR_OWNER": 3 * 86400}
 
 
 @pytest.fixture
@@ -164,26 +173,128 @@ def test_recovery_through_the_pages_under_four_eyes(inst: Any, app: Any) -> None
     assert 'class="actions approve-form"' not in carol.page("/console/escrow")  # carol has approved already
     assert dave.post(approve, {"comment": "ok"}).status_code == 303
 
-    # The release: confirmed, once; the PKCS#12 opens with the password shown on this page only.
+    early = Person(app, "alice", USER).post(f"/certificates/recovered/{wf_id}", {"confirm": "yes"})
+    assert early.status_code == 409 and "not released to you yet" in early.get_data(as_text=True)
+
+    # The release: confirmed, once; the officer gets nothing of the key, the owner is to collect it.
     assert dave.post(release).status_code == 400
     answer = dave.post(release, {"confirm": "yes"})
+    assert answer.status_code == 303, answer.get_data(as_text=True)[:500]  # no page with a key or password
+    shown = dave.page(answer.headers["Location"])
+    assert "released to alice, who collects the key" in shown
+    assert "pkcs12-password" not in shown and "data:application/x-pkcs12" not in shown
+    assert dave.post(release, {"confirm": "yes"}, headers=JSON).status_code == 409  # once only
+    record_page = carol.page(f"/console/escrow/{escrow_id}")
+    assert "READY_FOR_OWNER" in record_page and "waiting for alice to collect it" in record_page
+    assert f'data-recovery-id="{wf_id}"' in carol.page("/console/escrow")  # still waiting (for alice)
+
+    # Every step audited, by the person who took it; nothing unsealed yet.
+    assert events(inst, "escrow.") == [("escrow.generate", "test"), ("escrow.collect", "alice"),
+                                       ("escrow.release", "dave")]  # alice's early attempt: refused
+
+
+def released_recovery(inst: Any, escrow_id: int) -> int:
+    """A recovery two officers approved and released to the key's owner (the service calls the pages make)."""
+    engine = inst.services.workflows
+    wf_id = int(request_recovery(engine, escrow_id, reason="card lost, ticket 4711", actor="carol").id)
+    approve_recovery(engine, wf_id, actor="carol")
+    approve_recovery(engine, wf_id, actor="dave")
+    assert release_recovered_key(engine, wf_id, actor="dave").state == "READY_FOR_OWNER"
+    return wf_id
+
+
+def test_the_owner_collects_the_released_key_once(inst: Any, app: Any, tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    escrow_id, cert = escrowed_certificate(inst)
+    wf_id = released_recovery(inst, escrow_id)
+    collect = f"/certificates/recovered/{wf_id}"
+
+    # "My certificates" tells alice, and nobody else, that a key waits for her, and until when (config: 3 days).
+    alice = Person(app, "alice", USER)
+    mine = alice.page("/certificates")
+    form = re.search(rf'id="my-recovered-keys">(.*?)<form[^>]*data-recovery-id="{wf_id}">(.*?)</form>', mine, re.S)
+    assert form and "Collect my encryption key" in form.group(2) and "released by dave" in form.group(1)
+    deadline = inst.services.workflows.get(wf_id).wake_at
+    assert timedelta(days=3) - timedelta(minutes=5) < deadline - datetime.now(timezone.utc) <= timedelta(days=3)
+    assert deadline.strftime("%Y-%m-%d %H:%M") in form.group(1)
+
+    # Anyone else: another user, an officer in the User role, is told "not found"; an officer's session is refused.
+    bob, dave_user = Person(app, "bob", USER), Person(app, "dave", USER)
+    assert 'id="my-recovered-keys"' not in bob.page("/certificates")
+    for other in (bob, dave_user):
+        refused = other.post(collect, {"confirm": "yes"})
+        assert refused.status_code == 404 and "pkcs12-password" not in refused.get_data(as_text=True)
+    assert Person(app, "dave", KRO).post(collect, {"confirm": "yes"}).status_code == 403
+    assert alice.post(collect, {"confirm": "yes"}, csrf=False).status_code == 403
+    assert alice.post(collect).status_code == 400  # the box says: shown once
+    assert inst.services.workflows.get(wf_id).state == "READY_FOR_OWNER"  # none of that collected it
+
+    # alice collects: the password shown once, the PKCS#12 as a download in the same answer, not cached.
+    answer = alice.post(collect, {"confirm": "yes"})
     assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
     text = answer.get_data(as_text=True)
     password = re.search(r'id="pkcs12-password">([^<]+)<', text).group(1)  # type: ignore[union-attr]
-    p12 = base64.b64decode(re.search(r'base64,([A-Za-z0-9+/=]+)"', text).group(1))  # type: ignore[union-attr]
-    key, p12_cert, _ = pkcs12.load_key_and_certificates(p12, password.encode())
-    assert p12_cert == cert and key is not None
-    assert key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
-        == cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    assert dave.post(release, {"confirm": "yes"}, headers=JSON).status_code == 409  # once only
-    record_page = carol.page(f"/console/escrow/{escrow_id}")
-    assert "RELEASED" in record_page and password not in record_page
+    assert re.fullmatch(r"[a-z2-9]{5}(-[a-z2-9]{5}){4}", password)  # ~124 bits, in readable groups
+    link = re.search(r'href="data:application/x-pkcs12;base64,([A-Za-z0-9+/=]+)"', text)
+    assert link
+    encoded = link.group(1)
+    p12 = base64.b64decode(encoded)
+    p12_path = tmp_path / "alice.p12"
+    p12_path.write_bytes(p12)
+    opened = subprocess.run(["openssl", "pkcs12", "-in", str(p12_path), "-passin", f"pass:{password}", "-noenc"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert opened.returncode == 0, opened.stderr
+    key = serialization.load_pem_private_key(re.search(  # type: ignore[union-attr]
+        r"-----BEGIN PRIVATE KEY-----.*?-----END PRIVATE KEY-----", opened.stdout, re.S).group(0).encode(), None)
+    assert spki(key.public_key()) == spki(cert.public_key())
+    assert x509.load_pem_x509_certificate(re.search(  # type: ignore[union-attr]
+        r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", opened.stdout, re.S).group(0).encode()) == cert
+    info = subprocess.run(["openssl", "pkcs12", "-in", str(p12_path), "-passin", f"pass:{password}", "-info",
+                           "-noout"], capture_output=True, text=True, timeout=60, check=False)
+    assert "AES-256-CBC" in info.stderr and "hmacWithSHA256" in info.stderr and "RC2" not in info.stderr
 
-    # Every step audited, by the person who took it.
-    assert events(inst, "escrow.release") == [("escrow.release", "dave")]
+    # Once: a second collection is refused by name; the page no longer offers it.
+    again = alice.post(collect, {"confirm": "yes"})
+    assert again.status_code == 409 and "you collected this key already" in again.get_data(as_text=True)
+    assert 'id="my-recovered-keys"' not in alice.page("/certificates")
+    officers_see = Person(app, "carol", KRO).page(f"/console/escrow/{escrow_id}")
+    assert "collected by alice at" in officers_see and password not in officers_see
+
+    # Audited: each refusal and the one collection, by whom.
     with inst.services.db.connect() as conn:
-        rows = conn.execute(select(audit_log.c.details)).scalars().all()
-    assert all(password not in json.dumps(d, default=str) for d in rows)
+        rows = conn.execute(select(audit_log.c.event, audit_log.c.actor, audit_log.c.outcome, audit_log.c.details)
+                            .where(audit_log.c.event == "escrow.collect").order_by(audit_log.c.id)).all()
+    assert [(e, a, o, (d or {}).get("reason")) for e, a, o, d in rows] == [
+        ("escrow.collect", "bob", "refused", "not_owner"), ("escrow.collect", "dave", "refused", "not_owner"),
+        ("escrow.collect", "alice", "ok", None), ("escrow.collect", "alice", "refused", "collected")]
+
+    # Neither the password nor the file: not in the database (audit rows included), the workflow, the logs.
+    dump = database_dump(inst.services.db)
+    context = json.dumps(inst.services.workflows.get(wf_id).context, default=str)
+    fragments = [password, encoded[100:160], p12[100:130].hex(), p12[100:130].hex().upper()]
+    for place, where in (("database", dump), ("workflow context", context), ("log", caplog.text)):
+        for fragment in fragments:
+            assert fragment not in where, f"the one-time password or the PKCS#12 is in the {place}"
+
+
+def test_an_uncollected_key_expires(inst: Any, app: Any) -> None:
+    escrow_id, _ = escrowed_certificate(inst)
+    wf_id = released_recovery(inst, escrow_id)
+    engine = inst.services.workflows
+    with inst.services.db.begin() as conn:  # the deadline passes
+        conn.execute(workflow.update().where(workflow.c.id == wf_id)
+                     .values(wake_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    assert engine.resume_due() >= 1 and engine.get(wf_id).state == "EXPIRED"
+    assert events(inst, "escrow.collection_expired") == [("escrow.collection_expired", "worker")]
+    alice = Person(app, "alice", USER)
+    assert 'id="my-recovered-keys"' not in alice.page("/certificates")
+    late = alice.post(f"/certificates/recovered/{wf_id}", {"confirm": "yes"})
+    assert late.status_code == 409 and "not collected in time" in late.get_data(as_text=True)
+    assert "not collected by alice in time" in Person(app, "carol", KRO).page(f"/console/escrow/{escrow_id}")
+
+
+def spki(public: Any) -> bytes:
+    return bytes(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def test_roles_person_page_and_my_certificates(inst: Any, app: Any) -> None:

@@ -3,13 +3,14 @@ www-data, the key-recovery key in SoftHSM, the real agent on a SoftHSM card, Ope
 
 alice personalizes her card through Apache; the card decrypts what was
 encrypted to her encryption certificate; two Key Recovery Officers release
-the key with ``openxpki-py escrow …`` (one alone cannot); the released
-PKCS#12 opens the same mail.  Neither the database nor Apache's log holds
+the key with ``openxpki-py escrow …`` (one alone cannot) to alice, who
+collects it through Apache; the PKCS#12 opens (OpenSSL) the same mail.  Neither the database nor Apache's log holds
 the plaintext key.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -23,10 +24,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
 from sqlalchemy import select
 from support.agent import PKCS11_TOOL, run_agent
-from test_key_escrow import ESCROWED, key_forms
+from support.cms import cms_encrypt
+from test_key_escrow import ESCROWED, key_forms, on_card
 
 from openxpki_py.db.schema import certificate, key_escrow
 
@@ -120,16 +121,12 @@ def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token
     assert public.public_bytes(serialization.Encoding.DER,
                                serialization.PublicFormat.SubjectPublicKeyInfo) == bytes(record["public_key_der"])
 
-    # Mail to alice's encryption certificate opens with her card (OpenSC's pkcs11-tool decrypts on the card).
+    # Mail to alice's encryption certificate opens with her card: S/MIME written by openssl cms, opened
+    # through OpenSSL's PKCS#11 engine as a mail program would.
     message = b"the quarterly figures"
     (tmp_path / "mail.bin").write_bytes(public.encrypt(message, padding.PKCS1v15()))
-    decrypted = subprocess.run(
-        [PKCS11_TOOL, "--module", str(card.module), "--token-label", card.label, "--login", "--pin", card.pin,
-         "--decrypt", "--mechanism", "RSA-PKCS", "--id", "02", "--input-file", str(tmp_path / "mail.bin"),
-         "--output-file", str(tmp_path / "mail.out")],
-        env={**os.environ, "SOFTHSM2_CONF": str(card.softhsm.conf)}, capture_output=True, text=True, timeout=60)
-    assert decrypted.returncode == 0, decrypted.stderr
-    assert (tmp_path / "mail.out").read_bytes() == message
+    mail, cert_pem = cms_encrypt(cert, message, tmp_path)
+    assert on_card(card, b"\x02", mail, cert_pem) == message
 
     # The card is lost: two Key Recovery Officers release the key; one alone cannot, nor alice herself.
     started = _cli(site, "escrow", "recover", str(record["id"]), "--reason", "card lost, ticket 4711", actor="carol")
@@ -139,23 +136,38 @@ def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token
     wf = recovery.group(1)
     p12_path = site.root / "alice.p12"
     assert _cli(site, "escrow", "approve", wf, actor="carol").returncode == 0
-    alone = _cli(site, "escrow", "release", wf, "--out", str(p12_path), actor="carol")
-    assert alone.returncode != 0 and "PENDING_APPROVAL" in alone.stderr and not p12_path.exists()
+    alone = _cli(site, "escrow", "release", wf, actor="carol")
+    assert alone.returncode != 0 and "PENDING_APPROVAL" in alone.stderr
     twice = _cli(site, "escrow", "approve", wf, actor="carol")
     assert twice.returncode != 0 and "approval.same_person" in twice.stderr
     own = _cli(site, "escrow", "approve", wf, actor="alice")
     assert own.returncode != 0 and "recovery.own_key" in own.stderr
     second = _cli(site, "escrow", "approve", wf, actor="dave")
     assert second.returncode == 0 and "APPROVED" in second.stdout, second.stderr
-    released = _cli(site, "escrow", "release", wf, "--out", str(p12_path), actor="dave")
+    released = _cli(site, "escrow", "release", wf, actor="dave")
     assert released.returncode == 0, released.stderr
-    password = re.search(r"one-time password .*: (\S+)$", released.stdout, re.M)
-    assert password and p12_path.stat().st_mode & 0o077 == 0
-    key, p12_cert, _ = pkcs12.load_key_and_certificates(p12_path.read_bytes(), password.group(1).encode())
-    assert isinstance(key, rsa.RSAPrivateKey) and p12_cert == cert
-    assert key.decrypt((tmp_path / "mail.bin").read_bytes(), padding.PKCS1v15()) == message
-    again = _cli(site, "escrow", "release", wf, "--out", str(site.root / "again.p12"), actor="dave")
+    assert f"recovery workflow {wf}: READY_FOR_OWNER; alice collects the key" in released.stdout
+    again = _cli(site, "escrow", "release", wf, actor="dave")
     assert again.returncode != 0  # released once
+
+    # alice collects it in her own session through Apache: the PKCS#12 and the password shown to her once.
+    mine = browser.get("/openxpki/certificates")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', mine.body)
+    assert csrf and f'action="/openxpki/certificates/recovered/{wf}"' in mine.body, mine.body
+    collected = browser.post(f"/openxpki/certificates/recovered/{wf}", {"csrf_token": csrf.group(1), "confirm": "yes"})
+    assert collected.status == 200 and collected.headers["Cache-Control"] == "no-store", collected.body
+    password = re.search(r'id="pkcs12-password">([^<]+)<', collected.body)
+    p12 = re.search(r'href="data:application/x-pkcs12;base64,([A-Za-z0-9+/=]+)"', collected.body)
+    assert password and p12
+    p12_path.write_bytes(base64.b64decode(p12.group(1)))
+    opened = subprocess.run(["openssl", "pkcs12", "-in", str(p12_path), "-passin", f"pass:{password.group(1)}",
+                             "-nocerts", "-noenc"], capture_output=True, text=True, timeout=60, check=False)
+    assert opened.returncode == 0, opened.stderr
+    key = serialization.load_pem_private_key(opened.stdout[opened.stdout.index("-----BEGIN"):].encode(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert key.decrypt((tmp_path / "mail.bin").read_bytes(), padding.PKCS1v15()) == message
+    twice = browser.post(f"/openxpki/certificates/recovered/{wf}", {"csrf_token": csrf.group(1), "confirm": "yes"})
+    assert twice.status == 409 and "collected this key already" in twice.body  # collected once
 
     history = _cli(site, "escrow", "list", "--owner", "alice", "--json")
     assert '"status": "installed"' in history.stdout and "wrapped" not in history.stdout
@@ -176,7 +188,7 @@ def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token
     for name, form in key_forms(key).items():
         assert form not in dump, f"the private key ({name}) is in the database"
         assert form not in printed, f"the private key ({name}) is in a log or output"
-    assert password.group(1) not in dump and password.group(1) not in site.error_log()
+    assert password.group(1) not in dump and password.group(1) not in printed
 
 
 def init_output(site: Any) -> subprocess.CompletedProcess[str]:

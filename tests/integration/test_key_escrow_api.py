@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from openxpki_py_token.key_transport import (
     CHALLENGE_PADDING,
     b64,
+    challenge_peer,
+    ecdh_proof,
     new_transport_key,
     open_private_key,
     public_text,
@@ -43,7 +45,7 @@ def app(make_instance: Callable[..., Any], db_engine: Any) -> Any:
     return application
 
 
-def _to_import(app: Any, serial: str) -> tuple[Browser, int, Agent, dict[str, Any]]:
+def _to_import(app: Any, serial: str, key: dict[str, Any] | None = None) -> tuple[Browser, int, Agent, dict[str, Any]]:
     """Logon certificate done with a software key; the task is now import_key for the encryption key."""
     browser, wf_id, agent = confirmed_agent(app, serial)
     task = agent.call("GET", "task").json
@@ -53,7 +55,7 @@ def _to_import(app: Any, serial: str) -> tuple[Browser, int, Agent, dict[str, An
     agent.call("POST", "receipt", {"cert_type": "authentication", "serial": answer["serial"]})
     task = agent.call("GET", "task").json
     assert task["task"] == "import_key" and task["cert_type"] == "encryption", task
-    assert task["usage"] == "decrypt" and task["key"] == {"algorithm": "rsa", "size": 2048}
+    assert task["usage"] == "decrypt" and task["key"] == (key or {"algorithm": "rsa", "size": 2048})
     assert "escrowed" in browser.get(f"/deeplink/workflow/{wf_id}").text
     return browser, wf_id, agent, task
 
@@ -134,6 +136,33 @@ def test_only_the_confirmed_agent_at_this_step_gets_the_key_and_only_a_true_proo
     assert bytes(record["wrapped_key"]).hex()[:64] in dump.lower()  # blobs are in it, as hex: the grep can hit
     for name, form in key_forms(key).items():
         assert form not in dump, f"the escrowed private key ({name}) is in the database dump"
+
+
+def test_an_escrowed_ec_key_counts_only_with_the_ecdh_answer_for_this_delivery(
+        make_instance: Callable[..., Any], sqlite_engine: Any) -> None:
+    inst = make_instance(sqlite_engine, overrides=lambda s: escrowed_settings(s, key="ec-p256"))
+    init_escrow_key(inst.services, only_if_needed=True)
+    app = create_app(inst.config, inst.services)
+    _, wf_id, agent, task = _to_import(app, "CARD-EC", {"algorithm": "ec", "curve": "P-256"})
+    transport, delivered = _fetch(agent, "CARD-EC")
+    assert delivered.status_code == 200 and delivered.json["proof"] == "ecdh-hkdf-sha256", delivered.json
+    context = transport_context(wf_id, "encryption", task["serial"])
+    key = serialization.load_der_private_key(bytes(open_private_key(transport, delivered.json, context)), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert x509.load_pem_x509_certificate(task["certificate"].encode()).public_key() == key.public_key()
+    challenge = unb64(delivered.json["challenge"], "challenge")
+    secret = key.exchange(ec.ECDH(), challenge_peer(key.public_key(), challenge))
+
+    receipt = {"cert_type": "encryption", "serial": task["serial"], "token_serial": "CARD-EC"}
+    elsewhere = transport_context(wf_id + 1, "encryption", task["serial"])  # the answer for another workflow
+    for wrong in (secret, ecdh_proof(secret, challenge, elsewhere)):
+        refused = agent.call("POST", "receipt", {**receipt, "key_proof": b64(wrong)})
+        assert (refused.status_code, refused.json["error"]["code"]) == (422, "escrow.proof"), refused.json
+    answer = ecdh_proof(secret, challenge, context)
+    assert agent.call("POST", "receipt", {**receipt, "key_proof": b64(answer)}).json == {"status": "installed"}
+    with inst.services.db.connect() as conn:
+        record = conn.execute(select(key_escrow)).mappings().one()
+    assert record["status"] == "installed" and record["key_spec"] == "ec-p256"
 
 
 def database_dump(engine: Any) -> str:

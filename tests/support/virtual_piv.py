@@ -4,10 +4,11 @@ It answers what the agent (yubikit) and OpenSC's PIV driver send: SELECT,
 GET/PUT DATA, VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER, GENERAL
 AUTHENTICATE (management key mutual/external auth with 3DES or AES-192,
 raw RSA, ECDSA, ECDH), GENERATE ASYMMETRIC KEY PAIR (RSA-2048, P-256,
-P-384), and Yubico's version, serial, attestation, set management key and
-metadata.  Command chaining, extended APDUs and 61xx response chaining work
+P-384), Yubico's key import (RSA-2048, P-256, P-384; ``--no-ec-import``
+for a card that takes RSA only), version, serial, attestation, set
+management key and metadata.  Command chaining, extended APDUs and 61xx response chaining work
 both ways.  State lives in memory: every start is a new card.  Not
-emulated: touch, secure messaging, key import, RSA-3072/4096, 25519 keys,
+emulated: touch, secure messaging, RSA-3072/4096, 25519 keys,
 PIN-retry setting, biometrics.
 
     python tests/support/virtual_piv.py --attestation-root-key K --attestation-root-cert C
@@ -187,8 +188,10 @@ class PivState:
 class VirtualPivCard:
     """A PIV card as :class:`vpcd.VirtualCard`."""
 
-    def __init__(self, state: PivState, attestation: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]) -> None:
+    def __init__(self, state: PivState, attestation: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+                 *, ec_import: bool = True) -> None:
         self.state = state
+        self.ec_import = ec_import  # False: a card that imports RSA keys only (6a80 for EC)
         self.attestation_key, self.attestation_cert = attestation
         self.objects = state.objects
         self.objects[CERT_OBJECTS[0xF9]] = (tlv(0x70, self.attestation_cert.public_bytes(serialization.Encoding.DER))
@@ -421,22 +424,26 @@ class VirtualPivCard:
         return tlv(0x7F49, _public_key_tlvs(key))
 
     def _import_key(self, apdu: Apdu) -> bytes:
-        """Yubico's IMPORT ASYMMETRIC KEY (INS FE): RSA-2048 from p, q, dp, dq, qinv (escrowed keys)."""
+        """Yubico's IMPORT ASYMMETRIC KEY (INS FE): RSA-2048 from p, q, dp, dq, qinv; P-256/P-384 from d (tag 06)."""
         self._need_admin()
         if apdu.p2 not in CERT_OBJECTS or apdu.p2 == 0xF9:
             raise CardError(SW_REF_NOT_FOUND)
-        if apdu.p1 != RSA2048:
+        if apdu.p1 not in (RSA2048, *_CURVES) or (apdu.p1 in _CURVES and not self.ec_import):
             raise CardError(SW_WRONG_DATA)
         parts = dict(parse_tlvs(apdu.data))
+        key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
         try:
-            p, q, dmp1, dmq1, iqmp = (int.from_bytes(parts[tag], "big") for tag in (1, 2, 3, 4, 5))
-        except KeyError:
+            if apdu.p1 in _CURVES:
+                key = ec.derive_private_key(int.from_bytes(parts[6], "big"), _CURVES[apdu.p1])
+            else:
+                p, q, dmp1, dmq1, iqmp = (int.from_bytes(parts[tag], "big") for tag in (1, 2, 3, 4, 5))
+                d = pow(65537, -1, (p - 1) * (q - 1))
+                key = rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp,
+                                            rsa.RSAPublicNumbers(65537, p * q)).private_key()
+        except (KeyError, ValueError):
             raise CardError(SW_WRONG_DATA) from None
-        e = 65537
-        d = pow(e, -1, (p - 1) * (q - 1))
-        key = rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, rsa.RSAPublicNumbers(e, p * q)).private_key()
         policy = parts.get(0xAA, b"\x00")[0] or _DEFAULT_PIN_POLICY.get(apdu.p2, _PIN_ONCE)
-        self.state.keys[apdu.p2] = KeySlot(RSA2048, key, policy, generated=False)
+        self.state.keys[apdu.p2] = KeySlot(apdu.p1, key, policy, generated=False)
         return b""
 
     def _attest(self, apdu: Apdu) -> bytes:
@@ -575,6 +582,7 @@ def main() -> int:
     parser.add_argument("--attestation-root-cert", type=Path, required=True)
     parser.add_argument("--firmware", default="5.4.3", help="version the card claims (5.7+: AES-192 key)")
     parser.add_argument("--serial", type=int, default=None)
+    parser.add_argument("--no-ec-import", action="store_true", help="refuse EC key import (as some cards do)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=35963)
     args = parser.parse_args()
@@ -589,7 +597,7 @@ def main() -> int:
     serial = args.serial if args.serial is not None else secrets.randbelow(90_000_000) + 10_000_000
     state = PivState(firmware=(firmware[0], firmware[1], firmware[2]), serial=serial,
                      management_algorithm=AES192 if firmware >= (5, 7, 0) else TDES)
-    card = VirtualPivCard(state, _device_attestation(root_key, root, serial))
+    card = VirtualPivCard(state, _device_attestation(root_key, root, serial), ec_import=not args.no_ec_import)
     sock = connect(args.host, args.port)
     print(f"PIV card {serial} (firmware {args.firmware}) in vpcd {args.host}:{args.port}", flush=True)
     serve(card, sock)

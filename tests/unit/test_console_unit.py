@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 
 from openxpki_py.console import auditlog, cards, stuck
+from openxpki_py.console.lifecycle import shipped_lifecycle
 from openxpki_py.console.revocation import clean_comment
 from openxpki_py.db.schema import audit_log
 from openxpki_py.errors import NotFound, PolicyViolation
@@ -80,12 +81,18 @@ def test_csv_cells_never_formulas(value: Any, cell: str) -> None:
 
 
 def test_card_transitions_by_role_and_state() -> None:
-    assert [t.name for t in cards.available("active", "RA Operator")] == ["suspend", "lost", "damaged", "terminate"]
-    assert [t.name for t in cards.available("suspended", "CA Operator")] == ["resume", "lost", "damaged",
-                                                                              "terminate"]
-    assert cards.available("revoked", "RA Operator") == []
-    assert [t.name for t in cards.available("active", "User", own_card=True)] == ["lost"]
-    assert cards.available("active", "User", own_card=False) == []
-    # Every target is a status the registry knows, and only active cards are personalized.
+    life = shipped_lifecycle()
+
+    def names(status: str, role: str, kind: str = "permanent", **kw: bool) -> list[str]:
+        return [t.name for t in cards.available(life, {"status": status, "kind": kind}, role, **kw)]
+
+    assert names("active", "RA Operator") == ["suspend", "forgotten", "lost", "damaged", "terminate"]
+    assert names("suspended", "CA Operator") == ["resume", "lost", "damaged", "terminate"]
+    assert names("forgotten", "RA Operator") == ["returned", "lost", "terminate"]
+    assert names("active", "RA Operator", "temporary") == ["suspend", "lost", "damaged", "retire", "terminate"]
+    assert names("revoked", "RA Operator") == names("retired", "RA Operator", "temporary") == []
+    assert names("active", "User", own_card=True) == ["lost"]
+    assert names("active", "User", own_card=False) == []
+    # Every state is one the registry knows, and only active cards are personalized.
     from openxpki_py.personalization.tokens import STATUSES, USABLE
-    assert {t.target for t in cards.TRANSITIONS.values()} <= set(STATUSES) and USABLE == "active"
+    assert set(life.states) == set(STATUSES) and USABLE == "active" and life.stand_in == {"forgotten"}

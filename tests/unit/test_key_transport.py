@@ -6,12 +6,16 @@ import base64
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from openxpki_py_token.key_transport import (
     CHALLENGE_PADDING,
+    PROOF_ECDH,
+    PROOF_RSA_OAEP,
     TransportRefused,
     b64,
+    challenge_peer,
+    ecdh_proof,
     new_challenge,
     new_transport_key,
     open_private_key,
@@ -89,12 +93,42 @@ def test_a_low_order_agent_key_is_refused() -> None:
 
 def test_only_the_key_holder_answers_the_challenge() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    expected, challenge = new_challenge(key.public_key())
+    expected, challenge, kind = new_challenge(key.public_key(), CONTEXT)
+    assert kind == PROOF_RSA_OAEP
     assert proof_matches(expected, key.decrypt(challenge, CHALLENGE_PADDING))
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(ValueError):
         other.decrypt(challenge, CHALLENGE_PADDING)
     assert not proof_matches(expected, b"\x00" * 32)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1()])
+def test_only_the_ec_key_holder_answers_the_ecdh_challenge_for_this_delivery(curve: ec.EllipticCurve) -> None:
+    """The card's ECDH secret with the server's ephemeral key, bound by HKDF to workflow, type and serial."""
+    key = ec.generate_private_key(curve)
+    expected, challenge, kind = new_challenge(key.public_key(), CONTEXT)
+    assert kind == PROOF_ECDH and challenge[0] == 0x04  # an uncompressed point, not a secret
+    peer = challenge_peer(key.public_key(), challenge)
+    secret = key.exchange(ec.ECDH(), peer)
+    assert proof_matches(expected, ecdh_proof(secret, challenge, CONTEXT))
+    assert not proof_matches(expected, secret)  # the raw secret is not the answer
+    for other_context in (transport_context(18, "encryption", "3f0a"), transport_context(17, "encryption", "3f0b")):
+        assert not proof_matches(expected, ecdh_proof(secret, challenge, other_context))
+    other = ec.generate_private_key(curve)
+    assert not proof_matches(expected, ecdh_proof(other.exchange(ec.ECDH(), peer), challenge, CONTEXT))
+    # Each delivery is a new ephemeral key: an old answer never counts for a new challenge.
+    again, challenge2, _ = new_challenge(key.public_key(), CONTEXT)
+    assert challenge2 != challenge and not proof_matches(again, ecdh_proof(secret, challenge, CONTEXT))
+
+
+def test_an_ecdh_challenge_off_the_keys_curve_is_refused() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    _, p384_point, _ = new_challenge(ec.generate_private_key(ec.SECP384R1()).public_key(), CONTEXT)
+    for bad in (p384_point, b"\x04" + bytes(64), b"\x00"):
+        with pytest.raises(TransportRefused, match="not a point on secp256r1"):
+            challenge_peer(key.public_key(), bad)
+    with pytest.raises(TransportRefused, match="empty"):
+        ecdh_proof(bytes(32), p384_point, CONTEXT)
 
 
 def test_scrub_overwrites_a_bytes_buffer() -> None:

@@ -63,15 +63,25 @@ def test_typo_is_refused_and_unreadable_file_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("index", "changes", "message"), [
-    (0, {"key_origin": "escrowed"}, "key_origin: expected card, unless usage is decrypt and the key RSA"),
-    (1, {"key": "ec-p256"}, "key_origin: expected card, unless usage is decrypt and the key RSA"),
+    (0, {"key_origin": "escrowed"}, "key_origin: expected card, unless usage is decrypt"),
     (1, {"key_origin": "server"}, "key_origin: expected one of card, escrowed"),
 ])
-def test_escrowed_types_are_rsa_decryption_keys(index: int, changes: dict[str, str], message: str) -> None:
+def test_escrowed_types_are_decryption_keys(index: int, changes: dict[str, str], message: str) -> None:
     data = yaml.safe_load(CONTRIB.read_text())
     data["personalization"]["certificates"][index].update(changes)
     with pytest.raises(ConfigError, match=message):
         parse_config(data, CONTRIB)
+
+
+@pytest.mark.parametrize("key", ["rsa-3072", "ec-p256", "ec-p384"])
+def test_an_escrowed_type_may_be_rsa_or_ec(key: str) -> None:
+    """RSA is proved by a decryption on the card, EC by ECDH; both for the type and per card type."""
+    data = yaml.safe_load(CONTRIB.read_text())
+    data["personalization"]["certificates"][1]["key"] = key
+    data["personalization"]["card_types"] = {"piv": {"key": {"encryption": key}}}
+    cfg = parse_config(data, CONTRIB)
+    assert cfg.personalization.certificates[1].key.name == key
+    assert cfg.personalization.for_card("piv").key_for(cfg.personalization.certificates[1]).name == key
 
 
 def test_escrowed_type_needs_an_escrow_key() -> None:

@@ -69,7 +69,15 @@
       <td><a href="${url_for('console_escrow_record', escrow_id=q.escrow_id)}">${q.escrow_id}</a></td>
       <td>${q.owner}</td><td>${q.requested_by}</td><td>${q.reason}</td>
       <td>${len(q.approvals)} of ${q.approvals_required}${": " + ", ".join(a.get("by", "") for a in q.approvals) if q.approvals else ""}</td>
-      <td class="status">${q.state}</td>
+      <td class="status">${q.state}\
+% if q.state == "READY_FOR_OWNER":
+<br><span class="handoff">released to ${q.owner} by ${q.released["by"] if q.released else "?"}; waiting for ${q.owner} to collect it${(" until " + q.collect_by.strftime("%Y-%m-%d %H:%M") + " UTC") if q.collect_by else ""}</span>\
+% elif q.state == "COLLECTED":
+<br><span class="handoff">collected by ${q.owner} at ${(q.collected_at or "")[:19].replace("T", " ")} UTC</span>\
+% elif q.state == "EXPIRED":
+<br><span class="handoff">not collected by ${q.owner} in time</span>\
+% endif
+</td>
       <td>
   % if officer and q.state == "PENDING_APPROVAL" and q.owner != login and not q.approved_by(login):
       <form method="post" action="${url_for('console_recovery_approve', wf_id=q.id)}" class="actions approve-form">
@@ -81,7 +89,7 @@
       <form method="post" action="${url_for('console_recovery_release', wf_id=q.id)}" class="actions release-form">
         <input type="hidden" name="csrf_token" value="${csrf_token}">
         <label><input type="checkbox" name="confirm" value="yes" required> release to ${q.owner} now</label>
-        <button type="submit">Release as PKCS#12</button>
+        <button type="submit">Release to ${q.owner}</button>
       </form>
   % endif
       </td></tr>

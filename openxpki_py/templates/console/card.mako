@@ -14,6 +14,15 @@
 % endif
 </dd>
   <dt>Status</dt><dd class="card-status">${card["status"]}</dd>
+% if card["kind"] == "temporary":
+  <dt>Temporary card</dt><dd id="card-temporary">stands in for
+  <a href="${url_for('console_card', serial=links['stands_in_for'])}">${links["stands_in_for"]}</a>;
+  certificates ${("until " + links["valid_until"].strftime("%Y-%m-%d %H:%M") + " UTC") if links["valid_until"] else "not issued yet"}</dd>
+% endif
+% for t in links["stand_ins"]:
+  <dt>Temporary card</dt><dd class="card-stand-in"><a href="${url_for('console_card', serial=t['serial'])}">${t["serial"]}</a>
+  (${t["status"]}${(", certificates until " + t["valid_until"].strftime("%Y-%m-%d %H:%M") + " UTC") if t["valid_until"] else ""})</dd>
+% endfor
   <dt>Model</dt><dd>${card["model"] or "—"} ${card["manufacturer"] or ""}</dd>
   <dt>First seen</dt><dd>${parts.when(card["first_seen"])} UTC</dd>
   <dt>Last seen</dt><dd>${parts.when(card["last_seen"])} UTC</dd>

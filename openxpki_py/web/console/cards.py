@@ -25,8 +25,8 @@ def console_card_transition(ctx: RequestContext, serial: str) -> Response:
     serial = checked_name(serial, "card")
     _confirmed(ctx)
     svc = services(ctx)
-    result = cards.transition(svc.db, svc.ca, serial, form_text(ctx, "transition"), actor=ctx.login,
-                              role=ctx.role or "", comment=form_text(ctx, "comment"))
+    result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, form_text(ctx, "transition"),
+                              actor=ctx.login, role=ctx.role or "", comment=form_text(ctx, "comment"))
     return done(ctx, f"Card {serial} is now {result.status}; certificates changed: {len(result.certificates)}.",
                 "console_card", {"status": result.status, "certificates": list(result.certificates)},
                 serial=serial)
@@ -38,8 +38,20 @@ def my_card_lost(ctx: RequestContext, serial: str) -> Response:
     serial = checked_name(serial, "card")
     _confirmed(ctx)
     svc = services(ctx)
-    result = cards.transition(svc.db, svc.ca, serial, "lost", actor=ctx.login, role=ctx.role or "",
-                              comment="reported lost by its owner")
+    result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, "lost", actor=ctx.login,
+                              role=ctx.role or "", comment="reported lost by its owner")
     ctx.flash(f"Card {serial} is blocked: its {len(result.certificates)} certificate(s) are revoked. "
               "Ask the help desk for a new card.")
+    return redirect(ctx.url_for("my_certificates"), code=303)
+
+
+@view("/certificates/cards/<serial>/transition", methods=("POST",), roles=USER_ROLES, needs="console")
+def my_card_transition(ctx: RequestContext, serial: str) -> Response:
+    """Another transition the lifecycle lets the owner make on their own card (``owner_may``)."""
+    serial = checked_name(serial, "card")
+    _confirmed(ctx)
+    svc = services(ctx)
+    result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, form_text(ctx, "transition"),
+                              actor=ctx.login, role=ctx.role or "", comment="by its owner")
+    ctx.flash(f"Card {serial} is now {result.status}; certificates changed: {len(result.certificates)}.")
     return redirect(ctx.url_for("my_certificates"), code=303)

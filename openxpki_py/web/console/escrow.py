@@ -4,14 +4,12 @@ Operators and Key Recovery Officers see the records (never key material)
 and the requests; only a Key Recovery Officer asks, approves or releases,
 and each change is one call of :mod:`openxpki_py.escrow.recovery`, where
 four eyes are enforced (two different persons, never the key's owner) and
-every step is audited.  The release answers the PKCS#12 and its one-time
-password in this one response only (``Cache-Control: no-store``), as the
-CLI prints them once: nothing of it is stored to be shown again.
+every step is audited.  The release gives the officer nothing: the key
+waits for its owner, who collects it on "My certificates" (:mod:`..recovered`);
+these pages show when it was released and when collected, never the key.
 """
 
 from __future__ import annotations
-
-import base64
 
 from werkzeug.wrappers import Response
 
@@ -80,17 +78,14 @@ def console_recovery_approve(ctx: RequestContext, wf_id: int) -> Response:
 
 @view("/console/escrow/recoveries/<int:wf_id>/release", methods=("POST",), roles=OFFICERS, needs="console")
 def console_recovery_release(ctx: RequestContext, wf_id: int) -> Response:
-    """The approved key as PKCS#12, with its one-time password: shown in this answer once, never again."""
+    """Hand the approved recovery to the key's owner; the officer receives nothing of the key."""
     if form_text(ctx, "confirm") != "yes":
-        raise errors.BadRequest("tick the box to confirm: the key is released once, with its password")
+        raise errors.BadRequest("tick the box to confirm the release to the key's owner")
     svc = services(ctx)
     request = service.recovery(svc.workflows, wf_id)
-    released = recovery_service.release_recovered_key(svc.workflows, wf_id, actor=ctx.login)
-    pkcs12 = base64.b64encode(released.pkcs12).decode()
-    if wants_json(ctx):
-        response = json_answer({"owner": released.owner, "pkcs12": pkcs12, "password": released.password})
-    else:
-        response = ctx.render("console/escrow_released.mako", owner=released.owner, pkcs12=pkcs12,
-                              password=released.password, escrow_id=request.escrow_id, wf_id=wf_id)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    wf = recovery_service.release_recovered_key(svc.workflows, wf_id, actor=ctx.login)
+    until = f" until {wf.wake_at:%Y-%m-%d %H:%M} UTC" if wf.wake_at else ""
+    return done(ctx, f"Recovery request {wf_id} is released to {request.owner}, who collects the key on "
+                f"\"My certificates\"{until}.", "console_escrow_record",
+                {"id": wf_id, "state": wf.state, "owner": request.owner, "collect_by": wf.wake_at},
+                escrow_id=request.escrow_id)

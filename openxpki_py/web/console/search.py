@@ -90,9 +90,10 @@ def console_card(ctx: RequestContext, serial: str) -> Response:
     flows = search.card_workflows(svc.db, card["serial"])
     if wants_json(ctx):
         return json_answer({"card": dict(card), "certificates": _rows(certs), "history": _rows(history),
-                            "workflows": _rows(flows)})
+                            "workflows": _rows(flows), "links": search.card_links(svc.db, card)})
     return ctx.render("console/card.mako", card=card, certs=certs, history=history, flows=flows,
-                      transitions=card_states.available(card["status"], ctx.role), message=ctx.take_flash())
+                      transitions=card_states.available(svc.config.cards.lifecycle, card, ctx.role),
+                      links=search.card_links(svc.db, card), message=ctx.take_flash())
 
 
 @view("/console/workflows/<int:wf_id>", roles=OPERATORS, needs="console")

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
+from pkcs11 import KDF, Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11_exc
 from pkcs11.util.ec import encode_named_curve_parameters
 
@@ -410,6 +410,28 @@ class Card:
         except p11_exc.PKCS11Error as exc:
             raise TokenError(f"{self.describe()} refused to decrypt with key {key_id.hex()} "
                              f"({type(exc).__name__})", code="token.decrypt") from None
+
+    def ecdh(self, key_id: bytes, peer: ec.EllipticCurvePublicKey) -> bytes:
+        """The raw ECDH secret of the card's key and ``peer`` (CKM_ECDH1_DERIVE, no KDF): the escrow receipt's proof.
+
+        The card derives a session-only generic secret; only that value is read, never the card's key.
+        """
+        key = self._user_key(key_id)
+        point = peer.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        try:
+            secret = key.derive_key(KeyType.GENERIC_SECRET, 8 * ((peer.curve.key_size + 7) // 8),
+                                    mechanism=Mechanism.ECDH1_DERIVE, mechanism_param=(KDF.NULL, None, point),
+                                    template={Attribute.TOKEN: False, Attribute.SENSITIVE: False,
+                                              Attribute.EXTRACTABLE: True})
+            try:
+                return bytes(secret[Attribute.VALUE])
+            finally:
+                secret.destroy()
+        except _CARD_GONE as exc:
+            raise self._went_away("deriving the ECDH secret", exc) from None
+        except p11_exc.PKCS11Error as exc:
+            raise TokenError(f"{self.describe()} refused ECDH with key {key_id.hex()} ({type(exc).__name__})",
+                             code="token.derive") from None
 
     # --- certificates ----------------------------------------------------------------------
 

@@ -4,9 +4,13 @@ The agent asks for the key with a fresh X25519 key of its own
 (:mod:`.key_transport`), opens it, checks that it is the certificate's key,
 imports it (PKCS#11: ``C_CreateObject`` with CKA_SENSITIVE true and
 CKA_EXTRACTABLE false; PIV: the management key's PUT KEY), wipes its
-buffers, writes the certificate, decrypts the server's challenge on the card
-and sends the result with the receipt.  A rerun whose card already holds the
-key skips the import and only proves it.
+buffers, writes the certificate, answers the server's challenge on the card
+(RSA: decrypts it; EC: derives the ECDH secret with the server's ephemeral
+key, :func:`.key_transport.ecdh_proof`) and sends the answer with the
+receipt.  RSA keys (2048-4096) and EC P-256/P-384 keys are imported; a card
+that refuses an EC key is named with the fix (an RSA key for that card
+type).  A rerun whose card already holds the key skips the import and only
+proves it.
 
 OpenPGP cards through OpenSC are not offered this task: OpenSC's PKCS#11
 module cannot create private key objects on them (its ``C_CreateObject``
@@ -21,16 +25,21 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from .card import Card
 from .card_profiles import CardProfile
 from .errors import ForeignKeyRefused, ProtocolError, TokenError
+from .keyspec import KeySpec
 from .key_transport import (
     CHALLENGE_PADDING,
+    PROOF_ECDH,
+    EscrowedPublicKey,
     b64,
+    challenge_peer,
+    ecdh_proof,
     new_transport_key,
     open_private_key,
     public_text,
@@ -40,6 +49,7 @@ from .key_transport import (
     wipe,
 )
 from .piv_card import PivCard
+from .pkcs11.public_keys import EC_PARAMS
 
 if TYPE_CHECKING:
     from .enroll import TokenAgent
@@ -64,8 +74,8 @@ def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardPr
     if _serial_int(serial) != cert.serial_number:
         raise ProtocolError(f"the server's serial {serial} is not the certificate's ({cert.serial_number:x})")
     public = cert.public_key()
-    if not isinstance(public, rsa.RSAPublicKey):
-        raise ProtocolError("escrowed keys are RSA; the server's certificate is not")
+    if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        raise ProtocolError("escrowed keys are RSA or EC; the server's certificate is neither")
     card, created = agent.card, agent._created_keys()
     slot = profile.slot_for(cert_type, usage)
     label = slot.label if slot is not None else str(task.get("label") or cert_type)
@@ -94,7 +104,7 @@ def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardPr
     history = answer.get("history") or []
     if isinstance(history, list) and history:
         _import_history(agent, history, transport_key, cert_type, key_id, label, profile)
-    proof = _decrypt(card, key_id, unb64(answer.get("challenge"), "challenge"))
+    proof = _prove(card, key_id, public, answer, transport_context(created.workflow_id, cert_type, serial))
     agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
                                "token_serial": agent._card_serial(), "key_proof": b64(proof)})
 
@@ -118,10 +128,10 @@ def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519
         except ValueError:
             raise ProtocolError("the server's key history has a certificate that is not PEM X.509") from None
         serial = str(item.get("serial") or "")
-        if _serial_int(serial) != cert.serial_number or not isinstance(cert.public_key(), rsa.RSAPublicKey):
-            raise ProtocolError(f"the server's key history entry {number} does not match its certificate")
         public = cert.public_key()
-        assert isinstance(public, rsa.RSAPublicKey)
+        if _serial_int(serial) != cert.serial_number or not isinstance(public, (rsa.RSAPublicKey,
+                                                                                 ec.EllipticCurvePublicKey)):
+            raise ProtocolError(f"the server's key history entry {number} does not match its certificate")
         wanted = bytes((0x81 + number,)) if isinstance(card, PivCard) else key_id + bytes((0x80 + number,))
         old_id = _choose_key_id(card, wanted, _spki(public), fixed=isinstance(card, PivCard), created=created)
         old_label = f"{label} (old key, until {cert.not_valid_after_utc:%Y-%m-%d})"
@@ -138,6 +148,8 @@ def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519
                                    replace=isinstance(card, PivCard))
         agent.progress.step(f"earlier key {number} (certificate {serial}, until {cert.not_valid_after_utc:%Y-%m-%d}) "
                             f"is on the card under ID {old_id.hex()}: old mail still opens")
+    if isinstance(card, PivCard):
+        card.write_key_history()  # else no PIV middleware looks at the retired slots
 
 
 def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: bool, created: Any) -> bytes:
@@ -156,7 +168,7 @@ def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: b
                      f"{card.describe()}; remove old keys first", code="token.full")
 
 
-def _import(agent: TokenAgent, pkcs8: bytearray, public: rsa.RSAPublicKey, key_id: bytes, label: str,
+def _import(agent: TokenAgent, pkcs8: bytearray, public: EscrowedPublicKey, key_id: bytes, label: str,
             profile: CardProfile) -> None:
     """Load, check, import, wipe: the plaintext lives only inside this call."""
     from .enroll import _spki
@@ -170,17 +182,34 @@ def _import(agent: TokenAgent, pkcs8: bytearray, public: rsa.RSAPublicKey, key_i
         wipe(pkcs8)
         scrub(der)
     try:
-        if not isinstance(key, rsa.RSAPrivateKey) or _spki(key.public_key()) != _spki(public):
+        if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) or \
+                _spki(key.public_key()) != _spki(public):
             raise ForeignKeyRefused("the escrowed key the server sent is not the key of its certificate; "
                                     "nothing was written to the card")
-        if isinstance(agent.card, PivCard):
-            _import_piv(agent.card, key, key_id)
-        else:
-            if profile.slots:
-                agent.card.delete_key(key_id, login=profile.keygen_login)
-            agent.card.create_key_objects(_rsa_templates(key, key_id, label), login=profile.keygen_login)
+        try:
+            if isinstance(agent.card, PivCard):
+                _import_piv(agent.card, key, key_id)
+            else:
+                templates = (_rsa_templates(key, key_id, label) if isinstance(key, rsa.RSAPrivateKey)
+                             else _ec_templates(key, key_id, label))
+                if profile.slots:
+                    agent.card.delete_key(key_id, login=profile.keygen_login)
+                agent.card.create_key_objects(templates, login=profile.keygen_login)
+        except TokenError as exc:
+            if isinstance(key, ec.EllipticCurvePrivateKey) and exc.code == "token.key_import":
+                raise _no_ec_import(agent.card, key, exc) from None
+            raise
     finally:
         del key
+
+
+def _no_ec_import(card: Card | PivCard, key: ec.EllipticCurvePrivateKey, exc: TokenError) -> TokenError:
+    """The card took no EC key: say what to change in the policy, not only what the card answered."""
+    return TokenError(f"{card.describe()} cannot take an imported EC {KeySpec.of(key).curve} key ({exc}); ask "
+                      "your PKI administrator to give this kind of card an RSA key for the escrowed type "
+                      "(personalization.card_types.<card>.key.<type>: rsa-2048) or, for a card that imports "
+                      "no keys at all (OpenPGP), to leave the type out for it (card_types.<card>.types)",
+                      code="token.key_import_ec")
 
 
 def _rsa_templates(key: rsa.RSAPrivateKey, key_id: bytes, label: str) -> list[dict[Attribute, Any]]:
@@ -204,7 +233,31 @@ def _rsa_templates(key: rsa.RSAPrivateKey, key_id: bytes, label: str) -> list[di
     return [private, public]
 
 
-def _import_piv(card: PivCard, key: rsa.RSAPrivateKey, key_id: bytes) -> None:
+def _ec_templates(key: ec.EllipticCurvePrivateKey, key_id: bytes, label: str) -> list[dict[Attribute, Any]]:
+    """Private half sensitive and never extractable; key agreement (ECDH derive) only, no signing."""
+    size = (key.curve.key_size + 7) // 8
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    curve = KeySpec.of(key).curve
+    assert curve is not None
+    common = {Attribute.TOKEN: True, Attribute.KEY_TYPE: KeyType.EC, Attribute.ID: key_id, Attribute.LABEL: label,
+              Attribute.EC_PARAMS: EC_PARAMS[curve], Attribute.DERIVE: True}
+    private = {**common, Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.PRIVATE: True,
+               Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: False,
+               Attribute.DECRYPT: False, Attribute.UNWRAP: False,
+               Attribute.VALUE: key.private_numbers().private_value.to_bytes(size, "big")}
+    # CKA_EC_POINT: the point as a DER OCTET STRING (PKCS#11 2.40 §2.3.3).
+    public = {**common, Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.PRIVATE: False,
+              Attribute.VERIFY: False, Attribute.EC_POINT: _der_octet_string(point)}
+    return [private, public]
+
+
+def _der_octet_string(value: bytes) -> bytes:
+    length = bytes((len(value),)) if len(value) < 0x80 else bytes((0x81, len(value)))
+    return b"\x04" + length + value
+
+
+def _import_piv(card: PivCard, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, key_id: bytes) -> None:
+    from yubikit.core import NotSupportedError
     from yubikit.core.smartcard import ApduError
     from yubikit.piv import SLOT
 
@@ -216,6 +269,21 @@ def _import_piv(card: PivCard, key: rsa.RSAPrivateKey, key_id: bytes) -> None:
     except ApduError as exc:
         raise TokenError(f"{card.describe()} did not take the escrowed key in slot {key_id.hex()} "
                          f"(status {exc.sw:04x})", code="token.key_import") from None
+    except NotSupportedError as exc:
+        raise TokenError(f"{card.describe()} does not support this key type in slot {key_id.hex()} ({exc})",
+                         code="token.key_import") from None
+
+
+def _prove(card: Card | PivCard, key_id: bytes, public: EscrowedPublicKey, answer: dict[str, Any],
+           context: bytes) -> bytes:
+    """The receipt's proof that the key is on the card: only its holder can answer the challenge."""
+    challenge = unb64(answer.get("challenge"), "challenge")
+    if isinstance(public, rsa.RSAPublicKey):
+        return _decrypt(card, key_id, challenge)
+    if answer.get("proof") != PROOF_ECDH:
+        raise ProtocolError(f"the server's challenge for an EC key must be {PROOF_ECDH}, not {answer.get('proof')!r}")
+    peer = challenge_peer(public, challenge)
+    return ecdh_proof(card.ecdh(key_id, peer), challenge, context)
 
 
 def _decrypt(card: Card | PivCard, key_id: bytes, challenge: bytes) -> bytes:

@@ -10,9 +10,14 @@ replayed into another workflow or task does not open.  TLS protects the
 channel already; this keeps the key out of anything that logs or caches a
 response body in between (a proxy, a debugging dump).
 
-The receipt proves the card now holds the key: the server encrypts a random
-challenge to the certificate's public key (RSA-OAEP), only the card can
-decrypt it, and the agent returns the plaintext.
+The receipt proves the card now holds the key.  RSA: the server encrypts a
+random challenge to the certificate's public key (RSA-OAEP), only the card
+can decrypt it, and the agent returns the plaintext.  EC: the server sends
+an ephemeral public key on the certificate's curve, the card derives the
+ECDH secret with it (PKCS#11 ``CKM_ECDH1_DERIVE``, PIV GENERAL AUTHENTICATE)
+and the agent returns ``HKDF-SHA256(secret, salt = ephemeral key, info =
+label ‖ context)``, bound to the same workflow, type and serial as the
+delivery.  Either way the server keeps only the SHA-256 of the right answer.
 
 Shared by the server and the agent, so both derive the same key the same way.
 """
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -38,6 +43,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import ProtocolError
 
 _LABEL = b"openxpki-py escrow transport v1\x00"
+_PROOF_LABEL = b"openxpki-py escrow ecdh proof v1\x00"
 NONCE_BYTES = 12
 CHALLENGE_BYTES = 32
 #: What the challenge is encrypted with; SoftHSM and most cards offer OAEP with SHA-1 only.
@@ -139,10 +145,43 @@ def open_private_key(agent_key: X25519PrivateKey, sealed: dict[str, object], con
 # --- the proof that the card holds the key ------------------------------------------
 
 
-def new_challenge(public_key: rsa.RSAPublicKey) -> tuple[bytes, bytes]:
-    """(challenge's SHA-256 for the server to keep, ciphertext for the card)."""
-    challenge = os.urandom(CHALLENGE_BYTES)
-    return hashlib.sha256(challenge).digest(), public_key.encrypt(challenge, CHALLENGE_PADDING)
+#: The receipt's proof, as the delivery names it (``proof``): RSA-OAEP decryption or ECDH on the card.
+PROOF_RSA_OAEP, PROOF_ECDH = "rsa-oaep", "ecdh-hkdf-sha256"
+EscrowedPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+def new_challenge(public_key: EscrowedPublicKey, context: bytes) -> tuple[bytes, bytes, str]:
+    """(the right answer's SHA-256 for the server to keep, the challenge for the card, its kind).
+
+    RSA: 32 random bytes encrypted to the key.  EC: an ephemeral public key
+    (X9.62 uncompressed point) on the key's curve; the ephemeral private key
+    is dropped as soon as the expected answer is known.
+    """
+    if isinstance(public_key, rsa.RSAPublicKey):
+        challenge = os.urandom(CHALLENGE_BYTES)
+        return hashlib.sha256(challenge).digest(), public_key.encrypt(challenge, CHALLENGE_PADDING), PROOF_RSA_OAEP
+    ephemeral = ec.generate_private_key(public_key.curve)
+    point = ephemeral.public_key().public_bytes(serialization.Encoding.X962,
+                                                serialization.PublicFormat.UncompressedPoint)
+    shared = ephemeral.exchange(ec.ECDH(), public_key)
+    del ephemeral
+    return hashlib.sha256(ecdh_proof(shared, point, context)).digest(), point, PROOF_ECDH
+
+
+def ecdh_proof(shared_secret: bytes, challenge_point: bytes, context: bytes) -> bytes:
+    """What the agent returns for an EC key: the card's ECDH secret, bound to the challenge and the delivery."""
+    if not any(shared_secret):
+        raise TransportRefused("the card's ECDH secret is empty")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=challenge_point,
+                info=_PROOF_LABEL + context).derive(shared_secret)
+
+
+def challenge_peer(public_key: ec.EllipticCurvePublicKey, challenge_point: bytes) -> ec.EllipticCurvePublicKey:
+    """The server's ephemeral key from an EC challenge; refused unless it is a point on the key's curve."""
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(public_key.curve, challenge_point)
+    except ValueError:
+        raise TransportRefused(f"the challenge is not a point on {public_key.curve.name}") from None
 
 
 def proof_matches(expected_sha256: bytes, proof: bytes) -> bool:

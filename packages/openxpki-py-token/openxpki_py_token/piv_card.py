@@ -323,6 +323,18 @@ class PivCard:
         raise TokenError(f"PIV keys sign PKCS#1 v1.5 (SHA-2) or ECDSA here, not {mechanism.name}",
                          code="token.mechanism")
 
+    def ecdh(self, key_id: bytes, peer: ec.EllipticCurvePublicKey) -> bytes:
+        """The ECDH secret of the slot's key and ``peer`` (GENERAL AUTHENTICATE): the escrow receipt's proof."""
+        from yubikit.core.smartcard import ApduError
+        from yubikit.piv import SLOT
+
+        self.login("user")
+        try:
+            return bytes(self.session.calculate_secret(SLOT(_slot(key_id)), peer))
+        except (ApduError, ValueError) as exc:
+            raise TokenError(f"{self.describe()} refused ECDH with slot {key_id.hex()} ({exc})",
+                             code="token.derive") from None
+
     # --- attestation ---------------------------------------------------------------------------
 
     def attestation_certificate(self) -> x509.Certificate | None:
@@ -381,6 +393,19 @@ class PivCard:
         except ApduError as exc:
             raise TokenError(f"{self.describe()} did not take the certificate for slot {key_id.hex()} "
                              f"(status {exc.sw:04x})", code="token.write") from None
+
+    def write_key_history(self) -> int:
+        """The Key History object (SP 800-73-4 Part 1 §3.3.3): how many retired slots from 82 on hold a key and its
+        certificate.  PIV middleware reads it first: without it OpenSC never looks at 82-95 and old mail does not open.
+        """
+        from yubikit.piv import OBJECT_ID
+
+        on_card = 0
+        while on_card < 20 and self.certificates(bytes((0x82 + on_card,))):
+            on_card += 1
+        self.login("so")
+        self.session.put_object(OBJECT_ID.KEY_HISTORY, _tlv(0xC1, bytes((on_card,))) + _tlv(0xC2, b"\x00") + _tlv(0xFE))
+        return on_card
 
     def finish(self) -> str | None:
         """New CHUID + CCC, then the management key rotation; returns where the new key went."""
