@@ -27,6 +27,7 @@ from ..auth.config import AuthConfig, RoleHandler
 from ..auth.handlers import HandlerOutcome, run_role_handler
 from ..auth.person import UnknownPerson, resolve_person
 from ..auth.sessions import SessionStore, WebSession
+from ..db.engine import read_only
 from ..errors import ConfigError, OpenXPKIError
 from . import approvals as _approval_views  # noqa: F401 - registers its views
 from . import console as _console_views  # noqa: F401 - registers its views
@@ -167,8 +168,11 @@ class WebApp:
             return view.func(ctx, **args)
         ctx.identity = self.identify(ctx.request)
         cookie = ctx.request.cookies.get(self.web.session.cookie_name)
-        with self.db.begin() as conn:
-            ctx.session = self.sessions.find(conn, cookie, ctx.identity)
+        with read_only(self.db) as conn:
+            ctx.session, change = self.sessions.current(conn, cookie, ctx.identity)
+        if change:  # ends it, or notes that it is in use
+            with self.db.begin() as conn:
+                ctx.session = self.sessions.find(conn, cookie, ctx.identity)
         if ctx.session is None:
             # A new session only for a login that is one person, spelled as the
             # directory spells it (auth/person.py); looked up outside the
