@@ -63,6 +63,7 @@ def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: st
     row = conn.execute(select(token).where(token.c.serial == serial)).mappings().first()
     if row is not None and row["owner"] == owner:  # the owner's card already: it keeps its kind
         if row["kind"] != "temporary":
+            _refuse_while_stand_in(conn, owner, serial, stand_in_states)
             return None
         permanent = conn.execute(select(token).where(token.c.id == row["stands_in_for"])).mappings().one()
         if permanent["status"] not in stand_in_states:
@@ -89,6 +90,21 @@ def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: st
             f"your card {forgotten[0]['serial']} is {forgotten[0]['status']} and card {live} already stands in "
             "for it: one temporary card per card. Use that one, or ask the help desk", code="token.temporary_exists")
     return None
+
+
+def _refuse_while_stand_in(conn: Connection, owner: str, serial: str, stand_in_states: list[str]) -> None:
+    """While a card of theirs is forgotten, an owner's other permanent card gets no new certificates.
+
+    Its full validity would side-step the cap on the temporary card (two
+    working cards for the full term); its current certificates keep working.
+    """
+    away = conn.execute(select(token.c.serial, token.c.status).where(
+        token.c.owner == owner, token.c.kind == "permanent", token.c.serial != serial,
+        token.c.status.in_(stand_in_states)).order_by(token.c.id)).first()
+    if away is not None:
+        raise PolicyViolation(
+            f"your card {away.serial} is {away.status}: until the help desk marks it returned (or lost), only its "
+            f"temporary card is personalized, not card {serial}", code="token.stand_in_only")
 
 
 def live_stand_in(conn: Connection, permanent_id: int) -> str | None:

@@ -118,3 +118,19 @@ def test_an_operator_acts_on_their_own_card_only_as_its_owner(app: Any) -> None:
     assert 'id="transition-resume"' not in page and 'id="transition-lost"' in page  # lost: owner_may
     move(app, "CARD-BOB", "lost", actor="bob", role=RA)  # what an owner may, he may
     assert status(app, cert) == ("revoked", "keyCompromise")
+
+
+def test_no_other_permanent_card_is_personalized_while_one_is_forgotten(app: Any) -> None:  # noqa: F811
+    """Its full validity would side-step the temporary card's cap: refused until the help desk acts."""
+    _personalize_fully(app, "CARD-P")
+    _, _, other = _personalize_fully(app, "CARD-Q")
+    move(app, "CARD-P", "forgotten")
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    agent.enroll(code)
+    refused = agent.call("POST", "token", {"serial": "CARD-Q"})
+    assert refused.status_code >= 400 and "token.stand_in_only" in refused.text, refused.text
+    assert "card CARD-P is forgotten" in refused.text
+    assert all(status(app, s) == ("valid", None) for s in other)  # what it has keeps working
+    move(app, "CARD-P", "returned")
+    assert _personalize_fully(app, "CARD-Q")[2]
