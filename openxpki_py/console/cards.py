@@ -82,9 +82,9 @@ def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, seria
     note = clean_comment(comment)
     with db.connect() as conn:
         owner = conn.execute(select(token.c.owner).where(token.c.serial == serial)).first()
-    if owner is None:
+    if owner is None and role != roles.USER:  # a User learns nothing of other cards: _check_actor answers them
         raise NotFound(f"no card with serial {serial[:128]} is registered")
-    _check_actor(db, serial, owner[0], step, actor=actor, role=role)
+    _check_actor(db, serial, owner[0] if owner is not None else None, step, actor=actor, role=role)
     with db.begin() as conn:
         card = conn.execute(select(token).where(token.c.serial == serial).with_for_update()).mappings().one()
         _check_card(card, step)
@@ -162,7 +162,7 @@ def _check_actor(db: Engine, serial: str, owner: str | None, step: Transition, *
     with db.begin() as conn:
         append_audit(conn, actor=actor, role=role, event="token.transition", outcome="refused", target=serial,
                      details={"transition": step.name})
-    if role == roles.USER and owner != actor:  # someone else's card: not even whether it exists
+    if role == roles.USER and (owner is None or owner != actor):  # not theirs: not even whether it exists
         raise NotFound(f"you have no card {serial[:128]}")
     if owner == actor and role in step.roles:
         raise NotPermitted(f"card {serial[:128]} is your own: another operator must '{step.name}' it (on your own "

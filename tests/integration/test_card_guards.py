@@ -17,7 +17,7 @@ from test_personalization_server import Agent, _personalize_fully, confirmed_age
 from test_temporary_card import RA, app, card, ends_with_card, move, status  # noqa: F401 - app is the fixture
 
 from openxpki_py.db.schema import audit_log, certificate, token
-from openxpki_py.errors import CardNotUsable, NotPermitted, PolicyViolation
+from openxpki_py.errors import CardNotUsable, NotFound, NotPermitted, PolicyViolation
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 
 
@@ -134,3 +134,19 @@ def test_no_other_permanent_card_is_personalized_while_one_is_forgotten(app: Any
     assert all(status(app, s) == ("valid", None) for s in other)  # what it has keeps working
     move(app, "CARD-P", "returned")
     assert _personalize_fully(app, "CARD-Q")[2]
+
+
+def test_a_user_learns_nothing_of_cards_that_are_not_theirs(app: Any) -> None:  # noqa: F811
+    """Someone else's card and no card at all: the same answer, both audited as refused."""
+    _personalize_fully(app, "CARD-P")  # alice's
+    answers = []
+    for serial in ("CARD-P", "NO-SUCH-CARD"):
+        with pytest.raises(NotFound) as refused:
+            move(app, serial, "lost", actor="mallory", role="User")
+        answers.append(str(refused.value).replace(serial, "X"))
+    assert answers == ["you have no card X", "you have no card X"]
+    with app.instance.services.db.connect() as conn:
+        refusals = conn.execute(select(audit_log.c.target).where(
+            audit_log.c.actor == "mallory", audit_log.c.outcome == "refused")).scalars().all()
+    assert sorted(refusals) == ["CARD-P", "NO-SUCH-CARD"]
+    assert card(app, "CARD-P")["status"] == "active"
