@@ -13,9 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from test_console import Operator, issue
-from test_personalization_server import Agent, _personalize_fully, confirmed_agent, make_csr, start
+from test_personalization_server import (  # noqa: F401 - approval_app is a fixture
+    Agent, _personalize_fully, _up_to_approval, approval_app, confirmed_agent, make_csr, start)
 from test_temporary_card import RA, app, card, ends_with_card, move, status  # noqa: F401 - app is the fixture
 
+from openxpki_py.console import cards
 from openxpki_py.db.schema import audit_log, certificate, token
 from openxpki_py.errors import CardNotUsable, NotFound, NotPermitted, PolicyViolation
 from openxpki_py.personalization.tokens import TokenInfo, register_token
@@ -150,3 +152,19 @@ def test_a_user_learns_nothing_of_cards_that_are_not_theirs(app: Any) -> None:  
             audit_log.c.actor == "mallory", audit_log.c.outcome == "refused")).scalars().all()
     assert sorted(refusals) == ["CARD-P", "NO-SUCH-CARD"]
     assert card(app, "CARD-P")["status"] == "active"
+
+
+def test_a_card_lost_while_its_certificate_awaits_approval_gets_none(approval_app: Any) -> None:  # noqa: F811
+    """The issuance child waiting for an RA Operator ends with the card; its parent and the agent learn why."""
+    browser, wf_id, agent, child_id = _up_to_approval(approval_app)
+    svc = approval_app.instance.services
+    cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-APPROVAL", "lost", actor="carol",
+                     role=RA, workflows=svc.workflows)
+    engine = svc.workflows
+    assert engine.get(child_id).proc_state == "failed" and engine.get(wf_id).state == "FAILED"
+    task = agent.call("GET", "task").json
+    assert task["task"] == "failed" and "CARD-APPROVAL is now lost" in task["message"], task
+    with pytest.raises(Exception, match="not available"):  # nothing left for an RA Operator to approve
+        engine.execute(child_id, "approve", actor="bob", role=RA, inputs={"comment": "ok"})
+    assert [status(approval_app, s) for s in certificates_of(approval_app, "CARD-APPROVAL")] == [
+        ("revoked", "keyCompromise")]  # the logon certificate issued before; no encryption certificate
