@@ -30,7 +30,7 @@ def csr_syntax(value: str, ctx: ActivityContext) -> None:
                            code="csr.parse")
     try:
         x509.load_pem_x509_csr(value.strip().encode("ascii"))
-    except (ValueError, UnicodeEncodeError) as exc:
+    except (ValueError, UnicodeEncodeError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise FieldRefused(f"the certificate request does not parse: {exc}", code="csr.parse") from None
 
 

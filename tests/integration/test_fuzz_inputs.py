@@ -270,6 +270,17 @@ def test_csr_with_a_key_cryptography_does_not_support_is_refused(scene: Scene, r
     assert answer.json["error"]["code"] in ("csr.parse", "csr.signature")
 
 
+def test_csr_with_an_unknown_version_is_refused(scene: Scene) -> None:
+    """A byte flipped in the version (a later fuzz run): cryptography's InvalidVersion is no ValueError."""
+    der = _csr_der(ec.generate_private_key(ec.SECP256R1()))
+    bad = der.replace(b"\x02\x01\x00", b"\x02\x01\x60", 1)  # the request's first INTEGER: version 0 → 96
+    assert bad != der
+    answer = _post_json(scene.agent, "csr", {"cert_type": "authentication", "key_id": "01", "csr": _pem(bad),
+                                              "token_serial": "CARD-FUZZ"})
+    assert answer.status_code == 422, answer.get_data(as_text=True)
+    assert answer.json["error"]["code"] == "csr.parse", answer.json
+
+
 @pytest.mark.parametrize("path", ["/deeplink/workflow/{big}", "/personalize/{big}", "/personalize/{big}/status",
                                   "/personalize/{big}/certificate/01.pem"])
 def test_ids_beyond_bigint_are_not_found(scene: Scene, path: str) -> None:
