@@ -12,10 +12,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def site(apache_site_factory: Callable[..., Any]) -> Any:
+@pytest.fixture(scope="module")
+def site(apache_module_site_factory: Callable[..., Any]) -> Any:
     # The site runs over https, so the default (Secure) cookie is used as shipped.
-    return apache_site_factory(debian_site=True, config={"web": {"session": {"cookie_secure": True}}})
+    # One site for the module: no test here looks at what another left in its database.
+    return apache_module_site_factory(debian_site=True, config={"web": {"session": {"cookie_secure": True}}})
 
 
 def test_token_over_tls_reaches_the_deep_link_without_menu(site: Any) -> None:

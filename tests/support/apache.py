@@ -6,7 +6,7 @@ htpasswd file (Basic auth stands in for the SSO) and the shipped
 ``apache/express.conf`` include and ``apache/token-rewrite.conf`` rule.
 
 Fixtures: ``apache_site_factory(**options) -> ApacheSite``; sites are
-stopped at the end of the test.  ``debian_site=True`` runs Debian's apache2
+stopped at the end of the test (``apache_module_site_factory``: of the module).  ``debian_site=True`` runs Debian's apache2
 with the shipped site file (``apache/openxpki-py.conf``: TLS, daemon mode,
 /crl/) instead of mod_wsgi-express.  Apache's error log is printed when a test
 using a site fails, which is usually the fastest way to see why.
@@ -15,6 +15,7 @@ using a site fails, which is usually the fastest way to see why.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import http.client
@@ -416,8 +417,13 @@ def start_debian_site(root: Path, *, config: ConfigOverride = None,
     return _launch(site, ["/usr/sbin/apache2", "-f", str(root / "httpd.conf"), "-DFOREGROUND"])
 
 
-@pytest.fixture
-def apache_site_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., ApacheSite]]:
+@contextlib.contextmanager
+def _site_factory(failed: Callable[[], bool],
+                  write: Callable[[str], object] = sys.stderr.write) -> Iterator[Callable[..., ApacheSite]]:
+    """Sites made through the yielded factory, stopped (and their folders removed) on exit.
+
+    Apache's error logs are written out if ``failed()`` says a test using them failed.
+    """
     if shutil.which("apache2") is None and not Path("/usr/sbin/apache2").exists():
         pytest.skip("apache2 is not installed")
     if not EXPRESS.exists():
@@ -433,14 +439,43 @@ def apache_site_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
         sites.append(site)
         return site
 
-    yield factory
-    failed = getattr(request.node, "rep_call", None)
-    for site in sites:
-        site.stop()
-        if failed is not None and failed.failed:
-            sys.stderr.write(f"--- Apache error log ({site.root}) ---\n{site.error_log()}\n")
-    for tmp in tmp_dirs:
-        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield factory
+    finally:
+        for site in sites:
+            site.stop()
+            if failed():
+                write(f"--- Apache error log ({site.root}) ---\n{site.error_log()}\n")
+        for tmp in tmp_dirs:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def apache_site_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., ApacheSite]]:
+    def failed() -> bool:
+        report = getattr(request.node, "rep_call", None)
+        return report is not None and bool(report.failed)
+    with _site_factory(failed) as factory:
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def apache_module_site_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., ApacheSite]]:
+    """As ``apache_site_factory``, for one site that a whole module's tests share.
+
+    Only for tests that do not depend on what the others left in the site's
+    database (Apache's start and first request cost seconds each).
+    """
+    failed_before = request.session.testsfailed
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def write(text: str) -> None:
+        # The module's last test may have passed: pytest would drop what its
+        # teardown printed, so the logs go past the capture.
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            sys.stderr.write(text)
+    with _site_factory(lambda: request.session.testsfailed > failed_before, write) as factory:
+        yield factory
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

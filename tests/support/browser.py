@@ -1,7 +1,8 @@
 """A real browser for end-to-end tests (a pytest plugin): Debian's Chromium,
 headless, driven by Playwright (never ``playwright install``: no downloads).
 
-``chromium``: a launched browser; ``ARTIFACTS``: where screenshots are kept
+``chromium``: a browser launched once per module (each test opens its own
+contexts: cookies and credentials are per context); ``ARTIFACTS``: where screenshots are kept
 (``$OPENXPKI_TEST_ARTIFACTS``, default ``test-artifacts/``).
 """
 
@@ -23,7 +24,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # not session: a module may run Playwright itself (test_sso_kerberos)
 def chromium() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("chromium is not installed (apt-get install chromium)")

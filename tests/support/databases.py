@@ -3,8 +3,13 @@
 - ``sqlite_engine``: a WAL SQLite file in the test's temp folder, schema created.
 - ``pg_engine``: a new database ``oxp_test_<random>`` on the local server
   (``OXP_TEST_PG``, default ``postgresql+psycopg://postgres@127.0.0.1:5432``),
-  schema created, dropped after the test.  Skipped only when the server
-  cannot be reached; set ``OXP_REQUIRE_PG=1`` (CI) to fail instead.
+  schema created (copied from a session template), dropped after the test
+  (in the background, while the next one runs).  Skipped only when the server
+  cannot be reached; set ``OXP_REQUIRE_PG=1`` (CI) to fail instead.  The
+  database has ``synchronous_commit = off``: a commit does not wait for the
+  WAL to reach the disk (about 4 ms each here, thousands of commits in the
+  suite).  Sessions, locks and visibility are the same; only a crash of the
+  PostgreSQL server itself could lose the last commits, and no test crashes it.
 - ``db_engine``: parametrised over both, for tests that must hold on each.
 
 Each fixture yields an :class:`sqlalchemy.engine.Engine` made by
@@ -15,7 +20,9 @@ Each fixture yields an :class:`sqlalchemy.engine.Engine` made by
 from __future__ import annotations
 
 import os
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,27 +56,86 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
         engine.dispose()
 
 
-@pytest.fixture
-def pg_engine() -> Iterator[Engine]:
-    name = f"oxp_test_{secrets.token_hex(6)}"
-    admin = _admin_engine()
+class _PgServer:
+    """The session's side of the PostgreSQL server: a schema template and background drops.
+
+    Each test's database is a copy of a template that already holds the
+    schema (``CREATE DATABASE … TEMPLATE``: the same tables as
+    :func:`create_schema` makes, without its hundred catalog changes per
+    test), and is dropped by a background thread while the next test runs.
+    """
+
+    def __init__(self) -> None:
+        self.admin = _admin_engine()
+        self.template: str | None = None
+        self.drops: queue.Queue[str | None] = queue.Queue()
+        self.drop_errors: list[str] = []
+        self.dropper = threading.Thread(target=self._drop_queued, name="pg-test-db-dropper", daemon=True)
+        self.dropper.start()
+
+    def new_database(self) -> str:
+        """A fresh database with the schema; OperationalError if the server cannot be reached."""
+        with self.admin.connect() as conn:
+            if self.template is None:
+                template = f"oxp_tmpl_{secrets.token_hex(6)}"
+                conn.execute(text(f'CREATE DATABASE "{template}"'))
+                engine = open_engine(f"{PG_SERVER_URL}/{template}")
+                try:
+                    create_schema(engine)
+                finally:
+                    engine.dispose()  # nobody may be connected to a template while it is copied
+                self.template = template
+            name = f"oxp_test_{secrets.token_hex(6)}"
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+            conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
+        return name
+
+    def drop_later(self, name: str) -> None:
+        self.drops.put(name)
+
+    def _drop_queued(self) -> None:
+        while (name := self.drops.get()) is not None:
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        try:
+            with self.admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        except OperationalError as exc:
+            self.drop_errors.append(f"{name}: {exc.orig}")
+
+    def close(self) -> None:
+        self.drops.put(None)
+        self.dropper.join()
+        if self.template is not None:
+            self._drop(self.template)
+        self.admin.dispose()
+        assert not self.drop_errors, f"test databases left behind: {self.drop_errors}"
+
+
+@pytest.fixture(scope="session")
+def _pg_server() -> Iterator[_PgServer]:
+    server = _PgServer()
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_engine(_pg_server: _PgServer) -> Iterator[Engine]:
+    try:
+        name = _pg_server.new_database()
     except OperationalError as exc:
-        admin.dispose()
         if os.environ.get("OXP_REQUIRE_PG"):
             raise
         pytest.skip(f"PostgreSQL at {make_url(PG_SERVER_URL).render_as_string()} is unreachable: {exc.orig}")
     engine = open_engine(f"{PG_SERVER_URL}/{name}")
     try:
-        create_schema(engine)
         yield engine
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _pg_server.drop_later(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
