@@ -13,11 +13,13 @@
 
 Who may do which is data too: a transition's ``roles``, and ``owner_may``
 for the card's owner (a User may report their own card lost from "My
-certificates").  The card's status, each certificate's revocation or
-release, the temporary card's and the audit rows commit in one transaction:
-a card is never "lost" with valid certificates, and a permanent card is
-never active again while its temporary card still works.  Only an
-``active`` card can be personalized (personalization/tokens.py).
+certificates"; an operator on their own card is its owner, nothing more).
+The card's status, each certificate's revocation or release, the temporary
+card's and the audit rows commit in one transaction: a card is never "lost"
+with valid certificates, and a permanent card is never active again while
+its temporary card still works.  Only an ``active`` card gets certificates:
+requesting and issuing lock its row and check (personalization/tokens.py),
+and a card made unusable ends its running personalizations.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from .. import roles
 from ..audit import append_audit
-from ..errors import WorkflowError
 from ..db.schema import certificate, token
-from ..errors import NotFound, NotPermitted, PolicyViolation
+from ..errors import NotFound, NotPermitted, PolicyViolation, WorkflowError
 from .lifecycle import USABLE, CertificateEffect, Lifecycle, TemporaryCardEffect, Transition
 from .revocation import HOLD, clean_comment
 
