@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
 from support.agent import Browser, personalize_card, run_agent_on_card
 from support.cms import cms_decrypt_on_card, cms_encrypt
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
 from test_agent_openpgp_card import _section
 from test_key_escrow import escrow_issued, escrowed_settings
 
+from openxpki_py.db.schema import audit_log, key_escrow
 from openxpki_py.escrow.cli import init_escrow_key
 
 pytestmark = pytest.mark.slow
@@ -74,3 +76,15 @@ def test_escrowed_key_goes_into_the_openpgp_decryption_slot_and_opens_mail(
     assert cms_decrypt_on_card(mail, cert_pem, module=OPENSC_MODULE, token_label=OPENPGP_USER_TOKEN, key_id=b"\x02",
                                pin=openpgp_card.pin) == b"minutes of the board meeting"
 
+    # Personalized again (a replacement card would be the same): a new escrowed key replaces the one in slot 02.
+    # The card has no other slot for the earlier key, so the server sends none (the plan said so) and the
+    # agent imports none; last year's mail then needs the key's recovery (docs/key-escrow.md), not this card.
+    returncode, err = personalize_card(app, url, openpgp_card, tmp_path / "state-2")
+    assert returncode == 0, err
+    assert "escrowed key 2/2 (encryption) imported onto the card" in err and "earlier key" not in err, err
+    with app.instance.services.db.connect() as conn:
+        assert conn.execute(select(key_escrow.c.status).order_by(key_escrow.c.id)).scalars().all() == \
+            ["installed", "installed"]
+        deliveries = conn.execute(select(audit_log.c.details).where(audit_log.c.event == "escrow.deliver")
+                                  .order_by(audit_log.c.id)).scalars().all()
+    assert [d["history"] for d in deliveries] == [[], []]  # no earlier key was ever sent to this card
