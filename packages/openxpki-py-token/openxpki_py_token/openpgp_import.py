@@ -130,9 +130,13 @@ class _PcscCard:
         from smartcard.scard import SCARD_LEAVE_CARD
         from smartcard.System import readers
 
-        found = [r for r in readers() if str(r) == self.reader]
-        if not found:
-            raise TokenError(f"{self.name}: reader {self.reader!r} is gone: put the card back and run again")
+        # PKCS#11 cuts a slot's description (the reader's name) at 64 characters.
+        everyone = [str(r) for r in readers()]
+        found = [r for r in readers() if str(r) == self.reader] or \
+            [r for r in readers() if str(r).startswith(self.reader)]
+        if len(found) != 1:
+            raise TokenError(f"{self.name}: no single reader named {self.reader!r} (readers: "
+                             f"{', '.join(everyone) or 'none'}): put the card back and run again")
         self._connection = found[0].createConnection()
         try:
             # Leave the card powered afterwards: OpenSC's connection to it stays valid.
