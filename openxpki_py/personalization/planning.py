@@ -103,10 +103,13 @@ def _slot_problem(slot: SlotCapability, key: KeySpec, *, escrowed: bool) -> tupl
     where = f"its {slot.label or 'key'} (slot {slot.key_id})"
     if escrowed and not slot.can_import:
         return SLOT_CANNOT_IMPORT, f"{where} cannot take a key made on the server"
+    if escrowed and not slot.imports(key):
+        return KEY_UNSUPPORTED, (f"{where} cannot take an imported {key.name} key (it takes "
+                                 f"{', '.join(slot.import_algorithms or slot.algorithms)})")
     if not escrowed and not slot.can_sign:
         return SLOT_CANNOT_SIGN, (f"{where} cannot sign, so no certificate request can prove the key is on "
                                   "the card")
-    if not slot.allows(key):
+    if not escrowed and not slot.allows(key):
         return KEY_UNSUPPORTED, f"{where} cannot make {key.name} keys (it makes {', '.join(slot.algorithms)})"
     return None
 

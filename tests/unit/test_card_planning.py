@@ -64,6 +64,15 @@ def test_openpgp_card_gets_an_escrowed_encryption_key_in_its_decryption_slot_wit
     assert plan_for_card(_escrowed_policy(), _report(PIV)).as_context()["types"][1]["key_history"] is True
 
 
+def test_an_escrowed_ec_key_is_not_planned_for_the_openpgp_card_which_imports_rsa_only() -> None:
+    policy = parse_personalization_config(Reader({"certificates": [
+        TWO_TYPES[0], {**TWO_TYPES[1], "key_origin": "escrowed", "key": "ec-p256"}]}, "personalization"))
+    plan = plan_for_card(policy, _report(OPENPGP))
+    assert _summary(plan)[1] == ("encryption", "ec-p256", KEY_UNSUPPORTED)
+    assert "cannot take an imported ec-p256 key (it takes rsa-2048, rsa-3072, rsa-4096)" in plan.types[1].reason
+    assert _summary(plan_for_card(policy, _report(PIV)))[1] == ("encryption", "ec-p256", None)
+
+
 def test_escrowed_type_on_a_slot_that_cannot_import_is_skipped_with_its_reason() -> None:
     report = {"card_profile": "openpgp", "key_slots": [
         {**s.as_api(), "can_import": False} for s in OPENPGP.capabilities()]}

@@ -83,16 +83,22 @@ class SlotCapability:
     can_import: bool = True
     #: The card keeps earlier escrowed keys next to this slot's (PIV's retired slots); OpenPGP has one.
     key_history: bool = True
+    #: Key specs the slot takes as an imported key; empty: those it can generate.
+    import_algorithms: tuple[str, ...] = ()
 
     def allows(self, spec: KeySpec) -> bool:
         return not self.algorithms or spec.name in self.algorithms
+
+    def imports(self, spec: KeySpec) -> bool:
+        return spec.name in self.import_algorithms if self.import_algorithms else self.allows(spec)
 
     def as_api(self) -> dict[str, Any]:
         return {"key_id": self.key_id, "label": self.label, "usage": self.usage, "can_sign": self.can_sign,
                 "can_decrypt": self.can_decrypt, "algorithms": list(self.algorithms),
                 "key_generation": self.key_generation, "object_write": self.object_write,
                 "cert_types": list(self.cert_types), "default_for_usage": self.default_for_usage,
-                "can_import": self.can_import, "key_history": self.key_history}
+                "can_import": self.can_import, "key_history": self.key_history,
+                "import_algorithms": list(self.import_algorithms)}
 
     @classmethod
     def from_api(cls, raw: object, where: str) -> SlotCapability:
@@ -108,11 +114,13 @@ class SlotCapability:
         if usage not in ("sign", "decrypt"):
             raise ValueError(f"{where}.usage must be sign or decrypt")
         algorithms = _texts(raw, "algorithms", where)
-        for name in algorithms:
-            try:
-                KeySpec.parse(name)
-            except ValueError:
-                raise ValueError(f"{where}.algorithms: unknown key spec {name!r}") from None
+        import_algorithms = _texts(raw, "import_algorithms", where)
+        for field, names in (("algorithms", algorithms), ("import_algorithms", import_algorithms)):
+            for name in names:
+                try:
+                    KeySpec.parse(name)
+                except ValueError:
+                    raise ValueError(f"{where}.{field}: unknown key spec {name!r}") from None
         can_sign = _flag(raw, "can_sign", where, True)
         return cls(
             key_id=key_id.lower(), label=_text(raw, "label", where, required=False), usage=usage,
@@ -125,6 +133,7 @@ class SlotCapability:
             default_for_usage=_flag(raw, "default_for_usage", where, False),
             can_import=_flag(raw, "can_import", where, can_sign),
             key_history=_flag(raw, "key_history", where, True),
+            import_algorithms=tuple(KeySpec.parse(n).name for n in import_algorithms),
         )
 
 

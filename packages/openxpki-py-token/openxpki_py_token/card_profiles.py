@@ -43,6 +43,8 @@ class KeySlot:
     #: Whether the card keeps earlier escrowed keys next to this one (PIV's retired slots, a
     #: generic token's free IDs); an OpenPGP card has a single decryption key.
     key_history: bool = True
+    #: Key specs the agent can import here; empty: the same as ``algorithms``.
+    import_algorithms: tuple[str, ...] = ()
 
     @property
     def can_decrypt(self) -> bool:
@@ -94,7 +96,7 @@ class CardProfile:
             key_generation=self.credential(self.keygen_login), object_write=self.credential(self.cert_write_login),
             cert_types=slot.cert_types, default_for_usage=slot.default_for_usage,
             can_import=slot.can_import and (not self.openpgp_key_import or pcsc_available()),
-            key_history=slot.key_history) for slot in self.slots]
+            key_history=slot.key_history, import_algorithms=slot.import_algorithms) for slot in self.slots]
 
     def slot_for(self, cert_type: str, usage: Usage) -> KeySlot | None:
         """The fixed slot for this certificate type (None: the card has no fixed slots)."""
@@ -125,7 +127,8 @@ GENERIC = CardProfile(
 # it takes an escrowed key (the card's key import, PUT DATA 4D, under the
 # admin PIN; the agent sends it over PC/SC); there is only one, so no key history.
 # OpenPGP card 3.x: RSA 2048-4096 and NIST P-256/P-384 in every slot.
-_OPENPGP_KEYS = ("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384")
+_OPENPGP_RSA = ("rsa-2048", "rsa-3072", "rsa-4096")
+_OPENPGP_KEYS = (*_OPENPGP_RSA, "ec-p256", "ec-p384")  # the agent imports RSA keys only (openpgp_import)
 OPENPGP = CardProfile(
     name="openpgp",
     description="OpenPGP card",
@@ -133,7 +136,7 @@ OPENPGP = CardProfile(
     slots=(
         KeySlot("01", "Signature key", "sign", ("signature",), algorithms=_OPENPGP_KEYS),
         KeySlot("02", "Encryption key", "decrypt", ("encryption",), default_for_usage=True,
-                can_sign=False, algorithms=_OPENPGP_KEYS, key_history=False),
+                can_sign=False, algorithms=_OPENPGP_KEYS, key_history=False, import_algorithms=_OPENPGP_RSA),
         KeySlot("03", "Authentication key", "sign", ("authentication",), default_for_usage=True,
                 algorithms=_OPENPGP_KEYS),
     ),
