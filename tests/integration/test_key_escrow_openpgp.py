@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
+from openxpki_py_token.openpgp_import import OPENPGP_AID, _find, _PcscCard, v4_fingerprint
 from support.agent import Browser, personalize_card, run_agent_on_card
 from support.cms import cms_decrypt_on_card, cms_encrypt
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
@@ -33,6 +34,7 @@ from openxpki_py.escrow.cli import init_escrow_key
 
 pytestmark = pytest.mark.slow
 OPENPGP_USER_TOKEN = "OpenPGP card (User PIN)"
+READER = "Virtual PCD 00 00"
 
 
 def _with_card_admin(settings: dict[str, Any]) -> None:
@@ -70,6 +72,10 @@ def test_escrowed_key_goes_into_the_openpgp_decryption_slot_and_opens_mail(
                           "--id", "02"], capture_output=True, timeout=60, check=True).stdout
     assert serialization.load_der_public_key(der) == public
 
+    # What GnuPG and OpenSC read to see the key: its generation date (CD) and v4 fingerprint (C5) for slot 2.
+    dates, fingerprints = _card_data_objects(0xCD, 0xC5)
+    assert fingerprints[20:40] == v4_fingerprint(public, int.from_bytes(dates[4:8], "big"))
+
     # Mail to the certificate opens with the card (OpenSC: the decryption key is ID 02, in the slot
     # of the user PIN PW1 for decryption, not the signature PIN's).
     mail, cert_pem = cms_encrypt(cert, b"minutes of the board meeting", tmp_path)
@@ -88,3 +94,13 @@ def test_escrowed_key_goes_into_the_openpgp_decryption_slot_and_opens_mail(
         deliveries = conn.execute(select(audit_log.c.details).where(audit_log.c.event == "escrow.deliver")
                                   .order_by(audit_log.c.id)).scalars().all()
     assert [d["history"] for d in deliveries] == [[], []]  # no earlier key was ever sent to this card
+
+
+def _card_data_objects(*tags: int) -> list[bytes]:
+    """Data objects of the card's application related data (6E), read over PC/SC as GnuPG would."""
+    with _PcscCard(READER, "the OpenPGP card") as card:
+        card.send(0x00, 0xA4, 0x04, 0x00, OPENPGP_AID, "SELECT")
+        data = card.send(0x00, 0xCA, 0x00, 0x6E, b"", "GET DATA 6E")
+    found = [_find(data, tag) for tag in tags]
+    assert all(value is not None for value in found), data.hex()
+    return [value for value in found if value is not None]
