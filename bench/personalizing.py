@@ -88,20 +88,28 @@ class Client:
             data, headers["Content-Type"] = urllib.parse.urlencode(form), "application/x-www-form-urlencoded"
         if body is not None:
             data, headers["Content-Type"] = json.dumps(body), "application/json"
+        start = time.perf_counter()
+        status, response_headers, set_cookies, text = self.send(method, path, data, headers)
+        self.spent += time.perf_counter() - start
+        self.round_trips += 1
+        for cookie in set_cookies:
+            name, _, rest = cookie.partition("=")
+            self.cookies[name] = rest.split(";", 1)[0]
+        return status, response_headers, text
+
+    def send(self, method: str, path: str, data: str | None,
+             headers: dict[str, str]) -> tuple[int, dict[str, str], list[str], str]:
+        """One HTTP exchange: (status, headers, Set-Cookie values, body)."""
         # A connection per request: Apache closes idle keep-alive connections
         # between the user's steps, and a loopback connect costs ~0.1 ms.
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        start = time.perf_counter()
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        text = response.read().decode()
-        self.spent += time.perf_counter() - start
-        self.round_trips += 1
-        conn.close()
-        for cookie in response.headers.get_all("Set-Cookie") or []:
-            name, _, rest = cookie.partition("=")
-            self.cookies[name] = rest.split(";", 1)[0]
-        return response.status, dict(response.headers), text
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            text = response.read().decode()
+        finally:
+            conn.close()
+        return response.status, dict(response.headers), response.headers.get_all("Set-Cookie") or [], text
 
     def api(self, method: str, call: str, body: Any = None) -> dict[str, Any]:
         status, _, text = self.request(method, f"/openxpki/api/v1/{call}", body=body)
@@ -127,10 +135,15 @@ class Outcome:
     round_trips: int
 
 
-def personalize(port: int, user: str, keys: Sequence[Any], serial: str, *, agent_port: int | None = None) -> Outcome:
-    """One user's whole personalization: the browser on ``port``, the agent on ``agent_port`` (default: same)."""
+def personalize(port: int, user: str, keys: Sequence[Any], serial: str, *, agent_port: int | None = None,
+                client: Any = None) -> Outcome:
+    """One user's whole personalization: the browser on ``port``, the agent on ``agent_port`` (default: same).
+
+    ``client(port, user)`` makes the browser's and the agent's HTTP side (default :class:`Client`).
+    """
     began = time.perf_counter()
-    browser, agent = Client(port, user), Client(agent_port or port)
+    make = client or Client
+    browser, agent = make(port, user), make(agent_port or port, None)
     status, headers, _ = browser.request("GET", "/token")
     path = urllib.parse.urlsplit(headers["Location"]).path
     page = browser.request("GET", path)[2]

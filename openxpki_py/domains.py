@@ -25,8 +25,9 @@ def shipped_domains() -> tuple[WorkflowDomain, ...]:
     from .certificates.domain import DOMAIN as CERTIFICATES
     from .escrow.domain import DOMAIN as ESCROW
     from .personalization.domain import DOMAIN as PERSONALIZATION
+    from .unblock.domain import DOMAIN as UNBLOCK
 
-    return (AUTH, CERTIFICATES, PERSONALIZATION, ESCROW)
+    return (AUTH, CERTIFICATES, PERSONALIZATION, ESCROW, UNBLOCK)
 
 
 def shipped_registry() -> Registry:

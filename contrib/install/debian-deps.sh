@@ -15,17 +15,21 @@
 # The SSO modules
 # (mod_auth_gssapi, mod_auth_openidc) are what a site puts in front of the
 # application; the OIDC tests run a real OpenID provider (npm oidc-provider,
-# pinned by tests/support/oidc/package-lock.json) under node.
+# pinned by tests/support/oidc/package-lock.json) under node.  --with-bench
+# adds what bench/ compares against and nothing else needs: cfssl (Debian
+# golang-cfssl), the outside baseline of bench/personalization.py.
 #
-#   contrib/install/debian-deps.sh [VENV] [--with-tests]   default VENV: /opt/openxpki-py/venv
+#   contrib/install/debian-deps.sh [VENV] [--with-tests] [--with-bench]   default VENV: /opt/openxpki-py/venv
 set -eu
 
 VENV=/opt/openxpki-py/venv
 EXTRAS=postgresql,oracle
 TEST_PACKAGES=""
+BENCH_PACKAGES=""
 for arg in "$@"; do
     case "$arg" in
         --with-tests) EXTRAS=$EXTRAS,test; TEST_PACKAGES="libengine-pkcs11-openssl" ;;
+        --with-bench) BENCH_PACKAGES="golang-cfssl" ;;
         -*) echo "debian-deps.sh: unknown option $arg" >&2; exit 2 ;;
         *) VENV=$arg ;;
     esac
@@ -39,7 +43,7 @@ PACKAGES="python3-venv python3-dev build-essential libssl-dev
   krb5-kdc krb5-pkinit krb5-user krb5-admin-server libapache2-mod-auth-gssapi curl
   libapache2-mod-auth-openidc
   pcscd vsmartcard-vpcd libpcsclite-dev swig xdg-utils
-  $TEST_PACKAGES"
+  $TEST_PACKAGES $BENCH_PACKAGES"
 
 missing=""
 for p in $PACKAGES; do

@@ -27,6 +27,10 @@ GENESIS = "0" * 64
 #: The columns covered by ``entry_hash``, in no particular order (the JSON is sorted).
 HASHED_COLUMNS = ("logged_at", "actor", "role_name", "event", "outcome", "target", "details")
 
+# Built once: every audited action runs both (issue #15).
+_HEAD = select(audit_log.c.entry_hash).order_by(audit_log.c.id.desc()).limit(1)
+_INSERT = audit_log.insert()
+
 
 def lock_chain(conn: Connection) -> None:
     """Serialise appenders and checkpoint writers until ``conn`` commits."""
@@ -70,7 +74,7 @@ def append_audit(
 ) -> None:
     """Append one audit row inside ``conn``'s transaction."""
     lock_chain(conn)
-    last = conn.execute(select(audit_log.c.entry_hash).order_by(audit_log.c.id.desc()).limit(1)).scalar()
+    last = conn.execute(_HEAD).scalar()
     prev = last or GENESIS
     row = {
         "logged_at": datetime.now(timezone.utc).replace(microsecond=0),
@@ -81,7 +85,7 @@ def append_audit(
         "target": _storable(target),
         "details": dict(details) if details else None,
     }
-    conn.execute(audit_log.insert(), {**row, "prev_hash": prev, "entry_hash": entry_hash(prev, row)})
+    conn.execute(_INSERT, {**row, "prev_hash": prev, "entry_hash": entry_hash(prev, row)})
 
 
 def hashed_part(row: Mapping[Any, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
@@ -27,6 +27,10 @@ from .identity import Identity
 # last_seen is written at most this often: a write per request would make
 # every page view a write transaction.
 TOUCH_INTERVAL = timedelta(seconds=30)
+
+
+# Every browser request runs it: built once (issue #15).
+_SESSION = select(web_session).where(web_session.c.id_hash == bindparam("b_hash"))
 
 
 def utcnow() -> datetime:
@@ -85,6 +89,20 @@ class SessionStore:
         self.end(conn, found, actor=identity.login, reason=reason)
         return None
 
+    def current(self, conn: Connection, cookie: str | None, identity: Identity) -> tuple[WebSession | None, bool]:
+        """The cookie's session as read, and whether :meth:`find` must run (it would end or touch it).
+
+        Most requests change nothing: they read the session on a read-only
+        connection and take no write lock (issue #15).
+        """
+        if not cookie:
+            return None, False
+        found = self._load(conn, cookie)
+        if found is None:
+            return None, False
+        unchanged = self._end_reason(found, identity) is None and self.clock() - found.last_seen < TOUCH_INTERVAL
+        return found, not unchanged
+
     def create(self, conn: Connection, identity: Identity) -> WebSession:
         """A new session for an admitted user (its ``cookie`` is to be set)."""
         cookie, now = new_token(), self.clock()
@@ -106,7 +124,7 @@ class SessionStore:
         return None
 
     def _load(self, conn: Connection, cookie: str) -> WebSession | None:
-        row = conn.execute(select(web_session).where(web_session.c.id_hash == _hash(cookie))).mappings().first()
+        row = conn.execute(_SESSION, {"b_hash": _hash(cookie)}).mappings().first()
         if row is None:
             return None
         return WebSession(

@@ -19,6 +19,10 @@ card_admin:
   enabled: true                 # default false: the agent keeps its local options
   key_label: ca-signing-card-admin   # default: ca.key.key_label + "-card-admin"
   max_releases: 5               # per personalization (a rerun agent asks again)
+  unblock:                      # PIN unblock with the card's PUK (openxpki_py.unblock)
+    per_card: 3                 # unblocks of one card within the window
+    per_user: 3                 # unblocks of one owner's cards within the window
+    window: 86400               # seconds
 ```
 """
 
@@ -49,6 +53,15 @@ CARD_KINDS: dict[str, dict[str, tuple[str, int]]] = {
 
 
 @dataclass(frozen=True)
+class UnblockLimits:
+    """``card_admin.unblock``: how many PIN unblocks per card and per owner within ``window`` seconds."""
+
+    per_card: int = 3
+    per_user: int = 3
+    window: int = 86400
+
+
+@dataclass(frozen=True)
 class CardAdminConfig:
     """The ``card_admin`` section; the token, module and PIN are the CA key's."""
 
@@ -58,6 +71,7 @@ class CardAdminConfig:
     module: Path | None
     token_label: str | None
     pin: SecretRef | None
+    unblock: UnblockLimits = UnblockLimits()
 
 
 def parse_card_admin_config(r: Reader, ca_key: Any) -> CardAdminConfig:
@@ -65,6 +79,11 @@ def parse_card_admin_config(r: Reader, ca_key: Any) -> CardAdminConfig:
     enabled = r.bool("enabled", False)
     key_label = r.str("key_label", f"{getattr(ca_key, 'key_label', 'ca')}-card-admin")
     max_releases = r.int("max_releases", 5, minimum=1, maximum=100)
+    u = r.section("unblock")
+    unblock = UnblockLimits(per_card=u.int("per_card", 3, minimum=1, maximum=100),
+                            per_user=u.int("per_user", 3, minimum=1, maximum=1000),
+                            window=u.int("window", 86400, minimum=60, maximum=30 * 86400))
+    u.finish()
     r.finish()
     if enabled and ca_key.backend != "pkcs11":
         raise ConfigError(f"{r.key_path('enabled')}: the card admin master secret lives in the CA's HSM "
@@ -73,7 +92,7 @@ def parse_card_admin_config(r: Reader, ca_key: Any) -> CardAdminConfig:
         raise ConfigError(f"{r.key_path('key_label')}: names the CA key; the master secret needs its own label")
     return CardAdminConfig(enabled=enabled, key_label=key_label, max_releases=max_releases,
                            module=getattr(ca_key, "module", None), token_label=getattr(ca_key, "token_label", None),
-                           pin=getattr(ca_key, "pin", None))
+                           pin=getattr(ca_key, "pin", None), unblock=unblock)
 
 
 @dataclass(frozen=True, repr=False)

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from ..db.schema import certificate
@@ -151,13 +151,14 @@ def _expected_key(r: CSRUnderReview) -> None:
         )
 
 
+_CERTIFIED_KEY = select(certificate.c.serial).where(certificate.c.public_key_sha256 == bindparam("b_fingerprint"))
+
+
 def _key_unused(r: CSRUnderReview) -> None:
     if r.conn is None:
         return
     fingerprint = public_key_fingerprint(r.request.public_key())
-    known = r.conn.execute(
-        select(certificate.c.serial).where(certificate.c.public_key_sha256 == fingerprint)
-    ).first()
+    known = r.conn.execute(_CERTIFIED_KEY, {"b_fingerprint": fingerprint}).first()
     if known is not None:
         raise PolicyViolation(
             f"this public key was already certified (certificate serial {known.serial}); generate a new key",

@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..errors import NotFound, StorageError
@@ -51,18 +51,17 @@ def parse_serial(text: str) -> int:
     return value
 
 
+_SERIAL_TAKEN = select(certificate.c.id).where(certificate.c.issuer_key_identifier == bindparam("b_issuer"),
+                                               certificate.c.serial == bindparam("b_serial"))
+
+
 def new_serial(conn: Connection, issuer_key_identifier: str) -> int:
     """A random positive serial with ≥ 64 bits of entropy, unique for the issuer."""
     for _ in range(8):
         serial = secrets.randbits(SERIAL_BITS)
         if serial < 1 << 64:
             continue  # keep at least 64 bits of entropy visible (CA/B baseline)
-        taken = conn.execute(
-            select(certificate.c.id).where(
-                certificate.c.issuer_key_identifier == issuer_key_identifier,
-                certificate.c.serial == serial_hex(serial),
-            )
-        ).first()
+        taken = conn.execute(_SERIAL_TAKEN, {"b_issuer": issuer_key_identifier, "b_serial": serial_hex(serial)}).first()
         if taken is None:
             return serial
     raise StorageError("could not find an unused serial number (random source broken?)")

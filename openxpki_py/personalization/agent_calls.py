@@ -25,6 +25,7 @@ from openxpki_py_token.capabilities import CardCapabilities
 from .. import roles
 from ..crypto.card_admin import CardAdminCredentials
 from ..crypto.csr import public_key_fingerprint
+from ..db.engine import read_only
 from ..errors import AuthError, OpenXPKIError, PolicyViolation, UnexpectedStep
 from ..workflow.errors import ActionNotAvailable
 from .card_credentials import CardCredentialsRefused, release_card_credentials
@@ -96,7 +97,7 @@ class TokenAgentCalls:
 
     def authenticate(self, credential: str, *, sso_login: str | None) -> AgentCredential:
         """Whom the credential acts for; the web server's own login, if any, must match."""
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             agent = check_credential(conn, credential, now=self._now())
         if sso_login is not None and sso_login != agent.login:
             raise AuthError("this credential belongs to another user", code="auth.wrong_user")
@@ -122,8 +123,13 @@ class TokenAgentCalls:
             raise CardMismatch(f"this personalization is for card {card['serial']}; insert that card")
         return view
 
-    def _execute(self, workflow_id: int, login: str, action: str, inputs: Mapping[str, Any]) -> Any:
+    def _execute(self, workflow_id: int, login: str, action: str, inputs: Mapping[str, Any], *,
+                 read_back: bool = True) -> Any:
+        """Run the agent's action; the workflow afterwards (None without ``read_back``: nobody looks at it)."""
         try:
+            if not read_back:
+                self.engine.act(workflow_id, action, actor=login, role=AGENT_ROLE, inputs=dict(inputs))
+                return None
             return self.engine.execute(workflow_id, action, actor=login, role=AGENT_ROLE, inputs=dict(inputs))
         except ActionNotAvailable as exc:
             # For the agent, an action the state does not offer is a task it was not given.
@@ -159,7 +165,7 @@ class TokenAgentCalls:
         if capabilities.slots:
             inputs["key_slots"] = json.dumps(capabilities.as_api()["key_slots"], separators=(",", ":"))
         try:
-            self._execute(agent.workflow_id, agent.login, "report_token", inputs)
+            self._execute(agent.workflow_id, agent.login, "report_token", inputs, read_back=False)
         except OpenXPKIError:
             # The same card reported twice at once: the other report won the lock.
             token = self._view(agent.workflow_id).context.get("token")
@@ -220,7 +226,7 @@ class TokenAgentCalls:
             if entry["type"] == cert_type and entry["status"] == "skipped":
                 return
         self._execute(agent.workflow_id, agent.login, "report_card_unable",
-                      {"cert_type": cert_type, "code": code, "reason": reason[:500]})
+                      {"cert_type": cert_type, "code": code, "reason": reason[:500]}, read_back=False)
 
     def card_credentials(self, agent: AgentCredential, *, token_serial: str | None) -> CardAdminCredentials:
         """The confirmed card's admin credentials, for this personalization's confirmed agent (audited)."""
@@ -261,7 +267,7 @@ class TokenAgentCalls:
         if key_proof is not None:
             inputs["key_proof"] = key_proof
         try:
-            self._execute(workflow_id, login, "confirm_install", inputs)
+            self._execute(workflow_id, login, "confirm_install", inputs, read_back=False)
         except OpenXPKIError:
             # An identical receipt may have been recorded after the check above
             # (it ran outside the workflow's lock): that is a repeat, not a refusal.

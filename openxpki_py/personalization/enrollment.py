@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from openxpki_py_token.pairing import NONCE_BYTES, pairing_phrase, parse_public_key
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
@@ -252,11 +252,13 @@ def redeem_code(conn: Connection, code: str, *, agent_key: str, client: str, lim
                       base64.urlsafe_b64encode(nonce).decode("ascii").rstrip("="), phrase)
 
 
+# Every agent request runs it: built once (issue #15).
+_CREDENTIAL = select(agent_credential).where(agent_credential.c.token_hash == bindparam("b_hash"))
+
+
 def check_credential(conn: Connection, access_token: str, *, now: datetime) -> AgentCredential:
     """The workflow, login and pairing the bearer credential was issued for."""
-    row = conn.execute(
-        select(agent_credential).where(agent_credential.c.token_hash == _hash(access_token))
-    ).mappings().first()
+    row = conn.execute(_CREDENTIAL, {"b_hash": _hash(access_token)}).mappings().first()
     if row is None:
         raise CredentialRefused("the agent's session is not valid; start again with a new code from the web page")
     if row["expires_at"] <= now:

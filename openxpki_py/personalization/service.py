@@ -18,6 +18,7 @@ from typing import Any
 from .. import roles
 from ..audit import append_audit
 from ..db.certstore import owned_certificate_der, owned_certificates
+from ..db.engine import read_only
 from ..errors import NotFound, UnexpectedStep
 from .enrollment import (
     AgentCredential,
@@ -82,16 +83,19 @@ class PersonalizationService:
     def own(self, wf_id: int, login: str) -> Any:
         """The user's own personalization; anyone else's is "not found", never "forbidden"."""
         wf = self.engine.get(wf_id)  # UnknownWorkflow is a NotFound too
-        if wf.wf_type != WF_TYPE or wf.creator != login:  # not yours: do not even confirm it exists
-            raise NotFound(f"workflow {wf_id} is not a personalization of {login}")
+        _check_owner(wf, wf_id, login)
         return wf
+
+    def _check_own(self, wf_id: int, login: str) -> None:
+        """:meth:`own` where only the answer counts: reads the row alone."""
+        _check_owner(self.engine.summary(wf_id), wf_id, login)
 
     def certificates(self, wf: Any) -> list[CertificateRow]:
         """The certificates the personalization issued, as the store has them."""
         entries = [e for e in wf.context.get("certificates") or [] if e.get("serial")]
         if not entries:
             return []
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             rows = owned_certificates(conn, [e["serial"] for e in entries], wf.creator)
         return [CertificateRow(e["type"], e["status"], e["serial"], rows[e["serial"]]["subject"],
                                rows[e["serial"]]["not_before"], rows[e["serial"]]["not_after"])
@@ -101,14 +105,13 @@ class PersonalizationService:
         """The agent run the page asks about: live and not yet confirmed (one agent at a time)."""
         if wf.state not in CODE_STATES and wf.state != "CONFIRM_TOKEN":
             return None
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             agent = live_pairing(conn, wf.id, now=datetime.now(timezone.utc))
         return agent if agent is not None and not agent.confirmed else None
 
     def agent_marker(self, wf: Any) -> str:
         """Changes when an agent redeems a code or is confirmed: the live page then reloads."""
-        agent = self.pairing(wf)
-        return f"{agent.credential_id}" if agent is not None else ""
+        return agent_marker_of(self.pairing(wf))
 
     def page(self, wf: Any) -> PersonalizationPage:
         children: Sequence[Any] = self.engine.children(wf.id) if wf.state == "ISSUING" else ()
@@ -148,13 +151,13 @@ class PersonalizationService:
 
     def discard_codes(self, wf_id: int, login: str) -> None:
         """The page that showed a code was left: its unused codes end (agents already running stay)."""
-        self.own(wf_id, login)
+        self._check_own(wf_id, login)
         with self.db.begin() as conn:
             revoke_workflow_access(conn, wf_id, now=datetime.now(timezone.utc), credentials=False)
 
     def act(self, wf_id: int, login: str, action: str, *, role: str, version: int, agent: int | None = None) -> None:
         """One of the user's own steps on the page, decided on the version (and agent) the user saw."""
-        self.own(wf_id, login)
+        self._check_own(wf_id, login)
         if action == WITHDRAW:
             self.withdraw(wf_id, login, role=role)
             return
@@ -168,7 +171,7 @@ class PersonalizationService:
             if agent is None:
                 raise UnexpectedStep("the form does not say which agent's phrase you saw; reload the page")
             inputs = {"agent": agent}
-        self.engine.execute(wf_id, action, actor=login, role=role, inputs=inputs, expected_version=version)
+        self.engine.act(wf_id, action, actor=login, role=role, inputs=inputs, expected_version=version)
 
     def answer_agent(self, wf_id: int, login: str, agent: int | None, *, accept: bool) -> None:
         """Yes or no to the phrase of a new agent run (after the card was confirmed).
@@ -200,13 +203,23 @@ class PersonalizationService:
         if wf.state != "ISSUING":
             raise UnexpectedStep("there is no request waiting for approval any more; reload the page")
         child_id = wf.context["certificates"][wf.context["current"]]["child_id"]
-        self.engine.execute(child_id, WITHDRAW, actor=login, role=role)
+        self.engine.act(child_id, WITHDRAW, actor=login, role=role)
 
     def certificate_der(self, wf_id: int, serial: str, login: str) -> bytes:
         """One certificate this personalization issued to the user."""
         wf = self.own(wf_id, login)
         if serial not in {c.serial for c in self.certificates(wf)}:
             raise NotFound(f"personalization {wf_id} issued no certificate {serial}")
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             return owned_certificate_der(conn, serial, login)
 
+
+
+def agent_marker_of(pairing: AgentCredential | None) -> str:
+    """:meth:`PersonalizationService.agent_marker` for a pairing already read (the page has it)."""
+    return f"{pairing.credential_id}" if pairing is not None else ""
+
+
+def _check_owner(wf: Any, wf_id: int, login: str) -> None:
+    if wf.wf_type != WF_TYPE or wf.creator != login:  # not yours: do not even confirm it exists
+        raise NotFound(f"workflow {wf_id} is not a personalization of {login}")

@@ -78,3 +78,29 @@
 </form>
   % endfor
 % endfor
+<%
+  active_cards = [c for c in cards.values() if c["owner"] == identity.login and c["status"] == "active"]
+%>
+% if unblocks:
+<section id="my-unblocks">
+  <h2>PIN unblocks under way</h2>
+  <ul>
+  % for u in unblocks:
+    <li><a href="${url_for('pin_unblock_page', wf_id=u.id)}" class="unblock-link">Unblock PIN (${u.state})</a>${"" if u.creator == identity.login else " – started by the help desk (" + u.creator + ")"}</li>
+  % endfor
+  </ul>
+</section>
+% endif
+% if active_cards and "my_card_unblock" in available:
+<section id="my-pin-unblock">
+  <h2>PIN blocked? Unblock it</h2>
+  <p>Three wrong PINs block a card. You can unblock it yourself: you need the card, this computer with the
+     token agent, and a new PIN of 6 to 8 characters. The card's unblock key never passes through your hands.</p>
+  % for c in active_cards:
+  <form method="post" action="${url_for('my_card_unblock', serial=c['serial'])}" class="actions">
+    <input type="hidden" name="csrf_token" value="${csrf_token}">
+    <button type="submit" id="unblock-${c['serial']}">Unblock the PIN of card ${c["serial"]}</button>
+  </form>
+  % endfor
+</section>
+% endif

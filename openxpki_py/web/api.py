@@ -23,9 +23,10 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ..auth import identity as sso
-from ..errors import AuthError, OpenXPKIError
+from ..errors import AuthError, NotFound, OpenXPKIError
 from ..personalization.agent_calls import TokenAgentCalls
 from ..personalization.enrollment import AgentCredential, CredentialRefused
+from ..unblock.agent_calls import PinUnblockCalls
 from .client_address import TrustedProxies
 from .errors import ErrorAnswer, RequestInvalid, RequestTooLarge, database_answer, error_answer
 
@@ -105,8 +106,9 @@ class AgentApi:
     """``/api/v1``: a WSGI callable the web app hands API paths to."""
 
     def __init__(self, calls: TokenAgentCalls, *, sso_config: Any,
-                 trusted_proxies: TrustedProxies | None = None) -> None:
+                 trusted_proxies: TrustedProxies | None = None, unblock: PinUnblockCalls | None = None) -> None:
         self.calls = calls
+        self.unblock = unblock  # the pin_unblock workflow's agent calls; None: no such endpoints
         self.sso_config = sso_config
         self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.routes: dict[str, Callable[[Request], Response]] = {
@@ -114,6 +116,8 @@ class AgentApi:
             "csr": self.submit_csr, "receipt": self.receipt, "unable": self.card_unable,
             "card-credentials": self.card_credentials,
             "escrowed_key": self.escrowed_key,
+            "unblock-card": self.unblock_card, "unblock-credential": self.unblock_credential,
+            "unblock-result": self.unblock_result,
         }
         self.url_map = Map([
             Rule("/api/v1/enroll", endpoint="enroll", methods=["POST"]),
@@ -124,6 +128,9 @@ class AgentApi:
             Rule("/api/v1/unable", endpoint="unable", methods=["POST"]),
             Rule("/api/v1/card-credentials", endpoint="card-credentials", methods=["POST"]),
             Rule("/api/v1/escrowed-key", endpoint="escrowed_key", methods=["POST"]),
+            Rule("/api/v1/pin-unblock/card", endpoint="unblock-card", methods=["POST"]),
+            Rule("/api/v1/pin-unblock/credential", endpoint="unblock-credential", methods=["POST"]),
+            Rule("/api/v1/pin-unblock/result", endpoint="unblock-result", methods=["POST"]),
         ])
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -265,3 +272,32 @@ class AgentApi:
             raise RequestInvalid("rsa_proof must be text: rsa-oaep or rsa-pkcs1v15")
         return json_response(self.calls.escrowed_key(agent, cert_type=cert_type, agent_key=agent_key,
                                                      token_serial=_token_serial(body), rsa_proof=rsa_proof))
+
+    # --- PIN unblock (the pin_unblock workflow, docs/api.md) -----------------------------
+
+    def _unblock(self) -> PinUnblockCalls:
+        if self.unblock is None:
+            raise NotFound("this server has no PIN unblock", code="api.not_found")
+        return self.unblock
+
+    def unblock_card(self, request: Request) -> Response:
+        calls, agent, body = self._unblock(), self._agent(request), self._body(request)
+        (serial,) = _text(body, "serial", missing="the card's serial number is missing")
+        profile = body.get("card_profile")
+        return json_response({"status": calls.report_card(agent, serial, profile if isinstance(profile, str) else "")})
+
+    def unblock_credential(self, request: Request) -> Response:
+        """The card's unblock credential (once); never logged, never cached."""
+        calls, agent, body = self._unblock(), self._agent(request), self._body(request)
+        (serial,) = _text(body, "token_serial", missing="send token_serial, the card's serial number")
+        credentials = calls.credential(agent, token_serial=serial)
+        return json_response({"card_type": credentials.card_type, "serial": credentials.serial,
+                              "credentials": credentials.as_api()})
+
+    def unblock_result(self, request: Request) -> Response:
+        calls, agent, body = self._unblock(), self._agent(request), self._body(request)
+        serial, outcome = _text(body, "token_serial", "outcome", missing="send token_serial and outcome")
+        code = body.get("code")
+        if outcome not in ("unblocked", "failed") or (code is not None and not isinstance(code, str)):
+            raise RequestInvalid("outcome is 'unblocked' or 'failed'; code, if sent, is text")
+        return json_response({"state": calls.result(agent, token_serial=serial, outcome=outcome, code=code)})

@@ -27,6 +27,7 @@ from ..auth.config import AuthConfig, RoleHandler
 from ..auth.handlers import HandlerOutcome, run_role_handler
 from ..auth.person import UnknownPerson, resolve_person
 from ..auth.sessions import SessionStore, WebSession
+from ..db.engine import read_only
 from ..errors import ConfigError, OpenXPKIError
 from . import approvals as _approval_views  # noqa: F401 - registers its views
 from . import console as _console_views  # noqa: F401 - registers its views
@@ -36,6 +37,7 @@ from . import mine as _my_views  # noqa: F401 - registers its views
 from . import ocsp as _ocsp_views  # noqa: F401 - registers its views
 from . import personalization as _personalization_views  # noqa: F401 - registers its views
 from . import recovered as _recovered_views  # noqa: F401 - registers its views
+from . import unblock as _unblock_views  # noqa: F401 - registers its views
 from .config import WebConfig
 from .context import RequestContext, WebRequest
 from .menu import menu_for
@@ -81,6 +83,7 @@ class WebApp:
         db: Engine,
         workflows: WorkflowGateway | None = None,
         personalization: Any = None,
+        unblock: Any = None,
         api: Any = None,
         lookup: TemplateLookup | None = None,
         run_handler: HandlerRunner = run_role_handler,
@@ -108,6 +111,7 @@ class WebApp:
         # smartcard_personalization workflow is (see web/personalization.py, web/api.py).
         self.personalization = personalization
         self.personalization_type = "smartcard_personalization"
+        self.unblock = unblock  # PIN unblock pages (web/unblock.py); None without the pin_unblock workflow
         self.api = api
         self.instance_name = instance_name
         self.auth = auth
@@ -164,8 +168,11 @@ class WebApp:
             return view.func(ctx, **args)
         ctx.identity = self.identify(ctx.request)
         cookie = ctx.request.cookies.get(self.web.session.cookie_name)
-        with self.db.begin() as conn:
-            ctx.session = self.sessions.find(conn, cookie, ctx.identity)
+        with read_only(self.db) as conn:
+            ctx.session, change = self.sessions.current(conn, cookie, ctx.identity)
+        if change:  # ends it, or notes that it is in use
+            with self.db.begin() as conn:
+                ctx.session = self.sessions.find(conn, cookie, ctx.identity)
         if ctx.session is None:
             # A new session only for a login that is one person, spelled as the
             # directory spells it (auth/person.py); looked up outside the
@@ -343,7 +350,7 @@ def create_app(config: Config, services: Services | None = None) -> WebApp:
     if not schema_present(db):
         raise StorageError("the database has no openxpki-py tables yet: run `openxpki-py init` first")
     engine = services.workflows
-    personalization = api = None
+    personalization = api = unblock = unblock_calls = None
     if "smartcard_personalization" in engine.definitions.definitions:
         from ..personalization.agent_calls import TokenAgentCalls
         from ..personalization.service import PersonalizationService
@@ -354,7 +361,13 @@ def create_app(config: Config, services: Services | None = None) -> WebApp:
                                 card_admin=lambda: services.card_admin,
                                 max_card_admin_releases=config.card_admin.max_releases,
                                 escrow=services.escrow)
-        api = AgentApi(calls,
+        if "pin_unblock" in engine.definitions.definitions:
+            from ..unblock.agent_calls import PinUnblockCalls
+            from ..unblock.service import PinUnblockService
+
+            unblock = PinUnblockService(engine=engine, db=db, limits=config.personalization.enrollment)
+            unblock_calls = PinUnblockCalls(db=db, engine=engine, card_admin=lambda: services.card_admin)
+        api = AgentApi(calls, unblock=unblock_calls,
                        sso_config=config.auth.sso, trusted_proxies=config.web.trusted_proxies)
     return WebApp(
         instance_name=config.instance.name,
@@ -363,6 +376,7 @@ def create_app(config: Config, services: Services | None = None) -> WebApp:
         db=db,
         workflows=EngineGateway(engine),
         personalization=personalization,
+        unblock=unblock,
         api=api,
         resolve_person=lambda login: resolve_person(services.directory, login),
         verify_audit=services.audit_checkpoints.verify if services.audit_checkpoints is not None else None,

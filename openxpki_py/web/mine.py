@@ -41,9 +41,12 @@ def my_certificates(ctx: RequestContext) -> Response:
     lifecycle = services.config.cards.lifecycle if services is not None else None
     own = {c["serial"]: [t.name for t in available(lifecycle, c, ctx.role, own_card=True)]
            for c in cards.values() if c["owner"] == ctx.login} if lifecycle is not None else {}
+    # PIN unblocks under way for the user's cards (also those the help desk started for them)
+    unblocks = ctx.app.unblock.open_for_owner(ctx.login) if ctx.app.unblock is not None else []
     return ctx.render("certificates.mako", certs=certs, cards=cards, now=datetime.now(timezone.utc),
                       escrowed=escrowed, recovered=recovered, temporary=temporary, own_transitions=own,
                       lifecycle_transitions=list(lifecycle.transitions.values()) if lifecycle is not None else [],
+                      unblocks=unblocks,
                       message=ctx.take_flash(), available=ctx.app.available)
 
 

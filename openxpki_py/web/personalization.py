@@ -23,7 +23,13 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
 from .. import roles
-from ..personalization.service import AGENT_ACTIONS, PAGE_ACTIONS, WITHDRAW, PersonalizationService
+from ..personalization.service import (
+    AGENT_ACTIONS,
+    PAGE_ACTIONS,
+    WITHDRAW,
+    PersonalizationService,
+    agent_marker_of,
+)
 from . import errors
 from .api import json_response
 from .context import RequestContext
@@ -55,7 +61,7 @@ def render_personalization(ctx: RequestContext, wf: Any, *, deep_link: bool, cod
         "personalization.mako", hide_menu=deep_link, workflow=wf, progress=page.progress, code=code,
         message=message, code_minutes=service.policy.enrollment.code_lifetime // 60,
         agent_command=agent_command, agent_link=agent_link, pairing=page.pairing, server_url=server_url,
-        agent_marker=service.agent_marker(wf),
+        agent_marker=agent_marker_of(page.pairing),
         page_url=ctx.url_for(endpoint, wf_id=wf.id), mode="deeplink" if deep_link else "menu",
         # forms, status and downloads live under /personalize/<id> for both modes
         base_url=ctx.url_for("personalization_page", wf_id=wf.id),

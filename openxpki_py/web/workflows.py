@@ -46,4 +46,4 @@ class EngineGateway:
         return _summary(self.engine.start(wf_type, actor=actor, role=role))
 
     def get(self, wf_id: int) -> WorkflowSummary:
-        return _summary(self.engine.get(wf_id))
+        return _summary(self.engine.summary(wf_id))  # the row is all a summary shows

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .. import roles
 from ..audit import append_audit
+from ..db.engine import read_only
 from ..errors import OpenXPKIError, StorageError, WorkflowError
 from . import store
 from .config import WorkflowConfig
@@ -69,7 +70,7 @@ class WorkflowEngine:
     # --- reading -----------------------------------------------------------------
 
     def get(self, workflow_id: int) -> WorkflowView:
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             return self._view(conn, workflow_id)
 
     def _view(self, conn: Connection, workflow_id: int) -> WorkflowView:
@@ -90,7 +91,7 @@ class WorkflowEngine:
     def get_many(self, workflow_ids: Sequence[int]) -> list[WorkflowView]:
         """Like :meth:`get` for each id (missing ones left out), in four queries however many ids."""
         ids = list(workflow_ids)
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             rows = store.read_workflows(conn, ids)
             contexts = store.load_contexts(conn, ids)
             histories = store.load_histories(conn, ids)
@@ -101,13 +102,18 @@ class WorkflowEngine:
     def search(self, *, wf_type: str | None = None, state: str | None = None, proc_state: str | None = None,
                limit: int = 100, **attributes: str) -> list[WorkflowSummary]:
         """Newest first; ``attributes`` match search keys (``user="alice"``)."""
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             rows = store.search(conn, wf_type=wf_type, state=state, proc_state=proc_state,
                                 attributes=attributes, limit=limit)
             return [WorkflowSummary.from_row(r) for r in rows]
 
+    def summary(self, workflow_id: int) -> WorkflowSummary:
+        """The workflow's row only (type, state, creator, version …): no context, history or attributes."""
+        with read_only(self.db) as conn:
+            return WorkflowSummary.from_row(store.read_workflow(conn, workflow_id))
+
     def children(self, workflow_id: int) -> list[WorkflowSummary]:
-        with self.db.connect() as conn:
+        with read_only(self.db) as conn:
             ids = [int(r["id"]) for r in store.load_children(conn, workflow_id)]
             return [WorkflowSummary.from_row(store.read_workflow(conn, i)) for i in ids]
 
@@ -140,7 +146,7 @@ class WorkflowEngine:
         """
         definition = self._startable(wf_type, actor, role)
         for _ in range(3):  # the holder may end between our insert and our read
-            with self.db.connect() as conn:
+            with read_only(self.db) as conn:
                 holder = store.singleton_holder(conn, wf_type, singleton)
             if holder is not None:
                 return self.get(holder)
@@ -170,11 +176,17 @@ class WorkflowEngine:
 
     def execute(self, workflow_id: int, action: str, *, actor: str, role: str,
                 inputs: Mapping[str, Any] | None = None, expected_version: int | None = None) -> WorkflowView:
-        """Run a manual action as ``actor`` in ``role``.
+        """Run a manual action as ``actor`` in ``role``; the workflow as it is afterwards.
 
         ``expected_version`` is the version the caller's form was built from;
         give it whenever a person decided on the basis of what they saw.
         """
+        self.act(workflow_id, action, actor=actor, role=role, inputs=inputs, expected_version=expected_version)
+        return self.get(workflow_id)
+
+    def act(self, workflow_id: int, action: str, *, actor: str, role: str,
+            inputs: Mapping[str, Any] | None = None, expected_version: int | None = None) -> None:
+        """:meth:`execute` for a caller that does not show the result: no read-back (five statements less)."""
         run = Run(actor, role)
         refusal: AccessDenied | None = None
         with self._transaction() as conn:
@@ -204,7 +216,6 @@ class WorkflowEngine:
         if refusal is not None:
             raise refusal
         self._after(run, outcome)
-        return self.get(workflow_id)
 
     def retry(self, workflow_id: int, *, actor: str, role: str, note: str | None = None) -> WorkflowView:
         """Operator: run a workflow in ``exception`` (or waiting to retry) again now."""

@@ -2,6 +2,11 @@
 
 Every function takes the caller's connection so that a whole action (row,
 context, attributes, history, audit) commits or rolls back together.
+
+The statements every workflow step runs are built once, here, with bound
+parameters: building a SQLAlchemy statement per call (coercing each clause,
+then computing its cache key) cost about as much as executing it
+(bench/results/, issue #15).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history, workflow_singleton
@@ -19,6 +24,33 @@ from .errors import UnknownWorkflow, WorkflowConflict
 FINAL_PROC_STATES = ("finished", "failed")
 ATTRIBUTE_MAX = 256
 IN_LIST_MAX = 500
+
+# Bound parameter names never equal a column name: update() takes the SET
+# columns from the execute parameters (see update_workflow).
+_BY_ID = select(workflow).where(workflow.c.id == bindparam("b_id"))
+_BY_ID_LOCKED = _BY_ID.with_for_update()
+_CONTEXT = select(workflow_context.c.ctx_key, workflow_context.c.ctx_value).where(
+    workflow_context.c.workflow_id == bindparam("b_id"))
+_CONTEXT_DELETE = delete(workflow_context).where(workflow_context.c.workflow_id == bindparam("b_id"),
+                                                 workflow_context.c.ctx_key.in_(bindparam("b_keys", expanding=True)))
+_CONTEXT_INSERT = insert(workflow_context)
+_ATTRIBUTES = (select(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
+               .where(workflow_attribute.c.workflow_id == bindparam("b_id"))
+               .order_by(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value))
+_ATTRIBUTES_DELETE = delete(workflow_attribute).where(
+    workflow_attribute.c.workflow_id == bindparam("b_id"),
+    workflow_attribute.c.attr_key.in_(bindparam("b_keys", expanding=True)))
+_ATTRIBUTES_INSERT = insert(workflow_attribute)
+_HISTORY = select(workflow_history).where(workflow_history.c.workflow_id == bindparam("b_id")).order_by(
+    workflow_history.c.id)
+_HISTORY_INSERT = insert(workflow_history)
+_UPDATE_IF_VERSION = (update(workflow)
+                      .where(workflow.c.id == bindparam("b_id"), workflow.c.version == bindparam("b_version"))
+                      .values(version=workflow.c.version + 1))
+_SINGLETON_RELEASE = delete(workflow_singleton).where(workflow_singleton.c.workflow_id == bindparam("b_id"))
+_CHILDREN = (select(workflow.c.id, workflow.c.wf_type, workflow.c.state, workflow.c.proc_state,
+                    workflow.c.last_error)
+             .where(workflow.c.parent_id == bindparam("b_id")).order_by(workflow.c.id))
 
 
 def locks_rows(conn: Connection) -> bool:
@@ -41,17 +73,15 @@ def lock_workflow(conn: Connection, wf_id: int) -> RowMapping:
     loser never runs the activity.  The version check on update stays as a
     second line of defence.
     """
-    query = select(workflow).where(workflow.c.id == wf_id)
-    if locks_rows(conn):
-        query = query.with_for_update()
-    row = conn.execute(query).mappings().first()
+    query = _BY_ID_LOCKED if locks_rows(conn) else _BY_ID
+    row = conn.execute(query, {"b_id": wf_id}).mappings().first()
     if row is None:
         raise UnknownWorkflow(f"workflow {wf_id} does not exist")
     return row
 
 
 def read_workflow(conn: Connection, wf_id: int) -> RowMapping:
-    row = conn.execute(select(workflow).where(workflow.c.id == wf_id)).mappings().first()
+    row = conn.execute(_BY_ID, {"b_id": wf_id}).mappings().first()
     if row is None:
         raise UnknownWorkflow(f"workflow {wf_id} does not exist")
     return row
@@ -77,15 +107,11 @@ def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -
     A workflow that reaches a final state gives up its singleton key (in the
     same transaction), so the next start for that key is a new workflow.
     """
-    result = conn.execute(
-        update(workflow)
-        .where(workflow.c.id == wf_id, workflow.c.version == version)
-        .values(version=workflow.c.version + 1, **values)
-    )
+    result = conn.execute(_UPDATE_IF_VERSION, {"b_id": wf_id, "b_version": version, **values})
     if result.rowcount != 1:
         raise WorkflowConflict(f"workflow {wf_id} was changed by someone else; reload it and try again")
     if values.get("proc_state") in FINAL_PROC_STATES:
-        conn.execute(delete(workflow_singleton).where(workflow_singleton.c.workflow_id == wf_id))
+        conn.execute(_SINGLETON_RELEASE, {"b_id": wf_id})
     return version + 1
 
 
@@ -102,9 +128,7 @@ def singleton_holder(conn: Connection, wf_type: str, key: str) -> int | None:
 
 
 def load_context(conn: Connection, wf_id: int) -> dict[str, Any]:
-    rows = conn.execute(
-        select(workflow_context.c.ctx_key, workflow_context.c.ctx_value).where(workflow_context.c.workflow_id == wf_id)
-    )
+    rows = conn.execute(_CONTEXT, {"b_id": wf_id})
     return {key: value for key, value in rows}
 
 
@@ -123,15 +147,10 @@ def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], delet
     # keys known to be new skip the delete (one round trip less per step).
     keys = set(deleted) | (set(changed) if stored is None else set(changed) & set(stored))
     if keys:
-        conn.execute(
-            delete(workflow_context).where(workflow_context.c.workflow_id == wf_id,
-                                           workflow_context.c.ctx_key.in_(keys))
-        )
+        conn.execute(_CONTEXT_DELETE, {"b_id": wf_id, "b_keys": sorted(keys)})
     if changed:
-        conn.execute(
-            insert(workflow_context),
-            [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in changed.items()],
-        )
+        conn.execute(_CONTEXT_INSERT,
+                     [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in changed.items()])
 
 
 def load_attribute_sets(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
@@ -144,11 +163,7 @@ def load_attribute_sets(conn: Connection, ids: Sequence[int]) -> dict[int, dict[
 
 
 def load_attributes(conn: Connection, wf_id: int) -> dict[str, list[str]]:
-    rows = conn.execute(
-        select(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
-        .where(workflow_attribute.c.workflow_id == wf_id)
-        .order_by(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
-    )
+    rows = conn.execute(_ATTRIBUTES, {"b_id": wf_id})
     found: dict[str, list[str]] = {}
     for key, value in rows:
         found.setdefault(key, []).append(value)
@@ -159,34 +174,26 @@ def replace_attributes(conn: Connection, wf_id: int, values: Mapping[str, Sequen
     """Set each key's values (an empty list removes the key)."""
     if not values:
         return
-    conn.execute(
-        delete(workflow_attribute).where(
-            workflow_attribute.c.workflow_id == wf_id, workflow_attribute.c.attr_key.in_(list(values))
-        )
-    )
+    conn.execute(_ATTRIBUTES_DELETE, {"b_id": wf_id, "b_keys": list(values)})
     rows = [
         {"workflow_id": wf_id, "attr_key": k, "attr_value": v}
         for k, vs in values.items()
         for v in sorted(set(vs))
     ]
     if rows:
-        conn.execute(insert(workflow_attribute), rows)
+        conn.execute(_ATTRIBUTES_INSERT, rows)
 
 
 def add_history(conn: Connection, wf_id: int, *, action: str, from_state: str, to_state: str, actor: str,
                 role: str, outcome: str, note: str | None, now: datetime) -> None:
-    conn.execute(
-        insert(workflow_history).values(
-            workflow_id=wf_id, action=action, from_state=from_state, to_state=to_state, actor=actor,
-            role_name=role, outcome=outcome, note=note, logged_at=now,
-        )
-    )
+    conn.execute(_HISTORY_INSERT, {
+        "workflow_id": wf_id, "action": action, "from_state": from_state, "to_state": to_state, "actor": actor,
+        "role_name": role, "outcome": outcome, "note": note, "logged_at": now,
+    })
 
 
 def load_history(conn: Connection, wf_id: int) -> Sequence[RowMapping]:
-    return conn.execute(
-        select(workflow_history).where(workflow_history.c.workflow_id == wf_id).order_by(workflow_history.c.id)
-    ).mappings().all()
+    return conn.execute(_HISTORY, {"b_id": wf_id}).mappings().all()
 
 
 def load_histories(conn: Connection, ids: Sequence[int]) -> dict[int, list[RowMapping]]:
@@ -199,11 +206,7 @@ def load_histories(conn: Connection, ids: Sequence[int]) -> dict[int, list[RowMa
 
 
 def load_children(conn: Connection, parent_id: int) -> Sequence[RowMapping]:
-    return conn.execute(
-        select(workflow.c.id, workflow.c.wf_type, workflow.c.state, workflow.c.proc_state, workflow.c.last_error)
-        .where(workflow.c.parent_id == parent_id)
-        .order_by(workflow.c.id)
-    ).mappings().all()
+    return conn.execute(_CHILDREN, {"b_id": parent_id}).mappings().all()
 
 
 def open_siblings(conn: Connection, parent_id: int, except_id: int) -> int:

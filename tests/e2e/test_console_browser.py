@@ -310,12 +310,24 @@ def test_card_suspended_resumed_and_reported_lost(console_site: Any, chromium: A
     page.get_by_role("navigation", name="Main menu").get_by_role("link", name="Audit log").click()
     page.click("#verify-chain")
     assert "Audit chain intact" in page.locator("#audit-message").inner_text()
+    # The help desk's PIN unblock button: this site's CA key is no HSM key, so no card has a derived PUK
+    # and the page says why (the unblock itself: tests/integration/test_agent_pin_unblock.py).
+    page.goto(f"{site.base_url}/openxpki/console/cards/ALICE-CARD-1")
+    page.locator("#start-unblock input[name=reason]").fill("ticket 4711: PIN blocked")
+    page.locator("#start-unblock").get_by_role("button").click()
+    assert "was refused: this server holds no per-card admin credentials" in page.locator(
+        "#console-message").inner_text()
+    assert page.locator("#card-workflows").count() == 0  # refused before it named the card
     page.context.close()
 
-    # alice blocks her lost card herself.
     mine = _as(chromium, "alice")
     mine.goto(f"{site.base_url}/openxpki/login")
     _pick_role(mine, "User")
+    mine.goto(f"{site.base_url}/openxpki/certificates")
+    mine.get_by_role("button", name="Unblock the PIN of card ALICE-CARD-1").click()
+    assert "cannot be unblocked here" in mine.locator("#my-message").inner_text()
+
+    # alice blocks her lost card herself.
     mine.goto(f"{site.base_url}/openxpki/certificates")
     mine.locator("#my-cards input[name=confirm]").check()
     mine.get_by_role("button", name="Block card ALICE-CARD-1").click()

@@ -225,6 +225,26 @@ def test_intact_trail_verifies_clean(trail: Trail) -> None:
     assert data["ok"] is True and data["checkpoints"] == 2 and data["first_problem"] is None
 
 
+def test_appends_in_one_transaction_across_savepoints_stay_chained(trail: Trail) -> None:
+    # Workflow steps append inside savepoints: one rolled back takes its rows
+    # (and on PostgreSQL its lock) with it, and the next append must chain to
+    # what is really there — a guard for any caching of the head (issue #15).
+    with trail.db.begin() as conn:
+        append_audit(conn, actor="alice", event="test.event", target="a")
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            append_audit(conn, actor="alice", event="test.event", target="rolled back")
+            raise RuntimeError("the step failed")
+        append_audit(conn, actor="alice", event="test.event", target="b")
+        with conn.begin_nested():
+            append_audit(conn, actor="alice", event="test.event", target="c")
+        append_audit(conn, actor="alice", event="test.event", target="d")
+    with trail.db.begin() as conn:
+        append_audit(conn, actor="alice", event="test.event", target="e")
+    report = trail.verify()
+    assert report.ok, report.problems
+    assert report.rows == 15
+
+
 @pytest.mark.parametrize("name", sorted(ROW_TAMPERING))
 def test_row_tampering_is_detected(trail: Trail, name: str) -> None:
     tamper, codes = ROW_TAMPERING[name]

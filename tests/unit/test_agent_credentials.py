@@ -67,3 +67,25 @@ def test_unknown_admin_credential_is_shown_with_its_code() -> None:
     line = describe_failure(refusal)
     assert line.endswith("[card.admin_credential_unknown]") and "an operator must reset the card" in line
     assert "[" not in describe_failure(TokenError("the card went away"))  # other card errors as before
+
+
+# --- the new PIN of an unblock (pins.new_pin) -------------------------------------------------
+
+
+def test_new_pin_is_asked_twice_and_checked_before_anything_is_spent(tmp_path: Path) -> None:
+    from openxpki_py_token.errors import UsageError
+    from openxpki_py_token.pins import new_pin
+
+    typed = iter(["24681357", "24681357"])
+    assert new_pin(None, lambda prompt: next(typed), card="card 1") == "24681357"
+    differing = iter(["24681357", "24681358"])
+    with pytest.raises(UsageError, match="differ"):
+        new_pin(None, lambda prompt: next(differing), card="card 1")
+    with pytest.raises(UsageError, match="no terminal"):
+        new_pin(None, None, card="card 1")
+    for bad in ("12345", "123456789", "1234\t567"):
+        (tmp_path / "pin").write_text(bad + "\n")
+        with pytest.raises(UsageError, match="6 to 8 characters"):
+            new_pin(SecretRef("--new-pin-file", file=tmp_path / "pin"), None, card="card 1")
+    (tmp_path / "pin").write_text("654321\n")
+    assert new_pin(SecretRef("--new-pin-file", file=tmp_path / "pin"), None, card="card 1") == "654321"

@@ -73,7 +73,7 @@ def test_test_definitions_load() -> None:
 def test_shipped_definitions_load() -> None:
     defs = domains.load_definitions()
     assert defs.types() == ["certificate_issuance", "certificate_revocation", "crl_issuance", "key_recovery",
-                            "smartcard_personalization"]
+                            "pin_unblock", "smartcard_personalization"]
     for wf_type in defs.types():
         assert defs.get(wf_type).source.endswith(f"{wf_type}.yaml")
 

@@ -25,7 +25,7 @@ from openxpki_py.workflow import (
 )
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "openxpki_py" / "workflow"
-PKI_PACKAGES = ("crypto", "personalization", "certificates", "directory", "domains", "agent")
+PKI_PACKAGES = ("crypto", "personalization", "certificates", "directory", "domains", "agent", "unblock")
 
 
 def imported_modules(path: Path) -> list[str]:
@@ -65,7 +65,7 @@ def test_importing_the_engine_loads_no_domain() -> None:
 
 def test_shipped_domains_bring_their_callables_and_folders() -> None:
     domains = {d.name: d for d in shipped_domains()}
-    assert list(domains) == ["auth", "certificates", "personalization", "escrow"]
+    assert list(domains) == ["auth", "certificates", "personalization", "escrow", "unblock"]
     registry = shipped_registry()
     assert registry.get("activity", "issue_certificate").__module__ == "openxpki_py.certificates.issuance"
     assert registry.get("activity", "request_certificate").__module__ == "openxpki_py.personalization.activities"
@@ -74,7 +74,8 @@ def test_shipped_domains_bring_their_callables_and_folders() -> None:
     assert sorted(p.stem for p in domains["certificates"].definitions.glob("*.yaml")) == [
         "certificate_issuance", "certificate_revocation", "crl_issuance"]
     assert registry.get("activity", "generate_escrowed_key").__module__ == "openxpki_py.escrow.personalization"
-    assert [len(d.purges) for d in domains.values()] == [1, 0, 1, 0]
+    assert registry.get("activity", "check_unblock_request").__module__ == "openxpki_py.unblock.activities"
+    assert [len(d.purges) for d in domains.values()] == [1, 0, 1, 0, 0]
 
 
 def test_two_domains_may_not_claim_one_name() -> None:

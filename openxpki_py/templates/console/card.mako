@@ -41,6 +41,18 @@
   % endfor
 </section>
 % endif
+% if may_unblock:
+<section class="actions" id="card-unblock">
+  <h2>PIN blocked?</h2>
+  <p>Start a PIN unblock for ${card["owner"]}: they then open "My certificates", run the token agent with the
+     card and set a new PIN. The card's unblock key (PUK) goes to their agent only, once.</p>
+  <form method="post" action="${url_for('console_card_unblock', serial=card['serial'])}" id="start-unblock">
+    <input type="hidden" name="csrf_token" value="${csrf_token}">
+    <input type="text" name="reason" maxlength="500" placeholder="reason, e.g. ticket number" aria-label="Reason for the PIN unblock">
+    <button type="submit">Start a PIN unblock for the owner</button>
+  </form>
+</section>
+% endif
 <h2>Certificates</h2>
 % if certs:
 ${parts.cert_table(certs, "card-certificates")}

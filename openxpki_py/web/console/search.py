@@ -93,7 +93,9 @@ def console_card(ctx: RequestContext, serial: str) -> Response:
                             "workflows": _rows(flows), "links": search.card_links(svc.db, card)})
     return ctx.render("console/card.mako", card=card, certs=certs, history=history, flows=flows,
                       transitions=card_states.available(svc.config.cards.lifecycle, card, ctx.role),
-                      links=search.card_links(svc.db, card), message=ctx.take_flash())
+                      links=search.card_links(svc.db, card), message=ctx.take_flash(),
+                      may_unblock="console_card_unblock" in ctx.app.available and card["status"] == "active"
+                      and bool(card["owner"]))
 
 
 @view("/console/workflows/<int:wf_id>", roles=OPERATORS, needs="console")

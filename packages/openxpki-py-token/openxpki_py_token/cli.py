@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .handler import parse_enroll_url, register_handler, same_server
 
@@ -29,15 +30,18 @@ from .errors import (
     ServerRefused,
     ServerUnreachable,
     TokenError,
+    TokenNotFound,
     UsageError,
 )
 from .opensc import MODULE_ENV, find_module
-from .pins import CardPins
-from .piv_card import PivCard, find_piv_reader, piv_available
+from .pins import CardPins, new_pin, terminal_prompt
+from .openpgp_unblock import OpenPgpUnblockCard
+from .piv_card import INSTALL_HINT, PivCard, find_piv_reader, piv_available
 from .progress import Progress
 from .secret import SecretRef
 from .state import DEFAULT_STATE_DIR, StateStore
 from .terminal import printable
+from .unblock import PinUnblocker
 
 PROG = "openxpki-py-token"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CARD, EXIT_REFUSED, EXIT_NETWORK = 0, 1, 2, 3, 4, 5
@@ -67,6 +71,8 @@ HINTS: dict[str, str] = {
     "token.unusable": "this card may not be used any more: use another card or ask your PKI administrator",
     "token.mismatch": "this personalization was started with another card: insert that one, "
                       "or start again in the browser",
+    "unblock.credential_used": "start a new PIN unblock on your page (My certificates), then run the agent again",
+    "unblock.state": "start a new PIN unblock on your page (My certificates), then run the agent again",
     "card.admin_credentials_limit": "start a new personalization in the browser, then run the agent with its code",
     "card.admin_credentials_unsupported": "this card type has no per-card admin credentials: use "
                                           "--so-pin-file/--management-key-file",
@@ -137,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
                         help="give up waiting after this long (default: 900)")
     enroll.add_argument("-v", "--verbose", action="store_true", help="log each step (never PINs)")
+    _unblock_parser(commands)
     handler = commands.add_parser(
         "register-handler", help="open the web page's openxpki-py-token: links with this agent (Linux desktops)",
         description="Writes ~/.local/share/applications/openxpki-py-token.desktop and makes it the handler "
@@ -152,6 +159,61 @@ def build_parser() -> argparse.ArgumentParser:
     handler.add_argument("--program", metavar="PATH",
                          help="the agent's program to run (default: this one)")
     return parser
+
+
+def _unblock_parser(commands: Any) -> None:
+    unblock = commands.add_parser(
+        "unblock", help="unblock your PIV card's PIN and set a new one (with the code from your unblock page)",
+        description="Run the command your PIN unblock page shows. You type the new PIN here (twice); it never "
+                    "leaves this computer. The server sends this run the card's PUK once, after you confirmed the "
+                    "card and the phrase on the page.")
+    unblock.set_defaults(url=None)
+    unblock.add_argument("--server", required=True, metavar="URL", help="the server URL shown on the page")
+    code = unblock.add_mutually_exclusive_group(required=True)
+    code.add_argument("--code", help="the code shown on the page")
+    code.add_argument("--code-file", type=Path, metavar="FILE",
+                      help="read the code from FILE's first line ('-': standard input)")
+    new_pin = unblock.add_mutually_exclusive_group()
+    new_pin.add_argument("--new-pin-file", type=Path, metavar="FILE", help="read the new PIN from FILE")
+    new_pin.add_argument("--new-pin-env", metavar="VAR", help="read the new PIN from environment variable VAR")
+    unblock.add_argument("--reader", metavar="NAME", help="use the reader whose name contains NAME")
+    unblock.add_argument("--ca-file", type=Path, metavar="PEM",
+                         help="trust only this CA for the server's TLS certificate (default: the system's CAs)")
+    unblock.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                         help=f"where an interrupted run is remembered (default: {DEFAULT_STATE_DIR})")
+    unblock.add_argument("--insecure-http-for-localhost", action="store_true",
+                         help="allow plain http to 127.0.0.1/localhost (demo and tests only)")
+    unblock.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                         help="give up waiting for the confirmation after this long (default: 900)")
+    unblock.add_argument("-v", "--verbose", action="store_true", help="log each step (never PINs or the PUK)")
+
+
+def cmd_unblock(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    server, code = _server_and_code(args)
+    source = _secret("--new-pin-file", "--new-pin-env", args.new_pin_file, args.new_pin_env)
+    prompt = terminal_prompt()
+    progress = Progress()
+    api = ApiClient(server, ca_file=args.ca_file, allow_http_localhost=args.insecure_http_for_localhost,
+                    retry_window=args.timeout, notify=progress.step)
+    card = unblock_card(args.reader)
+    PinUnblocker(api, card, StateStore(args.state_dir), lambda name: new_pin(source, prompt, card=name),
+                 timeout=args.timeout, progress=progress).unblock(code)
+    return EXIT_OK
+
+
+def unblock_card(reader: str | None) -> PivCard | OpenPgpUnblockCard:
+    """A PIV card if one answers, else an OpenPGP card; both over PC/SC (the PIV extra brings pyscard)."""
+    if not piv_available():
+        raise UsageError(INSTALL_HINT.replace("PIV cards need", "unblocking a PIN needs"))
+    if find_piv_reader(reader) is not None:
+        return PivCard(CardPins(), CardCredentials(), reader=reader)
+    found = OpenPgpUnblockCard.find(reader)
+    if found is None:
+        where = f" in a reader matching {reader!r}" if reader else ""
+        raise TokenNotFound(f"no PIV or OpenPGP card found{where}: insert the card whose PIN is blocked")
+    return found
 
 
 def cmd_register_handler(args: argparse.Namespace) -> int:
@@ -294,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "register-handler":
             return cmd_register_handler(args)
+        if args.command == "unblock":
+            return cmd_unblock(args)
         return cmd_enroll(args)
     except OpenXPKIError as exc:
         print(f"{PROG}: {describe_failure(exc)}", file=sys.stderr)

@@ -45,6 +45,9 @@ from .keyspec import KeySpec
 from .pairing import NONCE_BYTES, decode_b64, new_agent_key, pairing_phrase, public_key_text
 from .piv_card import INSTALL_HINT, PivCard
 from .progress import Progress
+from .session import answer_integer as _integer
+from .session import answer_text as _text
+from .session import open_session
 from .state import CreatedKeys, EnrollmentSession, StateStore
 
 log = logging.getLogger("openxpki_py_token")
@@ -150,63 +153,7 @@ class TokenAgent:
     # --- the session ------------------------------------------------------------------------
 
     def _authenticate(self, code: str, state_key: str) -> EnrollmentSession:
-        server = self.api.base_url
-        saved = self.store.load(server, state_key)
-        if saved is not None and saved.is_valid():
-            self.progress.step(f"continuing the personalization for {saved.user} "
-                               f"(workflow {saved.workflow_id})")
-            self._show_phrase(saved.phrase)
-            self.api.access_token = saved.access_token
-            return saved
-        # This run's pairing key: the page shows the phrase derived from it,
-        # and the user confirms there that it is the one printed here.
-        pairing_key = new_agent_key()
-        try:
-            # Not idempotent: tried again only when the server certainly did not
-            # handle it (see ApiClient.call); a lost answer would burn the code.
-            answer = self.api.post("enroll", {"code": code, "agent_key": public_key_text(pairing_key)},
-                                   idempotent=False)
-        except ServerUnreachable as exc:
-            raise ServerUnreachable(f"{exc.message} (if the next run says the code was used, reload "
-                                    "the personalization page for a new code)", code=exc.code) from None
-        except ServerRefused as exc:
-            if exc.code == "enroll.code_used" and saved is not None:
-                raise ServerRefused(
-                    f"{exc.message} (an earlier run used it, and its session has expired)",
-                    code=exc.code, status=exc.status) from None
-            raise
-        body = answer.body
-        token_type = _text(body, "token_type", "enroll")
-        if token_type.lower() != "bearer":
-            raise ProtocolError(f"the server issued a {token_type!r} token; this agent speaks Bearer")
-        workflow_id = _integer(body, "workflow_id", "enroll")
-        try:
-            nonce = decode_b64(_text(body, "pairing_nonce", "enroll"), size=NONCE_BYTES)
-        except ValueError:
-            raise ProtocolError("the server's pairing_nonce is not 16 bytes of base64url") from None
-        # Computed here, from this run's own key: the words printed are never just the server's.
-        phrase = pairing_phrase(workflow_id, nonce, pairing_key.public_key())
-        if body.get("pairing_phrase") not in (None, phrase):
-            raise ProtocolError("the server's pairing phrase is not the one derived from this agent's key; "
-                                "stopped (is something between you and the server?)")
-        session = EnrollmentSession(
-            server=server,
-            workflow_id=workflow_id,
-            user=_text(body, "user", "enroll"),
-            access_token=_text(body, "access_token", "enroll"),
-            expires_at=time.time() + _integer(body, "expires_in", "enroll"),
-            phrase=phrase,
-        )
-        self.store.save(state_key, session)
-        self.api.access_token = session.access_token
-        log.info("enrolled as %s, workflow %d", session.user, session.workflow_id)
-        self._show_phrase(phrase)
-        return session
-
-    def _show_phrase(self, phrase: str) -> None:
-        if phrase:
-            self.progress.step(f"pairing phrase: {phrase}")
-            self.progress.step("  confirm on the web page only if it shows these same words")
+        return open_session(self.api, self.store, self.progress, code, state_key)
 
     def _card_serial(self) -> str:
         """The card this run works on, named with every CSR and receipt (the server refuses a swap)."""
@@ -524,20 +471,6 @@ def build_csr(card: Card | PivCard, key: CardKey, cert_type: str) -> str:
 
 
 # --- reading the server's tasks ----------------------------------------------------------------
-
-
-def _text(body: dict[str, Any], name: str, where: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise ProtocolError(f"the server's {where} answer has no {name!r}")
-    return value
-
-
-def _integer(body: dict[str, Any], name: str, where: str) -> int:
-    value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ProtocolError(f"the server's {where} answer has no whole number {name!r}")
-    return value
 
 
 def _key_id(value: object) -> bytes:

@@ -67,7 +67,9 @@ _ALTERNATIVE_IDS = 15
 
 
 def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardProfile) -> None:
-    from .enroll import _integer, _key_id, _serial_int, _spki, _text, _usage
+    from .enroll import _key_id, _serial_int, _spki, _usage
+    from .session import answer_integer as _integer
+    from .session import answer_text as _text
 
     cert_type = _text(task, "cert_type", "import_key")
     index, count = _integer(task, "index", "import_key"), _integer(task, "count", "import_key")

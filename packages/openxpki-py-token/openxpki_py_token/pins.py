@@ -33,8 +33,7 @@ class CardPins:
     @classmethod
     def interactive(cls, user: SecretRef | None, so: SecretRef | None) -> CardPins:
         """Asks on the terminal, and only if there is one (never reads a PIN from a pipe)."""
-        ask = _ask_terminal if sys.stdin is not None and sys.stdin.isatty() else None
-        return cls(user=user, so=so, prompt=ask)
+        return cls(user=user, so=so, prompt=terminal_prompt())
 
     def get(self, role: Login, card: str) -> str:
         if role in self._known:
@@ -58,6 +57,37 @@ class CardPins:
     def forget(self, role: Login) -> None:
         """Drop a refused PIN: it must not be tried again."""
         self._known.pop(role, None)
+
+
+def new_pin(source: SecretRef | None, prompt: Callable[[str], str] | None, *, card: str,
+            lengths: tuple[int, int] = (6, 8)) -> str:
+    """A new user PIN for the card: from ``source``, else typed twice on the terminal; never sent anywhere.
+
+    PIV cards take 6 to 8 characters (SP 800-73-4); the check is here, before
+    the one-time code or the card's PUK is spent on a PIN the card would refuse.
+    """
+    if source is not None:
+        try:
+            pin = source.reveal()
+        except ConfigError as exc:
+            raise UsageError(exc.message) from None
+    elif prompt is not None:
+        pin = prompt(f"new PIN for {card}: ")
+        if prompt(f"new PIN for {card} again: ") != pin:
+            raise UsageError("the two new PINs differ; nothing was changed, run again")
+    else:
+        raise UsageError("the new PIN is needed and there is no terminal to ask for it: pass "
+                         "--new-pin-file/--new-pin-env")
+    low, high = lengths
+    if not low <= len(pin) <= high or not pin.isascii() or not pin.isprintable():
+        raise UsageError(f"the new PIN must be {low} to {high} characters (letters, digits, punctuation); "
+                         "nothing was changed")
+    return pin
+
+
+def terminal_prompt() -> Callable[[str], str] | None:
+    """Asks on the terminal, and only if there is one (never reads a PIN from a pipe)."""
+    return _ask_terminal if sys.stdin is not None and sys.stdin.isatty() else None
 
 
 def _ask_terminal(prompt: str) -> str:

@@ -187,6 +187,23 @@ class PivCard:
             self._admin_login()
         self._roles.add(role)
 
+    def unblock_pin(self, puk: str, new_pin: str) -> None:
+        """RESET RETRY COUNTER: the PUK unblocks the PIN and sets ``new_pin``; a wrong PUK changes nothing."""
+        from yubikit.core import InvalidPinError, NotSupportedError
+        from yubikit.core.smartcard import ApduError
+
+        try:
+            self.session.unblock_pin(puk, new_pin)
+        except InvalidPinError as exc:
+            left = exc.attempts_remaining
+            raise TokenPinError(
+                f"{self.describe()} refused the PUK your PKI holds for it ({left} PUK tries left); its PIN was not "
+                "changed. The card was personalized elsewhere or reset: ask your PKI administrator",
+                code="card.puk_refused") from None
+        except (ApduError, NotSupportedError) as exc:
+            raise TokenError(f"{self.describe()} did not unblock its PIN ({exc})", code="token.unblock") from None
+        self._roles.discard("user")
+
     def _admin_login(self) -> None:
         """Management-key authentication: the server's derived key, else the local options (module doc)."""
         # Derived values need a serial that stays: a CHUID GUID is renewed at

@@ -1,0 +1,225 @@
+"""PIN unblock, the server's side: who may start one, which agent gets the card's PUK (once), rate limits.
+
+The whole flow with the real agent and a virtual PIV card through pcscd is
+tests/integration/test_agent_pin_unblock.py; here the pages and the JSON API in-process.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from werkzeug.test import Client
+
+from openxpki_py.db.schema import audit_log, token
+from openxpki_py.personalization.tokens import TokenInfo, register_token
+from openxpki_py.roles import RA_OPERATOR
+from openxpki_py.web.app import create_app
+
+from test_card_admin_credentials import _dump
+from test_console import Operator, operator_roles
+from test_personalization_server import Agent, Browser, start
+
+pytestmark = pytest.mark.usefixtures("pkcs11_session_leak_check")
+CODE_RE = re.compile(r'<code id="enrollment-code">([A-Z0-9-]+)</code>')
+PHRASE_RE = re.compile(r'<strong id="pairing-phrase">([a-z ]+)</strong>')
+
+
+def _settings(settings: dict[str, Any]) -> None:
+    operator_roles(settings)
+    settings["card_admin"] = {"enabled": True, "unblock": {"per_card": 2, "per_user": 3}}
+
+
+@pytest.fixture
+def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
+    inst = make_instance(sqlite_engine, overrides=_settings)
+    application = create_app(inst.config, inst.services)
+    application.instance = inst  # type: ignore[attr-defined]
+    return application
+
+
+def register(app: Any, serial: str, owner: str = "alice") -> None:
+    with app.instance.services.db.begin() as conn:
+        register_token(conn, TokenInfo(serial=serial), owner=owner, now=datetime.now(timezone.utc),
+                       claim_lifetime=timedelta(days=1))
+
+
+def ask(browser: Browser, serial: str) -> Any:
+    """Press "Unblock the PIN of card …" on My certificates; the answer (a redirect)."""
+    page = browser.get("/certificates").text
+    return browser.post(f"/certificates/cards/{serial}/unblock", {"csrf_token": browser.csrf(page)})
+
+
+def unblock_id(answer: Any) -> int:
+    assert answer.status_code == 303 and "/unblock/" in answer.headers["Location"], answer.text
+    return int(answer.headers["Location"].rsplit("/", 1)[1])
+
+
+def paired_agent(app: Any, browser: Browser, wf_id: int) -> Agent:
+    page = browser.get(f"/unblock/{wf_id}").text
+    shown = browser.post(f"/unblock/{wf_id}/code", {"csrf_token": browser.csrf(page)}).text
+    code = CODE_RE.search(shown)
+    assert code and "openxpki-py-token unblock --server" in shown, shown
+    agent = Agent(app)
+    assert agent.enroll(code.group(1)).status_code == 200
+    return agent
+
+
+def confirm(browser: Browser, wf_id: int, phrase: str) -> None:
+    page = browser.get(f"/unblock/{wf_id}").text
+    shown = PHRASE_RE.search(page)
+    assert shown and shown.group(1) == phrase, page
+    version = re.search(r'name="version" value="(\d+)"', page)
+    agent = re.search(r'name="agent" value="(\d+)"', page)
+    assert version and agent
+    done = browser.post(f"/unblock/{wf_id}/action", {"csrf_token": browser.csrf(page), "action": "confirm_card",
+                                                     "version": version.group(1), "agent": agent.group(1)})
+    assert done.status_code == 303, done.text
+
+
+def state(app: Any, wf_id: int) -> str:
+    return str(app.instance.services.workflows.get(wf_id).state)
+
+
+def audit(app: Any, event: str) -> list[Any]:
+    with app.instance.services.db.connect() as conn:
+        return list(conn.execute(select(audit_log).where(audit_log.c.event == event).order_by(audit_log.c.id))
+                    .mappings())
+
+
+def test_the_owners_agent_gets_the_puk_once_for_the_confirmed_card(app: Any) -> None:
+    register(app, "55501234")
+    alice = Browser(app, "alice")
+    assert 'id="unblock-55501234"' in alice.get("/certificates").text
+    wf_id = unblock_id(ask(alice, "55501234"))
+    assert state(app, wf_id) == "WAIT_FOR_CARD"
+    agent = paired_agent(app, alice, wf_id)
+
+    other_card = agent.call("POST", "pin-unblock/card", {"serial": "55509999", "card_profile": "piv"})
+    assert (other_card.status_code, other_card.json["error"]["code"]) == (409, "token.mismatch")
+    reported = agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"})
+    assert reported.json == {"status": "awaiting_confirmation"}
+    early = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+    assert (early.status_code, early.json["error"]["code"]) == (403, "agent.unconfirmed")
+
+    # An agent bound to another workflow (alice's own personalization) is not this unblock's agent.
+    _, _, code = start(app)
+    stranger = Agent(app)
+    assert stranger.enroll(code).status_code == 200
+    foreign = stranger.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+    assert (foreign.status_code, foreign.json["error"]["code"]) == (409, "workflow.type")
+    assert Agent(app).call("POST", "pin-unblock/credential", {"token_serial": "55501234"}).status_code == 401
+
+    confirm(alice, wf_id, agent.phrase)
+    assert state(app, wf_id) == "UNBLOCKING"
+    # The unblock's agent is no personalization's: the management key stays out of its reach.
+    mgmt = agent.call("POST", "card-credentials", {"token_serial": "55501234"})
+    assert (mgmt.status_code, mgmt.json["error"]["code"]) == (409, "workflow.type")
+    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}
+                      ).json == {"status": "confirmed"}
+    wrong = agent.call("POST", "pin-unblock/credential", {"token_serial": "55509999"})
+    assert wrong.json["error"]["code"] == "token.mismatch"
+    # A card suspended (or lost, or handed on) since the unblock started gets no PUK.
+    for status in ("suspended", "active"):
+        with app.instance.services.db.begin() as conn:
+            conn.execute(token.update().where(token.c.serial == "55501234").values(status=status))
+        if status == "suspended":
+            inactive = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+            assert (inactive.status_code, inactive.json["error"]["code"]) == (403, "unblock.card_inactive")
+    answer = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+    assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+    puk = app.instance.services.card_admin.card_admin_credentials("piv", "55501234").values["puk"]
+    # The PUK only: the management key (which replaces keys and certificates) is not an unblock's business.
+    assert answer.json == {"card_type": "piv", "serial": "55501234", "credentials": {"puk": puk}}
+    again = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+    assert (again.status_code, again.json["error"]["code"]) == (403, "unblock.credential_used")
+
+    done = agent.call("POST", "pin-unblock/result", {"token_serial": "55501234", "outcome": "unblocked"})
+    assert done.json == {"state": "UNBLOCKED"}
+    assert "has the new PIN" in alice.get(f"/unblock/{wf_id}").text
+    after = agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"})
+    assert after.json["error"]["code"] == "auth.token_expired"  # the session ended with the result
+
+    rows = audit(app, "card.unblock_credential")
+    assert [r["outcome"] for r in rows if r["outcome"] == "ok"] == ["ok"]
+    ok = next(r for r in rows if r["outcome"] == "ok")
+    assert ok["actor"] == "alice" and ok["details"] == {"card": "55501234", "card_type": "piv", "kinds": ["puk"]}
+    assert sorted(r["details"]["code"] for r in rows if r["outcome"] == "refused") == [
+        "agent.unconfirmed", "token.mismatch", "unblock.card_inactive", "unblock.credential_used", "workflow.type"]
+    assert puk not in _dump(app) and json.dumps({"puk": puk}) not in _dump(app)
+
+
+def test_refused_for_another_users_card_an_unknown_or_inactive_card(app: Any) -> None:
+    register(app, "BOB0001", owner="bob")
+    register(app, "ALICE02")
+    alice = Browser(app, "alice")
+    for serial, code in (("BOB0001", "unblock.card_unknown"), ("NOSUCH1", "unblock.card_unknown")):
+        refused = ask(alice, serial)
+        assert refused.status_code == 303 and refused.headers["Location"].endswith("/certificates"), refused.text
+        page = alice.get("/certificates").text
+        assert f"card {serial} cannot be unblocked here" in page and "registered to you" in page, page
+    with app.instance.services.db.begin() as conn:
+        conn.execute(token.update().where(token.c.serial == "ALICE02").values(status="suspended"))
+    ask(alice, "ALICE02")
+    assert "is suspended: only an active card" in alice.get("/certificates").text
+    failed = [r for r in audit(app, "workflow.action") if r["outcome"] == "failed"]
+    assert [r["details"]["error"] for r in failed] == ["unblock.card_unknown", "unblock.card_unknown",
+                                                       "unblock.card_inactive"]
+    # Without the CSRF token nothing starts.
+    assert alice.post("/certificates/cards/ALICE02/unblock", {}).status_code in (400, 403)
+
+
+def cancel(browser: Browser, wf_id: int) -> None:
+    page = browser.get(f"/unblock/{wf_id}").text
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert version
+    done = browser.post(f"/unblock/{wf_id}/action", {"csrf_token": browser.csrf(page), "action": "cancel",
+                                                     "version": version.group(1)})
+    assert done.status_code == 303 and state(browser.client.application, wf_id) == "CANCELLED"
+
+
+def test_rate_limits_per_card_and_per_owner(app: Any) -> None:
+    register(app, "55501234")
+    alice = Browser(app, "alice")
+    for _ in range(2):
+        cancel(alice, unblock_id(ask(alice, "55501234")))
+    ask(alice, "55501234")
+    assert "card 55501234 had 2 PIN unblock(s) in the last 24 h already" in alice.get("/certificates").text
+    # Per owner: a third unblock of alice's on another card is still allowed, the fourth is not.
+    register(app, "55505678")
+    cancel(alice, unblock_id(ask(alice, "55505678")))
+    ask(alice, "55505678")
+    assert "alice's cards had 3 PIN unblock(s)" in html.unescape(alice.get("/certificates").text)
+
+
+def test_an_operator_starts_it_and_only_the_owner_runs_it(app: Any) -> None:
+    register(app, "55501234")
+    bob = Operator(app, "bob").choose(RA_OPERATOR)
+    card_page = bob.get("/console/cards/55501234").get_data(as_text=True)
+    assert 'id="start-unblock"' in card_page
+    started = bob.post("/console/cards/55501234/unblock", {"reason": "ticket 4711"},
+                       headers={"Accept": "application/json"})
+    assert started.status_code == 200, started.get_data(as_text=True)
+    wf_id = started.json["result"]["workflow_id"]  # type: ignore[index]
+    view = app.instance.services.workflows.get(wf_id)
+    assert (view.state, view.creator, view.context["owner"]) == ("WAIT_FOR_CARD", "bob", "alice")
+    # Bob cannot get the owner's code; alice sees the unblock on her page and runs it.
+    assert bob.get(f"/unblock/{wf_id}").status_code == 403
+    alice = Browser(app, "alice")
+    mine = alice.get("/certificates").text
+    assert f"/unblock/{wf_id}" in mine and "started by the help desk (bob)" in mine
+    agent = paired_agent(app, alice, wf_id)
+    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    # A generic token has no unblock credential here: said at once, not after the user confirmed.
+    register(app, "SOFT0001")
+    soft = unblock_id(ask(alice, "SOFT0001"))
+    soft_agent = paired_agent(app, alice, soft)
+    refused = soft_agent.call("POST", "pin-unblock/card", {"serial": "SOFT0001"})
+    assert refused.json["error"]["code"] == "unblock.card_unsupported", refused.json
+    assert "cannot be unblocked by the help desk" in refused.json["error"]["message"]
