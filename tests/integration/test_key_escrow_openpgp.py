@@ -22,7 +22,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
-from openxpki_py_token.openpgp_import import OPENPGP_AID, _find, _PcscCard, v4_fingerprint
+from openxpki_py_token.openpgp_apdu import OPENPGP_AID, command
+from openxpki_py_token.openpgp_import import _find, _PcscCard, v4_fingerprint
 from support.agent import Browser, personalize_card, run_agent_on_card
 from support.cms import cms_decrypt_on_card, cms_encrypt
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
@@ -99,8 +100,8 @@ def test_escrowed_key_goes_into_the_openpgp_decryption_slot_and_opens_mail(
 def _card_data_objects(*tags: int) -> list[bytes]:
     """Data objects of the card's application related data (6E), read over PC/SC as GnuPG would."""
     with _PcscCard(READER, "the OpenPGP card") as card:
-        card.send(0x00, 0xA4, 0x04, 0x00, OPENPGP_AID, "SELECT")
-        data = card.send(0x00, 0xCA, 0x00, 0x6E, b"", "GET DATA 6E")
+        card.send(command(0xA4, 0x04, 0x00, OPENPGP_AID), "SELECT")
+        data = card.send(command(0xCA, 0x00, 0x6E, le=True), "GET DATA 6E")
     found = [_find(data, tag) for tag in tags]
     assert all(value is not None for value in found), data.hex()
     return [value for value in found if value is not None]

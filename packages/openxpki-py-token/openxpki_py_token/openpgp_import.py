@@ -29,12 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import TokenError, TokenPinError
 from .key_transport import wipe
+from .openpgp_apdu import OPENPGP_AID, SW_OK, command, transmit
 
-OPENPGP_AID = bytes.fromhex("D27600012401")
 #: Per key reference (OpenSC's IDs 01 sign, 02 decrypt, 03 auth): CRT tag, attributes, fingerprint, date.
 _SLOTS = {1: (0xB6, 0xC1, 0xC7, 0xCE), 2: (0xB8, 0xC2, 0xC8, 0xCF), 3: (0xA4, 0xC3, 0xC9, 0xD0)}
 _EXPONENT_BITS = 32  # the attributes' e length; e goes to the card in that many bits
-_SW_OK = 0x9000
 
 
 def pcsc_available() -> bool:
@@ -62,15 +61,15 @@ def import_rsa_key(reader: str, key_ref: int, key: rsa.RSAPrivateKey, admin_pin:
     header_list = bytearray(_tlv(0x4D, bytes(body)))
     try:
         with _PcscCard(reader, card_name) as card:
-            card.send(0x00, 0xA4, 0x04, 0x00, OPENPGP_AID, "selecting the OpenPGP application")
+            card.send(command(0xA4, 0x04, 0x00, OPENPGP_AID), "selecting the OpenPGP application")
             card.verify_admin_pin(admin_pin)
-            if _find(card.send(0x00, 0xCA, 0x00, 0x6E, b"", "reading its algorithm attributes"),
+            if _find(card.send(command(0xCA, 0x00, 0x6E, le=True), "reading its algorithm attributes"),
                      attributes_tag) != attributes:
-                card.send(0x00, 0xDA, 0x00, attributes_tag, attributes,
+                card.send(command(0xDA, 0x00, attributes_tag, attributes),
                           f"setting key slot {key_ref} to RSA-{n_bits}")
-            card.send(0x00, 0xDB, 0x3F, 0xFF, bytes(header_list), f"importing the key into slot {key_ref}")
-            card.send(0x00, 0xDA, 0x00, date_tag, created.to_bytes(4, "big"), "writing the key's date")
-            card.send(0x00, 0xDA, 0x00, fingerprint_tag, v4_fingerprint(key.public_key(), created),
+            card.send(command(0xDB, 0x3F, 0xFF, bytes(header_list)), f"importing the key into slot {key_ref}")
+            card.send(command(0xDA, 0x00, date_tag, created.to_bytes(4, "big")), "writing the key's date")
+            card.send(command(0xDA, 0x00, fingerprint_tag, v4_fingerprint(key.public_key(), created)),
                       "writing the key's fingerprint")
     finally:
         for buffer in (p, q, body, header_list):
@@ -149,47 +148,33 @@ class _PcscCard:
         from smartcard.Exceptions import CardConnectionException
 
         try:  # the admin PIN's status ends with the import (VERIFY P1=FF; older cards ignore it)
-            self._connection.transmit([0x00, 0x20, 0xFF, 0x83])
+            transmit(self._connection, command(0x20, 0xFF, 0x83))
         except CardConnectionException:
             pass
         self._connection.disconnect()
         self._connection.release()
 
     def verify_admin_pin(self, pin: str) -> None:
-        sw, _ = self._transmit(0x00, 0x20, 0x00, 0x83, pin.encode())
+        _, sw = self._transmit(command(0x20, 0x00, 0x83, pin.encode()))
         if sw & 0xFFF0 == 0x63C0 or sw == 0x6982:
             raise TokenPinError(f"{self.name} refused the admin PIN for the key import")
         if sw == 0x6983:
             raise TokenPinError(f"the admin PIN of {self.name} is locked: the card must be reset by your "
                                 "PKI administrator")
-        if sw != _SW_OK:
+        if sw != SW_OK:
             raise TokenError(f"{self.name} answered {sw:04x} to the admin PIN", code="token.key_import")
 
-    def send(self, cla: int, ins: int, p1: int, p2: int, data: bytes, doing: str) -> bytes:
-        sw, response = self._transmit(cla, ins, p1, p2, data)
-        if sw != _SW_OK:
+    def send(self, apdu: bytes, doing: str) -> bytes:
+        response, sw = self._transmit(apdu)
+        if sw != SW_OK:
             raise TokenError(f"{self.name} refused {doing} (status {sw:04x})", code="token.key_import")
         return response
 
-    def _transmit(self, cla: int, ins: int, p1: int, p2: int, data: bytes) -> tuple[int, bytes]:
-        """One APDU: short, or extended length for the key (OpenPGP 3.x cards take extended APDUs)."""
+    def _transmit(self, apdu: bytes) -> tuple[bytes, int]:
         from smartcard.Exceptions import CardConnectionException
 
-        header = [cla, ins, p1, p2]
-        if not data:
-            apdu = [*header, 0x00]
-        elif len(data) < 0x100:
-            apdu = [*header, len(data), *data]
-        else:
-            apdu = [*header, 0x00, len(data) >> 8, len(data) & 0xFF, *data]
         try:
-            response, sw1, sw2 = self._connection.transmit(apdu)
-            while sw1 == 0x61:  # more data: GET RESPONSE
-                more, sw1, sw2 = self._connection.transmit([0x00, 0xC0, 0x00, 0x00, sw2])
-                response += more
+            return transmit(self._connection, apdu)
         except CardConnectionException as exc:
             raise TokenError(f"{self.name} went away during the key import ({exc}): put it back and run "
                              "again") from None
-        finally:
-            apdu[5:] = [0] * len(apdu[5:])
-        return sw1 << 8 | sw2, bytes(response)
