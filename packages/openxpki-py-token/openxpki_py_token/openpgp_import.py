@@ -8,12 +8,13 @@ free or corruption"), and it sends 32 bytes of exponent for a 32-bit one
 the standard commands itself over PC/SC, in the card's reader, after the
 PKCS#11 admin-PIN login (which settles the factory → per-card admin PIN):
 
-- GET DATA 6E, and PUT DATA C1/C2/C3 (algorithm attributes) only if the slot
-  is not already RSA of this size;
-- VERIFY PW3 (83), then PUT DATA odd (DB 3FFF) with the Extended Header List
-  4D: the CRT (B6/B8/A4), the template 7F48 (91 e, 92 p, 93 q) and 5F48;
+- VERIFY PW3 (83); GET DATA 6E, and PUT DATA C1/C2/C3 (algorithm
+  attributes) only if the slot is not already RSA of this size;
+- PUT DATA odd (DB 3FFF) with the Extended Header List 4D: the CRT
+  (B6/B8/A4), the template 7F48 (91 e, 92 p, 93 q) and 5F48;
 - PUT DATA CE/CF/D0 (generation date) and C7/C8/C9 (the key's v4 fingerprint,
-  RFC 4880 §12.2), which OpenSC and GnuPG read to see that the slot holds a key.
+  RFC 4880 §12.2), which GnuPG reads to recognise the key;
+- VERIFY FF 83 on the way out: the admin PIN's status ends with the import.
 
 The caller re-initialises the PKCS#11 module afterwards, so OpenSC reads the
 new key.  RSA only: EC keys on OpenPGP cards are refused (the agent asks for
