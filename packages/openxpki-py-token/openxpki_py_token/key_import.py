@@ -12,13 +12,13 @@ that refuses an EC key is named with the fix (an RSA key for that card
 type).  A rerun whose card already holds the key skips the import and only
 proves it.
 
-OpenPGP cards (v2 and later) take the key into their decryption slot
-(02) through OpenSC's PKCS#11 ``C_CreateObject`` after the admin-PIN
-login: OpenSC's OpenPGP driver turns it into the card's own key import
-(PUT DATA 4D, OpenPGP card 3.4 §4.4.3.12) and writes the key's algorithm
-attributes, fingerprint and date.  Such a card has one decryption key, so
-it keeps no key history: the server sends none for it (the card plan's
-``key_history``), and the agent says so if an older server does.
+OpenPGP cards (v2 and later) take an RSA key into their decryption slot
+(02) with the card's own key import over PC/SC (:mod:`.openpgp_import`;
+OpenSC's ``C_CreateObject`` for them crashes the agent), and prove it by
+decrypting a PKCS#1 v1.5 challenge (``rsa_proof``: OpenSC's OpenPGP driver
+has no OAEP).  Such a card has one decryption key, so it keeps no key
+history: the server sends none for it (the card plan's ``key_history``),
+and the agent says so if an older server does.
 """
 
 from __future__ import annotations
