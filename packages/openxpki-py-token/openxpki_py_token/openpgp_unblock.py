@@ -16,23 +16,11 @@ from typing import Any
 
 from .card import CardInfo
 from .errors import TokenError, TokenNotFound, TokenPinError
+from .openpgp_apdu import OPENPGP_AID
+from .openpgp_apdu import SW_OK as _SW_OK
+from .openpgp_apdu import command as _apdu
+from .openpgp_apdu import transmit as _transmit
 
-OPENPGP_AID = bytes.fromhex("d27600012401")
-_SW_OK = 0x9000
-
-
-def _transmit(connection: Any, apdu: bytes) -> tuple[bytes, int]:
-    """One command; ``61xx`` (more data waiting, T=0) is collected with GET RESPONSE."""
-    data, sw1, sw2 = connection.transmit(list(apdu))
-    answer = bytes(data)
-    while sw1 == 0x61:
-        data, sw1, sw2 = connection.transmit([0x00, 0xC0, 0x00, 0x00, sw2])
-        answer += bytes(data)
-    return answer, sw1 << 8 | sw2
-
-
-def _apdu(ins: int, p1: int, p2: int, data: bytes = b"") -> bytes:
-    return bytes((0x00, ins, p1, p2, len(data))) + data if data else bytes((0x00, ins, p1, p2))
 
 
 class OpenPgpUnblockCard:
