@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
-from openxpki_py_token.openpgp_apdu import OPENPGP_AID, command
+from openxpki_py_token.apdu import OPENPGP_AID, command
 from openxpki_py_token.openpgp_import import _find, _PcscCard, v4_fingerprint
 from support.agent import Browser, personalize_card, run_agent_on_card
 from support.cms import cms_decrypt_on_card, cms_encrypt

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import TokenError, TokenPinError
 from .key_transport import wipe
-from .openpgp_apdu import OPENPGP_AID, SW_OK, command, transmit
+from .apdu import OPENPGP_AID, SW_OK, command, transmit
 
 #: Per key reference (OpenSC's IDs 01 sign, 02 decrypt, 03 auth): CRT tag, attributes, fingerprint, date.
 _SLOTS = {1: (0xB6, 0xC1, 0xC7, 0xCE), 2: (0xB8, 0xC2, 0xC8, 0xCF), 3: (0xA4, 0xC3, 0xC9, 0xD0)}
