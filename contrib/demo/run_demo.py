@@ -18,7 +18,8 @@ leaves the server running.
 `--card openpgp|piv` (`make demo CARD=…`) puts a software OpenPGP or PIV
 card behind pcscd and vsmartcard's vpcd reader instead (`virtual_card.py`,
 borrowed from the test suite); the page then shows the card's plan, e.g.
-that an OpenPGP card's encryption key cannot sign and is left out.
+that the OpenPGP card's decryption slot takes the escrowed key but keeps no
+earlier ones.
 """
 
 from __future__ import annotations

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from openxpki_py_token.key_transport import TransportRefused, transport_context, unb64
+from openxpki_py_token.key_transport import (
+    PROOF_RSA_OAEP,
+    RSA_PROOFS,
+    TransportRefused,
+    transport_context,
+    unb64,
+)
 from openxpki_py_token.keyspec import KeySpec
 
 from ..errors import ConfigError, PolicyViolation, UnexpectedStep
@@ -88,12 +94,13 @@ def check_key_proof(ctx: ActivityContext, entry: dict[str, Any], proof_text: Any
 
 
 def deliver_to_agent(view: Any, escrow: KeyEscrow, conn: Any, *, login: str, cert_type: str,
-                     agent_key: str) -> dict[str, Any]:
+                     agent_key: str, rsa_proof: str = PROOF_RSA_OAEP) -> dict[str, Any]:
     """``POST /api/v1/escrowed-key``: the current step's key, sealed for this agent run's transport key.
 
     Only in WAIT_FOR_INSTALL of an escrowed entry, for the type the
     personalization is at; the caller has checked the credential (bound to
-    this workflow, phrase confirmed) and the card.
+    this workflow, phrase confirmed) and the card.  ``rsa_proof``: how the
+    card can decrypt an RSA challenge (OAEP, or PKCS#1 v1.5 for OpenPGP cards).
     """
     entries = view.context.get("certificates") or []
     current = view.context.get("current", len(entries))
@@ -101,9 +108,13 @@ def deliver_to_agent(view: Any, escrow: KeyEscrow, conn: Any, *, login: str, cer
     if entry is None or entry.get("escrow_id") is None or entry["type"] != cert_type:
         raise UnexpectedStep(f"no escrowed {cert_type} key is waiting for this card now ({view.state})",
                              code="escrow.not_now")
+    if rsa_proof not in RSA_PROOFS:
+        raise PolicyViolation(f"rsa_proof must be one of {', '.join(RSA_PROOFS)}", code="escrow.rsa_proof")
     if not isinstance(agent_key, str):
         raise PolicyViolation("send agent_key: the agent's ephemeral X25519 public key", code="escrow.agent_key")
     context = transport_context(view.id, cert_type, entry["serial"])
+    # The card plan says whether the card keeps earlier keys next to this one (OpenPGP: one decryption slot).
     sealed = escrow.deliver(conn, int(entry["escrow_id"]), agent_key=agent_key, context=context, actor=login,
-                            workflow_id=view.id)
+                            workflow_id=view.id, with_history=bool(entry.get("key_history", True)),
+                            rsa_proof=rsa_proof)
     return {**sealed, "cert_type": cert_type, "serial": entry["serial"]}

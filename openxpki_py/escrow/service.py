@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from openxpki_py_token.key_transport import (
+    PROOF_RSA_OAEP,
     SealedKey,
     b64,
     new_challenge,
@@ -153,11 +154,13 @@ class KeyEscrow:
     # --- delivery to the card -------------------------------------------------------------
 
     def deliver(self, conn: Connection, escrow_id: int, *, agent_key: str, context: bytes, actor: str,
-                workflow_id: int) -> dict[str, Any]:
+                workflow_id: int, with_history: bool = True, rsa_proof: str = PROOF_RSA_OAEP) -> dict[str, Any]:
         """The key sealed for this agent and task, and a challenge only the key's holder can answer.
 
         ``proof`` names the challenge: RSA-OAEP ciphertext to decrypt, or an
         ephemeral EC key for ECDH (:func:`~openxpki_py_token.key_transport.new_challenge`).
+        Without ``with_history`` (the card has one slot for the type, e.g.
+        OpenPGP) the owner's earlier keys are not sent at all.
         """
         row = self.record(conn, escrow_id)
         if row["workflow_id"] != workflow_id or row["status"] not in ("escrowed", "installed"):
@@ -166,8 +169,8 @@ class KeyEscrow:
         sealed = self._seal_for_agent(row, agent_key, context)
         public = serialization.load_der_public_key(bytes(row["public_key_der"]))
         assert isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
-        expected, challenge, proof = new_challenge(public, context)
-        history = self._history(conn, row, agent_key, workflow_id)
+        expected, challenge, proof = new_challenge(public, context, rsa_proof)
+        history = self._history(conn, row, agent_key, workflow_id) if with_history else []
         conn.execute(update(key_escrow).where(key_escrow.c.id == escrow_id)
                      .values(challenge_sha256=expected, deliveries=key_escrow.c.deliveries + 1))
         append_audit(conn, actor=actor, role="User", event="escrow.deliver", target=row["public_key_sha256"],

@@ -244,7 +244,7 @@ class TokenAgentCalls:
         raise refusal
 
     def escrowed_key(self, agent: AgentCredential, *, cert_type: str, agent_key: str,
-                     token_serial: str | None) -> dict[str, Any]:
+                     token_serial: str | None, rsa_proof: str = "rsa-oaep") -> dict[str, Any]:
         """The current escrowed key, sealed for this agent run (openxpki_py.escrow.personalization)."""
         from ..escrow.personalization import deliver_to_agent, escrow_of
 
@@ -254,7 +254,7 @@ class TokenAgentCalls:
         view = self._view(agent.workflow_id, token_serial)
         with self.db.begin() as conn:
             return deliver_to_agent(view, escrow_of(self), conn, login=agent.login, cert_type=cert_type,
-                                    agent_key=agent_key)
+                                    agent_key=agent_key, rsa_proof=rsa_proof)
 
     def receipt(self, agent: AgentCredential, *, cert_type: str, serial: str, token_serial: str | None,
                 key_proof: str | None = None) -> None:

@@ -19,12 +19,15 @@ from openxpki_py_token.keyspec import KeySpec
 from .policy import CardTypePolicy, CertificateType, PersonalizationPolicy, key_request
 
 #: The slot's key cannot sign, so no CSR can prove possession (OpenPGP's decryption key).
+#: An escrowed type needs no CSR: it goes to such a slot if the card can import it there.
 SLOT_CANNOT_SIGN = "slot_cannot_sign"
+#: The type's key is escrowed (made on the server) and the card cannot import a key into the slot.
+SLOT_CANNOT_IMPORT = "slot_cannot_import"
 #: The card has no key slot for the type.
 NO_SLOT = "no_slot"
 #: The slot cannot make the key the policy chose for this kind of card.
 KEY_UNSUPPORTED = "key_unsupported"
-SKIP_REASONS = (SLOT_CANNOT_SIGN, NO_SLOT, KEY_UNSUPPORTED)
+SKIP_REASONS = (SLOT_CANNOT_SIGN, SLOT_CANNOT_IMPORT, NO_SLOT, KEY_UNSUPPORTED)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class PlannedType:
     label: str
     skip_reason: str | None = None
     reason: str = ""  # a sentence for the page, when skipped
+    #: The card keeps the owner's earlier escrowed keys next to this one (False: OpenPGP's single slot).
+    key_history: bool = True
 
     @property
     def planned(self) -> bool:
@@ -48,6 +53,8 @@ class PlannedType:
             "key_name": self.key.name, "key_id": self.key_id, "label": self.label, "usage": self.cert_type.usage,
             "status": "planned" if self.planned else "skipped", "on_card_unable": self.cert_type.on_card_unable,
         }
+        if self.cert_type.key_origin == "escrowed":
+            entry.update(key_origin="escrowed", key_history=self.key_history)
         if not self.planned:
             entry.update(skip_reason=self.skip_reason, reason=self.reason)
         return entry
@@ -87,17 +94,22 @@ def _plan_type(cert_type: CertificateType, card_policy: CardTypePolicy, card: Ca
     if slot is None:
         return PlannedType(cert_type, key, cert_type.key_id, cert_type.name, NO_SLOT,
                            f"this {card.profile} card has no key slot for it")
-    skip = _slot_problem(slot, key)
+    skip = _slot_problem(slot, key, escrowed=cert_type.key_origin == "escrowed")
     return PlannedType(cert_type, key, slot.key_id, cert_type.name,
-                       skip[0] if skip else None, skip[1] if skip else "")
+                       skip[0] if skip else None, skip[1] if skip else "", key_history=slot.key_history)
 
 
-def _slot_problem(slot: SlotCapability, key: KeySpec) -> tuple[str, str] | None:
+def _slot_problem(slot: SlotCapability, key: KeySpec, *, escrowed: bool) -> tuple[str, str] | None:
     where = f"its {slot.label or 'key'} (slot {slot.key_id})"
-    if not slot.can_sign:
+    if escrowed and not slot.can_import:
+        return SLOT_CANNOT_IMPORT, f"{where} cannot take a key made on the server"
+    if escrowed and not slot.imports(key):
+        return KEY_UNSUPPORTED, (f"{where} cannot take an imported {key.name} key (it takes "
+                                 f"{', '.join(slot.import_algorithms or slot.algorithms)})")
+    if not escrowed and not slot.can_sign:
         return SLOT_CANNOT_SIGN, (f"{where} cannot sign, so no certificate request can prove the key is on "
                                   "the card")
-    if not slot.allows(key):
+    if not escrowed and not slot.allows(key):
         return KEY_UNSUPPORTED, f"{where} cannot make {key.name} keys (it makes {', '.join(slot.algorithms)})"
     return None
 

@@ -42,7 +42,12 @@ def _plan_steps(ctx: dict[str, Any]) -> list[Step]:
     steps = []
     for entry in plan.get("types") or []:
         key = entry.get("key_name", "")
-        if entry["status"] == "planned":
+        if entry["status"] == "planned" and entry.get("key_origin") == "escrowed":
+            no_history = "" if entry.get("key_history", True) else \
+                " (the card has one slot for it: the owner's earlier keys cannot go on this card)"
+            steps.append(Step(f"{entry['type']} certificate, {key} key made on the server (escrowed) and imported "
+                              f"onto the card{no_history}", "waiting"))
+        elif entry["status"] == "planned":
             steps.append(Step(f"{entry['type']} certificate, {key} key made on the card", "waiting"))
         else:
             steps.append(Step(f"Not on this card: {entry['type']}: {entry.get('reason', '')}", "skipped"))

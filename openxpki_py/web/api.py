@@ -267,8 +267,11 @@ class AgentApi:
         body = self._body(request)
         cert_type, agent_key = _text(body, "cert_type", "agent_key",
                                      missing="send cert_type and agent_key (ephemeral X25519, base64url)")
+        rsa_proof = body.get("rsa_proof", "rsa-oaep")
+        if not isinstance(rsa_proof, str):
+            raise RequestInvalid("rsa_proof must be text: rsa-oaep or rsa-pkcs1v15")
         return json_response(self.calls.escrowed_key(agent, cert_type=cert_type, agent_key=agent_key,
-                                                     token_serial=_token_serial(body)))
+                                                     token_serial=_token_serial(body), rsa_proof=rsa_proof))
 
     # --- PIN unblock (the pin_unblock workflow, docs/api.md) -----------------------------
 

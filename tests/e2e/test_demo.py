@@ -167,17 +167,12 @@ def test_demo_on_a_virtual_card(pcscd: Any, card: str) -> None:
             capture_output=True, text=True, timeout=300, check=False)
         out = result.stdout + result.stderr
         assert result.returncode == 0, out[-6000:]
-        if card == "piv":
-            # Both certificates; the escrowed encryption key imported into the card's 9d slot.
-            assert "done: 2 certificates on the card" in out and 'browser: "Your card is ready."' in out
-            assert "escrowed key 2/2 (encryption) imported onto the card" in out
-            assert out.count("Certificate Object") == 2
-        else:
-            # The logon certificate, and the encryption type left out up front, visibly.
-            assert "done: 1 certificate on the card" in out, out[-6000:]
-            assert "plan for this card: Not on this card: encryption" in out
-            assert 'browser: "Your card is ready, without: encryption' in out
-            assert out.count("Certificate Object") == 1
+        # Both certificates; the escrowed encryption key imported into the card's decryption slot (PIV 9d,
+        # OpenPGP 02: that one used to be left out, as its key cannot sign a CSR).
+        assert "done: 2 certificates on the card" in out and 'browser: "Your card is ready."' in out, out[-6000:]
+        assert "escrowed key 2/2 (encryption) imported onto the card" in out
+        assert "Not on this card" not in out
+        assert out.count("Certificate Object") == 2
         assert "The virtual card is removed again" in out
     finally:
         apachectl = folder / "demo" / "httpd" / "apachectl"

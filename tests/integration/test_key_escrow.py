@@ -53,6 +53,15 @@ def escrowed_settings(settings: dict[str, Any], *, key: str = "rsa-2048") -> Non
     settings["personalization"] = {"certificates": [ESCROWED[0], {**ESCROWED[1], "key": key}]}
 
 
+def escrow_issued(app: Any) -> tuple[Any, x509.Certificate, x509.Certificate]:
+    """(the one escrow record, the encryption certificate, the CA certificate) of an agent server's instance."""
+    with app.instance.services.db.connect() as conn:
+        record = conn.execute(select(key_escrow)).mappings().one()
+        cert = x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
+            certificate.c.profile == "encryption")).scalar_one()))
+        return record, cert, app.instance.services.ca.certificate(conn)
+
+
 def on_card(token: Any, key_id: bytes, mail: Path, cert_pem: Path) -> bytes:
     """A mail program on the user's PC: the SoftHSM card's key decrypts through OpenSSL's PKCS#11 engine."""
     return cms_decrypt_on_card(mail, cert_pem, module=token.module, token_label=token.label, key_id=key_id,

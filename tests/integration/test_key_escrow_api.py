@@ -73,7 +73,8 @@ def test_only_the_confirmed_agent_at_this_step_gets_the_key_and_only_a_true_proo
     for extra, status, code in (({"token_serial": "CARD-X"}, 409, "token.mismatch"),
                                 ({"token_serial": None}, 409, "token.mismatch"),
                                 ({"cert_type": "authentication"}, 409, "escrow.not_now"),
-                                ({"agent_key": "not-a-key"}, 400, "escrow.transport")):
+                                ({"agent_key": "not-a-key"}, 400, "escrow.transport"),
+                                ({"rsa_proof": "rsa-raw"}, 422, "escrow.rsa_proof")):
         transport = new_transport_key()
         body = {"cert_type": "encryption", "agent_key": public_text(transport), "token_serial": "CARD-E1", **extra}
         refused = agent.call("POST", "escrowed-key", body)

@@ -20,13 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
-from support.agent import Browser, run_agent_on_card
+from support.agent import personalize_card
 from support.cms import cms_decrypt_on_card, cms_encrypt
 from support.pkix import assert_chain_lints_clean
 from support.smartcards import OPENSC_MODULE, VirtualCardProcess
-from test_key_escrow import escrowed_settings
+from test_key_escrow import escrow_issued, escrowed_settings
 
-from openxpki_py.db.schema import certificate, key_escrow
+from openxpki_py.db.schema import key_escrow
 from openxpki_py.escrow.cli import init_escrow_key
 
 pytestmark = pytest.mark.slow
@@ -37,10 +37,10 @@ def test_escrowed_key_goes_into_slot_9d_and_the_card_decrypts_with_it(
         make_agent_server: Callable[..., tuple[Any, str]], piv_card: VirtualCardProcess, tmp_path: Path) -> None:
     app, url = make_agent_server(escrowed_settings)
     assert init_escrow_key(app.instance.services, only_if_needed=True)
-    returncode, err = _personalize(app, url, piv_card, tmp_path / "state")
+    returncode, err = personalize_card(app, url, piv_card, tmp_path / "state")
     assert returncode == 0, err
     assert "escrowed key 2/2 (encryption) imported onto the card" in err and "done: 2 certificates" in err, err
-    record, cert, _ = _issued(app)
+    record, cert, _ = escrow_issued(app)
     assert record["status"] == "installed"
     public = cert.public_key()
     assert isinstance(public, rsa.RSAPublicKey)
@@ -56,7 +56,7 @@ def test_escrowed_key_goes_into_slot_9d_and_the_card_decrypts_with_it(
     assert on_piv(piv_card, b"\x03", mail, cert_pem) == b"minutes of the board meeting"
 
     # The card is personalized again (a new escrowed key): the previous key moves to retired slot 82.
-    returncode, err = _personalize(app, url, piv_card, tmp_path / "state-2")
+    returncode, err = personalize_card(app, url, piv_card, tmp_path / "state-2")
     assert returncode == 0, err
     assert f"earlier key 1 (certificate {cert.serial_number:x}" in err and "under ID 82" in err, err
     metadata, retired_cert = _slot(yubikit.SLOT.RETIRED1)
@@ -68,24 +68,6 @@ def test_escrowed_key_goes_into_slot_9d_and_the_card_decrypts_with_it(
 def on_piv(card: VirtualCardProcess, key_id: bytes, mail: Path, cert_pem: Path) -> bytes:
     """A mail program on the user's PC: OpenSSL's PKCS#11 engine, OpenSC, pcscd, the card."""
     return cms_decrypt_on_card(mail, cert_pem, module=OPENSC_MODULE, key_id=key_id, pin=card.pin)
-
-
-def _personalize(app: Any, url: str, card: VirtualCardProcess, state: Path) -> tuple[int, str]:
-    browser = Browser(app)
-    wf_id, code = browser.start()
-    agent = run_agent_on_card(card, url, code, state)
-    browser.confirm_when_asked(wf_id)
-    _, err = agent.communicate(timeout=120)
-    return agent.returncode, err
-
-
-def _issued(app: Any) -> tuple[Any, x509.Certificate, x509.Certificate]:
-    """(the escrow record, the encryption certificate, the CA certificate)."""
-    with app.instance.services.db.connect() as conn:
-        record = conn.execute(select(key_escrow)).mappings().one()
-        cert = x509.load_der_x509_certificate(bytes(conn.execute(select(certificate.c.der).where(
-            certificate.c.profile == "encryption")).scalar_one()))
-        return record, cert, app.instance.services.ca.certificate(conn)
 
 
 def _slot(slot: Any) -> tuple[Any, x509.Certificate]:
@@ -103,10 +85,10 @@ def test_escrowed_ec_p384_key_goes_into_slot_9d_is_proved_by_ecdh_and_opens_ecdh
         make_agent_server: Callable[..., tuple[Any, str]], piv_card: VirtualCardProcess, tmp_path: Path) -> None:
     app, url = make_agent_server(lambda s: escrowed_settings(s, key="ec-p384"))
     assert init_escrow_key(app.instance.services, only_if_needed=True)
-    returncode, err = _personalize(app, url, piv_card, tmp_path / "state")
+    returncode, err = personalize_card(app, url, piv_card, tmp_path / "state")
     assert returncode == 0, err
     assert "escrowed key 2/2 (encryption) imported onto the card" in err, err
-    record, cert, ca_cert = _issued(app)
+    record, cert, ca_cert = escrow_issued(app)
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp384r1"
     assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_agreement
@@ -119,7 +101,7 @@ def test_escrowed_ec_p384_key_goes_into_slot_9d_is_proved_by_ecdh_and_opens_ecdh
     assert on_piv(piv_card, b"\x03", mail, cert_pem) == b"kari: ECDH with the PIV card"
 
     # Personalized again: a new EC key in 9d, the old one in retired slot 82 still opens the old mail.
-    returncode, err = _personalize(app, url, piv_card, tmp_path / "state-2")
+    returncode, err = personalize_card(app, url, piv_card, tmp_path / "state-2")
     assert returncode == 0 and "under ID 82" in err, err
     assert on_piv(piv_card, b"\x05", mail, cert_pem) == b"kari: ECDH with the PIV card"
 
@@ -130,7 +112,7 @@ def test_a_piv_card_that_takes_no_ec_import_is_refused_with_the_fix(
     app, url = make_agent_server(lambda s: escrowed_settings(s, key="ec-p256"))
     assert init_escrow_key(app.instance.services, only_if_needed=True)
     card = make_piv_card("--no-ec-import")
-    returncode, err = _personalize(app, url, card, tmp_path / "state")
+    returncode, err = personalize_card(app, url, card, tmp_path / "state")
     assert returncode != 0
     assert "cannot take an imported EC P-256 key" in err and "an RSA key for the escrowed type" in err, err
     with app.instance.services.db.connect() as conn:

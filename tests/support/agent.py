@@ -200,3 +200,13 @@ def run_agent_on_card(card: Any, url: str, code: str, state_dir: Path, *options:
         [str(agent), "enroll", "--server", url, "--code", code, "--pin-env", "CARD_PIN",
          "--state-dir", str(state_dir), "--insecure-http-for-localhost", "--timeout", "60", *options],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def personalize_card(app: Any, url: str, card: Any, state_dir: Path, *options: str) -> tuple[int, str]:
+    """One personalization of a software card: the agent runs, the user confirms in the browser; (exit code, stderr)."""
+    browser = Browser(app)
+    wf_id, code = browser.start()
+    agent = run_agent_on_card(card, url, code, state_dir, *options)
+    browser.confirm_when_asked(wf_id)
+    _, err = agent.communicate(timeout=120)
+    return agent.returncode, err

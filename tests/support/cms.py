@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from cryptography import x509
@@ -48,7 +49,7 @@ def cms_decrypt_on_card(mail: Path, cert_pem: Path, *, module: Path, key_id: byt
     The PIN goes to the engine through ``-passin env:`` (not ``pin-value`` in the URI: no PIN in argv).
     """
     _need_engine()
-    uri = "pkcs11:" + (f"token={token_label};" if token_label else "") + \
+    uri = "pkcs11:" + (f"token={quote(token_label, safe='')};" if token_label else "") + \
         "id=" + "".join(f"%{b:02x}" for b in key_id) + ";type=private"
     result = subprocess.run(
         ["openssl", "cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(mail), "-recip", str(cert_pem),

@@ -602,14 +602,18 @@ def test_openpgp_profile_refuses_an_encryption_key_it_cannot_prove(
     assert "encryption key (ID 02, 'Encryption key') cannot sign" in err
     assert api.card is not None and api.card["card_profile"] == "openpgp"
     keys = ["rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"]
-    common = {"algorithms": keys, "key_generation": "admin_pin", "object_write": "admin_pin"}
+    common = {"algorithms": keys, "key_generation": "admin_pin", "object_write": "admin_pin", "can_import": True}
+    # Slot 02 takes an escrowed RSA key (the card's own import), but keeps no earlier ones: it is the only one.
     assert api.card["key_slots"] == [
         {"key_id": "01", "label": "Signature key", "usage": "sign", "can_sign": True, "can_decrypt": False,
-         "cert_types": ["signature"], "default_for_usage": False, **common},
+         "cert_types": ["signature"], "default_for_usage": False, "key_history": True, "import_algorithms": [],
+         **common},
         {"key_id": "02", "label": "Encryption key", "usage": "decrypt", "can_sign": False, "can_decrypt": True,
-         "cert_types": ["encryption"], "default_for_usage": True, **common},
+         "cert_types": ["encryption"], "default_for_usage": True, "key_history": False,
+         "import_algorithms": keys[:3], **common},
         {"key_id": "03", "label": "Authentication key", "usage": "sign", "can_sign": True, "can_decrypt": False,
-         "cert_types": ["authentication"], "default_for_usage": True, **common},
+         "cert_types": ["authentication"], "default_for_usage": True, "key_history": True, "import_algorithms": [],
+         **common},
     ]
     assert token_objects(token)["private"] == []
     _assert_no_pin(token, out + err, api)

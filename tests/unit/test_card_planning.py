@@ -10,7 +10,13 @@ from openxpki_py_token.card_profiles import GENERIC, OPENPGP, PIV
 
 from openxpki_py.configreader import Reader
 from openxpki_py.errors import ConfigError
-from openxpki_py.personalization.planning import KEY_UNSUPPORTED, NO_SLOT, SLOT_CANNOT_SIGN, plan_for_card
+from openxpki_py.personalization.planning import (
+    KEY_UNSUPPORTED,
+    NO_SLOT,
+    SLOT_CANNOT_IMPORT,
+    SLOT_CANNOT_SIGN,
+    plan_for_card,
+)
 from openxpki_py.personalization.policy import PersonalizationPolicy, parse_personalization_config
 
 TWO_TYPES = [
@@ -40,6 +46,45 @@ def test_openpgp_card_gets_the_logon_type_and_skips_encryption_up_front() -> Non
     assert (auth["status"], auth["key_id"], auth["key"]) == ("planned", "03", {"algorithm": "rsa", "size": 2048})
     assert enc["status"] == "skipped" and enc["skip_reason"] == "slot_cannot_sign"
     assert "Encryption key (slot 02) cannot sign" in enc["reason"]
+
+
+def _escrowed_policy() -> PersonalizationPolicy:
+    return parse_personalization_config(Reader({"certificates": [
+        TWO_TYPES[0], {**TWO_TYPES[1], "key_origin": "escrowed"}]}, "personalization"))
+
+
+def test_openpgp_card_gets_an_escrowed_encryption_key_in_its_decryption_slot_without_history() -> None:
+    """The slot cannot sign a CSR, but an escrowed key needs none: the card imports it (was: skipped)."""
+    plan = plan_for_card(_escrowed_policy(), _report(OPENPGP))
+    assert _summary(plan) == [("authentication", "rsa-2048", None), ("encryption", "rsa-2048", None)]
+    enc = plan.as_context()["types"][1]
+    assert (enc["status"], enc["key_id"], enc["key_origin"], enc["key_history"]) == ("planned", "02", "escrowed",
+                                                                                      False)
+    assert plan.as_context()["types"][0].get("key_history") is None  # only escrowed types carry it
+    assert plan_for_card(_escrowed_policy(), _report(PIV)).as_context()["types"][1]["key_history"] is True
+
+
+def test_an_escrowed_ec_key_is_not_planned_for_the_openpgp_card_which_imports_rsa_only() -> None:
+    policy = parse_personalization_config(Reader({"certificates": [
+        TWO_TYPES[0], {**TWO_TYPES[1], "key_origin": "escrowed", "key": "ec-p256"}]}, "personalization"))
+    plan = plan_for_card(policy, _report(OPENPGP))
+    assert _summary(plan)[1] == ("encryption", "ec-p256", KEY_UNSUPPORTED)
+    assert "cannot take an imported ec-p256 key (it takes rsa-2048, rsa-3072, rsa-4096)" in plan.types[1].reason
+    assert _summary(plan_for_card(policy, _report(PIV)))[1] == ("encryption", "ec-p256", None)
+
+
+def test_escrowed_type_on_a_slot_that_cannot_import_is_skipped_with_its_reason() -> None:
+    report = {"card_profile": "openpgp", "key_slots": [
+        {**s.as_api(), "can_import": False} for s in OPENPGP.capabilities()]}
+    plan = plan_for_card(_escrowed_policy(), CardCapabilities.from_report(report))
+    assert _summary(plan)[1] == ("encryption", "rsa-2048", SLOT_CANNOT_IMPORT)
+    assert "Encryption key (slot 02) cannot take a key made on the server" in plan.types[1].reason
+    # An older agent does not say: a slot that cannot sign is not offered an escrowed key either (as before).
+    older = {"card_profile": "openpgp", "key_slots": [
+        {k: v for k, v in s.as_api().items() if k not in ("can_import", "key_history")}
+        for s in OPENPGP.capabilities()]}
+    assert _summary(plan_for_card(_escrowed_policy(), CardCapabilities.from_report(older)))[1][2] == \
+        SLOT_CANNOT_IMPORT
 
 
 def test_piv_card_gets_both_with_the_keys_its_card_type_policy_chooses() -> None:

@@ -6,12 +6,13 @@ import base64
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from openxpki_py_token.key_transport import (
     CHALLENGE_PADDING,
     PROOF_ECDH,
     PROOF_RSA_OAEP,
+    PROOF_RSA_PKCS1V15,
     TransportRefused,
     b64,
     challenge_peer,
@@ -100,6 +101,16 @@ def test_only_the_key_holder_answers_the_challenge() -> None:
     with pytest.raises(ValueError):
         other.decrypt(challenge, CHALLENGE_PADDING)
     assert not proof_matches(expected, b"\x00" * 32)
+
+
+def test_a_card_without_oaep_gets_a_pkcs1v15_challenge_when_it_asks() -> None:
+    """OpenPGP cards through OpenSC decrypt PKCS#1 v1.5 only: the agent asks, the answer is the same proof."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    expected, challenge, kind = new_challenge(key.public_key(), CONTEXT, PROOF_RSA_PKCS1V15)
+    assert kind == PROOF_RSA_PKCS1V15
+    assert proof_matches(expected, key.decrypt(challenge, padding.PKCS1v15()))
+    with pytest.raises(ValueError):
+        key.decrypt(challenge, CHALLENGE_PADDING)
 
 
 @pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1()])

@@ -9,7 +9,9 @@ maps a certificate type to a key slot cannot drift apart.
 A report without the fields added later (an older agent) still reads: no
 ``key_slots`` is a generic token (any key under any ID), a slot without
 ``algorithms`` takes any key, one without ``can_decrypt`` decrypts as its
-usage says.
+usage says, one without ``can_import`` takes an escrowed key only if it
+can sign (the rule before cards said so), one without ``key_history``
+keeps earlier keys next to it.
 """
 
 from __future__ import annotations
@@ -77,15 +79,26 @@ class SlotCapability:
     object_write: Credential = "user_pin"
     cert_types: tuple[str, ...] = ()
     default_for_usage: bool = False
+    #: The card takes a key made on the server (an escrowed key) into this slot.
+    can_import: bool = True
+    #: The card keeps earlier escrowed keys next to this slot's (PIV's retired slots); OpenPGP has one.
+    key_history: bool = True
+    #: Key specs the slot takes as an imported key; empty: those it can generate.
+    import_algorithms: tuple[str, ...] = ()
 
     def allows(self, spec: KeySpec) -> bool:
         return not self.algorithms or spec.name in self.algorithms
+
+    def imports(self, spec: KeySpec) -> bool:
+        return spec.name in self.import_algorithms if self.import_algorithms else self.allows(spec)
 
     def as_api(self) -> dict[str, Any]:
         return {"key_id": self.key_id, "label": self.label, "usage": self.usage, "can_sign": self.can_sign,
                 "can_decrypt": self.can_decrypt, "algorithms": list(self.algorithms),
                 "key_generation": self.key_generation, "object_write": self.object_write,
-                "cert_types": list(self.cert_types), "default_for_usage": self.default_for_usage}
+                "cert_types": list(self.cert_types), "default_for_usage": self.default_for_usage,
+                "can_import": self.can_import, "key_history": self.key_history,
+                "import_algorithms": list(self.import_algorithms)}
 
     @classmethod
     def from_api(cls, raw: object, where: str) -> SlotCapability:
@@ -101,20 +114,26 @@ class SlotCapability:
         if usage not in ("sign", "decrypt"):
             raise ValueError(f"{where}.usage must be sign or decrypt")
         algorithms = _texts(raw, "algorithms", where)
-        for name in algorithms:
-            try:
-                KeySpec.parse(name)
-            except ValueError:
-                raise ValueError(f"{where}.algorithms: unknown key spec {name!r}") from None
+        import_algorithms = _texts(raw, "import_algorithms", where)
+        for field, names in (("algorithms", algorithms), ("import_algorithms", import_algorithms)):
+            for name in names:
+                try:
+                    KeySpec.parse(name)
+                except ValueError:
+                    raise ValueError(f"{where}.{field}: unknown key spec {name!r}") from None
+        can_sign = _flag(raw, "can_sign", where, True)
         return cls(
             key_id=key_id.lower(), label=_text(raw, "label", where, required=False), usage=usage,
-            can_sign=_flag(raw, "can_sign", where, True),
+            can_sign=can_sign,
             can_decrypt=_flag(raw, "can_decrypt", where, usage == "decrypt"),
             algorithms=tuple(KeySpec.parse(n).name for n in algorithms),
             key_generation=_credential(raw, "key_generation", where),
             object_write=_credential(raw, "object_write", where),
             cert_types=_texts(raw, "cert_types", where),
             default_for_usage=_flag(raw, "default_for_usage", where, False),
+            can_import=_flag(raw, "can_import", where, can_sign),
+            key_history=_flag(raw, "key_history", where, True),
+            import_algorithms=tuple(KeySpec.parse(n).name for n in import_algorithms),
         )
 
 

@@ -181,6 +181,19 @@ class Card:
         self._token = token
         self._open_session()
 
+    @property
+    def reader(self) -> str:
+        """The PC/SC reader the card is in (OpenSC names each slot after its reader)."""
+        return str(self._token.slot.slot_description).strip()
+
+    def admin_pin(self) -> str:
+        """The admin (SO) PIN this run logs in with: the per-card one once it replaced the factory PIN."""
+        self.login("so")
+        derived = self.credentials.derived(self.route)
+        if derived is not None and derived.admin_pin is not None:
+            return derived.admin_pin
+        return self.pins.get("so", self.describe())
+
     # --- logging in ------------------------------------------------------------------------
 
     def login(self, role: Login) -> None:

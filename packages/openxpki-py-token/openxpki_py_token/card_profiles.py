@@ -16,6 +16,8 @@ from typing import Literal
 from .capabilities import Credential, SlotCapability, match_slot
 from .capabilities import Usage as Usage  # re-exported: the routes import it from here
 from .errors import TokenError, UsageError
+from .key_transport import PROOF_RSA_OAEP, PROOF_RSA_PKCS1V15
+from .openpgp_import import pcsc_available
 
 Login = Literal["user", "so"]
 Route = Literal["pkcs11", "piv"]
@@ -36,6 +38,13 @@ class KeySlot:
     can_sign: bool = True
     #: Key specs the card can generate here (``rsa-2048`` …); empty: whatever the server asks.
     algorithms: tuple[str, ...] = ()
+    #: Whether the agent can import a key made on the server (an escrowed key) here.
+    can_import: bool = True
+    #: Whether the card keeps earlier escrowed keys next to this one (PIV's retired slots, a
+    #: generic token's free IDs); an OpenPGP card has a single decryption key.
+    key_history: bool = True
+    #: Key specs the agent can import here; empty: the same as ``algorithms``.
+    import_algorithms: tuple[str, ...] = ()
 
     @property
     def can_decrypt(self) -> bool:
@@ -60,6 +69,12 @@ class CardProfile:
     #: The driver's objects from C_GenerateKeyPair are unusable until the
     #: module is finalised and initialised again (OpenSC 0.23).
     reinit_after_keygen: bool
+    #: Escrowed keys go in with the OpenPGP card's own commands over PC/SC (pyscard), not through
+    #: the PKCS#11 module, whose OpenPGP import is broken in OpenSC 0.23 (:mod:`.openpgp_import`).
+    openpgp_key_import: bool = False
+    #: How the card decrypts the escrow receipt's RSA challenge: OAEP, or PKCS#1 v1.5 where the
+    #: driver offers nothing else (OpenSC's OpenPGP driver: the card strips the padding itself).
+    rsa_proof: str = PROOF_RSA_OAEP
     #: How the agent reaches the card: OpenSC's (or a vendor's) PKCS#11
     #: module, or PIV commands through PC/SC (:mod:`openxpki_py_token.piv_card`).
     route: Route = "pkcs11"
@@ -79,7 +94,9 @@ class CardProfile:
             key_id=slot.key_id, label=slot.label, usage=slot.usage, can_sign=slot.can_sign,
             can_decrypt=slot.can_decrypt, algorithms=slot.algorithms,
             key_generation=self.credential(self.keygen_login), object_write=self.credential(self.cert_write_login),
-            cert_types=slot.cert_types, default_for_usage=slot.default_for_usage) for slot in self.slots]
+            cert_types=slot.cert_types, default_for_usage=slot.default_for_usage,
+            can_import=slot.can_import and (not self.openpgp_key_import or pcsc_available()),
+            key_history=slot.key_history, import_algorithms=slot.import_algorithms) for slot in self.slots]
 
     def slot_for(self, cert_type: str, usage: Usage) -> KeySlot | None:
         """The fixed slot for this certificate type (None: the card has no fixed slots)."""
@@ -106,9 +123,12 @@ GENERIC = CardProfile(
 # OpenSC's OpenPGP card driver (OpenPGP card v2/v3: Nitrokey, YubiKey's
 # OpenPGP applet, Gnuk …): three fixed keys with OpenSC's labels; the admin
 # PIN (PW3) generates keys and writes certificates, the user PIN (PW1) signs.
-# The decryption key answers only PSO:DECIPHER: it cannot sign a CSR.
+# The decryption key answers only PSO:DECIPHER: it cannot sign a CSR, but
+# it takes an escrowed key (the card's key import, PUT DATA 4D, under the
+# admin PIN; the agent sends it over PC/SC); there is only one, so no key history.
 # OpenPGP card 3.x: RSA 2048-4096 and NIST P-256/P-384 in every slot.
-_OPENPGP_KEYS = ("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384")
+_OPENPGP_RSA = ("rsa-2048", "rsa-3072", "rsa-4096")
+_OPENPGP_KEYS = (*_OPENPGP_RSA, "ec-p256", "ec-p384")  # the agent imports RSA keys only (openpgp_import)
 OPENPGP = CardProfile(
     name="openpgp",
     description="OpenPGP card",
@@ -116,13 +136,15 @@ OPENPGP = CardProfile(
     slots=(
         KeySlot("01", "Signature key", "sign", ("signature",), algorithms=_OPENPGP_KEYS),
         KeySlot("02", "Encryption key", "decrypt", ("encryption",), default_for_usage=True,
-                can_sign=False, algorithms=_OPENPGP_KEYS),
+                can_sign=False, algorithms=_OPENPGP_KEYS, key_history=False, import_algorithms=_OPENPGP_RSA),
         KeySlot("03", "Authentication key", "sign", ("authentication",), default_for_usage=True,
                 algorithms=_OPENPGP_KEYS),
     ),
     keygen_login="so",
     cert_write_login="so",
     reinit_after_keygen=True,
+    openpgp_key_import=True,
+    rsa_proof=PROOF_RSA_PKCS1V15,
     so_credential="admin_pin",
 )
 

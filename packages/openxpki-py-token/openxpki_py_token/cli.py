@@ -136,13 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--rotate-management-key", type=Path, metavar="FILE",
                         help="PIV cards: at the end set a new random management key and save it to FILE "
                              "(must not exist) for escrow")
-    enroll.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
-                        help=f"where an interrupted run is remembered (default: {DEFAULT_STATE_DIR})")
-    enroll.add_argument("--insecure-http-for-localhost", action="store_true",
-                        help="allow plain http to 127.0.0.1/localhost (demo and tests only)")
-    enroll.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
-                        help="give up waiting after this long (default: 900)")
-    enroll.add_argument("-v", "--verbose", action="store_true", help="log each step (never PINs)")
+    _run_options(enroll, waiting="give up waiting after this long", never_logged="never PINs")
     _unblock_parser(commands)
     handler = commands.add_parser(
         "register-handler", help="open the web page's openxpki-py-token: links with this agent (Linux desktops)",
@@ -179,13 +173,19 @@ def _unblock_parser(commands: Any) -> None:
     unblock.add_argument("--reader", metavar="NAME", help="use the reader whose name contains NAME")
     unblock.add_argument("--ca-file", type=Path, metavar="PEM",
                          help="trust only this CA for the server's TLS certificate (default: the system's CAs)")
-    unblock.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+    _run_options(unblock, waiting="give up waiting for the confirmation after this long",
+                 never_logged="never PINs or the PUK")
+
+
+def _run_options(command: argparse.ArgumentParser, *, waiting: str, never_logged: str) -> None:
+    """What every run against the server takes: where it remembers itself, plain http for tests, patience, -v."""
+    command.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                          help=f"where an interrupted run is remembered (default: {DEFAULT_STATE_DIR})")
-    unblock.add_argument("--insecure-http-for-localhost", action="store_true",
+    command.add_argument("--insecure-http-for-localhost", action="store_true",
                          help="allow plain http to 127.0.0.1/localhost (demo and tests only)")
-    unblock.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
-                         help="give up waiting for the confirmation after this long (default: 900)")
-    unblock.add_argument("-v", "--verbose", action="store_true", help="log each step (never PINs or the PUK)")
+    command.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                         help=f"{waiting} (default: 900)")
+    command.add_argument("-v", "--verbose", action="store_true", help=f"log each step ({never_logged})")
 
 
 def cmd_unblock(args: argparse.Namespace) -> int:

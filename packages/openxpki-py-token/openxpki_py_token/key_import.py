@@ -12,30 +12,36 @@ that refuses an EC key is named with the fix (an RSA key for that card
 type).  A rerun whose card already holds the key skips the import and only
 proves it.
 
-OpenPGP cards through OpenSC are not offered this task: OpenSC's PKCS#11
-module cannot create private key objects on them (its ``C_CreateObject``
-refuses CKO_PRIVATE_KEY for that card), and the admin-PIN import would need
-the card's own key import commands, which this agent does not speak yet.
+OpenPGP cards (v2 and later) take an RSA key into their decryption slot
+(02) with the card's own key import over PC/SC (:mod:`.openpgp_import`;
+OpenSC's ``C_CreateObject`` for them crashes the agent), and prove it by
+decrypting a PKCS#1 v1.5 challenge (``rsa_proof``: OpenSC's OpenPGP driver
+has no OAEP).  Such a card has one decryption key, so it keeps no key
+history: the server sends none for it (the card plan's ``key_history``),
+and the agent says so if an older server does.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from .card import Card
 from .card_profiles import CardProfile
-from .errors import ForeignKeyRefused, ProtocolError, TokenError
+from .errors import ForeignKeyRefused, ProtocolError, TokenError, UsageError
 from .keyspec import KeySpec
 from .key_transport import (
     CHALLENGE_PADDING,
     PROOF_ECDH,
+    PROOF_RSA_OAEP,
+    RSA_PROOFS,
     EscrowedPublicKey,
     b64,
     challenge_peer,
@@ -84,8 +90,10 @@ def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardPr
     key_id = _choose_key_id(card, bytes.fromhex(slot.key_id) if slot else _key_id(task.get("key_id")),
                             _spki(public), fixed=slot is not None, created=created)
     transport_key = new_transport_key()
-    answer = agent.api.post("escrowed-key", {"cert_type": cert_type, "agent_key": public_text(transport_key),
-                                             "token_serial": agent._card_serial()}).body
+    request = {"cert_type": cert_type, "agent_key": public_text(transport_key), "token_serial": agent._card_serial()}
+    if profile.rsa_proof != PROOF_RSA_OAEP:  # an older server knows only OAEP: ask only when needed
+        request["rsa_proof"] = profile.rsa_proof
+    answer = agent.api.post("escrowed-key", request).body
     if answer.get("serial") != serial or answer.get("cert_type") != cert_type:
         raise ProtocolError("the server's escrowed key is for another certificate than the task's")
     existing = card.find_key(key_id)
@@ -104,7 +112,11 @@ def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardPr
         agent.progress.step(f"writing certificate {index}/{count} to the card…")
         card.write_certificate(cert, key_id, label, login=profile.cert_write_login, replace=slot is not None)
     history = answer.get("history") or []
-    if isinstance(history, list) and history:
+    if isinstance(history, list) and history and slot is not None and not slot.key_history:
+        # An older server sent them anyway: the card's one key slot holds the current key only.
+        agent.progress.step(f"{len(history)} earlier key(s) not put on the card: {profile.description}s have "
+                            f"a single {label.lower()} slot ({key_id.hex()}), which holds the current key")
+    elif isinstance(history, list) and history:
         _import_history(agent, history, transport_key, cert_type, key_id, label, profile)
     proof = _prove(card, key_id, public, answer, transport_context(created.workflow_id, cert_type, serial))
     agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
@@ -191,6 +203,8 @@ def _import(agent: TokenAgent, pkcs8: bytearray, public: EscrowedPublicKey, key_
         try:
             if isinstance(agent.card, PivCard):
                 _import_piv(agent.card, key, key_id)
+            elif profile.openpgp_key_import:
+                _import_openpgp(agent.card, key, key_id)
             else:
                 templates = (_rsa_templates(key, key_id, label) if isinstance(key, rsa.RSAPrivateKey)
                              else _ec_templates(key, key_id, label))
@@ -293,12 +307,29 @@ def _import_piv(card: PivCard, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateK
                          code="token.key_import") from None
 
 
+def _import_openpgp(card: Card, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, key_id: bytes) -> None:
+    """The OpenPGP card's own key import over PC/SC, with the admin PIN the PKCS#11 login settled."""
+    from .openpgp_import import import_rsa_key, pcsc_available
+
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise TokenError(f"the agent imports only RSA keys onto {card.describe()}", code="token.key_import")
+    if not pcsc_available():
+        raise UsageError("importing a key onto an OpenPGP card needs pyscard: "
+                         "pip install 'openxpki-py-token[piv]'")
+    import_rsa_key(card.reader, key_id[0], key, card.admin_pin(), created=int(time.time()),
+                   card_name=card.describe())
+    card.reinitialize()  # OpenSC reads the slot's new key afresh
+
+
 def _prove(card: Card | PivCard, key_id: bytes, public: EscrowedPublicKey, answer: dict[str, Any],
            context: bytes) -> bytes:
     """The receipt's proof that the key is on the card: only its holder can answer the challenge."""
     challenge = unb64(answer.get("challenge"), "challenge")
     if isinstance(public, rsa.RSAPublicKey):
-        return _decrypt(card, key_id, challenge)
+        if answer.get("proof", PROOF_RSA_OAEP) not in RSA_PROOFS:
+            raise ProtocolError(f"the server's challenge for an RSA key is {answer.get('proof')!r}, which this "
+                                "agent cannot answer")
+        return _decrypt(card, key_id, challenge, oaep=answer.get("proof", PROOF_RSA_OAEP) == PROOF_RSA_OAEP)
     if answer.get("proof") != PROOF_ECDH:
         raise ProtocolError(f"the server's challenge for an EC key must be {PROOF_ECDH}, not {answer.get('proof')!r}")
     peer = challenge_peer(public, challenge)
@@ -309,8 +340,8 @@ def _prove(card: Card | PivCard, key_id: bytes, public: EscrowedPublicKey, answe
         scrub(shared)  # best effort: the raw ECDH secret is the proof's key material
 
 
-def _decrypt(card: Card | PivCard, key_id: bytes, challenge: bytes) -> bytes:
-    """The card decrypts the server's RSA-OAEP challenge: only the holder of the key can."""
+def _decrypt(card: Card | PivCard, key_id: bytes, challenge: bytes, *, oaep: bool) -> bytes:
+    """The card decrypts the server's RSA challenge (OAEP, or PKCS#1 v1.5): only the holder of the key can."""
     if isinstance(card, PivCard):
         from yubikit.core.smartcard import ApduError
         from yubikit.piv import SLOT
@@ -319,8 +350,9 @@ def _decrypt(card: Card | PivCard, key_id: bytes, challenge: bytes) -> bytes:
 
         card.login("user")
         try:
-            return bytes(card.session.decrypt(SLOT(_slot(key_id)), challenge, CHALLENGE_PADDING))
+            return bytes(card.session.decrypt(SLOT(_slot(key_id)), challenge,
+                                              CHALLENGE_PADDING if oaep else padding.PKCS1v15()))
         except (ApduError, ValueError) as exc:
             raise TokenError(f"{card.describe()} could not decrypt with slot {key_id.hex()} ({exc})",
                              code="token.decrypt") from None
-    return card.decrypt(key_id, challenge, Mechanism.RSA_PKCS_OAEP)
+    return card.decrypt(key_id, challenge, Mechanism.RSA_PKCS_OAEP if oaep else Mechanism.RSA_PKCS)

@@ -147,18 +147,25 @@ def open_private_key(agent_key: X25519PrivateKey, sealed: dict[str, object], con
 
 #: The receipt's proof, as the delivery names it (``proof``): RSA-OAEP decryption or ECDH on the card.
 PROOF_RSA_OAEP, PROOF_ECDH = "rsa-oaep", "ecdh-hkdf-sha256"
+#: For cards that decrypt PKCS#1 v1.5 only (an OpenPGP card strips the padding in PSO:DECIPHER).
+#: No oracle is gained: the ciphertext comes from the server, which holds the escrowed key anyway.
+PROOF_RSA_PKCS1V15 = "rsa-pkcs1v15"
+RSA_PROOFS = (PROOF_RSA_OAEP, PROOF_RSA_PKCS1V15)
 EscrowedPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
-def new_challenge(public_key: EscrowedPublicKey, context: bytes) -> tuple[bytes, bytes, str]:
+def new_challenge(public_key: EscrowedPublicKey, context: bytes,
+                  rsa_proof: str = PROOF_RSA_OAEP) -> tuple[bytes, bytes, str]:
     """(the right answer's SHA-256 for the server to keep, the challenge for the card, its kind).
 
-    RSA: 32 random bytes encrypted to the key.  EC: an ephemeral public key
+    RSA: 32 random bytes encrypted to the key (OAEP, or PKCS#1 v1.5 if ``rsa_proof`` asks).  EC: an ephemeral public key
     (X9.62 uncompressed point) on the key's curve; the ephemeral private key
     is dropped as soon as the expected answer is known.
     """
     if isinstance(public_key, rsa.RSAPublicKey):
         challenge = os.urandom(CHALLENGE_BYTES)
+        if rsa_proof == PROOF_RSA_PKCS1V15:
+            return hashlib.sha256(challenge).digest(), public_key.encrypt(challenge, padding.PKCS1v15()), rsa_proof
         return hashlib.sha256(challenge).digest(), public_key.encrypt(challenge, CHALLENGE_PADDING), PROOF_RSA_OAEP
     ephemeral = ec.generate_private_key(public_key.curve)
     point = ephemeral.public_key().public_bytes(serialization.Encoding.X962,

@@ -16,23 +16,11 @@ from typing import Any
 
 from .card import CardInfo
 from .errors import TokenError, TokenNotFound, TokenPinError
+from .apdu import OPENPGP_AID, select_application
+from .apdu import SW_OK as _SW_OK
+from .apdu import command as _apdu
+from .apdu import transmit as _transmit
 
-OPENPGP_AID = bytes.fromhex("d27600012401")
-_SW_OK = 0x9000
-
-
-def _transmit(connection: Any, apdu: bytes) -> tuple[bytes, int]:
-    """One command; ``61xx`` (more data waiting, T=0) is collected with GET RESPONSE."""
-    data, sw1, sw2 = connection.transmit(list(apdu))
-    answer = bytes(data)
-    while sw1 == 0x61:
-        data, sw1, sw2 = connection.transmit([0x00, 0xC0, 0x00, 0x00, sw2])
-        answer += bytes(data)
-    return answer, sw1 << 8 | sw2
-
-
-def _apdu(ins: int, p1: int, p2: int, data: bytes = b"") -> bytes:
-    return bytes((0x00, ins, p1, p2, len(data))) + data if data else bytes((0x00, ins, p1, p2))
 
 
 class OpenPgpUnblockCard:
@@ -48,27 +36,8 @@ class OpenPgpUnblockCard:
     @classmethod
     def find(cls, reader_filter: str | None = None) -> OpenPgpUnblockCard | None:
         """The first reader (name containing ``reader_filter``) whose card answers the OpenPGP SELECT."""
-        from smartcard.Exceptions import CardConnectionException, NoCardException
-        from smartcard.pcsc.PCSCExceptions import EstablishContextException, ListReadersException
-        from smartcard.System import readers
-
-        try:
-            found = readers()
-        except (EstablishContextException, ListReadersException):
-            return None
-        for reader in found:
-            if reader_filter and reader_filter.lower() not in str(reader).lower():
-                continue
-            connection = reader.createConnection()
-            try:
-                connection.connect()
-                if _transmit(connection, _apdu(0xA4, 0x04, 0x00, OPENPGP_AID))[1] == _SW_OK:
-                    return cls(connection, str(reader))
-            except (CardConnectionException, NoCardException):
-                pass
-            connection.disconnect()
-            connection.release()
-        return None
+        found = select_application(OPENPGP_AID, reader_filter)
+        return cls(*found) if found is not None else None
 
     def __enter__(self) -> OpenPgpUnblockCard:
         aid, sw = _transmit(self._connection, _apdu(0xCA, 0x00, 0x4F) + b"\x00")  # Le: up to 256 bytes

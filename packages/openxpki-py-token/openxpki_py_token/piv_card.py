@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from pkcs11 import Mechanism
 
+from .apdu import PIV_AID, select_application
 from .card import CardInfo, CardKey
 from .card_profiles import Login, Route, Usage
 from .credentials import FACTORY_MANAGEMENT_KEY, FACTORY_PUK, CardCredentials, DerivedCredentials
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openxpki_py_token")
 
-PIV_AID = bytes.fromhex("a000000308")
-_SW_OK = 0x9000
 _SLOT_NAMES = {0x9A: "PIV Authentication", 0x9C: "Digital Signature", 0x9D: "Key Management",
                0x9E: "Card Authentication",
                # Retired key-management slots: earlier escrowed encryption keys (key history).
@@ -68,29 +67,13 @@ def piv_available() -> bool:
 
 def find_piv_reader(reader_filter: str | None = None) -> str | None:
     """The first reader (name containing ``reader_filter``) whose card answers the PIV SELECT."""
-    from smartcard.Exceptions import CardConnectionException, NoCardException
-    from smartcard.pcsc.PCSCExceptions import EstablishContextException, ListReadersException
-    from smartcard.System import readers
-
-    try:
-        found = readers()
-    except (EstablishContextException, ListReadersException):
-        return None  # no PC/SC service or no reader: not a PIV card either
-    for reader in found:
-        if reader_filter and reader_filter.lower() not in str(reader).lower():
-            continue
-        connection = reader.createConnection()
-        try:
-            connection.connect()
-            _, sw1, sw2 = connection.transmit([0x00, 0xA4, 0x04, 0x00, len(PIV_AID), *PIV_AID])
-            if sw1 == 0x61 or (sw1 << 8 | sw2) == _SW_OK:
-                return str(reader)
-        except (CardConnectionException, NoCardException):
-            continue
-        finally:
-            connection.disconnect()
-            connection.release()
-    return None
+    found = select_application(PIV_AID, reader_filter)
+    if found is None:
+        return None
+    connection, reader = found
+    connection.disconnect()
+    connection.release()
+    return reader
 
 
 class PivCard:
