@@ -317,7 +317,8 @@ def cmd_token_status(args: argparse.Namespace) -> int:
 
     services = _services(args)
     result = transition(services.db, services.ca, services.config.cards.lifecycle, args.serial,
-                        STATUS_TRANSITIONS[args.status], actor=args.actor, role=roles.CA_OPERATOR, comment=args.comment)
+                        STATUS_TRANSITIONS[args.status], actor=args.actor, role=roles.CA_OPERATOR,
+                        workflows=services.workflows, comment=args.comment)
     print(result.summary() + (" (run 'openxpki-py ca crl')" if result.certificates else ""))
     return 0
 

@@ -53,6 +53,12 @@ class NotPermitted(PolicyViolation):
     code = "policy.not_permitted"
 
 
+class CardNotUsable(PolicyViolation):
+    """The card left ``active`` (lost, returned, suspended …) while it was being personalized: it gets nothing more."""
+
+    code = "token.not_active"
+
+
 class UnexpectedStep(PolicyViolation):
     """The request does not fit where the workflow stands now (e.g. a receipt for another certificate).
 

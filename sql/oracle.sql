@@ -99,6 +99,7 @@ CREATE TABLE token (
 	last_seen TIMESTAMP WITH TIME ZONE NOT NULL, 
 	kind VARCHAR2(16 CHAR) NOT NULL, 
 	stands_in_for NUMBER(19), 
+	temporary_until TIMESTAMP WITH TIME ZONE, 
 	CONSTRAINT pk_token PRIMARY KEY (id), 
 	CONSTRAINT uq_token_serial UNIQUE (serial), 
 	CONSTRAINT fk_token_stands_in_for FOREIGN KEY(stands_in_for) REFERENCES token (id)

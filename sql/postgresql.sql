@@ -99,6 +99,7 @@ CREATE TABLE token (
 	last_seen TIMESTAMP WITH TIME ZONE NOT NULL, 
 	kind VARCHAR(16) NOT NULL, 
 	stands_in_for BIGINT, 
+	temporary_until TIMESTAMP WITH TIME ZONE, 
 	CONSTRAINT pk_token PRIMARY KEY (id), 
 	CONSTRAINT uq_token_serial UNIQUE (serial), 
 	CONSTRAINT fk_token_stands_in_for FOREIGN KEY(stands_in_for) REFERENCES token (id)

@@ -99,6 +99,7 @@ CREATE TABLE token (
 	last_seen TIMESTAMP NOT NULL, 
 	kind VARCHAR(16) NOT NULL, 
 	stands_in_for INTEGER, 
+	temporary_until TIMESTAMP, 
 	CONSTRAINT pk_token PRIMARY KEY (id), 
 	CONSTRAINT uq_token_serial UNIQUE (serial), 
 	CONSTRAINT fk_token_stands_in_for FOREIGN KEY(stands_in_for) REFERENCES token (id)

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .. import roles
 from ..configreader import Reader
 from ..errors import ConfigError
 
@@ -202,6 +203,8 @@ def _parse_command(r: Reader) -> tuple[str, ...] | None:
 def _parse_role(name: str, r: Reader) -> RoleHandler:
     if not _ROLE_NAME.match(name):
         raise ConfigError(f"{r.path}: role names are letters, digits, spaces, '_', '.', '-' (max 64)")
+    if name == roles.SYSTEM:  # the application acting on its own (workflow/engine.py): never a person's role
+        raise ConfigError(f"{r.path}: '{roles.SYSTEM}' is the application's own role; it cannot be granted")
     users = r.str_list("users", None)
     env = r.str_map("env", {})
     for key in env:

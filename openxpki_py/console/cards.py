@@ -13,11 +13,13 @@
 
 Who may do which is data too: a transition's ``roles``, and ``owner_may``
 for the card's owner (a User may report their own card lost from "My
-certificates").  The card's status, each certificate's revocation or
-release, the temporary card's and the audit rows commit in one transaction:
-a card is never "lost" with valid certificates, and a permanent card is
-never active again while its temporary card still works.  Only an
-``active`` card can be personalized (personalization/tokens.py).
+certificates"; an operator on their own card is its owner, nothing more).
+The card's status, each certificate's revocation or release, the temporary
+card's and the audit rows commit in one transaction: a card is never "lost"
+with valid certificates, and a permanent card is never active again while
+its temporary card still works.  Only an ``active`` card gets certificates:
+requesting and issuing lock its row and check (personalization/tokens.py),
+and a card made unusable ends its running personalizations.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from sqlalchemy.engine import Connection, Engine
 from .. import roles
 from ..audit import append_audit
 from ..db.schema import certificate, token
-from ..errors import NotFound, NotPermitted, PolicyViolation
-from .lifecycle import CertificateEffect, Lifecycle, TemporaryCardEffect, Transition
+from ..errors import NotFound, NotPermitted, PolicyViolation, WorkflowError
+from .lifecycle import USABLE, CertificateEffect, Lifecycle, TemporaryCardEffect, Transition
 from .revocation import HOLD, clean_comment
 
 if TYPE_CHECKING:
     from ..crypto.ca import CertificateAuthority
+    from ..workflow.engine import WorkflowEngine
+
+PERSONALIZATION = "smartcard_personalization"
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,14 @@ def available(lifecycle: Lifecycle, card: Any, role: str | None, *, own_card: bo
 
 
 def _may(step: Transition, role: str | None, *, own_card: bool) -> bool:
-    return role in step.roles or (role == roles.USER and own_card and step.owner_may)
+    # On their own card an operator is its owner: an operator role must not lift a hold security put there.
+    if own_card:
+        return step.owner_may and (role == roles.USER or role in roles.OPERATORS)
+    return role in step.roles
 
 
 def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, serial: str, name: str, *, actor: str,
-               role: str, comment: str | None = None) -> TransitionResult:
+               role: str, workflows: WorkflowEngine, comment: str | None = None) -> TransitionResult:
     step = lifecycle.get(name)
     if step is None:
         raise PolicyViolation(f"unknown card transition '{name[:32]}'; use one of {', '.join(lifecycle.transitions)}",
@@ -75,9 +83,9 @@ def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, seria
     note = clean_comment(comment)
     with db.connect() as conn:
         owner = conn.execute(select(token.c.owner).where(token.c.serial == serial)).first()
-    if owner is None:
+    if owner is None and role != roles.USER:  # a User learns nothing of other cards: _check_actor answers them
         raise NotFound(f"no card with serial {serial[:128]} is registered")
-    _check_actor(db, serial, owner[0], step, actor=actor, role=role)
+    _check_actor(db, serial, owner[0] if owner is not None else None, step, actor=actor, role=role)
     with db.begin() as conn:
         card = conn.execute(select(token).where(token.c.serial == serial).with_for_update()).mappings().one()
         _check_card(card, step)
@@ -87,7 +95,34 @@ def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, seria
                                            role=role, comment=note) for row in _temporary_cards(conn, card, effect))
         result = _change_card(conn, ca, card, step.target, step.certificates, name, actor=actor, role=role,
                               comment=note, temporary=stand_ins)
+    for changed in (result, *result.temporary):
+        if changed.status != USABLE:
+            end_personalizations(workflows, changed.serial, f"card {changed.serial} is now {changed.status} "
+                                 f"('{name}' by {actor}): it gets no more certificates", actor=actor)
     return result
+
+
+def end_personalizations(workflows: WorkflowEngine, serial: str, reason: str, *, actor: str) -> list[int]:
+    """Fail the unfinished personalizations of a card made unusable, so the page and the agent learn at once.
+
+    After the transition committed: issuing checks the card in its own
+    transaction (personalization/tokens.py ``lock_usable_card``), so nothing
+    is issued for the card from now on; this only ends what would otherwise
+    wait.  An issuance child still open is failed first (its parent then ends
+    with the reason); through the engine, audited as ``workflow.fail`` by
+    ``actor`` in role System.
+    """
+    ended = []
+    open_ones = [wf for wf in workflows.search(wf_type=PERSONALIZATION, token_serial=serial, limit=1000)
+                 if not wf.final]
+    for wf in open_ones:
+        for run in [c for c in workflows.children(wf.id) if not c.final] + [wf]:
+            try:
+                workflows.fail(run.id, actor=actor, role=roles.SYSTEM, reason=reason)
+                ended.append(run.id)
+            except WorkflowError:  # finished meanwhile (or already: the parent ended with its child)
+                continue
+    return ended
 
 
 def _check_card(card: Any, step: Transition) -> None:
@@ -128,8 +163,11 @@ def _check_actor(db: Engine, serial: str, owner: str | None, step: Transition, *
     with db.begin() as conn:
         append_audit(conn, actor=actor, role=role, event="token.transition", outcome="refused", target=serial,
                      details={"transition": step.name})
-    if role == roles.USER and owner != actor:  # someone else's card: not even whether it exists
+    if role == roles.USER and (owner is None or owner != actor):  # not theirs: not even whether it exists
         raise NotFound(f"you have no card {serial[:128]}")
+    if owner == actor and role in step.roles:
+        raise NotPermitted(f"card {serial[:128]} is your own: another operator must '{step.name}' it (on your own "
+                           "card you may do only what its owner may)", code="token.own_card")
     raise NotPermitted(f"the role {role} may not '{step.name}' this card", code="console.role")
 
 

@@ -75,7 +75,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     services = _services(args)
     result = transition(services.db, services.ca, services.config.cards.lifecycle, args.serial, args.transition,
                         actor=args.actor,
-                        role=roles.CA_OPERATOR, comment=args.comment)
+                        role=roles.CA_OPERATOR, workflows=services.workflows, comment=args.comment)
     print(result.summary())
     return 0
 

@@ -136,10 +136,43 @@ def _parse(r: Reader) -> Lifecycle:
         sr.finish()
     if USABLE not in states:
         raise ConfigError(f"{r.key_path('states')}: the state '{USABLE}' (a usable card) must be there")
-    transitions = {name: _parse_transition(tr, name, states, frozenset(stand_in))
-                   for name, tr in r.sections("transitions").items()}
+    readers = r.sections("transitions")
+    transitions = {name: _parse_transition(tr, name, states, frozenset(stand_in)) for name, tr in readers.items()}
+    for name, step in transitions.items():
+        _check_leaving_stand_in(readers[name], step, frozenset(stand_in), transitions)
     r.finish()
     return Lifecycle(states, frozenset(stand_in), transitions)
+
+
+def _check_leaving_stand_in(r: Reader, step: Transition, stand_in: frozenset[str],
+                            transitions: Mapping[str, Transition]) -> None:
+    """Never two working cards: a card that may work again after a stand-in state takes its temporary card's.
+
+    A transition out of a stand-in state that makes the card usable, or lets
+    its certificates work (release, keep), must revoke the temporary card and
+    leave it unusable, from every state in which it works or could be made to
+    work again (one a release leaves from).
+    """
+    leaves = step.sources & stand_in
+    if not leaves or step.target in stand_in:
+        return
+    if step.target != USABLE and step.effect in ("hold", "revoke"):
+        return  # the card stays out of use (lost, terminated): the temporary card may finish its days
+    temporary = step.temporary_card
+    why = (f"'{step.name}' makes a card usable again after {' or '.join(sorted(leaves))}, where a temporary card "
+           "may stand in")
+    if temporary is None:
+        raise r.error("temporary_card", f"a temporary_card effect that revokes ({why})")
+    tr = r.section("temporary_card")
+    if temporary.certificates.effect != "revoke":
+        raise tr.error("certificates", f"revoke ({why})")
+    if temporary.target == USABLE or temporary.target in stand_in:
+        raise tr.error("to", f"a state where the temporary card does not work ({why})")
+    releasable = {s for t in transitions.values() if "temporary" in t.kinds and t.effect == "release"
+                  for s in t.sources}
+    missing = sorted(({USABLE} | releasable) - temporary.sources)
+    if missing:
+        raise tr.error("from", f"a list with {', '.join(missing)} ({why})")
 
 
 def _state_list(r: Reader, key: str, states: Mapping[str, str]) -> frozenset[str]:
@@ -186,6 +219,9 @@ def _parse_transition(r: Reader, name: str, states: Mapping[str, str], stand_in:
         certificates=_certificate_effect(r), roles=frozenset(granted), owner_may=r.bool("owner_may", False),
         kinds=frozenset(kinds), temporary_card=temporary,
     )
+    if transition.owner_may and "release" in (transition.effect, temporary.certificates.effect if temporary else ""):
+        # a hold is security's (or the help desk's) to lift: the owner may only make things stricter
+        raise r.error("owner_may", f"false: '{name}' releases certificates from hold; only an operator may")
     if transition.target in stand_in and transition.effect not in ("hold", "revoke"):
         # never two working cards: the one a temporary card stands in for must not work meanwhile
         raise r.error("certificates", f"hold or revoke: '{name}' leads to '{transition.target}', where a temporary "

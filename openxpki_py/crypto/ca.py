@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
 from ..db import certstore
+from ..personalization.tokens import lock_usable_card
 from ..errors import CAError, PolicyViolation
 from . import extensions
 from .csr import CheckedCSR, ExpectedKey, check_csr
@@ -286,6 +287,11 @@ class CertificateAuthority:
                           *, now: datetime | None = None) -> IssuedCertificate:
         """Check the CSR, build, sign and store the certificate; return it."""
         profile = self.profiles.get(request.profile)
+        card_ends = None
+        if request.token_id is not None:
+            # In the issuing transaction: a card made unusable meanwhile gets nothing (console/cards.py),
+            # and a temporary card's certificate ends with the card (personalization/temporary.py).
+            card_ends = lock_usable_card(conn, request.token_id)["temporary_until"]
         checked = check_csr(request.csr, profile, conn=conn, expected_key=request.expected_key)
         subject = profile.subject_name(request.subject_attributes)
         alt_names = profile.subject_alt_names(request.subject_attributes)
@@ -298,6 +304,11 @@ class CertificateAuthority:
         not_after = min(now + timedelta(days=days), ca_cert.not_valid_after_utc)
         if not_after <= now:
             raise CAError("the CA certificate has expired; no certificate can be issued")
+        if card_ends is not None and card_ends <= now + CLOCK_SKEW:
+            raise PolicyViolation(f"the temporary card's days ended {card_ends:%Y-%m-%d %H:%M} UTC; it gets no "
+                                  "certificate: ask the help desk", code="token.temporary_ended")
+        if card_ends is not None:
+            not_after = min(not_after, card_ends)
         # A few minutes back: a client (a domain controller) whose clock lags
         # must not see a certificate that is "not yet valid".
         not_before = max(now - CLOCK_SKEW, ca_cert.not_valid_before_utc)

@@ -71,6 +71,8 @@ token = Table(
     # permanent | temporary: a temporary card stands in for a forgotten one, with short-lived certificates
     Column("kind", String(16), nullable=False, default="permanent"),
     Column("stands_in_for", Id, ForeignKey("token.id")),  # a temporary card's permanent card
+    # a temporary card's end, fixed when it is registered: its certificates never outlive it
+    Column("temporary_until", UTCDateTime),
 )
 
 csr = Table(

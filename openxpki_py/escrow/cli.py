@@ -8,6 +8,7 @@ openxpki-py --actor carol escrow recover 7 --reason "card lost, ticket 4711"   #
 openxpki-py --actor dave  escrow approve 42     # first approval
 openxpki-py --actor erin  escrow approve 42     # second, by a different person
 openxpki-py --actor dave  escrow release 42     # alice may now collect it on "My certificates"
+openxpki-py --actor erin  escrow withdraw 42 --reason "ticket 4711 closed"   # taken back before she collects it
 ```
 
 The officers never see the key: ``release`` hands the recovery to the key's
@@ -48,6 +49,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--comment")
     p = leaf("release", "release an approved recovery to the key's owner, who collects it on the web", cmd_release)
     p.add_argument("workflow_id", type=int, metavar="WORKFLOW_ID")
+    p = leaf("withdraw", "withdraw a release the owner has not collected yet", cmd_withdraw)
+    p.add_argument("workflow_id", type=int, metavar="WORKFLOW_ID")
+    p.add_argument("--reason", required=True, help="why (recorded and audited)")
 
 
 def _with_services(command: Any, args: argparse.Namespace) -> int:
@@ -141,4 +145,12 @@ def cmd_release(args: argparse.Namespace, services: Any) -> int:
     until = f" until {view.wake_at:%Y-%m-%d %H:%M} UTC" if view.wake_at else ""
     print(f"recovery workflow {view.id}: {view.state}; {view.context['owner']} collects the key on "
           f"\"My certificates\"{until} (PKCS#12 and one-time password are shown to them only)")
+    return 0
+
+
+def cmd_withdraw(args: argparse.Namespace, services: Any) -> int:
+    from .recovery import withdraw_recovery
+
+    view = withdraw_recovery(services.workflows, args.workflow_id, actor=_actor(args), reason=args.reason)
+    print(f"recovery workflow {view.id}: {view.state}; {view.context['owner']} can no longer collect the key")
     return 0

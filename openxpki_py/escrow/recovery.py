@@ -34,6 +34,7 @@ callables = Registry()
 WF_TYPE = "key_recovery"
 APPROVALS_REQUIRED = 2
 READY_FOR_OWNER = "READY_FOR_OWNER"
+WITHDRAWN = "WITHDRAWN"
 
 # The collection hands its PKCS#12 to the caller of collect_recovered_key: the
 # engine runs the action's activity in the caller's thread, so a thread-local
@@ -117,11 +118,23 @@ def record_recovery_expiry(ctx: ActivityContext) -> None:
                         "reason": "nobody decided or released in time; ask again"}
 
 
-def _audit(ctx: ActivityContext, event: str) -> None:
+@callables.activity("record_recovery_withdrawal")
+def record_recovery_withdrawal(ctx: ActivityContext) -> None:
+    """An officer takes a release back before the owner collected it (the owner was told wrongly, left …)."""
+    reason = str(ctx.inputs.get("withdrawal") or "").strip()
+    if not reason:
+        raise PolicyViolation("give the reason for the withdrawal: it is kept in the audit trail",
+                              code="recovery.reason_missing")
+    ctx["withdrawn"] = {"by": ctx.actor, "at": ctx.now.isoformat(), "reason": reason}
+    ctx.note = reason
+    _audit(ctx, "escrow.withdraw", reason=reason)
+
+
+def _audit(ctx: ActivityContext, event: str, **extra: str) -> None:
     append_audit(ctx.conn, actor=ctx.actor, role=ctx.role, event=event,
                  target=str(ctx["escrow"]["public_key_sha256"]),
                  details={"escrow_id": int(ctx["escrow_id"]), "owner": ctx["owner"],
-                          "recovery_workflow": ctx.workflow_id})
+                          "recovery_workflow": ctx.workflow_id, **extra})
 
 
 @callables.activity("release_escrowed_key")
@@ -182,6 +195,16 @@ def release_recovered_key(engine: Any, workflow_id: int, *, actor: str) -> Any:
     return view
 
 
+def withdraw_recovery(engine: Any, workflow_id: int, *, actor: str, reason: str) -> Any:
+    """Run ``withdraw`` on a released, uncollected recovery; returns the workflow view."""
+    view = engine.execute(workflow_id, "withdraw", actor=actor, role=roles.KEY_RECOVERY_OFFICER,
+                          inputs={"withdrawal": reason})
+    if view.state != WITHDRAWN:
+        raise WorkflowError(f"recovery {workflow_id} was not withdrawn (state {view.state})",
+                            code="recovery.not_withdrawn")
+    return view
+
+
 def waiting_for_owner(engine: Any, owner: str) -> list[WaitingKey]:
     """The released recoveries ``owner`` may collect, newest first."""
     found = engine.search(wf_type=WF_TYPE, state=READY_FOR_OWNER, owner=owner)
@@ -227,6 +250,9 @@ def _not_collectable(engine: Any, view: Any, login: str) -> RecoveryNotCollectab
         reason, text = "collected", (f"you collected this key already ({when} UTC); it is handed out once. "
                                      "If the file or its password is lost, ask a Key Recovery Officer for a "
                                      "new recovery")
+    elif view.state == WITHDRAWN:
+        reason, text = "withdrawn", ("a Key Recovery Officer withdrew this release; ask them if you still need "
+                                     "the key")
     elif view.state == "EXPIRED":
         reason, text = "expired", ("this recovered key was not collected in time; ask a Key Recovery Officer "
                                    "for a new recovery")

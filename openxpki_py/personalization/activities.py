@@ -38,7 +38,7 @@ from .attestation import CARD_ATTESTED, key_origin
 from .enrollment import confirm_pairing, revoke_workflow_access
 from .planning import plan_for_card
 from .temporary import stand_in_for
-from .tokens import TokenInfo, check_token, register_token, valid_certificates_on_token
+from .tokens import TokenInfo, check_token, lock_usable_card, register_token, valid_certificates_on_token
 
 callables = Registry()
 
@@ -137,7 +137,8 @@ def confirm_card(ctx: ActivityContext) -> None:
     stand_in = stand_in_for(ctx.conn, pki(ctx).config.cards, owner=ctx.creator, serial=info.serial, now=ctx.now,
                             lock=True)
     registered = register_token(ctx.conn, info, owner=ctx.creator, now=ctx.now, claim_lifetime=_claim_lifetime(ctx),
-                                stands_in_for=stand_in.permanent_id if stand_in is not None else None)
+                                stands_in_for=stand_in.permanent_id if stand_in is not None else None,
+                                temporary_until=stand_in.until if stand_in is not None else None)
     ctx["token"] = {**card, "id": registered.id, "confirmed": True}
     ctx["token"].pop("temporary", None)
     if stand_in is not None:
@@ -228,6 +229,7 @@ def request_certificate(ctx: ActivityContext) -> None:
             f"the server is waiting for the {entry['type']} certificate's request, not {ctx.inputs['cert_type']}",
             code="task.unexpected",
         )
+    lock_usable_card(ctx.conn, int(ctx["token"]["id"]))  # lost, returned, … since it was confirmed: nothing more
     key = entry["key"]
     expected = ExpectedKey(key["algorithm"], size=key.get("size"), curve=key.get("curve"))
     csr_pem: str = ctx.inputs["csr"]

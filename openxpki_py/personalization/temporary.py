@@ -3,9 +3,11 @@
 The help desk (or the owner, where the lifecycle allows) moves the permanent
 card to a ``stand_in`` state (``forgotten``): its certificates go on hold.
 The next card *new to its owner* that the owner personalizes is registered
-as the temporary card for it (``token.kind = temporary``, ``stands_in_for``),
-and its certificates live ``cards.temporary.validity_days`` days (never
-longer than the profile allows).  There is one live temporary card per
+as the temporary card for it (``token.kind = temporary``, ``stands_in_for``)
+until ``cards.temporary.validity_days`` from then (``temporary_until``): its
+certificates never outlive that end (nor the profile's validity), however
+often it is personalized again.  Only the help desk gives more days (retire,
+``token release``, a new temporary card).  There is one live temporary card per
 permanent card.  "returned" on the permanent card revokes the temporary
 card's certificates and releases the holds (console/cards.py).
 """
@@ -31,10 +33,18 @@ class StandIn:
 
     permanent_id: int
     permanent_serial: str
-    validity_days: int
+    until: datetime  # the temporary card's end (token.temporary_until): no certificate outlives it
+    now: datetime
+
+    @property
+    def validity_days(self) -> int:
+        """The days left, rounded up (the CA cuts the certificate at ``until`` to the second)."""
+        left = self.until - self.now
+        return max(1, left.days + (1 if left % timedelta(days=1) else 0))
 
     def as_context(self) -> dict[str, Any]:
-        return {"stands_in_for": self.permanent_serial, "validity_days": self.validity_days}
+        return {"stands_in_for": self.permanent_serial, "validity_days": self.validity_days,
+                "until": self.until.isoformat()}
 
 
 def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: str, now: datetime,
@@ -53,6 +63,7 @@ def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: st
     row = conn.execute(select(token).where(token.c.serial == serial)).mappings().first()
     if row is not None and row["owner"] == owner:  # the owner's card already: it keeps its kind
         if row["kind"] != "temporary":
+            _refuse_while_stand_in(conn, owner, serial, stand_in_states)
             return None
         permanent = conn.execute(select(token).where(token.c.id == row["stands_in_for"])).mappings().one()
         if permanent["status"] not in stand_in_states:
@@ -60,24 +71,40 @@ def stand_in_for(conn: Connection, cards: CardsConfig, *, owner: str, serial: st
                 f"card {serial} was the temporary card for your card {permanent['serial']}, which is "
                 f"{permanent['status']} now; a temporary card is personalized only while its permanent card is "
                 "forgotten: ask the help desk", code="token.temporary_ended")
-        ends = valid_until(conn, int(row["id"]))
+        # Its end was fixed when it was registered: personalizing it again gives no more days.
+        ends = row["temporary_until"] or valid_until(conn, int(row["id"]))  # (registered before the column)
         if ends is not None and ends <= now:
             raise PolicyViolation(
-                f"card {serial} was a temporary card for {days} days, which are over; bring it back with your "
-                f"card {permanent['serial']} to the help desk", code="token.temporary_ended")
-        return StandIn(int(permanent["id"]), permanent["serial"], days)
+                f"card {serial} was a temporary card until {ends:%Y-%m-%d %H:%M} UTC, which is over; bring it back "
+                f"with your card {permanent['serial']} to the help desk", code="token.temporary_ended")
+        return StandIn(int(permanent["id"]), permanent["serial"], ends or now + timedelta(days=days), now)
     query = select(token).where(token.c.owner == owner, token.c.kind == "permanent",
                                 token.c.status.in_(stand_in_states)).order_by(token.c.id)
     forgotten = list(conn.execute(query.with_for_update() if lock else query).mappings())
     for permanent in forgotten:
         live = live_stand_in(conn, int(permanent["id"]))
         if live is None:
-            return StandIn(int(permanent["id"]), permanent["serial"], days)
+            return StandIn(int(permanent["id"]), permanent["serial"], now + timedelta(days=days), now)
     if forgotten:
         raise PolicyViolation(
             f"your card {forgotten[0]['serial']} is {forgotten[0]['status']} and card {live} already stands in "
             "for it: one temporary card per card. Use that one, or ask the help desk", code="token.temporary_exists")
     return None
+
+
+def _refuse_while_stand_in(conn: Connection, owner: str, serial: str, stand_in_states: list[str]) -> None:
+    """While a card of theirs is forgotten, an owner's other permanent card gets no new certificates.
+
+    Its full validity would side-step the cap on the temporary card (two
+    working cards for the full term); its current certificates keep working.
+    """
+    away = conn.execute(select(token.c.serial, token.c.status).where(
+        token.c.owner == owner, token.c.kind == "permanent", token.c.serial != serial,
+        token.c.status.in_(stand_in_states)).order_by(token.c.id)).first()
+    if away is not None:
+        raise PolicyViolation(
+            f"your card {away.serial} is {away.status}: until the help desk marks it returned (or lost), only its "
+            f"temporary card is personalized, not card {serial}", code="token.stand_in_only")
 
 
 def live_stand_in(conn: Connection, permanent_id: int) -> str | None:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
 from ..db.schema import certificate, token
-from ..errors import NotFound, NotPermitted, PolicyViolation
+from ..errors import CardNotUsable, NotFound, NotPermitted, PolicyViolation
 
 STATUSES = ("active", "suspended", "forgotten", "lost", "revoked", "destroyed", "retired")  # console/lifecycle.yaml
 USABLE = "active"
@@ -56,6 +56,7 @@ class RegisteredToken:
     manufacturer: str | None
     kind: str = "permanent"
     stands_in_for: int | None = None  # a temporary card's permanent card (personalization/temporary.py)
+    temporary_until: datetime | None = None  # a temporary card's end
 
 
 def check_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime,
@@ -100,27 +101,33 @@ def _check_row(conn: Connection, row: Any, info: TokenInfo, owner: str, *, now: 
 
 
 def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: datetime,
-                   claim_lifetime: timedelta, stands_in_for: int | None = None) -> RegisteredToken:
+                   claim_lifetime: timedelta, stands_in_for: int | None = None,
+                   temporary_until: datetime | None = None) -> RegisteredToken:
     """Find or create the card for its confirmed owner; refuse another user's card or an unusable one.
 
     ``stands_in_for``: a card new to its owner becomes the temporary card
-    for this permanent card (the caller checked it may: temporary.py).
+    for this permanent card until ``temporary_until`` (the caller checked it
+    may: temporary.py).  A card the owner already has keeps its kind and end.
     """
     kind = "temporary" if stands_in_for is not None else "permanent"
+    if (stands_in_for is None) != (temporary_until is None):
+        raise ValueError("a temporary card needs both stands_in_for and temporary_until")
     row = conn.execute(select(token).where(token.c.serial == info.serial)).mappings().first()
     if row is None:
         result = conn.execute(token.insert(), {
             "serial": info.serial, "model": info.model[:128] or None,
             "manufacturer": info.manufacturer[:128] or None, "owner": owner, "status": USABLE,
             "first_seen": now, "last_seen": now, "kind": kind, "stands_in_for": stands_in_for,
+            "temporary_until": temporary_until,
         })
         append_audit(conn, actor=owner, event="token.register", target=info.serial,
                      details={"model": info.model, "manufacturer": info.manufacturer,
-                              **({"kind": kind, "stands_in_for": stands_in_for} if stands_in_for else {})})
+                              **({"kind": kind, "stands_in_for": stands_in_for,
+                                  "temporary_until": temporary_until.isoformat()} if temporary_until else {})})
         new_id = result.inserted_primary_key
         assert new_id is not None
         return RegisteredToken(int(new_id[0]), info.serial, owner, USABLE,
-                               info.model or None, info.manufacturer or None, kind, stands_in_for)
+                               info.model or None, info.manufacturer or None, kind, stands_in_for, temporary_until)
     _check_row(conn, row, info, owner, now=now, claim_lifetime=claim_lifetime)
     if row["owner"] is not None and row["owner"] != owner:
         append_audit(conn, actor=owner, event="token.claim_lapsed", target=info.serial,
@@ -128,11 +135,29 @@ def register_token(conn: Connection, info: TokenInfo, *, owner: str, now: dateti
                               "the card under that claim"})
     changes: dict[str, Any] = {"last_seen": now, "owner": owner}
     if row["owner"] != owner:  # new to this owner (released, or a lapsed claim): its kind is decided now
-        changes.update(kind=kind, stands_in_for=stands_in_for)
+        changes.update(kind=kind, stands_in_for=stands_in_for, temporary_until=temporary_until)
     conn.execute(token.update().where(token.c.id == row["id"]).values(**changes))
     return RegisteredToken(int(row["id"]), row["serial"], row["owner"], row["status"], row["model"],
                            row["manufacturer"], changes.get("kind", row["kind"]),
-                           changes.get("stands_in_for", row["stands_in_for"]))
+                           changes.get("stands_in_for", row["stands_in_for"]),
+                           changes.get("temporary_until", row["temporary_until"]))
+
+
+def lock_usable_card(conn: Connection, token_id: int) -> Any:
+    """Lock the card's row and refuse unless it may be personalized now.
+
+    Called where a certificate is about to be requested or issued for the
+    card, in that transaction: a card transition (lost, returned, …) locks
+    the row too, so it commits either before (and this refuses) or after
+    (and revokes or holds what was issued).
+    """
+    row = conn.execute(select(token).where(token.c.id == token_id).with_for_update()).mappings().first()
+    if row is None:
+        raise NotFound(f"the card (token id {token_id}) is no longer registered")
+    if row["status"] != USABLE:
+        raise CardNotUsable(f"card {row['serial']} is {row['status']} now and gets no certificate; the "
+                            "personalization ends here: use another card or ask the help desk")
+    return row
 
 
 def find_token(conn: Connection, serial: str) -> Any:
@@ -151,7 +176,7 @@ def release_token(conn: Connection, serial: str, *, actor: str) -> None:
     """
     row = find_token(conn, serial)
     conn.execute(token.update().where(token.c.id == row["id"]).values(owner=None, status=USABLE, kind="permanent",
-                                                                       stands_in_for=None))
+                                                                       stands_in_for=None, temporary_until=None))
     append_audit(conn, actor=actor, event="token.release", target=serial,
                  details={"previous_owner": row["owner"], "previous_status": row["status"]})
 

@@ -33,7 +33,8 @@ def my_certificates(ctx: RequestContext) -> Response:
         # keys with an escrow record: a copy is in the HSM's custody, recoverable by two officers
         escrowed = set(conn.execute(select(key_escrow.c.public_key_sha256)
                                     .where(key_escrow.c.owner == ctx.login)).scalars())
-        temporary = {i: valid_until(conn, i) for i, c in cards.items() if c["kind"] == "temporary"}
+        temporary = {i: c["temporary_until"] or valid_until(conn, i)
+                     for i, c in cards.items() if c["kind"] == "temporary"}
     services = ctx.app.console
     # recovered keys two Key Recovery Officers released to this person: theirs to collect
     recovered = waiting_for_owner(services.workflows, ctx.login) if services is not None and escrowed else []

@@ -314,7 +314,8 @@ class WorkflowEngine:
             log.warning("workflow %s: could not release the claim; it is reclaimed when the lease ends", wf_id)
 
     def _require_operator(self, actor: str, role: str, event: str, workflow_id: int) -> None:
-        if role not in self.config.operator_roles:
+        # System: the application itself (e.g. a card made unusable ends its personalizations), never a person.
+        if role not in self.config.operator_roles and role != roles.SYSTEM:
             self._refuse(actor, role, event, workflow_id, f"role {role} may not {event.split('.')[-1]} workflows",
                          {})
 

@@ -404,14 +404,14 @@ def test_card_lifecycle_changes_its_certificates(inst: Any, app: Any, tmp_path: 
     assert status(logon) == status(encryption) == ("revoked", "keyCompromise")
     assert "is blocked" in alice.get("/certificates").get_data(as_text=True)
     with pytest.raises(NotFound):  # another's card: not even whether it exists
-        cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-8", "terminate", actor="alice", role=USER)
+        cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-8", "terminate", actor="alice", role=USER, workflows=svc.workflows)
     with pytest.raises(NotPermitted):  # her own, but only "lost" is hers to do
-        cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-7", "terminate", actor="alice", role=USER)
+        cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-7", "terminate", actor="alice", role=USER, workflows=svc.workflows)
 
     # Damaged (superseded) and terminated (every certificate, held ones too: affiliationChanged).
     held = issue(inst, owner="carol", token_id=other.id)
     revocation.revoke(svc.db, svc.ca, held, HOLD_REASON, actor="bob", role=RA)
-    result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-8", "terminate", actor="bob", role=RA, comment="left")
+    result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-8", "terminate", actor="bob", role=RA, comment="left", workflows=svc.workflows)
     assert set(result.certificates) == {carols, held}
     assert status(carols) == status(held) == ("revoked", "affiliationChanged")
     revocation.issue_crl_now(svc.db, svc.ca, actor="carol", role=CA)

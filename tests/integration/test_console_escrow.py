@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from openxpki_py_token.keyspec import KeySpec
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from test_console import run_cli
 from test_key_escrow_api import database_dump
 from werkzeug.test import Client, TestResponse
 
@@ -291,6 +292,35 @@ def test_an_uncollected_key_expires(inst: Any, app: Any) -> None:
     late = alice.post(f"/certificates/recovered/{wf_id}", {"confirm": "yes"})
     assert late.status_code == 409 and "not collected in time" in late.get_data(as_text=True)
     assert "not collected by alice in time" in Person(app, "carol", KRO).page(f"/console/escrow/{escrow_id}")
+
+
+def test_an_officer_withdraws_a_release_before_the_owner_collects(inst: Any, app: Any) -> None:
+    escrow_id, _ = escrowed_certificate(inst)
+    wf_id = released_recovery(inst, escrow_id)
+    carol = Person(app, "carol", KRO)
+    page = carol.page(f"/console/escrow/{escrow_id}")
+    assert "withdraw-form" in page and f"/console/escrow/recoveries/{wf_id}/withdraw" in page
+    path = f"/console/escrow/recoveries/{wf_id}/withdraw"
+    assert carol.post(path, {"reason": "ticket closed"}, csrf=False).status_code == 403  # CSRF
+    assert carol.post(path, {"reason": " "}, headers=JSON).status_code == 400  # a reason is required
+    assert Person(app, "bob", RA).post(path, {"reason": "x"}).status_code == 403  # officers only
+    done = carol.post(path, {"reason": "ticket 4711 closed"})
+    assert done.status_code == 303 and inst.services.workflows.get(wf_id).state == "WITHDRAWN"
+    with inst.services.db.connect() as conn:
+        details = conn.execute(select(audit_log.c.details).where(audit_log.c.event == "escrow.withdraw")).scalar_one()
+    assert (json.loads(details) if isinstance(details, str) else details)["reason"] == "ticket 4711 closed"
+    assert events(inst, "escrow.withdraw") == [("escrow.withdraw", "carol")]
+    alice = Person(app, "alice", USER)
+    assert 'id="my-recovered-keys"' not in alice.page("/certificates")
+    late = alice.post(f"/certificates/recovered/{wf_id}", {"confirm": "yes"})
+    assert late.status_code == 409 and "withdrew this release" in late.get_data(as_text=True)
+    assert "release withdrawn before alice collected it" in carol.page(f"/console/escrow/{escrow_id}")
+
+    # the CLI: escrow withdraw, on a second release
+    second = released_recovery(inst, escrow_id)
+    out = run_cli(inst, "--actor", "dave", "escrow", "withdraw", str(second), "--reason", "asked by mistake")
+    assert out.returncode == 0 and "WITHDRAWN" in out.stdout, out.stderr
+    assert inst.services.workflows.get(second).state == "WITHDRAWN"
 
 
 def spki(public: Any) -> bytes:

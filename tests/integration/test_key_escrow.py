@@ -254,7 +254,7 @@ def test_lost_card_replacement_card_gets_the_key_history_and_opens_old_mail(
 
         card_serial = conn.execute(select(token_table.c.serial).where(token_table.c.id == serial)).scalar_one()
     assert transition(svc.db, svc.ca, svc.config.cards.lifecycle, card_serial, "lost", actor="helpdesk",
-                      role="RA Operator").certificates
+                      role="RA Operator", workflows=svc.workflows).certificates
     second = make_token("alice-card-2", pin="482913")
     _, output = _personalize(inst, second, tmp_path / "state-2")
     assert f"earlier key 1 (certificate {old_cert.serial_number:x}" in output, output

@@ -22,9 +22,9 @@ from test_console import Operator, crl_entry, crl_text, issue, operator_roles, r
 from test_personalization_server import CSRF_RE, Agent, Browser, _personalize_fully, start
 
 from openxpki_py.console import cards, revocation
-from openxpki_py.db.schema import certificate, token
+from openxpki_py.db.schema import token
 from openxpki_py.errors import NotPermitted, PolicyViolation
-from openxpki_py.personalization.temporary import forgotten_cards, stand_in_for, valid_until
+from openxpki_py.personalization.temporary import forgotten_cards, stand_in_for
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.web.app import create_app
 
@@ -47,7 +47,7 @@ def app(make_instance: Callable[..., Any], db_engine: Any) -> Any:
 
 def move(app: Any, serial: str, name: str, *, actor: str = "bob", role: str = RA) -> cards.TransitionResult:
     svc = app.instance.services
-    return cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, name, actor=actor, role=role)
+    return cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, name, actor=actor, role=role, workflows=svc.workflows)
 
 
 def status(app: Any, serial: str) -> tuple[str, str | None]:
@@ -72,16 +72,16 @@ def lasts(app: Any, serial: str, days: int) -> bool:
     return abs(cert.not_valid_after_utc - row["created_at"] - timedelta(days=days)) < timedelta(seconds=3)
 
 
-def valid_until_of(app: Any, card_id: int) -> datetime:
-    with app.instance.services.db.connect() as conn:
-        ends = valid_until(conn, card_id)
-    assert ends is not None
-    return ends
+def ends_with_card(app: Any, serial: str, card_ends: datetime) -> bool:
+    """The certificate's notAfter is its temporary card's end (X.509 keeps whole seconds)."""
+    row = revocation.find(app.instance.services.db, serial)
+    cert = x509.load_der_x509_certificate(bytes(row["der"]))
+    return abs(cert.not_valid_after_utc - card_ends) < timedelta(seconds=1)
 
 
-def set_not_after(app: Any, card_id: int, when: datetime) -> None:
+def set_card_end(app: Any, card_id: int, when: datetime) -> None:
     with app.instance.services.db.begin() as conn:
-        conn.execute(certificate.update().where(certificate.c.token_id == card_id).values(not_after=when))
+        conn.execute(token.update().where(token.c.id == card_id).values(temporary_until=when))
 
 
 def published_crl(app: Any, tmp_path: Path) -> str:
@@ -120,8 +120,10 @@ def test_forgotten_card_temporary_card_and_return(app: Any, tmp_path: Path) -> N
                                                                 "action": "cancel", "version": _version(page)})
     assert page_cancel.status_code == 303
     _, _, temporary = _personalize_fully(app, "CARD-T")
-    assert temporary and all(lasts(app, s, DAYS) for s in temporary)
     temp_card = card(app, "CARD-T")
+    # Its end is fixed when it is confirmed, DAYS later; its certificates end then, to the second.
+    assert temp_card["temporary_until"] - temp_card["first_seen"] == timedelta(days=DAYS)
+    assert temporary and all(ends_with_card(app, s, temp_card["temporary_until"]) for s in temporary)
     assert (temp_card["kind"], temp_card["stands_in_for"]) == ("temporary", card(app, "CARD-P")["id"])
     mine = browser.get("/certificates").text
     assert "(temporary card, until " in mine
@@ -145,15 +147,15 @@ def test_forgotten_card_temporary_card_and_return(app: Any, tmp_path: Path) -> N
                                 datetime.now(timezone.utc) + timedelta(days=DAYS, hours=1))
     assert [(c["serial"], c["overdue"]) for c in later] == [("CARD-P", True)]
 
-    # Its days over (the store's notAfter moved back for a moment), the temporary card is not personalized
-    # again: the help desk decides.
-    ends = valid_until_of(app, temp_card["id"])
-    set_not_after(app, temp_card["id"], datetime.now(timezone.utc) - timedelta(minutes=1))
+    # Its days over (its end moved back for a moment), the temporary card is not personalized again: the
+    # help desk decides.
+    ends = temp_card["temporary_until"]
+    set_card_end(app, temp_card["id"], datetime.now(timezone.utc) - timedelta(minutes=1))
     _, _, code = start(app)
     renewal = Agent(app)
     renewal.enroll(code)
     assert renewal.call("POST", "token", {"serial": "CARD-T"}).json["error"]["code"] == "token.temporary_ended"
-    set_not_after(app, temp_card["id"], ends)
+    set_card_end(app, temp_card["id"], ends)
 
     page = bob.get("/console/cards/CARD-P").text
     assert 'class="card-stand-in"' in page and "CARD-T" in page and 'id="transition-returned"' in page
@@ -241,6 +243,9 @@ def test_a_site_lets_owners_say_forgotten_and_forbids_the_lost_self_report(
         permanent = register_token(conn, TokenInfo("CARD-P"), owner="alice", now=datetime.now(timezone.utc),
                                    claim_lifetime=timedelta(days=1))
     logon = issue(inst, token_id=permanent.id)
+    # A temporary card's validity never exceeds the profile's (365 days for smartcard_logon).
+    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=3650), 365)
+    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=2), 2)
     alice = Operator(app, "alice")
     mine = alice.get("/certificates").text
     alice.csrf = CSRF_RE.search(mine).group(1)  # type: ignore[union-attr]
@@ -251,9 +256,6 @@ def test_a_site_lets_owners_say_forgotten_and_forbids_the_lost_self_report(
     assert status(app, logon) == ("valid", None)
     said = alice.post("/certificates/cards/CARD-P/transition", {"transition": "forgotten", "confirm": "yes"})
     assert said.status_code == 303 and status(app, logon) == ("revoked", "certificateHold")
-    # A temporary card's validity never exceeds the profile's (365 days for smartcard_logon).
-    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=3650), 365)
-    assert lasts(app, issue(inst, token_id=permanent.id, validity_days=2), 2)
 
     # Bringing it back is still the help desk's: it revokes the temporary card's certificates.
     assert alice.post("/certificates/cards/CARD-P/transition", {"transition": "returned", "confirm": "yes"}
@@ -269,13 +271,13 @@ def test_two_cards_confirmed_at_once_cannot_both_stand_in(make_instance: Callabl
     svc, now = inst.services, datetime.now(timezone.utc)
     with svc.db.begin() as conn:
         register_token(conn, TokenInfo("CARD-P"), owner="alice", now=now, claim_lifetime=timedelta(days=1))
-    cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-P", "forgotten", actor="bob", role=RA)
+    cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, "CARD-P", "forgotten", actor="bob", role=RA, workflows=svc.workflows)
 
     def confirm(serial: str) -> None:
         stand_in = stand_in_for(conn, svc.config.cards, owner="alice", serial=serial, now=now, lock=True)
         assert stand_in is not None
         register_token(conn, TokenInfo(serial), owner="alice", now=now, claim_lifetime=timedelta(days=1),
-                       stands_in_for=stand_in.permanent_id)
+                       stands_in_for=stand_in.permanent_id, temporary_until=stand_in.until)
 
     outcome: list[BaseException | None] = []
 

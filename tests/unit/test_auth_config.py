@@ -41,6 +41,7 @@ def test_roles_in_order_with_defaults_and_relative_commands() -> None:
     ({"roles": {"User": {"command": ["/bin/true"], "env": {"OPENXPKI_SSO_MAIL": "x"}}}}, "OPENXPKI_USER"),
     ({"roles": {"User": {"command": ["/bin/true"], "timeout": 0}}}, "auth.roles.User.timeout"),
     ({"roles": {"<b>": {"command": ["/bin/true"]}}}, "role names"),
+    ({"roles": {"System": {"command": ["/bin/true"]}}}, "auth.roles.System: 'System' is the application's own role"),
     ({"sso": {"login": "HTTP_X_REMOTE_USER"}}, "auth.sso.login: HTTP_X_REMOTE_USER is a client request header"),
     ({"sso": {"attributes": {"mail": "HTTP_MAIL"}}}, "auth.sso.attributes.mail"),
     ({"sso": {"header_sso": "X Remote"}}, "auth.sso.header_sso"),

@@ -62,10 +62,37 @@ def test_shipped_lifecycle_and_site_overrides_field_by_field() -> None:
     ({"transitions": {"forgotten": {"certificates": "keep"}}},
      "cards.lifecycle.transitions.forgotten.certificates: expected hold or revoke: 'forgotten' leads to"),
     ({"transitons": {}}, "cards.lifecycle.transitons: unknown key"),
+    # Invariants a site cannot break: only an operator lifts a hold; never two working cards.
+    ({"transitions": {"resume": {"owner_may": True}}},
+     "cards.lifecycle.transitions.resume.owner_may: expected false: 'resume' releases certificates from hold"),
+    ({"transitions": {"returned": {"owner_may": True}}},
+     "cards.lifecycle.transitions.returned.owner_may: expected false: 'returned' releases"),
+    ({"transitions": {"resume": {"from": ["suspended", "forgotten"]}}},
+     "cards.lifecycle.transitions.resume.temporary_card: expected a temporary_card effect that revokes ('resume' "
+     "makes a card usable again after forgotten"),
+    ({"transitions": {"returned": {"temporary_card": None}}},
+     "cards.lifecycle.transitions.returned.temporary_card: expected a temporary_card effect that revokes"),
+    ({"transitions": {"returned": {"temporary_card": {"from": ["active"], "to": "active", "certificates": "keep"}}}},
+     "cards.lifecycle.transitions.returned.temporary_card.certificates: expected revoke"),
+    ({"transitions": {"returned": {"temporary_card": {"from": ["active", "suspended"], "to": "active",
+                                                      "certificates": "revoke", "reason": "superseded"}}}},
+     "cards.lifecycle.transitions.returned.temporary_card.to: expected a state where the temporary card does not"),
+    ({"transitions": {"returned": {"temporary_card": {"from": ["active"], "to": "retired", "certificates": "revoke",
+                                                      "reason": "superseded"}}}},
+     "cards.lifecycle.transitions.returned.temporary_card.from: expected a list with suspended"),
+    ({"states": {"suspended": {"stand_in": True}}},
+     "cards.lifecycle.transitions.resume.temporary_card: expected a temporary_card effect that revokes ('resume' "
+     "makes a card usable again after suspended"),
 ])
 def test_bad_site_lifecycle_names_the_key(site: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
         cards({"lifecycle": site})
+
+
+def test_an_owner_may_make_things_stricter() -> None:
+    """Revoking or holding their own certificates harms nobody else: owner_may on terminate or suspend is accepted."""
+    life = cards({"lifecycle": {"transitions": {"terminate": {"owner_may": True}, "suspend": {"owner_may": True}}}})
+    assert life.lifecycle.get("terminate").owner_may and life.lifecycle.get("suspend").owner_may  # type: ignore[union-attr]
 
 
 def test_bad_temporary_validity() -> None:

@@ -76,6 +76,8 @@
 <br><span class="handoff">collected by ${q.owner} at ${(q.collected_at or "")[:19].replace("T", " ")} UTC</span>\
 % elif q.state == "EXPIRED":
 <br><span class="handoff">not collected by ${q.owner} in time</span>\
+% elif q.state == "WITHDRAWN":
+<br><span class="handoff">release withdrawn before ${q.owner} collected it</span>\
 % endif
 </td>
       <td>
@@ -90,6 +92,12 @@
         <input type="hidden" name="csrf_token" value="${csrf_token}">
         <label><input type="checkbox" name="confirm" value="yes" required> release to ${q.owner} now</label>
         <button type="submit">Release to ${q.owner}</button>
+      </form>
+  % elif officer and q.state == "READY_FOR_OWNER":
+      <form method="post" action="${url_for('console_recovery_withdraw', wf_id=q.id)}" class="actions withdraw-form">
+        <input type="hidden" name="csrf_token" value="${csrf_token}">
+        <input type="text" name="reason" maxlength="1000" required aria-label="Reason for the withdrawal (required)" placeholder="reason (required)">
+        <button type="submit">Withdraw the release</button>
       </form>
   % endif
       </td></tr>

@@ -26,7 +26,7 @@ def console_card_transition(ctx: RequestContext, serial: str) -> Response:
     _confirmed(ctx)
     svc = services(ctx)
     result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, form_text(ctx, "transition"),
-                              actor=ctx.login, role=ctx.role or "", comment=form_text(ctx, "comment"))
+                              actor=ctx.login, role=ctx.role or "", workflows=svc.workflows, comment=form_text(ctx, "comment"))
     return done(ctx, f"Card {serial} is now {result.status}; certificates changed: {len(result.certificates)}.",
                 "console_card", {"status": result.status, "certificates": list(result.certificates)},
                 serial=serial)
@@ -39,7 +39,7 @@ def my_card_lost(ctx: RequestContext, serial: str) -> Response:
     _confirmed(ctx)
     svc = services(ctx)
     result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, "lost", actor=ctx.login,
-                              role=ctx.role or "", comment="reported lost by its owner")
+                              role=ctx.role or "", workflows=svc.workflows, comment="reported lost by its owner")
     ctx.flash(f"Card {serial} is blocked: its {len(result.certificates)} certificate(s) are revoked. "
               "Ask the help desk for a new card.")
     return redirect(ctx.url_for("my_certificates"), code=303)
@@ -52,6 +52,6 @@ def my_card_transition(ctx: RequestContext, serial: str) -> Response:
     _confirmed(ctx)
     svc = services(ctx)
     result = cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, form_text(ctx, "transition"),
-                              actor=ctx.login, role=ctx.role or "", comment="by its owner")
+                              actor=ctx.login, role=ctx.role or "", workflows=svc.workflows, comment="by its owner")
     ctx.flash(f"Card {serial} is now {result.status}; certificates changed: {len(result.certificates)}.")
     return redirect(ctx.url_for("my_certificates"), code=303)

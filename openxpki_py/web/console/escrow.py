@@ -89,3 +89,16 @@ def console_recovery_release(ctx: RequestContext, wf_id: int) -> Response:
                 f"\"My certificates\"{until}.", "console_escrow_record",
                 {"id": wf_id, "state": wf.state, "owner": request.owner, "collect_by": wf.wake_at},
                 escrow_id=request.escrow_id)
+
+
+@view("/console/escrow/recoveries/<int:wf_id>/withdraw", methods=("POST",), roles=OFFICERS, needs="console")
+def console_recovery_withdraw(ctx: RequestContext, wf_id: int) -> Response:
+    """Take a release back before its owner collected it; the reason is required and audited."""
+    reason = form_text(ctx, "reason").strip()
+    if not reason:
+        raise errors.BadRequest("give the reason for the withdrawal: it is kept in the audit trail")
+    svc = services(ctx)
+    request = service.recovery(svc.workflows, wf_id)
+    wf = recovery_service.withdraw_recovery(svc.workflows, wf_id, actor=ctx.login, reason=reason)
+    return done(ctx, f"Recovery request {wf_id} is withdrawn: {request.owner} can no longer collect the key.",
+                "console_escrow_record", {"id": wf_id, "state": wf.state}, escrow_id=request.escrow_id)

@@ -92,7 +92,8 @@ def console_card(ctx: RequestContext, serial: str) -> Response:
         return json_answer({"card": dict(card), "certificates": _rows(certs), "history": _rows(history),
                             "workflows": _rows(flows), "links": search.card_links(svc.db, card)})
     return ctx.render("console/card.mako", card=card, certs=certs, history=history, flows=flows,
-                      transitions=card_states.available(svc.config.cards.lifecycle, card, ctx.role),
+                      transitions=card_states.available(svc.config.cards.lifecycle, card, ctx.role,
+                                                        own_card=card["owner"] == ctx.login),
                       links=search.card_links(svc.db, card), message=ctx.take_flash(),
                       may_unblock="console_card_unblock" in ctx.app.available and card["status"] == "active"
                       and bool(card["owner"]))

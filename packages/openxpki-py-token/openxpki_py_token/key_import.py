@@ -208,15 +208,32 @@ def _import(agent: TokenAgent, pkcs8: bytearray, public: EscrowedPublicKey, key_
             else:
                 templates = (_rsa_templates(key, key_id, label) if isinstance(key, rsa.RSAPrivateKey)
                              else _ec_templates(key, key_id, label))
-                if profile.slots:
-                    agent.card.delete_key(key_id, login=profile.keygen_login)
-                agent.card.create_key_objects(templates, login=profile.keygen_login)
+                try:
+                    if profile.slots:
+                        agent.card.delete_key(key_id, login=profile.keygen_login)
+                    agent.card.create_key_objects(templates, login=profile.keygen_login)
+                finally:
+                    scrub_secret_attributes(templates)
         except TokenError as exc:
             if isinstance(key, ec.EllipticCurvePrivateKey) and exc.code == "token.key_import":
                 raise _no_ec_import(agent.card, key, exc) from None
             raise
     finally:
         del key
+
+
+# The private key's parts in an import template (PKCS#11 2.40 §2.1.3, §2.3.4).
+SECRET_ATTRIBUTES = (Attribute.VALUE, Attribute.PRIVATE_EXPONENT, Attribute.PRIME_1, Attribute.PRIME_2,
+                     Attribute.EXPONENT_1, Attribute.EXPONENT_2, Attribute.COEFFICIENT)
+
+
+def scrub_secret_attributes(templates: list[dict[Attribute, Any]]) -> None:
+    """Best effort (:func:`scrub`): overwrite the private scalar / RSA CRT values once the card has them."""
+    for template in templates:
+        for attribute in SECRET_ATTRIBUTES:
+            value = template.pop(attribute, None)
+            if isinstance(value, bytes):
+                scrub(value)
 
 
 def _no_ec_import(card: Card | PivCard, key: ec.EllipticCurvePrivateKey, exc: TokenError) -> TokenError:
@@ -316,7 +333,11 @@ def _prove(card: Card | PivCard, key_id: bytes, public: EscrowedPublicKey, answe
     if answer.get("proof") != PROOF_ECDH:
         raise ProtocolError(f"the server's challenge for an EC key must be {PROOF_ECDH}, not {answer.get('proof')!r}")
     peer = challenge_peer(public, challenge)
-    return ecdh_proof(card.ecdh(key_id, peer), challenge, context)
+    shared = card.ecdh(key_id, peer)
+    try:
+        return ecdh_proof(shared, challenge, context)
+    finally:
+        scrub(shared)  # best effort: the raw ECDH secret is the proof's key material
 
 
 def _decrypt(card: Card | PivCard, key_id: bytes, challenge: bytes, *, oaep: bool) -> bytes:
