@@ -314,6 +314,7 @@ def test_card_suspended_resumed_and_reported_lost(console_site: Any, chromium: A
     # and the page says why (the unblock itself: tests/integration/test_agent_pin_unblock.py).
     page.goto(f"{site.base_url}/openxpki/console/cards/ALICE-CARD-1")
     page.locator("#start-unblock input[name=reason]").fill("ticket 4711: PIN blocked")
+    screenshot(page, "console-card-unblock.png")
     page.locator("#start-unblock").get_by_role("button").click()
     assert "was refused: this server holds no per-card admin credentials" in page.locator(
         "#console-message").inner_text()
