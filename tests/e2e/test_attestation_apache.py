@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import select
 from support.agent import run_agent_on_card
 from support.smartcards import VirtualCardProcess
-from test_personalization_e2e import BIN, _confirm_when_asked, _start_for
+from support.deeplink import confirm_when_asked, start_for
+from test_personalization_e2e import BIN
 
 from openxpki_py.db.engine import open_engine
 from openxpki_py.db.schema import audit_log, certificate
@@ -61,9 +62,9 @@ def attesting_site(apache_site_factory: Callable[..., Any], make_token: Callable
 def test_attested_piv_keys_through_apache(attesting_site: Any, piv_card: VirtualCardProcess,
                                           tmp_path: Path) -> None:
     site = attesting_site
-    browser, path, code = _start_for(site, "alice")
+    browser, path, code = start_for(site, "alice")
     agent = run_agent_on_card(piv_card, f"{site.base_url}/openxpki", code, tmp_path / "state")
-    _confirm_when_asked(browser, path, agent)
+    confirm_when_asked(browser, path, agent)
     _, err = agent.communicate(timeout=180)
     assert agent.returncode == 0, err + site.error_log()
     assert "done: 2 certificates on the card" in err and "the card attests that it generated the key" in err, err

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 from sqlalchemy import select
+from support.agent import printed_phrase
 from support.browser import screenshot
+from support.deeplink import confirm_when_asked, start_for
 from support.pkix import assert_cert_lints_clean, assert_chain_lints_clean, assert_openssl_verifies
 
 from openxpki_py.configreader import Reader
@@ -168,7 +170,7 @@ def test_alice_personalizes_her_card_in_the_browser(pki_site: PkiSite, chromium:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         try:
-            phrase = _printed_phrase(agent)
+            phrase = printed_phrase(agent)
             page.wait_for_selector("#confirm-card", timeout=60_000)  # the live page reloads by itself
         except Exception:
             agent.kill()
@@ -242,65 +244,17 @@ def test_alice_personalizes_her_card_in_the_browser(pki_site: PkiSite, chromium:
     assert len(pki_site.query(_users_certificates())) == 2
 
 
-def _printed_phrase(agent: subprocess.Popen[str]) -> str:
-    """The agent's "pairing phrase:" line (stderr is read up to it)."""
-    assert agent.stderr is not None
-    for line in agent.stderr:
-        if line.startswith("pairing phrase: "):
-            return line.removeprefix("pairing phrase: ").strip()
-    raise AssertionError("the agent printed no pairing phrase")
-
-
-def _start_for(site: Any, login: str) -> tuple[Any, str, str]:
-    """The browser part without a browser: /token, then the code."""
-    browser = site.browser(login)
-    first = browser.get("/token")
-    assert first.status == 303, first.body
-    path = first.headers["Location"].replace(site.base_url, "")
-    page = browser.get(path)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
-    assert csrf
-    actions = path.replace("/deeplink/workflow/", "/personalize/")
-    shown = browser.post(f"{actions}/code", {"csrf_token": csrf.group(1), "mode": "deeplink"})
-    code = re.search(r'<code id="enrollment-code">([A-Z0-9-]+)</code>', shown.body)
-    assert code, shown.body
-    return browser, path, code.group(1)
-
-
-def _confirm_when_asked(browser: Any, path: str, agent: subprocess.Popen[str]) -> None:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and agent.poll() is None:
-        page = browser.get(path).body
-        if "Is this your card?" in page:
-            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
-            version = re.search(r'name="version" value="(\d+)"', page)
-            agent_id = re.search(r'name="agent" value="(\d+)"', page)
-            if not agent_id:  # the agent that found the card is not asked about yet
-                time.sleep(0.2)
-                continue
-            assert csrf and version
-            done = browser.post(path.replace("/deeplink/workflow/", "/personalize/") + "/action", {
-                "csrf_token": csrf.group(1), "version": version.group(1), "mode": "deeplink",
-                "action": "confirm_token", "agent": agent_id.group(1)})
-            assert done.status == 303, done.body
-            return
-        time.sleep(0.2)
-    raise AssertionError("the page never asked to confirm the card")
-
-
 @pytest.mark.parametrize("pki_site", ["sqlite"], indirect=True)
 def test_interrupted_agent_continues_and_nothing_is_issued_twice(
         pki_site: PkiSite, make_card: Callable[[str], Card], tmp_path: Path) -> None:
     site = pki_site.site
     card = make_card("alice-card-2")
-    browser, path, code = _start_for(site, "alice")
+    browser, path, code = start_for(site, "alice")
     argv = card.agent(f"{site.base_url}/openxpki", code, tmp_path / "state")
     seen = []
     with subprocess.Popen(argv, env=card.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                           text=True) as agent:
-        _confirm_when_asked(browser, path, agent)
+        confirm_when_asked(browser, path, agent)
         assert agent.stderr is not None
         for line in agent.stderr:
             seen.append(line)
@@ -320,7 +274,7 @@ def test_interrupted_agent_continues_and_nothing_is_issued_twice(
     assert objects.count("Private Key Object") == 2 and objects.count("Certificate Object") == 2, objects
 
     # bob's agent with bob's code on alice's card: refused, nothing issued
-    _, bob_path, bob_code = _start_for(site, "bob")
+    _, bob_path, bob_code = start_for(site, "bob")
     bob = subprocess.run(card.agent(f"{site.base_url}/openxpki", bob_code, tmp_path / "bob-state"),
                          env=card.env, capture_output=True, text=True, timeout=120, check=False)
     assert bob.returncode == 4 and "[token.owned_by_other]" in bob.stderr, bob.stderr

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from sqlalchemy import select
 from support.agent import PKCS11_TOOL, run_agent
 from support.cms import cms_encrypt
+from support.deeplink import confirm_when_asked, start_for
 from test_key_escrow import ESCROWED, key_forms, on_card
 
 from openxpki_py.db.schema import certificate, key_escrow
@@ -60,39 +60,6 @@ def _cli(site: Any, *args: str, actor: str = "cli") -> subprocess.CompletedProce
                           env={**os.environ, "HOME": str(site.root)})
 
 
-def _start_for(site: Any, login: str) -> tuple[Any, str, str]:
-    browser = site.browser(login)
-    first = browser.get("/token")
-    assert first.status == 303, first.body
-    path = first.headers["Location"].replace(site.base_url, "")
-    page = browser.get(path)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.body)
-    assert csrf
-    shown = browser.post(path.replace("/deeplink/workflow/", "/personalize/") + "/code",
-                         {"csrf_token": csrf.group(1), "mode": "deeplink"})
-    code = re.search(r'<code id="enrollment-code">([A-Z0-9-]+)</code>', shown.body)
-    assert code, shown.body
-    return browser, path, code.group(1)
-
-
-def _confirm_when_asked(browser: Any, path: str, agent: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and agent.poll() is None:
-        page = browser.get(path).body
-        agent_id = re.search(r'name="agent" value="(\d+)"', page)
-        if "Is this your card?" in page and agent_id:
-            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
-            version = re.search(r'name="version" value="(\d+)"', page)
-            assert csrf and version
-            done = browser.post(path.replace("/deeplink/workflow/", "/personalize/") + "/action", {
-                "csrf_token": csrf.group(1), "version": version.group(1), "mode": "deeplink",
-                "action": "confirm_token", "agent": agent_id.group(1)})
-            assert done.status == 303, done.body
-            return
-        time.sleep(0.2)
-    raise AssertionError("the page never asked to confirm the card")
-
-
 def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token: Any, tmp_path: Path) -> None:
     site = escrow_site
     status = _cli(site, "escrow", "status")
@@ -100,10 +67,10 @@ def test_lost_card_story_through_apache_and_the_cli(escrow_site: Any, make_token
     assert "extractable: False" in status.stdout and "never_extractable: True" in status.stdout
 
     card = make_token("alice-card", pin="482913", owner="www-data")  # same SoftHSM folder as the CA's token
-    browser, path, code = _start_for(site, "alice")
+    browser, path, code = start_for(site, "alice")
     agent = run_agent(card, f"{site.base_url}/openxpki", code, tmp_path / "state", timeout=120)
     try:
-        _confirm_when_asked(browser, path, agent)
+        confirm_when_asked(browser, path, agent)
         out, err = agent.communicate(timeout=180)
     finally:
         if agent.poll() is None:
