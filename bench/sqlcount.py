@@ -129,8 +129,9 @@ def count_personalization(config: Path, user: str, keys: Sequence[Any], *, profi
             counts.seconds = (time.process_time() - cpu) / timed
             counts.wall = (time.perf_counter() - wall) / timed
         if profile:
-            _profile(lambda i: personalize(0, user, keys[4 + 2 * i:6 + 2 * i], f"profile-{i}-{user}", client=client),
-                     profile)
+            first = 4 + 2 * timed  # keys the timed runs did not use: a key is certified once
+            _profile(lambda i: personalize(0, user, keys[first + 2 * i:first + 2 + 2 * i], f"profile-{i}-{user}",
+                                           client=client), profile)
         del counts.per_request[counted:]  # the timed and profiled runs added theirs
         return counts
     finally:
@@ -173,7 +174,7 @@ def main() -> None:
     profile = int(next((a.split("=")[1] for a in args if a.startswith("--profile=")), "0"))
     timed = int(next((a.split("=")[1] for a in args if a.startswith("--time=")), "0"))
     config, user = [a for a in args if not a.startswith("--")]
-    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4 + 2 * max(profile, timed))]
+    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4 + 2 * (profile + timed))]
     counts = count_personalization(Path(config), user, keys, profile=profile, timed=timed)
     print_counts(counts, detail=detail)
 
