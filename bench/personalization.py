@@ -61,6 +61,9 @@ def card_operations(seconds_budget: float = 10.0) -> float:
             n += 1
     return statistics.median(timings)
 
+#: One user alone runs at least this many times: a p50 of one or two samples says little.
+ONE_USER_SAMPLES = 10
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
@@ -91,9 +94,10 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, port: int, folder: Path, env: dict[str, str]) -> None:
     users = [f"user{i:03d}" for i in range(args.users)]
-    # two keys per personalization: a warm-up, then `rounds` at each of the two concurrency levels
-    per_user = 2 * (1 + 2 * args.rounds)
-    keys = {u: [rsa.generate_private_key(65537, 2048) for _ in range(per_user)] for u in users}
+    rounds_at = {1: max(args.rounds, ONE_USER_SAMPLES), args.users: args.rounds}
+    # two keys per personalization: a warm-up, then the rounds at each of the two concurrency levels
+    per_user = {u: 2 * (1 + rounds_at[args.users] + (rounds_at[1] if u == users[0] else 0)) for u in users}
+    keys = {u: [rsa.generate_private_key(65537, 2048) for _ in range(per_user[u])] for u in users}
 
     baseline = in_process_baseline(env, folder)
     print(f"CPUs {os.cpu_count()}, load {os.getloadavg()[0]:.2f}; Apache {args.processes} processes x "
@@ -101,15 +105,17 @@ def measure(args: argparse.Namespace, port: int, folder: Path, env: dict[str, st
     print(f"baseline: two in-process issuances (same CA key, no HTTP, no workflow): {baseline * 1000:.1f} ms")
     one_node = lambda _index: (port, port)  # noqa: E731
     run_round(users[:1], {u: keys[u][0:2] for u in users[:1]}, "warm", one_node)
-    used = 2
+    used = dict.fromkeys(users, 2)
     figures: dict[int, tuple[float, float, float]] = {}  # concurrency -> (personalizations/s, p50, p99)
     for concurrency in (1, args.users):
         samples: list[Outcome] = []
         started = time.perf_counter()
-        for r in range(args.rounds):
+        for r in range(rounds_at[concurrency]):
             batch = users[:concurrency]
-            samples += run_round(batch, {u: keys[u][used:used + 2] for u in batch}, f"c{concurrency}r{r}", one_node)
-            used += 2
+            samples += run_round(batch, {u: keys[u][used[u]:used[u] + 2] for u in batch}, f"c{concurrency}r{r}",
+                                 one_node)
+            for u in batch:
+                used[u] += 2
         elapsed = time.perf_counter() - started
         server = [o.server for o in samples]
         wall = [o.wall for o in samples]
