@@ -9,7 +9,7 @@ import pytest
 
 from openxpki_py_token.credentials import FACTORY_MANAGEMENT_KEY, CardCredentials
 from openxpki_py_token.errors import UsageError
-from openxpki_py_token.piv_card import new_ccc, new_chuid
+from openxpki_py_token.piv_objects import new_ccc, new_chuid
 from openxpki_py_token.secret import SecretRef
 
 

@@ -11,7 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from openxpki_py_token.card import Card, der_integer, spec_text
+from openxpki_py_token.card import Card, spec_text
+from openxpki_py_token.card_objects import der_integer
 from openxpki_py_token.card_profiles import GENERIC, OPENPGP, PIV, choose_profile
 from openxpki_py_token.enroll import build_csr
 from openxpki_py_token.errors import UsageError

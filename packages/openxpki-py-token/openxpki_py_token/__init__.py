@@ -17,7 +17,8 @@ sides share — never the other way round:
 
 The agent itself: ``cli`` (arguments, exit codes), ``enroll`` (the task
 loop), ``api_client`` (HTTPS, standard library only), ``card`` (PKCS#11 on
-the user's card), ``opensc`` (where the card's module is on this computer),
+the user's card; ``card_login``, ``card_objects``), ``piv_card`` and ``piv_objects``
+(PIV cards over PC/SC), ``opensc`` (where the card's module is on this computer),
 ``tokens`` (finding the card among the slots), ``card_profiles`` (what
 differs between cards), ``pins``, ``state`` (resuming after an
 interruption), ``progress``.

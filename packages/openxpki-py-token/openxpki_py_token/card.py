@@ -7,7 +7,9 @@ switches logins on demand (:meth:`Card.login`): an OpenPGP card wants the SO
 
 The library is loaded through :func:`~openxpki_py_token.pkcs11.module.get_module`
 (initialised with OS locking, counted sessions) and the CSR is signed by the
-same cryptography key classes the CA uses for its HSM key.
+same cryptography key classes the CA uses for its HSM key.  What a login's
+answer means is in :mod:`.card_login`; the templates of the key pairs and
+certificates the card stores are in :mod:`.card_objects`.
 """
 
 from __future__ import annotations
@@ -21,34 +23,23 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from pkcs11 import KDF, Attribute, CertificateType, KeyType, Mechanism, MechanismFlag, ObjectClass, TokenFlag
+from pkcs11 import KDF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11_exc
-from pkcs11.util.ec import encode_named_curve_parameters
 
+from .card_login import LOGGED_IN, PIN_REFUSED, login_as, login_refused
+from .card_objects import certificate_template, keypair_templates
 from .card_profiles import Login, Route, Usage
 from .credentials import FACTORY_OPENPGP_ADMIN_PIN, CardCredentials, DerivedCredentials
-from .errors import ProtocolError, TokenError, TokenKeyNotFound, TokenNotFound, TokenPinError, unknown_admin_credential
+from .errors import ProtocolError, TokenError, TokenKeyNotFound, TokenNotFound, unknown_admin_credential
 from .keyspec import KeySpec
 from .pins import CardPins
 from .pkcs11.keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
 from .pkcs11.module import Pkcs11Module, get_module
 from .pkcs11.public_keys import public_key_of
-from .tokens import find_again, login_as, reinitialize_module, select_token, serial_of
+from .tokens import find_again, reinitialize_module, select_token, serial_of
 
 log = logging.getLogger("openxpki_py_token")
 
-_CKR_OK = 0x000
-_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE = 0x0A0, 0x0A1, 0x0A2
-_CKR_PIN_EXPIRED, _CKR_PIN_LOCKED = 0x0A3, 0x0A4
-_CKR_USER_ALREADY_LOGGED_IN, _CKR_USER_PIN_NOT_INITIALIZED = 0x100, 0x102
-# OpenSC maps a card's "security status not satisfied" (6982) answer to a
-# VERIFY with a wrong PIN to this; from C_Login it can only mean "refused".
-_CKR_USER_NOT_LOGGED_IN = 0x101
-_CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
-_PIN_REFUSED = (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE, _CKR_USER_NOT_LOGGED_IN)
-_PIN_NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
-_CURVE_OIDS = {"P-256": ec.EllipticCurveOID.SECP256R1.dotted_string,
-               "P-384": ec.EllipticCurveOID.SECP384R1.dotted_string}
 # Errors that mean the card was pulled or the reader went away.
 _CARD_GONE = (p11_exc.DeviceRemoved, p11_exc.TokenNotPresent, p11_exc.SessionHandleInvalid,
               p11_exc.SessionClosed, p11_exc.DeviceError, p11_exc.SlotIDInvalid)
@@ -211,7 +202,7 @@ class Card:
             return
         pin = self.pins.get(role, self.describe())
         rv = self._log_in(role, pin)
-        if rv in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
+        if rv in LOGGED_IN:
             self._role = role
             return
         self.pins.forget(role)
@@ -219,11 +210,7 @@ class Card:
 
     def _log_in(self, role: Login, pin: str) -> int:
         assert self.module is not None
-        rv = login_as(self.module, self._session, role, pin)
-        if rv == _CKR_USER_ANOTHER_ALREADY_LOGGED_IN:  # someone left the other role logged in
-            self.module.logout(self._session)
-            rv = login_as(self.module, self._session, role, pin)
-        return rv
+        return login_as(self.module, self._session, role, pin)
 
     def _derived_so_login(self, derived: DerivedCredentials) -> None:
         """The admin PIN the server derived; a card still on the factory PIN gets the derived one first.
@@ -234,16 +221,16 @@ class Card:
         if derived.admin_pin is None:
             raise ProtocolError("the server sent no admin PIN for this card")
         rv = self._log_in("so", derived.admin_pin)
-        if rv not in _PIN_REFUSED:
-            if rv not in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
+        if rv not in PIN_REFUSED:
+            if rv not in LOGGED_IN:
                 raise self._refused("so", rv)
             self._role = "so"
             return
         rv = self._log_in("so", FACTORY_OPENPGP_ADMIN_PIN)
-        if rv in _PIN_REFUSED:
+        if rv in PIN_REFUSED:
             raise unknown_admin_credential(self.describe(), "admin PIN",
                                            "(its OpenPGP application, e.g. with 'ykman openpgp reset')")
-        if rv not in (_CKR_OK, _CKR_USER_ALREADY_LOGGED_IN):
+        if rv not in LOGGED_IN:
             raise self._refused("so", rv)
         self._role = "so"
         try:
@@ -255,33 +242,7 @@ class Card:
         log.info("%s: factory admin PIN replaced by the per-card one", self.describe())
 
     def _refused(self, role: Login, rv: int) -> TokenError:
-        name = _PIN_NAMES[role]
-        where = self.describe()
-        if rv in _PIN_REFUSED:
-            return TokenPinError(f"{where} refused the {name}{self._tries_left(role)}; run again "
-                                 f"with the right {name} (each wrong try counts towards locking the card)")
-        if rv == _CKR_PIN_LOCKED:
-            fix = ("ask your PKI administrator to unblock it" if role == "user"
-                   else "the card must be reset by your PKI administrator")
-            return TokenPinError(f"the {name} of {where} is locked: {fix}")
-        if rv == _CKR_PIN_EXPIRED:
-            return TokenPinError(f"the {name} of {where} has expired: set a new one, then run again")
-        if rv == _CKR_USER_PIN_NOT_INITIALIZED:
-            return TokenPinError(f"{where} has no {name} yet: initialise the card first")
-        return TokenError(f"logging in to {where} failed (CKR 0x{rv:x}); is the card still in the reader?")
-
-    def _tries_left(self, role: Login) -> str:
-        try:
-            flags = self._token.slot.get_token().flags
-        except p11_exc.PKCS11Error:
-            return ""
-        final, low = ((TokenFlag.USER_PIN_FINAL_TRY, TokenFlag.USER_PIN_COUNT_LOW) if role == "user"
-                      else (TokenFlag.SO_PIN_FINAL_TRY, TokenFlag.SO_PIN_COUNT_LOW))
-        if flags & final:
-            return " (one try left before the card locks it)"
-        if flags & low:
-            return " (few tries left before the card locks it)"
-        return ""
+        return login_refused(self._token, role, rv, self.describe())
 
     # --- keys ------------------------------------------------------------------------------
 
@@ -326,7 +287,7 @@ class Card:
                      login: Login) -> None:
         """A new key pair on the card: never extractable, usable as ``usage`` says."""
         self.login(login)
-        private_template, public_template, capabilities = _keygen_templates(spec, usage)
+        private_template, public_template, capabilities = keypair_templates(spec, usage)
         common: dict[str, Any] = {
             "id": key_id, "label": label, "store": True, "capabilities": capabilities,
             "public_template": public_template, "private_template": private_template,
@@ -336,8 +297,6 @@ class Card:
                 self._session.generate_keypair(KeyType.RSA, spec.rsa_bits,
                                                mechanism=Mechanism.RSA_PKCS_KEY_PAIR_GEN, **common)
             else:
-                assert spec.curve is not None
-                public_template[Attribute.EC_PARAMS] = encode_named_curve_parameters(_CURVE_OIDS[spec.curve])
                 self._session.generate_keypair(KeyType.EC, mechanism=Mechanism.EC_KEY_PAIR_GEN, **common)
         except (p11_exc.MechanismInvalid, p11_exc.KeySizeRange, p11_exc.DomainParamsInvalid,
                 p11_exc.TemplateInconsistent, p11_exc.AttributeValueInvalid,
@@ -464,7 +423,6 @@ class Card:
         certificate per slot); otherwise nothing already on the card is removed.
         """
         self.login(login)
-        der = cert.public_bytes(serialization.Encoding.DER)
         try:
             for old in self._objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id}
                                      ) if replace else ():
@@ -477,18 +435,7 @@ class Card:
                     # to delete and simply overwrites on create.
                     log.info("%s: old certificate %s not deleted (%s)", self.describe(),
                              key_id.hex(), type(exc).__name__)
-            self._session.create_object({
-                Attribute.CLASS: ObjectClass.CERTIFICATE,
-                Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: False,
-                Attribute.ID: key_id,
-                Attribute.LABEL: label,
-                Attribute.SUBJECT: cert.subject.public_bytes(),
-                Attribute.ISSUER: cert.issuer.public_bytes(),
-                Attribute.SERIAL_NUMBER: der_integer(cert.serial_number),
-                Attribute.VALUE: der,
-            })
+            self._session.create_object(certificate_template(cert, key_id, label))
         except _CARD_GONE as exc:
             raise self._went_away("writing the certificate", exc) from None
         except p11_exc.PKCS11Error as exc:
@@ -525,47 +472,6 @@ class _CardSigner(TokenSigner):
         return self._card.sign(self.ref.key_id, data, mechanism, param)
 
 
-def _keygen_templates(spec: KeySpec, usage: Usage) -> tuple[dict[Attribute, Any], dict[Attribute, Any],
-                                                              MechanismFlag]:
-    """Private and public templates: the private half never leaves the card.
-
-    Every key must sign once, for the CSR that proves possession; a decryption
-    key additionally decrypts/unwraps (RSA) or derives (EC, ECDH).
-    """
-    decrypt = usage == "decrypt"
-    is_rsa = spec.algorithm == "rsa"
-    private = {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.SIGN: True,
-        Attribute.DECRYPT: decrypt and is_rsa,
-        Attribute.UNWRAP: decrypt and is_rsa,
-        Attribute.DERIVE: decrypt and not is_rsa,
-    }
-    public: dict[Attribute, Any] = {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: False,
-        Attribute.VERIFY: True,
-    }
-    capabilities = MechanismFlag.SIGN | MechanismFlag.VERIFY
-    if decrypt and is_rsa:
-        public.update({Attribute.ENCRYPT: True, Attribute.WRAP: True})
-        capabilities |= MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.WRAP | MechanismFlag.UNWRAP
-    elif decrypt:
-        capabilities |= MechanismFlag.DERIVE
-    return private, public, capabilities
-
-
 def spec_text(spec: KeySpec) -> str:
     """``RSA-2048`` / ``EC P-256``, as the progress lines show it."""
     return f"RSA-{spec.rsa_bits}" if spec.algorithm == "rsa" else f"EC {spec.curve}"
-
-
-def der_integer(value: int) -> bytes:
-    """DER INTEGER (CKA_SERIAL_NUMBER holds the encoded serial, tag and length included)."""
-    body = value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
-    if len(body) > 127:
-        raise ValueError("serial numbers longer than 127 bytes are not X.509")
-    return bytes((0x02, len(body))) + body

@@ -55,6 +55,7 @@ from .key_transport import (
     wipe,
 )
 from .piv_card import PivCard
+from .piv_objects import piv_slot
 from .pkcs11.public_keys import EC_PARAMS
 
 if TYPE_CHECKING:
@@ -294,11 +295,9 @@ def _import_piv(card: PivCard, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateK
     from yubikit.core.smartcard import ApduError
     from yubikit.piv import SLOT
 
-    from .piv_card import _slot
-
     card.login("so")
     try:
-        card.session.put_key(SLOT(_slot(key_id)), key)
+        card.session.put_key(SLOT(piv_slot(key_id)), key)
     except ApduError as exc:
         raise TokenError(f"{card.describe()} did not take the escrowed key in slot {key_id.hex()} "
                          f"(status {exc.sw:04x})", code="token.key_import") from None
@@ -346,11 +345,9 @@ def _decrypt(card: Card | PivCard, key_id: bytes, challenge: bytes, *, oaep: boo
         from yubikit.core.smartcard import ApduError
         from yubikit.piv import SLOT
 
-        from .piv_card import _slot
-
         card.login("user")
         try:
-            return bytes(card.session.decrypt(SLOT(_slot(key_id)), challenge,
+            return bytes(card.session.decrypt(SLOT(piv_slot(key_id)), challenge,
                                               CHALLENGE_PADDING if oaep else padding.PKCS1v15()))
         except (ApduError, ValueError) as exc:
             raise TokenError(f"{card.describe()} could not decrypt with slot {key_id.hex()} ({exc})",

@@ -17,7 +17,7 @@ from .card_profiles import Login
 from .errors import ConfigError, UsageError
 from .secret import SecretRef
 
-_NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
+PIN_NAMES: dict[Login, str] = {"user": "PIN", "so": "SO (admin) PIN"}
 _OPTIONS: dict[Login, str] = {"user": "--pin-file/--pin-env", "so": "--so-pin-file/--so-pin-env"}
 
 
@@ -45,12 +45,12 @@ class CardPins:
             except ConfigError as exc:
                 raise UsageError(exc.message) from None
         elif self.prompt is not None:
-            pin = self.prompt(f"{_NAMES[role]} of {card}: ")
+            pin = self.prompt(f"{PIN_NAMES[role]} of {card}: ")
         else:
-            raise UsageError(f"the card needs its {_NAMES[role]} and there is no terminal to ask "
+            raise UsageError(f"the card needs its {PIN_NAMES[role]} and there is no terminal to ask "
                              f"for it: pass {_OPTIONS[role]}")
         if not pin:
-            raise UsageError(f"the {_NAMES[role]} is empty")
+            raise UsageError(f"the {PIN_NAMES[role]} is empty")
         self._known[role] = pin
         return pin
 

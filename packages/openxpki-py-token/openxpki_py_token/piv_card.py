@@ -6,7 +6,7 @@ the optional extra ``openxpki-py-token[piv]`` (``yubikey-manager``, which
 brings ``pyscard``).  :class:`PivCard` offers what the task loop uses of
 :class:`~openxpki_py_token.card.Card`; a key's ID is its PIV slot number
 (``9a`` authentication, ``9d`` key management), which OpenSC later shows
-as IDs 01 and 03.
+as IDs 01 and 03; slots and the data objects written are in :mod:`.piv_objects`.
 
 At the end of a personalization (:meth:`PivCard.finish`) a fresh CHUID and
 CCC are written: Windows caches a card's contents by its CHUID and needs it
@@ -16,10 +16,8 @@ knows it, is the YubiKey serial, else the CHUID's GUID as found at start.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -34,6 +32,7 @@ from .credentials import FACTORY_MANAGEMENT_KEY, FACTORY_PUK, CardCredentials, D
 from .errors import ProtocolError, TokenError, TokenNotFound, TokenPinError, UsageError, unknown_admin_credential
 from .keyspec import KeySpec
 from .pins import CardPins
+from .piv_objects import SLOT_NAMES, chuid_guid, key_history, new_ccc, new_chuid, piv_key_type, piv_slot
 from .pkcs11.keys import Pkcs11ECPrivateKey, Pkcs11RSAPrivateKey, TokenKeyRef, TokenSigner
 
 if TYPE_CHECKING:
@@ -41,17 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openxpki_py_token")
 
-_SLOT_NAMES = {0x9A: "PIV Authentication", 0x9C: "Digital Signature", 0x9D: "Key Management",
-               0x9E: "Card Authentication",
-               # Retired key-management slots: earlier escrowed encryption keys (key history).
-               **{0x82 + n: f"Retired Key Management {n + 1}" for n in range(20)}}
 _PKCS1_HASHES: dict[Mechanism, hashes.HashAlgorithm] = {
     Mechanism.SHA256_RSA_PKCS: hashes.SHA256(), Mechanism.SHA384_RSA_PKCS: hashes.SHA384(),
     Mechanism.SHA512_RSA_PKCS: hashes.SHA512()}
 _DIGESTS: dict[int, hashes.HashAlgorithm] = {32: hashes.SHA256(), 48: hashes.SHA384(), 64: hashes.SHA512()}
-# CHUID: FASC-N of a non-federal issuer (agency code 9999, SP 800-73-4 Part 1 §3.1.2).
-_FASC_N = bytes.fromhex("d4e739da739ced39ce739d836858210842108421c84210c3eb")
-_CHUID_YEARS = 10
 INSTALL_HINT = "PIV cards need the PIV extra: pip install 'openxpki-py-token[piv]'"
 
 
@@ -267,7 +259,7 @@ class PivCard:
         from yubikit.core.smartcard import ApduError
         from yubikit.piv import SLOT
 
-        slot = _slot(key_id)
+        slot = piv_slot(key_id)
         try:
             metadata = self.session.get_slot_metadata(SLOT(slot))
         except ApduError:
@@ -275,7 +267,7 @@ class PivCard:
         public = metadata.public_key
         if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
             return None  # a key type the server never asks for (25519)
-        return CardKey(key_id=key_id, label=_SLOT_NAMES.get(slot, f"slot {slot:02x}"), public_key=public,
+        return CardKey(key_id=key_id, label=SLOT_NAMES.get(slot, f"slot {slot:02x}"), public_key=public,
                        can_sign=True)
 
     def generate_key(self, spec: KeySpec, key_id: bytes, label: str, usage: Usage, *, login: Login) -> None:
@@ -284,7 +276,7 @@ class PivCard:
 
         self.login("so")
         try:
-            self.session.generate_key(SLOT(_slot(key_id)), _key_type(spec))
+            self.session.generate_key(SLOT(piv_slot(key_id)), piv_key_type(spec))
         except ApduError as exc:
             raise TokenError(f"{self.describe()} could not generate a key in slot {key_id.hex()} "
                              f"(status {exc.sw:04x})", code="token.keygen") from None
@@ -304,7 +296,7 @@ class PivCard:
         from yubikit.core.smartcard import ApduError
         from yubikit.piv import KEY_TYPE, SLOT
 
-        slot = SLOT(_slot(key.key_id))
+        slot = SLOT(piv_slot(key.key_id))
         key_type = KEY_TYPE.from_public_key(key.public_key)
         try:
             if mechanism in _PKCS1_HASHES:
@@ -330,7 +322,7 @@ class PivCard:
 
         self.login("user")
         try:
-            return bytes(self.session.calculate_secret(SLOT(_slot(key_id)), peer))
+            return bytes(self.session.calculate_secret(SLOT(piv_slot(key_id)), peer))
         except (ApduError, ValueError) as exc:
             raise TokenError(f"{self.describe()} refused ECDH with slot {key_id.hex()} ({exc})",
                              code="token.derive") from None
@@ -363,7 +355,7 @@ class PivCard:
         if device is None:
             return None
         try:
-            attested = self.session.attest_key(SLOT(_slot(key_id)))
+            attested = self.session.attest_key(SLOT(piv_slot(key_id)))
         except (ApduError, BadResponseError, NotSupportedError, ValueError) as exc:
             log.info("%s did not attest slot %s: %s", self.describe(), key_id.hex(), exc)
             return None  # e.g. an imported key: the card attests only keys it generated
@@ -377,7 +369,7 @@ class PivCard:
         from yubikit.piv import SLOT
 
         try:
-            return [self.session.get_certificate(SLOT(_slot(key_id)))]
+            return [self.session.get_certificate(SLOT(piv_slot(key_id)))]
         except (ApduError, BadResponseError):
             return []
 
@@ -389,7 +381,7 @@ class PivCard:
 
         self.login("so")
         try:
-            self.session.put_certificate(SLOT(_slot(key_id)), cert)
+            self.session.put_certificate(SLOT(piv_slot(key_id)), cert)
         except ApduError as exc:
             raise TokenError(f"{self.describe()} did not take the certificate for slot {key_id.hex()} "
                              f"(status {exc.sw:04x})", code="token.write") from None
@@ -404,7 +396,7 @@ class PivCard:
         while on_card < 20 and self.certificates(bytes((0x82 + on_card,))):
             on_card += 1
         self.login("so")
-        self.session.put_object(OBJECT_ID.KEY_HISTORY, _tlv(0xC1, bytes((on_card,))) + _tlv(0xC2, b"\x00") + _tlv(0xFE))
+        self.session.put_object(OBJECT_ID.KEY_HISTORY, key_history(on_card))
         return on_card
 
     def finish(self) -> str | None:
@@ -432,8 +424,7 @@ class PivCard:
             chuid = self.session.get_object(OBJECT_ID.CHUID)
         except ApduError:
             return None
-        at = chuid.find(b"\x34\x10")
-        return chuid[at + 2:at + 18].hex() if at >= 0 else None
+        return chuid_guid(chuid)
 
 
 class _PivSigner(TokenSigner):
@@ -451,45 +442,8 @@ class _PivSigner(TokenSigner):
         return self._card.sign(self._key, data, mechanism)
 
 
-def new_chuid(guid: bytes | None = None) -> bytes:
-    """A CHUID (SP 800-73-4 Part 1 §3.1.2): FASC-N, a new GUID, expiry, empty signature."""
-    expiry = datetime.date.today() + datetime.timedelta(days=365 * _CHUID_YEARS)
-    return (_tlv(0x30, _FASC_N) + _tlv(0x34, guid or uuid.uuid4().bytes)
-            + _tlv(0x35, expiry.strftime("%Y%m%d").encode("ascii")) + _tlv(0x3E) + _tlv(0xFE))
-
-
-def new_ccc() -> bytes:
-    """A Card Capability Container (SP 800-73-4 Part 1 §3.1.1) with a fresh card identifier."""
-    card_id = bytes.fromhex("a000000116ff02") + os.urandom(14)  # GSC-RID, manufacturer FF, type 02
-    return (_tlv(0xF0, card_id) + _tlv(0xF1, b"\x21") + _tlv(0xF2, b"\x21") + _tlv(0xF3) + _tlv(0xF4, b"\x00")
-            + _tlv(0xF5, b"\x10") + _tlv(0xF6) + _tlv(0xF7) + _tlv(0xFA) + _tlv(0xFB) + _tlv(0xFC)
-            + _tlv(0xFD) + _tlv(0xFE))
-
-
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-def _tlv(tag: int, value: bytes = b"") -> bytes:
-    length = bytes((len(value),)) if len(value) < 0x80 else bytes((0x81, len(value)))
-    return bytes((tag,)) + length + value
-
-
-def _slot(key_id: bytes) -> int:
-    if len(key_id) != 1 or key_id[0] not in _SLOT_NAMES:
-        raise TokenError(f"key ID {key_id.hex()} is not a PIV key slot (9a, 9c, 9d, 9e, 82-95)",
-                         code="token.no_slot")
-    return key_id[0]
-
-
-def _key_type(spec: KeySpec) -> Any:
-    from yubikit.piv import KEY_TYPE
-
-    if spec.algorithm == "rsa" and spec.rsa_bits == 2048:
-        return KEY_TYPE.RSA2048
-    if spec.algorithm == "ec" and spec.curve in ("P-256", "P-384"):
-        return KEY_TYPE.ECCP256 if spec.curve == "P-256" else KEY_TYPE.ECCP384
-    raise TokenError(f"PIV cards here make RSA-2048, EC P-256 or P-384 keys, not {spec}", code="token.keygen")
 
 
 def _apdu_error() -> type[Exception]:

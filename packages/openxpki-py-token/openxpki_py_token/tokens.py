@@ -1,4 +1,4 @@
-"""Finding the user's card among the module's slots; logging in as user or SO.
+"""Finding the user's card among the module's slots (logging in to it: :mod:`.card_login`).
 
 A card is chosen by ``--slot`` or ``--token-label``, or is the one present.
 Uninitialised tokens (SoftHSM's free slot, a blank card) are never chosen,
@@ -14,7 +14,6 @@ from typing import Any
 from pkcs11 import SlotFlag, TokenFlag
 from pkcs11 import exceptions as p11_exc
 
-from .card_profiles import Login
 from .errors import TokenError, TokenNotFound
 from .pkcs11.module import Pkcs11Module
 
@@ -85,11 +84,6 @@ def serial_of(token: Any) -> str:
 
 def _list_slots(slots: list[Any]) -> str:
     return ", ".join(f"{s.slot_id} {s.slot_description.strip()!r}" for s in slots) or "none"
-
-
-def login_as(module: Pkcs11Module, session: Any, role: Login, pin: str) -> int:
-    """C_Login as the user or the SO; returns the CKR code."""
-    return module.login(session, pin, security_officer=role == "so")
 
 
 def reinitialize_module(module: Pkcs11Module) -> None:
