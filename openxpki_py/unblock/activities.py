@@ -10,9 +10,10 @@ itself is never here (:mod:`.agent_calls`).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from .. import roles
 from ..db.schema import token, workflow, workflow_attribute
@@ -50,6 +51,23 @@ def recent_unblocks(conn: Connection, key: str, value: str, *, since: object, ex
                workflow.c.created_at >= since, workflow.c.state != "REFUSED")).scalar_one())
 
 
+def _owners_cards_locked(conn: Connection, serial: str) -> Row[Any, Any] | None:
+    """Card ``serial``'s owner and status, with every card of that owner locked until the step commits.
+
+    The rate limits are a count, then a record: two unblocks checked at once
+    for one owner's cards (the same card, or two of them) would both count
+    the same past and both pass.  Locking the owner's card rows makes them
+    take turns; in id order, so two checks never wait for each other.
+    SQLite needs nothing: its write transactions already take turns.
+    """
+    card = conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == serial)).first()
+    if card is None or card.owner is None:
+        return card
+    conn.execute(select(token.c.id).where(token.c.owner == card.owner).order_by(token.c.id).with_for_update()).all()
+    # Read again under the lock: the card may have changed hands or state meanwhile.
+    return conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == serial)).first()
+
+
 @callables.activity("check_unblock_request")
 def check_unblock_request(ctx: ActivityContext) -> None:
     """A registered, active card; a User only for their own; within ``card_admin.unblock``."""
@@ -59,7 +77,7 @@ def check_unblock_request(ctx: ActivityContext) -> None:
         raise PolicyViolation("this server holds no per-card admin credentials (card_admin.enabled is false): "
                               "the help desk cannot unblock a PIN; the card must be reset and personalized again",
                               code="unblock.unsupported")
-    card = ctx.conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == serial)).first()
+    card = _owners_cards_locked(ctx.conn, serial)
     own_request = ctx.creator_role == roles.USER
     if card is None or card.owner is None or (own_request and card.owner != ctx.creator):
         # Someone else's card is "not registered" to a User: not even whether it exists.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -39,6 +40,14 @@ def _settings(settings: dict[str, Any]) -> None:
 @pytest.fixture
 def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
     inst = make_instance(sqlite_engine, overrides=_settings)
+    application = create_app(inst.config, inst.services)
+    application.instance = inst  # type: ignore[attr-defined]
+    return application
+
+
+@pytest.fixture
+def pg_app(make_instance: Callable[..., Any], pg_engine: Any) -> Any:
+    inst = make_instance(pg_engine, overrides=_settings)
     application = create_app(inst.config, inst.services)
     application.instance = inst  # type: ignore[attr-defined]
     return application
@@ -223,3 +232,51 @@ def test_an_operator_starts_it_and_only_the_owner_runs_it(app: Any) -> None:
     refused = soft_agent.call("POST", "pin-unblock/card", {"serial": "SOFT0001"})
     assert refused.json["error"]["code"] == "unblock.card_unsupported", refused.json
     assert "cannot be unblocked by the help desk" in refused.json["error"]["message"]
+
+
+@pytest.mark.parametrize("second_card", [False, True], ids=["same card", "another card of the owner"])
+def test_two_unblocks_checked_at_once_cannot_both_pass_the_last_allowed_one(
+        pg_app: Any, monkeypatch: pytest.MonkeyPatch, second_card: bool) -> None:
+    """The rate limit is a count then a record; two checks at once used to both count the same past (PostgreSQL)."""
+    from openxpki_py.unblock import activities
+
+    register(pg_app, "55501234")
+    alice = Browser(pg_app, "alice")
+    if second_card:  # per owner: 3 allowed, 1 used on each card (2 per card allowed): one left for the two
+        register(pg_app, "55505678")
+        for serial in ("55501234", "55505678"):
+            cancel(alice, unblock_id(ask(alice, serial)))
+        serials = ["55501234", "55505678"]
+    else:  # per card: 2 allowed, 1 used
+        cancel(alice, unblock_id(ask(alice, "55501234")))
+        serials = ["55501234", "55501234"]
+    # Make the race certain: each check, having counted, waits for the other to have counted too (or 3 s).
+    counted = threading.Barrier(2, timeout=3)
+    count = activities.recent_unblocks
+
+    def count_then_wait(conn: Any, key: str, value: str, **kwargs: Any) -> int:
+        n = count(conn, key, value, **kwargs)
+        if key == ("owner" if second_card else "token_serial"):
+            try:
+                counted.wait()
+            except threading.BrokenBarrierError:
+                pass  # the other check is waiting for this one's lock: the fixed code
+        return n
+
+    monkeypatch.setattr(activities, "recent_unblocks", count_then_wait)
+    answers: list[Any] = [None, None]
+    browsers = [Browser(pg_app, "alice"), Browser(pg_app, "alice")]  # two tabs, two sessions
+
+    def start(i: int) -> None:
+        answers[i] = ask(browsers[i], serials[i])
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    started = [i for i, a in enumerate(answers)
+               if a is not None and a.status_code == 303 and "/unblock/" in a.headers["Location"]]
+    assert len(started) == 1, [(a.status_code, a.headers.get("Location")) for a in answers if a is not None]
+    page = html.unescape(browsers[1 - started[0]].get("/certificates").text)
+    assert ("alice's cards had 3 PIN unblock(s)" if second_card else "card 55501234 had 2 PIN unblock(s)") in page
