@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """In-process certificate issuance rate against the raw signing rate of the same key.
 
-    python bench/issue.py [--seconds 2] [--algorithm rsa-2048]
+    python bench/issue.py [--seconds 2] [--algorithm rsa-2048] [--threads 2] [--db sqlite|postgresql]
 
 For the PKCS#11 key (a SoftHSM2 token made in a temp folder) and the
 software key: certificates per second through
@@ -12,15 +12,22 @@ issuance/raw says how much of the time is the signature and how much is ours
 (issue #15's target: >= 0.6).  Each rate is also given per CPU second of
 the measuring thread (``time.thread_time``): on a machine shared with other
 work the wall-clock rates swing with the load, the CPU-time ratio much less.
-Figures, not pass/fail.
+Then both again with ``--threads`` threads at once (wall clock): whether
+issuance scales with threads as the HSM's own signing does.  On SQLite the
+writers of a process take turns (the signature is inside the issuing
+transaction), so threads scale there only as far as the work outside the
+transaction allows; ``--db postgresql`` measures against a fresh database on
+the local server instead.  Figures, not pass/fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openxpki_py_token.secret import SecretRef  # noqa: E402
+from personalizing import temporary_postgresql  # noqa: E402
 from sign import softhsm_token  # noqa: E402
 
 from openxpki_py.crypto.ca import CertificateAuthority, IssuanceRequest  # noqa: E402
@@ -104,18 +112,41 @@ def issuance_count(ca: CertificateAuthority, engine: Any, csrs: list[bytes], sec
     return done, time.perf_counter() - start
 
 
+def threaded(n: int, measure: Any, args_of: Any) -> float:
+    """Operations per wall second of ``n`` threads each running ``measure(*args_of(i)) -> (count, seconds)``."""
+    counts = [0] * n
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        counts[i] = measure(*args_of(i))[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--seconds", type=float, default=2.0, help="per figure (default 2)")
     parser.add_argument("--algorithm", default="rsa-2048", help="CA key: rsa-2048 (default), ec-p256 …")
+    parser.add_argument("--threads", type=int, default=2, help="threads for the scaling figures (default 2)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     spec = KeySpec.parse(args.algorithm)
     print(f"CPUs: {os.cpu_count()}, load {os.getloadavg()[0]:.2f}; CA key {args.algorithm}; "
-          f"{args.seconds:g} s per figure; issuance = checks + build + sign + SQLite store + audit")
-    csrs = make_csrs(int(args.seconds * 3000) + 100)
+          f"{args.seconds:g} s per figure; issuance = checks + build + sign + {args.db} store + audit")
+    csrs = make_csrs(int(args.seconds * 3000) * (1 + args.threads) + 100)
     print(f"{'backend':<9} {'raw sign':>10} {'issuance':>10} {'issue/raw':>10}   per CPU second: "
           f"{'raw sign':>10} {'issuance':>10} {'issue/raw':>10}")
-    with softhsm_token() as (module, label, pin), tempfile.TemporaryDirectory() as folder:
+    scaling: list[str] = []
+    with contextlib.ExitStack() as stack:
+        module, label, pin = stack.enter_context(softhsm_token())
+        folder = stack.enter_context(tempfile.TemporaryDirectory())
         password = Path(folder) / "password"
         password.write_text("bench", encoding="utf-8")
         backends = {
@@ -125,7 +156,9 @@ def main() -> None:
         }
         offset = 0
         for name, backend in backends.items():
-            engine = open_engine(f"sqlite:///{folder}/{name}.db")
+            url = (stack.enter_context(temporary_postgresql()) if args.db == "postgresql"
+                   else f"sqlite:///{folder}/{name}.db")
+            engine = open_engine(url)
             create_schema(engine)
             ca = CertificateAuthority(_Cfg(args.algorithm), ProfileSet.load(), backend)
             with engine.begin() as conn:
@@ -138,8 +171,17 @@ def main() -> None:
             offset += int(rate * args.seconds) + 10
             print(f"{name:<9} {raw:>8.0f}/s {rate:>8.0f}/s {rate / raw:>10.2f}   {'':16}"
                   f"{raw_cpu:>8.0f}/s {rate_cpu:>8.0f}/s {rate_cpu / raw_cpu:>10.2f}")
+            n = args.threads
+            raw_n = threaded(n, sign_count, lambda _i: (key, args.seconds))
+            share = int(rate * args.seconds * 3) + 50  # CSRs per thread: a key is certified once
+            rate_n = threaded(n, issuance_count,
+                              lambda i: (ca, engine, csrs[offset + i * share:offset + (i + 1) * share], args.seconds))
+            offset += n * share
+            scaling.append(f"{name:<9} {n} threads: raw sign {raw_n:>6.0f}/s (x{raw_n / raw:.2f} of 1 thread), "
+                           f"issuance {rate_n:>5.0f}/s (x{rate_n / rate:.2f}); issue/raw {rate_n / raw_n:.2f}")
             backend.close()
             engine.dispose()
+    print("\n".join(scaling))
 
 
 if __name__ == "__main__":
