@@ -67,7 +67,7 @@ _ALTERNATIVE_IDS = 15
 
 
 def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardProfile) -> None:
-    from .enroll import _key_id, _serial_int, _spki, _usage
+    from .card_tasks import _key_id, _serial_int, _spki, _usage
     from .session import answer_integer as _integer
     from .session import answer_text as _text
 
@@ -131,7 +131,7 @@ def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519
     the current key's (``02`` → ``0281``, ``0282`` …), labelled with the
     certificate's end of validity.
     """
-    from .enroll import _serial_int, _spki
+    from .card_tasks import _serial_int, _spki
 
     card, created = agent.card, agent._created_keys()
     for number, item in enumerate(history[:20], start=1):
@@ -168,7 +168,7 @@ def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519
 
 def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: bool, created: Any) -> bytes:
     """A fixed slot as it is; on a generic token the first ID that is free or already holds this key."""
-    from .enroll import _spki
+    from .card_tasks import _spki
 
     if fixed:
         return wanted
@@ -185,7 +185,7 @@ def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: b
 def _import(agent: TokenAgent, pkcs8: bytearray, public: EscrowedPublicKey, key_id: bytes, label: str,
             profile: CardProfile) -> None:
     """Load, check, import, wipe: the plaintext lives only inside this call."""
-    from .enroll import _spki
+    from .card_tasks import _spki
 
     der = bytes(pkcs8)
     try:
