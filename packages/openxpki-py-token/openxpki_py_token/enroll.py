@@ -106,8 +106,8 @@ class TokenAgent:
             self.card.credentials.server = self._derived_credentials
             self._created = self.store.load_created_keys(session.server, session.workflow_id, info.serial)
             try:
-                announced = self._report_card(info, profile)
-                issued = self._run_tasks(profile, announced)
+                announced, task = self._report_card(info, profile)
+                issued = self._run_tasks(profile, announced, task)
                 self._finish_card()
             except ServerRefused as exc:
                 # The saved session is of no use any more: a rerun needs a new code.
@@ -148,8 +148,8 @@ class TokenAgent:
         assert self.card.info is not None, "the card is opened before any task"
         return self.card.info.serial
 
-    def _report_card(self, info: CardInfo, profile: CardProfile) -> bool:
-        """POST /token; True when the user still has to confirm the card."""
+    def _report_card(self, info: CardInfo, profile: CardProfile) -> tuple[bool, dict[str, Any] | None]:
+        """POST /token; whether the user still has to confirm the card, and the next task if the answer has it."""
         body: dict[str, Any] = {
             "serial": info.serial, "manufacturer": info.manufacturer, "model": info.model,
             "label": info.label, "card_profile": profile.name,
@@ -158,17 +158,25 @@ class TokenAgent:
             # The server plans the certificate types by these (which slot can
             # sign a CSR, which keys it makes) before the user's time is spent.
             body["key_slots"] = [slot.as_api() for slot in profile.capabilities()]
-        status = _text(self.api.post("token", body).body, "status", "token")
+        answer = self.api.post("token", body)
+        status = _text(answer.body, "status", "token")
         if status == "awaiting_confirmation":
             self.progress.step("waiting for you to confirm the card and the phrase in the browser…")
-            return True
+            return True, answer.next_task()
         if status != "confirmed":
             raise ProtocolError(f"the server answered the card report with status {status!r}")
-        return False
+        return False, answer.next_task()
 
     # --- the task loop ----------------------------------------------------------------------
 
-    def _run_tasks(self, profile: CardProfile, announced_confirmation: bool) -> list[IssuedCertificate]:
+    def _run_tasks(self, profile: CardProfile, announced_confirmation: bool,
+                   carried: dict[str, Any] | None = None) -> list[IssuedCertificate]:
+        """Do the server's tasks until done; ``carried`` is a task the last answer brought along.
+
+        The answers to POST /token, /csr and /receipt carry the next task
+        (``next_task``): it is done without asking GET /task.  An older server
+        sends none; then, and after every wait, the agent asks.
+        """
         deadline = self._clock() + self.timeout
         # The first wait after "confirm the card in the browser" says the same again.
         shown: str | None = None
@@ -177,7 +185,8 @@ class TokenAgent:
             if self._clock() >= deadline:
                 # Also ends a server that hands out work forever.
                 raise self._stopped(shown or "the server had more tasks")
-            task = self.api.get("task").body
+            task = carried if carried is not None else self.api.get("task").body
+            carried = None
             kind = _text(task, "task", "task")
             if kind == "wait":
                 reason = str(task.get("reason") or "the server is busy")
@@ -190,7 +199,7 @@ class TokenAgent:
             if kind == "generate_key":
                 # "CSR sent; waiting for approval" already said what the next waits are for.
                 try:
-                    shown = generate_key(self, task, profile)
+                    shown, carried = generate_key(self, task, profile)
                 except TokenError as exc:
                     if exc.code not in CARD_UNABLE_CODES:
                         raise
@@ -198,11 +207,11 @@ class TokenAgent:
                     if exc.code in WHOLE_CARD_CODES:
                         raise  # the server has ended the personalization; the user reads why here too
             elif kind == "install_certificate":
-                install_certificate(self, task, profile)
+                carried = install_certificate(self, task, profile)
             elif kind == "import_key":
                 from .key_import import import_escrowed_key
 
-                import_escrowed_key(self, task, profile)
+                carried = import_escrowed_key(self, task, profile)
             elif kind == "done":
                 return self._done(task)
             elif kind == "failed":

@@ -66,7 +66,8 @@ log = logging.getLogger("openxpki_py_token")
 _ALTERNATIVE_IDS = 15
 
 
-def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardProfile) -> None:
+def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardProfile) -> dict[str, Any] | None:
+    """Import the escrowed key and its certificate, prove it, POST the receipt; the next task if it has one."""
     from .card_tasks import _key_id, _serial_int, _spki, _usage
     from .session import answer_integer as _integer
     from .session import answer_text as _text
@@ -119,8 +120,8 @@ def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardPr
     elif isinstance(history, list) and history:
         _import_history(agent, history, transport_key, cert_type, key_id, label, profile)
     proof = _prove(card, key_id, public, answer, transport_context(created.workflow_id, cert_type, serial))
-    agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
-                               "token_serial": agent._card_serial(), "key_proof": b64(proof)})
+    return agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
+                                      "token_serial": agent._card_serial(), "key_proof": b64(proof)}).next_task()
 
 
 def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519PrivateKey, cert_type: str,
