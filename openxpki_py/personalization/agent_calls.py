@@ -13,7 +13,7 @@ web layer (:mod:`openxpki_py.web.api`) maps them to HTTP statuses.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -60,8 +60,10 @@ class AgentAnswer:
     """An action's status, and the agent's next task as the action left the workflow.
 
     ``next_task`` is what ``GET /api/v1/task`` would answer right now
-    (docs/api.md): the agent goes on with it instead of asking.  It is
-    computed from a workflow the call read anyway, never from a read of its own.
+    (docs/api.md): the agent goes on with it instead of asking.  It comes
+    from the workflow as the call last read it (the action's read-back, or
+    the read that found a repeat), never from a read of its own; None: the
+    agent asks.
     """
 
     status: str
@@ -194,14 +196,13 @@ class TokenAgentCalls:
     def task(self, agent: AgentCredential) -> dict[str, Any]:
         return self._next_task(agent, self._view(agent.workflow_id))
 
-    def _next_task(self, agent: AgentCredential, view: Any, children: Sequence[Any] | None = None) -> dict[str, Any]:
-        """The agent's task in ``view`` (the issuance children are read only while it issues)."""
+    def _next_task(self, agent: AgentCredential, view: Any) -> dict[str, Any]:
+        """The agent's task in ``view`` (its issuance children are read only while it issues)."""
         if not agent.confirmed and view.state not in ("LOOKUP", "WAIT_FOR_TOKEN", "CONFIRM_TOKEN", *FINAL_FAILURE):
             # A new code after the card was confirmed: the new agent waits for the user, like the first.
             return {"task": "wait", "retry_after": 1,
                     "reason": f"confirm this agent in your browser (phrase \"{agent.phrase}\")"}
-        if children is None:
-            children = self.engine.children(view.id) if view.state == "ISSUING" else ()
+        children = self.engine.children(view.id) if view.state == "ISSUING" else ()
         return agent_task(view, children)
 
     def submit_csr(self, agent: AgentCredential, *, cert_type: str, key_id: str, csr_pem: str,
@@ -299,6 +300,7 @@ class TokenAgentCalls:
             if not _installed(view, serial):
                 raise
         return AgentAnswer("installed", self._next_task(agent, view))
+
 
 def _same_csr(view: Any, cert_type: str, csr_pem: str) -> dict[str, Any] | None:
     """The entry this very request was already accepted for (a repeated post), if any.
