@@ -1,7 +1,8 @@
 """The agent's part of personalization: report the card, then do the server's tasks.
 
-The server decides what is left to do (``GET /api/v1/task``); the agent only
-executes one task at a time and never keeps its own plan.  That is what makes
+The server decides what is left to do (``GET /api/v1/task``, or the
+``next_task`` an action's answer carries); the agent only executes one task
+at a time and never keeps its own plan.  That is what makes
 a rerun after any interruption safe: a key that was generated but never
 certified is found on the card and used again, a certificate already on the
 card only needs its receipt, and the server never issues twice.
