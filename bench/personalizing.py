@@ -153,6 +153,7 @@ def personalize(port: int, user: str, keys: Sequence[Any], serial: str, *, agent
     code = _found(r'id="enrollment-code">([^<]+)<', page)
     agent.bearer = agent.api("POST", "enroll", {"code": code, "agent_key": public_key_text(new_agent_key())})[
         "access_token"]
+    # The answer carries a wait (the user confirms the card): the agent sleeps it out, then asks GET /task.
     agent.api("POST", "token", {"serial": serial, "model": "bench"})
     page = browser.request("GET", path)[2]
     browser.request("POST", f"{base}/action", form={
@@ -160,18 +161,26 @@ def personalize(port: int, user: str, keys: Sequence[Any], serial: str, *, agent
         "version": _found(r'name="version" value="(\d+)"', page), "agent": _found(r'name="agent" value="(\d+)"', page)})
     assert len(keys) == 2, "two pre-made card keys per personalization"
     serials = []
+    task = agent.api("GET", "task")
     for key in keys:
-        task = agent.api("GET", "task")
+        # As openxpki-py-token does: each answer carries the next task (next_task, docs/api.md); it
+        # asks GET /task only without one (an older server) or after a wait.
         assert task["task"] == "generate_key", task
-        agent.api("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"], "csr": csr_pem(key)})
-        task = agent.api("GET", "task")
-        agent.api("POST", "receipt", {"cert_type": task["cert_type"], "key_id": task["key_id"],
-                                      "serial": task["serial"]})
+        task = _next_task(agent, agent.api("POST", "csr", {"cert_type": task["cert_type"], "key_id": task["key_id"],
+                                                           "csr": csr_pem(key)}))
+        assert task["task"] == "install_certificate", task
         serials.append(task["serial"])
-    done = agent.api("GET", "task")
-    assert done["task"] == "done", done
+        task = _next_task(agent, agent.api("POST", "receipt", {"cert_type": task["cert_type"],
+                                                               "key_id": task["key_id"], "serial": task["serial"]}))
+    assert task["task"] == "done", task
     return Outcome(browser.spent + agent.spent, time.perf_counter() - began, int(path.rsplit("/", 1)[1]), serials,
                    browser.round_trips + agent.round_trips)
+
+
+def _next_task(agent: Client, answer: dict[str, Any]) -> dict[str, Any]:
+    """The task the answer carries; else (an older server) GET /task, as the agent does."""
+    carried = answer.get("next_task")
+    return carried if isinstance(carried, dict) else agent.api("GET", "task")
 
 
 def run_round(users: Sequence[str], keys: dict[str, list[Any]], tag: str, port_of: Any) -> list[Outcome]:

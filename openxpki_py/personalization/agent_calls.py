@@ -30,7 +30,7 @@ from ..errors import AuthError, OpenXPKIError, PolicyViolation, UnexpectedStep
 from ..workflow.errors import ActionNotAvailable
 from .card_credentials import CardCredentialsRefused, release_card_credentials
 from .enrollment import AgentCredential, AgentGrant, EnrollmentRefused, check_credential, redeem_code
-from .tasks import FINAL_FAILURE, WF_TYPE, agent_task
+from .tasks import CONFIRM_CARD_TASK, FINAL_FAILURE, WF_TYPE, agent_task
 
 AGENT_ROLE = roles.USER
 CARD_FIELDS = (("model", "model"), ("manufacturer", "manufacturer"),
@@ -56,10 +56,24 @@ class IssuanceFailed(PolicyViolation):
 
 
 @dataclass(frozen=True)
-class CsrAnswer:
-    """``issued`` with the serial, or ``pending`` with the reason it waits."""
+class AgentAnswer:
+    """An action's status, and the agent's next task as the action left the workflow.
+
+    ``next_task`` is what ``GET /api/v1/task`` would answer right now
+    (docs/api.md): the agent goes on with it instead of asking.  It comes
+    from the workflow as the call last read it (the action's read-back, or
+    the read that found a repeat), never from a read of its own; None: the
+    agent asks.
+    """
 
     status: str
+    next_task: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CsrAnswer(AgentAnswer):
+    """``issued`` with the serial, or ``pending`` with the reason it waits."""
+
     serial: str | None = None
     reason: str | None = None
 
@@ -136,7 +150,7 @@ class TokenAgentCalls:
             raise UnexpectedStep(exc.message) from exc
 
     def report_token(self, agent: AgentCredential, serial: str, card: Mapping[str, Any],
-                     capabilities: CardCapabilities | None = None) -> str:
+                     capabilities: CardCapabilities | None = None) -> AgentAnswer:
         """Bind the card to the personalization; ``awaiting_confirmation`` or ``confirmed``.
 
         ``capabilities`` (the card's profile and key slots, read from the
@@ -151,9 +165,10 @@ class TokenAgentCalls:
         if token is not None and token.get("confirmed"):
             if token["serial"] != serial:
                 raise CardMismatch(f"this personalization is for card {token['serial']}; insert that card")
-            return "confirmed" if agent.confirmed else "awaiting_confirmation"
+            return AgentAnswer("confirmed" if agent.confirmed else "awaiting_confirmation",
+                               self._next_task(agent, view))
         if token is not None and token["serial"] == serial and token.get("agent") == agent.credential_id:
-            return "awaiting_confirmation"
+            return AgentAnswer("awaiting_confirmation", self._next_task(agent, view))
         if view.state not in ("WAIT_FOR_TOKEN", "CONFIRM_TOKEN"):
             raise UnexpectedStep(f"the personalization is past the card step ({view.state})")
         inputs: dict[str, Any] = {"serial": serial, "agent": agent.credential_id}
@@ -168,19 +183,26 @@ class TokenAgentCalls:
             self._execute(agent.workflow_id, agent.login, "report_token", inputs, read_back=False)
         except OpenXPKIError:
             # The same card reported twice at once: the other report won the lock.
-            token = self._view(agent.workflow_id).context.get("token")
+            view = self._view(agent.workflow_id)
+            token = view.context.get("token")
             if token is None or token["serial"] != serial:
                 raise
-            return "confirmed" if token["confirmed"] else "awaiting_confirmation"
-        return "awaiting_confirmation"
+            return AgentAnswer("confirmed" if token["confirmed"] else "awaiting_confirmation",
+                               self._next_task(agent, view))
+        # report_token's one way on is CONFIRM_TOKEN (the workflow definition),
+        # where the agent waits for the user: its task is known without reading it back.
+        return AgentAnswer("awaiting_confirmation", dict(CONFIRM_CARD_TASK))
 
     def task(self, agent: AgentCredential) -> dict[str, Any]:
-        view = self._view(agent.workflow_id)
+        return self._next_task(agent, self._view(agent.workflow_id))
+
+    def _next_task(self, agent: AgentCredential, view: Any) -> dict[str, Any]:
+        """The agent's task in ``view`` (its issuance children are read only while it issues)."""
         if not agent.confirmed and view.state not in ("LOOKUP", "WAIT_FOR_TOKEN", "CONFIRM_TOKEN", *FINAL_FAILURE):
             # A new code after the card was confirmed: the new agent waits for the user, like the first.
             return {"task": "wait", "retry_after": 1,
                     "reason": f"confirm this agent in your browser (phrase \"{agent.phrase}\")"}
-        children = self.engine.children(agent.workflow_id) if view.state == "ISSUING" else ()
+        children = self.engine.children(view.id) if view.state == "ISSUING" else ()
         return agent_task(view, children)
 
     def submit_csr(self, agent: AgentCredential, *, cert_type: str, key_id: str, csr_pem: str,
@@ -207,12 +229,13 @@ class TokenAgentCalls:
             task = agent_task(view)
             # The agent is told why with the refusal's own code (attestation.chain …), not a generic one.
             raise IssuanceFailed(task["message"], code=task.get("code") or IssuanceFailed.code)
-        if earlier["status"] in ("issued", "installed"):
-            return CsrAnswer("issued", serial=earlier["serial"])
         if earlier["status"] == "failed":
             raise IssuanceFailed(earlier.get("reason", "the certificate was not issued"))
-        task = agent_task(view, self.engine.children(view.id))
-        return CsrAnswer("pending", reason=task.get("reason", "issuing"))
+        # The workflow as the CSR left it (read back by execute, or just read for a repeat).
+        task = self._next_task(agent, view)
+        if earlier["status"] in ("issued", "installed"):
+            return CsrAnswer("issued", task, serial=earlier["serial"])
+        return CsrAnswer("pending", task, reason=task.get("reason", "issuing"))
 
     def card_unable(self, agent: AgentCredential, *, cert_type: str, code: str, reason: str,
                     token_serial: str | None) -> None:
@@ -257,22 +280,26 @@ class TokenAgentCalls:
                                     agent_key=agent_key, rsa_proof=rsa_proof)
 
     def receipt(self, agent: AgentCredential, *, cert_type: str, serial: str, token_serial: str | None,
-                key_proof: str | None = None) -> None:
+                key_proof: str | None = None) -> AgentAnswer:
         """The certificate is on the card; a repeated receipt is answered, not recorded twice."""
         self._confirmed(agent)
         workflow_id, login = agent.workflow_id, agent.login
-        if _installed(self._view(workflow_id, token_serial), serial):
-            return
+        view = self._view(workflow_id, token_serial)
+        if _installed(view, serial):
+            return AgentAnswer("installed", self._next_task(agent, view))
         inputs = {"cert_type": cert_type, "certificate_serial": serial}
         if key_proof is not None:
             inputs["key_proof"] = key_proof
         try:
-            self._execute(workflow_id, login, "confirm_install", inputs, read_back=False)
+            # Read back: the next task (the next key, or done) replaces the agent's GET /task.
+            view = self._execute(workflow_id, login, "confirm_install", inputs)
         except OpenXPKIError:
             # An identical receipt may have been recorded after the check above
             # (it ran outside the workflow's lock): that is a repeat, not a refusal.
-            if not _installed(self._view(workflow_id, token_serial), serial):
+            view = self._view(workflow_id, token_serial)
+            if not _installed(view, serial):
                 raise
+        return AgentAnswer("installed", self._next_task(agent, view))
 
 
 def _same_csr(view: Any, cert_type: str, csr_pem: str) -> dict[str, Any] | None:

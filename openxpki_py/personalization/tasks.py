@@ -4,12 +4,16 @@ is stored, so any Apache process answers any poll the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 WF_TYPE = "smartcard_personalization"
 FINAL_FAILURE = ("FAILED", "CANCELLED")
+#: The agent's task while the user is asked to confirm the reported card (CONFIRM_TOKEN).
+CONFIRM_CARD_TASK: Mapping[str, Any] = MappingProxyType(
+    {"task": "wait", "reason": "confirm the card in your browser", "retry_after": 1})
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def agent_task(view: Any, children: Sequence[Any] = ()) -> dict[str, Any]:
     if state == "WAIT_FOR_TOKEN":
         return {"task": "wait", "reason": "report the card first (POST /api/v1/token)", "retry_after": 1}
     if state == "CONFIRM_TOKEN":
-        return {"task": "wait", "reason": "confirm the card in your browser", "retry_after": 1}
+        return dict(CONFIRM_CARD_TASK)
     if state == "WAIT_FOR_CSR":
         entry, index, count = _position(ctx)
         task = {"task": "generate_key", "cert_type": entry["type"], "index": index, "count": count,

@@ -24,7 +24,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..auth import identity as sso
 from ..errors import AuthError, NotFound, OpenXPKIError
-from ..personalization.agent_calls import TokenAgentCalls
+from ..personalization.agent_calls import AgentAnswer, TokenAgentCalls
 from ..personalization.enrollment import AgentCredential, CredentialRefused
 from ..unblock.agent_calls import PinUnblockCalls
 from .client_address import TrustedProxies
@@ -43,6 +43,16 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                         mimetype="application/json", headers=headers)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def with_next_task(body: dict[str, Any], answer: AgentAnswer) -> dict[str, Any]:
+    """The answer's body with the agent's next task (``next_task``, docs/api.md), when the call knows it.
+
+    An agent that does not know the key ignores it and asks ``GET /task``, as before.
+    """
+    if answer.next_task is not None:
+        body["next_task"] = answer.next_task
+    return body
 
 
 def json_error(exc: OpenXPKIError) -> Response:
@@ -214,7 +224,8 @@ class AgentApi:
             capabilities = CardCapabilities.from_report(body)
         except ValueError as exc:
             raise RequestInvalid(f"the card report's profile or key slots: {exc}") from None
-        return json_response({"status": self.calls.report_token(agent, serial, body, capabilities)})
+        answer = self.calls.report_token(agent, serial, body, capabilities)
+        return json_response(with_next_task({"status": answer.status}, answer))
 
     def task(self, request: Request) -> Response:
         return json_response(self.calls.task(self._agent(request)))
@@ -227,8 +238,8 @@ class AgentApi:
         answer = self.calls.submit_csr(agent, cert_type=cert_type, key_id=key_id, csr_pem=csr_pem,
                                        token_serial=_token_serial(body), attestation=_attestation(body))
         if answer.status == "issued":
-            return json_response({"status": "issued", "serial": answer.serial})
-        return json_response({"status": "pending", "reason": answer.reason}, 202)
+            return json_response(with_next_task({"status": "issued", "serial": answer.serial}, answer))
+        return json_response(with_next_task({"status": "pending", "reason": answer.reason}, answer), 202)
 
     def card_unable(self, request: Request) -> Response:
         agent = self._agent(request)
@@ -257,9 +268,9 @@ class AgentApi:
         proof = body.get("key_proof")
         if proof is not None and not isinstance(proof, str):
             raise RequestInvalid("key_proof must be base64url text")
-        self.calls.receipt(agent, cert_type=cert_type, serial=serial, token_serial=_token_serial(body),
-                           key_proof=proof)
-        return json_response({"status": "installed"})
+        answer = self.calls.receipt(agent, cert_type=cert_type, serial=serial, token_serial=_token_serial(body),
+                                    key_proof=proof)
+        return json_response(with_next_task({"status": answer.status}, answer))
 
     def escrowed_key(self, request: Request) -> Response:
         """An escrowed key for the card, sealed for the agent's ephemeral key (docs/api.md)."""

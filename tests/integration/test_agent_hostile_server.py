@@ -102,11 +102,13 @@ class CertificateHijacker(FakeApi):
     installed_foreign = False
 
 
+@pytest.mark.parametrize("carried", [False, True], ids=["polled", "carried"])
 def test_a_server_cannot_replace_the_certificate_of_a_key_the_agent_did_not_create(
-        run_first_pki: tuple[Any, FakeApi], tmp_path: Path) -> None:
+        run_first_pki: tuple[Any, FakeApi], tmp_path: Path, carried: bool) -> None:
+    """Also when the task comes as the card report's next_task: it is checked like a polled one."""
     token, other = run_first_pki
     before, cert_before = card_objects(token), certificate_der(token, "01")
-    hijacker = CertificateHijacker(default_slots()[:1], confirm_after=0)
+    hijacker = CertificateHijacker(default_slots()[:1], confirm_after=0, carry_next_task=carried)
     assert other.slots[0].cert is not None
     hijacker.victim_key = other.slots[0].cert.public_key()  # public: any directory shows it
     with served(hijacker) as url:
@@ -115,6 +117,7 @@ def test_a_server_cannot_replace_the_certificate_of_a_key_the_agent_did_not_crea
     assert "did not generate on the card; refused, nothing on the card was changed" in run.stderr
     assert "[agent.foreign_key]" in run.stderr
     assert "POST /api/v1/receipt" not in hijacker.paths()
+    assert ("GET /api/v1/task" in hijacker.paths()) is not carried
     assert card_objects(token) == before
     assert certificate_der(token, "01") == cert_before
 

@@ -59,7 +59,7 @@ def _reported(app: Any, report: dict[str, Any]) -> tuple[Any, int, Agent]:
     agent = Agent(app)
     assert agent.enroll(code).status_code == 200
     answer = agent.call("POST", "token", report)
-    assert answer.json == {"status": "awaiting_confirmation"}, answer.json
+    assert answer.json["status"] == "awaiting_confirmation", answer.json
     return browser, wf_id, agent
 
 
@@ -150,4 +150,4 @@ def test_a_malformed_card_report_is_refused_with_a_clear_error(make_app: Callabl
     assert answer.status_code == 400 and answer.json["error"]["code"] == "request.invalid"
     assert "key_slots[0].can_sign" in answer.json["error"]["message"]
     assert app.instance.services.workflows.get(wf_id).state == "WAIT_FOR_TOKEN"  # nothing lost: report again
-    assert agent.call("POST", "token", {"serial": "X1"}).json == {"status": "awaiting_confirmation"}
+    assert agent.call("POST", "token", {"serial": "X1"}).json["status"] == "awaiting_confirmation"

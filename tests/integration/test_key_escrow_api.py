@@ -116,8 +116,9 @@ def test_only_the_confirmed_agent_at_this_step_gets_the_key_and_only_a_true_proo
                                                                                "input.invalid"), refused.json
     assert agent.call("GET", "task").json["task"] == "import_key"  # nothing recorded
     proof = key.decrypt(unb64(delivered.json["challenge"], "challenge"), CHALLENGE_PADDING)
-    assert agent.call("POST", "receipt", {**receipt, "key_proof": b64(proof)}).json == {"status": "installed"}
-    assert agent.call("GET", "task").json["task"] == "done"
+    installed = agent.call("POST", "receipt", {**receipt, "key_proof": b64(proof)}).json
+    assert installed["status"] == "installed" and installed["next_task"]["task"] == "done"
+    assert agent.call("GET", "task").json == installed["next_task"]
 
     inst = app.instance
     with inst.services.db.connect() as conn:
@@ -160,7 +161,7 @@ def test_an_escrowed_ec_key_counts_only_with_the_ecdh_answer_for_this_delivery(
         refused = agent.call("POST", "receipt", {**receipt, "key_proof": b64(wrong)})
         assert (refused.status_code, refused.json["error"]["code"]) == (422, "escrow.proof"), refused.json
     answer = ecdh_proof(secret, challenge, context)
-    assert agent.call("POST", "receipt", {**receipt, "key_proof": b64(answer)}).json == {"status": "installed"}
+    assert agent.call("POST", "receipt", {**receipt, "key_proof": b64(answer)}).json["status"] == "installed"
     with inst.services.db.connect() as conn:
         record = conn.execute(select(key_escrow)).mappings().one()
     assert record["status"] == "installed" and record["key_spec"] == "ec-p256"

@@ -28,6 +28,9 @@ CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 CODE_RE = re.compile(r'<code id="enrollment-code">([A-Z0-9-]+)</code>')
 AGENT_RE = re.compile(r'name="agent" value="(\d+)"')
 PHRASE_RE = re.compile(r'<strong id="pairing-phrase">([a-z ]+)</strong>')
+# The card report's answer: the agent waits for the user, the same task GET /task answers then.
+CONFIRM_WAIT = {"task": "wait", "reason": "confirm the card in your browser", "retry_after": 1}
+AWAITING = {"status": "awaiting_confirmation", "next_task": CONFIRM_WAIT}
 
 
 class Browser:
@@ -137,8 +140,8 @@ def test_two_certificates_for_alice(app: Any) -> None:
     agent = Agent(app)
     assert agent.enroll(code).json["user"] == "alice"
     assert agent.call("POST", "token", {"serial": "CARD0001", "model": "SoftHSM v2", "manufacturer": "SoftHSM"}
-                      ).json == {"status": "awaiting_confirmation"}
-    assert agent.call("GET", "task").json["reason"] == "confirm the card in your browser"
+                      ).json == AWAITING
+    assert agent.call("GET", "task").json == CONFIRM_WAIT
     assert "CARD0001" in browser.get(f"/deeplink/workflow/{wf_id}").text
     confirm(browser, wf_id)
 
@@ -154,11 +157,15 @@ def test_two_certificates_for_alice(app: Any) -> None:
         assert again.json == answer.json  # idempotent: a retried post issues nothing new
         install = agent.call("GET", "task").json
         assert install["task"] == "install_certificate" and install["serial"] == answer.json["serial"]
+        assert answer.json["next_task"] == install  # the answer carries what GET /task says
         cert = x509.load_pem_x509_certificate(install["certificate"].encode())
         assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "Alice Example"
         receipt = {"cert_type": cert_type, "key_id": install["key_id"], "serial": install["serial"]}
-        assert agent.call("POST", "receipt", receipt).json == {"status": "installed"}
-        assert agent.call("POST", "receipt", receipt).json == {"status": "installed"}
+        installed = agent.call("POST", "receipt", receipt).json
+        assert installed["status"] == "installed"
+        assert agent.call("POST", "receipt", receipt).json == installed  # a repeat: the same answer
+        assert installed["next_task"] == agent.call("GET", "task").json
+        assert installed["next_task"]["task"] == ("generate_key" if index == 1 else "done")
         serials.append(install["serial"])
 
     done = agent.call("GET", "task").json
@@ -334,7 +341,7 @@ def test_reported_card_is_claimed_only_when_confirmed(app: Any) -> None:
     bob_browser, bob_wf, bob_code = start(app, "bob")
     bob = Agent(app)
     bob.enroll(bob_code)
-    assert bob.call("POST", "token", {"serial": "ALICECARD"}).json == {"status": "awaiting_confirmation"}
+    assert bob.call("POST", "token", {"serial": "ALICECARD"}).json == AWAITING
     assert page_action(bob_browser, bob_wf, "reject_token").status_code == 303
     rejected = bob.call("GET", "task")  # the agent that reported a card the user rejected is out
     assert (rejected.status_code, rejected.json["error"]["code"]) == (401, "auth.token_expired")
@@ -371,9 +378,10 @@ def test_new_code_replaces_a_stopped_agent(app: Any) -> None:
     swapped = second.call("POST", "token", {"serial": "CARD-B"})
     assert (swapped.status_code, swapped.json["error"]["code"]) == (409, "token.mismatch")
     # A new code after the card was confirmed: the new agent waits for the user, like the first one did.
-    assert second.call("POST", "token", {"serial": "CARD-A"}).json == {"status": "awaiting_confirmation"}
+    reported = second.call("POST", "token", {"serial": "CARD-A"}).json
     waiting = second.call("GET", "task").json
     assert waiting["task"] == "wait" and second.phrase in waiting["reason"]
+    assert reported == {"status": "awaiting_confirmation", "next_task": waiting}
     early = second.call("POST", "receipt", {"cert_type": "authentication", "serial": "01"})
     assert (early.status_code, early.json["error"]["code"]) == (403, "agent.unconfirmed")
     page = browser.get(f"/deeplink/workflow/{wf_id}").text
@@ -381,9 +389,10 @@ def test_new_code_replaces_a_stopped_agent(app: Any) -> None:
     assert shown_phrase and shown_phrase.group(1) == second.phrase != first.phrase
     assert page_action(browser, wf_id, "confirm_agent").status_code == 303
     assert PHRASE_RE.search(browser.get(f"/deeplink/workflow/{wf_id}").text) is None  # nothing left to ask
-    assert second.call("POST", "token", {"serial": "CARD-A"}).json == {"status": "confirmed"}
+    reported = second.call("POST", "token", {"serial": "CARD-A"}).json
     install = second.call("GET", "task").json
     assert install["task"] == "install_certificate" and install["cert_type"] == "authentication"
+    assert reported == {"status": "confirmed", "next_task": install}  # a rerun goes on without asking
     second.call("POST", "receipt", {"cert_type": "authentication", "serial": install["serial"]})
     reuse = second.call("POST", "csr", {"cert_type": "encryption", "key_id": "02", "csr": make_csr(key)})
     assert (reuse.status_code, reuse.json["error"]["code"]) == (422, "csr.key_reused")
@@ -457,7 +466,7 @@ def test_help_desk_marks_a_card_lost_and_releases_it(app: Any) -> None:
     bob_browser, bob_wf, bob_code = start(app, "bob")
     bob = Agent(app)
     bob.enroll(bob_code)
-    assert bob.call("POST", "token", {"serial": "CARD-LOST"}).json == {"status": "awaiting_confirmation"}
+    assert bob.call("POST", "token", {"serial": "CARD-LOST"}).json == AWAITING
 
 
 def test_agent_command_uses_the_configured_public_url(make_instance: Callable[..., Any], sqlite_engine: Any) -> None:
@@ -505,9 +514,11 @@ def _up_to_approval(app: Any) -> tuple[Browser, int, Agent, int]:
         if task["cert_type"] == "authentication":
             install = agent.call("GET", "task").json
             agent.call("POST", "receipt", {"cert_type": "authentication", "serial": install["serial"]})
+    waiting = {"task": "wait", "reason": "waiting for approval by an RA Operator", "retry_after": 2}
     assert (answer.status_code, answer.json) == (202, {"status": "pending",
-                                                       "reason": "waiting for approval by an RA Operator"})
-    assert agent.call("GET", "task").json["reason"] == "waiting for approval by an RA Operator"
+                                                       "reason": "waiting for approval by an RA Operator",
+                                                       "next_task": waiting})  # the agent still polls
+    assert agent.call("GET", "task").json == waiting
     page = browser.get(f"/deeplink/workflow/{wf_id}").text
     assert "Waiting for approval by an RA Operator." in page and 'id="withdraw"' in page
     child = app.instance.services.workflows.children(wf_id)[-1]
@@ -649,7 +660,7 @@ def test_a_stolen_code_gets_the_attacker_nothing_without_the_victims_yes_to_his_
     browser, wf_id, code = start(app)
     attacker = Agent(app, {"REMOTE_ADDR": "192.0.2.66"})
     assert attacker.enroll(code).status_code == 200  # shoulder-surfed, and faster
-    assert attacker.call("POST", "token", {"serial": "ALICECARD"}).json == {"status": "awaiting_confirmation"}
+    assert attacker.call("POST", "token", {"serial": "ALICECARD"}).json == AWAITING
     victim = Agent(app)
     used = victim.enroll(code)
     assert (used.status_code, used.json["error"]["code"]) == (409, "enroll.code_used")

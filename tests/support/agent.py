@@ -42,11 +42,15 @@ class _Quiet(WSGIRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_app(inst: Any) -> Iterator[tuple[Any, str]]:
-    """The instance's WSGI app on a local plain-http server: (app, base URL)."""
+def serve_app(inst: Any, *, wrap: Callable[[Any], Any] | None = None) -> Iterator[tuple[Any, str]]:
+    """The instance's WSGI app on a local plain-http server: (app, base URL).
+
+    ``wrap(app)`` is served instead when given (a WSGI wrapper that watches or changes the agent's
+    requests); the returned app is the bare one, for the in-process browser.
+    """
     app = create_app(inst.config, inst.services)
     app.instance = inst  # type: ignore[attr-defined]
-    httpd: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    httpd: WSGIServer = make_server("127.0.0.1", 0, wrap(app) if wrap else app, handler_class=_Quiet)
     # A short poll: shutdown() waits for the loop to notice it (0.5 s by default).
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -2,8 +2,9 @@
 
 ``FakeApi`` plays the server side on 127.0.0.1 (threaded http.server): it
 checks the bearer token, the CSR signatures and keys, issues certificates
-with a throw-away CA and answers ``GET /task`` from its state, so the agent
-runs exactly as against the real server.  Tests subclass it to play a
+with a throw-away CA and answers ``GET /task`` from its state (and, with
+``carry_next_task``, puts that task into the actions' answers as
+``next_task``), so the agent runs exactly as against the real server.  Tests subclass it to play a
 hostile or flaky server.  ``serve`` polls for shutdown every 0.05 s, so a
 test's teardown is quick.
 """
@@ -71,6 +72,8 @@ class FakeApi:
     refuse: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     fail_task: tuple[str, str] | None = None
     issued: int = 0
+    #: Answers to POST /token, /csr and /receipt carry the next task (next_task, docs/api.md); False: an older server.
+    carry_next_task: bool = False
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -99,7 +102,13 @@ class FakeApi:
             }.get((method, path))
             if route is None:
                 return self._error(404, "not_found", f"no {method} {path}")
-            return route(body or {})
+            status, answer, extra = route(body or {})
+            if self.carry_next_task and path != "/api/v1/task" and status < 300 and isinstance(answer, dict):
+                # As the real server does: the answer brings what GET /task would answer now.
+                task_status, task, _ = self.task()
+                if task_status == 200:
+                    answer = {**answer, "next_task": task}
+            return status, answer, extra
 
     @staticmethod
     def _error(status: int, code: str, message: str) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -209,6 +209,70 @@ def test_pending_approval_waits_then_installs(make_token: Any, tmp_path: Path,
     assert "waiting for you to confirm" not in err
 
 
+# --- the next task in the answers (next_task) ------------------------------------------------
+
+
+def _served_run(capsys: pytest.CaptureFixture[str], api: FakeApi, token: SoftHSMToken,
+                state_dir: Path) -> tuple[int, str, str]:
+    server, url = serve(api)
+    try:
+        return run_agent(capsys, agent_args(token, url, api.code, state_dir))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_carried_tasks_are_done_without_asking(make_token: Any, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    api = FakeApi(default_slots(), confirm_after=0, carry_next_task=True)
+    code, out, err = _served_run(capsys, api, make_token("agent-carried"), tmp_path)
+    assert code == 0, err
+    assert api.paths() == ["POST /api/v1/enroll", "POST /api/v1/token"] + ["POST /api/v1/csr",
+                                                                            "POST /api/v1/receipt"] * 2
+    assert "done: 2 certificates on the card" in err and "encryption: serial" in out
+
+
+def test_a_carried_wait_is_waited_out_then_polled(make_token: Any, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    slots = default_slots()
+    slots[0].pending_polls = 3  # the CSR's answer carries a wait, and so do the next two polls
+    api = FakeApi(slots, confirm_after=0, carry_next_task=True)
+    code, _, err = _served_run(capsys, api, make_token("agent-carried-wait"), tmp_path)
+    assert code == 0, err
+    paths = api.paths()
+    first_csr = paths.index("POST /api/v1/csr")
+    assert paths[first_csr + 1:first_csr + 5] == ["GET /api/v1/task"] * 3 + ["POST /api/v1/receipt"], paths
+    assert "GET /api/v1/task" not in paths[first_csr + 5:]
+    assert err.count("waiting for approval") == 1  # "CSR sent; waiting for approval", not per wait
+
+
+def test_a_carried_failed_task_ends_the_run(make_token: Any, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    api = FakeApi(default_slots(), confirm_after=0, carry_next_task=True)
+    api.fail_task = ("csr.rejected", "the RA operator rejected the request")
+    code, _, err = _served_run(capsys, api, make_token("agent-carried-failed"), tmp_path)
+    assert code == cli.EXIT_REFUSED
+    assert "the RA operator rejected the request [csr.rejected]" in err
+    assert "GET /api/v1/task" not in api.paths()
+
+
+class _GarbledNextTask(FakeApi):
+    """Answers the card report with a next_task that is no task object."""
+
+    def report_token(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        status, answer, extra = super().report_token(body)
+        return status, {**answer, "next_task": "generate_key"}, extra
+
+
+def test_a_carried_task_that_is_no_object_is_a_protocol_error(make_token: Any, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    api = _GarbledNextTask(default_slots(), confirm_after=0)
+    code, _, err = _served_run(capsys, api, make_token("agent-garbled"), tmp_path)
+    assert code == cli.EXIT_FAILED, err
+    assert "next_task is not a task object" in err
+    assert api.paths() == ["POST /api/v1/enroll", "POST /api/v1/token"]  # nothing done with it
+
+
 # --- restarting -----------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 from openxpki_py_token.card import Card, spec_text
 from openxpki_py_token.card_objects import der_integer
 from openxpki_py_token.card_profiles import GENERIC, OPENPGP, PIV, choose_profile
-from openxpki_py_token.enroll import build_csr
+from openxpki_py_token.card_tasks import build_csr
 from openxpki_py_token.errors import UsageError
 from openxpki_py_token.keyspec import KeySpec
 from openxpki_py_token.pins import CardPins

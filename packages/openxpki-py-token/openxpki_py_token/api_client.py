@@ -84,6 +84,19 @@ class ApiAnswer:
     status: int
     body: dict[str, Any]
 
+    def next_task(self) -> dict[str, Any] | None:
+        """The next task an action's answer carries (``next_task``, docs/api.md), or None.
+
+        None (an older server, or a call that does not know it): the agent asks
+        ``GET /task``.  A carried task is checked like a polled one.
+        """
+        task = self.body.get("next_task")
+        if task is None:
+            return None
+        if not isinstance(task, dict):
+            raise ProtocolError(f"the server's next_task is not a task object: {task!r}")
+        return task
+
 
 class ApiClient:
     """Calls ``<server>/api/v1/…``; maps every failure to an agent error.

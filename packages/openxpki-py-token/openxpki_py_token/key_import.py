@@ -67,8 +67,9 @@ log = logging.getLogger("openxpki_py_token")
 _ALTERNATIVE_IDS = 15
 
 
-def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardProfile) -> None:
-    from .enroll import _key_id, _serial_int, _spki, _usage
+def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardProfile) -> dict[str, Any] | None:
+    """Import the escrowed key and its certificate, prove it, POST the receipt; the next task if it has one."""
+    from .card_tasks import _key_id, _serial_int, _spki, _usage
     from .session import answer_integer as _integer
     from .session import answer_text as _text
 
@@ -120,8 +121,8 @@ def import_escrowed_key(agent: TokenAgent, task: dict[str, Any], profile: CardPr
     elif isinstance(history, list) and history:
         _import_history(agent, history, transport_key, cert_type, key_id, label, profile)
     proof = _prove(card, key_id, public, answer, transport_context(created.workflow_id, cert_type, serial))
-    agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
-                               "token_serial": agent._card_serial(), "key_proof": b64(proof)})
+    return agent.api.post("receipt", {"cert_type": cert_type, "key_id": key_id.hex(), "serial": serial,
+                                      "token_serial": agent._card_serial(), "key_proof": b64(proof)}).next_task()
 
 
 def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519PrivateKey, cert_type: str,
@@ -132,7 +133,7 @@ def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519
     the current key's (``02`` → ``0281``, ``0282`` …), labelled with the
     certificate's end of validity.
     """
-    from .enroll import _serial_int, _spki
+    from .card_tasks import _serial_int, _spki
 
     card, created = agent.card, agent._created_keys()
     for number, item in enumerate(history[:20], start=1):
@@ -169,7 +170,7 @@ def _import_history(agent: TokenAgent, history: list[Any], transport_key: X25519
 
 def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: bool, created: Any) -> bytes:
     """A fixed slot as it is; on a generic token the first ID that is free or already holds this key."""
-    from .enroll import _spki
+    from .card_tasks import _spki
 
     if fixed:
         return wanted
@@ -186,7 +187,7 @@ def _choose_key_id(card: Card | PivCard, wanted: bytes, spki: bytes, *, fixed: b
 def _import(agent: TokenAgent, pkcs8: bytearray, public: EscrowedPublicKey, key_id: bytes, label: str,
             profile: CardProfile) -> None:
     """Load, check, import, wipe: the plaintext lives only inside this call."""
-    from .enroll import _spki
+    from .card_tasks import _spki
 
     der = bytes(pkcs8)
     try:
