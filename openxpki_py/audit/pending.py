@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, delete, func, select, union_all
 from sqlalchemy.engine import Connection, Engine
@@ -102,21 +103,29 @@ def queued_backlog(conn: Connection) -> tuple[int, datetime | None]:
 # --- reading the trail: chained and queued rows alike ----------------------------------
 
 
-def _matching(conn: Connection, column: str, *, event: str, target: str, outcome: str) -> Select[tuple[int]]:
-    parts = [select(t.c[column]).where(t.c.event == event, t.c.target == target, t.c.outcome == outcome)
-             for t in ((audit_log, audit_pending) if defers_chaining(conn) else (audit_log,))]
+def _matching(conn: Connection, column: str, *, event: str, target: str | None,
+              outcome: str | None) -> Select[tuple[Any]]:
+    parts = []
+    for table in (audit_log, audit_pending) if defers_chaining(conn) else (audit_log,):
+        query = select(table.c[column]).where(table.c.event == event)
+        if target is not None:
+            query = query.where(table.c.target == target)
+        if outcome is not None:
+            query = query.where(table.c.outcome == outcome)
+        parts.append(query)
     # One statement: two would let a concurrent chaining move a row between them, unseen by both.
     return union_all(*parts) if len(parts) > 1 else parts[0]  # type: ignore[return-value]
 
 
-def count_audit(conn: Connection, *, event: str, target: str, outcome: str = "ok") -> int:
-    """How many committed audit rows (chained or queued) record ``event`` about ``target``."""
+def count_audit(conn: Connection, *, event: str, target: str | None = None, outcome: str | None = "ok") -> int:
+    """How many committed audit rows (chained or queued) record ``event`` (about ``target``; None: any)."""
     rows = _matching(conn, "id", event=event, target=target, outcome=outcome).subquery()
     return int(conn.execute(select(func.count()).select_from(rows)).scalar_one())
 
 
-def last_audit_time(conn: Connection, *, event: str, target: str, outcome: str = "ok") -> datetime | None:
-    """When ``event`` about ``target`` was last recorded (chained or queued), None if never."""
+def last_audit_time(conn: Connection, *, event: str, target: str | None = None,
+                    outcome: str | None = "ok") -> datetime | None:
+    """When ``event`` (about ``target``) was last recorded, chained or queued; None if never."""
     rows = _matching(conn, "logged_at", event=event, target=target, outcome=outcome).subquery()
     value: datetime | None = conn.execute(select(func.max(rows.c.logged_at))).scalar()
     return value

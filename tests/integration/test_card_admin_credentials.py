@@ -24,10 +24,12 @@ from openxpki_py.crypto.card_admin import (
     parse_card_admin_config,
 )
 from openxpki_py.crypto.keys import parse_key_config
-from openxpki_py.db.schema import audit_log
+from openxpki_py.audit import verify_chain
+from openxpki_py.db.schema import audit_log, audit_pending
 from openxpki_py.errors import ConfigError, TokenError, TokenKeyNotFound
 from openxpki_py.web.app import create_app
 
+from test_fuzz_inputs import _at_once
 from test_personalization_server import Agent, confirm, start
 
 pytestmark = pytest.mark.usefixtures("pkcs11_session_leak_check")
@@ -129,13 +131,16 @@ def test_config_needs_the_ca_key_in_an_hsm(tmp_path: Any) -> None:
 # --- release to the agent -----------------------------------------------------------------
 
 
-@pytest.fixture
-def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
-    inst = make_instance(sqlite_engine, overrides=lambda s: s.update(card_admin={"enabled": True,
-                                                                                 "max_releases": 2}))
+def _app(make_instance: Callable[..., Any], engine: Any) -> Any:
+    inst = make_instance(engine, overrides=lambda s: s.update(card_admin={"enabled": True, "max_releases": 2}))
     application = create_app(inst.config, inst.services)
     application.instance = inst  # type: ignore[attr-defined]
     return application
+
+
+@pytest.fixture
+def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
+    return _app(make_instance, sqlite_engine)
 
 
 def _audit(app: Any) -> list[Any]:
@@ -236,3 +241,34 @@ def test_cli_creates_the_master_secret_once(make_instance: Callable[..., Any], s
     assert [(r["actor"], r["target"]) for r in created] == [("setup", "ca-signing-card-admin")]
     inst.reload()  # a fresh process's view of the token
     assert inst.services.card_admin.exists()
+
+
+@pytest.mark.postgres
+def test_requests_at_once_get_no_more_releases_than_allowed_on_postgresql(
+        make_instance: Callable[..., Any], pg_engine: Any) -> None:
+    """Count and record are one step: ten calls at once, two releases (max_releases), every one audited.
+
+    Three personalizations in turn: without the lock, one burst in three lets a third release through.
+    """
+    app = _app(make_instance, pg_engine)
+    for n, login in enumerate(("alice", "bob", "carol")):
+        serial = f"5550123{n}"
+        browser, wf_id, code = start(app, login)
+        agent = Agent(app)
+        assert agent.enroll(code).status_code == 200
+        assert agent.call("POST", "token", {"serial": serial, "card_profile": "piv"}).status_code == 200
+        confirm(browser, wf_id)
+
+        def ask(agent: Agent = agent, serial: str = serial) -> Any:
+            copy = Agent(app)  # a client per thread, the same agent credential
+            copy.access_token = agent.access_token
+            return copy.call("POST", "card-credentials", {"token_serial": serial})
+        answers = _at_once(10, ask)
+        assert sorted(a.status_code for a in answers) == [200, 200] + [403] * 8, [a.json for a in answers]
+        assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"card.admin_credentials_limit"}
+        # Each request chained its audit row before it answered: all ten are in the chain, none queued.
+        rows = [r for r in _audit(app) if r["target"] == f"workflow:{wf_id}"]
+        assert sorted(r["outcome"] for r in rows) == ["ok", "ok"] + ["refused"] * 8
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(audit_pending)).first() is None
+        assert verify_chain(conn).ok

@@ -17,12 +17,14 @@ import pytest
 from sqlalchemy import select
 from werkzeug.test import Client
 
-from openxpki_py.db.schema import audit_log, token
+from openxpki_py.audit import verify_chain
+from openxpki_py.db.schema import audit_log, audit_pending, token
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.roles import RA_OPERATOR
 from openxpki_py.web.app import create_app
 
 from test_card_admin_credentials import _dump
+from test_fuzz_inputs import _at_once
 from test_console import Operator, operator_roles
 from test_personalization_server import Agent, Browser, start
 
@@ -36,12 +38,16 @@ def _settings(settings: dict[str, Any]) -> None:
     settings["card_admin"] = {"enabled": True, "unblock": {"per_card": 2, "per_user": 3}}
 
 
-@pytest.fixture
-def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
-    inst = make_instance(sqlite_engine, overrides=_settings)
+def _app(make_instance: Callable[..., Any], engine: Any) -> Any:
+    inst = make_instance(engine, overrides=_settings)
     application = create_app(inst.config, inst.services)
     application.instance = inst  # type: ignore[attr-defined]
     return application
+
+
+@pytest.fixture
+def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
+    return _app(make_instance, sqlite_engine)
 
 
 def register(app: Any, serial: str, owner: str = "alice") -> None:
@@ -153,6 +159,34 @@ def test_the_owners_agent_gets_the_puk_once_for_the_confirmed_card(app: Any) -> 
     assert sorted(r["details"]["code"] for r in rows if r["outcome"] == "refused") == [
         "agent.unconfirmed", "token.mismatch", "unblock.card_inactive", "unblock.credential_used", "workflow.type"]
     assert puk not in _dump(app) and json.dumps({"puk": puk}) not in _dump(app)
+
+
+@pytest.mark.postgres
+def test_requests_at_once_release_the_puk_once_on_postgresql(make_instance: Callable[..., Any],
+                                                              pg_engine: Any) -> None:
+    """Count and record are one step: of ten calls at once (three unblocks in turn), one gets the PUK."""
+    app = _app(make_instance, pg_engine)
+    browser = Browser(app, "alice")
+    for n in range(3):
+        serial = f"5550123{n}"
+        register(app, serial)
+        wf_id = unblock_id(ask(browser, serial))
+        agent = paired_agent(app, browser, wf_id)
+        assert agent.call("POST", "pin-unblock/card", {"serial": serial, "card_profile": "piv"}).status_code == 200
+        confirm(browser, wf_id, agent.phrase)
+
+        def credential(agent: Agent = agent, serial: str = serial) -> Any:
+            copy = Agent(app)  # a client per thread, the same agent credential
+            copy.access_token = agent.access_token
+            return copy.call("POST", "pin-unblock/credential", {"token_serial": serial})
+        answers = _at_once(10, credential)
+        assert sorted(a.status_code for a in answers) == [200] + [403] * 9, [a.json for a in answers]
+        assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"unblock.credential_used"}
+        rows = [r for r in audit(app, "card.unblock_credential") if r["target"] == f"workflow:{wf_id}"]
+        assert sorted(r["outcome"] for r in rows) == ["ok"] + ["refused"] * 9  # chained before each answer
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(audit_pending)).first() is None
+        assert verify_chain(conn).ok
 
 
 def test_refused_for_another_users_card_an_unknown_or_inactive_card(app: Any) -> None:
