@@ -7,6 +7,7 @@ tests/integration/test_agent_piv_card.py; here the server side alone.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -244,31 +245,38 @@ def test_cli_creates_the_master_secret_once(make_instance: Callable[..., Any], s
 
 
 @pytest.mark.postgres
-def test_requests_at_once_get_no_more_releases_than_allowed_on_postgresql(
-        make_instance: Callable[..., Any], pg_engine: Any) -> None:
-    """Count and record are one step: ten calls at once, two releases (max_releases), every one audited.
+def test_calls_at_once_get_no_more_releases_than_allowed_on_postgresql(
+        make_instance: Callable[..., Any], pg_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count and record are one step: three calls at once, two releases (max_releases), every call audited."""
+    from openxpki_py.personalization import card_credentials
 
-    Three personalizations in turn: without the lock, one burst in three lets a third release through.
-    """
     app = _app(make_instance, pg_engine)
-    for n, login in enumerate(("alice", "bob", "carol")):
-        serial = f"5550123{n}"
-        browser, wf_id, code = start(app, login)
-        agent = Agent(app)
-        assert agent.enroll(code).status_code == 200
-        assert agent.call("POST", "token", {"serial": serial, "card_profile": "piv"}).status_code == 200
-        confirm(browser, wf_id)
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    assert agent.enroll(code).status_code == 200
+    assert agent.call("POST", "token", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(browser, wf_id)
+    # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
+    counted, count = threading.Barrier(3, timeout=3), card_credentials.releases_so_far
 
-        def ask(agent: Agent = agent, serial: str = serial) -> Any:
-            copy = Agent(app)  # a client per thread, the same agent credential
-            copy.access_token = agent.access_token
-            return copy.call("POST", "card-credentials", {"token_serial": serial})
-        answers = _at_once(10, ask)
-        assert sorted(a.status_code for a in answers) == [200, 200] + [403] * 8, [a.json for a in answers]
-        assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"card.admin_credentials_limit"}
-        # Each request chained its audit row before it answered: all ten are in the chain, none queued.
-        rows = [r for r in _audit(app) if r["target"] == f"workflow:{wf_id}"]
-        assert sorted(r["outcome"] for r in rows) == ["ok", "ok"] + ["refused"] * 8
+    def count_then_wait(conn: Any, workflow_id: int) -> int:
+        n = count(conn, workflow_id)
+        try:
+            counted.wait()
+        except threading.BrokenBarrierError:
+            pass  # the others wait for this one's lock: the fixed code
+        return n
+    monkeypatch.setattr(card_credentials, "releases_so_far", count_then_wait)
+
+    def ask() -> Any:
+        copy = Agent(app)  # a client per thread, the same agent credential
+        copy.access_token = agent.access_token
+        return copy.call("POST", "card-credentials", {"token_serial": "55501234"})
+    answers = _at_once(3, ask)
+    assert sorted(a.status_code for a in answers) == [200, 200, 403], [a.json for a in answers]
+    assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"card.admin_credentials_limit"}
+    # Each call chained its audit row before it answered: all three are in the chain, none queued.
+    assert sorted(r["outcome"] for r in _audit(app)) == ["ok", "ok", "refused"]
     with pg_engine.connect() as conn:
         assert conn.execute(select(audit_pending)).first() is None
         assert verify_chain(conn).ok

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -38,16 +39,20 @@ def _settings(settings: dict[str, Any]) -> None:
     settings["card_admin"] = {"enabled": True, "unblock": {"per_card": 2, "per_user": 3}}
 
 
-def _app(make_instance: Callable[..., Any], engine: Any) -> Any:
-    inst = make_instance(engine, overrides=_settings)
+@pytest.fixture
+def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
+    inst = make_instance(sqlite_engine, overrides=_settings)
     application = create_app(inst.config, inst.services)
     application.instance = inst  # type: ignore[attr-defined]
     return application
 
 
 @pytest.fixture
-def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
-    return _app(make_instance, sqlite_engine)
+def pg_app(make_instance: Callable[..., Any], pg_engine: Any) -> Any:
+    inst = make_instance(pg_engine, overrides=_settings)
+    application = create_app(inst.config, inst.services)
+    application.instance = inst  # type: ignore[attr-defined]
+    return application
 
 
 def register(app: Any, serial: str, owner: str = "alice") -> None:
@@ -161,30 +166,39 @@ def test_the_owners_agent_gets_the_puk_once_for_the_confirmed_card(app: Any) -> 
     assert puk not in _dump(app) and json.dumps({"puk": puk}) not in _dump(app)
 
 
-@pytest.mark.postgres
-def test_requests_at_once_release_the_puk_once_on_postgresql(make_instance: Callable[..., Any],
-                                                              pg_engine: Any) -> None:
-    """Count and record are one step: of ten calls at once (three unblocks in turn), one gets the PUK."""
-    app = _app(make_instance, pg_engine)
-    browser = Browser(app, "alice")
-    for n in range(3):
-        serial = f"5550123{n}"
-        register(app, serial)
-        wf_id = unblock_id(ask(browser, serial))
-        agent = paired_agent(app, browser, wf_id)
-        assert agent.call("POST", "pin-unblock/card", {"serial": serial, "card_profile": "piv"}).status_code == 200
-        confirm(browser, wf_id, agent.phrase)
+def test_credential_calls_at_once_release_the_puk_once_on_postgresql(pg_app: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count and record are one step: three calls at once, one PUK, every call audited and chained."""
+    from openxpki_py.unblock import agent_calls
 
-        def credential(agent: Agent = agent, serial: str = serial) -> Any:
-            copy = Agent(app)  # a client per thread, the same agent credential
-            copy.access_token = agent.access_token
-            return copy.call("POST", "pin-unblock/credential", {"token_serial": serial})
-        answers = _at_once(10, credential)
-        assert sorted(a.status_code for a in answers) == [200] + [403] * 9, [a.json for a in answers]
-        assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"unblock.credential_used"}
-        rows = [r for r in audit(app, "card.unblock_credential") if r["target"] == f"workflow:{wf_id}"]
-        assert sorted(r["outcome"] for r in rows) == ["ok"] + ["refused"] * 9  # chained before each answer
-    with pg_engine.connect() as conn:
+    register(pg_app, "55501234")
+    alice = Browser(pg_app, "alice")
+    wf_id = unblock_id(ask(alice, "55501234"))
+    agent = paired_agent(pg_app, alice, wf_id)
+    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(alice, wf_id, agent.phrase)
+    # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
+    counted, count = threading.Barrier(3, timeout=3), agent_calls.count_audit
+
+    def count_then_wait(conn: Any, **kwargs: Any) -> int:
+        n = count(conn, **kwargs)
+        try:
+            counted.wait()
+        except threading.BrokenBarrierError:
+            pass  # the others wait for this one's lock: the fixed code
+        return n
+    monkeypatch.setattr(agent_calls, "count_audit", count_then_wait)
+
+    def credential() -> Any:
+        copy = Agent(pg_app)  # a client per thread, the same agent credential
+        copy.access_token = agent.access_token
+        return copy.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+    answers = _at_once(3, credential)
+    assert sorted(a.status_code for a in answers) == [200, 403, 403], [a.json for a in answers]
+    assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"unblock.credential_used"}
+    rows = audit(pg_app, "card.unblock_credential")  # each call chained its row before it answered
+    assert sorted(r["outcome"] for r in rows) == ["ok", "refused", "refused"]
+    with pg_app.instance.services.db.connect() as conn:
         assert conn.execute(select(audit_pending)).first() is None
         assert verify_chain(conn).ok
 
