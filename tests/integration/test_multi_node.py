@@ -91,6 +91,25 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def hold_empty_audit_queue(conn: Any) -> None:
+    """Lock the audit queue against inserts at a moment it is empty.
+
+    Rows committed before the lock would leave their chainers (a node's
+    request, a worker's round) waiting on it, holding the chain's lock:
+    worker 2 could then never take over.  Empty, the chainers find nothing.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        conn.exec_driver_sql("SET lock_timeout = '20s'")
+        conn.exec_driver_sql("LOCK TABLE audit_pending IN SHARE ROW EXCLUSIVE MODE")
+        if conn.exec_driver_sql("SELECT count(*) FROM audit_pending").scalar() == 0:
+            return
+        conn.rollback()
+        if time.monotonic() > deadline:
+            raise AssertionError("waited 30 s: the audit queue never emptied")
+        time.sleep(0.02)
+
+
 def kill_node_and_worker_mid_issuance(cluster: Cluster, agents: dict[int, str]) -> None:
     """SIGKILL node B, then worker 2, each after it stored a certificate and before it committed."""
     node_b, first, second = cluster.node("node-b"), cluster.worker("worker-1"), cluster.worker("worker-2")
@@ -106,8 +125,7 @@ def kill_node_and_worker_mid_issuance(cluster: Cluster, agents: dict[int, str]) 
                  "node B never tried to store a certificate")
         # The issuance audits right after storing the certificate: hold the audit
         # queue (its insert waits), let the certificate in.
-        audit.exec_driver_sql("SET lock_timeout = '20s'")
-        audit.exec_driver_sql("LOCK TABLE audit_pending IN SHARE ROW EXCLUSIVE MODE")
+        hold_empty_audit_queue(audit)
         held.commit()
         wait_for(lambda: bool(cluster.sessions("node-b", waiting_on="audit_pending", holding="certificate")),
                  30, "node B never got past storing its certificate")
