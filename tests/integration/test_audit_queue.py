@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from openxpki_py.audit import append_audit, verify_chain
 from openxpki_py.audit.checkpoint import write_checkpoint
-from openxpki_py.audit.pending import chain_pending, chain_queued
+from openxpki_py.audit.pending import chain_queued
 from openxpki_py.db.schema import audit_log, audit_pending
 from openxpki_py.web.app import create_app
 from openxpki_py.workflow import WorkflowEngine
