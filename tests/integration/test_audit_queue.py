@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from openxpki_py.audit import append_audit, verify_chain
 from openxpki_py.audit.checkpoint import write_checkpoint
-from openxpki_py.audit.pending import chain_queued
+from openxpki_py.audit.pending import chain_pending, chain_queued, count_audit, last_audit_time
 from openxpki_py.db.schema import audit_log, audit_pending
 from openxpki_py.web.app import create_app
 from openxpki_py.workflow import WorkflowEngine
@@ -116,6 +116,21 @@ def test_a_rolled_back_transaction_leaves_no_audit_row(db_engine: Engine) -> Non
         savepoint.rollback()
     chain_queued()
     assert targets(db_engine) == ["kept"] and rows_in(db_engine, audit_pending) == 0
+
+
+def test_decisions_from_the_trail_count_queued_rows_once(db_engine: Engine) -> None:
+    """A release counted, a hold dated: from rows committed, chained or not, each counted once."""
+    in_fresh_context(lambda: audited(db_engine, "workflow:7"))
+    audited(db_engine, "workflow:7", outcome="refused")
+    for _ in ("queued", "chained"):
+        with db_engine.connect() as conn:
+            assert count_audit(conn, event="test.event", target="workflow:7") == 1
+            assert count_audit(conn, event="test.event", target="workflow:7", outcome=None) == 2
+            assert count_audit(conn, event="test.event", target="workflow:8") == 0
+            when = last_audit_time(conn, event="test.event", target="workflow:7")
+            assert when is not None and when.tzinfo is not None
+        chain_pending(db_engine)
+    assert rows_in(db_engine, audit_pending) == 0 and len(targets(db_engine)) == 2
 
 
 @pytest.mark.postgres
