@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import errors, roles
+from .audit.pending import chain_queued
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config
 from .db.engine import storage_error
 
@@ -458,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.handler(args) or 0)
         except SQLAlchemyError as exc:
             raise storage_error(exc) from exc
+        finally:
+            chain_queued()  # the command's audit rows, queued on PostgreSQL/Oracle, are chained before it exits
     except errors.OpenXPKIError as exc:
         print(f"openxpki-py: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return exit_code_for(exc)

@@ -40,6 +40,18 @@ CREATE INDEX ix_audit_log_logged_at ON audit_log (logged_at);
 
 CREATE INDEX ix_audit_log_target ON audit_log (target, id);
 
+CREATE TABLE audit_pending (
+	id INTEGER NOT NULL, 
+	logged_at TIMESTAMP NOT NULL, 
+	actor VARCHAR(256) NOT NULL, 
+	role_name VARCHAR(64), 
+	event VARCHAR(64) NOT NULL, 
+	outcome VARCHAR(16) NOT NULL, 
+	target VARCHAR(256), 
+	details TEXT, 
+	CONSTRAINT pk_audit_pending PRIMARY KEY (id)
+);
+
 CREATE TABLE ca_certificate (
 	id INTEGER NOT NULL, 
 	subject VARCHAR(1024) NOT NULL, 

@@ -7,6 +7,12 @@ who re-hashes it.  Signed checkpoints of its head (:mod:`.checkpoint`) are
 the anchor outside the database; :mod:`.verify` checks both.  The append
 runs inside the caller's transaction, so an audited action and its audit
 row commit (or roll back) together.
+
+On PostgreSQL and Oracle the row is only queued there (``audit_pending``,
+no lock): holding the chain's lock until the caller's commit serialised
+every audited commit of every node (issue #15).  :mod:`.pending` chains the
+queued rows right after the commit, in one short transaction per batch.
+SQLite appends to the chain at once: it has one writer anyway.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from ..db.schema import audit_log
+from ..db.schema import audit_log, audit_pending
 
 GENESIS = "0" * 64
 
@@ -30,6 +37,18 @@ HASHED_COLUMNS = ("logged_at", "actor", "role_name", "event", "outcome", "target
 # Built once: every audited action runs both (issue #15).
 _HEAD = select(audit_log.c.entry_hash).order_by(audit_log.c.id.desc()).limit(1)
 _INSERT = audit_log.insert()
+_QUEUE = audit_pending.insert()
+
+#: Databases where an audited transaction queues its audit rows instead of chaining them.
+DEFERRING_DIALECTS = frozenset({"postgresql", "oracle"})
+
+# The engines this context (a web request, a worker round, a CLI command)
+# queued audit rows in: what :func:`.pending.chain_queued` chains at its end.
+_queued_in: ContextVar[tuple[Engine, ...]] = ContextVar("audit_queued_in", default=())
+
+
+def defers_chaining(conn: Connection | Engine) -> bool:
+    return conn.dialect.name in DEFERRING_DIALECTS
 
 
 def lock_chain(conn: Connection) -> None:
@@ -72,10 +91,7 @@ def append_audit(
     target: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append one audit row inside ``conn``'s transaction."""
-    lock_chain(conn)
-    last = conn.execute(_HEAD).scalar()
-    prev = last or GENESIS
+    """Append one audit row inside ``conn``'s transaction (queued for the chain on PostgreSQL/Oracle)."""
     row = {
         "logged_at": datetime.now(timezone.utc).replace(microsecond=0),
         "actor": _storable(actor),
@@ -85,7 +101,25 @@ def append_audit(
         "target": _storable(target),
         "details": dict(details) if details else None,
     }
-    conn.execute(_INSERT, {**row, "prev_hash": prev, "entry_hash": entry_hash(prev, row)})
+    if defers_chaining(conn):
+        conn.execute(_QUEUE, row)
+        queued = _queued_in.get()
+        if conn.engine not in queued:
+            _queued_in.set((*queued, conn.engine))
+        return
+    lock_chain(conn)
+    link_rows(conn, [row])
+
+
+def link_rows(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows`` (their hashed columns) to the chain in this order; the caller holds :func:`lock_chain`."""
+    prev = conn.execute(_HEAD).scalar() or GENESIS
+    linked = []
+    for row in rows:
+        digest = entry_hash(prev, row)
+        linked.append({**row, "prev_hash": prev, "entry_hash": digest})
+        prev = digest
+    conn.execute(_INSERT, linked if len(linked) > 1 else linked[0])
 
 
 def hashed_part(row: Mapping[Any, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..errors import AuditChainBroken, ConfigError, OpenXPKIError
 from .checkpoint import PublicKey, key_id_of
+from .pending import chain_pending
 from .service import AuditCheckpoints
 from .verify import ChainReport, verify_chain
 
@@ -81,6 +82,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if checkpoints is not None:
             report = checkpoints.verify(public_key=public_key, extra_files=extra)
         else:
+            chain_pending(services.db)  # what committed until now is checked as chained, not as queued
             with services.db.connect() as conn:
                 report = verify_chain(conn, public_key=public_key, checkpoint_files=extra)
     finally:

@@ -24,6 +24,7 @@ from ..errors import OpenXPKIError
 from .checkpoint import Checkpoint, PublicKey, latest_checkpoint_time, write_checkpoint
 from .config import CheckpointConfig
 from .external import append_to_file, send_to_syslog
+from .pending import chain_pending
 from .verify import ChainReport, verify_chain
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class AuditCheckpoints:
                extra_files: Sequence[Path] = ()) -> ChainReport:
         key = public_key if public_key is not None else self.public_key()
         files = [*([self.config.file] if self.config.file is not None else []), *extra_files]
+        chain_pending(self.db)  # what committed until now is checked as chained, not as queued
         # One snapshot for all reads (SERIALIZABLE is the one level all three databases offer).
         with self.db.connect().execution_options(isolation_level="SERIALIZABLE") as conn:
             return verify_chain(conn, public_key=key, checkpoint_files=files, node=self.node,

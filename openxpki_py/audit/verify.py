@@ -17,9 +17,10 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection
 
 from ..db.schema import audit_log
-from .chain import GENESIS, entry_hash, hashed_part
+from .chain import GENESIS, defers_chaining, entry_hash, hashed_part
 from .checkpoint import Checkpoint, PublicKey, key_id_of, load_checkpoints, signature_valid
 from .external import read_file
+from .pending import queued_backlog
 
 _APPEND_GRACE = timedelta(seconds=10)
 
@@ -50,6 +51,8 @@ class ChainReport:
     checkpoints: list[Checkpoint] = field(default_factory=list)  # verified ones, by seq
     problems: list[AuditProblem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    queued_rows: int = 0  # committed in audit_pending, not chained yet
+    queued_oldest: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,6 +82,8 @@ class ChainReport:
             "ok": self.ok, "rows": self.rows, "head": {"id": self.head_id, "entry_hash": self.head_hash},
             "checkpoints": len(self.checkpoints), "last_checkpoint": last.as_json() if last else None,
             "unanchored_rows": self.unanchored_rows,
+            "queued": {"rows": self.queued_rows,
+                       "oldest": self.queued_oldest.isoformat() if self.queued_oldest else None},
             "first_problem": first.as_json() if first else None,
             "problems": [p.as_json() for p in self.problems], "warnings": list(self.warnings),
         }
@@ -104,10 +109,37 @@ def verify_chain(conn: Connection, *, public_key: PublicKey | None = None,
     trusted = _check_signatures(merged, public_key, report)
     positions = _walk_chain(conn, trusted, clock_tolerance, report)
     _check_against_chain(trusted, positions, report)
+    _check_queued(conn, clock_tolerance, report)
     if not merged:
         report.warnings.append("no checkpoint: nothing outside the database anchors the chain "
                                "(configure audit.checkpoint and run 'openxpki-py audit checkpoint')")
     return report
+
+
+def _check_queued(conn: Connection, clock_tolerance: timedelta, report: ChainReport) -> None:
+    """Committed audit rows not chained yet (PostgreSQL/Oracle): normal for milliseconds, not for longer.
+
+    Verify only reads; ``openxpki-py audit verify`` chains the queue before it.
+    A row older than the clock tolerance means its process died between
+    commit and chaining and no worker has run since, or it was inserted by hand.
+    """
+    if not defers_chaining(conn):
+        return
+    if not inspect(conn).has_table("audit_pending"):
+        report.problems.append(AuditProblem("queue.table", "the audit_pending table is missing: audited "
+                                            "actions cannot commit (create it, see docs/operators.md)"))
+        return
+    report.queued_rows, report.queued_oldest = queued_backlog(conn)
+    if not report.queued_rows or report.queued_oldest is None:
+        return
+    text = (f"{report.queued_rows} committed audit row(s) are not chained yet, the oldest dated "
+            f"{report.queued_oldest:%Y-%m-%d %H:%M:%S} UTC")
+    if report.queued_oldest < datetime.now(timezone.utc) - clock_tolerance:
+        report.problems.append(AuditProblem(
+            "queue.stale", text + ": their process stopped between commit and chaining and no worker "
+            "chained them since (is one running?), or they were inserted by hand"))
+    else:
+        report.warnings.append(text + " (being chained now)")
 
 
 # --- checkpoints from both places --------------------------------------------------

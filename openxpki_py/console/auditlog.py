@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine, RowMapping
 
 from ..audit import append_audit
+from ..audit.pending import chain_pending
 from ..db.schema import audit_log
 from ..errors import PolicyViolation
 from . import policy
@@ -90,12 +91,14 @@ def parse_when(text: str | None, name: str, *, end: bool = False) -> datetime | 
 
 
 def search(db: Engine, flt: AuditFilter, number: int = 1) -> Page[RowMapping]:
+    chain_pending(db, only_if_any=True)  # rows committed a moment ago are found too
     with db.connect() as conn:
         return paged(conn, flt.where(select(audit_log)).order_by(audit_log.c.id.desc()), number, 50)
 
 
 def rows(db: Engine, flt: AuditFilter) -> Iterator[RowMapping]:
     """Every matching row, oldest first, read in batches (keyset on id)."""
+    chain_pending(db, only_if_any=True)
     last = 0
     while True:
         with db.connect() as conn:

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ..db import certstore
+from ..audit.pending import chain_pending
 from ..db.schema import audit_log, crl
 from ..errors import NotFound, PolicyViolation
 from . import policy
@@ -106,6 +107,7 @@ class CrlStatus:
 
 def crl_status(db: Engine, ca: CertificateAuthority) -> CrlStatus | None:
     """None while no CRL was issued for the active CA key."""
+    chain_pending(db, only_if_any=True)  # the count goes by chain position: queued rows have none yet
     with db.connect() as conn:
         key_id = ca.key_identifier(conn)
         row = conn.execute(select(crl.c.crl_number, crl.c.this_update, crl.c.next_update, crl.c.revoked_count)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from ..audit.pending import chain_pending
 from ..db.schema import audit_log, certificate, token, workflow, workflow_attribute
 from ..errors import DirectoryError, NotFound
 
@@ -152,6 +153,7 @@ def card_links(db: Engine, card: RowMapping) -> dict[str, Any]:
 
 def card_history(db: Engine, serial: str) -> list[RowMapping]:
     """The card's audit rows (registered, status changes, released) and its workflows, newest first."""
+    chain_pending(db, only_if_any=True)  # a change committed a moment ago is shown too
     with db.connect() as conn:
         audit = conn.execute(select(audit_log.c.id, audit_log.c.logged_at, audit_log.c.actor, audit_log.c.role_name,
                                     audit_log.c.event, audit_log.c.outcome, audit_log.c.details)

@@ -153,6 +153,24 @@ Index("ix_audit_log_event", audit_log.c.event, audit_log.c.id)
 Index("ix_audit_log_target", audit_log.c.target, audit_log.c.id)
 Index("ix_audit_log_logged_at", audit_log.c.logged_at)
 
+# Audit rows committed with their action but not chained yet (PostgreSQL and
+# Oracle; openxpki_py/audit/pending.py).  Appending there takes no lock, so
+# audited transactions commit in parallel; a short transaction per batch
+# then moves them into audit_log in id order under the chain's lock.  Exactly
+# the columns the chain hashes, nothing else.
+audit_pending = Table(
+    "audit_pending",
+    metadata,
+    _id(),
+    Column("logged_at", UTCDateTime, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("role_name", String(64)),
+    Column("event", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("target", String(256)),
+    Column("details", JSONText),
+)
+
 # Signed checkpoints of the audit chain's head (openxpki_py/audit/checkpoint.py).
 # Every column is covered by the signature; the same records are appended to
 # a file outside the database.  No foreign key to audit_log: a checkpoint

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
-from ..audit.chain import lock_chain
+from ..audit.pending import count_audit
 from ..crypto.card_admin import CARD_KINDS, CardAdminCredentials, CardAdminSecret
-from ..db.schema import audit_log
 from ..errors import NotFound, NotPermitted, UnexpectedStep
+from ..workflow.store import lock_workflow, locks_rows
 
 RELEASED = "card.admin_credentials"
 #: Personalization states in which the card is confirmed and its keys are being made.
@@ -46,11 +45,22 @@ class CardCredentialsExhausted(CardCredentialsRefused):
 
 
 def releases_so_far(conn: Connection, workflow_id: int) -> int:
-    """How often this personalization received admin credentials (the audit trail is the count)."""
-    return int(conn.execute(
-        select(func.count()).select_from(audit_log)
-        .where(audit_log.c.event == RELEASED, audit_log.c.target == f"workflow:{workflow_id}",
-               audit_log.c.outcome == "ok")).scalar_one())
+    """How often this workflow released a card's admin credentials (the audit trail is the count).
+
+    Call :func:`lock_releases` first when the count decides a release.
+    """
+    return count_audit(conn, event=RELEASED, target=f"workflow:{workflow_id}")
+
+
+def lock_releases(conn: Connection, workflow_id: int) -> None:
+    """Until ``conn`` commits, nobody else counts or records this workflow's releases.
+
+    Two requests at once must not both count the same releases and both
+    release once more.  The workflow's row is the lock (FOR UPDATE); SQLite
+    needs none, its write transactions run one at a time.
+    """
+    if locks_rows(conn):
+        lock_workflow(conn, workflow_id)
 
 
 def check_release(view: Any, token_serial: str | None) -> tuple[str, str]:
@@ -85,9 +95,7 @@ def release_card_credentials(conn: Connection, secret: CardAdminSecret | None, v
                                  "--management-key-file/--so-pin-file options")
     try:
         card_type, serial = check_release(view, token_serial)
-        # Count and record under the audit chain's lock: two requests at once
-        # cannot both be the last one allowed.
-        lock_chain(conn)
+        lock_releases(conn, view.id)  # count and record as one: two requests cannot both be the last allowed
         if releases_so_far(conn, view.id) >= max_releases:
             raise CardCredentialsExhausted(
                 f"this personalization received the card's admin credentials {max_releases} times already; "

@@ -21,8 +21,9 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection
 
+from ..audit.pending import last_audit_time
 from ..console.lifecycle import HOLD, CardsConfig
-from ..db.schema import audit_log, certificate, token
+from ..db.schema import certificate, token
 from ..errors import PolicyViolation
 from .tokens import USABLE
 
@@ -135,9 +136,7 @@ def forgotten_cards(conn: Connection, cards: CardsConfig, now: datetime) -> list
                         .order_by(token.c.id)).mappings()
     listed = []
     for row in rows:
-        since = conn.execute(select(func.max(audit_log.c.logged_at)).where(
-            audit_log.c.target == row["serial"], audit_log.c.event == "token.transition",
-            audit_log.c.outcome == "ok")).scalar()
+        since = last_audit_time(conn, event="token.transition", target=row["serial"])
         temps = [{"serial": t["serial"], "status": t["status"], "valid_until": t["valid_until"]}
                  for t in stand_ins(conn, int(row["id"]))]
         working = [t for t in temps if t["status"] == USABLE and (t["valid_until"] is None or t["valid_until"] > now)]

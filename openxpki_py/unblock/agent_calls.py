@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from ..audit import append_audit
-from ..audit.chain import lock_chain
+from ..audit.pending import count_audit
 from ..crypto.card_admin import CardAdminCredentials
-from ..db.schema import audit_log, token
+from ..db.schema import token
 from ..errors import NotPermitted, OpenXPKIError, UnexpectedStep
 from ..personalization.agent_calls import AGENT_ROLE, AgentUnconfirmed, CardMismatch
-from ..personalization.card_credentials import CardCredentialsOff
+from ..personalization.card_credentials import CardCredentialsOff, lock_releases
 from ..personalization.enrollment import AgentCredential
 from ..workflow.errors import ActionNotAvailable
 from .activities import UNBLOCK_KINDS, WF_TYPE
@@ -128,11 +128,8 @@ class PinUnblockCalls:
                 or card_row.status != "active":
             raise UnblockCredentialRefused(f"card {token_serial} is no longer an active card of {agent.login}",
                                            code="unblock.card_inactive")
-        lock_chain(conn)  # count and record under one lock: two requests at once cannot both be the first
-        released = conn.execute(select(func.count()).select_from(audit_log).where(
-            audit_log.c.event == RELEASED, audit_log.c.target == f"workflow:{view.id}",
-            audit_log.c.outcome == "ok")).scalar_one()
-        if released:
+        lock_releases(conn, view.id)  # count and record as one: two requests at once cannot both be the first
+        if count_audit(conn, event=RELEASED, target=f"workflow:{view.id}"):
             raise UnblockCredentialUsed("this PIN unblock released the card's credential already; if the card did "
                                         "not take it, start a new PIN unblock")
         return str(card["card_profile"])

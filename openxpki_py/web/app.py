@@ -22,6 +22,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
 from ..audit import ChainReport, append_audit, verify_chain
+from ..audit.pending import chain_pending, chain_queued
 from ..auth import identity as sso
 from ..auth.config import AuthConfig, RoleHandler
 from ..auth.handlers import HandlerOutcome, run_role_handler
@@ -136,6 +137,14 @@ class WebApp:
     # --- WSGI ---------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return self._respond(environ, start_response)
+        finally:
+            # The response is built, its transactions committed: chain the audit rows they
+            # queued (PostgreSQL/Oracle), so audit_log is complete when the answer leaves.
+            chain_queued()
+
+    def _respond(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.api is not None and environ.get("PATH_INFO", "").startswith("/api/"):
             # The token agent: no SSO session, no cookies, its own bearer credential.
             return self.api(environ, start_response)  # type: ignore[no-any-return]
@@ -189,6 +198,7 @@ class WebApp:
     # --- identity, CSRF, roles ---------------------------------------------
 
     def _verify_chain_only(self) -> ChainReport:
+        chain_pending(self.db)
         with self.db.connect() as conn:
             return verify_chain(conn)
 

@@ -20,6 +20,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
 from ..audit import recent_audit
+from ..audit.pending import chain_pending
 from ..errors import NotFound as RecordNotFound
 from . import errors
 from .context import RequestContext
@@ -157,6 +158,7 @@ def deep_link_workflow(ctx: RequestContext, wf_id: int) -> Response:
 
 @view("/audit", roles=OPERATOR_ROLES)
 def audit_log_view(ctx: RequestContext) -> Response:
+    chain_pending(ctx.app.db, only_if_any=True)  # rows other nodes committed a moment ago are shown too
     with ctx.app.db.connect() as conn:
         rows = recent_audit(conn, limit=200)
     return ctx.render("audit.mako", rows=rows, message=ctx.take_flash())

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..audit.pending import chain_pending, chain_queued
 from ..errors import OpenXPKIError
 from .engine import WorkflowEngine
 
@@ -60,12 +61,20 @@ class Worker:
 
     def run_once(self) -> int:
         """One round: claim up to a batch of due workflows and run them; return the count."""
-        if self.housekeeping is not None and time.monotonic() >= self._next_housekeeping:
-            self._next_housekeeping = time.monotonic() + self.housekeeping_interval
-            self.housekeeping()
-        if self.audit_checkpoints is not None:
-            self.audit_checkpoints.tick()
-        return self.engine.resume_due(limit=self.batch_size, actor=self.name, should_stop=self.stopping.is_set)
+        try:
+            if self.housekeeping is not None and time.monotonic() >= self._next_housekeeping:
+                self._next_housekeeping = time.monotonic() + self.housekeeping_interval
+                self.housekeeping()
+            if self.audit_checkpoints is not None:
+                self.audit_checkpoints.tick()
+            claimed = self.engine.resume_due(limit=self.batch_size, actor=self.name,
+                                             should_stop=self.stopping.is_set)
+        finally:
+            chain_queued()  # what this round audited, committed step by step
+        # Audit rows some process committed but did not chain (it died in between): the
+        # worker is the one process that always runs.  A look without the lock when idle.
+        chain_pending(self.engine.db, only_if_any=True)
+        return claimed
 
     def run(self, *, handle_signals: bool = True) -> None:
         """Loop until stopped.  A database outage is waited out, not fatal."""

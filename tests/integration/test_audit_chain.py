@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from openxpki_py.audit import append_audit
 from openxpki_py.audit.chain import GENESIS, entry_hash, hashed_part
 from openxpki_py.audit.checkpoint import Checkpoint
+from openxpki_py.audit.pending import chain_queued
 from openxpki_py.audit.service import AuditCheckpoints
 from openxpki_py.audit.verify import ChainReport
 from openxpki_py.db.schema import audit_checkpoint, audit_log
@@ -66,6 +67,7 @@ class Trail:
             number = self.count() + 1  # read before: SQLite's write transaction is exclusive
             with self.db.begin() as conn:
                 append_audit(conn, actor=actor, event="test.event", target=f"t{number}", details={"n": number})
+            chain_queued()  # as every request, worker round and command does after its commit
 
     def count(self) -> int:
         with self.db.connect() as conn:

@@ -7,6 +7,7 @@ tests/integration/test_agent_piv_card.py; here the server side alone.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +25,12 @@ from openxpki_py.crypto.card_admin import (
     parse_card_admin_config,
 )
 from openxpki_py.crypto.keys import parse_key_config
-from openxpki_py.db.schema import audit_log
+from openxpki_py.audit import verify_chain
+from openxpki_py.db.schema import audit_log, audit_pending
 from openxpki_py.errors import ConfigError, TokenError, TokenKeyNotFound
 from openxpki_py.web.app import create_app
 
+from test_fuzz_inputs import _at_once
 from test_personalization_server import Agent, confirm, start
 
 pytestmark = pytest.mark.usefixtures("pkcs11_session_leak_check")
@@ -129,13 +132,16 @@ def test_config_needs_the_ca_key_in_an_hsm(tmp_path: Any) -> None:
 # --- release to the agent -----------------------------------------------------------------
 
 
-@pytest.fixture
-def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
-    inst = make_instance(sqlite_engine, overrides=lambda s: s.update(card_admin={"enabled": True,
-                                                                                 "max_releases": 2}))
+def _app(make_instance: Callable[..., Any], engine: Any) -> Any:
+    inst = make_instance(engine, overrides=lambda s: s.update(card_admin={"enabled": True, "max_releases": 2}))
     application = create_app(inst.config, inst.services)
     application.instance = inst  # type: ignore[attr-defined]
     return application
+
+
+@pytest.fixture
+def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
+    return _app(make_instance, sqlite_engine)
 
 
 def _audit(app: Any) -> list[Any]:
@@ -236,3 +242,41 @@ def test_cli_creates_the_master_secret_once(make_instance: Callable[..., Any], s
     assert [(r["actor"], r["target"]) for r in created] == [("setup", "ca-signing-card-admin")]
     inst.reload()  # a fresh process's view of the token
     assert inst.services.card_admin.exists()
+
+
+@pytest.mark.postgres
+def test_calls_at_once_get_no_more_releases_than_allowed_on_postgresql(
+        make_instance: Callable[..., Any], pg_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count and record are one step: three calls at once, two releases (max_releases), every call audited."""
+    from openxpki_py.personalization import card_credentials
+
+    app = _app(make_instance, pg_engine)
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    assert agent.enroll(code).status_code == 200
+    assert agent.call("POST", "token", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(browser, wf_id)
+    # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
+    counted, count = threading.Barrier(3, timeout=3), card_credentials.releases_so_far
+
+    def count_then_wait(conn: Any, workflow_id: int) -> int:
+        n = count(conn, workflow_id)
+        try:
+            counted.wait()
+        except threading.BrokenBarrierError:
+            pass  # the others wait for this one's lock: the fixed code
+        return n
+    monkeypatch.setattr(card_credentials, "releases_so_far", count_then_wait)
+
+    def ask() -> Any:
+        copy = Agent(app)  # a client per thread, the same agent credential
+        copy.access_token = agent.access_token
+        return copy.call("POST", "card-credentials", {"token_serial": "55501234"})
+    answers = _at_once(3, ask)
+    assert sorted(a.status_code for a in answers) == [200, 200, 403], [a.json for a in answers]
+    assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"card.admin_credentials_limit"}
+    # Each call chained its audit row before it answered: all three are in the chain, none queued.
+    assert sorted(r["outcome"] for r in _audit(app)) == ["ok", "ok", "refused"]
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(audit_pending)).first() is None
+        assert verify_chain(conn).ok

@@ -30,6 +30,7 @@ from werkzeug.test import Client, TestResponse
 
 from openxpki_py.console import revocation, search, stuck
 from openxpki_py.crypto.ca import IssuanceRequest
+from openxpki_py.audit.pending import chain_pending
 from openxpki_py.db.schema import audit_log, workflow, workflow_context
 from openxpki_py.errors import NotFound, NotPermitted, PolicyViolation
 from openxpki_py.personalization.tokens import TokenInfo, register_token
@@ -80,6 +81,7 @@ def crl_entry(text: str, serial: str) -> str:
 
 
 def events(inst: Any) -> list[tuple[str, str, str | None, str | None]]:
+    chain_pending(inst.services.db)  # the CA's setup, run directly, as its CLI command would
     with inst.services.db.connect() as conn:
         return [(r.event, r.outcome, r.role_name, r.target)
                 for r in conn.execute(select(audit_log).order_by(audit_log.c.id))]

@@ -31,6 +31,7 @@ from test_key_escrow_api import database_dump
 from werkzeug.test import Client, TestResponse
 
 from openxpki_py.crypto.ca import IssuanceRequest
+from openxpki_py.audit.pending import chain_pending
 from openxpki_py.db.schema import audit_log, key_escrow, workflow
 from openxpki_py.escrow.cli import init_escrow_key
 from openxpki_py.escrow.recovery import approve_recovery, release_recovered_key, request_recovery
@@ -117,6 +118,7 @@ def error_code(response: TestResponse) -> str:
 
 
 def events(inst: Any, prefix: str) -> list[tuple[str, str]]:
+    chain_pending(inst.services.db)  # what the worker round and the direct calls queued
     with inst.services.db.connect() as conn:
         rows = conn.execute(select(audit_log.c.event, audit_log.c.actor).order_by(audit_log.c.id)).all()
     return [(e, a) for e, a in rows if e.startswith(prefix)]

@@ -9,8 +9,8 @@ personalization crosses nodes.  In the middle the test makes the kills
 land inside a transaction, at the worst moment of an issuance: the
 certificate signed and stored, not yet committed.  It holds a lock on the
 certificate table until node B's PostgreSQL session waits there (an agent's
-CSR), then swaps it for the audit chain's lock (which the issuance takes
-right after storing the certificate), and when B waits for that, SIGKILLs
+CSR), then swaps it for a lock on the audit queue (the issuance inserts its
+audit row there right after storing the certificate), and when B waits for that, SIGKILLs
 node B's whole process group (Apache and its mod_wsgi daemons).  The
 issuance workflow B had claimed is orphaned; with worker 1 paused
 (SIGSTOP), worker 2 takes it over when its lease runs out, gets as far, and
@@ -91,6 +91,25 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def hold_empty_audit_queue(conn: Any) -> None:
+    """Lock the audit queue against inserts at a moment it is empty.
+
+    Rows committed before the lock would leave their chainers (a node's
+    request, a worker's round) waiting on it, holding the chain's lock:
+    worker 2 could then never take over.  Empty, the chainers find nothing.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        conn.exec_driver_sql("SET lock_timeout = '20s'")
+        conn.exec_driver_sql("LOCK TABLE audit_pending IN SHARE ROW EXCLUSIVE MODE")
+        if conn.exec_driver_sql("SELECT count(*) FROM audit_pending").scalar() == 0:
+            return
+        conn.rollback()
+        if time.monotonic() > deadline:
+            raise AssertionError("waited 30 s: the audit queue never emptied")
+        time.sleep(0.02)
+
+
 def kill_node_and_worker_mid_issuance(cluster: Cluster, agents: dict[int, str]) -> None:
     """SIGKILL node B, then worker 2, each after it stored a certificate and before it committed."""
     node_b, first, second = cluster.node("node-b"), cluster.worker("worker-1"), cluster.worker("worker-2")
@@ -105,18 +124,17 @@ def kill_node_and_worker_mid_issuance(cluster: Cluster, agents: dict[int, str]) 
         wait_for(lambda: bool(cluster.sessions("node-b", waiting_on="certificate", doing=storing)), 60,
                  "node B never tried to store a certificate")
         # The issuance audits right after storing the certificate: hold the audit
-        # chain (as every appender does), let the certificate in.
-        audit.exec_driver_sql("SET lock_timeout = '20s'")
-        audit.exec_driver_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
+        # queue (its insert waits), let the certificate in.
+        hold_empty_audit_queue(audit)
         held.commit()
-        wait_for(lambda: bool(cluster.sessions("node-b", waiting_on="audit_log", holding="certificate")),
+        wait_for(lambda: bool(cluster.sessions("node-b", waiting_on="audit_pending", holding="certificate")),
                  30, "node B never got past storing its certificate")
         node_b.kill()
         # The database notices the dead client (client_connection_check_interval) and rolls back.
         wait_for(lambda: not cluster.connected("node-b"), 30, "node B's sessions outlived it")
         first.signal(signal.SIGSTOP)
         try:  # the orphaned issuance's lease runs out; worker 2 takes it over, and gets as far
-            wait_for(lambda: bool(cluster.sessions("worker-2", waiting_on="audit_log", holding="certificate")),
+            wait_for(lambda: bool(cluster.sessions("worker-2", waiting_on="audit_pending", holding="certificate")),
                      60, "worker 2 never took over node B's issuance")
             second.kill()
             wait_for(lambda: not cluster.connected("worker-2"), 30, "worker 2's session outlived it")

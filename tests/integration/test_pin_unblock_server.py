@@ -18,12 +18,14 @@ import pytest
 from sqlalchemy import select
 from werkzeug.test import Client
 
-from openxpki_py.db.schema import audit_log, token
+from openxpki_py.audit import verify_chain
+from openxpki_py.db.schema import audit_log, audit_pending, token
 from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.roles import RA_OPERATOR
 from openxpki_py.web.app import create_app
 
 from test_card_admin_credentials import _dump
+from test_fuzz_inputs import _at_once
 from test_console import Operator, operator_roles
 from test_personalization_server import Agent, Browser, start
 
@@ -162,6 +164,43 @@ def test_the_owners_agent_gets_the_puk_once_for_the_confirmed_card(app: Any) -> 
     assert sorted(r["details"]["code"] for r in rows if r["outcome"] == "refused") == [
         "agent.unconfirmed", "token.mismatch", "unblock.card_inactive", "unblock.credential_used", "workflow.type"]
     assert puk not in _dump(app) and json.dumps({"puk": puk}) not in _dump(app)
+
+
+def test_credential_calls_at_once_release_the_puk_once_on_postgresql(pg_app: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count and record are one step: three calls at once, one PUK, every call audited and chained."""
+    from openxpki_py.unblock import agent_calls
+
+    register(pg_app, "55501234")
+    alice = Browser(pg_app, "alice")
+    wf_id = unblock_id(ask(alice, "55501234"))
+    agent = paired_agent(pg_app, alice, wf_id)
+    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(alice, wf_id, agent.phrase)
+    # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
+    counted, count = threading.Barrier(3, timeout=3), agent_calls.count_audit
+
+    def count_then_wait(conn: Any, **kwargs: Any) -> int:
+        n = count(conn, **kwargs)
+        try:
+            counted.wait()
+        except threading.BrokenBarrierError:
+            pass  # the others wait for this one's lock: the fixed code
+        return n
+    monkeypatch.setattr(agent_calls, "count_audit", count_then_wait)
+
+    def credential() -> Any:
+        copy = Agent(pg_app)  # a client per thread, the same agent credential
+        copy.access_token = agent.access_token
+        return copy.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+    answers = _at_once(3, credential)
+    assert sorted(a.status_code for a in answers) == [200, 403, 403], [a.json for a in answers]
+    assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"unblock.credential_used"}
+    rows = audit(pg_app, "card.unblock_credential")  # each call chained its row before it answered
+    assert sorted(r["outcome"] for r in rows) == ["ok", "refused", "refused"]
+    with pg_app.instance.services.db.connect() as conn:
+        assert conn.execute(select(audit_pending)).first() is None
+        assert verify_chain(conn).ok
 
 
 def test_refused_for_another_users_card_an_unknown_or_inactive_card(app: Any) -> None:

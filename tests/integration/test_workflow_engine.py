@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from openxpki_py.audit import verify_chain
+from openxpki_py.audit.pending import chain_pending
 from openxpki_py.db.schema import audit_log, workflow_context, workflow_history
 from openxpki_py.errors import FieldProblem, WorkflowError
 from openxpki_py.workflow import WorkflowEngine, WorkflowView
@@ -42,6 +43,7 @@ def engine(db_engine: Engine, services: TestServices, clock: FakeClock) -> Workf
 
 
 def audit_events(db: Engine, event: str) -> list[tuple[str, str, str | None]]:
+    chain_pending(db)  # as the request or worker round that ran the engine would have
     with db.connect() as conn:
         rows = conn.execute(
             select(audit_log.c.actor, audit_log.c.outcome, audit_log.c.target).where(audit_log.c.event == event)
@@ -232,6 +234,7 @@ def test_secrets_never_stored(engine: WorkflowEngine, db_engine: Engine) -> None
     leaky = engine.start("test_secret", actor="alice", role="User", context={"leak": True})
     with pytest.raises(ActivityFailed, match="workflow.secret"):
         engine.execute(leaky.id, "unlock", actor="alice", role="User", inputs={"pin": pin})
+    chain_pending(db_engine)
     with db_engine.connect() as conn:
         stored = [str(v) for (v,) in conn.execute(select(workflow_context.c.ctx_value))]
         stored += [str(n) for (n,) in conn.execute(select(workflow_history.c.note))]

@@ -144,3 +144,16 @@ def db_engine(request: pytest.FixtureRequest) -> Engine:
     name = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
     engine: Engine = request.getfixturevalue(name)
     return engine
+
+
+@pytest.fixture(autouse=True)
+def _audit_queue_of_this_test_only() -> None:
+    """Each test starts as a fresh request would: no engine of an earlier test is left to chain.
+
+    Audit rows queued on PostgreSQL are chained by whoever runs next in the
+    same context (openxpki_py/audit/pending.py); in the test process that
+    would otherwise be a later test, reconnecting to an engine already disposed.
+    """
+    from openxpki_py.audit.chain import _queued_in
+
+    _queued_in.set(())
