@@ -10,12 +10,12 @@ are never written anywhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from ..errors import WorkflowError
 from . import store
@@ -124,7 +124,8 @@ class ActivityContext:
 
     def __init__(self, *, conn: Connection, workflow_id: int, wf_type: str, state: str, action: str,
                  actor: str, role: str, creator: str, creator_role: str, services: Any, context: WorkflowContext,
-                 parent_id: int | None, now: datetime, forker: Forker) -> None:
+                 parent_id: int | None, now: datetime, forker: Forker,
+                 children: Sequence[RowMapping] | None = None) -> None:
         self.conn = conn
         self.workflow_id = workflow_id
         self.wf_type = wf_type
@@ -144,6 +145,10 @@ class ActivityContext:
         self.attribute_changes: dict[str, list[str]] = {}
         self.forked: list[tuple[int, bool]] = []  # (child id, runs at once)
         self._forker = forker
+        # Read once per action: the children cannot change under the parent's lock (a child that ends
+        # locks its parent first), and the activity and the conditions after it ask the same question.
+        self._child_rows = children
+        self._children: list[ChildWorkflow] | None = None
 
     # --- shortcuts ----------------------------------------------------------
 
@@ -181,14 +186,21 @@ class ActivityContext:
         """
         child_id, runnable = self._forker(self, wf_type, context or {})
         self.forked.append((child_id, runnable))
+        self._child_rows = self._children = None  # one more child: read them again when asked
         return child_id
 
     def children(self) -> list[ChildWorkflow]:
-        return [
-            ChildWorkflow(int(r["id"]), r["wf_type"], r["state"], r["proc_state"], r["last_error"],
-                          store.load_context(self.conn, int(r["id"])))
-            for r in store.load_children(self.conn, self.workflow_id)
-        ]
+        """This workflow's children with their contexts, read once per action (until it forks)."""
+        if self._children is None:
+            rows = self._child_rows if self._child_rows is not None else store.load_children(
+                self.conn, self.workflow_id)
+            contexts = store.load_contexts(self.conn, [int(r["id"]) for r in rows]) if rows else {}
+            self._children = [
+                ChildWorkflow(int(r["id"]), r["wf_type"], r["state"], r["proc_state"], r["last_error"],
+                              contexts[int(r["id"])])
+                for r in rows
+            ]
+        return list(self._children)
 
     # --- the engine's checks --------------------------------------------------
 

@@ -34,6 +34,9 @@ _CONTEXT = select(workflow_context.c.ctx_key, workflow_context.c.ctx_value).wher
 _CONTEXT_DELETE = delete(workflow_context).where(workflow_context.c.workflow_id == bindparam("b_id"),
                                                  workflow_context.c.ctx_key.in_(bindparam("b_keys", expanding=True)))
 _CONTEXT_INSERT = insert(workflow_context)
+# SET ctx_value comes from the execute parameters (see update_workflow).
+_CONTEXT_UPDATE = update(workflow_context).where(workflow_context.c.workflow_id == bindparam("b_id"),
+                                                 workflow_context.c.ctx_key == bindparam("b_key"))
 _ATTRIBUTES = (select(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
                .where(workflow_attribute.c.workflow_id == bindparam("b_id"))
                .order_by(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value))
@@ -142,15 +145,28 @@ def load_contexts(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, A
 
 def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], deleted: Iterable[str],
                  stored: Iterable[str] | None = None) -> None:
-    """Write changed keys, remove deleted ones; ``stored``: keys already in the table (None: unknown)."""
-    # Delete + insert is the one upsert all three databases spell the same;
-    # keys known to be new skip the delete (one round trip less per step).
-    keys = set(deleted) | (set(changed) if stored is None else set(changed) & set(stored))
+    """Write changed keys, remove deleted ones; ``stored``: keys already in the table (None: unknown).
+
+    With ``stored`` known (the caller loaded the context under the workflow's
+    lock), a changed key that exists is updated in place and a new one
+    inserted: one statement per kind instead of a delete and an insert.
+    """
+    if stored is None:
+        # Delete + insert is the one upsert all three databases spell the same.
+        keys = set(deleted) | set(changed)
+        existing: dict[str, Any] = {}
+        new = dict(changed)
+    else:
+        keys = set(deleted)
+        known = set(stored)
+        existing = {k: v for k, v in changed.items() if k in known}
+        new = {k: v for k, v in changed.items() if k not in known}
     if keys:
         conn.execute(_CONTEXT_DELETE, {"b_id": wf_id, "b_keys": sorted(keys)})
-    if changed:
-        conn.execute(_CONTEXT_INSERT,
-                     [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in changed.items()])
+    if existing:
+        conn.execute(_CONTEXT_UPDATE, [{"b_id": wf_id, "b_key": k, "ctx_value": v} for k, v in existing.items()])
+    if new:
+        conn.execute(_CONTEXT_INSERT, [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in new.items()])
 
 
 def load_attribute_sets(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:

@@ -1,0 +1,147 @@
+"""What a workflow step asks of the database (issue #15), each test on SQLite and on PostgreSQL.
+
+Statement counts do not depend on load, so these tests pin the reads and
+writes that were removed: a regression shows as a count, not as a timing.
+Each test also checks that the result (context, state, children) is right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from data.workflow.activities_for_tests import FakeClock, TestServices, load_test_definitions
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from openxpki_py.workflow import ActivityContext, WorkflowEngine, WorkflowState, WorkflowView, store
+from openxpki_py.workflow.context import WorkflowContext
+from openxpki_py.workflow.run import Run
+
+RA = "RA Operator"
+
+
+@pytest.fixture
+def engine(db_engine: Engine) -> WorkflowEngine:
+    return WorkflowEngine(db_engine, load_test_definitions(), TestServices(), clock=FakeClock())
+
+
+@contextmanager
+def statements(db: Engine) -> Iterator[list[str]]:
+    """Every statement ``db`` sends meanwhile, whitespace folded."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(db, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(db, "before_cursor_execute", record)
+
+
+def count(seen: list[str], prefix: str, contains: str = "") -> int:
+    return sum(1 for s in seen if s.upper().startswith(prefix) and contains in s)
+
+
+def test_a_parent_reads_its_children_once_per_step(engine: WorkflowEngine, db_engine: Engine) -> None:
+    """The wait check, the activity and the condition of the parent's step share one read of the children."""
+    parent = engine.start("test_parent", actor="alice", role="User", context={"children": ["approval", "approval"]})
+    first, second = (c.id for c in engine.children(parent.id))
+    engine.act(first, "approve", actor="olga", role=RA)
+    with statements(db_engine) as seen:
+        engine.act(second, "approve", actor="olga", role=RA)  # the last child ends: the parent collects
+    # Once the row list (the wait check, handed to collect_children and children_succeeded) and once
+    # both children's contexts (one query, not one per child).
+    assert count(seen, "SELECT", "workflow.last_error FROM workflow WHERE workflow.parent_id") == 1
+    assert count(seen, "SELECT", "workflow_context.workflow_id IN") == 1
+    done = engine.get(parent.id)
+    assert (done.state, done.proc_state) == ("SUCCESS", "finished")
+    assert done.context["results"] == {str(first): "DONE", str(second): "DONE"}
+
+
+def test_children_read_again_after_a_fork(db_engine: Engine) -> None:
+    """A fork in the same action is seen by the next ``children()``: the read-once list is dropped."""
+    now = datetime.now(timezone.utc)
+
+    def new_workflow(conn: Any, parent_id: int | None) -> int:
+        return store.insert_workflow(conn, wf_type="test_child", state="CHECK", proc_state="manual",
+                                     creator="alice", creator_role="User", parent_id=parent_id,
+                                     created_at=now, updated_at=now)
+
+    with db_engine.begin() as conn:
+        parent_id = new_workflow(conn, None)
+        ctx = ActivityContext(
+            conn=conn, workflow_id=parent_id, wf_type="test_parent", state="WAIT", action="collect", actor="alice",
+            role="User", creator="alice", creator_role="User", services=None, context=WorkflowContext({}),
+            parent_id=None, now=now, forker=lambda c, _type, _context: (new_workflow(c.conn, c.workflow_id), False),
+        )
+        assert ctx.children() == []
+        child = ctx.fork("test_child")
+        assert [c.id for c in ctx.children()] == [child]
+        assert ctx.children()[0].context == {}
+
+
+def test_an_action_without_activity_takes_no_savepoint(engine: WorkflowEngine, db_engine: Engine) -> None:
+    """Nothing but an activity writes inside the action, so ``reject`` (none) runs without a savepoint."""
+    wf = engine.start("test_approval", actor="alice", role="User", context={"subject": "alice", "mode": "approval"})
+    with statements(db_engine) as seen:
+        engine.act(wf.id, "reject", actor="olga", role=RA, inputs={"reason": "no"})
+    assert count(seen, "SAVEPOINT") == 0
+    rejected = engine.get(wf.id)
+    assert (rejected.state, rejected.proc_state) == ("REJECTED", "failed")
+    assert rejected.context["reason"] == "no"
+    # An action with an activity still runs it in a savepoint: a failure there keeps none of its writes.
+    other = engine.start("test_approval", actor="alice", role="User", context={"subject": "alice", "mode": "approval"})
+    with statements(db_engine) as seen:
+        engine.act(other.id, "approve", actor="olga", role=RA)
+    assert count(seen, "SAVEPOINT") == 2  # approve, then issue
+
+
+def test_changed_context_keys_are_updated_in_place(engine: WorkflowEngine, db_engine: Engine) -> None:
+    """A key the workflow already has is updated (one statement), not deleted and inserted again."""
+    wf = engine.start("test_approval", actor="alice", role="User",
+                      context={"subject": "alice", "mode": "approval", "approvals_required": 2})
+    engine.act(wf.id, "approve", actor="olga", role=RA, inputs={"comment": "first"})  # approvals: new key
+    with statements(db_engine) as seen:
+        engine.act(wf.id, "approve", actor="otto", role=RA, inputs={"comment": "second"})
+    assert count(seen, "DELETE", "workflow_context") == 0
+    assert count(seen, "UPDATE", "workflow_context") == 1  # approve: approvals and comment, in one executemany
+    assert count(seen, "INSERT", "workflow_context") == 1  # issue: issued (a new key)
+    done = engine.get(wf.id)
+    assert done.state == "DONE"
+    assert done.context["approvals"] == ["olga", "otto"]
+    assert done.context["comment"] == "second"
+    assert done.context["issued"] is True
+
+
+def test_a_deleted_context_key_is_gone(engine: WorkflowEngine, db_engine: Engine) -> None:
+    with db_engine.begin() as conn:
+        wf_id = engine.stepper.create(conn, Run("alice", "User"), engine.definitions.get("test_approval"),
+                                      {"subject": "alice", "mode": "approval"}, actor="alice", role="User",
+                                      parent_id=None)[0]
+        store.save_context(conn, wf_id, {"mode": "auto", "extra": 1}, {"subject"}, stored={"subject", "mode"})
+    with db_engine.connect() as conn:
+        assert store.load_context(conn, wf_id) == {"mode": "auto", "extra": 1}
+
+
+def test_launch_and_current_read_less(engine: WorkflowEngine, db_engine: Engine) -> None:
+    """``launch`` returns the id without reading the workflow back; ``current`` has no history."""
+    with statements(db_engine) as seen:
+        wf_id = engine.launch("test_approval", actor="alice", role="User",
+                              context={"subject": "alice", "mode": "approval"})
+    assert count(seen, "SELECT", "FROM workflow_history") == 0
+    with statements(db_engine) as seen:
+        state = engine.current(wf_id)
+    assert count(seen, "SELECT") == 2  # the row and the context
+    assert isinstance(state, WorkflowState) and not isinstance(state, WorkflowView)
+    full = engine.get(wf_id)
+    assert (state.state, state.proc_state, state.version, dict(state.context)) == (
+        full.state, full.proc_state, full.version, dict(full.context))
+    assert [a.name for a in state.available_actions(RA)] == [a.name for a in full.available_actions(RA)]
+    assert "history" not in state.as_json() and full.as_json()["history"]
+
