@@ -10,7 +10,7 @@ are never written anywhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -119,6 +119,12 @@ Forker = Callable[["ActivityContext", str, Mapping[str, Any]], "tuple[int, bool]
 """Creates a child; returns its id and whether it has automatic work to do."""
 
 
+def _check_attribute_values(key: str, values: Iterable[str]) -> None:
+    for v in values:
+        if not isinstance(v, str) or not v or len(v) > store.ATTRIBUTE_MAX:
+            raise WorkflowError(f"attribute {key}: values are text of 1..{store.ATTRIBUTE_MAX} characters")
+
+
 class ActivityContext:
     """Handed to activities, conditions and validators."""
 
@@ -142,7 +148,8 @@ class ActivityContext:
         self.inputs: dict[str, Any] = {}
         self.secret_inputs: frozenset[str] = frozenset()
         self.note: str | None = None  # shown in history, e.g. an approver's comment
-        self.attribute_changes: dict[str, list[str]] = {}
+        self.attribute_changes: dict[str, list[str]] = {}  # key → all its values from now on
+        self.attribute_additions: dict[str, list[str]] = {}  # key → values to add to those it has
         self.forked: list[tuple[int, bool]] = []  # (child id, runs at once)
         self._forker = forker
         # Read once per action: the children cannot change under the parent's lock (a child that ends
@@ -165,16 +172,18 @@ class ActivityContext:
 
     def set_attribute(self, key: str, *values: str) -> None:
         """Replace the searchable values of ``key`` (none: remove it)."""
-        for v in values:
-            if not isinstance(v, str) or not v or len(v) > store.ATTRIBUTE_MAX:
-                raise WorkflowError(f"attribute {key}: values are text of 1..{store.ATTRIBUTE_MAX} characters")
+        _check_attribute_values(key, values)
+        self.attribute_additions.pop(key, None)
         self.attribute_changes[key] = list(values)
 
     def add_attribute(self, key: str, value: str) -> None:
-        current = self.attribute_changes.get(key)
-        if current is None:
-            current = store.load_attributes(self.conn, self.workflow_id).get(key, [])
-        self.set_attribute(key, *current, value)
+        """One more searchable value of ``key``, next to those it has."""
+        _check_attribute_values(key, (value,))
+        if key in self.attribute_changes:
+            self.attribute_changes[key].append(value)
+        else:
+            # Added where it is missing when the action commits: the values it has need not be read.
+            self.attribute_additions.setdefault(key, []).append(value)
 
     # --- children -----------------------------------------------------------
 

@@ -184,6 +184,7 @@ class Stepper:
         changed, deleted = ctx.context.changes()
         store.save_context(conn, wf_id, changed, deleted, ctx.context.stored_keys())
         store.replace_attributes(conn, wf_id, ctx.attribute_changes)
+        store.add_attributes(conn, wf_id, ctx.attribute_additions)
         store.add_history(conn, wf_id, action=action, from_state=row["state"], to_state=target, actor=actor,
                           role=role, outcome=outcome, note=note, now=now)
         state = self.definitions.get(row["wf_type"]).state(target)

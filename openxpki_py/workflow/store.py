@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history, workflow_singleton
@@ -44,6 +44,15 @@ _ATTRIBUTES_DELETE = delete(workflow_attribute).where(
     workflow_attribute.c.workflow_id == bindparam("b_id"),
     workflow_attribute.c.attr_key.in_(bindparam("b_keys", expanding=True)))
 _ATTRIBUTES_INSERT = insert(workflow_attribute)
+# One more value where the key does not have it yet, without reading the values first.
+_ATTRIBUTE_ADD = insert(workflow_attribute).from_select(
+    ["workflow_id", "attr_key", "attr_value"],
+    select(bindparam("b_id", type_=workflow_attribute.c.workflow_id.type),
+           bindparam("b_key", type_=workflow_attribute.c.attr_key.type),
+           bindparam("b_value", type_=workflow_attribute.c.attr_value.type))
+    .where(~exists().where(workflow_attribute.c.workflow_id == bindparam("b_id"),
+                           workflow_attribute.c.attr_key == bindparam("b_key"),
+                           workflow_attribute.c.attr_value == bindparam("b_value"))))
 _HISTORY = select(workflow_history).where(workflow_history.c.workflow_id == bindparam("b_id")).order_by(
     workflow_history.c.id)
 _HISTORY_INSERT = insert(workflow_history)
@@ -198,6 +207,13 @@ def replace_attributes(conn: Connection, wf_id: int, values: Mapping[str, Sequen
     ]
     if rows:
         conn.execute(_ATTRIBUTES_INSERT, rows)
+
+
+def add_attributes(conn: Connection, wf_id: int, values: Mapping[str, Sequence[str]]) -> None:
+    """Add each key's values to those it has (a value it has already is left as it is)."""
+    for key, vs in values.items():
+        for v in sorted(set(vs)):
+            conn.execute(_ATTRIBUTE_ADD, {"b_id": wf_id, "b_key": key, "b_value": v})
 
 
 def add_history(conn: Connection, wf_id: int, *, action: str, from_state: str, to_state: str, actor: str,

@@ -145,3 +145,33 @@ def test_launch_and_current_read_less(engine: WorkflowEngine, db_engine: Engine)
     assert [a.name for a in state.available_actions(RA)] == [a.name for a in full.available_actions(RA)]
     assert "history" not in state.as_json() and full.as_json()["history"]
 
+
+
+def test_an_added_search_value_is_written_without_reading_the_others(engine: WorkflowEngine,
+                                                                      db_engine: Engine) -> None:
+    with statements(db_engine) as seen:  # check adds tag=checked, issue adds serial=s<id>
+        wf_id = engine.launch("test_approval", actor="alice", role="User", context={"subject": "alice", "mode": "auto"})
+    assert count(seen, "SELECT", "FROM workflow_attribute") == 0
+    assert count(seen, "DELETE", "workflow_attribute") == 1  # set_attribute("subject") replaces its values
+    assert engine.get(wf_id).attributes == {"serial": (f"s{wf_id}",), "subject": ("alice",), "tag": ("checked",)}
+
+
+def test_added_search_values_join_the_ones_a_workflow_has(db_engine: Engine) -> None:
+    now = datetime.now(timezone.utc)
+    with db_engine.begin() as conn:
+        wf_id = store.insert_workflow(conn, wf_type="test_child", state="CHECK", proc_state="manual", creator="alice",
+                                      creator_role="User", parent_id=None, created_at=now, updated_at=now)
+        store.replace_attributes(conn, wf_id, {"serial": ["a"], "owner": ["alice"]})
+        ctx = ActivityContext(
+            conn=conn, workflow_id=wf_id, wf_type="test_child", state="CHECK", action="check", actor="alice",
+            role="User", creator="alice", creator_role="User", services=None, context=WorkflowContext({}),
+            parent_id=None, now=now, forker=lambda *_: (0, False),
+        )
+        ctx.add_attribute("serial", "b")
+        ctx.add_attribute("serial", "a")  # has it already: stays once
+        ctx.add_attribute("new", "x")
+        ctx.set_attribute("owner", "bob")
+        ctx.add_attribute("owner", "carol")  # after a set: joins the set's values
+        store.replace_attributes(conn, wf_id, ctx.attribute_changes)
+        store.add_attributes(conn, wf_id, ctx.attribute_additions)
+        assert store.load_attributes(conn, wf_id) == {"new": ["x"], "owner": ["bob", "carol"], "serial": ["a", "b"]}
