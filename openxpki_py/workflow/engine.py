@@ -209,7 +209,7 @@ class WorkflowEngine:
         run = Run(actor, role)
         refusal: AccessDenied | None = None
         with self._transaction() as conn:
-            row = store.lock_workflow(conn, workflow_id)
+            row, data = store.lock_workflow_with_context(conn, workflow_id)
             if expected_version is not None and int(row["version"]) != expected_version:
                 raise WorkflowConflict(
                     f"workflow {workflow_id} changed since you loaded it (version {expected_version}, now "
@@ -231,7 +231,7 @@ class WorkflowEngine:
                 outcome = Outcome()
             else:
                 outcome = self.stepper.run_action(conn, run, definition, row, spec, inputs=inputs or {},
-                                                  actor=actor, role=role)
+                                                  actor=actor, role=role, context=data)
         if refusal is not None:
             raise refusal
         self._after(run, outcome)

@@ -105,7 +105,7 @@ class Stepper:
         None means the claim was lost (lease expired and another runner took
         it, or an operator failed it): leave it alone.
         """
-        row = store.lock_workflow(conn, wf_id)
+        row, data = store.lock_workflow_with_context(conn, wf_id)
         if row["proc_state"] != "running" or row["claimed_by"] != run.claimant:
             return None
         definition = self.definitions.get(row["wf_type"])
@@ -119,11 +119,11 @@ class Stepper:
             assert state.auto is not None
             # The children just read are the ones the action's conditions and activity see (one read).
             return self.run_action(conn, run, definition, row, definition.actions[state.auto], inputs={},
-                                   actor=run.actor, role=run.role, children=children)
+                                   actor=run.actor, role=run.role, children=children, context=data)
         if state.timeout_action is not None and row["wake_at"] is not None and row["wake_at"] <= now:
             # The state's deadline passed with nobody acting: end the wait as the definition says.
             return self.run_action(conn, run, definition, row, definition.actions[state.timeout_action],
-                                   inputs={}, actor=run.actor, role=run.role)
+                                   inputs={}, actor=run.actor, role=run.role, context=data)
         # manual / final / waiting: just settle the row in that state (its deadline unchanged)
         values, runnable, woken = self._arrive(conn, run, row, state, now, entering=False)
         store.update_workflow(conn, wf_id, row["version"], updated_at=now, **values)
@@ -136,11 +136,12 @@ class Stepper:
 
     def run_action(self, conn: Connection, run: Run, definition: WorkflowDefinition, row: RowMapping,
                    action: ActionSpec, *, inputs: Mapping[str, Any], actor: str, role: str,
-                   children: Sequence[RowMapping] | None = None) -> Outcome:
-        """``children``: the workflow's child rows, if the caller read them in this transaction."""
+                   children: Sequence[RowMapping] | None = None, context: Mapping[str, Any] | None = None) -> Outcome:
+        """``children``, ``context``: the workflow's child rows and context, if the caller read them in this
+        transaction (under the row's lock)."""
         now = self.clock()
-        ctx = self._context(conn, run, row, action.name, actor, role, store.load_context(conn, row["id"]), now,
-                            children)
+        data = context if context is not None else store.load_context(conn, row["id"])
+        ctx = self._context(conn, run, row, action.name, actor, role, data, now, children)
         checked: dict[str, Any] = {}
         if action.manual:
             checked = check_inputs(action.fields, inputs, registry=self.registry, ctx=ctx)
@@ -188,7 +189,9 @@ class Stepper:
         store.add_history(conn, wf_id, action=action, from_state=row["state"], to_state=target, actor=actor,
                           role=role, outcome=outcome, note=note, now=now)
         state = self.definitions.get(row["wf_type"]).state(target)
-        values, runnable, woken = self._arrive(conn, run, row, state, now, entering=True)
+        # A child forked by this action is new, so not final: a wait for children goes on without asking.
+        values, runnable, woken = self._arrive(conn, run, row, state, now, entering=True,
+                                               open_child=bool(ctx.forked))
         store.update_workflow(conn, wf_id, row["version"], state=target, retry_count=0, last_error=last_error,
                               updated_at=now, **values)
         append_audit(conn, actor=actor, role=role, event="workflow.action", outcome=outcome,
@@ -200,7 +203,7 @@ class Stepper:
         return Outcome(children + woken + ([wf_id] if runnable else []))
 
     def _arrive(self, conn: Connection, run: Run, row: Mapping[Any, Any], state: StateSpec,
-                now: datetime, *, entering: bool) -> tuple[dict[str, Any], bool, list[int]]:
+                now: datetime, *, entering: bool, open_child: bool = False) -> tuple[dict[str, Any], bool, list[int]]:
         """Row values for entering ``state``; (values, keep running, woken parents).
 
         A manual or waiting state with a timeout gets its deadline as
@@ -214,7 +217,7 @@ class Stepper:
         deadline = self._deadline(row, state, now) if entering else row.get("wake_at")
         if state.kind == "manual":
             return {"proc_state": "manual", **released, "wake_at": deadline}, False, []
-        if state.kind == "wait" and not self._children_final(conn, int(row["id"])):
+        if state.kind == "wait" and (open_child or not self._children_final(conn, int(row["id"]))):
             return {"proc_state": "waiting", **released, "wake_at": deadline}, False, []
         claim = {"proc_state": "running", "claimed_by": run.claimant, "lease_until": self._lease(now),
                  "wake_at": None}

@@ -29,6 +29,11 @@ IN_LIST_MAX = 500
 # columns from the execute parameters (see update_workflow).
 _BY_ID = select(workflow).where(workflow.c.id == bindparam("b_id"))
 _BY_ID_LOCKED = _BY_ID.with_for_update()
+# The row and its context in one statement: every step needs both (an empty context gives one row of NULLs).
+_WITH_CONTEXT = (select(workflow, workflow_context.c.ctx_key, workflow_context.c.ctx_value)
+                 .select_from(workflow.outerjoin(workflow_context, workflow_context.c.workflow_id == workflow.c.id))
+                 .where(workflow.c.id == bindparam("b_id")))
+_WITH_CONTEXT_LOCKED = _WITH_CONTEXT.with_for_update(of=workflow.c.id)  # the row; Oracle names a column
 _CONTEXT = select(workflow_context.c.ctx_key, workflow_context.c.ctx_value).where(
     workflow_context.c.workflow_id == bindparam("b_id"))
 _CONTEXT_DELETE = delete(workflow_context).where(workflow_context.c.workflow_id == bindparam("b_id"),
@@ -90,6 +95,14 @@ def lock_workflow(conn: Connection, wf_id: int) -> RowMapping:
     if row is None:
         raise UnknownWorkflow(f"workflow {wf_id} does not exist")
     return row
+
+
+def lock_workflow_with_context(conn: Connection, wf_id: int) -> tuple[RowMapping, dict[str, Any]]:
+    """:func:`lock_workflow` and :func:`load_context` in one statement (the row is locked alike)."""
+    rows = conn.execute(_WITH_CONTEXT_LOCKED if locks_rows(conn) else _WITH_CONTEXT, {"b_id": wf_id}).mappings().all()
+    if not rows:
+        raise UnknownWorkflow(f"workflow {wf_id} does not exist")
+    return rows[0], {r["ctx_key"]: r["ctx_value"] for r in rows if r["ctx_key"] is not None}
 
 
 def read_workflow(conn: Connection, wf_id: int) -> RowMapping:

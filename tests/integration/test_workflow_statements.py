@@ -64,6 +64,14 @@ def test_a_parent_reads_its_children_once_per_step(engine: WorkflowEngine, db_en
     assert done.context["results"] == {str(first): "DONE", str(second): "DONE"}
 
 
+def test_a_parent_that_just_forked_waits_without_reading_its_children(engine: WorkflowEngine,
+                                                                      db_engine: Engine) -> None:
+    with statements(db_engine) as seen:
+        parent = engine.start("test_parent", actor="alice", role="User", context={"children": ["approval"]})
+    assert count(seen, "SELECT", "workflow.last_error FROM workflow WHERE workflow.parent_id") == 0
+    assert (parent.state, parent.proc_state) == ("WAIT", "waiting")
+
+
 def test_children_read_again_after_a_fork(db_engine: Engine) -> None:
     """A fork in the same action is seen by the next ``children()``: the read-once list is dropped."""
     now = datetime.now(timezone.utc)
@@ -175,3 +183,16 @@ def test_added_search_values_join_the_ones_a_workflow_has(db_engine: Engine) -> 
         store.replace_attributes(conn, wf_id, ctx.attribute_changes)
         store.add_attributes(conn, wf_id, ctx.attribute_additions)
         assert store.load_attributes(conn, wf_id) == {"new": ["x"], "owner": ["bob", "carol"], "serial": ["a", "b"]}
+
+
+def test_a_step_reads_its_row_and_context_in_one_statement(engine: WorkflowEngine, db_engine: Engine) -> None:
+    wf = engine.start("test_approval", actor="alice", role="User", context={"subject": "alice", "mode": "approval"})
+    with statements(db_engine) as seen:
+        engine.act(wf.id, "approve", actor="olga", role=RA, inputs={"comment": "fine"})  # approve, then issue
+    assert count(seen, "SELECT", "LEFT OUTER JOIN workflow_context") == 2  # one per step, the row locked
+    assert count(seen, "SELECT", "FROM workflow_context") == 0
+    done = engine.get(wf.id)
+    assert done.state == "DONE"
+    assert {k: done.context[k] for k in ("subject", "mode", "checked", "approvals", "comment", "issued")} == {
+        "subject": "alice", "mode": "approval", "checked": True, "approvals": ["olga"], "comment": "fine",
+        "issued": True}
