@@ -49,7 +49,7 @@ def _expected_key(ctx: ActivityContext) -> Any:
     return ExpectedKey(algorithm=raw.get("algorithm", ""), size=int(size) if size else None, curve=raw.get("curve"))
 
 
-@callables.activity("check_certificate_request")
+@callables.activity("check_certificate_request", reads_only=True)
 def check_certificate_request(ctx: ActivityContext) -> None:
     """The CSR validators and the profile's policy; PolicyViolation rejects."""
     ca = pki(ctx).ca

@@ -149,9 +149,10 @@ class Stepper:
                 str(checked[f.name]) for f in action.fields if f.secret and f.name in checked
             )
         try:
-            # Only an activity writes (conditions read, the rest is in memory): without one there is
-            # nothing a savepoint could roll back, so none is taken (two statements less).
-            with conn.begin_nested() if action.activity is not None else nullcontext():
+            # Only an activity writes (conditions read, the rest is in memory): without one, or with one
+            # that only reads, a savepoint would have nothing to roll back, so none is taken.
+            writes = action.activity is not None and not self.registry.reads_only(action.activity)
+            with conn.begin_nested() if writes else nullcontext():
                 for spec in action.fields:
                     if not spec.secret and spec.name in checked:
                         ctx.context[spec.name] = checked[spec.name]

@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
-from data.workflow.activities_for_tests import FakeClock, TestServices, load_test_definitions
+from data.workflow.activities_for_tests import REGISTRY, FakeClock, TestServices, load_test_definitions
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from openxpki_py.workflow import ActivityContext, WorkflowEngine, WorkflowState, WorkflowView, store
+from openxpki_py.domains import load_definitions
+from openxpki_py.errors import PolicyViolation
+from openxpki_py.workflow import ActivityContext, Registry, WorkflowEngine, WorkflowState, WorkflowView, store
 from openxpki_py.workflow.context import WorkflowContext
 from openxpki_py.workflow.run import Run
 
@@ -196,3 +199,52 @@ def test_a_step_reads_its_row_and_context_in_one_statement(engine: WorkflowEngin
     assert {k: done.context[k] for k in ("subject", "mode", "checked", "approvals", "comment", "issued")} == {
         "subject": "alice", "mode": "approval", "checked": True, "approvals": ["olga"], "comment": "fine",
         "issued": True}
+
+
+READS_ONLY_FLOW = """\
+type: test_reads_only
+start:
+  roles: [User]
+  input: [subject]
+initial_state: LOOK
+fields:
+  subject:
+    type: text
+states:
+  LOOK:
+    auto: look
+  DONE:
+    final: success
+  REFUSED:
+    final: failure
+actions:
+  look:
+    activity: look_up_subject
+    on_error:
+      PolicyViolation: REFUSED
+    next: DONE
+"""
+
+
+def test_an_activity_that_only_reads_runs_without_savepoint(db_engine: Engine, tmp_path: Path) -> None:
+    """Registered ``reads_only``: no savepoint; a refusal is still recorded, and its context changes dropped."""
+    registry = Registry(parent=REGISTRY)
+
+    @registry.activity("look_up_subject", reads_only=True)
+    def look_up_subject(ctx: ActivityContext) -> None:
+        store.load_children(ctx.conn, ctx.workflow_id)  # a read, as a real one would
+        ctx["looked"] = True
+        if ctx["subject"] == "forbidden":
+            raise PolicyViolation("not this one", code="test.subject")
+
+    (tmp_path / "test_reads_only.yaml").write_text(READS_ONLY_FLOW)
+    engine = WorkflowEngine(db_engine, load_definitions([tmp_path], registry=registry, include_shipped=False),
+                            TestServices(), clock=FakeClock())
+    with statements(db_engine) as seen:
+        done = engine.start("test_reads_only", actor="alice", role="User", context={"subject": "alice"})
+        refused = engine.start("test_reads_only", actor="alice", role="User", context={"subject": "forbidden"})
+    assert count(seen, "SAVEPOINT") == 0
+    assert (done.state, done.context["looked"]) == ("DONE", True)
+    assert refused.state == "REFUSED" and "looked" not in refused.context
+    assert refused.context["failure"]["code"] == "test.subject"
+    assert [(h.action, h.outcome) for h in refused.history] == [("start", "ok"), ("look", "failed")]
