@@ -65,6 +65,16 @@ _UPDATE_IF_VERSION = (update(workflow)
                       .where(workflow.c.id == bindparam("b_id"), workflow.c.version == bindparam("b_version"))
                       .values(version=workflow.c.version + 1))
 _SINGLETON_RELEASE = delete(workflow_singleton).where(workflow_singleton.c.workflow_id == bindparam("b_id"))
+_INSERT = insert(workflow).values(retry_count=0, version=0)  # the other columns from the parameters
+_SINGLETON_CLAIM = insert(workflow_singleton)
+_SINGLETON_HOLDER = select(workflow_singleton.c.workflow_id).where(
+    workflow_singleton.c.wf_type == bindparam("b_type"), workflow_singleton.c.singleton_key == bindparam("b_key"))
+_OPEN_SIBLINGS = select(func.count()).select_from(workflow).where(
+    workflow.c.parent_id == bindparam("b_parent"), workflow.c.id != bindparam("b_id"),
+    workflow.c.proc_state.not_in(FINAL_PROC_STATES))
+_CLAIM_WOKEN_PARENT = (update(workflow)
+                       .where(workflow.c.id == bindparam("b_id"), workflow.c.proc_state == "waiting")
+                       .values(proc_state="running", version=workflow.c.version + 1))
 _CHILDREN = (select(workflow.c.id, workflow.c.wf_type, workflow.c.state, workflow.c.proc_state,
                     workflow.c.last_error)
              .where(workflow.c.parent_id == bindparam("b_id")).order_by(workflow.c.id))
@@ -76,7 +86,7 @@ def locks_rows(conn: Connection) -> bool:
 
 
 def insert_workflow(conn: Connection, **values: Any) -> int:
-    result = conn.execute(insert(workflow).values(retry_count=0, version=0, **values))
+    result = conn.execute(_INSERT, values)
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
@@ -142,13 +152,12 @@ def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -
 
 def claim_singleton(conn: Connection, wf_type: str, key: str, wf_id: int) -> None:
     """Make ``wf_id`` the open workflow of ``wf_type`` for ``key``; IntegrityError if another is."""
-    conn.execute(insert(workflow_singleton).values(wf_type=wf_type, singleton_key=key, workflow_id=wf_id))
+    conn.execute(_SINGLETON_CLAIM, {"wf_type": wf_type, "singleton_key": key, "workflow_id": wf_id})
 
 
 def singleton_holder(conn: Connection, wf_type: str, key: str) -> int | None:
     """The open workflow of ``wf_type`` for ``key``, if any."""
-    found = conn.execute(select(workflow_singleton.c.workflow_id).where(
-        workflow_singleton.c.wf_type == wf_type, workflow_singleton.c.singleton_key == key)).scalar()
+    found = conn.execute(_SINGLETON_HOLDER, {"b_type": wf_type, "b_key": key}).scalar()
     return int(found) if found is not None else None
 
 
@@ -256,13 +265,7 @@ def load_children(conn: Connection, parent_id: int) -> Sequence[RowMapping]:
 
 def open_siblings(conn: Connection, parent_id: int, except_id: int) -> int:
     """How many other children of ``parent_id`` are not final yet."""
-    return int(conn.execute(
-        select(func.count()).select_from(workflow).where(
-            workflow.c.parent_id == parent_id,
-            workflow.c.id != except_id,
-            workflow.c.proc_state.not_in(FINAL_PROC_STATES),
-        )
-    ).scalar_one())
+    return int(conn.execute(_OPEN_SIBLINGS, {"b_parent": parent_id, "b_id": except_id}).scalar_one())
 
 
 def search(conn: Connection, *, wf_type: str | None, state: str | None, proc_state: str | None,
@@ -327,12 +330,8 @@ def claim(conn: Connection, wf_id: int, *, claimant: str, now: datetime, lease_u
 def claim_woken_parent(conn: Connection, parent_id: int, *, claimant: str, now: datetime,
                        lease_until: datetime) -> bool:
     """A child just finished and was the last open one: take the parent along."""
-    result = conn.execute(
-        update(workflow)
-        .where(workflow.c.id == parent_id, workflow.c.proc_state == "waiting")
-        .values(proc_state="running", claimed_by=claimant, lease_until=lease_until, wake_at=now,
-                version=workflow.c.version + 1, updated_at=now)
-    )
+    result = conn.execute(_CLAIM_WOKEN_PARENT, {"b_id": parent_id, "claimed_by": claimant, "lease_until": lease_until,
+                                                "wake_at": now, "updated_at": now})
     return result.rowcount == 1
 
 
