@@ -96,4 +96,5 @@ def issue_certificate(ctx: ActivityContext) -> None:
     ctx["certificate_id"] = issued.id
     ctx["certificate_serial"] = issued.serial
     ctx["certificate_pem"] = issued.pem
-    ctx.set_attribute("certificate_serial", issued.serial)
+    # An issuance stores one certificate, once (a failed try keeps nothing): adding needs no delete first.
+    ctx.add_attribute("certificate_serial", issued.serial)

@@ -24,8 +24,7 @@ from .errors import SecretInContext
 MAX_KEY_LENGTH = 128
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+_canonical = store.canonical_json
 
 
 class WorkflowContext(MutableMapping[str, Any]):
@@ -38,6 +37,15 @@ class WorkflowContext(MutableMapping[str, Any]):
     def __init__(self, data: Mapping[str, Any]) -> None:
         self._data = dict(data)
         self._original = {k: _canonical(v) for k, v in self._data.items()}
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, str]) -> WorkflowContext:
+        """The context from its stored JSON text, which is also what changes are compared with."""
+        context = cls({})
+        context._data = {k: json.loads(v) for k, v in stored.items()}
+        # Stored canonically (canonical_json); text of another form only makes its key look changed.
+        context._original = dict(stored)
+        return context
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -62,7 +70,13 @@ class WorkflowContext(MutableMapping[str, Any]):
 
     def changes(self) -> tuple[dict[str, Any], set[str]]:
         """(changed or new keys with values, deleted keys) since loading."""
-        changed = {k: v for k, v in self._data.items() if self._original.get(k) != _canonical(v)}
+        encoded, deleted = self.changes_json()
+        return {k: self._data[k] for k in encoded}, deleted
+
+    def changes_json(self) -> tuple[dict[str, str], set[str]]:
+        """:meth:`changes` with the values as the canonical JSON text they are stored as."""
+        encoded = ((k, _canonical(v)) for k, v in self._data.items())
+        changed = {k: text for k, text in encoded if self._original.get(k) != text}
         deleted = set(self._original) - set(self._data)
         return changed, deleted
 
@@ -214,6 +228,8 @@ class ActivityContext:
     # --- the engine's checks --------------------------------------------------
 
     def check_no_secrets(self) -> None:
+        if not self.secret_inputs:
+            return  # nothing to look for (and encoding every value to find the changed ones costs)
         changed, _ = self.context.changes()
         for key, value in changed.items():
             if contains_secret(value, self.secret_inputs):

@@ -231,7 +231,7 @@ class WorkflowEngine:
                 outcome = Outcome()
             else:
                 outcome = self.stepper.run_action(conn, run, definition, row, spec, inputs=inputs or {},
-                                                  actor=actor, role=role, context=data)
+                                                  actor=actor, role=role, stored_context=data)
         if refusal is not None:
             raise refusal
         self._after(run, outcome)

@@ -55,12 +55,12 @@ class Stepper:
         return now + timedelta(seconds=self.config.lease_seconds)
 
     def _context(self, conn: Connection, run: Run, row: Mapping[Any, Any], action: str, actor: str, role: str,
-                 data: Mapping[str, Any], now: datetime,
+                 context: WorkflowContext, now: datetime,
                  children: Sequence[RowMapping] | None = None) -> ActivityContext:
         return ActivityContext(
             conn=conn, workflow_id=int(row["id"]), wf_type=row["wf_type"], state=row["state"], action=action,
             actor=actor, role=role, creator=row["creator"], creator_role=row["creator_role"],
-            services=self.services, context=WorkflowContext(data),
+            services=self.services, context=context,
             parent_id=row["parent_id"], now=now, forker=self._forker(run), children=children,
         )
 
@@ -88,7 +88,7 @@ class Stepper:
         )
         row = {"id": wf_id, "wf_type": definition.wf_type, "state": initial.name, "parent_id": parent_id,
                "creator": actor, "creator_role": role}
-        ctx = self._context(conn, run, row, START_ACTION, actor, role, {}, now)
+        ctx = self._context(conn, run, row, START_ACTION, actor, role, WorkflowContext({}), now)
         checked = check_inputs(definition.start_fields, context, registry=self.registry, ctx=ctx)
         store.save_context(conn, wf_id, checked, (), stored=())
         store.add_history(conn, wf_id, action=START_ACTION, from_state=NEW_STATE, to_state=initial.name,
@@ -119,11 +119,11 @@ class Stepper:
             assert state.auto is not None
             # The children just read are the ones the action's conditions and activity see (one read).
             return self.run_action(conn, run, definition, row, definition.actions[state.auto], inputs={},
-                                   actor=run.actor, role=run.role, children=children, context=data)
+                                   actor=run.actor, role=run.role, children=children, stored_context=data)
         if state.timeout_action is not None and row["wake_at"] is not None and row["wake_at"] <= now:
             # The state's deadline passed with nobody acting: end the wait as the definition says.
             return self.run_action(conn, run, definition, row, definition.actions[state.timeout_action],
-                                   inputs={}, actor=run.actor, role=run.role, context=data)
+                                   inputs={}, actor=run.actor, role=run.role, stored_context=data)
         # manual / final / waiting: just settle the row in that state (its deadline unchanged)
         values, runnable, woken = self._arrive(conn, run, row, state, now, entering=False)
         store.update_workflow(conn, wf_id, row["version"], updated_at=now, **values)
@@ -136,12 +136,14 @@ class Stepper:
 
     def run_action(self, conn: Connection, run: Run, definition: WorkflowDefinition, row: RowMapping,
                    action: ActionSpec, *, inputs: Mapping[str, Any], actor: str, role: str,
-                   children: Sequence[RowMapping] | None = None, context: Mapping[str, Any] | None = None) -> Outcome:
-        """``children``, ``context``: the workflow's child rows and context, if the caller read them in this
-        transaction (under the row's lock)."""
+                   children: Sequence[RowMapping] | None = None,
+                   stored_context: Mapping[str, str] | None = None) -> Outcome:
+        """``children``, ``stored_context``: the workflow's child rows and its context as stored JSON text, if
+        the caller read them in this transaction (under the row's lock)."""
         now = self.clock()
-        data = context if context is not None else store.load_context(conn, row["id"])
-        ctx = self._context(conn, run, row, action.name, actor, role, data, now, children)
+        context = (WorkflowContext.from_json(stored_context) if stored_context is not None
+                   else WorkflowContext(store.load_context(conn, row["id"])))
+        ctx = self._context(conn, run, row, action.name, actor, role, context, now, children)
         checked: dict[str, Any] = {}
         if action.manual:
             checked = check_inputs(action.fields, inputs, registry=self.registry, ctx=ctx)
@@ -183,8 +185,8 @@ class Stepper:
                     target: str, *, actor: str, role: str, note: str | None, outcome: str, now: datetime,
                     last_error: str | None = None, error_code: str | None = None) -> Outcome:
         wf_id = int(row["id"])
-        changed, deleted = ctx.context.changes()
-        store.save_context(conn, wf_id, changed, deleted, ctx.context.stored_keys())
+        changed, deleted = ctx.context.changes_json()
+        store.save_context_json(conn, wf_id, changed, deleted, ctx.context.stored_keys())
         store.replace_attributes(conn, wf_id, ctx.attribute_changes)
         store.add_attributes(conn, wf_id, ctx.attribute_additions)
         store.add_history(conn, wf_id, action=action, from_state=row["state"], to_state=target, actor=actor,
@@ -263,7 +265,8 @@ class Stepper:
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         for error_name, target in action.on_error:
             if error_name in kinds:
-                ctx = self._context(conn, run, row, action.name, actor, role, store.load_context(conn, row["id"]), now)
+                ctx = self._context(conn, run, row, action.name, actor, role,
+                                    WorkflowContext(store.load_context(conn, row["id"])), now)
                 ctx.context["failure"] = {"action": action.name, "code": code, "message": message}
                 return self._transition(conn, run, row, ctx, action.name, target, actor=actor, role=role,
                                         note=reason, outcome="failed", now=now, last_error=reason,

@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+import json
+
+from sqlalchemy import Text, and_, bindparam, delete, exists, func, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history, workflow_singleton
@@ -30,7 +32,9 @@ IN_LIST_MAX = 500
 _BY_ID = select(workflow).where(workflow.c.id == bindparam("b_id"))
 _BY_ID_LOCKED = _BY_ID.with_for_update()
 # The row and its context in one statement: every step needs both (an empty context gives one row of NULLs).
-_WITH_CONTEXT = (select(workflow, workflow_context.c.ctx_key, workflow_context.c.ctx_value)
+# The values come as their JSON text: the step compares against it to find what changed (no re-encoding).
+_WITH_CONTEXT = (select(workflow, workflow_context.c.ctx_key,
+                        type_coerce(workflow_context.c.ctx_value, Text).label("ctx_json"))
                  .select_from(workflow.outerjoin(workflow_context, workflow_context.c.workflow_id == workflow.c.id))
                  .where(workflow.c.id == bindparam("b_id")))
 _WITH_CONTEXT_LOCKED = _WITH_CONTEXT.with_for_update(of=workflow.c.id)  # the row; Oracle names a column
@@ -38,10 +42,13 @@ _CONTEXT = select(workflow_context.c.ctx_key, workflow_context.c.ctx_value).wher
     workflow_context.c.workflow_id == bindparam("b_id"))
 _CONTEXT_DELETE = delete(workflow_context).where(workflow_context.c.workflow_id == bindparam("b_id"),
                                                  workflow_context.c.ctx_key.in_(bindparam("b_keys", expanding=True)))
-_CONTEXT_INSERT = insert(workflow_context)
-# SET ctx_value comes from the execute parameters (see update_workflow).
-_CONTEXT_UPDATE = update(workflow_context).where(workflow_context.c.workflow_id == bindparam("b_id"),
-                                                 workflow_context.c.ctx_key == bindparam("b_key"))
+# Values arrive as canonical JSON text (canonical_json, the very text JSONText would write): the context
+# encoded them already to see what changed.
+_CONTEXT_INSERT = insert(workflow_context).values(ctx_value=bindparam("b_json", type_=Text))
+_CONTEXT_UPDATE = (update(workflow_context)
+                   .where(workflow_context.c.workflow_id == bindparam("b_id"),
+                          workflow_context.c.ctx_key == bindparam("b_key"))
+                   .values(ctx_value=bindparam("b_json", type_=Text)))
 _ATTRIBUTES = (select(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
                .where(workflow_attribute.c.workflow_id == bindparam("b_id"))
                .order_by(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value))
@@ -107,12 +114,17 @@ def lock_workflow(conn: Connection, wf_id: int) -> RowMapping:
     return row
 
 
-def lock_workflow_with_context(conn: Connection, wf_id: int) -> tuple[RowMapping, dict[str, Any]]:
-    """:func:`lock_workflow` and :func:`load_context` in one statement (the row is locked alike)."""
+def canonical_json(value: Any) -> str:
+    """The text a context value is stored as (db.types.JSONText writes the same)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def lock_workflow_with_context(conn: Connection, wf_id: int) -> tuple[RowMapping, dict[str, str]]:
+    """:func:`lock_workflow` and the context as stored JSON text, in one statement (the row locked alike)."""
     rows = conn.execute(_WITH_CONTEXT_LOCKED if locks_rows(conn) else _WITH_CONTEXT, {"b_id": wf_id}).mappings().all()
     if not rows:
         raise UnknownWorkflow(f"workflow {wf_id} does not exist")
-    return rows[0], {r["ctx_key"]: r["ctx_value"] for r in rows if r["ctx_key"] is not None}
+    return rows[0], {r["ctx_key"]: r["ctx_json"] for r in rows if r["ctx_key"] is not None}
 
 
 def read_workflow(conn: Connection, wf_id: int) -> RowMapping:
@@ -176,7 +188,13 @@ def load_contexts(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, A
 
 def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], deleted: Iterable[str],
                  stored: Iterable[str] | None = None) -> None:
-    """Write changed keys, remove deleted ones; ``stored``: keys already in the table (None: unknown).
+    """Write changed keys, remove deleted ones; ``stored``: keys already in the table (None: unknown)."""
+    save_context_json(conn, wf_id, {k: canonical_json(v) for k, v in changed.items()}, deleted, stored)
+
+
+def save_context_json(conn: Connection, wf_id: int, changed: Mapping[str, str], deleted: Iterable[str],
+                      stored: Iterable[str] | None = None) -> None:
+    """:func:`save_context` for values already in their :func:`canonical_json` text.
 
     With ``stored`` known (the caller loaded the context under the workflow's
     lock), a changed key that exists is updated in place and a new one
@@ -185,7 +203,7 @@ def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], delet
     if stored is None:
         # Delete + insert is the one upsert all three databases spell the same.
         keys = set(deleted) | set(changed)
-        existing: dict[str, Any] = {}
+        existing: dict[str, str] = {}
         new = dict(changed)
     else:
         keys = set(deleted)
@@ -195,9 +213,9 @@ def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], delet
     if keys:
         conn.execute(_CONTEXT_DELETE, {"b_id": wf_id, "b_keys": sorted(keys)})
     if existing:
-        conn.execute(_CONTEXT_UPDATE, [{"b_id": wf_id, "b_key": k, "ctx_value": v} for k, v in existing.items()])
+        conn.execute(_CONTEXT_UPDATE, [{"b_id": wf_id, "b_key": k, "b_json": v} for k, v in existing.items()])
     if new:
-        conn.execute(_CONTEXT_INSERT, [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in new.items()])
+        conn.execute(_CONTEXT_INSERT, [{"workflow_id": wf_id, "ctx_key": k, "b_json": v} for k, v in new.items()])
 
 
 def load_attribute_sets(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:

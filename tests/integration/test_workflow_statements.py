@@ -248,3 +248,29 @@ def test_an_activity_that_only_reads_runs_without_savepoint(db_engine: Engine, t
     assert refused.state == "REFUSED" and "looked" not in refused.context
     assert refused.context["failure"]["code"] == "test.subject"
     assert [(h.action, h.outcome) for h in refused.history] == [("start", "ok"), ("look", "failed")]
+
+
+def test_a_context_from_its_stored_text_finds_exactly_what_changed() -> None:
+    stored = {"plain": '"x"', "nested": '{"a":[1,2],"b":"\\u00e9"}', "gone": "1", "spaced": '{"a": 1}'}
+    context = WorkflowContext.from_json(stored)
+    assert dict(context) == {"plain": "x", "nested": {"a": [1, 2], "b": "é"}, "gone": 1, "spaced": {"a": 1}}
+    context["nested"]["a"].append(3)  # in place: still seen
+    del context["gone"]
+    context["new"] = True
+    changed, deleted = context.changes_json()
+    # "spaced" was not stored canonically (not by this code): rewritten once, same value.
+    assert changed == {"nested": '{"a":[1,2,3],"b":"\\u00e9"}', "new": "true", "spaced": '{"a":1}'}
+    assert deleted == {"gone"}
+    assert context.changes() == ({"nested": {"a": [1, 2, 3], "b": "é"}, "new": True, "spaced": {"a": 1}}, {"gone"})
+
+
+def test_context_text_is_what_the_column_type_writes(engine: WorkflowEngine, db_engine: Engine) -> None:
+    """The step writes canonical text itself; reading through the column type gives the values back."""
+    wf = engine.start("test_approval", actor="alice", role="User",
+                      context={"subject": "alice", "mode": "approval", "payload": {"z": "1", "a": "é"}})
+    engine.act(wf.id, "approve", actor="olga", role=RA, inputs={"comment": "ok"})
+    with db_engine.connect() as conn:
+        assert store.load_context(conn, wf.id)["payload"] == {"z": "1", "a": "é"}
+        raw = store.lock_workflow_with_context(conn, wf.id)[1]
+    assert raw["payload"] == store.canonical_json({"z": "1", "a": "é"}) == '{"a":"\\u00e9","z":"1"}'
+    assert raw["approvals"] == '["olga"]'
