@@ -123,7 +123,7 @@ class WorkflowEngine:
     def children(self, workflow_id: int) -> list[WorkflowSummary]:
         with read_only(self.db) as conn:
             ids = [int(r["id"]) for r in store.load_children(conn, workflow_id)]
-            return [WorkflowSummary.from_row(store.read_workflow(conn, i)) for i in ids]
+            return [WorkflowSummary.from_row(r) for r in store.read_workflows(conn, ids)]  # one query for all
 
     # --- changing ----------------------------------------------------------------
 
