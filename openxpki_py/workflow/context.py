@@ -166,8 +166,8 @@ class ActivityContext:
         self.attribute_additions: dict[str, list[str]] = {}  # key → values to add to those it has
         self.forked: list[tuple[int, bool]] = []  # (child id, runs at once)
         self._forker = forker
-        # Read once per action: the children cannot change under the parent's lock (a child that ends
-        # locks its parent first), and the activity and the conditions after it ask the same question.
+        # Read once per action: the activity and the conditions after it see the same children, and none
+        # of them can end meanwhile (a child that ends locks its parent first, and we hold that lock).
         self._child_rows = children
         self._children: list[ChildWorkflow] | None = None
 
