@@ -126,7 +126,8 @@ class Stepper:
                                    inputs={}, actor=run.actor, role=run.role, stored_context=data)
         # manual / final / waiting: just settle the row in that state (its deadline unchanged)
         values, runnable, woken = self._arrive(conn, run, row, state, now, entering=False)
-        store.update_workflow(conn, wf_id, row["version"], updated_at=now, **values)
+        store.update_workflow(conn, wf_id, row["version"], child=row["parent_id"] is not None, updated_at=now,
+                              **values)
         return Outcome(woken + ([wf_id] if runnable else []))
 
     def _children_final(self, conn: Connection, wf_id: int) -> bool:
@@ -195,7 +196,8 @@ class Stepper:
         # A child forked by this action is new, so not final: a wait for children goes on without asking.
         values, runnable, woken = self._arrive(conn, run, row, state, now, entering=True,
                                                open_child=bool(ctx.forked))
-        store.update_workflow(conn, wf_id, row["version"], state=target, retry_count=0, last_error=last_error,
+        store.update_workflow(conn, wf_id, row["version"], child=row["parent_id"] is not None, state=target,
+                              retry_count=0, last_error=last_error,
                               updated_at=now, **values)
         append_audit(conn, actor=actor, role=role, event="workflow.action", outcome=outcome,
                      target=f"workflow:{wf_id}",
@@ -332,7 +334,8 @@ class Stepper:
         store.add_history(conn, wf_id, action="fail", from_state=state, to_state=target, actor=actor, role=role,
                           outcome="ok", note=reason, now=now)
         woken = self._wake_parent(conn, run, row, now)
-        store.update_workflow(conn, wf_id, row["version"], state=target, proc_state="failed", wake_at=None,
+        store.update_workflow(conn, wf_id, row["version"], child=row["parent_id"] is not None, state=target,
+                              proc_state="failed", wake_at=None,
                               claimed_by=None, lease_until=None, last_error=f"failed by {actor}: {reason}",
                               updated_at=now)
         append_audit(conn, actor=actor, role=role, event="workflow.fail", target=f"workflow:{wf_id}",

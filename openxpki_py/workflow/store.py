@@ -148,16 +148,18 @@ def _in_chunks(conn: Connection, query: Any, column: Any, ids: Sequence[int]) ->
     return found
 
 
-def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -> int:
+def update_workflow(conn: Connection, wf_id: int, version: int, *, child: bool = False, **values: Any) -> int:
     """Write ``values`` if the row still has ``version``; return the new version.
 
     A workflow that reaches a final state gives up its singleton key (in the
-    same transaction), so the next start for that key is a new workflow.
+    same transaction), so the next start for that key is a new workflow.  A
+    ``child`` (it has a parent) never holds one: only top-level workflows
+    claim keys (engine.open_or_start), so there is nothing to give up.
     """
     result = conn.execute(_UPDATE_IF_VERSION, {"b_id": wf_id, "b_version": version, **values})
     if result.rowcount != 1:
         raise WorkflowConflict(f"workflow {wf_id} was changed by someone else; reload it and try again")
-    if values.get("proc_state") in FINAL_PROC_STATES:
+    if values.get("proc_state") in FINAL_PROC_STATES and not child:
         conn.execute(_SINGLETON_RELEASE, {"b_id": wf_id})
     return version + 1
 

@@ -274,3 +274,21 @@ def test_context_text_is_what_the_column_type_writes(engine: WorkflowEngine, db_
         raw = store.lock_workflow_with_context(conn, wf.id)[1]
     assert raw["payload"] == store.canonical_json({"z": "1", "a": "é"}) == '{"a":"\\u00e9","z":"1"}'
     assert raw["approvals"] == '["olga"]'
+
+
+def test_only_a_top_level_workflow_gives_up_a_singleton_key(engine: WorkflowEngine, db_engine: Engine) -> None:
+    """Children never hold one (open_or_start makes top-level workflows only): their end deletes nothing."""
+    with statements(db_engine) as seen:
+        parent = engine.start("test_parent", actor="alice", role="User", context={"children": ["auto"]})
+    assert parent.state == "SUCCESS" and engine.get(engine.children(parent.id)[0].id).state == "DONE"
+    assert count(seen, "DELETE", "workflow_singleton") == 1  # the parent's end; not the child's
+    # A top-level workflow still frees its key when it ends: the next open_or_start makes a new one.
+    waiting = engine.open_or_start("test_approval", "alice", actor="alice", role="User",
+                                   context={"subject": "alice", "mode": "approval"})
+    assert engine.open_or_start("test_approval", "alice", actor="alice", role="User",
+                                context={"subject": "alice", "mode": "approval"}).id == waiting.id
+    engine.act(waiting.id, "approve", actor="olga", role=RA)
+    assert engine.get(waiting.id).proc_state == "finished"
+    again = engine.open_or_start("test_approval", "alice", actor="alice", role="User",
+                                 context={"subject": "alice", "mode": "approval"})
+    assert again.id != waiting.id
