@@ -49,7 +49,7 @@ def _expected_key(ctx: ActivityContext) -> Any:
     return ExpectedKey(algorithm=raw.get("algorithm", ""), size=int(size) if size else None, curve=raw.get("curve"))
 
 
-@callables.activity("check_certificate_request")
+@callables.activity("check_certificate_request", reads_only=True)
 def check_certificate_request(ctx: ActivityContext) -> None:
     """The CSR validators and the profile's policy; PolicyViolation rejects."""
     ca = pki(ctx).ca
@@ -96,4 +96,5 @@ def issue_certificate(ctx: ActivityContext) -> None:
     ctx["certificate_id"] = issued.id
     ctx["certificate_serial"] = issued.serial
     ctx["certificate_pem"] = issued.pem
-    ctx.set_attribute("certificate_serial", issued.serial)
+    # An issuance stores one certificate, once (a failed try keeps nothing): adding needs no delete first.
+    ctx.add_attribute("certificate_serial", issued.serial)

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from ..audit import append_audit
 from ..db import certstore
 from ..personalization.tokens import lock_usable_card
-from ..errors import CAError, PolicyViolation
+from ..errors import CAError, PolicyViolation, StorageError
 from . import extensions
 from .csr import CheckedCSR, ExpectedKey, check_csr
 from .keys.base import CAPrivateKey, KeyBackend
@@ -318,7 +318,6 @@ class CertificateAuthority:
             .subject_name(subject)
             .issuer_name(ca_cert.subject)
             .public_key(public_key)
-            .serial_number(certstore.new_serial(conn, active.key_identifier))
             .not_valid_before(not_before)
             .not_valid_after(not_after)
         )
@@ -328,21 +327,38 @@ class CertificateAuthority:
             crl_url=self.config.crl.url, issuer_url=self.config.issuer_url, sid=sid,
             ocsp_url=self.config.ocsp.url if self.config.ocsp is not None else None,
         )
-        cert = self._sign(builder, key)
         csr_id = certstore.store_csr(conn, der=checked.der, fingerprint=checked.public_key_sha256,
                                      profile=profile.name, requester=request.requester,
                                      workflow_id=request.workflow_id)
-        cert_id = certstore.store_certificate(
-            conn, cert, issuer_key_identifier=active.key_identifier, fingerprint=checked.public_key_sha256,
-            profile=profile.name, owner=request.owner, token_id=request.token_id, csr_id=csr_id,
-            workflow_id=request.workflow_id, key_origin=request.key_origin,
-        )
+        cert, cert_id = self._sign_and_store(conn, builder, key, active.key_identifier, checked, request,
+                                             profile=profile.name, csr_id=csr_id)
         append_audit(conn, actor=request.requester, role=request.role, event="cert.issue",
                      target=certstore.serial_hex(cert.serial_number),
                      details={"profile": profile.name, "subject": subject.rfc4514_string(),
                               "owner": request.owner, "workflow_id": request.workflow_id,
                               "key_origin": request.key_origin})
         return IssuedCertificate(cert_id, cert, profile.name, checked.notes)
+
+    def _sign_and_store(self, conn: Connection, builder: x509.CertificateBuilder, key: CAPrivateKey,
+                        issuer_key_identifier: str, checked: CheckedCSR, request: IssuanceRequest, *,
+                        profile: str, csr_id: int) -> tuple[x509.Certificate, int]:
+        """Sign with a random serial and store; the issuer's (issuer, serial) constraint refuses a repeat.
+
+        A repeat (one in 2^95 even after 2^64 certificates) is signed again
+        with another serial; the certificate with the refused serial was never
+        stored nor handed out.
+        """
+        for _ in range(8):
+            cert: x509.Certificate = self._sign(
+                builder.serial_number(certstore.new_serial(conn, issuer_key_identifier)), key)
+            cert_id = certstore.store_certificate(
+                conn, cert, issuer_key_identifier=issuer_key_identifier, fingerprint=checked.public_key_sha256,
+                profile=profile, owner=request.owner, token_id=request.token_id, csr_id=csr_id,
+                workflow_id=request.workflow_id, key_origin=request.key_origin,
+            )
+            if cert_id is not None:
+                return cert, cert_id
+        raise StorageError("could not find an unused serial number (random source broken?)")
 
     def revoke_certificate(self, conn: Connection, serial: int, reason: str, *, actor: str,
                            role: str = "system", when: datetime | None = None, comment: str | None = None) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..errors import NotFound, StorageError
@@ -53,14 +55,32 @@ def parse_serial(text: str) -> int:
 
 _SERIAL_TAKEN = select(certificate.c.id).where(certificate.c.issuer_key_identifier == bindparam("b_issuer"),
                                                certificate.c.serial == bindparam("b_serial"))
+# Where the database can skip a row that breaks one named unique constraint
+# (INSERT … ON CONFLICT … DO NOTHING), the issuer+serial constraint itself is
+# the uniqueness check: no SELECT before each insert.  Elsewhere (Oracle) the
+# SELECT stays.  Any other conflict (a key certified twice) still raises.
+_ISSUER_SERIAL = [certificate.c.issuer_key_identifier, certificate.c.serial]
+# RETURNING, not the driver's last row id: after a skipped row SQLite's lastrowid is a stale one.
+_SKIPS_SERIAL_CONFLICT = {
+    name: dialect_insert(certificate).on_conflict_do_nothing(index_elements=_ISSUER_SERIAL).returning(certificate.c.id)
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+
+
+def random_serial() -> int:
+    """A random positive serial with ≥ 64 bits of entropy (CA/B baseline), at most 159 bits (RFC 5280)."""
+    while True:
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial >= 1 << 64:
+            return serial
 
 
 def new_serial(conn: Connection, issuer_key_identifier: str) -> int:
-    """A random positive serial with ≥ 64 bits of entropy, unique for the issuer."""
+    """A random serial; unused for the issuer where :func:`store_certificate` cannot tell a collision itself."""
     for _ in range(8):
-        serial = secrets.randbits(SERIAL_BITS)
-        if serial < 1 << 64:
-            continue  # keep at least 64 bits of entropy visible (CA/B baseline)
+        serial = random_serial()
+        if conn.dialect.name in _SKIPS_SERIAL_CONFLICT:
+            return serial  # store_certificate answers None on a collision; the caller picks another
         taken = conn.execute(_SERIAL_TAKEN, {"b_issuer": issuer_key_identifier, "b_serial": serial_hex(serial)}).first()
         if taken is None:
             return serial
@@ -95,28 +115,31 @@ def store_certificate(
     csr_id: int | None = None,
     workflow_id: int | None = None,
     key_origin: str | None = None,
-) -> int:
-    result = conn.execute(
-        certificate.insert(), dict(
-            serial=serial_hex(cert.serial_number),
-            issuer=cert.issuer.rfc4514_string(),
-            issuer_key_identifier=issuer_key_identifier,
-            subject=cert.subject.rfc4514_string(),
-            status="valid",
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            owner=owner,
-            token_id=token_id,
-            profile=profile,
-            public_key_sha256=fingerprint,
-            csr_id=csr_id,
-            key_origin=key_origin,
-            workflow_id=workflow_id,
-            der=cert.public_bytes(serialization.Encoding.DER),
-            created_at=utcnow(),
-        )
+) -> int | None:
+    """The new row's id; None if the issuer already has a certificate with this serial (nothing stored)."""
+    values = dict(
+        serial=serial_hex(cert.serial_number),
+        issuer=cert.issuer.rfc4514_string(),
+        issuer_key_identifier=issuer_key_identifier,
+        subject=cert.subject.rfc4514_string(),
+        status="valid",
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        owner=owner,
+        token_id=token_id,
+        profile=profile,
+        public_key_sha256=fingerprint,
+        csr_id=csr_id,
+        key_origin=key_origin,
+        workflow_id=workflow_id,
+        der=cert.public_bytes(serialization.Encoding.DER),
+        created_at=utcnow(),
     )
-    return _new_id(result)
+    skipping = _SKIPS_SERIAL_CONFLICT.get(conn.dialect.name)
+    if skipping is None:
+        return _new_id(conn.execute(certificate.insert(), values))  # new_serial checked the serial
+    inserted = conn.execute(skipping, values).scalar()
+    return None if inserted is None else int(inserted)
 
 
 def find_certificate(conn: Connection, serial: int, issuer_key_identifier: str | None = None) -> RowMapping:

@@ -71,7 +71,7 @@ def _pop_inputs(ctx: ActivityContext, *names: str) -> None:
         ctx.context.pop(name, None)
 
 
-@callables.activity("load_user_from_directory")
+@callables.activity("load_user_from_directory", reads_only=True)
 def load_user_from_directory(ctx: ActivityContext) -> None:
     """Subject data comes from the directory and nowhere else."""
     user = pki(ctx).directory.find_user(ctx.creator)
@@ -289,7 +289,7 @@ def record_card_unable(ctx: ActivityContext) -> None:
     _pop_inputs(ctx, "cert_type", "code", "reason")
 
 
-@callables.activity("collect_certificate")
+@callables.activity("collect_certificate", reads_only=True)
 def collect_certificate(ctx: ActivityContext) -> None:
     """The child finished: take its certificate, or its reason for failing."""
     entry = current_entry(ctx)

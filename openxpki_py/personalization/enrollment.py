@@ -112,24 +112,30 @@ def format_code(raw: str) -> str:
     return "-".join(raw[i:i + 5] for i in range(0, len(raw), 5))
 
 
+# Run on every page action, code and redeem: built once (issue #15).  SET values come from the parameters.
+_END_CODES = enrollment_code.update().where(
+    enrollment_code.c.workflow_id == bindparam("b_workflow"), enrollment_code.c.used_at.is_(None),
+    enrollment_code.c.expires_at > bindparam("b_now"))
+_END_CREDENTIALS = agent_credential.update().where(
+    agent_credential.c.workflow_id == bindparam("b_workflow"), agent_credential.c.expires_at > bindparam("b_now"))
+_LIVE_PAIRING = (select(agent_credential)
+                 .where(agent_credential.c.workflow_id == bindparam("b_workflow"),
+                        agent_credential.c.expires_at > bindparam("b_now"))
+                 .order_by(agent_credential.c.created_at.desc()).limit(1))
+_CONFIRM_PAIRING = agent_credential.update().where(
+    agent_credential.c.workflow_id == bindparam("b_workflow"), agent_credential.c.code_id == bindparam("b_code"),
+    agent_credential.c.expires_at > bindparam("b_now"))
+
+
 def revoke_workflow_access(conn: Connection, workflow_id: int, *, now: datetime, credentials: bool = True) -> None:
     """End every unused code and (unless told not to) every agent credential of the workflow.
 
     One agent at a time: a new code, a new agent or a rejected card leaves no
     older credential that could still report a card.
     """
-    conn.execute(
-        enrollment_code.update()
-        .where(enrollment_code.c.workflow_id == workflow_id, enrollment_code.c.used_at.is_(None),
-               enrollment_code.c.expires_at > now)
-        .values(expires_at=now)
-    )
+    conn.execute(_END_CODES, {"b_workflow": workflow_id, "b_now": now, "expires_at": now})
     if credentials:
-        conn.execute(
-            agent_credential.update()
-            .where(agent_credential.c.workflow_id == workflow_id, agent_credential.c.expires_at > now)
-            .values(expires_at=now)
-        )
+        conn.execute(_END_CREDENTIALS, {"b_workflow": workflow_id, "b_now": now, "expires_at": now})
 
 
 def new_enrollment_code(conn: Connection, *, workflow_id: int, login: str, limits: EnrollmentLimits,
@@ -231,11 +237,8 @@ def redeem_code(conn: Connection, code: str, *, agent_key: str, client: str, lim
     ).rowcount
     if claimed != 1:  # a concurrent redeem won
         raise EnrollmentCodeUsed("this enrollment code was already used")
-    conn.execute(  # the newest agent is the only one: older credentials of this workflow end
-        agent_credential.update()
-        .where(agent_credential.c.workflow_id == row["workflow_id"], agent_credential.c.expires_at > now)
-        .values(expires_at=now)
-    )
+    # The newest agent is the only one: older credentials of this workflow end.
+    conn.execute(_END_CREDENTIALS, {"b_workflow": row["workflow_id"], "b_now": now, "expires_at": now})
     access_token = secrets.token_urlsafe(TOKEN_BYTES)
     # Chosen after the agent's key is known: no key can be ground to match a phrase.
     nonce = secrets.token_bytes(NONCE_BYTES)
@@ -271,11 +274,7 @@ def check_credential(conn: Connection, access_token: str, *, now: datetime) -> A
 
 def live_pairing(conn: Connection, workflow_id: int, *, now: datetime) -> AgentCredential | None:
     """The workflow's one live agent credential (one agent at a time), if any."""
-    row = conn.execute(
-        select(agent_credential)
-        .where(agent_credential.c.workflow_id == workflow_id, agent_credential.c.expires_at > now)
-        .order_by(agent_credential.c.created_at.desc()).limit(1)
-    ).mappings().first()
+    row = conn.execute(_LIVE_PAIRING, {"b_workflow": workflow_id, "b_now": now}).mappings().first()
     if row is None:
         return None
     return AgentCredential(int(row["workflow_id"]), row["login"], int(row["code_id"]), row["phrase"],
@@ -284,12 +283,8 @@ def live_pairing(conn: Connection, workflow_id: int, *, now: datetime) -> AgentC
 
 def confirm_pairing(conn: Connection, workflow_id: int, credential_id: int, *, now: datetime) -> bool:
     """The user saw this agent's phrase and says it is theirs; False if that agent is gone meanwhile."""
-    done = conn.execute(
-        agent_credential.update()
-        .where(agent_credential.c.workflow_id == workflow_id, agent_credential.c.code_id == credential_id,
-               agent_credential.c.expires_at > now)
-        .values(confirmed_at=now)
-    ).rowcount
+    done = conn.execute(_CONFIRM_PAIRING, {"b_workflow": workflow_id, "b_code": credential_id, "b_now": now,
+                                           "confirmed_at": now}).rowcount
     return bool(done == 1)
 
 

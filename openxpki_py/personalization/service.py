@@ -78,11 +78,13 @@ class PersonalizationService:
         ``login`` is the canonical person (auth.person); concurrent /token
         requests, reloads and a crash mid-start all find the same workflow.
         """
-        return self.engine.start(WF_TYPE, actor=login, role=USER_ROLE)  # one_open_per_creator in the YAML
+        # one_open_per_creator in the YAML.  Its row only: the caller redirects to the page, which reads the rest.
+        return self.engine.summary(self.engine.launch(WF_TYPE, actor=login, role=USER_ROLE))
 
     def own(self, wf_id: int, login: str) -> Any:
         """The user's own personalization; anyone else's is "not found", never "forbidden"."""
-        wf = self.engine.get(wf_id)  # UnknownWorkflow is a NotFound too
+        # Row and context: neither page nor steps look at history or search attributes.
+        wf = self.engine.current(wf_id)  # UnknownWorkflow is a NotFound too
         _check_owner(wf, wf_id, login)
         return wf
 

@@ -17,7 +17,7 @@ from .domain import WorkflowDomain, build_registry, definition_folders
 from .engine import WorkflowEngine
 from .loader import load_definitions
 from .registry import Registry
-from .view import HistoryEntry, WorkflowSummary, WorkflowView
+from .view import HistoryEntry, WorkflowState, WorkflowSummary, WorkflowView
 
 __all__ = [
     "ActionSpec",
@@ -30,6 +30,7 @@ __all__ = [
     "WorkflowDefinition",
     "WorkflowDomain",
     "WorkflowEngine",
+    "WorkflowState",
     "WorkflowSummary",
     "WorkflowView",
     "build_registry",

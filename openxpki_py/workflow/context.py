@@ -10,12 +10,12 @@ are never written anywhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from ..errors import WorkflowError
 from . import store
@@ -24,8 +24,7 @@ from .errors import SecretInContext
 MAX_KEY_LENGTH = 128
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+_canonical = store.canonical_json
 
 
 class WorkflowContext(MutableMapping[str, Any]):
@@ -38,6 +37,15 @@ class WorkflowContext(MutableMapping[str, Any]):
     def __init__(self, data: Mapping[str, Any]) -> None:
         self._data = dict(data)
         self._original = {k: _canonical(v) for k, v in self._data.items()}
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, str]) -> WorkflowContext:
+        """The context from its stored JSON text, which is also what changes are compared with."""
+        context = cls({})
+        context._data = {k: json.loads(v) for k, v in stored.items()}
+        # Stored canonically (canonical_json); text of another form only makes its key look changed.
+        context._original = dict(stored)
+        return context
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -62,7 +70,13 @@ class WorkflowContext(MutableMapping[str, Any]):
 
     def changes(self) -> tuple[dict[str, Any], set[str]]:
         """(changed or new keys with values, deleted keys) since loading."""
-        changed = {k: v for k, v in self._data.items() if self._original.get(k) != _canonical(v)}
+        encoded, deleted = self.changes_json()
+        return {k: self._data[k] for k in encoded}, deleted
+
+    def changes_json(self) -> tuple[dict[str, str], set[str]]:
+        """:meth:`changes` with the values as the canonical JSON text they are stored as."""
+        encoded = ((k, _canonical(v)) for k, v in self._data.items())
+        changed = {k: text for k, text in encoded if self._original.get(k) != text}
         deleted = set(self._original) - set(self._data)
         return changed, deleted
 
@@ -119,12 +133,19 @@ Forker = Callable[["ActivityContext", str, Mapping[str, Any]], "tuple[int, bool]
 """Creates a child; returns its id and whether it has automatic work to do."""
 
 
+def _check_attribute_values(key: str, values: Iterable[str]) -> None:
+    for v in values:
+        if not isinstance(v, str) or not v or len(v) > store.ATTRIBUTE_MAX:
+            raise WorkflowError(f"attribute {key}: values are text of 1..{store.ATTRIBUTE_MAX} characters")
+
+
 class ActivityContext:
     """Handed to activities, conditions and validators."""
 
     def __init__(self, *, conn: Connection, workflow_id: int, wf_type: str, state: str, action: str,
                  actor: str, role: str, creator: str, creator_role: str, services: Any, context: WorkflowContext,
-                 parent_id: int | None, now: datetime, forker: Forker) -> None:
+                 parent_id: int | None, now: datetime, forker: Forker,
+                 children: Sequence[RowMapping] | None = None) -> None:
         self.conn = conn
         self.workflow_id = workflow_id
         self.wf_type = wf_type
@@ -141,9 +162,14 @@ class ActivityContext:
         self.inputs: dict[str, Any] = {}
         self.secret_inputs: frozenset[str] = frozenset()
         self.note: str | None = None  # shown in history, e.g. an approver's comment
-        self.attribute_changes: dict[str, list[str]] = {}
+        self.attribute_changes: dict[str, list[str]] = {}  # key → all its values from now on
+        self.attribute_additions: dict[str, list[str]] = {}  # key → values to add to those it has
         self.forked: list[tuple[int, bool]] = []  # (child id, runs at once)
         self._forker = forker
+        # Read once per action: the activity and the conditions after it see the same children, and none
+        # of them can end meanwhile (a child that ends locks its parent first, and we hold that lock).
+        self._child_rows = children
+        self._children: list[ChildWorkflow] | None = None
 
     # --- shortcuts ----------------------------------------------------------
 
@@ -160,16 +186,18 @@ class ActivityContext:
 
     def set_attribute(self, key: str, *values: str) -> None:
         """Replace the searchable values of ``key`` (none: remove it)."""
-        for v in values:
-            if not isinstance(v, str) or not v or len(v) > store.ATTRIBUTE_MAX:
-                raise WorkflowError(f"attribute {key}: values are text of 1..{store.ATTRIBUTE_MAX} characters")
+        _check_attribute_values(key, values)
+        self.attribute_additions.pop(key, None)
         self.attribute_changes[key] = list(values)
 
     def add_attribute(self, key: str, value: str) -> None:
-        current = self.attribute_changes.get(key)
-        if current is None:
-            current = store.load_attributes(self.conn, self.workflow_id).get(key, [])
-        self.set_attribute(key, *current, value)
+        """One more searchable value of ``key``, next to those it has."""
+        _check_attribute_values(key, (value,))
+        if key in self.attribute_changes:
+            self.attribute_changes[key].append(value)
+        else:
+            # Added where it is missing when the action commits: the values it has need not be read.
+            self.attribute_additions.setdefault(key, []).append(value)
 
     # --- children -----------------------------------------------------------
 
@@ -181,18 +209,27 @@ class ActivityContext:
         """
         child_id, runnable = self._forker(self, wf_type, context or {})
         self.forked.append((child_id, runnable))
+        self._child_rows = self._children = None  # one more child: read them again when asked
         return child_id
 
     def children(self) -> list[ChildWorkflow]:
-        return [
-            ChildWorkflow(int(r["id"]), r["wf_type"], r["state"], r["proc_state"], r["last_error"],
-                          store.load_context(self.conn, int(r["id"])))
-            for r in store.load_children(self.conn, self.workflow_id)
-        ]
+        """This workflow's children with their contexts, read once per action (until it forks)."""
+        if self._children is None:
+            rows = self._child_rows if self._child_rows is not None else store.load_children(
+                self.conn, self.workflow_id)
+            contexts = store.load_contexts(self.conn, [int(r["id"]) for r in rows]) if rows else {}
+            self._children = [
+                ChildWorkflow(int(r["id"]), r["wf_type"], r["state"], r["proc_state"], r["last_error"],
+                              contexts[int(r["id"])])
+                for r in rows
+            ]
+        return list(self._children)
 
     # --- the engine's checks --------------------------------------------------
 
     def check_no_secrets(self) -> None:
+        if not self.secret_inputs:
+            return  # nothing to look for (and encoding every value to find the changed ones costs)
         changed, _ = self.context.changes()
         for key, value in changed.items():
             if contains_secret(value, self.secret_inputs):

@@ -5,6 +5,10 @@ file when no callable of that kind is registered under that name, so a
 typo is found when the definitions load, not when a user reaches the state.
 
 - activity ``(ctx: ActivityContext) -> None``: does the work of an action.
+  One registered with ``reads_only=True`` promises to write nothing through
+  ``ctx.conn`` (it reads, and changes only the context and attributes,
+  which the engine writes): it then runs without a savepoint, because a
+  failure would have nothing to roll back (two statements less per action).
 - condition ``(ctx: ActivityContext) -> bool``: picks the next state.
 - validator ``(value, ctx: ActivityContext) -> None``: checks one input
   field and raises :class:`~.errors.FieldRefused` with a stable ``code``.
@@ -40,6 +44,7 @@ class Registry:
     def __init__(self, parent: Registry | None = None) -> None:
         self.parent = parent
         self._entries: dict[Kind, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
+        self._reads_only: set[str] = set()  # activities that write nothing through the connection
 
     def register(self, kind: Kind, name: str, func: Callable[..., Any], *, override: bool = False) -> None:
         """Add ``func``; replacing a parent's callable must be asked for (``override``).
@@ -56,16 +61,26 @@ class Registry:
                              "pass override=True to replace it")
         self._entries[kind][name] = func
 
-    def _decorator(self, kind: Kind, name: str | None, override: bool) -> Callable[[F], F]:
+    def _decorator(self, kind: Kind, name: str | None, override: bool, reads_only: bool = False) -> Callable[[F], F]:
         def register(func: F) -> F:
             self.register(kind, name or func.__name__, func, override=override)
+            if reads_only:
+                self._reads_only.add(name or func.__name__)
             return func
 
         return register
 
-    def activity(self, name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
-        """Decorator: register an activity (default name: the function's)."""
-        return self._decorator("activity", name, override)
+    def activity(self, name: str | None = None, *, override: bool = False,
+                 reads_only: bool = False) -> Callable[[F], F]:
+        """Decorator: register an activity (default name: the function's); ``reads_only``: see the module."""
+        return self._decorator("activity", name, override, reads_only)
+
+    def reads_only(self, activity: str) -> bool:
+        """Was the activity registered as writing nothing through the connection (here, or in the parent)?"""
+        own = self._entries["activity"].get(activity)
+        if own is not None:
+            return activity in self._reads_only
+        return self.parent is not None and self.parent.reads_only(activity)
 
     def condition(self, name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
         return self._decorator("condition", name, override)
@@ -78,6 +93,7 @@ class Registry:
         for kind in KINDS:
             for name, func in other._entries[kind].items():
                 self.register(kind, name, func)
+        self._reads_only |= other._reads_only
 
     def lookup(self, kind: Kind, name: str) -> Callable[..., Any] | None:
         found = self._entries[kind].get(name)

@@ -9,7 +9,8 @@ the failure itself — history row, retry schedule, audit row — commits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,12 +55,13 @@ class Stepper:
         return now + timedelta(seconds=self.config.lease_seconds)
 
     def _context(self, conn: Connection, run: Run, row: Mapping[Any, Any], action: str, actor: str, role: str,
-                 data: Mapping[str, Any], now: datetime) -> ActivityContext:
+                 context: WorkflowContext, now: datetime,
+                 children: Sequence[RowMapping] | None = None) -> ActivityContext:
         return ActivityContext(
             conn=conn, workflow_id=int(row["id"]), wf_type=row["wf_type"], state=row["state"], action=action,
             actor=actor, role=role, creator=row["creator"], creator_role=row["creator_role"],
-            services=self.services, context=WorkflowContext(data),
-            parent_id=row["parent_id"], now=now, forker=self._forker(run),
+            services=self.services, context=context,
+            parent_id=row["parent_id"], now=now, forker=self._forker(run), children=children,
         )
 
     def _forker(self, run: Run) -> Forker:
@@ -86,7 +88,7 @@ class Stepper:
         )
         row = {"id": wf_id, "wf_type": definition.wf_type, "state": initial.name, "parent_id": parent_id,
                "creator": actor, "creator_role": role}
-        ctx = self._context(conn, run, row, START_ACTION, actor, role, {}, now)
+        ctx = self._context(conn, run, row, START_ACTION, actor, role, WorkflowContext({}), now)
         checked = check_inputs(definition.start_fields, context, registry=self.registry, ctx=ctx)
         store.save_context(conn, wf_id, checked, (), stored=())
         store.add_history(conn, wf_id, action=START_ACTION, from_state=NEW_STATE, to_state=initial.name,
@@ -103,7 +105,7 @@ class Stepper:
         None means the claim was lost (lease expired and another runner took
         it, or an operator failed it): leave it alone.
         """
-        row = store.lock_workflow(conn, wf_id)
+        row, data = store.lock_workflow_with_context(conn, wf_id)
         if row["proc_state"] != "running" or row["claimed_by"] != run.claimant:
             return None
         definition = self.definitions.get(row["wf_type"])
@@ -112,28 +114,37 @@ class Stepper:
         if state.kind in ("auto", "wait") and run.count_step(wf_id) > self.config.max_automatic_steps:
             return self._exception(conn, row, now, f"more than {self.config.max_automatic_steps} automatic "
                                    "steps in one run: does the definition loop?")
-        if state.kind == "auto" or (state.kind == "wait" and self._children_final(conn, wf_id)):
+        children = store.load_children(conn, wf_id) if state.kind == "wait" else None
+        if state.kind == "auto" or (children is not None and _all_final(children)):
             assert state.auto is not None
+            # The children just read are the ones the action's conditions and activity see (one read).
             return self.run_action(conn, run, definition, row, definition.actions[state.auto], inputs={},
-                                   actor=run.actor, role=run.role)
+                                   actor=run.actor, role=run.role, children=children, stored_context=data)
         if state.timeout_action is not None and row["wake_at"] is not None and row["wake_at"] <= now:
             # The state's deadline passed with nobody acting: end the wait as the definition says.
             return self.run_action(conn, run, definition, row, definition.actions[state.timeout_action],
-                                   inputs={}, actor=run.actor, role=run.role)
+                                   inputs={}, actor=run.actor, role=run.role, stored_context=data)
         # manual / final / waiting: just settle the row in that state (its deadline unchanged)
         values, runnable, woken = self._arrive(conn, run, row, state, now, entering=False)
-        store.update_workflow(conn, wf_id, row["version"], updated_at=now, **values)
+        store.update_workflow(conn, wf_id, row["version"], child=row["parent_id"] is not None, updated_at=now,
+                              **values)
         return Outcome(woken + ([wf_id] if runnable else []))
 
     def _children_final(self, conn: Connection, wf_id: int) -> bool:
-        return all(c["proc_state"] in store.FINAL_PROC_STATES for c in store.load_children(conn, wf_id))
+        return _all_final(store.load_children(conn, wf_id))
 
     # --- actions ---------------------------------------------------------------
 
     def run_action(self, conn: Connection, run: Run, definition: WorkflowDefinition, row: RowMapping,
-                   action: ActionSpec, *, inputs: Mapping[str, Any], actor: str, role: str) -> Outcome:
+                   action: ActionSpec, *, inputs: Mapping[str, Any], actor: str, role: str,
+                   children: Sequence[RowMapping] | None = None,
+                   stored_context: Mapping[str, str] | None = None) -> Outcome:
+        """``children``, ``stored_context``: the workflow's child rows and its context as stored JSON text, if
+        the caller read them in this transaction (under the row's lock)."""
         now = self.clock()
-        ctx = self._context(conn, run, row, action.name, actor, role, store.load_context(conn, row["id"]), now)
+        context = (WorkflowContext.from_json(stored_context) if stored_context is not None
+                   else WorkflowContext(store.load_context(conn, row["id"])))
+        ctx = self._context(conn, run, row, action.name, actor, role, context, now, children)
         checked: dict[str, Any] = {}
         if action.manual:
             checked = check_inputs(action.fields, inputs, registry=self.registry, ctx=ctx)
@@ -141,7 +152,10 @@ class Stepper:
                 str(checked[f.name]) for f in action.fields if f.secret and f.name in checked
             )
         try:
-            with conn.begin_nested():
+            # Only an activity writes (conditions read, the rest is in memory): without one, or with one
+            # that only reads, a savepoint would have nothing to roll back, so none is taken.
+            writes = action.activity is not None and not self.registry.reads_only(action.activity)
+            with conn.begin_nested() if writes else nullcontext():
                 for spec in action.fields:
                     if not spec.secret and spec.name in checked:
                         ctx.context[spec.name] = checked[spec.name]
@@ -172,14 +186,18 @@ class Stepper:
                     target: str, *, actor: str, role: str, note: str | None, outcome: str, now: datetime,
                     last_error: str | None = None, error_code: str | None = None) -> Outcome:
         wf_id = int(row["id"])
-        changed, deleted = ctx.context.changes()
-        store.save_context(conn, wf_id, changed, deleted, ctx.context.stored_keys())
+        changed, deleted = ctx.context.changes_json()
+        store.save_context_json(conn, wf_id, changed, deleted, ctx.context.stored_keys())
         store.replace_attributes(conn, wf_id, ctx.attribute_changes)
+        store.add_attributes(conn, wf_id, ctx.attribute_additions)
         store.add_history(conn, wf_id, action=action, from_state=row["state"], to_state=target, actor=actor,
                           role=role, outcome=outcome, note=note, now=now)
         state = self.definitions.get(row["wf_type"]).state(target)
-        values, runnable, woken = self._arrive(conn, run, row, state, now, entering=True)
-        store.update_workflow(conn, wf_id, row["version"], state=target, retry_count=0, last_error=last_error,
+        # A child forked by this action is new, so not final: a wait for children goes on without asking.
+        values, runnable, woken = self._arrive(conn, run, row, state, now, entering=True,
+                                               open_child=bool(ctx.forked))
+        store.update_workflow(conn, wf_id, row["version"], child=row["parent_id"] is not None, state=target,
+                              retry_count=0, last_error=last_error,
                               updated_at=now, **values)
         append_audit(conn, actor=actor, role=role, event="workflow.action", outcome=outcome,
                      target=f"workflow:{wf_id}",
@@ -190,7 +208,7 @@ class Stepper:
         return Outcome(children + woken + ([wf_id] if runnable else []))
 
     def _arrive(self, conn: Connection, run: Run, row: Mapping[Any, Any], state: StateSpec,
-                now: datetime, *, entering: bool) -> tuple[dict[str, Any], bool, list[int]]:
+                now: datetime, *, entering: bool, open_child: bool = False) -> tuple[dict[str, Any], bool, list[int]]:
         """Row values for entering ``state``; (values, keep running, woken parents).
 
         A manual or waiting state with a timeout gets its deadline as
@@ -204,7 +222,7 @@ class Stepper:
         deadline = self._deadline(row, state, now) if entering else row.get("wake_at")
         if state.kind == "manual":
             return {"proc_state": "manual", **released, "wake_at": deadline}, False, []
-        if state.kind == "wait" and not self._children_final(conn, int(row["id"])):
+        if state.kind == "wait" and (open_child or not self._children_final(conn, int(row["id"]))):
             return {"proc_state": "waiting", **released, "wake_at": deadline}, False, []
         claim = {"proc_state": "running", "claimed_by": run.claimant, "lease_until": self._lease(now),
                  "wake_at": None}
@@ -249,7 +267,8 @@ class Stepper:
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         for error_name, target in action.on_error:
             if error_name in kinds:
-                ctx = self._context(conn, run, row, action.name, actor, role, store.load_context(conn, row["id"]), now)
+                ctx = self._context(conn, run, row, action.name, actor, role,
+                                    WorkflowContext(store.load_context(conn, row["id"])), now)
                 ctx.context["failure"] = {"action": action.name, "code": code, "message": message}
                 return self._transition(conn, run, row, ctx, action.name, target, actor=actor, role=role,
                                         note=reason, outcome="failed", now=now, last_error=reason,
@@ -315,12 +334,17 @@ class Stepper:
         store.add_history(conn, wf_id, action="fail", from_state=state, to_state=target, actor=actor, role=role,
                           outcome="ok", note=reason, now=now)
         woken = self._wake_parent(conn, run, row, now)
-        store.update_workflow(conn, wf_id, row["version"], state=target, proc_state="failed", wake_at=None,
+        store.update_workflow(conn, wf_id, row["version"], child=row["parent_id"] is not None, state=target,
+                              proc_state="failed", wake_at=None,
                               claimed_by=None, lease_until=None, last_error=f"failed by {actor}: {reason}",
                               updated_at=now)
         append_audit(conn, actor=actor, role=role, event="workflow.fail", target=f"workflow:{wf_id}",
                      details={"type": row["wf_type"], "from": state, "to": target, "reason": reason})
         return Outcome(woken)
+
+
+def _all_final(children: Sequence[RowMapping]) -> bool:
+    return all(c["proc_state"] in store.FINAL_PROC_STATES for c in children)
 
 
 def _connection_lost(conn: Connection, exc: SQLAlchemyError) -> bool:

@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+import json
+
+from sqlalchemy import Text, and_, bindparam, delete, exists, func, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history, workflow_singleton
@@ -29,11 +31,24 @@ IN_LIST_MAX = 500
 # columns from the execute parameters (see update_workflow).
 _BY_ID = select(workflow).where(workflow.c.id == bindparam("b_id"))
 _BY_ID_LOCKED = _BY_ID.with_for_update()
+# The row and its context in one statement: every step needs both (an empty context gives one row of NULLs).
+# The values come as their JSON text: the step compares against it to find what changed (no re-encoding).
+_WITH_CONTEXT = (select(workflow, workflow_context.c.ctx_key,
+                        type_coerce(workflow_context.c.ctx_value, Text).label("ctx_json"))
+                 .select_from(workflow.outerjoin(workflow_context, workflow_context.c.workflow_id == workflow.c.id))
+                 .where(workflow.c.id == bindparam("b_id")))
+_WITH_CONTEXT_LOCKED = _WITH_CONTEXT.with_for_update(of=workflow.c.id)  # the row; Oracle names a column
 _CONTEXT = select(workflow_context.c.ctx_key, workflow_context.c.ctx_value).where(
     workflow_context.c.workflow_id == bindparam("b_id"))
 _CONTEXT_DELETE = delete(workflow_context).where(workflow_context.c.workflow_id == bindparam("b_id"),
                                                  workflow_context.c.ctx_key.in_(bindparam("b_keys", expanding=True)))
-_CONTEXT_INSERT = insert(workflow_context)
+# Values arrive as canonical JSON text (canonical_json, the very text JSONText would write): the context
+# encoded them already to see what changed.
+_CONTEXT_INSERT = insert(workflow_context).values(ctx_value=bindparam("b_json", type_=Text))
+_CONTEXT_UPDATE = (update(workflow_context)
+                   .where(workflow_context.c.workflow_id == bindparam("b_id"),
+                          workflow_context.c.ctx_key == bindparam("b_key"))
+                   .values(ctx_value=bindparam("b_json", type_=Text)))
 _ATTRIBUTES = (select(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value)
                .where(workflow_attribute.c.workflow_id == bindparam("b_id"))
                .order_by(workflow_attribute.c.attr_key, workflow_attribute.c.attr_value))
@@ -41,6 +56,15 @@ _ATTRIBUTES_DELETE = delete(workflow_attribute).where(
     workflow_attribute.c.workflow_id == bindparam("b_id"),
     workflow_attribute.c.attr_key.in_(bindparam("b_keys", expanding=True)))
 _ATTRIBUTES_INSERT = insert(workflow_attribute)
+# One more value where the key does not have it yet, without reading the values first.
+_ATTRIBUTE_ADD = insert(workflow_attribute).from_select(
+    ["workflow_id", "attr_key", "attr_value"],
+    select(bindparam("b_id", type_=workflow_attribute.c.workflow_id.type),
+           bindparam("b_key", type_=workflow_attribute.c.attr_key.type),
+           bindparam("b_value", type_=workflow_attribute.c.attr_value.type))
+    .where(~exists().where(workflow_attribute.c.workflow_id == bindparam("b_id"),
+                           workflow_attribute.c.attr_key == bindparam("b_key"),
+                           workflow_attribute.c.attr_value == bindparam("b_value"))))
 _HISTORY = select(workflow_history).where(workflow_history.c.workflow_id == bindparam("b_id")).order_by(
     workflow_history.c.id)
 _HISTORY_INSERT = insert(workflow_history)
@@ -48,6 +72,16 @@ _UPDATE_IF_VERSION = (update(workflow)
                       .where(workflow.c.id == bindparam("b_id"), workflow.c.version == bindparam("b_version"))
                       .values(version=workflow.c.version + 1))
 _SINGLETON_RELEASE = delete(workflow_singleton).where(workflow_singleton.c.workflow_id == bindparam("b_id"))
+_INSERT = insert(workflow).values(retry_count=0, version=0)  # the other columns from the parameters
+_SINGLETON_CLAIM = insert(workflow_singleton)
+_SINGLETON_HOLDER = select(workflow_singleton.c.workflow_id).where(
+    workflow_singleton.c.wf_type == bindparam("b_type"), workflow_singleton.c.singleton_key == bindparam("b_key"))
+_OPEN_SIBLINGS = select(func.count()).select_from(workflow).where(
+    workflow.c.parent_id == bindparam("b_parent"), workflow.c.id != bindparam("b_id"),
+    workflow.c.proc_state.not_in(FINAL_PROC_STATES))
+_CLAIM_WOKEN_PARENT = (update(workflow)
+                       .where(workflow.c.id == bindparam("b_id"), workflow.c.proc_state == "waiting")
+                       .values(proc_state="running", version=workflow.c.version + 1))
 _CHILDREN = (select(workflow.c.id, workflow.c.wf_type, workflow.c.state, workflow.c.proc_state,
                     workflow.c.last_error)
              .where(workflow.c.parent_id == bindparam("b_id")).order_by(workflow.c.id))
@@ -59,7 +93,7 @@ def locks_rows(conn: Connection) -> bool:
 
 
 def insert_workflow(conn: Connection, **values: Any) -> int:
-    result = conn.execute(insert(workflow).values(retry_count=0, version=0, **values))
+    result = conn.execute(_INSERT, values)
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
@@ -78,6 +112,19 @@ def lock_workflow(conn: Connection, wf_id: int) -> RowMapping:
     if row is None:
         raise UnknownWorkflow(f"workflow {wf_id} does not exist")
     return row
+
+
+def canonical_json(value: Any) -> str:
+    """The text a context value is stored as (db.types.JSONText writes the same)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def lock_workflow_with_context(conn: Connection, wf_id: int) -> tuple[RowMapping, dict[str, str]]:
+    """:func:`lock_workflow` and the context as stored JSON text, in one statement (the row locked alike)."""
+    rows = conn.execute(_WITH_CONTEXT_LOCKED if locks_rows(conn) else _WITH_CONTEXT, {"b_id": wf_id}).mappings().all()
+    if not rows:
+        raise UnknownWorkflow(f"workflow {wf_id} does not exist")
+    return rows[0], {r["ctx_key"]: r["ctx_json"] for r in rows if r["ctx_key"] is not None}
 
 
 def read_workflow(conn: Connection, wf_id: int) -> RowMapping:
@@ -101,29 +148,30 @@ def _in_chunks(conn: Connection, query: Any, column: Any, ids: Sequence[int]) ->
     return found
 
 
-def update_workflow(conn: Connection, wf_id: int, version: int, **values: Any) -> int:
+def update_workflow(conn: Connection, wf_id: int, version: int, *, child: bool = False, **values: Any) -> int:
     """Write ``values`` if the row still has ``version``; return the new version.
 
     A workflow that reaches a final state gives up its singleton key (in the
-    same transaction), so the next start for that key is a new workflow.
+    same transaction), so the next start for that key is a new workflow.  A
+    ``child`` (it has a parent) never holds one: only top-level workflows
+    claim keys (engine.open_or_start), so there is nothing to give up.
     """
     result = conn.execute(_UPDATE_IF_VERSION, {"b_id": wf_id, "b_version": version, **values})
     if result.rowcount != 1:
         raise WorkflowConflict(f"workflow {wf_id} was changed by someone else; reload it and try again")
-    if values.get("proc_state") in FINAL_PROC_STATES:
+    if values.get("proc_state") in FINAL_PROC_STATES and not child:
         conn.execute(_SINGLETON_RELEASE, {"b_id": wf_id})
     return version + 1
 
 
 def claim_singleton(conn: Connection, wf_type: str, key: str, wf_id: int) -> None:
     """Make ``wf_id`` the open workflow of ``wf_type`` for ``key``; IntegrityError if another is."""
-    conn.execute(insert(workflow_singleton).values(wf_type=wf_type, singleton_key=key, workflow_id=wf_id))
+    conn.execute(_SINGLETON_CLAIM, {"wf_type": wf_type, "singleton_key": key, "workflow_id": wf_id})
 
 
 def singleton_holder(conn: Connection, wf_type: str, key: str) -> int | None:
     """The open workflow of ``wf_type`` for ``key``, if any."""
-    found = conn.execute(select(workflow_singleton.c.workflow_id).where(
-        workflow_singleton.c.wf_type == wf_type, workflow_singleton.c.singleton_key == key)).scalar()
+    found = conn.execute(_SINGLETON_HOLDER, {"b_type": wf_type, "b_key": key}).scalar()
     return int(found) if found is not None else None
 
 
@@ -143,14 +191,33 @@ def load_contexts(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, A
 def save_context(conn: Connection, wf_id: int, changed: Mapping[str, Any], deleted: Iterable[str],
                  stored: Iterable[str] | None = None) -> None:
     """Write changed keys, remove deleted ones; ``stored``: keys already in the table (None: unknown)."""
-    # Delete + insert is the one upsert all three databases spell the same;
-    # keys known to be new skip the delete (one round trip less per step).
-    keys = set(deleted) | (set(changed) if stored is None else set(changed) & set(stored))
+    save_context_json(conn, wf_id, {k: canonical_json(v) for k, v in changed.items()}, deleted, stored)
+
+
+def save_context_json(conn: Connection, wf_id: int, changed: Mapping[str, str], deleted: Iterable[str],
+                      stored: Iterable[str] | None = None) -> None:
+    """:func:`save_context` for values already in their :func:`canonical_json` text.
+
+    With ``stored`` known (the caller loaded the context under the workflow's
+    lock), a changed key that exists is updated in place and a new one
+    inserted: one statement per kind instead of a delete and an insert.
+    """
+    if stored is None:
+        # Delete + insert is the one upsert all three databases spell the same.
+        keys = set(deleted) | set(changed)
+        existing: dict[str, str] = {}
+        new = dict(changed)
+    else:
+        keys = set(deleted)
+        known = set(stored)
+        existing = {k: v for k, v in changed.items() if k in known}
+        new = {k: v for k, v in changed.items() if k not in known}
     if keys:
         conn.execute(_CONTEXT_DELETE, {"b_id": wf_id, "b_keys": sorted(keys)})
-    if changed:
-        conn.execute(_CONTEXT_INSERT,
-                     [{"workflow_id": wf_id, "ctx_key": k, "ctx_value": v} for k, v in changed.items()])
+    if existing:
+        conn.execute(_CONTEXT_UPDATE, [{"b_id": wf_id, "b_key": k, "b_json": v} for k, v in existing.items()])
+    if new:
+        conn.execute(_CONTEXT_INSERT, [{"workflow_id": wf_id, "ctx_key": k, "b_json": v} for k, v in new.items()])
 
 
 def load_attribute_sets(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
@@ -184,6 +251,13 @@ def replace_attributes(conn: Connection, wf_id: int, values: Mapping[str, Sequen
         conn.execute(_ATTRIBUTES_INSERT, rows)
 
 
+def add_attributes(conn: Connection, wf_id: int, values: Mapping[str, Sequence[str]]) -> None:
+    """Add each key's values to those it has (a value it has already is left as it is)."""
+    for key, vs in values.items():
+        for v in sorted(set(vs)):
+            conn.execute(_ATTRIBUTE_ADD, {"b_id": wf_id, "b_key": key, "b_value": v})
+
+
 def add_history(conn: Connection, wf_id: int, *, action: str, from_state: str, to_state: str, actor: str,
                 role: str, outcome: str, note: str | None, now: datetime) -> None:
     conn.execute(_HISTORY_INSERT, {
@@ -211,13 +285,7 @@ def load_children(conn: Connection, parent_id: int) -> Sequence[RowMapping]:
 
 def open_siblings(conn: Connection, parent_id: int, except_id: int) -> int:
     """How many other children of ``parent_id`` are not final yet."""
-    return int(conn.execute(
-        select(func.count()).select_from(workflow).where(
-            workflow.c.parent_id == parent_id,
-            workflow.c.id != except_id,
-            workflow.c.proc_state.not_in(FINAL_PROC_STATES),
-        )
-    ).scalar_one())
+    return int(conn.execute(_OPEN_SIBLINGS, {"b_parent": parent_id, "b_id": except_id}).scalar_one())
 
 
 def search(conn: Connection, *, wf_type: str | None, state: str | None, proc_state: str | None,
@@ -282,12 +350,8 @@ def claim(conn: Connection, wf_id: int, *, claimant: str, now: datetime, lease_u
 def claim_woken_parent(conn: Connection, parent_id: int, *, claimant: str, now: datetime,
                        lease_until: datetime) -> bool:
     """A child just finished and was the last open one: take the parent along."""
-    result = conn.execute(
-        update(workflow)
-        .where(workflow.c.id == parent_id, workflow.c.proc_state == "waiting")
-        .values(proc_state="running", claimed_by=claimant, lease_until=lease_until, wake_at=now,
-                version=workflow.c.version + 1, updated_at=now)
-    )
+    result = conn.execute(_CLAIM_WOKEN_PARENT, {"b_id": parent_id, "claimed_by": claimant, "lease_until": lease_until,
+                                                "wake_at": now, "updated_at": now})
     return result.rowcount == 1
 
 

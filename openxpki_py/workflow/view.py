@@ -77,12 +77,14 @@ class WorkflowSummary:
 
 
 @dataclass(frozen=True)
-class WorkflowView(WorkflowSummary):
-    """A workflow with its context, history and search attributes."""
+class WorkflowState(WorkflowSummary):
+    """A workflow's row and context: what a page or an agent needs to decide the next step.
+
+    No history and no search attributes: reading them costs two queries that
+    such callers would throw away (:meth:`.WorkflowEngine.current`).
+    """
 
     context: Mapping[str, Any] = field(default_factory=dict)
-    history: tuple[HistoryEntry, ...] = ()
-    attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     definition: WorkflowDefinition | None = field(default=None, repr=False, compare=False)
 
     def available_actions(self, role: str) -> list[ActionSpec]:
@@ -97,6 +99,18 @@ class WorkflowView(WorkflowSummary):
     def as_json(self) -> dict[str, Any]:
         data = super().as_json()
         data["context"] = dict(self.context)
+        return data
+
+
+@dataclass(frozen=True)
+class WorkflowView(WorkflowState):
+    """A workflow with its context, history and search attributes."""
+
+    history: tuple[HistoryEntry, ...] = ()
+    attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        data = super().as_json()
         data["history"] = [h.as_json() for h in self.history]
         data["attributes"] = {k: list(v) for k, v in self.attributes.items()}
         return data

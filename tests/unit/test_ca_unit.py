@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from openxpki_py.crypto.ca import CertificateAuthority, IssuanceRequest
 from openxpki_py.crypto.csr import ExpectedKey
@@ -20,6 +20,7 @@ from openxpki_py.crypto.der import OID_UPN
 
 OID_PKINIT_CLIENT = x509.ObjectIdentifier("1.3.6.1.5.2.3.4")
 from openxpki_py.crypto.profiles import OID_SMARTCARD_LOGON, ProfileSet
+from openxpki_py.db import certstore
 from openxpki_py.db.engine import create_schema, open_engine
 from openxpki_py.db.schema import certificate, csr
 from openxpki_py.errors import CAError, PolicyViolation, UnknownProfile
@@ -240,3 +241,25 @@ def test_tls_server_profile(engine: Any, tmp_path: Path) -> None:
     assert issued.certificate.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == ["pki.example.com"]
     assert_cert_lints_clean(issued.certificate, tmp_path)
+
+
+def test_a_serial_collision_is_signed_again_with_another_serial(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The (issuer, serial) constraint is the uniqueness check: a repeated serial is skipped and re-signed."""
+    ca = make_ca(engine)
+    first = issue(ca, engine, "smartcard_logon", user_csr())
+    fresh = certstore.random_serial()
+    serials = iter([first.certificate.serial_number, fresh])
+    monkeypatch.setattr(certstore, "random_serial", lambda: next(serials))
+    signed: list[int] = []
+    sign = ca._sign
+    monkeypatch.setattr(ca, "_sign", lambda builder, key: signed.append(1) or sign(builder, key))
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    second = issue(ca, engine, "smartcard_logon", user_csr())
+    assert second.certificate.serial_number == fresh
+    assert len(signed) == 2  # the repeat was signed, refused by the constraint, never stored or returned
+    assert count(engine, certificate) == 2 and count(engine, csr) == 2
+    assert not any(s.lstrip().upper().startswith("SELECT CERTIFICATE.ID") for s in statements)  # no pre-check
+    with engine.connect() as conn:
+        stored = conn.execute(select(certificate.c.serial).where(certificate.c.id == second.id)).scalar_one()
+    assert stored == format(fresh, "x")
