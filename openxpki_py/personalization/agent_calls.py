@@ -127,7 +127,7 @@ class TokenAgentCalls:
     # --- the workflow -------------------------------------------------------------
 
     def _view(self, workflow_id: int, token_serial: str | None = None) -> Any:
-        view = self.engine.get(workflow_id)
+        view = self.engine.current(workflow_id)  # an agent's answers need no history or search attributes
         if view.wf_type != WF_TYPE:
             raise UnexpectedStep("this credential is not for a smartcard personalization", code="workflow.type")
         # Keys and certificates must go to the confirmed card: an agent that
@@ -141,13 +141,11 @@ class TokenAgentCalls:
                  read_back: bool = True) -> Any:
         """Run the agent's action; the workflow afterwards (None without ``read_back``: nobody looks at it)."""
         try:
-            if not read_back:
-                self.engine.act(workflow_id, action, actor=login, role=AGENT_ROLE, inputs=dict(inputs))
-                return None
-            return self.engine.execute(workflow_id, action, actor=login, role=AGENT_ROLE, inputs=dict(inputs))
+            self.engine.act(workflow_id, action, actor=login, role=AGENT_ROLE, inputs=dict(inputs))
         except ActionNotAvailable as exc:
             # For the agent, an action the state does not offer is a task it was not given.
             raise UnexpectedStep(exc.message) from exc
+        return self.engine.current(workflow_id) if read_back else None
 
     def report_token(self, agent: AgentCredential, serial: str, card: Mapping[str, Any],
                      capabilities: CardCapabilities | None = None) -> AgentAnswer:
