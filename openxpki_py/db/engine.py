@@ -124,7 +124,9 @@ def open_engine(url: str, *, echo: bool = False) -> Engine:
         sqlite = make_url(url).get_backend_name() == "sqlite"
         # One writer queue per engine (per database file and process).
         options: dict[str, Any] = {"connect_args": {"factory": _QueuedWriterConnection}} if sqlite else {}
-        engine = create_engine(url, echo=echo, pool_pre_ping=True, **options)
+        # A server connection can die between uses (restart, failover, idle timeout): ping it
+        # at checkout.  A SQLite file cannot; the ping would only cost each checkout a statement.
+        engine = create_engine(url, echo=echo, pool_pre_ping=not sqlite, **options)
     except ModuleNotFoundError as exc:
         extra = _DRIVER_EXTRAS.get(exc.name or "")
         if extra is None:

@@ -78,3 +78,16 @@ def test_sqlite_writers_queue_and_the_queue_is_given_back(tmp_path: Any) -> None
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 200
     assert _in_thread(lambda: write(1)), "the writer queue was not given back"
     engine.dispose()
+
+
+def test_sqlite_checkouts_send_no_ping_server_connections_do(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file cannot drop the connection; a server can (restart, failover): only server connections are pinged."""
+    engine = _sqlite_engine(tmp_path)
+    pings: list[Any] = []
+    monkeypatch.setattr(type(engine.dialect), "do_ping", lambda self, conn: pings.append(conn) or True)
+    for _ in range(3):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    assert pings == []
+    # The same opener gives a PostgreSQL engine its ping (no connection needed to see the setting).
+    assert open_engine("postgresql+psycopg://pki@127.0.0.1:1/none").pool._pre_ping  # type: ignore[attr-defined]
