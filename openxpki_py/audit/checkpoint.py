@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 from ..db.schema import audit_checkpoint, audit_log
 from ..errors import AuditChainBroken
 from .chain import GENESIS, entry_hash, hashed_part, lock_chain
-from .pending import chain_locked
+from .pending import chain_locked, settle_queue
 
 #: Names the format of the signed bytes; a future layout gets a new number.
 PAYLOAD_TYPE = "openxpki-py audit checkpoint v1"
@@ -153,6 +153,7 @@ def write_checkpoint(conn: Connection, private_key: PrivateKey, *, node: str,
     ``only_if_moved`` nothing is written when the head has not changed.
     """
     lock_chain(conn)  # no row may be appended between reading the head and signing it
+    settle_queue(conn)  # audited transactions still running end first: their rows come before this head
     chain_locked(conn)  # rows committed but still queued are signed too, not left behind the head
     last_row = conn.execute(
         select(audit_checkpoint).order_by(audit_checkpoint.c.seq.desc()).limit(1)).mappings().first()

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..errors import AuditChainBroken, ConfigError, OpenXPKIError
 from .checkpoint import PublicKey, key_id_of
-from .pending import chain_pending
+from .pending import chain_before_verify
 from .service import AuditCheckpoints
 from .verify import ChainReport, verify_chain
 
@@ -82,9 +82,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if checkpoints is not None:
             report = checkpoints.verify(public_key=public_key, extra_files=extra)
         else:
-            chain_pending(services.db)  # what committed until now is checked as chained, not as queued
+            chained = chain_before_verify(services.db)
             with services.db.connect() as conn:
                 report = verify_chain(conn, public_key=public_key, checkpoint_files=extra)
+            report.warnings.extend(chained)
     finally:
         services.close()
     if args.json:

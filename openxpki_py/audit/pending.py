@@ -18,15 +18,17 @@ decide something from the trail use :func:`count_audit` and
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, union_all
+from sqlalchemy import Select, Text, cast, delete, func, select, union_all
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..db.schema import audit_log, audit_pending
+from ..errors import StorageError
 from .chain import _queued_in, defers_chaining, hashed_part, link_rows, lock_chain
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,38 @@ log = logging.getLogger(__name__)
 _BATCH = 1000
 _QUEUED = select(audit_pending).order_by(audit_pending.c.id).limit(_BATCH)
 _ANY_QUEUED = select(audit_pending.c.id).limit(1)
+
+
+#: How long a checkpoint waits for audited transactions still running (seconds): see :func:`settle_queue`.
+QUEUE_SETTLE_SECONDS = 10
+
+
+def settle_queue(conn: Connection) -> None:
+    """Wait until no transaction holds queued, uncommitted audit rows; keep new ones out until ``conn`` ends.
+
+    A checkpoint does this before it chains and signs.  Without it, a
+    transaction that queued its row (dated then) before the checkpoint and
+    committed after it would be chained after the checkpoint, and a row
+    dated before a checkpoint it follows is what verify calls backdated.
+    Queuing a row takes ROW EXCLUSIVE on ``audit_pending``; SHARE conflicts
+    with it on PostgreSQL and Oracle alike.  Call it holding the chain's
+    lock, which chainers take first too, so that neither waits for the other
+    in the opposite order.  After :data:`QUEUE_SETTLE_SECONDS` it gives up
+    (StorageError): audited actions queue behind it meanwhile.
+    """
+    if not defers_chaining(conn):
+        return
+    try:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(QUEUE_SETTLE_SECONDS * 1000)}ms'")
+            conn.exec_driver_sql("LOCK TABLE audit_pending IN SHARE MODE")
+        else:
+            conn.exec_driver_sql(f"LOCK TABLE audit_pending IN SHARE MODE WAIT {int(QUEUE_SETTLE_SECONDS)}")
+    except DBAPIError as exc:
+        raise StorageError(
+            f"audit checkpoint not written: audited transactions were still running after {QUEUE_SETTLE_SECONDS} s "
+            "(a checkpoint signs only rows whose transactions have ended); the worker tries again at its next "
+            "round, or run `openxpki-py audit checkpoint` again") from exc
 
 
 def chain_locked(conn: Connection) -> int:
@@ -47,7 +81,10 @@ def chain_locked(conn: Connection) -> int:
         return 0
     moved = 0
     while True:
-        rows = conn.execute(_QUEUED).mappings().all()
+        try:
+            rows = conn.execute(_QUEUED).mappings().all()
+        except (ValueError, TypeError) as exc:  # a column the row's type cannot read back (not SQL's fault)
+            raise StorageError(_unreadable_rows(conn, exc)) from exc
         if not rows:
             return moved
         link_rows(conn, [hashed_part(r) for r in rows])
@@ -55,6 +92,20 @@ def chain_locked(conn: Connection) -> int:
         moved += len(rows)
         if len(rows) < _BATCH:
             return moved
+
+
+def _unreadable_rows(conn: Connection, exc: Exception) -> str:
+    """Which queued rows cannot be read (their ids), for a DBA to repair or delete."""
+    bad = []
+    for row_id, details in conn.execute(select(audit_pending.c.id, cast(audit_pending.c.details, Text))
+                                        .order_by(audit_pending.c.id)):
+        try:
+            json.loads(details) if details is not None else None
+        except ValueError:
+            bad.append(str(row_id))
+    which = f"row(s) {', '.join(bad[:20])}" if bad else "a row"
+    return (f"audit_pending {which} cannot be read ({exc}): every queued row waits behind it; a DBA must repair "
+            "or delete it (and record why)")
 
 
 def chain_pending(engine: Engine, *, only_if_any: bool = False) -> int:
@@ -79,12 +130,26 @@ def chain_pending(engine: Engine, *, only_if_any: bool = False) -> int:
         return chain_locked(conn)
 
 
+def chain_quietly(engine: Engine, *, only_if_any: bool = False) -> str | None:
+    """:func:`chain_pending` for a caller whose own work is done or must go on; what went wrong, or None.
+
+    Never raises.  The actions are committed either way; a row left queued is
+    chained by the next caller or the worker's round, and ``audit verify``
+    reports it until then.  Not only database errors: one queued row that
+    cannot be read (hand-made, a half-restored dump) must not turn every
+    audited request into a 500, stop the workers or crash ``audit verify``.
+    """
+    try:
+        chain_pending(engine, only_if_any=only_if_any)
+        return None
+    except Exception as exc:  # noqa: BLE001 - see above
+        return _chaining_failed(exc)
+
+
 def chain_queued() -> int:
     """Chain what this context (request, worker round, command) queued, once its work has committed.
 
-    Never raises: the action is committed either way, and a row left queued
-    is chained by the next caller or the worker's round (``audit verify``
-    reports it until then).
+    Returns how many rows were chained; never raises (see :func:`chain_quietly`).
     """
     engines = _queued_in.get()
     if not engines:
@@ -94,9 +159,25 @@ def chain_queued() -> int:
     for engine in engines:
         try:
             moved += chain_pending(engine)
-        except SQLAlchemyError as exc:
-            log.warning("audit rows left queued for the worker: chaining failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - see chain_quietly
+            _chaining_failed(exc)
     return moved
+
+
+def chain_before_verify(engine: Engine) -> list[str]:
+    """Chain what committed until now, so that verify checks it as chained; the warning for the report if that failed."""
+    failure = chain_quietly(engine)
+    if failure is None:
+        return []
+    return [f"the queued audit rows could not be chained ({failure}): they stay in audit_pending, unchained, "
+            "until the cause is fixed (the server log has the details; a row there that cannot be read must be "
+            "repaired or removed by a DBA)"]
+
+
+def _chaining_failed(exc: Exception) -> str:
+    log.error("audit rows left queued in audit_pending: chaining failed: %s", getattr(exc, "message", exc),
+              exc_info=not isinstance(exc, (SQLAlchemyError, StorageError)))
+    return str(getattr(exc, "message", exc))
 
 
 def queued_backlog(conn: Connection) -> tuple[int, datetime | None]:

@@ -24,7 +24,7 @@ from ..errors import OpenXPKIError
 from .checkpoint import Checkpoint, PublicKey, latest_checkpoint_time, write_checkpoint
 from .config import CheckpointConfig
 from .external import append_to_file, send_to_syslog
-from .pending import chain_pending
+from .pending import chain_before_verify
 from .verify import ChainReport, verify_chain
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,9 @@ class AuditCheckpoints:
         try:
             result: Checkpoint | None = action()
             return result
-        except (OpenXPKIError, SQLAlchemyError) as exc:
-            log.error("audit checkpoint failed: %s", getattr(exc, "message", exc))
+        except Exception as exc:  # noqa: BLE001 - a checkpoint failure (HSM, a bad queued row) never stops workflows
+            log.error("audit checkpoint failed: %s", getattr(exc, "message", exc),
+                      exc_info=not isinstance(exc, (OpenXPKIError, SQLAlchemyError)))
             return None
 
     # --- verifying -------------------------------------------------------------------
@@ -112,8 +113,10 @@ class AuditCheckpoints:
                extra_files: Sequence[Path] = ()) -> ChainReport:
         key = public_key if public_key is not None else self.public_key()
         files = [*([self.config.file] if self.config.file is not None else []), *extra_files]
-        chain_pending(self.db)  # what committed until now is checked as chained, not as queued
+        chained = chain_before_verify(self.db)
         # One snapshot for all reads (SERIALIZABLE is the one level all three databases offer).
         with self.db.connect().execution_options(isolation_level="SERIALIZABLE") as conn:
-            return verify_chain(conn, public_key=key, checkpoint_files=files, node=self.node,
-                                clock_tolerance=timedelta(seconds=self.config.clock_tolerance_seconds))
+            report = verify_chain(conn, public_key=key, checkpoint_files=files, node=self.node,
+                                  clock_tolerance=timedelta(seconds=self.config.clock_tolerance_seconds))
+        report.warnings.extend(chained)
+        return report

@@ -22,7 +22,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
 from ..audit import ChainReport, append_audit, verify_chain
-from ..audit.pending import chain_pending, chain_queued
+from ..audit.pending import chain_before_verify, chain_queued
 from ..auth import identity as sso
 from ..auth.config import AuthConfig, RoleHandler
 from ..auth.handlers import HandlerOutcome, run_role_handler
@@ -198,9 +198,11 @@ class WebApp:
     # --- identity, CSRF, roles ---------------------------------------------
 
     def _verify_chain_only(self) -> ChainReport:
-        chain_pending(self.db)
+        chained = chain_before_verify(self.db)
         with self.db.connect() as conn:
-            return verify_chain(conn)
+            report = verify_chain(conn)
+        report.warnings.extend(chained)
+        return report
 
     def admit(self, identity: sso.Identity) -> None:
         if self.resolve_person is None:

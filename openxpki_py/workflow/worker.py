@@ -20,7 +20,7 @@ from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..audit.pending import chain_pending, chain_queued
+from ..audit.pending import chain_queued, chain_quietly
 from ..errors import OpenXPKIError
 from .engine import WorkflowEngine
 
@@ -73,7 +73,7 @@ class Worker:
             chain_queued()  # what this round audited, committed step by step
         # Audit rows some process committed but did not chain (it died in between): the
         # worker is the one process that always runs.  A look without the lock when idle.
-        chain_pending(self.engine.db, only_if_any=True)
+        chain_quietly(self.engine.db, only_if_any=True)
         return claimed
 
     def run(self, *, handle_signals: bool = True) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from sqlalchemy.engine import Engine
 from openxpki_py.audit import append_audit, verify_chain
 from openxpki_py.audit.checkpoint import write_checkpoint
 from openxpki_py.audit.pending import chain_pending, chain_queued, count_audit, last_audit_time
-from openxpki_py.db.schema import audit_log, audit_pending
+from openxpki_py.db.schema import audit_checkpoint, audit_log, audit_pending
 from openxpki_py.web.app import create_app
 from openxpki_py.workflow import WorkflowEngine
 from openxpki_py.workflow.worker import Worker
@@ -237,3 +238,77 @@ def test_only_the_chaining_transaction_skips_the_flush_the_actions_commit_stays_
     assert not any("synchronous_commit" in s for s in action[0])
     assert move[0][0] == "SET LOCAL synchronous_commit = off", move[0]
     assert targets(pg_engine) == ["durable"]
+
+
+def _poison(db: Engine) -> None:
+    """A queued row that cannot be read (hand-made, a half-restored dump): its details are not JSON."""
+    with db.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO audit_pending (logged_at, actor, event, outcome, details) "
+                             "VALUES (now(), 'dba', 'test.event', 'ok', '{not json')")
+
+
+@pytest.mark.postgres
+def test_a_queued_row_that_cannot_be_read_fails_no_request_no_worker_and_no_verify(
+        make_instance: Callable[..., Any], pg_engine: Engine) -> None:
+    """Chaining after the work never raises into it: the action is committed either way (review finding)."""
+    inst = make_instance(pg_engine)
+    chain_queued()
+    _poison(pg_engine)
+    app = create_app(inst.config, inst.services)
+    browser, wf_id, code = start(app)  # an audited page: answered, not a 500
+    assert Agent(app).enroll(code).status_code == 200  # an audited API call: answered too
+    assert in_fresh_context(chain_queued) == 0
+    Worker(WorkflowEngine(pg_engine, load_test_definitions())).run_once()  # the worker's round goes on
+    report = inst.services.audit_checkpoints.verify() if inst.services.audit_checkpoints else None
+    if report is None:
+        result = subprocess.run([CLI, "--config", str(inst.config_path), "audit", "verify"], capture_output=True,
+                                text=True, timeout=120, check=False, cwd=inst.folder, env=os.environ.copy())
+        assert "Traceback" not in result.stderr, result.stderr
+        assert re.search(r"could not be chained \(audit_pending row\(s\) \d+ cannot be read", result.stderr), \
+            result.stderr
+    else:
+        assert any(re.search(r"could not be chained \(audit_pending row\(s\) \d+ cannot be read", w)
+                   for w in report.warnings), report.warnings
+
+
+@pytest.mark.postgres
+def test_a_checkpoint_waits_for_an_audited_transaction_still_running(pg_engine: Engine) -> None:
+    """A row queued (and dated) before a checkpoint and committed after it used to follow the checkpoint in
+    the chain, dated before it: verify called the honest row backdated (review finding)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    in_fresh_context(lambda: (audited(pg_engine, "before"), chain_queued()))
+    queued = threading.Event()
+
+    def slow_action() -> None:
+        with pg_engine.begin() as conn:
+            append_audit(conn, actor="alice", event="test.event", target="slow")  # dated now
+            queued.set()
+            threading.Event().wait(3)  # the action goes on: a lock wait, the HSM, the directory
+        chain_queued()
+
+    thread = threading.Thread(target=in_fresh_context, args=(slow_action,))
+    thread.start()
+    assert queued.wait(10)
+    with pg_engine.begin() as conn:  # meanwhile the worker's checkpoint
+        checkpoint = write_checkpoint(conn, key, node="test")
+    thread.join(30)
+    assert checkpoint is not None and checkpoint.row_count == 2  # it waited for "slow" and signed it
+    with pg_engine.connect() as conn:
+        report = verify_chain(conn, public_key=key.public_key(), clock_tolerance=timedelta(seconds=2))
+    assert report.ok, [p.line() for p in report.problems]
+
+
+@pytest.mark.postgres
+def test_a_checkpoint_gives_up_waiting_and_says_why(pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from openxpki_py.audit import pending
+    from openxpki_py.errors import StorageError
+
+    monkeypatch.setattr(pending, "QUEUE_SETTLE_SECONDS", 1)
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pg_engine.begin() as conn:
+        append_audit(conn, actor="alice", event="test.event", target="very slow")
+        with pytest.raises(StorageError, match=r"audited transactions were still running after 1 s"):
+            with pg_engine.begin() as other:
+                write_checkpoint(other, key, node="test")
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(audit_checkpoint)).scalar_one() == 0
