@@ -87,7 +87,7 @@ def transition(db: Engine, ca: CertificateAuthority, lifecycle: Lifecycle, seria
         raise NotFound(f"no card with serial {serial[:128]} is registered")
     _check_actor(db, serial, owner[0] if owner is not None else None, step, actor=actor, role=role)
     with db.begin() as conn:
-        card = conn.execute(select(token).where(token.c.serial == serial).with_for_update()).mappings().one()
+        card = _lock_card_and_stand_ins(conn, serial)
         _check_card(card, step)
         stand_ins: tuple[TransitionResult, ...] = ()
         if (effect := step.temporary_card) is not None:
@@ -132,6 +132,20 @@ def _check_card(card: Any, step: Transition) -> None:
     if card["status"] not in step.sources:
         raise PolicyViolation(f"card {card['serial']} is {card['status']}; '{step.name}' needs a card that is "
                               f"{' or '.join(sorted(step.sources))}", code="token.transition_state")
+
+
+def _lock_card_and_stand_ins(conn: Connection, serial: str) -> Any:
+    """The card's row, with it and the cards standing in for it locked in one statement, in id order.
+
+    Id order is the order every transaction that locks several cards uses
+    (the PIN unblock's rate limit locks all of an owner's cards so): locking
+    the card and then its stand-ins (which usually have lower ids: recycled
+    cards) could wait for an unblock check holding them in the opposite order.
+    """
+    card_id = conn.execute(select(token.c.id).where(token.c.serial == serial)).scalar_one()
+    rows = conn.execute(select(token).where(or_(token.c.id == card_id, token.c.stands_in_for == card_id))
+                        .order_by(token.c.id).with_for_update()).mappings().all()
+    return next(r for r in rows if r["id"] == card_id)
 
 
 def _temporary_cards(conn: Connection, card: Any, effect: TemporaryCardEffect) -> list[Any]:

@@ -51,21 +51,30 @@ def recent_unblocks(conn: Connection, key: str, value: str, *, since: object, ex
                workflow.c.created_at >= since, workflow.c.state != "REFUSED")).scalar_one())
 
 
-def _owners_cards_locked(conn: Connection, serial: str) -> Row[Any, Any] | None:
+def _owners_cards_locked(conn: Connection, serial: str, *, only_for: str | None = None) -> Row[Any, Any] | None:
     """Card ``serial``'s owner and status, with every card of that owner locked until the step commits.
 
     The rate limits are a count, then a record: two unblocks checked at once
     for one owner's cards (the same card, or two of them) would both count
     the same past and both pass.  Locking the owner's card rows makes them
-    take turns; in id order, so two checks never wait for each other.
-    SQLite needs nothing: its write transactions already take turns.
+    take turns; in id order, as every transaction that locks several cards
+    does (console.cards), so none waits for another in the opposite order.
+    ``only_for``: a User's own request locks nothing of another owner's (it is
+    refused as unknown anyway).  SQLite needs nothing: its write transactions
+    already take turns.
     """
     card = conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == serial)).first()
-    if card is None or card.owner is None:
-        return card
-    conn.execute(select(token.c.id).where(token.c.owner == card.owner).order_by(token.c.id).with_for_update()).all()
-    # Read again under the lock: the card may have changed hands or state meanwhile.
-    return conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == serial)).first()
+    for _ in range(3):
+        if card is None or card.owner is None or (only_for is not None and card.owner != only_for):
+            return card
+        locked_for = card.owner
+        conn.execute(select(token.c.id).where(token.c.owner == locked_for).order_by(token.c.id)
+                     .with_for_update()).all()
+        # Read again under the lock: the card may have changed state, or hands (then lock the new owner's).
+        card = conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == serial)).first()
+        if card is None or card.owner == locked_for:
+            return card
+    raise UnexpectedStep(f"card {serial} is changing hands right now; try again in a moment", code="unblock.retry")
 
 
 @callables.activity("check_unblock_request")
@@ -77,8 +86,8 @@ def check_unblock_request(ctx: ActivityContext) -> None:
         raise PolicyViolation("this server holds no per-card admin credentials (card_admin.enabled is false): "
                               "the help desk cannot unblock a PIN; the card must be reset and personalized again",
                               code="unblock.unsupported")
-    card = _owners_cards_locked(ctx.conn, serial)
     own_request = ctx.creator_role == roles.USER
+    card = _owners_cards_locked(ctx.conn, serial, only_for=ctx.creator if own_request else None)
     if card is None or card.owner is None or (own_request and card.owner != ctx.creator):
         # Someone else's card is "not registered" to a User: not even whether it exists.
         raise NotFound(f"no card {serial} is registered{' to you' if own_request else ' to anyone'}",

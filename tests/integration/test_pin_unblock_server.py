@@ -319,3 +319,31 @@ def test_two_unblocks_checked_at_once_cannot_both_pass_the_last_allowed_one(
     assert len(started) == 1, [(a.status_code, a.headers.get("Location")) for a in answers if a is not None]
     page = html.unescape(browsers[1 - started[0]].get("/certificates").text)
     assert ("alice's cards had 3 PIN unblock(s)" if second_card else "card 55501234 had 2 PIN unblock(s)") in page
+
+
+def test_asking_about_someone_elses_card_locks_none_of_their_cards(pg_app: Any) -> None:
+    """A User's request for a card not theirs is refused as unknown; it must not first queue on (or hold) the
+    owner's card rows: no lock contention a stranger can cause, no timing signal (review finding)."""
+    register(pg_app, "55501234", owner="bob")
+    db = pg_app.instance.services.db
+    release, answered = threading.Event(), threading.Event()
+
+    def bobs_card_busy() -> None:
+        with db.begin() as conn:  # e.g. a help-desk transition on bob's card, taking its time
+            conn.execute(select(token.c.id).where(token.c.owner == "bob").with_for_update()).all()
+            release.wait(20)
+
+    holder = threading.Thread(target=bobs_card_busy)
+    holder.start()
+    answers: list[Any] = []
+    alice = Browser(pg_app, "alice")
+    asker = threading.Thread(target=lambda: (answers.append(ask(alice, "55501234")), answered.set()))
+    try:
+        asker.start()
+        assert answered.wait(10), "alice's request waited for bob's card rows"
+    finally:
+        release.set()
+        holder.join(30)
+        asker.join(30)
+    assert answers and answers[0].status_code == 303, answers
+    assert "no card 55501234 is registered to you" in html.unescape(alice.get("/certificates").text)

@@ -297,3 +297,55 @@ def test_two_cards_confirmed_at_once_cannot_both_stand_in(make_instance: Callabl
         assert racer.is_alive()  # waits for the first confirmation's transaction
     racer.join(30)
     assert len(outcome) == 1 and isinstance(outcome[0], PolicyViolation) and outcome[0].code == "token.temporary_exists"
+
+
+@pytest.mark.parametrize("db_engine", ["postgresql"], indirect=True)
+def test_a_card_transition_and_a_pin_unblock_check_at_once_do_not_deadlock(
+        app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary card is usually a recycled card with a lower id than the card it stands in for.  "returned"
+    used to lock the card, then its stand-ins; the unblock check locks the owner's cards in id order: crossed."""
+    import threading
+
+    from openxpki_py.unblock.activities import _owners_cards_locked
+
+    db = app.instance.services.db
+    now = datetime.now(timezone.utc)
+    with db.begin() as conn:
+        for serial in ("CARD-T", "CARD-P"):  # the temporary card first: the lower id
+            register_token(conn, TokenInfo(serial=serial), owner="alice", now=now, claim_lifetime=timedelta(days=1))
+        perm = conn.execute(select(token.c.id).where(token.c.serial == "CARD-P")).scalar_one()
+        conn.execute(token.update().where(token.c.serial == "CARD-P").values(status="forgotten"))
+        conn.execute(token.update().where(token.c.serial == "CARD-T").values(kind="temporary", stands_in_for=perm))
+    checked = threading.Event()
+    check_card = cards._check_card
+
+    def check_then_linger(card_row: Any, step: Any) -> None:
+        check_card(card_row, step)
+        checked.set()
+        threading.Event().wait(1.5)  # the unblock check comes in now
+
+    monkeypatch.setattr(cards, "_check_card", check_then_linger)
+    failures: list[BaseException] = []
+
+    def returned() -> None:
+        try:
+            move(app, "CARD-P", "returned")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    def unblock_check() -> None:
+        try:
+            with db.begin() as conn:
+                _owners_cards_locked(conn, "CARD-T")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    console = threading.Thread(target=returned)
+    console.start()
+    assert checked.wait(20)
+    unblock = threading.Thread(target=unblock_check)
+    unblock.start()
+    console.join(30)
+    unblock.join(30)
+    assert not failures, failures
+    assert (card(app, "CARD-P")["status"], card(app, "CARD-T")["status"]) == ("active", "retired")
