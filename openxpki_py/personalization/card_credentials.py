@@ -19,7 +19,7 @@ from ..audit import append_audit
 from ..audit.pending import count_audit
 from ..crypto.card_admin import CARD_KINDS, CardAdminCredentials, CardAdminSecret
 from ..errors import NotFound, NotPermitted, UnexpectedStep
-from ..workflow.store import lock_workflow, locks_rows
+from ..workflow.store import lock_workflow
 
 RELEASED = "card.admin_credentials"
 #: Personalization states in which the card is confirmed and its keys are being made.
@@ -52,15 +52,16 @@ def releases_so_far(conn: Connection, workflow_id: int) -> int:
     return count_audit(conn, event=RELEASED, target=f"workflow:{workflow_id}")
 
 
-def lock_releases(conn: Connection, workflow_id: int) -> None:
-    """Until ``conn`` commits, nobody else counts or records this workflow's releases.
+def lock_releases(conn: Connection, workflow_id: int) -> str:
+    """Until ``conn`` commits, nobody else counts or records this workflow's releases; its state as of now.
 
     Two requests at once must not both count the same releases and both
     release once more.  The workflow's row is the lock (FOR UPDATE); SQLite
-    needs none, its write transactions run one at a time.
+    needs none, its write transactions run one at a time.  The state comes
+    from that row, read under the lock: the caller's view was read before,
+    and the workflow may have been cancelled or failed since.
     """
-    if locks_rows(conn):
-        lock_workflow(conn, workflow_id)
+    return str(lock_workflow(conn, workflow_id)["state"])
 
 
 def check_release(view: Any, token_serial: str | None) -> tuple[str, str]:
@@ -95,7 +96,10 @@ def release_card_credentials(conn: Connection, secret: CardAdminSecret | None, v
                                  "--management-key-file/--so-pin-file options")
     try:
         card_type, serial = check_release(view, token_serial)
-        lock_releases(conn, view.id)  # count and record as one: two requests cannot both be the last allowed
+        # Count and record as one: two requests cannot both be the last allowed.
+        if (state := lock_releases(conn, view.id)) not in RELEASE_STATES:
+            raise UnexpectedStep(f"the personalization is not making keys now ({state}); the card's admin "
+                                 "credentials are released only while it does", code="card.admin_credentials_state")
         if releases_so_far(conn, view.id) >= max_releases:
             raise CardCredentialsExhausted(
                 f"this personalization received the card's admin credentials {max_releases} times already; "

@@ -119,16 +119,18 @@ class PinUnblockCalls:
         card = view.context.get("card") or {}
         if not agent.confirmed or card.get("agent") != agent.credential_id or not card.get("confirmed"):
             raise AgentUnconfirmed("confirm this card and this agent's phrase on the unblock page first")
-        if view.state != "UNBLOCKING":
-            raise UnexpectedStep(f"this PIN unblock is not unblocking now ({view.state})", code="unblock.state")
-        # Checked again now, not only at the start: a card reported lost or handed to someone else since
-        # gets no unblock.
-        card_row = conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == token_serial)).first()
+        # The state as of now, under the workflow's lock (count and record as one: two requests at once
+        # cannot both be the first); the view was read before, and the unblock may have been cancelled since.
+        if (state := lock_releases(conn, view.id)) != "UNBLOCKING":
+            raise UnexpectedStep(f"this PIN unblock is not unblocking now ({state})", code="unblock.state")
+        # Checked again now, not only at the start, and locked till the release commits: a card reported
+        # lost or handed to someone else since, or meanwhile, gets no unblock.
+        card_row = conn.execute(select(token.c.owner, token.c.status).where(token.c.serial == token_serial)
+                                .with_for_update()).first()
         if card_row is None or card_row.owner != agent.login or view.context.get("owner") != agent.login \
                 or card_row.status != "active":
             raise UnblockCredentialRefused(f"card {token_serial} is no longer an active card of {agent.login}",
                                            code="unblock.card_inactive")
-        lock_releases(conn, view.id)  # count and record as one: two requests at once cannot both be the first
         if count_audit(conn, event=RELEASED, target=f"workflow:{view.id}"):
             raise UnblockCredentialUsed("this PIN unblock released the card's credential already; if the card did "
                                         "not take it, start a new PIN unblock")

@@ -280,3 +280,29 @@ def test_calls_at_once_get_no_more_releases_than_allowed_on_postgresql(
     with pg_engine.connect() as conn:
         assert conn.execute(select(audit_pending)).first() is None
         assert verify_chain(conn).ok
+
+
+def test_a_personalization_ended_meanwhile_gets_no_release_on_postgresql(
+        make_instance: Callable[..., Any], pg_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state that decides is the one under the workflow's lock, not the view read before (review finding)."""
+    from openxpki_py.db.schema import workflow
+    from openxpki_py.personalization import card_credentials
+
+    app = _app(make_instance, pg_engine)
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    assert agent.enroll(code).status_code == 200
+    assert agent.call("POST", "token", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(browser, wf_id)
+    check = card_credentials.check_release
+
+    def check_then_end_it(view: Any, token_serial: str | None) -> Any:
+        passed = check(view, token_serial)  # the view still says: making keys
+        with pg_engine.begin() as other:  # meanwhile the user cancels in the browser (committed)
+            other.execute(workflow.update().where(workflow.c.id == wf_id)
+                          .values(state="CANCELLED", proc_state="finished"))
+        return passed
+    monkeypatch.setattr(card_credentials, "check_release", check_then_end_it)
+    answer = agent.call("POST", "card-credentials", {"token_serial": "55501234"})
+    assert answer.status_code == 409 and answer.json["error"]["code"] == "card.admin_credentials_state", answer.json
+    assert [r["outcome"] for r in _audit(app)] == ["refused"]
