@@ -108,11 +108,17 @@ def _unreadable_rows(conn: Connection, exc: Exception) -> str:
             "or delete it (and record why)")
 
 
-def chain_pending(engine: Engine, *, only_if_any: bool = False) -> int:
+#: How long a request waits for the chain's lock after its work (seconds): a checkpoint holds it while
+#: the HSM signs and while it waits for audited transactions; past that the worker chains the rows.
+REQUEST_CHAIN_WAIT_SECONDS = 2
+
+
+def chain_pending(engine: Engine, *, only_if_any: bool = False, wait_seconds: float | None = None) -> int:
     """Chain the queued rows in one transaction of their own (nothing to do on SQLite).
 
     ``only_if_any`` first looks without the lock (the worker's round, where
     there is usually nothing): an idle node then never takes the chain's lock.
+    ``wait_seconds``: give up (a database error) rather than wait longer for the lock (PostgreSQL).
     """
     if not defers_chaining(engine):
         return 0
@@ -126,6 +132,8 @@ def chain_pending(engine: Engine, *, only_if_any: bool = False) -> int:
             # of its own: lost in a crash, the move is undone whole and done again.
             # Any later durable commit (a checkpoint's, for one) flushes it too.
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            if wait_seconds is not None:
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_seconds * 1000)}ms'")
         lock_chain(conn)
         return chain_locked(conn)
 
@@ -158,7 +166,8 @@ def chain_queued() -> int:
     moved = 0
     for engine in engines:
         try:
-            moved += chain_pending(engine)
+            # The answer waits for this: not behind a checkpoint for long; the worker chains what is left.
+            moved += chain_pending(engine, wait_seconds=REQUEST_CHAIN_WAIT_SECONDS)
         except Exception as exc:  # noqa: BLE001 - see chain_quietly
             _chaining_failed(exc)
     return moved

@@ -312,3 +312,31 @@ def test_a_checkpoint_gives_up_waiting_and_says_why(pg_engine: Engine, monkeypat
                 write_checkpoint(other, key, node="test")
     with pg_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(audit_checkpoint)).scalar_one() == 0
+
+
+@pytest.mark.postgres
+def test_a_request_does_not_wait_long_behind_a_checkpoint_holding_the_chain(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer waits for the chaining; behind a checkpoint (HSM signing) it gives up and leaves it to the worker."""
+    from openxpki_py.audit import pending
+    from openxpki_py.audit.chain import lock_chain
+
+    monkeypatch.setattr(pending, "REQUEST_CHAIN_WAIT_SECONDS", 0.5)
+    holding, done = threading.Event(), threading.Event()
+
+    def checkpoint_signing() -> None:
+        with pg_engine.begin() as conn:
+            lock_chain(conn)
+            holding.set()
+            done.wait(20)
+
+    holder = threading.Thread(target=checkpoint_signing)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        chained = in_fresh_context(lambda: (audited(pg_engine, "request"), chain_queued())[1])
+        assert chained == 0 and rows_in(pg_engine, audit_pending) == 1  # answered; the row waits for the worker
+    finally:
+        done.set()
+        holder.join(30)
+    assert chain_pending(pg_engine) == 1 and targets(pg_engine) == ["request"]
