@@ -21,6 +21,7 @@ from support.pkix import assert_crl_lints_clean
 from test_console import Operator, crl_entry, crl_text, issue, operator_roles, run_cli
 from test_personalization_server import CSRF_RE, Agent, Browser, _personalize_fully, start
 
+from openxpki_py.audit.pending import chain_queued
 from openxpki_py.console import cards, revocation
 from openxpki_py.db.schema import token
 from openxpki_py.errors import NotPermitted, PolicyViolation
@@ -47,7 +48,11 @@ def app(make_instance: Callable[..., Any], db_engine: Any) -> Any:
 
 def move(app: Any, serial: str, name: str, *, actor: str = "bob", role: str = RA) -> cards.TransitionResult:
     svc = app.instance.services
-    return cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, name, actor=actor, role=role, workflows=svc.workflows)
+    try:
+        return cards.transition(svc.db, svc.ca, svc.config.cards.lifecycle, serial, name, actor=actor, role=role,
+                                workflows=svc.workflows)
+    finally:
+        chain_queued()  # its audit rows (refusals too), queued on PostgreSQL, as the console's request would
 
 
 def status(app: Any, serial: str) -> tuple[str, str | None]:
