@@ -8,6 +8,8 @@ Booleans and JSON are avoided as native types so that Oracle 19c works.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -133,17 +135,24 @@ crl = Table(
 
 # --- audit ---------------------------------------------------------------------
 
+def _audit_columns() -> list[Column[Any]]:
+    """What an audit row says: the columns the chain hashes (audit/chain.py HASHED_COLUMNS), for both tables."""
+    return [
+        Column("logged_at", UTCDateTime, nullable=False),
+        Column("actor", String(256), nullable=False),
+        Column("role_name", String(64)),
+        Column("event", String(64), nullable=False),  # e.g. cert.issue, auth.role.refused
+        Column("outcome", String(16), nullable=False),  # ok | refused | failed
+        Column("target", String(256)),  # what it was about: serial, workflow id …
+        Column("details", JSONText),
+    ]
+
+
 audit_log = Table(
     "audit_log",
     metadata,
     _id(),
-    Column("logged_at", UTCDateTime, nullable=False),
-    Column("actor", String(256), nullable=False),
-    Column("role_name", String(64)),
-    Column("event", String(64), nullable=False),  # e.g. cert.issue, auth.role.refused
-    Column("outcome", String(16), nullable=False),  # ok | refused | failed
-    Column("target", String(256)),  # what it was about: serial, workflow id …
-    Column("details", JSONText),
+    *_audit_columns(),
     Column("prev_hash", String(64), nullable=False, unique=True),
     Column("entry_hash", String(64), nullable=False, unique=True),
 )
@@ -158,18 +167,7 @@ Index("ix_audit_log_logged_at", audit_log.c.logged_at)
 # audited transactions commit in parallel; a short transaction per batch
 # then moves them into audit_log in id order under the chain's lock.  Exactly
 # the columns the chain hashes, nothing else.
-audit_pending = Table(
-    "audit_pending",
-    metadata,
-    _id(),
-    Column("logged_at", UTCDateTime, nullable=False),
-    Column("actor", String(256), nullable=False),
-    Column("role_name", String(64)),
-    Column("event", String(64), nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("target", String(256)),
-    Column("details", JSONText),
-)
+audit_pending = Table("audit_pending", metadata, _id(), *_audit_columns())
 
 # Signed checkpoints of the audit chain's head (openxpki_py/audit/checkpoint.py).
 # Every column is covered by the signature; the same records are appended to

@@ -144,6 +144,16 @@ def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
     return _app(make_instance, sqlite_engine)
 
 
+def _confirmed_piv_agent(app: Any) -> tuple[int, Agent]:
+    """A personalization whose agent reported PIV card 55501234 and the user confirmed it: (workflow id, agent)."""
+    browser, wf_id, code = start(app)
+    agent = Agent(app)
+    assert agent.enroll(code).status_code == 200
+    assert agent.call("POST", "token", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(browser, wf_id)
+    return wf_id, agent
+
+
 def _audit(app: Any) -> list[Any]:
     with app.instance.services.db.connect() as conn:
         return list(conn.execute(select(audit_log).where(audit_log.c.event == "card.admin_credentials")
@@ -251,11 +261,7 @@ def test_calls_at_once_get_no_more_releases_than_allowed_on_postgresql(
     from openxpki_py.personalization import card_credentials
 
     app = _app(make_instance, pg_engine)
-    browser, wf_id, code = start(app)
-    agent = Agent(app)
-    assert agent.enroll(code).status_code == 200
-    assert agent.call("POST", "token", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
-    confirm(browser, wf_id)
+    wf_id, agent = _confirmed_piv_agent(app)
     # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
     counted, count = threading.Barrier(3, timeout=3), card_credentials.releases_so_far
 
@@ -289,11 +295,7 @@ def test_a_personalization_ended_meanwhile_gets_no_release_on_postgresql(
     from openxpki_py.personalization import card_credentials
 
     app = _app(make_instance, pg_engine)
-    browser, wf_id, code = start(app)
-    agent = Agent(app)
-    assert agent.enroll(code).status_code == 200
-    assert agent.call("POST", "token", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
-    confirm(browser, wf_id)
+    wf_id, agent = _confirmed_piv_agent(app)
     check = card_credentials.check_release
 
     def check_then_end_it(view: Any, token_serial: str | None) -> Any:

@@ -39,20 +39,21 @@ def _settings(settings: dict[str, Any]) -> None:
     settings["card_admin"] = {"enabled": True, "unblock": {"per_card": 2, "per_user": 3}}
 
 
-@pytest.fixture
-def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
-    inst = make_instance(sqlite_engine, overrides=_settings)
+def _app(make_instance: Callable[..., Any], engine: Any) -> Any:
+    inst = make_instance(engine, overrides=_settings)
     application = create_app(inst.config, inst.services)
     application.instance = inst  # type: ignore[attr-defined]
     return application
+
+
+@pytest.fixture
+def app(make_instance: Callable[..., Any], sqlite_engine: Any) -> Any:
+    return _app(make_instance, sqlite_engine)
 
 
 @pytest.fixture
 def pg_app(make_instance: Callable[..., Any], pg_engine: Any) -> Any:
-    inst = make_instance(pg_engine, overrides=_settings)
-    application = create_app(inst.config, inst.services)
-    application.instance = inst  # type: ignore[attr-defined]
-    return application
+    return _app(make_instance, pg_engine)
 
 
 def register(app: Any, serial: str, owner: str = "alice") -> None:
