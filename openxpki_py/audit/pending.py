@@ -127,13 +127,8 @@ def chain_pending(engine: Engine, *, only_if_any: bool = False, wait_seconds: fl
             if conn.execute(_ANY_QUEUED).first() is None:
                 return 0
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Moving rows that are already durable in audit_pending needs no flush
-            # of its own: lost in a crash, the move is undone whole and done again.
-            # Any later durable commit (a checkpoint's, for one) flushes it too.
-            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            if wait_seconds is not None:
-                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_seconds * 1000)}ms'")
+        if conn.dialect.name == "postgresql" and wait_seconds is not None:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_seconds * 1000)}ms'")
         lock_chain(conn)
         return chain_locked(conn)
 

@@ -212,34 +212,6 @@ def test_after_each_request_its_audit_rows_are_in_the_chain(make_instance: Calla
         assert verify_chain(conn).ok
 
 
-@pytest.mark.postgres
-def test_only_the_chaining_transaction_skips_the_flush_the_actions_commit_stays_durable(pg_engine: Engine) -> None:
-    """The move from the queue commits with synchronous_commit off; the audited action's own commit does not."""
-    from sqlalchemy import event
-
-    transactions: list[list[str]] = []
-
-    def begun(_conn: Any) -> None:
-        transactions.append([])
-
-    def statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        transactions[-1].append(" ".join(sql.split()))
-
-    event.listen(pg_engine, "begin", begun)
-    event.listen(pg_engine, "before_cursor_execute", statement)
-    try:
-        in_fresh_context(lambda: (audited(pg_engine, "durable"), chain_queued()))
-    finally:
-        event.remove(pg_engine, "before_cursor_execute", statement)
-        event.remove(pg_engine, "begin", begun)
-    action = [t for t in transactions if any("INSERT INTO audit_pending" in s for s in t)]
-    move = [t for t in transactions if any("INSERT INTO audit_log" in s for s in t)]
-    assert len(action) == 1 and len(move) == 1 and action != move
-    assert not any("synchronous_commit" in s for s in action[0])
-    assert move[0][0] == "SET LOCAL synchronous_commit = off", move[0]
-    assert targets(pg_engine) == ["durable"]
-
-
 def _poison(db: Engine) -> None:
     """A queued row that cannot be read (hand-made, a half-restored dump): its details are not JSON."""
     with db.begin() as conn:
