@@ -76,6 +76,10 @@ def serve(config: Config, *, port: int, host: str = "127.0.0.1", htpasswd: Path 
         "--rewrite-rules", str(apache / "token-rewrite.conf"),
         "--setenv", "OPENXPKI_PY_CONFIG", str(config_path),
         "--processes", str(processes), "--threads", str(threads), "--locale", "C.UTF-8",
+        # The daemons' working directory is on their sys.path: by default it is the directory
+        # serve was started in, and an openxpki_py folder there (a checkout, a planted copy)
+        # would be served instead of the installed package.  The server root holds no code.
+        "--working-directory", str(server_root),
     ]
     publish = config.ca.crl.publish_dir
     if publish is not None:
