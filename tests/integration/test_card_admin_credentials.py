@@ -16,6 +16,7 @@ from openxpki_py_token.pkcs11.module import get_module
 from pkcs11 import Attribute, ObjectClass
 from pkcs11 import exceptions as p11_exc
 from sqlalchemy import select
+from support.races import then_wait
 from support.softhsm import SoftHSMToken
 
 from openxpki_py.configreader import Reader
@@ -263,16 +264,8 @@ def test_calls_at_once_get_no_more_releases_than_allowed_on_postgresql(
     app = _app(make_instance, pg_engine)
     wf_id, agent = _confirmed_piv_agent(app)
     # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
-    counted, count = threading.Barrier(3, timeout=3), card_credentials.releases_so_far
-
-    def count_then_wait(conn: Any, workflow_id: int) -> int:
-        n = count(conn, workflow_id)
-        try:
-            counted.wait()
-        except threading.BrokenBarrierError:
-            pass  # the others wait for this one's lock: the fixed code
-        return n
-    monkeypatch.setattr(card_credentials, "releases_so_far", count_then_wait)
+    monkeypatch.setattr(card_credentials, "releases_so_far",
+                        then_wait(card_credentials.releases_so_far, threading.Barrier(3, timeout=3)))
 
     def ask() -> Any:
         copy = Agent(app)  # a client per thread, the same agent credential

@@ -24,6 +24,7 @@ from openxpki_py.personalization.tokens import TokenInfo, register_token
 from openxpki_py.roles import RA_OPERATOR
 from openxpki_py.web.app import create_app
 
+from support.races import then_wait
 from test_card_admin_credentials import _dump
 from test_fuzz_inputs import _at_once
 from test_console import Operator, operator_roles
@@ -179,16 +180,7 @@ def test_credential_calls_at_once_release_the_puk_once_on_postgresql(pg_app: Any
     assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
     confirm(alice, wf_id, agent.phrase)
     # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
-    counted, count = threading.Barrier(3, timeout=3), agent_calls.count_audit
-
-    def count_then_wait(conn: Any, **kwargs: Any) -> int:
-        n = count(conn, **kwargs)
-        try:
-            counted.wait()
-        except threading.BrokenBarrierError:
-            pass  # the others wait for this one's lock: the fixed code
-        return n
-    monkeypatch.setattr(agent_calls, "count_audit", count_then_wait)
+    monkeypatch.setattr(agent_calls, "count_audit", then_wait(agent_calls.count_audit, threading.Barrier(3, timeout=3)))
 
     def credential() -> Any:
         copy = Agent(pg_app)  # a client per thread, the same agent credential
@@ -291,19 +283,9 @@ def test_two_unblocks_checked_at_once_cannot_both_pass_the_last_allowed_one(
         cancel(alice, unblock_id(ask(alice, "55501234")))
         serials = ["55501234", "55501234"]
     # Make the race certain: each check, having counted, waits for the other to have counted too (or 3 s).
-    counted = threading.Barrier(2, timeout=3)
-    count = activities.recent_unblocks
-
-    def count_then_wait(conn: Any, key: str, value: str, **kwargs: Any) -> int:
-        n = count(conn, key, value, **kwargs)
-        if key == ("owner" if second_card else "token_serial"):
-            try:
-                counted.wait()
-            except threading.BrokenBarrierError:
-                pass  # the other check is waiting for this one's lock: the fixed code
-        return n
-
-    monkeypatch.setattr(activities, "recent_unblocks", count_then_wait)
+    limit = "owner" if second_card else "token_serial"
+    monkeypatch.setattr(activities, "recent_unblocks", then_wait(
+        activities.recent_unblocks, threading.Barrier(2, timeout=3), when=lambda conn, key, *_a, **_k: key == limit))
     answers: list[Any] = [None, None]
     browsers = [Browser(pg_app, "alice"), Browser(pg_app, "alice")]  # two tabs, two sessions
 
