@@ -330,3 +330,29 @@ def test_asking_about_someone_elses_card_locks_none_of_their_cards(pg_app: Any) 
         asker.join(30)
     assert answers and answers[0].status_code == 303, answers
     assert "no card 55501234 is registered to you" in html.unescape(alice.get("/certificates").text)
+
+
+def test_an_unblock_cancelled_meanwhile_releases_no_puk_on_postgresql(pg_app: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state under the workflow's lock decides, not the view read before it (review finding)."""
+    from openxpki_py.db.schema import workflow
+    from openxpki_py.unblock import agent_calls
+
+    register(pg_app, "55501234")
+    alice = Browser(pg_app, "alice")
+    wf_id = unblock_id(ask(alice, "55501234"))
+    agent = paired_agent(pg_app, alice, wf_id)
+    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(alice, wf_id, agent.phrase)
+    read = agent_calls.PinUnblockCalls._view
+
+    def read_then_cancel(self: Any, credential: Any) -> Any:
+        view = read(self, credential)  # still UNBLOCKING
+        with pg_app.instance.services.db.begin() as other:  # meanwhile alice cancels on the page (committed)
+            other.execute(workflow.update().where(workflow.c.id == wf_id)
+                          .values(state="CANCELLED", proc_state="finished"))
+        return view
+    monkeypatch.setattr(agent_calls.PinUnblockCalls, "_view", read_then_cancel)
+    answer = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+    assert answer.status_code == 409 and answer.json["error"]["code"] == "unblock.state", answer.json
+    assert [r["outcome"] for r in audit(pg_app, "card.unblock_credential")] == ["refused"]
