@@ -356,3 +356,37 @@ def test_an_unblock_cancelled_meanwhile_releases_no_puk_on_postgresql(pg_app: An
     answer = agent.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
     assert answer.status_code == 409 and answer.json["error"]["code"] == "unblock.state", answer.json
     assert [r["outcome"] for r in audit(pg_app, "card.unblock_credential")] == ["refused"]
+
+
+def test_a_card_that_changes_hands_during_the_check_is_counted_under_its_new_owners_lock(pg_app: Any) -> None:
+    """The owner is read before the lock: if the card changes hands in between, the new owner's cards are locked
+    (else the new owner's per-user limit would be counted unlocked) (review finding)."""
+    from sqlalchemy.exc import OperationalError
+
+    from openxpki_py.unblock.activities import _owners_cards_locked
+
+    register(pg_app, "55501234", owner="alice")
+    register(pg_app, "55505678", owner="bob")
+    db = pg_app.instance.services.db
+
+    class ReassignAfterFirstRead:
+        """The check's connection; right after its first read the help desk gives the card to bob (committed)."""
+
+        def __init__(self, conn: Any) -> None:
+            self.conn, self.reads = conn, 0
+
+        def execute(self, *args: Any, **kwargs: Any) -> Any:
+            result = self.conn.execute(*args, **kwargs)
+            self.reads += 1
+            if self.reads == 1:
+                with db.begin() as desk:
+                    desk.execute(token.update().where(token.c.serial == "55501234").values(owner="bob"))
+            return result
+
+    with db.begin() as conn:
+        card = _owners_cards_locked(ReassignAfterFirstRead(conn), "55501234")  # type: ignore[arg-type]
+        assert card is not None and card.owner == "bob"
+        with db.connect() as other:  # bob's other card is locked by the check now
+            other.exec_driver_sql("SET lock_timeout = '200ms'")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                other.execute(select(token.c.id).where(token.c.serial == "55505678").with_for_update()).all()
