@@ -107,15 +107,28 @@ def _sqlite_begin(conn: Any) -> None:
         raise
 
 
-def read_only(engine: Engine) -> Connection:
-    """A connection for reads only (``with read_only(db) as conn``).
+#: The isolation level that gives a reading transaction one snapshot for all its statements.
+_SNAPSHOT_LEVEL = {"postgresql": "REPEATABLE READ", "oracle": "SERIALIZABLE"}
 
-    On SQLite its transaction is a plain BEGIN: a consistent snapshot that
-    neither waits for nor blocks writers.  Never write through it: the write
-    would need the lock its BEGIN did not take, and can fail with "database
-    is locked".  Other databases: an ordinary connection.
+
+def read_only(engine: Engine) -> Connection:
+    """A connection for reads only (``with read_only(db) as conn``), all its reads from one snapshot.
+
+    A workflow is read in several statements (its row, its context …): under
+    READ COMMITTED each statement sees what committed before it, so a step
+    committing in between gave a view whose state and context disagreed (an
+    agent's repeated receipt then failed on a half-advanced workflow).
+    PostgreSQL's REPEATABLE READ and Oracle's SERIALIZABLE take one snapshot
+    at the first read; a transaction that only reads never fails on them.
+    On SQLite the transaction is a plain BEGIN: a WAL snapshot that neither
+    waits for nor blocks writers.  Never write through it: on SQLite the
+    write would need the lock its BEGIN did not take ("database is locked").
     """
-    return engine.connect().execution_options(**{READ_ONLY_OPTION: True})
+    options: dict[str, Any] = {READ_ONLY_OPTION: True}
+    level = _SNAPSHOT_LEVEL.get(engine.dialect.name)
+    if level is not None:
+        options["isolation_level"] = level
+    return engine.connect().execution_options(**options)
 
 
 def open_engine(url: str, *, echo: bool = False) -> Engine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from datetime import timedelta
 
 import pytest
@@ -358,3 +359,27 @@ def test_site_config_overrides_a_states_deadline(db_engine: Engine, services: Te
     assert engine.resume_due() == 0  # the definition's 60 s no longer apply
     clock.advance(600)
     assert engine.resume_due() == 1 and engine.get(waiting.id).state == "GAVE_UP"
+
+
+def test_a_workflow_read_while_a_step_commits_is_one_moment(engine: WorkflowEngine, db_engine: Engine,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row and context are two statements: a step committing between them gave a state with another moment's
+    context (an agent's repeated receipt then failed on a half-advanced workflow, PostgreSQL)."""
+    from openxpki_py.db.schema import workflow
+    from openxpki_py.workflow import engine as engine_module
+
+    wf = request(engine, payload={"moment": "before"})
+    load = engine_module.store.load_context
+
+    def load_after_a_step_commits(conn: Any, wf_id: int) -> Any:
+        with db_engine.begin() as step:  # another request's step, between this read's two statements
+            step.execute(workflow.update().where(workflow.c.id == wf_id).values(state="LATER"))
+            step.execute(workflow_context.update().where(workflow_context.c.workflow_id == wf_id,
+                                                         workflow_context.c.ctx_key == "payload")
+                         .values(ctx_value={"moment": "after"}))
+        return load(conn, wf_id)
+
+    monkeypatch.setattr(engine_module.store, "load_context", load_after_a_step_commits)
+    seen = engine.current(wf.id)
+    moment = seen.context["payload"]["moment"]
+    assert (seen.state, moment) in ((wf.state, "before"), ("LATER", "after")), (seen.state, moment)
