@@ -96,6 +96,17 @@ def confirm(browser: Browser, wf_id: int, phrase: str) -> None:
     assert done.status_code == 303, done.text
 
 
+def confirmed_unblock(app: Any) -> tuple[int, Agent]:
+    """alice's PIV card 55501234 registered, an unblock asked for, her agent paired and confirmed: (id, agent)."""
+    register(app, "55501234")
+    alice = Browser(app, "alice")
+    wf_id = unblock_id(ask(alice, "55501234"))
+    agent = paired_agent(app, alice, wf_id)
+    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
+    confirm(alice, wf_id, agent.phrase)
+    return wf_id, agent
+
+
 def state(app: Any, wf_id: int) -> str:
     return str(app.instance.services.workflows.get(wf_id).state)
 
@@ -173,12 +184,7 @@ def test_credential_calls_at_once_release_the_puk_once_on_postgresql(pg_app: Any
     """Count and record are one step: three calls at once, one PUK, every call audited and chained."""
     from openxpki_py.unblock import agent_calls
 
-    register(pg_app, "55501234")
-    alice = Browser(pg_app, "alice")
-    wf_id = unblock_id(ask(alice, "55501234"))
-    agent = paired_agent(pg_app, alice, wf_id)
-    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
-    confirm(alice, wf_id, agent.phrase)
+    _, agent = confirmed_unblock(pg_app)
     # Make the race certain: each call, having counted, waits for the others to have counted too (or 3 s).
     monkeypatch.setattr(agent_calls, "count_audit", then_wait(agent_calls.count_audit, threading.Barrier(3, timeout=3)))
 
@@ -338,12 +344,7 @@ def test_an_unblock_cancelled_meanwhile_releases_no_puk_on_postgresql(pg_app: An
     from openxpki_py.db.schema import workflow
     from openxpki_py.unblock import agent_calls
 
-    register(pg_app, "55501234")
-    alice = Browser(pg_app, "alice")
-    wf_id = unblock_id(ask(alice, "55501234"))
-    agent = paired_agent(pg_app, alice, wf_id)
-    assert agent.call("POST", "pin-unblock/card", {"serial": "55501234", "card_profile": "piv"}).status_code == 200
-    confirm(alice, wf_id, agent.phrase)
+    wf_id, agent = confirmed_unblock(pg_app)
     read = agent_calls.PinUnblockCalls._view
 
     def read_then_cancel(self: Any, credential: Any) -> Any:
