@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from werkzeug.test import Client
 
 from openxpki_py.audit import verify_chain
 from openxpki_py.db.schema import audit_log, audit_pending, token

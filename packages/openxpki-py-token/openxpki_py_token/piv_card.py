@@ -142,7 +142,6 @@ class PivCard:
 
     def login(self, role: Login) -> None:
         """``user``: VERIFY the PIN; ``so``: mutual authentication with the management key."""
-        from yubikit.core.smartcard import ApduError
         from yubikit.core import InvalidPinError
 
         if role in self._roles:
