@@ -268,9 +268,8 @@ def test_calls_at_once_get_no_more_releases_than_allowed_on_postgresql(
                         then_wait(card_credentials.releases_so_far, threading.Barrier(3, timeout=3)))
 
     def ask() -> Any:
-        copy = Agent(app)  # a client per thread, the same agent credential
-        copy.access_token = agent.access_token
-        return copy.call("POST", "card-credentials", {"token_serial": "55501234"})
+        return agent.twin().call(  # a client per thread, the same agent credential
+            "POST", "card-credentials", {"token_serial": "55501234"})
     answers = _at_once(3, ask)
     assert sorted(a.status_code for a in answers) == [200, 200, 403], [a.json for a in answers]
     assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"card.admin_credentials_limit"}

@@ -66,6 +66,12 @@ class Agent:
         return self.client.open(f"/api/v1/{path}", method=method, json=body, headers=headers,
                                 environ_overrides=self.env)
 
+    def twin(self) -> Agent:
+        """Another client with this agent's credential: the same agent calling from a second thread."""
+        other = Agent(self.client.application, self.env)
+        other.access_token, other.phrase = self.access_token, self.phrase
+        return other
+
     def enroll(self, code: str) -> Any:
         response = self.call("POST", "enroll", {"code": code, "agent_key": public_key_text(new_agent_key())})
         if response.status_code == 200:

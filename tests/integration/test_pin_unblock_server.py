@@ -188,9 +188,8 @@ def test_credential_calls_at_once_release_the_puk_once_on_postgresql(pg_app: Any
     monkeypatch.setattr(agent_calls, "count_audit", then_wait(agent_calls.count_audit, threading.Barrier(3, timeout=3)))
 
     def credential() -> Any:
-        copy = Agent(pg_app)  # a client per thread, the same agent credential
-        copy.access_token = agent.access_token
-        return copy.call("POST", "pin-unblock/credential", {"token_serial": "55501234"})
+        return agent.twin().call(  # a client per thread, the same agent credential
+            "POST", "pin-unblock/credential", {"token_serial": "55501234"})
     answers = _at_once(3, credential)
     assert sorted(a.status_code for a in answers) == [200, 403, 403], [a.json for a in answers]
     assert {a.json["error"]["code"] for a in answers if a.status_code == 403} == {"unblock.credential_used"}
