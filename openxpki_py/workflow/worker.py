@@ -10,10 +10,12 @@ and stop; systemd's stop then never leaves half an action behind.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import socket
-import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
@@ -35,6 +37,46 @@ class AuditCheckpointHook(Protocol):
     def at_shutdown(self) -> object: ...
 
 
+class StopRequest:
+    """A stop that a signal handler may ask for: a flag and one byte down a pipe, no lock.
+
+    ``threading.Event`` cannot be that: ``Event.wait`` holds the event's lock
+    around its timed wait, and a handler runs on the main thread.  A SIGTERM
+    that arrived while the loop held that lock made ``Event.set`` wait for
+    its own thread, for ever: the worker ignored every later signal until
+    killed (found by CI, 1 run in a few hundred).  Here the handler sets a
+    flag and writes a byte; the wait is a ``select`` on the pipe, which the
+    byte ends at once.  Any thread may ask too.
+    """
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        weakref.finalize(self, _close_all, self._wake_read, self._wake_write)
+
+    def set(self) -> None:
+        self._requested = True
+        try:
+            os.write(self._wake_write, b"!")
+        except BlockingIOError:  # the pipe is full of earlier requests: the wait ends anyway
+            pass
+
+    def is_set(self) -> bool:
+        return self._requested
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until asked to stop or ``timeout`` seconds passed; whether a stop was asked for."""
+        if not self._requested:
+            select.select([self._wake_read], [], [], timeout)
+        return self._requested
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 class Worker:
     def __init__(self, engine: WorkflowEngine, *, poll_interval: float | None = None,
                  batch_size: int | None = None, name: str | None = None,
@@ -52,7 +94,7 @@ class Worker:
         self.poll_interval = poll_interval if poll_interval is not None else engine.config.poll_interval
         self.batch_size = batch_size or engine.config.batch_size
         self.name = name or f"worker@{socket.gethostname()}"
-        self.stopping = threading.Event()
+        self.stopping = StopRequest()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         if signum is not None:
