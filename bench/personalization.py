@@ -17,7 +17,9 @@ CA key, measured in the same run, and cfssl's sign API (bench/cfssl.py:
 software RSA-2048 CA, no persistence) with the certificates/s ratio.  Then
 one more personalization in-process against the same instance counts
 what it costs the database: SQL statements and transactions, per HTTP
-round trip (bench/sqlcount.py; ``--sql-detail`` lists each request).
+round trip (bench/sqlcount.py; ``--sql-detail`` lists each request),
+and on SQLite how long a personalization holds the database's one write
+lock: its throughput bound, however many cores.
 """
 
 from __future__ import annotations
@@ -86,8 +88,10 @@ def main() -> None:
             stack.callback(node.stop)
             measure(args, node.port, folder, env)
             # after Apache's figures: the in-process run shares the database, not the CPU time
+            # On SQLite also timed: how long a personalization holds the one write lock (its throughput bound).
             subprocess.run([sys.executable, str(REPO / "bench" / "sqlcount.py"), str(config), "user000",
-                            *(["--detail"] if args.sql_detail else [])], env=env, check=True)
+                            *(["--detail"] if args.sql_detail else []), *(["--time=10"] if db_url is None else [])],
+                           env=env, check=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

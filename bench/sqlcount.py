@@ -12,11 +12,13 @@ before/after figures compare exactly.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
-import time
 import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ class SqlCounts:
     wall: float = 0.0  # and its wall time: CPU plus waiting for the database (and for other processes)
     per_request: list[tuple[str, int, int]] = field(default_factory=list)  # (request, statements, transactions)
     kinds: Counter[str] = field(default_factory=Counter)  # first word of each statement, LOCK counted apart
+    # SQLite: how long the process's write lock was held per personalization (mean of the timed runs), by request
+    write_lock: Counter[str] = field(default_factory=Counter)
 
 
 class _Meter:
@@ -59,7 +63,47 @@ class _Meter:
             self.commits += 1
 
 
-def _wsgi_client(app: Any, meter: _Meter, counts: SqlCounts) -> Any:
+class _WriteLockMeter:
+    """How long each request held SQLite's write lock (``db/engine.py``: ``_QueuedWriterConnection``).
+
+    On SQLite one write transaction runs at a time: at 20 users the threads
+    of a daemon wait for it most of the time, so the time a personalization
+    spends inside write transactions bounds its throughput, whatever the
+    cores.  Measured from taking the process's writer queue to giving it
+    back (BEGIN IMMEDIATE to after COMMIT or ROLLBACK), per request.
+    """
+
+    def __init__(self) -> None:
+        self.request = "?"
+        self.held: Counter[str] = Counter()
+        self.since: dict[int, float] = {}
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        from openxpki_py.db.engine import _QueuedWriterConnection as Queued
+
+        take, give = Queued.take_queue, Queued.give_back_queue
+        meter = self
+
+        def timed_take(conn: Any) -> None:
+            take(conn)
+            if conn.holds_queue:
+                meter.since.setdefault(id(conn), time.perf_counter())
+
+        def timed_give(conn: Any) -> None:
+            started = meter.since.pop(id(conn), None)
+            if started is not None:
+                meter.held[meter.request] += time.perf_counter() - started
+            give(conn)
+
+        Queued.take_queue, Queued.give_back_queue = timed_take, timed_give  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            Queued.take_queue, Queued.give_back_queue = take, give  # type: ignore[method-assign]
+
+
+def _wsgi_client(app: Any, meter: _Meter, counts: SqlCounts, lock_meter: _WriteLockMeter) -> Any:
     """A ``personalizing.Client`` whose round trips go into ``app`` in-process."""
     from personalizing import Client
 
@@ -82,6 +126,7 @@ def _wsgi_client(app: Any, meter: _Meter, counts: SqlCounts) -> Any:
                 environ["REMOTE_USER"] = self.user
                 environ["AUTH_TYPE"] = "Basic"
             before = (meter.statements, meter.transactions)
+            lock_meter.request = f"{method} {re.sub(r'/[0-9]+(?=/|$)', '/N', path.split('?')[0])}"
             body, status, response_headers = run_wsgi_app(app, environ, buffered=True)
             text = b"".join(body).decode()
             counts.per_request.append((f"{method} {path.split('?')[0]}", meter.statements - before[0],
@@ -110,7 +155,8 @@ def count_personalization(config: Path, user: str, keys: Sequence[Any], *, profi
         app = create_app(settings, services)
         meter = _Meter()
         counts = SqlCounts()
-        client = _wsgi_client(app, meter, counts)
+        lock_meter = _WriteLockMeter()
+        client = _wsgi_client(app, meter, counts, lock_meter)
         # A first request builds what every daemon builds once (templates, the CA's certificate).
         personalize(0, user, keys[:2], f"count-warm-{user}", client=client)
         counts.per_request.clear()
@@ -124,10 +170,12 @@ def count_personalization(config: Path, user: str, keys: Sequence[Any], *, profi
         if timed:
             # CPU time of this process: on a shared machine it depends far less on the others' load than wall time.
             cpu, wall = time.process_time(), time.perf_counter()
-            for i in range(timed):
-                personalize(0, user, keys[4 + 2 * i:6 + 2 * i], f"timed-{i}-{user}", client=client)
+            with lock_meter.measuring():
+                for i in range(timed):
+                    personalize(0, user, keys[4 + 2 * i:6 + 2 * i], f"timed-{i}-{user}", client=client)
             counts.seconds = (time.process_time() - cpu) / timed
             counts.wall = (time.perf_counter() - wall) / timed
+            counts.write_lock = Counter({k: v / timed for k, v in lock_meter.held.items()})
         if profile:
             first = 4 + 2 * timed  # keys the timed runs did not use: a key is certified once
             _profile(lambda i: personalize(0, user, keys[first + 2 * i:first + 2 + 2 * i], f"profile-{i}-{user}",
@@ -157,6 +205,11 @@ def print_counts(counts: SqlCounts, *, detail: bool = False) -> None:
     print(f"per personalization: {counts.statements} SQL statements ({kinds}); {counts.transactions} transactions "
           f"({counts.commits} committed); {len(counts.per_request)} HTTP round trips"
           + (f"; in-process CPU {counts.seconds * 1000:.1f} ms, wall {counts.wall * 1000:.1f} ms" if counts.seconds else ""))
+    if counts.write_lock:
+        held = sum(counts.write_lock.values())
+        print(f"SQLite write lock held {held * 1000:.1f} ms per personalization ({held / counts.wall:.0%} of its wall "
+              f"time; one writer at a time, so at most {1 / held:.0f} personalizations/s however many cores): "
+              + ", ".join(f"{request} {seconds * 1000:.1f}" for request, seconds in counts.write_lock.most_common()))
     if detail:
         for request, statements, transactions in counts.per_request:
             print(f"    {request:<46} {statements:>4} statements {transactions:>3} transactions")
