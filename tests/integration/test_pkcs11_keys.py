@@ -262,6 +262,48 @@ def test_lost_sessions_are_recovered(token: SoftHSMToken) -> None:
         key.public_key().verify(signature, b"after", ec.ECDSA(hashes.SHA256()))
 
 
+def test_threads_finding_sessions_dead_after_a_restart_keep_the_new_login(token: SoftHSMToken) -> None:
+    """After an HSM restart each signing thread finds its session dead; all of them must sign on their retry.
+
+    Each such thread reset the pool, whichever login was current: a thread
+    late to notice logged out the login another thread had just made, and
+    that thread's retry failed with UserNotLoggedIn (a TokenError for a
+    certificate while the HSM was back).  Only the login the dead session
+    belonged to is dropped now.
+    """
+    threads, rounds = 8, 200
+    failures: list[str] = []
+    with backend_for(token) as backend:
+        key = backend.generate_private_key(KeySpec.parse("ec-p256"))
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        pool = backend._session_pool()
+
+        def sign_at_once(barrier: threading.Barrier) -> None:
+            barrier.wait()
+            try:
+                signature = key.sign(b"after", ec.ECDSA(hashes.SHA256()))
+                key.public_key().verify(signature, b"after", ec.ECDSA(hashes.SHA256()))
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+        def all_sign_at_once() -> None:
+            barrier = threading.Barrier(threads)
+            workers = [threading.Thread(target=sign_at_once, args=(barrier,)) for _ in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(timeout=60)
+
+        all_sign_at_once()  # the pool now holds several idle sessions
+        for _ in range(rounds):
+            # The HSM restarts: every session the pool holds dies under it.
+            for pooled in [*pool._idle, pool._login]:
+                if pooled is not None:
+                    pooled.session.close()
+            all_sign_at_once()
+    assert failures == []
+
+
 def test_token_removed_mid_use(token: SoftHSMToken) -> None:
     with backend_for(token) as backend:
         key = backend.generate_private_key(KeySpec.parse("ec-p256"))

@@ -44,6 +44,15 @@ SESSION_LOST = (
 )
 
 
+class _Lost(Exception):
+    """A session of the pool's login ``epoch`` was found dead (``cause``: one of :data:`SESSION_LOST`)."""
+
+    def __init__(self, cause: Exception, epoch: int) -> None:
+        super().__init__(type(cause).__name__)
+        self.why = type(cause).__name__
+        self.epoch = epoch
+
+
 # CKR codes of C_Login (called through ctypes, see Pkcs11Module.login).
 _CKR_OK = 0x000
 _CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE = 0x0A0, 0x0A1, 0x0A2
@@ -109,34 +118,33 @@ class TokenSessionPool:
             raise TokenError(f"{self.describe()}: the key backend was closed; open it again")
         try:
             return self._run_once(operation, rw)
-        except SESSION_LOST as exc:
-            self._reset(type(exc).__name__)
-            log.warning("%s: session lost (%s); logging in again", self.describe(), type(exc).__name__)
+        except _Lost as lost:
+            self._reset(lost.why, lost.epoch)
+            log.warning("%s: session lost (%s); logging in again", self.describe(), lost.why)
         try:
             return self._run_once(operation, rw)
-        except SESSION_LOST as exc:
-            self._reset(type(exc).__name__)
+        except _Lost as lost:
+            self._reset(lost.why, lost.epoch)
             raise TokenError(
                 f"{self.describe()}: the token was removed or the HSM restarted "
-                f"({type(exc).__name__}); check the HSM and its connection"
+                f"({lost.why}); check the HSM and its connection"
             ) from None
         except TokenNotFound as exc:
             raise TokenNotFound(f"the token was removed while in use: {exc.message}") from None
 
     def _run_once(self, operation: Callable[[PooledSession], T], rw: bool) -> T:
-        if rw:
-            pooled = self._open_rw()
-            try:
-                with self.module.serialised():
-                    return operation(pooled)
-            finally:
-                self.module.close_session(pooled.session, pooled.generation)
-        pooled = self._borrow()
+        """One try; a dead session comes out as :class:`_Lost` with the login it belonged to."""
+        pooled = self._open_rw() if rw else self._borrow()
         try:
             with self.module.serialised():
                 return operation(pooled)
+        except SESSION_LOST as exc:
+            raise _Lost(exc, pooled.epoch) from exc
         finally:
-            self._give_back(pooled)
+            if rw:
+                self.module.close_session(pooled.session, pooled.generation)
+            else:
+                self._give_back(pooled)
 
     # --- login and borrowing ------------------------------------------------------
 
@@ -193,19 +201,22 @@ class TokenSessionPool:
 
     def _borrow(self) -> PooledSession:
         with self._cond:
-            self._ensure_logged_in()
-            deadline = time.monotonic() + 30.0
-            while not self._idle and self._owned >= self.max_sessions:
-                if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    raise TokenError(f"{self.describe()}: all {self.max_sessions} sessions stayed "
-                                     "busy for 30 s; is the HSM hanging?")
+            try:
                 self._ensure_logged_in()
-            if self._idle:
-                pooled = self._idle.pop()
-            else:
-                generation = self.module.generation
-                pooled = PooledSession(self.module.open_session(self._token), generation, self._epoch)
-                self._owned += 1
+                deadline = time.monotonic() + 30.0
+                while not self._idle and self._owned >= self.max_sessions:
+                    if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
+                        raise TokenError(f"{self.describe()}: all {self.max_sessions} sessions stayed "
+                                         "busy for 30 s; is the HSM hanging?")
+                    self._ensure_logged_in()
+                if self._idle:
+                    pooled = self._idle.pop()
+                else:
+                    generation = self.module.generation
+                    pooled = PooledSession(self.module.open_session(self._token), generation, self._epoch)
+                    self._owned += 1
+            except SESSION_LOST as exc:
+                raise _Lost(exc, self._epoch) from exc
             self._borrowed += 1
             return pooled
 
@@ -221,16 +232,27 @@ class TokenSessionPool:
             self._cond.notify_all()
 
     def _open_rw(self) -> PooledSession:
+        """A read/write session of its own (closed after use, never pooled)."""
         with self._cond:
-            self._ensure_logged_in()
-            generation = self.module.generation
-            return PooledSession(self.module.open_session(self._token, rw=True), generation, -1)
+            try:
+                self._ensure_logged_in()
+                generation = self.module.generation
+                return PooledSession(self.module.open_session(self._token, rw=True), generation, self._epoch)
+            except SESSION_LOST as exc:
+                raise _Lost(exc, self._epoch) from exc
 
     # --- losing and closing -------------------------------------------------------
 
-    def _reset(self, why: str) -> None:
+    def _reset(self, why: str, epoch: int) -> None:
+        """Drop the login of ``epoch`` and its sessions, if it is still the pool's.
+
+        After an HSM restart every thread's session is dead: the first thread
+        to see it logs in again, and the others, finding sessions of the old
+        login dead, must not log out the new one (a thread signing with it
+        would fail with UserNotLoggedIn and give up on its second try).
+        """
         with self._cond:
-            if self._login is not None:
+            if self._login is not None and epoch == self._epoch:
                 log.info("%s: dropping all sessions (%s)", self.describe(), why)
                 self._drop_all_locked()
 
