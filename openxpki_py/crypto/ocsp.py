@@ -28,7 +28,7 @@ from openxpki_py_token.keyspec import KeySpec
 from sqlalchemy.engine import Connection, Engine
 
 from ..db import certstore
-from ..errors import CAError, NotFound, TokenError, TokenKeyNotFound
+from ..errors import CAError, NotFound, OpenXPKIError, TokenKeyNotFound
 from .ca import REVOCATION_REASONS, CertificateAuthority, IssuanceRequest
 from .csr import public_key_fingerprint
 from .keys.base import CAPrivateKey, KeyBackend
@@ -60,6 +60,8 @@ def responder_key_config(ca_key: KeyConfig, generation: int) -> KeyConfig:
 
 
 MAX_GENERATIONS = 10_000  # thirty-day certificates: centuries of renewals
+#: After a renewal failed, answers go on with the current certificate; the next try waits this long.
+RENEWAL_RETRY = timedelta(minutes=1)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class OcspResponder:
         self._backend_for = backend_for or (lambda n: open_key_backend(responder_key_config(ca.config.key, n)))
         self._backends: dict[int, KeyBackend] = {}
         self._signer: _Signer | None = None
+        self._retry_renewal_at: datetime | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -113,12 +116,17 @@ class OcspResponder:
             self._signer = self._new_signer(1, actor)
             return self._signer.certificate
 
-    def signer(self, *, actor: str = "ocsp", now: datetime | None = None) -> _Signer:
+    def signer(self, *, actor: str = "ocsp", now: datetime | None = None,
+               ca_not_after: datetime | None = None) -> _Signer:
         """The responder key and a current certificate for it.
 
         When a third of the certificate's life is left, the next key is
-        generated in the token and certified.  Read-only otherwise: a write
-        transaction only to issue a certificate.
+        generated in the token and certified (not when the certificate
+        already ends with the CA's, ``ca_not_after``: a new one could not
+        end later).  Read-only otherwise: a write transaction only to issue
+        a certificate.  A renewal that fails (the CA refuses, the database
+        or the HSM is down) is logged and tried again a minute later; until
+        then, and as long as it is valid, the current certificate signs.
         """
         now = now or certstore.utcnow()
         with self._lock:
@@ -128,15 +136,46 @@ class OcspResponder:
                 if generation == 0:
                     raise TokenKeyNotFound("the OCSP responder has no key yet: run 'openxpki-py ca ocsp-init'")
                 key = self._backend(generation).load_private_key()
-                with self.db.connect() as conn:
-                    row = certstore.certificate_for_key(conn, public_key_fingerprint(key.public_key()))
-                cert = x509.load_der_x509_certificate(bytes(row["der"])) if row is not None else None
-                signer = _Signer(generation, key, cert or self._certify(key, actor))
-            cert = signer.certificate
-            if cert.not_valid_after_utc - now < (cert.not_valid_after_utc - cert.not_valid_before_utc) / 3:
-                signer = self._new_signer(self._current_generation() + 1, actor)
-            self._signer = signer
+                signer = self._signer = _Signer(generation, key, self._stored_certificate(key)
+                                                or self._certify(key, actor))
+            if self._renewal_due(signer.certificate, now, ca_not_after):
+                try:
+                    signer = self._signer = self._renewed(signer, actor)
+                    self._retry_renewal_at = None
+                except OpenXPKIError as exc:
+                    self._retry_renewal_at = now + RENEWAL_RETRY
+                    if now >= signer.certificate.not_valid_after_utc:
+                        raise
+                    log.warning("OCSP responder certificate not renewed (%s); answering with the current one "
+                                "(valid until %s), next try in %s", exc,
+                                signer.certificate.not_valid_after_utc.isoformat(), RENEWAL_RETRY)
+            if now >= signer.certificate.not_valid_after_utc:
+                raise CAError(f"the OCSP responder certificate expired at "
+                              f"{signer.certificate.not_valid_after_utc.isoformat()} and was not renewed; "
+                              "see the earlier warnings in the log")
             return signer
+
+    def _renewal_due(self, cert: x509.Certificate, now: datetime, ca_not_after: datetime | None) -> bool:
+        if self._retry_renewal_at is not None and now < self._retry_renewal_at:
+            return False
+        if ca_not_after is not None and cert.not_valid_after_utc >= ca_not_after:
+            return False  # it ends with the CA already: a renewal would not end later, only shorten each time
+        return cert.not_valid_after_utc - now < (cert.not_valid_after_utc - cert.not_valid_before_utc) / 3
+
+    def _renewed(self, signer: _Signer, actor: str) -> _Signer:
+        """The next signer: a newer key already in the token if there is one, else a new key."""
+        newest = self._current_generation()
+        if newest > signer.generation:
+            # Made by another process (its certificate is in the store), or by an
+            # earlier try here that could not certify it: used, not made again.
+            key = self._backend(newest).load_private_key()
+            return _Signer(newest, key, self._stored_certificate(key) or self._certify(key, actor))
+        return self._new_signer(newest + 1, actor)
+
+    def _stored_certificate(self, key: CAPrivateKey) -> x509.Certificate | None:
+        with self.db.connect() as conn:
+            row = certstore.certificate_for_key(conn, public_key_fingerprint(key.public_key()))
+        return x509.load_der_x509_certificate(bytes(row["der"])) if row is not None else None
 
     def _new_signer(self, generation: int, actor: str) -> _Signer:
         key = self._backend(generation).generate_private_key(KeySpec.parse(self.ca.config.key.algorithm))
@@ -167,8 +206,8 @@ class OcspResponder:
         try:
             with self.db.connect() as conn:
                 ca_cert = self.ca.certificate(conn)
-            signer = self.signer(now=now)
-        except (TokenKeyNotFound, TokenError, CAError) as exc:
+            signer = self.signer(now=now, ca_not_after=ca_cert.not_valid_after_utc)
+        except OpenXPKIError as exc:
             log.warning("OCSP: cannot sign: %s", exc)
             return _status_only(ocsp.OCSPResponseStatus.TRY_LATER)
         if not _same_issuer(request, ca_cert):

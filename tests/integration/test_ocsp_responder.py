@@ -8,6 +8,8 @@ been an error.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,13 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from openxpki_py.crypto.ca import IssuanceRequest
+from openxpki_py.crypto.ocsp import RENEWAL_RETRY
 from openxpki_py.db import certstore
 
 
-def test_responder_certificate_renews_with_a_new_key(make_instance: Callable[..., Any], sqlite_engine: Any) -> None:
-    inst = make_instance(sqlite_engine)
-    responder = inst.services.ocsp
-    first = responder.create_key(actor="test")
+def status_request(inst: Any) -> bytes:
+    """A DER OCSP request for a new leaf certificate of the instance's CA."""
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x")]))
            .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
@@ -34,7 +35,14 @@ def test_responder_certificate_renews_with_a_new_key(make_instance: Callable[...
             subject_attributes={"cn": "Alice", "upn": "alice@example.com"}, owner="alice", requester="test"))
         ca_cert = inst.services.ca.certificate(conn)
     request = ocsp.OCSPRequestBuilder().add_certificate(leaf.certificate, ca_cert, hashes.SHA1()).build()
-    der = request.public_bytes(serialization.Encoding.DER)
+    return request.public_bytes(serialization.Encoding.DER)
+
+
+def test_responder_certificate_renews_with_a_new_key(make_instance: Callable[..., Any], sqlite_engine: Any) -> None:
+    inst = make_instance(sqlite_engine)
+    responder = inst.services.ocsp
+    first = responder.create_key(actor="test")
+    der = status_request(inst)
 
     now = first.not_valid_before_utc + timedelta(days=25)  # less than a third of 30 days left
     answer = ocsp.load_der_ocsp_response(responder.respond(der, now=now))
@@ -50,3 +58,40 @@ def test_responder_certificate_renews_with_a_new_key(make_instance: Callable[...
     with inst.services.db.connect() as conn:
         owners = [r["owner"] for r in certstore.list_certificates(conn, owner="ocsp-responder")]
     assert len(owners) == 2
+
+
+def test_a_renewal_the_ca_refuses_leaves_one_key_and_answers_go_on(make_instance: Callable[..., Any],
+                                                                    sqlite_engine: Any) -> None:
+    """The CA cannot issue (here its key is gone from the HSM) when the responder's certificate is due.
+
+    The responder generated the next key, failed to certify it, answered
+    tryLater although its certificate had days left, and on each later
+    request generated one more key in the HSM.  Now it answers with the
+    current certificate, tries again a minute later with the key it made,
+    and says tryLater only once that certificate has expired.
+    """
+    inst = make_instance(sqlite_engine)
+    responder = inst.services.ocsp
+    first = responder.create_key(actor="test")
+    der = status_request(inst)
+    token = inst.ca_token
+    subprocess.run(["pkcs11-tool", "--module", str(token.module), "--token-label", token.label, "--login",
+                    "--pin", token.pin, "--delete-object", "--type", "privkey", "--label", "ca-signing"],
+                   env={**os.environ, "SOFTHSM2_CONF": str(token.softhsm.conf)}, check=True, capture_output=True,
+                   timeout=60)
+
+    def responder_keys() -> int:
+        return sum(responder._backend(n).key_exists() for n in range(1, 6))
+
+    due = first.not_valid_before_utc + timedelta(days=25)  # less than a third of 30 days left
+    for now in (due, due + timedelta(seconds=10), due + RENEWAL_RETRY * 2, due + RENEWAL_RETRY * 4):
+        answer = ocsp.load_der_ocsp_response(responder.respond(der, now=now))
+        assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL, now
+        assert answer.certificates[0].serial_number == first.serial_number
+        assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert responder_keys() == 2  # the first, and the one made for the renewal (tried again, not made again)
+
+    expired = first.not_valid_after_utc + timedelta(minutes=5)
+    late = ocsp.load_der_ocsp_response(responder.respond(der, now=expired))
+    assert late.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+    assert responder_keys() == 2
