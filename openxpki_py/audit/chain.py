@@ -51,8 +51,13 @@ def defers_chaining(conn: Connection | Engine) -> bool:
     return conn.dialect.name in DEFERRING_DIALECTS
 
 
-def lock_chain(conn: Connection) -> None:
-    """Serialise appenders and checkpoint writers until ``conn`` commits."""
+def lock_chain(conn: Connection, *, wait_seconds: float | None = None) -> None:
+    """Serialise appenders and checkpoint writers until ``conn`` commits.
+
+    ``wait_seconds``: on Oracle, give up (ORA-30006, a database error) rather
+    than wait longer; PostgreSQL's caller sets ``lock_timeout`` for the
+    transaction instead (:func:`openxpki_py.audit.pending.chain_pending`).
+    """
     # Two transactions must never chain to the same row (prev_hash is also
     # UNIQUE, so a fork could not commit anyway), and a checkpoint must see a
     # head nobody is extending.  SQLite needs nothing: every write
@@ -60,7 +65,8 @@ def lock_chain(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
     elif conn.dialect.name == "oracle":
-        conn.exec_driver_sql("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        wait = f" WAIT {max(1, round(wait_seconds))}" if wait_seconds is not None else ""
+        conn.exec_driver_sql(f"LOCK TABLE audit_log IN EXCLUSIVE MODE{wait}")
 
 
 def _storable(text: str | None) -> str | None:

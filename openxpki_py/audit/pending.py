@@ -129,7 +129,7 @@ def chain_pending(engine: Engine, *, only_if_any: bool = False, wait_seconds: fl
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql" and wait_seconds is not None:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_seconds * 1000)}ms'")
-        lock_chain(conn)
+        lock_chain(conn, wait_seconds=wait_seconds)
         return chain_locked(conn)
 
 
