@@ -97,9 +97,9 @@ class Worker:
         self.stopping = StopRequest()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        self.stopping.set()  # first: logging from a handler can fail (a stream the main thread is writing)
         if signum is not None:
             log.info("%s: signal %s, stopping after the current step", self.name, signal.Signals(signum).name)
-        self.stopping.set()
 
     def run_once(self) -> int:
         """One round: claim up to a batch of due workflows and run them; return the count."""
