@@ -131,12 +131,25 @@ def read_only(engine: Engine) -> Connection:
     return engine.connect().execution_options(**options)
 
 
+#: libpq's connection settings unless the URL gives its own (``?connect_timeout=…``).  libpq waits
+#: for ever by default: a server that drops packets held each of a daemon's threads for minutes,
+#: one after the other, and a peer gone mid-query kept a worker in recv() past systemd's stop.
+POSTGRESQL_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,  # seconds, the whole connection set-up
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms that sent data may stay unacknowledged before the connection is dead
+}
+
+
 def open_engine(url: str, *, echo: bool = False) -> Engine:
     """Create an engine for ``url``; errors name the URL without its password."""
     try:
-        sqlite = make_url(url).get_backend_name() == "sqlite"
+        parsed = make_url(url)
+        sqlite = parsed.get_backend_name() == "sqlite"
         # One writer queue per engine (per database file and process).
         options: dict[str, Any] = {"connect_args": {"factory": _QueuedWriterConnection}} if sqlite else {}
+        if parsed.get_backend_name() == "postgresql":
+            options["connect_args"] = {k: v for k, v in POSTGRESQL_CONNECT_DEFAULTS.items() if k not in parsed.query}
         # A server connection can die between uses (restart, failover, idle timeout): ping it
         # at checkout.  A SQLite file cannot; the ping would only cost each checkout a statement.
         engine = create_engine(url, echo=echo, pool_pre_ping=not sqlite, **options)

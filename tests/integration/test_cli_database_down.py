@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,34 @@ def test_database_down_is_one_line_and_exit_code_7(config_without_database: Path
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("openxpki-py: error [storage.unavailable]: the database cannot be reached")
     assert "database.url" in lines[0]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port where the TCP handshake succeeds (the kernel's backlog) and nothing ever answers.
+
+    What a database host behind a firewall that drops packets, or a hung
+    server, looks like to a client.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+@pytest.mark.postgres
+def test_a_database_server_that_never_answers_is_an_error_within_seconds(
+        make_instance: Callable[..., Any], pg_engine: Any, silent_server: int, tmp_path: Path) -> None:
+    # libpq waits for ever without connect_timeout: the command (and a daemon thread) hung.
+    inst = make_instance(pg_engine)
+    settings = yaml.safe_load(inst.config_path.read_text())
+    settings["database"]["url"] = f"postgresql+psycopg://openxpki@127.0.0.1:{silent_server}/openxpki"
+    path = tmp_path / "silent.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    started = time.monotonic()
+    result = subprocess.run([str(CLI), "--config", str(path), "ca", "show"],
+                            capture_output=True, text=True, timeout=90, check=False)
+    assert result.returncode == 7, result.stderr
+    assert result.stderr.startswith("openxpki-py: error [storage.unavailable]: the database cannot be reached")
+    assert "timeout" in result.stderr
+    assert time.monotonic() - started < 60  # the default connect_timeout (10 s), with the CLI's own start
