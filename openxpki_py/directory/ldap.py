@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -54,7 +55,14 @@ class LdapDirectory(SearchingDirectory):
         self.ldap: LdapConfig = config.ldap
         self._conn: LDAPObject | None = None
         self._pid = 0
+        # One connection per process, one operation on it at a time.  A thread
+        # waits for it at most one timeout, and a connect that failed slowly
+        # (a server that does not answer) is not tried again by each waiting
+        # thread in turn, for one timeout: eight page requests waited up to
+        # eight timeouts, and a workflow step holding the database's write lock
+        # among them.
         self._lock = threading.Lock()
+        self._slow_failure: tuple[float, str] | None = None  # (until, message)
 
     # ---- connection --------------------------------------------------------
 
@@ -114,29 +122,46 @@ class LdapDirectory(SearchingDirectory):
     # ---- searching ---------------------------------------------------------
 
     def _search(self, base: str, scope: Scope, filterstr: str, attributes: Sequence[str]) -> list[RawEntry]:
-        with self._lock:
-            while True:
-                try:
-                    conn, reused = self._connection()
-                except ldap.LDAPError as exc:
-                    self._conn = None
-                    raise self._translate(exc, "connect") from exc
-                try:
-                    return self._run(conn, base, scope, filterstr, attributes)
-                except _CONNECTION_LOST as exc:
-                    self._drop()
-                    if reused:
-                        log.info("LDAP connection to %s was lost (%s); reconnecting", self.ldap.uri, _describe(exc))
-                        continue
-                    raise self._translate(exc, "search") from exc
-                except ldap.NO_SUCH_OBJECT as exc:
-                    if scope == "base":
-                        return []
-                    raise DirectoryError(f"the search base {base} does not exist on {self.ldap.uri}") from exc
-                except ldap.LDAPError as exc:
-                    if isinstance(exc, (ldap.TIMEOUT, ldap.TIMELIMIT_EXCEEDED)):
-                        self._drop()  # a late answer must not be read as the next one's
-                    raise self._translate(exc, "search") from exc
+        timeout = self.ldap.timeout
+        if not self._lock.acquire(timeout=timeout):
+            raise DirectoryUnavailable(f"the LDAP server {self.ldap.uri} did not answer within {timeout:g} s "
+                                       "(other requests of this process were still waiting for it)")
+        try:
+            return self._search_locked(base, scope, filterstr, attributes)
+        finally:
+            self._lock.release()
+
+    def _search_locked(self, base: str, scope: Scope, filterstr: str, attributes: Sequence[str]) -> list[RawEntry]:
+        failed = self._slow_failure
+        if failed is not None and time.monotonic() < failed[0]:
+            raise DirectoryUnavailable(f"{failed[1]} (a moment ago; tried again after {self.ldap.timeout:g} s)")
+        while True:
+            started = time.monotonic()
+            try:
+                conn, reused = self._connection()
+            except ldap.LDAPError as exc:
+                self._conn = None
+                error = self._translate(exc, "connect")
+                if isinstance(error, DirectoryUnavailable) and time.monotonic() - started >= self.ldap.timeout / 2:
+                    self._slow_failure = (time.monotonic() + self.ldap.timeout, error.message)
+                raise error from exc
+            self._slow_failure = None
+            try:
+                return self._run(conn, base, scope, filterstr, attributes)
+            except _CONNECTION_LOST as exc:
+                self._drop()
+                if reused:
+                    log.info("LDAP connection to %s was lost (%s); reconnecting", self.ldap.uri, _describe(exc))
+                    continue
+                raise self._translate(exc, "search") from exc
+            except ldap.NO_SUCH_OBJECT as exc:
+                if scope == "base":
+                    return []
+                raise DirectoryError(f"the search base {base} does not exist on {self.ldap.uri}") from exc
+            except ldap.LDAPError as exc:
+                if isinstance(exc, (ldap.TIMEOUT, ldap.TIMELIMIT_EXCEEDED)):
+                    self._drop()  # a late answer must not be read as the next one's
+                raise self._translate(exc, "search") from exc
 
     def _run(self, conn: LDAPObject, base: str, scope: Scope, filterstr: str,
              attributes: Sequence[str]) -> list[RawEntry]:

@@ -410,6 +410,40 @@ def test_timeout(slapd: SlapdServer, silent_server: int, scheme: str, starttls: 
     directory.close()
 
 
+def test_threads_waiting_for_a_silent_server_each_wait_about_one_timeout(slapd: SlapdServer,
+                                                                          silent_server: int) -> None:
+    """Six lookups at once while the server accepts and never answers.
+
+    They took turns on the process's one connection, each trying its own
+    connect for a whole timeout: the last one waited six timeouts (a page,
+    or a workflow step holding the database's write lock).  Now the first
+    one's slow failure answers the others at once, for one timeout.
+    """
+    directory = ldap_directory(slapd, uri=f"ldap://127.0.0.1:{silent_server}/", timeout=1)
+    errors: list[str] = []
+    took: list[float] = []
+    start = threading.Barrier(6)
+
+    def look() -> None:
+        start.wait()
+        started = time.monotonic()
+        try:
+            directory.find_user("alice")
+        except DirectoryUnavailable as exc:
+            errors.append(exc.message)
+        took.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=look) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    directory.close()
+    assert len(errors) == 6
+    assert all("did not answer within 1 s" in e for e in errors), errors
+    assert max(took) < 3.5, took  # one timeout, not six (the lock wait is bounded by one more)
+
+
 def test_connection_is_reused(slapd: SlapdServer) -> None:
     directory = ldap_directory(slapd)
     try:
