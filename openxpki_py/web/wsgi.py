@@ -7,6 +7,9 @@ The app is built on the first request, so a broken config or a database
 that cannot be reached shows up as a 503 (JSON under ``/api/``, a page
 elsewhere) with the reason in Apache's error log, not as a daemon that will
 not start; the next request tries again, so the daemon recovers by itself.
+A build that failed slowly (a database server that does not answer, up to
+its connect timeout) answers the requests that waited for it at once, and
+those of the next moment as long as it took, instead of each trying in turn.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "OPENXPKI_PY_CONFIG"
+#: A failed build that took this long is the answer for as long again (see the module's text).
+SLOW_FAILURE_SECONDS = 0.5
 
 
 def configure_logging() -> None:
@@ -48,16 +54,24 @@ class LazyApplication:
         self._factory = factory or _build
         self._app: WSGIApplication | None = None
         self._lock = threading.Lock()
+        self._failed: tuple[float, Exception] | None = None  # (until, why) of a slow failed build
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         app = self._app
         if app is None:
             with self._lock:
                 if self._app is None:
+                    failed = self._failed
+                    if failed is not None and time.monotonic() < failed[0]:
+                        return _not_started(environ, start_response, failed[1])
                     path = os.environ.get(CONFIG_ENV) or environ.get(CONFIG_ENV)
+                    started = time.monotonic()
                     try:
                         self._app = self._factory(path)
-                    except Exception as exc:  # noqa: BLE001 - answered, logged, and tried again next request
+                    except Exception as exc:  # noqa: BLE001 - answered, logged, and tried again (see above)
+                        spent = time.monotonic() - started
+                        if spent >= SLOW_FAILURE_SECONDS:
+                            self._failed = (time.monotonic() + spent, exc)
                         return _not_started(environ, start_response, exc)
                 app = self._app
         return app(environ, start_response)

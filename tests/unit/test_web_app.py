@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -418,6 +420,50 @@ def test_wsgi_entry_reports_a_broken_config_as_503_and_retries(app: WebApp, monk
     r = c.get("/", base_url=BASE, environ_overrides={"REMOTE_USER": "carol", CONFIG_ENV: "/etc/x.yaml"})
     assert r.status_code == 200
     assert seen == ["/etc/x.yaml", "/etc/x.yaml"]
+
+
+def test_a_slow_failed_build_answers_the_requests_that_waited_for_it(app: WebApp) -> None:
+    """Five requests arrive while the database does not answer (each build fails after its timeout).
+
+    They waited on the build's lock and then each built again, one after
+    the other: the last answered after five timeouts.  Now the first
+    failure answers the ones that waited, and a request after as long again
+    builds anew.
+    """
+    from openxpki_py.web.wsgi import LazyApplication
+
+    builds: list[float] = []
+    database_up = threading.Event()
+
+    def factory(_path: str | None) -> WebApp:
+        builds.append(time.monotonic())
+        if database_up.is_set():
+            return app
+        time.sleep(0.6)  # the connect timeout, shortened
+        raise StorageError("the database cannot be reached (timeout expired)")
+
+    lazy = LazyApplication(factory)
+    answers: list[tuple[int, float]] = []
+    barrier = threading.Barrier(5)
+
+    def request() -> None:
+        barrier.wait()
+        started = time.monotonic()
+        status = Client(lazy).get("/", environ_overrides={"REMOTE_USER": "carol"}).status_code
+        answers.append((status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=request) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [status for status, _ in answers] == [503] * 5
+    assert len(builds) == 1
+    assert max(took for _, took in answers) < 2.0, answers  # one build's time, not five
+    database_up.set()
+    time.sleep(0.7)  # as long as the failed build took: the next request builds again
+    assert Client(lazy).get("/", base_url=BASE, environ_overrides={"REMOTE_USER": "carol"}).status_code == 200
+    assert len(builds) == 2
 
 
 class RefusingWorkflows(FakeWorkflows):
