@@ -26,9 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from openxpki_py_token.keyspec import KeySpec
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..db import certstore
-from ..errors import CAError, NotFound, OpenXPKIError, TokenKeyNotFound
+from ..db.engine import storage_error
+from ..errors import CAError, NotFound, OpenXPKIError, PolicyViolation, TokenKeyNotFound
 from .ca import REVOCATION_REASONS, CertificateAuthority, IssuanceRequest
 from .csr import public_key_fingerprint
 from .keys.base import CAPrivateKey, KeyBackend
@@ -83,6 +85,7 @@ class OcspResponder:
         self._backends: dict[int, KeyBackend] = {}
         self._signer: _Signer | None = None
         self._retry_renewal_at: datetime | None = None
+        self._refused_generation = 0  # a key the CA refused to certify (policy): the next try makes a new one
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -140,7 +143,10 @@ class OcspResponder:
                                                 or self._certify(key, actor))
             if self._renewal_due(signer.certificate, now, ca_not_after):
                 try:
-                    signer = self._signer = self._renewed(signer, actor)
+                    try:
+                        signer = self._signer = self._renewed(signer, actor)
+                    except SQLAlchemyError as exc:  # the store: locked, a read-only standby, gone
+                        raise storage_error(exc) from exc
                     self._retry_renewal_at = None
                 except OpenXPKIError as exc:
                     self._retry_renewal_at = now + RENEWAL_RETRY
@@ -165,12 +171,17 @@ class OcspResponder:
     def _renewed(self, signer: _Signer, actor: str) -> _Signer:
         """The next signer: a newer key already in the token if there is one, else a new key."""
         newest = self._current_generation()
-        if newest > signer.generation:
-            # Made by another process (its certificate is in the store), or by an
-            # earlier try here that could not certify it: used, not made again.
-            key = self._backend(newest).load_private_key()
-            return _Signer(newest, key, self._stored_certificate(key) or self._certify(key, actor))
-        return self._new_signer(newest + 1, actor)
+        try:
+            if newest > signer.generation and newest != self._refused_generation:
+                # Made by another process (its certificate is in the store), or by an
+                # earlier try here that could not certify it: used, not made again.
+                key = self._backend(newest).load_private_key()
+                return _Signer(newest, key, self._stored_certificate(key) or self._certify(key, actor))
+            newest += 1
+            return self._new_signer(newest, actor)
+        except PolicyViolation:
+            self._refused_generation = newest  # the CA refuses this key itself: the next try makes another
+            raise
 
     def _stored_certificate(self, key: CAPrivateKey) -> x509.Certificate | None:
         with self.db.connect() as conn:

@@ -8,6 +8,7 @@ PostgreSQL and Oracle (``oracle+oracledb``, thin mode) need nothing special.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from typing import Any
@@ -139,6 +140,15 @@ POSTGRESQL_CONNECT_DEFAULTS: dict[str, Any] = {
     "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
     "tcp_user_timeout": 60_000,  # ms that sent data may stay unacknowledged before the connection is dead
 }
+_LIBPQ_DRIVERS = ("psycopg", "psycopg2")  # other drivers (pg8000 …) do not take libpq's keywords
+
+
+def _postgresql_defaults(query: Any) -> dict[str, Any]:
+    """The defaults the URL, the environment (PGCONNECT_TIMEOUT) and a service file do not set."""
+    if "service" in query or os.environ.get("PGSERVICE"):
+        return {}  # the service file says what it wants; arguments given here would override it
+    taken = set(query) | ({"connect_timeout"} if os.environ.get("PGCONNECT_TIMEOUT") else set())
+    return {k: v for k, v in POSTGRESQL_CONNECT_DEFAULTS.items() if k not in taken}
 
 
 def open_engine(url: str, *, echo: bool = False) -> Engine:
@@ -148,8 +158,8 @@ def open_engine(url: str, *, echo: bool = False) -> Engine:
         sqlite = parsed.get_backend_name() == "sqlite"
         # One writer queue per engine (per database file and process).
         options: dict[str, Any] = {"connect_args": {"factory": _QueuedWriterConnection}} if sqlite else {}
-        if parsed.get_backend_name() == "postgresql":
-            options["connect_args"] = {k: v for k, v in POSTGRESQL_CONNECT_DEFAULTS.items() if k not in parsed.query}
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in _LIBPQ_DRIVERS:
+            options["connect_args"] = _postgresql_defaults(parsed.query)
         # A server connection can die between uses (restart, failover, idle timeout): ping it
         # at checkout.  A SQLite file cannot; the ping would only cost each checkout a statement.
         engine = create_engine(url, echo=echo, pool_pre_ping=not sqlite, **options)

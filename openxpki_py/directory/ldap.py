@@ -55,12 +55,11 @@ class LdapDirectory(SearchingDirectory):
         self.ldap: LdapConfig = config.ldap
         self._conn: LDAPObject | None = None
         self._pid = 0
-        # One connection per process, one operation on it at a time.  A thread
-        # waits for it at most one timeout, and a connect that failed slowly
-        # (a server that does not answer) is not tried again by each waiting
-        # thread in turn, for one timeout: eight page requests waited up to
-        # eight timeouts, and a workflow step holding the database's write lock
-        # among them.
+        # One connection per process, one operation on it at a time.  A connect
+        # that failed slowly (a server that does not answer) is not tried again
+        # by each waiting thread in turn, for one timeout: eight page requests
+        # waited up to eight timeouts, and a workflow step holding the
+        # database's write lock among them.
         self._lock = threading.Lock()
         self._slow_failure: tuple[float, str] | None = None  # (until, message)
 
@@ -122,14 +121,12 @@ class LdapDirectory(SearchingDirectory):
     # ---- searching ---------------------------------------------------------
 
     def _search(self, base: str, scope: Scope, filterstr: str, attributes: Sequence[str]) -> list[RawEntry]:
-        timeout = self.ldap.timeout
-        if not self._lock.acquire(timeout=timeout):
-            raise DirectoryUnavailable(f"the LDAP server {self.ldap.uri} did not answer within {timeout:g} s "
-                                       "(other requests of this process were still waiting for it)")
-        try:
+        # Requests queue for the one connection without a limit of their own: a
+        # healthy but busy server must not look dead.  Each operation is bounded
+        # (the timeout per connect, bind and page), and a connect that failed
+        # slowly answers the queue at once.
+        with self._lock:
             return self._search_locked(base, scope, filterstr, attributes)
-        finally:
-            self._lock.release()
 
     def _search_locked(self, base: str, scope: Scope, filterstr: str, attributes: Sequence[str]) -> list[RawEntry]:
         failed = self._slow_failure

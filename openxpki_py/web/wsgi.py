@@ -71,7 +71,7 @@ class LazyApplication:
                     except Exception as exc:  # noqa: BLE001 - answered, logged, and tried again (see above)
                         spent = time.monotonic() - started
                         if spent >= SLOW_FAILURE_SECONDS:
-                            self._failed = (time.monotonic() + spent, exc)
+                            self._failed = (time.monotonic() + min(spent, 30.0), exc)
                         return _not_started(environ, start_response, exc)
                 app = self._app
         return app(environ, start_response)

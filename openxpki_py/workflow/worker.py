@@ -45,7 +45,7 @@ class StopRequest:
     that arrived while the loop held that lock made ``Event.set`` wait for
     its own thread, for ever: the worker ignored every later signal until
     killed (found by CI, 1 run in a few hundred).  Here the handler sets a
-    flag and writes a byte; the wait is a ``select`` on the pipe, which the
+    flag and writes a byte; the wait is a ``poll`` on the pipe, which the
     byte ends at once.  Any thread may ask too.
     """
 
@@ -53,6 +53,8 @@ class StopRequest:
         self._requested = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
+        self._poll = select.poll()  # not select(): it refuses descriptors from 1024 on
+        self._poll.register(self._wake_read, select.POLLIN)
         weakref.finalize(self, _close_all, self._wake_read, self._wake_write)
 
     def set(self) -> None:
@@ -68,7 +70,7 @@ class StopRequest:
     def wait(self, timeout: float) -> bool:
         """Sleep until asked to stop or ``timeout`` seconds passed; whether a stop was asked for."""
         if not self._requested:
-            select.select([self._wake_read], [], [], timeout)
+            self._poll.poll(timeout * 1000)
         return self._requested
 
 

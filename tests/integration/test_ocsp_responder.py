@@ -14,10 +14,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
+from sqlalchemy import text
 
 from openxpki_py.crypto.ca import IssuanceRequest
 from openxpki_py.crypto.ocsp import RENEWAL_RETRY
@@ -95,3 +97,32 @@ def test_a_renewal_the_ca_refuses_leaves_one_key_and_answers_go_on(make_instance
     late = ocsp.load_der_ocsp_response(responder.respond(der, now=expired))
     assert late.response_status == ocsp.OCSPResponseStatus.TRY_LATER
     assert responder_keys() == 2
+
+
+@pytest.mark.postgres
+def test_a_renewal_the_database_refuses_answers_with_the_current_certificate(make_instance: Callable[..., Any],
+                                                                             pg_engine: Any) -> None:
+    """The store takes no writes (a read-only standby after a failover) when the certificate is due.
+
+    The database's error was no project error: it passed the renewal's
+    handling by, and each OCSP request failed (a 500) instead of being
+    answered with the certificate that still had days left.
+    """
+    inst = make_instance(pg_engine)
+    responder = inst.services.ocsp
+    first = responder.create_key(actor="test")
+    der = status_request(inst)
+    database = pg_engine.url.database
+    with pg_engine.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on'))
+        conn.commit()
+    inst.services.db.dispose()  # new connections: read-only from now on
+    try:
+        due = first.not_valid_before_utc + timedelta(days=25)
+        answer = ocsp.load_der_ocsp_response(responder.respond(der, now=due))
+        assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert answer.certificates[0].serial_number == first.serial_number
+    finally:
+        with pg_engine.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off'))
+            conn.commit()
