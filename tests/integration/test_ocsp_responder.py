@@ -126,3 +126,28 @@ def test_a_renewal_the_database_refuses_answers_with_the_current_certificate(mak
         with pg_engine.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off'))
             conn.commit()
+
+
+def test_no_renewal_once_the_responder_certificate_ends_with_the_ca(make_instance: Callable[..., Any],
+                                                                     sqlite_engine: Any) -> None:
+    """A CA with 20 days left: the 30-day responder certificate ends with it, and no renewal can end later.
+
+    Each renewal made a new key and a certificate ending at the same moment,
+    so shorter and due at once: every answer in the CA's last third made a
+    key in the HSM and a certificate.
+    """
+    def short_ca(settings: dict[str, Any]) -> None:
+        settings["ca"]["validity_days"] = 20
+
+    inst = make_instance(sqlite_engine, overrides=short_ca)
+    responder = inst.services.ocsp
+    first = responder.create_key(actor="test")
+    with inst.services.db.connect() as conn:
+        assert first.not_valid_after_utc == inst.services.ca.certificate(conn).not_valid_after_utc
+    der = status_request(inst)
+    late = first.not_valid_before_utc + timedelta(days=15)  # less than a third of its life left
+    for minutes in (0, 2, 4):
+        answer = ocsp.load_der_ocsp_response(responder.respond(der, now=late + timedelta(minutes=minutes)))
+        assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert answer.certificates[0].serial_number == first.serial_number
+    assert sum(responder._backend(n).key_exists() for n in range(1, 6)) == 1
