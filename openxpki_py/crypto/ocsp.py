@@ -64,6 +64,8 @@ def responder_key_config(ca_key: KeyConfig, generation: int) -> KeyConfig:
 MAX_GENERATIONS = 10_000  # thirty-day certificates: centuries of renewals
 #: After a renewal failed, answers go on with the current certificate; the next try waits this long.
 RENEWAL_RETRY = timedelta(minutes=1)
+#: How often the responder looks whether its own certificate was revoked (then it makes a new key).
+OWN_STATUS_CHECK = timedelta(minutes=1)
 
 
 @dataclass
@@ -86,6 +88,8 @@ class OcspResponder:
         self._signer: _Signer | None = None
         self._retry_renewal_at: datetime | None = None
         self._refused_generation = 0  # a key the CA refused to certify (policy): the next try makes a new one
+        self._revoked_generation = 0  # keys up to this one have a revoked certificate: they never sign again
+        self._own_status_at: datetime | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -141,6 +145,8 @@ class OcspResponder:
                 key = self._backend(generation).load_private_key()
                 signer = self._signer = _Signer(generation, key, self._stored_certificate(key)
                                                 or self._certify(key, actor))
+            if self._own_certificate_revoked(signer, now) or signer.generation <= self._revoked_generation:
+                signer = self._signer = self._replace_revoked(signer, actor, now)
             if self._renewal_due(signer.certificate, now, ca_not_after):
                 try:
                     try:
@@ -160,6 +166,41 @@ class OcspResponder:
                               f"{signer.certificate.not_valid_after_utc.isoformat()} and was not renewed; "
                               "see the earlier warnings in the log")
             return signer
+
+    def _own_certificate_revoked(self, signer: _Signer, now: datetime) -> bool:
+        """Whether an operator revoked (or held) the responder's certificate; looked at once a minute.
+
+        Its clients never check it (id-pkix-ocsp-nocheck): revoking it must
+        make the responder stop using it, or revoking a compromised
+        responder key would change nothing.
+        """
+        checked = self._own_status_at
+        if checked is not None and checked <= now < checked + OWN_STATUS_CHECK:
+            return False
+        self._own_status_at = now
+        with self.db.connect() as conn:
+            row = certstore.certificate_for_key(conn, public_key_fingerprint(signer.key.public_key()))
+        if row is None or row["status"] != "revoked":
+            return False
+        log.warning("OCSP responder certificate %s was revoked (%s): making a new key", row["serial"],
+                    row["revocation_reason"])
+        self._revoked_generation = max(self._revoked_generation, signer.generation)
+        return True
+
+    def _replace_revoked(self, signer: _Signer, actor: str, now: datetime) -> _Signer:
+        """A new key and certificate for a revoked one; no answer is signed with the revoked one meanwhile."""
+        if self._retry_renewal_at is not None and now < self._retry_renewal_at:
+            raise CAError("the OCSP responder's certificate was revoked and a new one could not be issued a "
+                          f"moment ago; answers are tryLater until one is (next try {self._retry_renewal_at})")
+        try:
+            try:
+                return self._renewed(signer, actor)
+            except SQLAlchemyError as exc:
+                raise storage_error(exc) from exc
+        except OpenXPKIError as exc:
+            self._retry_renewal_at = now + RENEWAL_RETRY
+            raise CAError(f"the OCSP responder's certificate was revoked and no new one could be issued "
+                          f"({exc}); answers are tryLater until one is") from exc
 
     def _renewal_due(self, cert: x509.Certificate, now: datetime, ca_not_after: datetime | None) -> bool:
         if self._retry_renewal_at is not None and now < self._retry_renewal_at:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from sqlalchemy import text
 
@@ -151,3 +151,30 @@ def test_no_renewal_once_the_responder_certificate_ends_with_the_ca(make_instanc
         assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
         assert answer.certificates[0].serial_number == first.serial_number
     assert sum(responder._backend(n).key_exists() for n in range(1, 6)) == 1
+
+
+def test_a_revoked_responder_certificate_is_replaced_with_a_new_key(make_instance: Callable[..., Any],
+                                                                    sqlite_engine: Any) -> None:
+    """An operator revokes the responder's certificate (its key is suspected compromised).
+
+    Clients never check it (id-pkix-ocsp-nocheck), so only the responder can
+    act on it: it went on signing with the revoked certificate and its key
+    until the next routine renewal, up to twenty days.  Now, within a
+    minute, the answers come from a new key with a new certificate.
+    """
+    inst = make_instance(sqlite_engine)
+    responder = inst.services.ocsp
+    first = responder.create_key(actor="test")
+    der = status_request(inst)
+    now = first.not_valid_before_utc + timedelta(days=1)
+    assert ocsp.load_der_ocsp_response(responder.respond(der, now=now)).certificates[0] == first
+    with inst.services.db.begin() as conn:
+        inst.services.ca.revoke_certificate(conn, first.serial_number, "keyCompromise", actor="carol",
+                                            role="CA Operator")
+    answer = ocsp.load_der_ocsp_response(responder.respond(der, now=now + timedelta(minutes=2)))
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    (second,) = answer.certificates
+    assert second.serial_number != first.serial_number and second.public_key() != first.public_key()
+    key = second.public_key()  # and the answer is signed with the new key
+    assert isinstance(key, rsa.RSAPublicKey) and answer.signature_hash_algorithm is not None
+    key.verify(answer.signature, answer.tbs_response_bytes, padding.PKCS1v15(), answer.signature_hash_algorithm)
