@@ -304,6 +304,53 @@ def test_threads_finding_sessions_dead_after_a_restart_keep_the_new_login(token:
     assert failures == []
 
 
+def test_a_login_hanging_in_the_hsm_does_not_hang_every_signing_thread(token: SoftHSMToken) -> None:
+    """The HSM hangs inside C_OpenSession while one thread logs in again (the pool's lock held).
+
+    PKCS#11 has no timeout: every other signing thread waited for that lock
+    for ever.  Now they give up after the pool's wait with an error naming
+    the HSM.  (SoftHSM does not hang: the module's ``open_session`` is held
+    here, where the real call would be.)
+    """
+    with backend_for(token) as backend:
+        key = backend.generate_private_key(KeySpec.parse("ec-p256"))
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        pool = backend._session_pool()
+        pool.wait_seconds = 1.0
+        module = pool.module
+        real_open = module.open_session
+        inside, hang_ends = threading.Event(), threading.Event()
+
+        def hanging_open(*args: Any, **kwargs: Any) -> Any:
+            inside.set()
+            hang_ends.wait(30)
+            return real_open(*args, **kwargs)
+
+        pool._reset("test: the HSM restarted", pool._epoch)  # the next signature logs in again
+        module.open_session = hanging_open  # type: ignore[method-assign]
+        first_error: list[BaseException] = []
+        first = threading.Thread(target=lambda: _sign_or_keep(key, first_error))
+        try:
+            first.start()
+            assert inside.wait(10)
+            started = time.monotonic()
+            with pytest.raises(TokenError, match="is the HSM hanging"):
+                key.sign(b"meanwhile", ec.ECDSA(hashes.SHA256()))
+            assert time.monotonic() - started < 10
+        finally:
+            del module.open_session  # the class's own again
+            hang_ends.set()
+            first.join(timeout=30)
+        assert first_error == []  # the login that hung goes on once the HSM answers
+
+
+def _sign_or_keep(key: ec.EllipticCurvePrivateKey, errors: list[BaseException]) -> None:
+    try:
+        key.sign(b"first", ec.ECDSA(hashes.SHA256()))
+    except BaseException as exc:  # noqa: BLE001 - asserted by the test
+        errors.append(exc)
+
+
 def test_token_removed_mid_use(token: SoftHSMToken) -> None:
     with backend_for(token) as backend:
         key = backend.generate_private_key(KeySpec.parse("ec-p256"))

@@ -17,12 +17,13 @@ again and retries the operation once, so a CA survives an HSM restart.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from pkcs11 import exceptions as p11_exc
@@ -89,6 +90,9 @@ class TokenSessionPool:
         self.users = 0
         self.closed = False
         self._pin_key = os.urandom(32)
+        # How long a thread waits for a session: for a free one, or for the thread that is
+        # logging in or opening one (a hung HSM holds it there; the others must not hang too).
+        self.wait_seconds = 30.0
         self._refused_pin: bytes | None = None
         self._cond = threading.Condition()
         self._reset_state()
@@ -199,15 +203,32 @@ class TokenSessionPool:
             raise TokenPinError(f"{where}: the token has no user PIN yet; initialise it")
         raise TokenError(f"{where}: login failed (CKR 0x{rv:x})")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The pool's lock, waited for at most ``wait_seconds``.
+
+        Its holder may be inside C_Login or C_OpenSession, and PKCS#11 has
+        no timeout of its own: with the HSM hanging there, every signing
+        thread of the process waited for ever (a mod_wsgi daemon out of
+        threads).  Now they give up with an error that says so.
+        """
+        if not self._cond.acquire(timeout=self.wait_seconds):
+            raise TokenError(f"{self.describe()}: another thread has been logging in or opening a session for "
+                             f"{self.wait_seconds:g} s; is the HSM hanging?")
+        try:
+            yield
+        finally:
+            self._cond.release()
+
     def _borrow(self) -> PooledSession:
-        with self._cond:
+        with self._locked():
             try:
                 self._ensure_logged_in()
-                deadline = time.monotonic() + 30.0
+                deadline = time.monotonic() + self.wait_seconds
                 while not self._idle and self._owned >= self.max_sessions:
                     if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
                         raise TokenError(f"{self.describe()}: all {self.max_sessions} sessions stayed "
-                                         "busy for 30 s; is the HSM hanging?")
+                                         f"busy for {self.wait_seconds:g} s; is the HSM hanging?")
                     self._ensure_logged_in()
                 if self._idle:
                     pooled = self._idle.pop()
@@ -233,7 +254,7 @@ class TokenSessionPool:
 
     def _open_rw(self) -> PooledSession:
         """A read/write session of its own (closed after use, never pooled)."""
-        with self._cond:
+        with self._locked():
             try:
                 self._ensure_logged_in()
                 generation = self.module.generation
