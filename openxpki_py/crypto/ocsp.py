@@ -149,10 +149,7 @@ class OcspResponder:
                 signer = self._signer = self._replace_revoked(signer, actor, now)
             if self._renewal_due(signer.certificate, now, ca_not_after):
                 try:
-                    try:
-                        signer = self._signer = self._renewed(signer, actor)
-                    except SQLAlchemyError as exc:  # the store: locked, a read-only standby, gone
-                        raise storage_error(exc) from exc
+                    signer = self._signer = self._renewed(signer, actor)
                     self._retry_renewal_at = None
                 except OpenXPKIError as exc:
                     self._retry_renewal_at = now + RENEWAL_RETRY
@@ -193,10 +190,7 @@ class OcspResponder:
             raise CAError("the OCSP responder's certificate was revoked and a new one could not be issued a "
                           f"moment ago; answers are tryLater until one is (next try {self._retry_renewal_at})")
         try:
-            try:
-                return self._renewed(signer, actor)
-            except SQLAlchemyError as exc:
-                raise storage_error(exc) from exc
+            return self._renewed(signer, actor)
         except OpenXPKIError as exc:
             self._retry_renewal_at = now + RENEWAL_RETRY
             raise CAError(f"the OCSP responder's certificate was revoked and no new one could be issued "
@@ -210,7 +204,16 @@ class OcspResponder:
         return cert.not_valid_after_utc - now < (cert.not_valid_after_utc - cert.not_valid_before_utc) / 3
 
     def _renewed(self, signer: _Signer, actor: str) -> _Signer:
-        """The next signer: a newer key already in the token if there is one, else a new key."""
+        """The next signer: a newer key already in the token if there is one, else a new key.
+
+        Every failure is a project error: the store's too (locked, a read-only standby, gone).
+        """
+        try:
+            return self._renew(signer, actor)
+        except SQLAlchemyError as exc:
+            raise storage_error(exc) from exc
+
+    def _renew(self, signer: _Signer, actor: str) -> _Signer:
         newest = self._current_generation()
         try:
             if newest > signer.generation and newest != self._refused_generation:
