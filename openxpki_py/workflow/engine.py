@@ -31,7 +31,7 @@ from .definition import DefinitionRegistry, WorkflowDefinition
 from .errors import AccessDenied, ActionNotAvailable, WorkflowConflict
 from .registry import Registry
 from .run import Run
-from .steps import Outcome, Stepper
+from .steps import Outcome, Rehearsal, Stepper
 from .view import HistoryEntry, WorkflowState, WorkflowSummary, WorkflowView
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,8 @@ class WorkflowEngine:
             candidates = store.due_workflows(conn, now, limit or self.config.batch_size)
             claimed = [int(c["id"]) for c in candidates
                        if store.claim(conn, int(c["id"]), claimant=run.claimant, now=now, lease_until=lease_until)]
+            for c in candidates:
+                run.expect(int(c["id"]), c["wf_type"], c["state"])
         run.enqueue(*claimed)
         self.drain(run)
         return len(claimed)
@@ -305,8 +307,9 @@ class WorkflowEngine:
                 return
             wf_id = run.queue.popleft()
             try:
+                rehearsal = self._rehearse(run, wf_id)
                 with self._transaction() as conn:
-                    outcome = self.stepper.step(conn, run, wf_id)
+                    outcome = self.stepper.step(conn, run, wf_id, rehearsal)
             except Exception as exc:  # noqa: BLE001 - one broken workflow must not stop the others
                 log.warning("workflow %s: step failed, left for the worker: %s", wf_id, exc,
                             exc_info=not isinstance(exc, OpenXPKIError))
@@ -314,6 +317,24 @@ class WorkflowEngine:
                 continue
             if outcome is not None:
                 run.enqueue(*outcome.runnable)
+
+    def _rehearse(self, run: Run, wf_id: int) -> Rehearsal | None:
+        """On SQLite, run a reads-only automatic action before its step takes the write lock.
+
+        SQLite's write transaction excludes every other writer of the
+        database (all requests, all processes, the worker): a directory
+        lookup inside it made them all wait for the directory, for as long as
+        its timeout when it hung.  Databases that lock rows need no
+        rehearsal: there the step holds only its own workflow's row.
+        """
+        expected = run.expected.get(wf_id)
+        if expected is None or store.locks_rows(self.db):
+            return None
+        definition = self.definitions.definitions.get(expected[0])
+        if definition is None or not self.stepper.rehearsable(definition, expected[1]):
+            return None
+        with read_only(self.db) as conn:
+            return self.stepper.rehearse(conn, run, wf_id)
 
     def _release(self, run: Run) -> None:
         """Hand claimed-but-unstarted workflows back at once (worker stopping)."""

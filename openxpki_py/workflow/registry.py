@@ -9,6 +9,11 @@ typo is found when the definitions load, not when a user reaches the state.
   ``ctx.conn`` (it reads, and changes only the context and attributes,
   which the engine writes): it then runs without a savepoint, because a
   failure would have nothing to roll back (two statements less per action).
+  As an automatic action on SQLite it also runs before its step's write
+  transaction, on a read snapshot (steps.Stepper.rehearse): what it reads
+  may be a moment old when the step records its result, so it must not be
+  the only check of something that has to hold at commit (the issuance
+  checks the CSR's key again in the transaction that stores the certificate).
 - condition ``(ctx: ActivityContext) -> bool``: picks the next state.
 - validator ``(value, ctx: ActivityContext) -> None``: checks one input
   field and raises :class:`~.errors.FieldRefused` with a stable ``code``.

@@ -29,11 +29,17 @@ class Run:
     queue: deque[int] = field(default_factory=deque)
     steps: dict[int, int] = field(default_factory=dict)
     should_stop: Callable[[], bool] = lambda: False
+    # Where a queued workflow was left, as far as this run saw it: (type, state).  Only a hint for
+    # the engine to rehearse a reads-only step (engine.drain); the step itself reads the row again.
+    expected: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def enqueue(self, *workflow_ids: int) -> None:
         for wf_id in workflow_ids:
             if wf_id not in self.queue:
                 self.queue.append(wf_id)
+
+    def expect(self, wf_id: int, wf_type: str, state: str) -> None:
+        self.expected[wf_id] = (wf_type, state)
 
     def count_step(self, wf_id: int) -> int:
         self.steps[wf_id] = self.steps.get(wf_id, 0) + 1

@@ -4,6 +4,14 @@
 The activity runs inside a SAVEPOINT: when it fails, everything it did
 (certificate rows, forked children, context changes) is rolled back while
 the failure itself — history row, retry schedule, audit row — commits.
+
+An automatic action whose activity only reads may be *rehearsed*: run on
+a read snapshot before the step's write transaction (:meth:`Stepper.rehearse`),
+so that on SQLite, where a write transaction excludes every other writer,
+a directory lookup or a CSR check does not hold the database's one write
+lock.  The step then takes what the rehearsal found only if the workflow is
+where the rehearsal saw it (same version, same children); otherwise it runs
+the action itself, as without one.
 """
 
 from __future__ import annotations
@@ -32,6 +40,23 @@ from .run import Run
 log = logging.getLogger(__name__)
 
 NEW_STATE = "(new)"  # from_state of the start history row (Oracle stores '' as NULL)
+
+
+@dataclass
+class Rehearsal:
+    """A reads-only automatic action run before its step's transaction, on a snapshot (engine.drain)."""
+
+    version: int
+    state: str
+    children: tuple[tuple[int, str, str], ...] | None  # (id, state, proc_state) of each child it saw
+    ctx: ActivityContext  # what the activity left: context changes, attributes, note
+    error: Exception | None  # the activity failed: recorded by the step, not run again
+
+    def holds_for(self, row: Mapping[Any, Any], children: Sequence[RowMapping] | None) -> bool:
+        # The version moves with every write to the row or its context (store.update_workflow), and a child's
+        # end does not move its parent's: the children are compared themselves.
+        return (int(row["version"]) == self.version and row["state"] == self.state
+                and _children_seen(children) == self.children)
 
 
 @dataclass
@@ -95,15 +120,18 @@ class Stepper:
                           actor=actor, role=role, outcome="ok", note=None, now=now)
         append_audit(conn, actor=actor, role=role, event="workflow.start", target=f"workflow:{wf_id}",
                      details={"type": definition.wf_type, "state": initial.name, "parent_id": parent_id})
+        if runnable:
+            run.expect(wf_id, definition.wf_type, initial.name)
         return wf_id, runnable
 
     # --- automatic steps -------------------------------------------------------
 
-    def step(self, conn: Connection, run: Run, wf_id: int) -> Outcome | None:
+    def step(self, conn: Connection, run: Run, wf_id: int, rehearsal: Rehearsal | None = None) -> Outcome | None:
         """Do the next automatic thing for a workflow this run has claimed.
 
         None means the claim was lost (lease expired and another runner took
-        it, or an operator failed it): leave it alone.
+        it, or an operator failed it): leave it alone.  ``rehearsal``: what
+        :meth:`rehearse` found for this step, taken if it still holds.
         """
         row, data = store.lock_workflow_with_context(conn, wf_id)
         if row["proc_state"] != "running" or row["claimed_by"] != run.claimant:
@@ -117,8 +145,11 @@ class Stepper:
         children = store.load_children(conn, wf_id) if state.kind == "wait" else None
         if state.kind == "auto" or (children is not None and _all_final(children)):
             assert state.auto is not None
+            action = definition.actions[state.auto]
+            if rehearsal is not None and rehearsal.holds_for(row, children):
+                return self._perform(conn, run, definition, row, action, rehearsal)
             # The children just read are the ones the action's conditions and activity see (one read).
-            return self.run_action(conn, run, definition, row, definition.actions[state.auto], inputs={},
+            return self.run_action(conn, run, definition, row, action, inputs={},
                                    actor=run.actor, role=run.role, children=children, stored_context=data)
         if state.timeout_action is not None and row["wake_at"] is not None and row["wake_at"] <= now:
             # The state's deadline passed with nobody acting: end the wait as the definition says.
@@ -128,7 +159,70 @@ class Stepper:
         values, runnable, woken = self._arrive(conn, run, row, state, now, entering=False)
         store.update_workflow(conn, wf_id, row["version"], child=row["parent_id"] is not None, updated_at=now,
                               **values)
+        if runnable:
+            run.expect(wf_id, row["wf_type"], row["state"])
         return Outcome(woken + ([wf_id] if runnable else []))
+
+    def rehearsable(self, definition: WorkflowDefinition, state_name: str) -> bool:
+        """Does a workflow in ``state_name`` go on with an action whose activity only reads?"""
+        state = definition.states.get(state_name)
+        if state is None or state.auto is None or state.kind not in ("auto", "wait"):
+            return False
+        activity = definition.actions[state.auto].activity
+        return activity is not None and self.registry.reads_only(activity)
+
+    def rehearse(self, conn: Connection, run: Run, wf_id: int) -> Rehearsal | None:
+        """Run the workflow's next automatic action on ``conn``, a read-only snapshot, if its activity only reads.
+
+        None when there is nothing to rehearse (another kind of step, an
+        activity that writes, the claim gone) or the snapshot could not be
+        read: the step then does everything itself.  The conditions are not
+        evaluated here: they choose the next state under the step's lock.
+        """
+        try:
+            row, data = store.read_workflow_with_context(conn, wf_id)
+            if row["proc_state"] != "running" or row["claimed_by"] != run.claimant:
+                return None
+            definition = self.definitions.get(row["wf_type"])
+            if not self.rehearsable(definition, row["state"]):
+                return None
+            state = definition.state(row["state"])
+            children = store.load_children(conn, wf_id) if state.kind == "wait" else None
+        except (SQLAlchemyError, OpenXPKIError):
+            return None  # the step reads it again and says what is wrong
+        if children is not None and not _all_final(children):
+            return None
+        assert state.auto is not None
+        action = definition.actions[state.auto]
+        activity = self.registry.get("activity", str(action.activity))
+        ctx = self._context(conn, run, row, action.name, run.actor, run.role, WorkflowContext.from_json(data),
+                            self.clock(), children)
+        try:
+            activity(ctx)
+        except SQLAlchemyError:
+            return None  # the snapshot's connection, not the request: the step runs the action itself
+        except Exception as exc:  # noqa: BLE001 - recorded by the step, as if it had run the action
+            return Rehearsal(int(row["version"]), row["state"], _children_seen(children), ctx, exc)
+        return Rehearsal(int(row["version"]), row["state"], _children_seen(children), ctx, None)
+
+    def _perform(self, conn: Connection, run: Run, definition: WorkflowDefinition, row: RowMapping,
+                 action: ActionSpec, rehearsal: Rehearsal) -> Outcome:
+        """:meth:`run_action` for an automatic action whose activity a rehearsal ran: record what it found."""
+        now = self.clock()
+        ctx = rehearsal.ctx
+        ctx.conn = conn  # the conditions read under the step's lock
+        if rehearsal.error is not None:
+            return self._failed(conn, run, definition, row, action, run.actor, run.role, rehearsal.error,
+                                ctx.secret_inputs, now)
+        try:
+            target = self._choose(ctx, action)
+        except Exception as exc:  # noqa: BLE001 - as in run_action
+            if isinstance(exc, SQLAlchemyError) and _connection_lost(conn, exc):
+                raise storage_error(exc) from exc
+            return self._failed(conn, run, definition, row, action, run.actor, run.role, exc, ctx.secret_inputs,
+                                now)
+        return self._transition(conn, run, row, ctx, action.name, target, actor=run.actor, role=run.role,
+                                note=ctx.note, outcome="ok", now=now)
 
     def _children_final(self, conn: Connection, wf_id: int) -> bool:
         return _all_final(store.load_children(conn, wf_id))
@@ -205,6 +299,8 @@ class Stepper:
                               # An on_error transition: the audit says which error took it.
                               **({"error": error_code} if error_code else {})})
         children = [child for child, child_runs in ctx.forked if child_runs]
+        if runnable:
+            run.expect(wf_id, row["wf_type"], target)
         return Outcome(children + woken + ([wf_id] if runnable else []))
 
     def _arrive(self, conn: Connection, run: Run, row: Mapping[Any, Any], state: StateSpec,
@@ -244,12 +340,15 @@ class Stepper:
         parent_id = row["parent_id"]
         if parent_id is None:
             return []
-        store.lock_workflow(conn, int(parent_id))
+        parent = store.lock_workflow(conn, int(parent_id))
         if store.open_siblings(conn, int(parent_id), int(row["id"])) > 0:
             return []
         taken = store.claim_woken_parent(conn, int(parent_id), claimant=run.claimant, now=now,
                                          lease_until=self._lease(now))
-        return [int(parent_id)] if taken else []
+        if not taken:
+            return []
+        run.expect(int(parent_id), parent["wf_type"], parent["state"])
+        return [int(parent_id)]
 
     # --- failures --------------------------------------------------------------
 
@@ -322,6 +421,7 @@ class Stepper:
                               lease_until=self._lease(now), wake_at=None, retry_count=0, updated_at=now)
         append_audit(conn, actor=actor, role=role, event="workflow.retry", target=f"workflow:{wf_id}",
                      details={"type": row["wf_type"], "state": state, "last_error": row["last_error"]})
+        run.expect(wf_id, row["wf_type"], state)
         return Outcome([wf_id])
 
     def operator_fail(self, conn: Connection, run: Run, row: RowMapping, *, actor: str, role: str,
@@ -341,6 +441,12 @@ class Stepper:
         append_audit(conn, actor=actor, role=role, event="workflow.fail", target=f"workflow:{wf_id}",
                      details={"type": row["wf_type"], "from": state, "to": target, "reason": reason})
         return Outcome(woken)
+
+
+def _children_seen(children: Sequence[RowMapping] | None) -> tuple[tuple[int, str, str], ...] | None:
+    if children is None:
+        return None
+    return tuple((int(c["id"]), c["state"], c["proc_state"]) for c in children)
 
 
 def _all_final(children: Sequence[RowMapping]) -> bool:

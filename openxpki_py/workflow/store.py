@@ -18,7 +18,7 @@ from typing import Any
 import json
 
 from sqlalchemy import Text, and_, bindparam, delete, exists, func, insert, or_, select, type_coerce, update
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ..db.schema import workflow, workflow_attribute, workflow_context, workflow_history, workflow_singleton
 from .errors import UnknownWorkflow, WorkflowConflict
@@ -87,7 +87,7 @@ _CHILDREN = (select(workflow.c.id, workflow.c.wf_type, workflow.c.state, workflo
              .where(workflow.c.parent_id == bindparam("b_id")).order_by(workflow.c.id))
 
 
-def locks_rows(conn: Connection) -> bool:
+def locks_rows(conn: Connection | Engine) -> bool:
     """SQLite serialises writers with BEGIN IMMEDIATE; others lock rows."""
     return conn.dialect.name != "sqlite"
 
@@ -121,7 +121,16 @@ def canonical_json(value: Any) -> str:
 
 def lock_workflow_with_context(conn: Connection, wf_id: int) -> tuple[RowMapping, dict[str, str]]:
     """:func:`lock_workflow` and the context as stored JSON text, in one statement (the row locked alike)."""
-    rows = conn.execute(_WITH_CONTEXT_LOCKED if locks_rows(conn) else _WITH_CONTEXT, {"b_id": wf_id}).mappings().all()
+    return _with_context(conn, wf_id, _WITH_CONTEXT_LOCKED if locks_rows(conn) else _WITH_CONTEXT)
+
+
+def read_workflow_with_context(conn: Connection, wf_id: int) -> tuple[RowMapping, dict[str, str]]:
+    """:func:`lock_workflow_with_context` without the lock, for a transaction that only reads."""
+    return _with_context(conn, wf_id, _WITH_CONTEXT)
+
+
+def _with_context(conn: Connection, wf_id: int, query: Any) -> tuple[RowMapping, dict[str, str]]:
+    rows = conn.execute(query, {"b_id": wf_id}).mappings().all()
     if not rows:
         raise UnknownWorkflow(f"workflow {wf_id} does not exist")
     return rows[0], {r["ctx_key"]: r["ctx_json"] for r in rows if r["ctx_key"] is not None}
@@ -322,7 +331,7 @@ def due_workflows(conn: Connection, now: datetime, limit: int) -> Sequence[RowMa
     skipped (``SKIP LOCKED``) instead of waited for.
     """
     query = (
-        select(workflow.c.id, workflow.c.version)
+        select(workflow.c.id, workflow.c.version, workflow.c.wf_type, workflow.c.state)
         .where(_due(now))
         .order_by(workflow.c.wake_at, workflow.c.id)
         .limit(limit)

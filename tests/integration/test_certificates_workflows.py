@@ -10,8 +10,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from support.pkix import assert_cert_lints_clean, assert_chain_lints_clean, assert_crl_lints_clean
 
+from openxpki_py.audit import append_audit
 from openxpki_py.crypto.profiles import BUILTIN_DIR
 from openxpki_py.db.schema import certificate, workflow
 from openxpki_py.workflow import WorkflowEngine, WorkflowView
@@ -303,6 +306,44 @@ def test_subject_for_an_owner_comes_from_the_directory(pki: tuple[Any, WorkflowE
     assert san.get_values_for_type(x509.RFC822Name) == ["alice@example.com"]
     assert b"administrator" not in san.get_values_for_type(x509.OtherName)[0].value
     assert "Domain Admin" not in cert.subject.rfc4514_string()
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
+def test_a_hung_directory_does_not_hold_the_write_lock(make_instance: Callable[..., Any], db_engine: Engine,
+                                                       clock: FakeClock, slapd: Any) -> None:
+    # check_request looks the owner up in the directory.  It did so inside the step's write
+    # transaction, and on SQLite that excludes every other writer: with the directory hung, every
+    # request, worker and process that writes waited for the lookup's timeout.
+    def ldap_directory(settings: dict[str, Any]) -> None:
+        settings["directory"] = slapd.directory_settings("ldap", ldap={"timeout": 4})
+
+    inst = make_instance(db_engine, algorithm="ec-p256", overrides=ldap_directory)
+    engine = engine_for(inst, clock)
+    directory = inst.services.directory
+    asking = threading.Event()
+    real_find_user = directory.find_user
+
+    def find_user(login: str) -> Any:
+        asking.set()
+        return real_find_user(login)
+
+    directory.find_user = find_user
+    with slapd.hung(), ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        issuance = pool.submit(engine.start, "certificate_issuance", actor="olga", role=RA,
+                               context={"csr": csr_pem(), "profile": "smartcard_logon", "owner": "alice",
+                                        "subject": ALICE})
+        assert asking.wait(30), "the issuance never asked the directory"
+        time.sleep(0.3)  # inside the lookup, which waits for the hung server
+        writing = time.monotonic()
+        with inst.services.db.begin() as conn:  # any writer: another request, the worker, the OCSP responder
+            append_audit(conn, actor="test", event="test.write")
+        waited = time.monotonic() - writing
+        wf = issuance.result(timeout=60)
+    assert time.monotonic() - started >= 4, "the lookup did not wait for the hung server"
+    assert waited < 1.5, f"a writer waited {waited:.1f} s for the directory lookup"
+    assert (wf.state, wf.proc_state) == ("CHECK", "retry")
+    assert wf.last_error is not None and wf.last_error.startswith("directory.unavailable")
 
 
 @pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)

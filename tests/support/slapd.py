@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -241,6 +243,16 @@ class SlapdServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """A server that accepts connections and never answers (SIGSTOP), until the block ends."""
+        assert self._proc is not None and self.running, "slapd is not running"
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     # ---- configs for the code under test -----------------------------------
 
