@@ -304,6 +304,30 @@ def test_threads_finding_sessions_dead_after_a_restart_keep_the_new_login(token:
     assert failures == []
 
 
+def test_a_new_session_without_the_login_logs_in_again(token: SoftHSMToken) -> None:
+    """The HSM restarts: every session dies, and with the last one the login.
+
+    A thread that found no idle session opened a new one.  It is alive but
+    public, the pool still believed it was logged in, and the key looked
+    "gone from the token" (TokenKeyNotFound) instead of a new login.  (A
+    dead idle session held by another thread is what leaves it none.)
+    """
+    with backend_for(token) as backend:
+        key = backend.generate_private_key(KeySpec.parse("ec-p256"))
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        key.sign(b"before", ec.ECDSA(hashes.SHA256()))
+        pool = backend._session_pool()
+        for pooled in [*pool._idle, pool._login]:  # the restart
+            assert pooled is not None
+            pooled.session.close()
+        held = pool._borrow()  # another thread holds the one idle (dead) session
+        try:
+            signature = key.sign(b"after", ec.ECDSA(hashes.SHA256()))
+        finally:
+            pool._give_back(held)
+        key.public_key().verify(signature, b"after", ec.ECDSA(hashes.SHA256()))
+
+
 def test_a_login_hanging_in_the_hsm_does_not_hang_every_signing_thread(token: SoftHSMToken) -> None:
     """The HSM hangs inside C_OpenSession while one thread logs in again (the pool's lock held).
 

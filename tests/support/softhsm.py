@@ -7,6 +7,8 @@ library reads it when initialised, so one value per process).
 token, deleted again after the test.
 ``pkcs11_session_leak_check``: fails a test that leaves PKCS#11 sessions open
 (counted by ``openxpki_py_token.pkcs11.module``).
+``SoftHSMToken.hung()``: while the block runs, SoftHSM's calls on the token's
+keys wait, as an HSM that stopped answering does (see there).
 
 The folders are world-traversable so an Apache fixture (``www-data``) can
 use the same tokens: pass ``owner="www-data"`` to ``make_token``.
@@ -14,9 +16,11 @@ use the same tokens: pass ``owner="www-data"`` to ``make_token``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,6 +92,56 @@ class SoftHSMToken:
 
     def delete(self) -> None:
         self.softhsm.util("--delete-token", "--token", self.label)
+
+    def folder(self) -> Path:
+        """The token's folder in SoftHSM's token directory (named by a UUID; the label is in token.object)."""
+        padded = self.label.encode().ljust(32)
+        for candidate in self.softhsm.token_dir.glob("*/token.object"):
+            if padded in candidate.read_bytes():
+                return candidate.parent
+        raise RuntimeError(f"no folder for token {self.label!r} in {self.softhsm.token_dir}")
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """SoftHSM blocks inside every call that uses one of the token's stored objects (C_Sign …).
+
+        Another process takes the token's lock files and marks the token and
+        its objects changed (their generation counters, as SoftHSM does when
+        a process writes them): SoftHSM then reloads an object before using
+        it and waits for its lock, inside the PKCS#11 call, until the block
+        ends.
+        """
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_TOKEN, str(self.folder())], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+            yield
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()  # the holder lets go when its stdin ends
+            holder.wait(timeout=30)
+            assert holder.stdout is not None
+            holder.stdout.close()
+
+
+# Run by SoftHSMToken.hung() in a process of its own (fcntl locks do not exclude their own process).
+_HOLD_TOKEN = """
+import fcntl, sys
+from pathlib import Path
+folder = Path(sys.argv[1])
+held = []
+for path in [*sorted(folder.glob("*.lock")), *sorted(folder.glob("*.object")), folder / "generation"]:
+    handle = open(path, "r+b")
+    fcntl.lockf(handle, fcntl.LOCK_EX)
+    held.append(handle)
+    if path.suffix != ".lock":  # a generation counter: 8 bytes, big-endian, at the start of the file
+        generation = int.from_bytes(handle.read(8), "big")
+        handle.seek(0)
+        handle.write((generation + 1).to_bytes(8, "big"))
+        handle.flush()
+print("holding", flush=True)
+sys.stdin.read()
+"""
 
 
 @pytest.fixture(scope="session")

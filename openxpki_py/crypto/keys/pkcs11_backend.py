@@ -35,9 +35,9 @@ class Pkcs11KeyBackend(PooledTokenKey, KeyBackend):
 
     def __init__(self, *, module: Path | str, token_label: str, key_label: str, pin: SecretRef,
                  key_id: bytes | None = None, spec: KeySpec | None = None,
-                 max_sessions: int = 8, origin: str = "ca.key") -> None:
+                 max_sessions: int = 8, origin: str = "ca.key", call_seconds: float | None = None) -> None:
         super().__init__(module=module, token_label=token_label, pin=pin, max_sessions=max_sessions,
-                         origin=origin)
+                         origin=origin, call_seconds=call_seconds)
         self.ref = TokenKeyRef(key_label, key_id)
         self.spec = spec
 
@@ -94,7 +94,7 @@ class Pkcs11KeyBackend(PooledTokenKey, KeyBackend):
         if self.spec is not None and actual != self.spec:
             raise ConfigError(f"{self.origin}.algorithm: says {self.spec}, but {self.describe()} "
                               f"is {actual}")
-        signer = TokenSigner(self._session_pool(), self.ref)
+        signer = TokenSigner(self._session_pool(), self.ref, seconds=self.call_seconds)
         if isinstance(public, rsa.RSAPublicKey):
             return Pkcs11RSAPrivateKey(signer, public)
         return Pkcs11ECPrivateKey(signer, public)

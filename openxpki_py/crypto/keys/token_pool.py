@@ -25,12 +25,14 @@ class PooledTokenKey:
     """One key on one token; subclasses say what it is (:meth:`describe`) and use :meth:`_run`."""
 
     def __init__(self, *, module: os.PathLike[str] | str, token_label: str, pin: SecretRef,
-                 max_sessions: int, origin: str) -> None:
+                 max_sessions: int, origin: str, call_seconds: float | None = None) -> None:
         self.module_path = Path(module)
         self.token_label = token_label
         self.pin = pin
         self.max_sessions = max_sessions
         self.origin = origin  # the config section, for messages
+        # How long a request waits for one call into the token (None: the pool's 30 s); past it, a TokenError.
+        self.call_seconds = call_seconds
         self._pool: TokenSessionPool | None = None
         self._lock = threading.Lock()
 
@@ -45,7 +47,7 @@ class PooledTokenKey:
 
     def _run(self, operation: Any, *, rw: bool = False) -> Any:
         try:
-            return self._session_pool().run(operation, rw=rw)
+            return self._session_pool().run(operation, rw=rw, seconds=self.call_seconds)
         except TokenModuleError as exc:
             raise TokenModuleError(f"{exc.message} (check {self.origin}.module)") from None
         except p11_exc.PKCS11Error as exc:

@@ -48,9 +48,10 @@ class TokenKeyRef:
 class TokenSigner:
     """Signs with one private key of one token, on whichever session is free."""
 
-    def __init__(self, pool: TokenSessionPool, ref: TokenKeyRef) -> None:
+    def __init__(self, pool: TokenSessionPool, ref: TokenKeyRef, *, seconds: float | None = None) -> None:
         self.pool = pool
         self.ref = ref
+        self.seconds = seconds  # the bound of one signature (None: the pool's)
 
     def describe(self) -> str:
         return f"key {self.ref} on {self.pool.describe()}"
@@ -67,7 +68,7 @@ class TokenSigner:
             return bytes(key.sign(data, mechanism=mechanism, mechanism_param=param))
 
         try:
-            return self.pool.run(operation)
+            return self.pool.run(operation, seconds=self.seconds)
         except SESSION_LOST:
             raise  # run() already turned a repeated loss into a TokenError
         except p11_exc.PKCS11Error as exc:

@@ -66,6 +66,16 @@ _LOGIN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes
 _LOGOUT = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong)
 
 
+class _SessionInfo(ctypes.Structure):
+    _fields_ = [("slotID", ctypes.c_ulong), ("state", ctypes.c_ulong), ("flags", ctypes.c_ulong),
+                ("ulDeviceError", ctypes.c_ulong)]
+
+
+_SESSION_INFO = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_SessionInfo))
+# CKS_*: the states of a session whose application is logged in (as user or security officer).
+_LOGGED_IN_STATES = frozenset({1, 3, 4})
+
+
 class _FunctionListHead(ctypes.Structure):
     """CK_FUNCTION_LIST up to C_Logout, in the order the spec fixes.
 
@@ -80,8 +90,9 @@ class _FunctionListHead(ctypes.Structure):
         *[(name, ctypes.c_void_p) for name in (
             "C_GetInfo", "C_GetFunctionList", "C_GetSlotList", "C_GetSlotInfo", "C_GetTokenInfo",
             "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken", "C_InitPIN", "C_SetPIN",
-            "C_OpenSession", "C_CloseSession", "C_CloseAllSessions", "C_GetSessionInfo",
-            "C_GetOperationState", "C_SetOperationState")],
+            "C_OpenSession", "C_CloseSession", "C_CloseAllSessions")],
+        ("C_GetSessionInfo", _SESSION_INFO),
+        *[(name, ctypes.c_void_p) for name in ("C_GetOperationState", "C_SetOperationState")],
         ("C_Login", _LOGIN),
         ("C_Logout", _LOGOUT),
     ]
@@ -239,6 +250,17 @@ class Pkcs11Module:
 
     def logout(self, session: Any) -> int:
         return int(self._head.C_Logout(session.handle))
+
+    def logged_in(self, session: Any) -> bool:
+        """Is ``session`` alive and its application logged in (C_GetSessionInfo)?
+
+        A token restarted behind the pool's back, or one that logged the
+        application out (some HSMs do after a while), opens new sessions
+        that are public: they see no private key at all.
+        """
+        info = _SessionInfo()
+        rv = int(self._head.C_GetSessionInfo(session.handle, ctypes.byref(info)))
+        return rv == _CKR_OK and info.state in _LOGGED_IN_STATES
 
     def close_session(self, session: Any, generation: int) -> None:
         """Close a session of this generation; a dead one is just forgotten."""

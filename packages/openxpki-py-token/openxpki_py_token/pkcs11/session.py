@@ -13,6 +13,14 @@ backends on the same token in one process do not log each other out.
 When the token goes away (removed, HSM restarted, module re-initialised)
 every handle is dead: :meth:`TokenSessionPool.run` drops the pool, logs in
 again and retries the operation once, so a CA survives an HSM restart.
+
+PKCS#11 has no timeouts, and a network HSM whose connection hangs keeps a
+C_Sign waiting for as long as the vendor's client library likes (minutes,
+or for ever).  The calls are therefore made on helper threads
+(:class:`_Courier`): the caller stops waiting after a bound and gets a
+TokenError, so it can roll back its transaction and free its request
+thread, while the helper stays inside the library until the call returns
+and only then gives its session back.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import contextlib
 import hmac
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +61,58 @@ class _Lost(Exception):
         super().__init__(type(cause).__name__)
         self.why = type(cause).__name__
         self.epoch = epoch
+
+
+class _Errand:
+    """One call into the library, made by a helper thread; its caller may stop waiting."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _Courier:
+    """Helper threads (daemons, reused) that make the calls into the PKCS#11 library for their callers.
+
+    A helper whose call hangs stays with it; the next caller gets another
+    helper, so the waits of different callers never add up.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[_Errand]] = []
+
+    def run(self, work: Callable[[], T], seconds: float) -> T:
+        """``work()``'s result or exception; :class:`TimeoutError` if it has not returned within ``seconds``."""
+        errand = _Errand(work)
+        self._inbox().put(errand)
+        if not errand.done.wait(seconds):
+            raise TimeoutError
+        if errand.error is not None:
+            raise errand.error
+        return errand.value  # type: ignore[no-any-return]
+
+    def _inbox(self) -> queue.SimpleQueue[_Errand]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        inbox: queue.SimpleQueue[_Errand] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, args=(inbox,), name="pkcs11-call", daemon=True).start()
+        return inbox
+
+    def _serve(self, inbox: queue.SimpleQueue[_Errand]) -> None:
+        while True:
+            errand = inbox.get()
+            try:
+                errand.value = errand.work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, if it still waits
+                errand.error = exc
+            errand.done.set()
+            del errand
+            with self._lock:
+                self._idle.append(inbox)
 
 
 # CKR codes of C_Login (called through ctypes, see Pkcs11Module.login).
@@ -93,6 +154,9 @@ class TokenSessionPool:
         # How long a thread waits for a session: for a free one, or for the thread that is
         # logging in or opening one (a hung HSM holds it there; the others must not hang too).
         self.wait_seconds = 30.0
+        # How long a caller waits for one operation (session, login, the call itself) unless it says;
+        # key generation (rw) gets RW_FACTOR times as long: slow tokens take minutes for RSA-4096.
+        self.call_seconds = 30.0
         self._refused_pin: bytes | None = None
         self._cond = threading.Condition()
         self._reset_state()
@@ -106,27 +170,34 @@ class TokenSessionPool:
         self._borrowed = 0  # sessions out with threads, of any epoch
         self._owned = 0  # sessions of the current epoch (idle + borrowed)
         self._pid = os.getpid()
+        self._courier = _Courier()  # helper threads do not survive a fork
+        self._courier_pid = self._pid
 
     def describe(self) -> str:
         return f"token {self.token_label!r} via {self.module.path}"
 
     # --- the one entry point for work -------------------------------------------
 
-    def run(self, operation: Callable[[PooledSession], T], *, rw: bool = False) -> T:
+    RW_FACTOR = 20
+
+    def run(self, operation: Callable[[PooledSession], T], *, rw: bool = False, seconds: float | None = None) -> T:
         """Run ``operation`` on a logged-in session; retry once if the token was lost.
 
         ``rw`` gives a temporary read/write session (key generation) instead of
-        a pooled read-only one.
+        a pooled read-only one.  ``seconds``: how long to wait for each try
+        (default :attr:`call_seconds`, times :attr:`RW_FACTOR` with ``rw``);
+        past it the caller gets a TokenError and the call goes on without it.
         """
         if self.closed:
             raise TokenError(f"{self.describe()}: the key backend was closed; open it again")
+        limit = (self.call_seconds if seconds is None else seconds) * (self.RW_FACTOR if rw else 1)
         try:
-            return self._run_once(operation, rw)
+            return self._bounded(operation, rw, limit)
         except _Lost as lost:
             self._reset(lost.why, lost.epoch)
             log.warning("%s: session lost (%s); logging in again", self.describe(), lost.why)
         try:
-            return self._run_once(operation, rw)
+            return self._bounded(operation, rw, limit)
         except _Lost as lost:
             self._reset(lost.why, lost.epoch)
             raise TokenError(
@@ -136,11 +207,27 @@ class TokenSessionPool:
         except TokenNotFound as exc:
             raise TokenNotFound(f"the token was removed while in use: {exc.message}") from None
 
+    def _bounded(self, operation: Callable[[PooledSession], T], rw: bool, seconds: float) -> T:
+        """:meth:`_run_once` on a helper thread, waited for at most ``seconds``."""
+        if self._courier_pid != os.getpid():  # forked without the at-fork hooks: the parent's helpers are not here
+            self._courier, self._courier_pid = _Courier(), os.getpid()
+        try:
+            return self._courier.run(lambda: self._run_once(operation, rw), seconds)
+        except TimeoutError:
+            log.error("%s: a call into the token has not returned after %g s", self.describe(), seconds)
+            raise TokenError(f"{self.describe()}: the token did not answer within {seconds:g} s; is the HSM or "
+                             "its network connection hanging? (the call goes on without this request, and "
+                             "its session is freed when it returns)") from None
+
     def _run_once(self, operation: Callable[[PooledSession], T], rw: bool) -> T:
         """One try; a dead session comes out as :class:`_Lost` with the login it belonged to."""
         pooled = self._open_rw() if rw else self._borrow()
         try:
             with self.module.serialised():
+                if not self.module.logged_in(pooled.session):
+                    # Dead, or alive without the login (the HSM restarted, or logged us out): its
+                    # objects would just be missing ("the key is gone") instead of a new login.
+                    raise p11_exc.UserNotLoggedIn()
                 return operation(pooled)
         except SESSION_LOST as exc:
             raise _Lost(exc, pooled.epoch) from exc
