@@ -212,6 +212,11 @@ class ActivityContext:
         self._child_rows = self._children = None  # one more child: read them again when asked
         return child_id
 
+    @property
+    def read_children(self) -> bool:
+        """Has :meth:`children` been asked (since the last fork)?"""
+        return self._children is not None
+
     def children(self) -> list[ChildWorkflow]:
         """This workflow's children with their contexts, read once per action (until it forks)."""
         if self._children is None:

@@ -197,13 +197,18 @@ class Stepper:
         activity = self.registry.get("activity", str(action.activity))
         ctx = self._context(conn, run, row, action.name, run.actor, run.role, WorkflowContext.from_json(data),
                             self.clock(), children)
+        error: Exception | None = None
         try:
             activity(ctx)
         except SQLAlchemyError:
             return None  # the snapshot's connection, not the request: the step runs the action itself
         except Exception as exc:  # noqa: BLE001 - recorded by the step, as if it had run the action
-            return Rehearsal(int(row["version"]), row["state"], _children_seen(children), ctx, exc)
-        return Rehearsal(int(row["version"]), row["state"], _children_seen(children), ctx, None)
+            error = exc
+        if ctx.forked or (children is None and ctx.read_children):
+            # It forked after all (a write), or read children that the step does not compare (a child's
+            # end does not move its parent's version): what it found may not hold; run it under the lock.
+            return None
+        return Rehearsal(int(row["version"]), row["state"], _children_seen(children), ctx, error)
 
     def _perform(self, conn: Connection, run: Run, definition: WorkflowDefinition, row: RowMapping,
                  action: ActionSpec, rehearsal: Rehearsal) -> Outcome:
@@ -361,8 +366,9 @@ class Stepper:
         message = redact(exc.message if isinstance(exc, OpenXPKIError)
                          else "internal error; the details are in the server log", secrets)
         reason = f"{code}: {message}"
+        # exc_info=exc, not True: a rehearsed failure is recorded outside its except block.
         log.info("workflow %s: action %s failed: %s", row["id"], action.name, reason,
-                 exc_info=not isinstance(exc, OpenXPKIError))
+                 exc_info=None if isinstance(exc, OpenXPKIError) else exc)
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         for error_name, target in action.on_error:
             if error_name in kinds:

@@ -81,15 +81,27 @@ def test_a_hung_hsm_holds_the_request_and_the_writers_only_for_ca_key_timeout(
         wf = issuance.result(timeout=TIMEOUT + 15)  # before: for as long as the HSM hangs
         answered = time.monotonic() - started
         waited = writer.result(timeout=TIMEOUT + 15)
+        # While that call has not returned, the next issuance fails at once instead of waiting again.
+        started = time.monotonic()
+        second = engine.start("certificate_issuance", actor="olga", role="RA Operator",
+                              context={**request, "csr": csr_pem()})
+        failed_fast = time.monotonic() - started
     assert answered < TIMEOUT + 5, f"the request waited {answered:.1f} s"
     assert waited < TIMEOUT + 5, f"another writer waited {waited:.1f} s"
     assert (wf.state, wf.proc_state) == ("ISSUE", "retry")
     assert wf.last_error is not None and f"did not answer within {TIMEOUT} s" in wf.last_error
+    assert failed_fast < TIMEOUT, f"the next issuance waited {failed_fast:.1f} s for the hung HSM"
+    assert (second.state, second.proc_state) == ("ISSUE", "retry")
+    assert second.last_error is not None and "has not returned for" in second.last_error
 
     # The HSM answers again: the hung call returned on its own; the retry issues.
+    deadline = time.monotonic() + 30
+    while inst.services.ca.key_backend._session_pool()._courier.overdue and time.monotonic() < deadline:
+        time.sleep(0.05)
     clock.advance(3600)
-    assert engine.resume_due() == 1
-    done = engine.get(wf.id)
-    assert (done.state, done.proc_state) == ("ISSUED", "finished")
+    assert engine.resume_due() == 2
+    for issued in (wf, second):
+        done = engine.get(issued.id)
+        assert (done.state, done.proc_state) == ("ISSUED", "finished")
     with inst.services.db.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(certificate)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(certificate)).scalar() == 3

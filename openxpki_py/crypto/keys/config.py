@@ -9,7 +9,7 @@ key:
   key_label: ca-signing
   key_id: "01"               # optional, hex
   pin_file: ca-token.pin     # or pin_env: OPENXPKI_CA_PIN
-  timeout: 30                # seconds a request waits for one call into the token (generating a key: 20x)
+  timeout: 10                # seconds a request waits for one call into the token (generating a key: 20x)
   # software: path: ca-key.pem, password_file / password_env
 ```
 """
@@ -47,7 +47,7 @@ class Pkcs11KeyConfig(KeyConfig):
     key_label: str
     key_id: bytes | None
     pin: SecretRef
-    timeout: float = 30.0
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def parse_key_config(reader: Reader) -> KeyConfig:
             key_label=_label(reader, "key_label"),
             key_id=_key_id(reader),
             pin=reader.secret("pin"),
-            timeout=float(reader.int("timeout", 30, minimum=1, maximum=3600)),
+            timeout=float(reader.int("timeout", 10, minimum=1, maximum=3600)),
         )
     else:
         cfg = SoftwareKeyConfig(

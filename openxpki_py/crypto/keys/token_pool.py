@@ -31,7 +31,7 @@ class PooledTokenKey:
         self.pin = pin
         self.max_sessions = max_sessions
         self.origin = origin  # the config section, for messages
-        # How long a request waits for one call into the token (None: the pool's 30 s); past it, a TokenError.
+        # How long a request waits for one call into the token (None: the pool's 10 s); past it, a TokenError.
         self.call_seconds = call_seconds
         self._pool: TokenSessionPool | None = None
         self._lock = threading.Lock()

@@ -72,8 +72,8 @@ class _SessionInfo(ctypes.Structure):
 
 
 _SESSION_INFO = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_SessionInfo))
-# CKS_*: the states of a session whose application is logged in (as user or security officer).
-_LOGGED_IN_STATES = frozenset({1, 3, 4})
+# CKS_RO_PUBLIC_SESSION, CKS_RW_PUBLIC_SESSION: the application is not logged in.
+_PUBLIC_STATES = frozenset({0, 2})
 
 
 class _FunctionListHead(ctypes.Structure):
@@ -251,16 +251,20 @@ class Pkcs11Module:
     def logout(self, session: Any) -> int:
         return int(self._head.C_Logout(session.handle))
 
-    def logged_in(self, session: Any) -> bool:
-        """Is ``session`` alive and its application logged in (C_GetSessionInfo)?
+    def public_session(self, session: Any) -> bool:
+        """Is ``session`` alive but without the application's login (C_GetSessionInfo says a public state)?
 
         A token restarted behind the pool's back, or one that logged the
         application out (some HSMs do after a while), opens new sessions
-        that are public: they see no private key at all.
+        that are public: they see no private key at all.  Any other answer
+        (a dead session, a module without the function, an error) is left
+        to the operation itself to find out.
         """
+        if not ctypes.cast(self._head.C_GetSessionInfo, ctypes.c_void_p).value:
+            return False  # a NULL entry: the module does not offer it
         info = _SessionInfo()
         rv = int(self._head.C_GetSessionInfo(session.handle, ctypes.byref(info)))
-        return rv == _CKR_OK and info.state in _LOGGED_IN_STATES
+        return rv == _CKR_OK and info.state in _PUBLIC_STATES
 
     def close_session(self, session: Any, generation: int) -> None:
         """Close a session of this generation; a dead one is just forgotten."""

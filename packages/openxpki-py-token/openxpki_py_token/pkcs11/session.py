@@ -63,12 +63,17 @@ class _Lost(Exception):
         self.epoch = epoch
 
 
-class _Errand:
-    """One call into the library, made by a helper thread; its caller may stop waiting."""
+class _Overdue(Exception):
+    """The helper's call has not returned in time (the caller stops waiting)."""
 
-    def __init__(self, work: Callable[[], Any]) -> None:
+
+class _Errand:
+    """One call into the library, made by a helper thread; its caller may stop waiting (``abandoned``)."""
+
+    def __init__(self, work: Callable[[_Errand], Any]) -> None:
         self.work = work
         self.done = threading.Event()
+        self.abandoned = False  # the caller gave up: work not begun yet is not done at all
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -77,42 +82,65 @@ class _Courier:
     """Helper threads (daemons, reused) that make the calls into the PKCS#11 library for their callers.
 
     A helper whose call hangs stays with it; the next caller gets another
-    helper, so the waits of different callers never add up.
+    helper.  While any call is overdue (its caller gave up and it has not
+    returned), :attr:`overdue` says so: the pool then fails new calls at
+    once instead of making each of them wait the whole bound again.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: list[queue.SimpleQueue[_Errand]] = []
+        self._idle: list[queue.SimpleQueue[_Errand | None]] = []
+        self.overdue = 0
+        self.overdue_since = 0.0
+        self._closed = False
 
-    def run(self, work: Callable[[], T], seconds: float) -> T:
-        """``work()``'s result or exception; :class:`TimeoutError` if it has not returned within ``seconds``."""
+    def run(self, work: Callable[[_Errand], T], seconds: float) -> T:
+        """``work(errand)``'s result or exception; :class:`_Overdue` if it has not returned within ``seconds``."""
         errand = _Errand(work)
         self._inbox().put(errand)
         if not errand.done.wait(seconds):
-            raise TimeoutError
+            with self._lock:
+                if not errand.done.is_set():
+                    errand.abandoned = True
+                    if not self.overdue:
+                        self.overdue_since = time.monotonic()
+                    self.overdue += 1
+                    raise _Overdue
         if errand.error is not None:
             raise errand.error
         return errand.value  # type: ignore[no-any-return]
 
-    def _inbox(self) -> queue.SimpleQueue[_Errand]:
+    def close(self) -> None:
+        """Let the idle helpers end (a hung one ends when its call returns and finds no work after it)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)
+
+    def _inbox(self) -> queue.SimpleQueue[_Errand | None]:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        inbox: queue.SimpleQueue[_Errand] = queue.SimpleQueue()
+        inbox: queue.SimpleQueue[_Errand | None] = queue.SimpleQueue()
         threading.Thread(target=self._serve, args=(inbox,), name="pkcs11-call", daemon=True).start()
         return inbox
 
-    def _serve(self, inbox: queue.SimpleQueue[_Errand]) -> None:
-        while True:
-            errand = inbox.get()
+    def _serve(self, inbox: queue.SimpleQueue[_Errand | None]) -> None:
+        while (errand := inbox.get()) is not None:
             try:
-                errand.value = errand.work()
+                errand.value = errand.work(errand)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, if it still waits
                 errand.error = exc
-            errand.done.set()
-            del errand
             with self._lock:
+                errand.done.set()
+                if errand.abandoned:
+                    self.overdue -= 1
+                    log.warning("a call into the token returned after its caller gave up")
+                if self._closed:
+                    return
                 self._idle.append(inbox)
+            del errand
 
 
 # CKR codes of C_Login (called through ctypes, see Pkcs11Module.login).
@@ -156,7 +184,7 @@ class TokenSessionPool:
         self.wait_seconds = 30.0
         # How long a caller waits for one operation (session, login, the call itself) unless it says;
         # key generation (rw) gets RW_FACTOR times as long: slow tokens take minutes for RSA-4096.
-        self.call_seconds = 30.0
+        self.call_seconds = 10.0
         self._refused_pin: bytes | None = None
         self._cond = threading.Condition()
         self._reset_state()
@@ -184,20 +212,38 @@ class TokenSessionPool:
         """Run ``operation`` on a logged-in session; retry once if the token was lost.
 
         ``rw`` gives a temporary read/write session (key generation) instead of
-        a pooled read-only one.  ``seconds``: how long to wait for each try
-        (default :attr:`call_seconds`, times :attr:`RW_FACTOR` with ``rw``);
-        past it the caller gets a TokenError and the call goes on without it.
+        a pooled read-only one.  ``seconds``: how long the caller waits for
+        the whole of it, logging in again included (default
+        :attr:`call_seconds`, times :attr:`RW_FACTOR` with ``rw``); past it
+        the caller gets a TokenError and the call goes on without it.
         """
         if self.closed:
             raise TokenError(f"{self.describe()}: the key backend was closed; open it again")
         limit = (self.call_seconds if seconds is None else seconds) * (self.RW_FACTOR if rw else 1)
+        if self._courier_pid != os.getpid():  # forked without the at-fork hooks: the parent's helpers are not here
+            self._courier, self._courier_pid = _Courier(), os.getpid()
+        courier = self._courier
+        if courier.overdue:
+            raise TokenError(f"{self.describe()}: a call into the token has not returned for "
+                             f"{time.monotonic() - courier.overdue_since:.0f} s; the HSM or its network connection "
+                             "is hanging (calls fail at once until it answers again)")
         try:
-            return self._bounded(operation, rw, limit)
+            return courier.run(lambda errand: self._run_retrying(operation, rw, errand), limit)
+        except _Overdue:
+            log.error("%s: a call into the token has not returned after %g s", self.describe(), limit)
+            raise TokenError(f"{self.describe()}: the token did not answer within {limit:g} s; is the HSM or "
+                             "its network connection hanging? (the call goes on without this request, and "
+                             "its session is freed when it returns)") from None
+
+    def _run_retrying(self, operation: Callable[[PooledSession], T], rw: bool, errand: _Errand) -> T:
+        """On the helper thread: one try, and after a lost session a new login and one more."""
+        try:
+            return self._run_once(operation, rw, errand)
         except _Lost as lost:
             self._reset(lost.why, lost.epoch)
             log.warning("%s: session lost (%s); logging in again", self.describe(), lost.why)
         try:
-            return self._bounded(operation, rw, limit)
+            return self._run_once(operation, rw, errand)
         except _Lost as lost:
             self._reset(lost.why, lost.epoch)
             raise TokenError(
@@ -207,25 +253,15 @@ class TokenSessionPool:
         except TokenNotFound as exc:
             raise TokenNotFound(f"the token was removed while in use: {exc.message}") from None
 
-    def _bounded(self, operation: Callable[[PooledSession], T], rw: bool, seconds: float) -> T:
-        """:meth:`_run_once` on a helper thread, waited for at most ``seconds``."""
-        if self._courier_pid != os.getpid():  # forked without the at-fork hooks: the parent's helpers are not here
-            self._courier, self._courier_pid = _Courier(), os.getpid()
-        try:
-            return self._courier.run(lambda: self._run_once(operation, rw), seconds)
-        except TimeoutError:
-            log.error("%s: a call into the token has not returned after %g s", self.describe(), seconds)
-            raise TokenError(f"{self.describe()}: the token did not answer within {seconds:g} s; is the HSM or "
-                             "its network connection hanging? (the call goes on without this request, and "
-                             "its session is freed when it returns)") from None
-
-    def _run_once(self, operation: Callable[[PooledSession], T], rw: bool) -> T:
+    def _run_once(self, operation: Callable[[PooledSession], T], rw: bool, errand: _Errand) -> T:
         """One try; a dead session comes out as :class:`_Lost` with the login it belonged to."""
         pooled = self._open_rw() if rw else self._borrow()
         try:
+            if errand.abandoned:  # the caller gave up while the session was coming: sign (or make a key) for nobody
+                raise TokenError(f"{self.describe()}: the caller stopped waiting")
             with self.module.serialised():
-                if not self.module.logged_in(pooled.session):
-                    # Dead, or alive without the login (the HSM restarted, or logged us out): its
+                if self.module.public_session(pooled.session):
+                    # Alive without the login (the HSM restarted, or logged us out): its private
                     # objects would just be missing ("the key is gone") instead of a new login.
                     raise p11_exc.UserNotLoggedIn()
                 return operation(pooled)
@@ -391,6 +427,7 @@ class TokenSessionPool:
                                 self._borrowed)
                     break
             self._drop_all_locked()
+        self._courier.close()
 
     def forget_after_fork(self) -> None:
         """In a forked child the parent's sessions are not ours: start afresh."""
