@@ -304,6 +304,17 @@ def test_threads_finding_sessions_dead_after_a_restart_keep_the_new_login(token:
     assert failures == []
 
 
+@pytest.mark.parametrize(("timeout", "thread"), [(None, "pkcs11-call"), (0, "MainThread")])
+def test_calls_into_the_token_run_on_a_helper_unless_the_bound_is_off(token: SoftHSMToken, timeout: float | None,
+                                                                       thread: str) -> None:
+    """ca.key.timeout: a bounded call is made by a helper thread (its caller can stop waiting); 0 turns that off."""
+    with backend_for(token, call_seconds=timeout) as backend:
+        key = backend.generate_private_key(KeySpec.parse("ec-p256"))
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        assert backend._run(lambda _pooled: threading.current_thread().name) == thread
+        key.public_key().verify(key.sign(b"m", ec.ECDSA(hashes.SHA256())), b"m", ec.ECDSA(hashes.SHA256()))
+
+
 def test_a_new_session_without_the_login_logs_in_again(token: SoftHSMToken) -> None:
     """The HSM restarts: every session dies, and with the last one the login.
 

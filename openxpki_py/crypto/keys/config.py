@@ -9,7 +9,7 @@ key:
   key_label: ca-signing
   key_id: "01"               # optional, hex
   pin_file: ca-token.pin     # or pin_env: OPENXPKI_CA_PIN
-  timeout: 10                # seconds a request waits for one call into the token (generating a key: 20x)
+  timeout: 10                # seconds a request waits for one call into the token (key generation: 20x; 0: no bound)
   # software: path: ca-key.pem, password_file / password_env
 ```
 """
@@ -72,7 +72,7 @@ def parse_key_config(reader: Reader) -> KeyConfig:
             key_label=_label(reader, "key_label"),
             key_id=_key_id(reader),
             pin=reader.secret("pin"),
-            timeout=float(reader.int("timeout", 10, minimum=1, maximum=3600)),
+            timeout=float(reader.int("timeout", 10, minimum=0, maximum=3600)),
         )
     else:
         cfg = SoftwareKeyConfig(
