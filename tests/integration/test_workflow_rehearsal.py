@@ -15,6 +15,7 @@ import pytest
 from data.workflow.activities_for_tests import REGISTRY, FakeClock, TestServices
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from test_workflow_statements import READS_ONLY_FLOW
 
 from openxpki_py.db.engine import READ_ONLY_OPTION
 from openxpki_py.db.schema import workflow
@@ -22,32 +23,20 @@ from openxpki_py.domains import load_definitions
 from openxpki_py.errors import PolicyViolation
 from openxpki_py.workflow import ActivityContext, Registry, WorkflowEngine
 
-FLOW = """\
-type: test_rehearsed
-start:
-  roles: [User]
-  input: [subject]
-initial_state: LOOK
-fields:
-  subject:
-    type: text
-states:
-  LOOK:
-    auto: look
-  DONE:
-    final: success
-  REFUSED:
-    final: failure
-actions:
-  look:
-    activity: look_up
-    on_error:
-      PolicyViolation: REFUSED
-    next:
-      - if: looked_twice
-        to: REFUSED
-      - to: DONE
-"""
+
+def _flow() -> str:
+    """test_workflow_statements' reads-only flow, with a condition after its activity."""
+    flow = READS_ONLY_FLOW
+    for old, new in (("type: test_reads_only", "type: test_rehearsed"),
+                     ("activity: look_up_subject", "activity: look_up"),
+                     ("    next: DONE\n",
+                      "    next:\n      - if: looked_twice\n        to: REFUSED\n      - to: DONE\n")):
+        assert old in flow
+        flow = flow.replace(old, new)
+    return flow
+
+
+FLOW = _flow()
 
 
 class Looks:
