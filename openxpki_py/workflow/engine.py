@@ -278,10 +278,11 @@ class WorkflowEngine:
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
         with self._transaction() as conn:
             candidates = store.due_workflows(conn, now, limit or self.config.batch_size)
-            claimed = [int(c["id"]) for c in candidates
-                       if store.claim(conn, int(c["id"]), claimant=run.claimant, now=now, lease_until=lease_until)]
+            claimed: list[int] = []
             for c in candidates:
-                run.expect(int(c["id"]), c["wf_type"], c["state"])
+                if store.claim(conn, int(c["id"]), claimant=run.claimant, now=now, lease_until=lease_until):
+                    claimed.append(int(c["id"]))
+                    run.expect(int(c["id"]), c["wf_type"], c["state"])
         run.enqueue(*claimed)
         self.drain(run)
         return len(claimed)

@@ -47,7 +47,7 @@ class Pkcs11KeyConfig(KeyConfig):
     key_label: str
     key_id: bytes | None
     pin: SecretRef
-    timeout: float = 10.0
+    timeout: float | None  # None: the session pool's own bound (TokenSessionPool.call_seconds)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def parse_key_config(reader: Reader) -> KeyConfig:
             key_label=_label(reader, "key_label"),
             key_id=_key_id(reader),
             pin=reader.secret("pin"),
-            timeout=float(reader.int("timeout", 10, minimum=0, maximum=3600)),
+            timeout=_seconds(reader.int("timeout", None, minimum=0, maximum=3600)),
         )
     else:
         cfg = SoftwareKeyConfig(
@@ -82,6 +82,10 @@ def parse_key_config(reader: Reader) -> KeyConfig:
         )
     reader.finish()
     return cfg
+
+
+def _seconds(value: int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _label(reader: Reader, key: str) -> str:

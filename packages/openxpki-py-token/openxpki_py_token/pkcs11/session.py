@@ -234,7 +234,7 @@ class TokenSessionPool:
             raise TokenError(f"{self.describe()}: the key backend was closed; open it again")
         limit = (self.call_seconds if seconds is None else seconds) * (self.RW_FACTOR if rw else 1)
         if limit <= 0:
-            return self._run_retrying(operation, rw, _Errand(lambda _errand: None))
+            return self._run_retrying(operation, rw, None)
         if self._courier_pid != os.getpid():  # forked without the at-fork hooks: the parent's helpers are not here
             self._courier, self._courier_pid = _Courier(), os.getpid()
         courier = self._courier
@@ -250,8 +250,8 @@ class TokenSessionPool:
                              "its network connection hanging? (the call goes on without this request, and "
                              "its session is freed when it returns)") from None
 
-    def _run_retrying(self, operation: Callable[[PooledSession], T], rw: bool, errand: _Errand) -> T:
-        """On the helper thread: one try, and after a lost session a new login and one more."""
+    def _run_retrying(self, operation: Callable[[PooledSession], T], rw: bool, errand: _Errand | None) -> T:
+        """One try, and after a lost session a new login and one more (on the helper, whose ``errand`` it is)."""
         try:
             return self._run_once(operation, rw, errand)
         except _Lost as lost:
@@ -268,11 +268,11 @@ class TokenSessionPool:
         except TokenNotFound as exc:
             raise TokenNotFound(f"the token was removed while in use: {exc.message}") from None
 
-    def _run_once(self, operation: Callable[[PooledSession], T], rw: bool, errand: _Errand) -> T:
+    def _run_once(self, operation: Callable[[PooledSession], T], rw: bool, errand: _Errand | None) -> T:
         """One try; a dead session comes out as :class:`_Lost` with the login it belonged to."""
         pooled = self._open_rw() if rw else self._borrow()
         try:
-            if errand.abandoned:  # the caller gave up while the session was coming: sign (or make a key) for nobody
+            if errand is not None and errand.abandoned:  # the caller gave up meanwhile: sign (or make a key) for nobody
                 raise TokenError(f"{self.describe()}: the caller stopped waiting")
             with self.module.serialised():
                 if self.module.public_session(pooled.session):
