@@ -1,16 +1,22 @@
 """Engines for the three supported databases, set up the same way.
 
 SQLite (embedded default) gets WAL, foreign keys and a busy timeout so that
-Apache's several processes and the worker can share one file, and a queue
-for the writers of one process (:class:`_QueuedWriterConnection`).
+Apache's several processes and the worker can share one file, and a lock
+its writers take in turn before SQLite's own (:class:`_WriterLock`).
 PostgreSQL and Oracle (``oracle+oracledb``, thin mode) need nothing special.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import queue
 import sqlite3
 import threading
+import time
+import weakref
 from typing import Any
 
 from sqlalchemy import create_engine, event, inspect, make_url
@@ -20,38 +26,202 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from ..errors import StorageError
 from .schema import metadata
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Drivers that come with an extra of the openxpki-py distribution.
 _DRIVER_EXTRAS = {"psycopg": "postgresql", "psycopg2": "postgresql", "oracledb": "oracle"}
 
 
-class _QueuedWriterConnection(sqlite3.Connection):
-    """A pysqlite connection whose write transactions queue on a lock of the process first.
+class _FileWait:
+    """One wait for the file lock, done by the helper thread for a caller that may give up."""
+
+    def __init__(self) -> None:
+        self.settled = threading.Lock()  # held while the outcome is decided, by whichever side decides it
+        self.answer: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self.abandoned = False
+        self.taken = False
+
+
+class _LockFile:
+    """One process's open lock file, and the helper thread that waits for it in the kernel (started when needed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._waits: queue.SimpleQueue[_FileWait | None] | None = None
+
+    def take(self, deadline: float) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        if self._waits is None:  # only the thread at the head of the process's queue comes here
+            self._waits = queue.SimpleQueue()
+            threading.Thread(target=self._wait_for_file, args=(self._waits,), name="sqlite-writer-lock",
+                             daemon=True).start()
+        wait = _FileWait()
+        self._waits.put(wait)
+        try:
+            return wait.answer.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            with wait.settled:
+                if wait.taken:
+                    return True  # it came in just now
+                wait.abandoned = True
+                return False
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """The engine is gone: close the file (the helper does, after its last wait)."""
+        if self._waits is not None:
+            self._waits.put(None)
+        else:
+            os.close(self.fd)
+
+    def _wait_for_file(self, waits: queue.SimpleQueue[_FileWait | None]) -> None:
+        """The helper: take the file lock in the kernel for each caller in turn."""
+        while (wait := waits.get()) is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                log.warning("SQLite writer lock: waiting for the lock file failed (%s)", exc)
+                wait.answer.put(False)
+                continue
+            with wait.settled:
+                if wait.abandoned:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)  # its caller has gone on without it
+                else:
+                    wait.taken = True
+                    wait.answer.put(True)
+        os.close(self.fd)
+
+
+class _WriterLock:
+    """SQLite's one writer, taken in turn before ``BEGIN IMMEDIATE``: threads on a lock, processes on a file.
 
     SQLite lets one writer in; the others wait in its busy handler, which
-    sleeps and polls (1, 2, 5 … up to 100 ms a try): under load the write
-    lock often sat free while ten threads slept, and a personalization's
-    p50 at 20 users was seconds (bench/personalization.py).  Threads of
-    one process now wait on a lock that wakes the next at once; SQLite's
-    own lock still decides between processes (Apache's daemons, the
-    worker), so the guarantees are SQLite's as before.
+    sleeps and polls (1, 2, 5 … up to 100 ms a try).  Under load the
+    writer that had just committed took the lock again at once while the
+    others slept: one Apache daemon kept it and the other daemon's threads
+    all waited, so two processes served no more than one, and a process
+    could be shut out for longer than the busy timeout
+    (docs/performance.md, "Fifth look").
+
+    Threads of one process queue on a ``threading.Lock``; the one at its
+    head then takes ``flock`` on ``<database>-writer.lock``, as the
+    writers of every other process (Apache's daemons, the worker, the CLI)
+    do.  A free lock is taken in one system call.  A held one is waited
+    for in the kernel, which wakes the waiter when the holder lets go;
+    ``flock`` has no timeout, so that wait runs on a helper thread and the
+    caller stops waiting at its deadline (the helper then lets go of the
+    lock as soon as it gets it).  The kernel drops the lock of a process
+    that dies.  SQLite's own lock still decides: a writer that cannot use
+    the file (another program, a folder it cannot write) waits in SQLite's
+    busy handler as before.
     """
 
-    writer_queue: threading.Lock | None = None
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.Lock()
+        plain_file = bool(database) and database != ":memory:" and not str(database).startswith("file:")
+        self.database = os.path.abspath(database) if plain_file and database else None
+        self.path = f"{self.database}-writer.lock" if self.database else None
+        self._file: _LockFile | None = None
+        self._closer: weakref.finalize[Any, Any] | None = None
+        self._pid = 0
+        _writer_locks.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: a thread lock of its own (a parent's thread may have held it), the file reopened."""
+        self._threads = threading.Lock()
+        self._pid = 0
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock within ``timeout`` seconds; False if not (then SQLite's own wait decides)."""
+        deadline = time.monotonic() + timeout
+        if not self._threads.acquire(timeout=timeout):
+            return False
+        file = self._open_file()
+        if file is None or file.take(deadline):
+            return True
+        self._threads.release()
+        return False
+
+    def release(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.release()
+        self._threads.release()
+
+    def _open_file(self) -> _LockFile | None:
+        """This process's lock file (a forked child opens its own: flock follows the open file)."""
+        if self.path is None:
+            return None
+        if self._pid != os.getpid():
+            if self._file is not None and self._closer is not None:
+                self._closer.detach()
+                with contextlib.suppress(OSError):
+                    os.close(self._file.fd)  # the parent's open file (the parent's lock); its helper is not here
+            self._file = self._closer = None
+            fd = self._open()
+            if fd is not None:
+                self._file = _LockFile(fd)
+                self._closer = weakref.finalize(self, self._file.close)
+            self._pid = os.getpid()
+        return self._file
+
+    def _open(self) -> int | None:
+        assert self.path is not None and self.database is not None
+        try:
+            database = os.stat(self.database)
+            # Whoever may open the database may open the lock, nobody else (a reader of a world-
+            # readable file could otherwise hold every writer off).
+            mode = database.st_mode & 0o660
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            except FileExistsError:
+                return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            os.fchmod(fd, mode)
+            if os.geteuid() == 0:  # the CLI as root: the file belongs to the database's owner, as the database does
+                os.fchown(fd, database.st_uid, database.st_gid)
+            return fd
+        except OSError as exc:
+            log.warning("SQLite writer lock %s cannot be used (%s): writers of different processes wait in "
+                        "SQLite's busy handler instead, which is slower under load", self.path, exc.strerror or exc)
+            self.path = None  # not again for every transaction
+            return None
+
+
+_writer_locks: weakref.WeakSet[_WriterLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_writer_locks):
+        lock.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _QueuedWriterConnection(sqlite3.Connection):
+    """A pysqlite connection whose write transactions take the :class:`_WriterLock` first."""
+
+    writer_lock: _WriterLock | None = None
     holds_queue = False
 
     def take_queue(self) -> None:
-        queue = self.writer_queue
-        if queue is not None and not self.holds_queue:
+        lock = self.writer_lock
+        if lock is not None and not self.holds_queue:
             # As long as SQLite itself would wait; past that its own busy timeout answers, as before.
-            self.holds_queue = queue.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+            self.holds_queue = lock.acquire(SQLITE_BUSY_TIMEOUT_MS / 1000)
 
     def give_back_queue(self) -> None:
         if self.holds_queue:
             self.holds_queue = False
-            assert self.writer_queue is not None
-            self.writer_queue.release()
+            assert self.writer_lock is not None
+            self.writer_lock.release()
 
     def commit(self) -> None:
         try:
@@ -172,12 +342,12 @@ def open_engine(url: str, *, echo: bool = False) -> Engine:
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise StorageError(f"database URL {_redacted(url)} is not usable: {exc}") from exc
     if engine.dialect.name == "sqlite":
-        queue = threading.Lock()
+        writer_lock = _WriterLock(engine.url.database)
 
         def connected(dbapi_conn: Any, record: Any) -> None:
             _sqlite_pragmas(dbapi_conn, record)
             if isinstance(dbapi_conn, _QueuedWriterConnection):
-                dbapi_conn.writer_queue = queue
+                dbapi_conn.writer_lock = writer_lock
 
         event.listen(engine, "connect", connected)
         event.listen(engine, "begin", _sqlite_begin)
