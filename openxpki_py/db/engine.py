@@ -9,11 +9,13 @@ PostgreSQL and Oracle (``oracle+oracledb``, thin mode) need nothing special.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -47,33 +49,64 @@ class _FileWait:
 class _LockFile:
     """One process's open lock file, and the helper thread that waits for it in the kernel (started when needed)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
+        self.path = path
+        self.broken = False
         self._waits: queue.SimpleQueue[_FileWait | None] | None = None
+        # Waits handed to the helper and not yet settled.  While there are any, a caller queues behind
+        # them: the helper may be about to get the lock for an abandoned wait and let go of it, and a
+        # lock taken meanwhile through the same open file would be let go of with it.
+        self._outstanding = 0
+        self._count = threading.Lock()
 
     def take(self, deadline: float) -> bool:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        """Take the file lock by ``deadline``; True also when the file cannot lock (SQLite's lock decides)."""
+        if self.broken:
             return True
-        except BlockingIOError:
-            pass
+        with self._count:
+            behind_others = self._outstanding > 0
+        if not behind_others:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            except OSError as exc:  # a file system without flock (some network ones)
+                log.warning("SQLite writer lock %s cannot be taken (%s): writers of different processes wait in "
+                            "SQLite's busy handler instead, which is slower under load", self.path, exc)
+                self.broken = True
+                return True
         if self._waits is None:  # only the thread at the head of the process's queue comes here
-            self._waits = queue.SimpleQueue()
-            threading.Thread(target=self._wait_for_file, args=(self._waits,), name="sqlite-writer-lock",
+            waits: queue.SimpleQueue[_FileWait | None] = queue.SimpleQueue()
+            threading.Thread(target=self._wait_for_file, args=(waits,), name="sqlite-writer-lock",
                              daemon=True).start()
+            self._waits = waits
         wait = _FileWait()
+        with self._count:
+            self._outstanding += 1
         self._waits.put(wait)
         try:
             return wait.answer.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            with wait.settled:
-                if wait.taken:
-                    return True  # it came in just now
-                wait.abandoned = True
-                return False
+            return self._give_up(wait)
+        except BaseException:  # interrupted (Ctrl-C in the CLI): nobody would ever let go of it
+            if self._give_up(wait):
+                self.release()
+            raise
+
+    @staticmethod
+    def _give_up(wait: _FileWait) -> bool:
+        """The caller stops waiting; True if the lock came in just now (then it is the caller's)."""
+        with wait.settled:
+            if wait.taken:
+                return True
+            wait.abandoned = True
+            return False
 
     def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        if not self.broken:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """The engine is gone: close the file (the helper does, after its last wait)."""
@@ -87,16 +120,19 @@ class _LockFile:
         while (wait := waits.get()) is not None:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
+                got = True
             except OSError as exc:
-                log.warning("SQLite writer lock: waiting for the lock file failed (%s)", exc)
-                wait.answer.put(False)
-                continue
+                log.warning("SQLite writer lock %s: waiting for it failed (%s)", self.path, exc)
+                got = False
             with wait.settled:
                 if wait.abandoned:
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)  # its caller has gone on without it
+                    if got:
+                        fcntl.flock(self.fd, fcntl.LOCK_UN)  # its caller has gone on without it
                 else:
-                    wait.taken = True
-                    wait.answer.put(True)
+                    wait.taken = got
+                    wait.answer.put(got)
+            with self._count:
+                self._outstanding -= 1
         os.close(self.fd)
 
 
@@ -115,82 +151,99 @@ class _WriterLock:
     head then takes ``flock`` on ``<database>-writer.lock``, as the
     writers of every other process (Apache's daemons, the worker, the CLI)
     do.  A free lock is taken in one system call.  A held one is waited
-    for in the kernel, which wakes the waiter when the holder lets go;
-    ``flock`` has no timeout, so that wait runs on a helper thread and the
-    caller stops waiting at its deadline (the helper then lets go of the
-    lock as soon as it gets it).  The kernel drops the lock of a process
-    that dies.  SQLite's own lock still decides: a writer that cannot use
-    the file (another program, a folder it cannot write) waits in SQLite's
-    busy handler as before.
+    for in the kernel, which wakes the waiters when the holder lets go (in
+    no set order; whoever asks first gets it); ``flock`` has no timeout, so
+    that wait runs on a helper thread and the caller stops waiting at its
+    deadline (the helper then lets go of the lock as soon as it gets it).
+    The kernel drops the lock of a process that dies.  SQLite's own lock
+    still decides: a writer that cannot use the file (another program, a
+    file system without ``flock``) waits in SQLite's busy handler as before.
     """
+
+    RETRY_SECONDS = 60.0  # after a lock file could not be opened
 
     def __init__(self, database: str | None) -> None:
         self._threads = threading.Lock()
         plain_file = bool(database) and database != ":memory:" and not str(database).startswith("file:")
-        self.database = os.path.abspath(database) if plain_file and database else None
+        # realpath: a process that reaches the database through a symlink must find the same lock.
+        self.database = os.path.realpath(database) if plain_file and database else None
         self.path = f"{self.database}-writer.lock" if self.database else None
         self._file: _LockFile | None = None
         self._closer: weakref.finalize[Any, Any] | None = None
-        self._pid = 0
+        self._retry_at = 0.0
         _writer_locks.add(self)
 
     def forget_after_fork(self) -> None:
-        """In a forked child: a thread lock of its own (a parent's thread may have held it), the file reopened."""
+        """In a forked child (one thread): a thread lock of its own, and not the parent's open file."""
         self._threads = threading.Lock()
-        self._pid = 0
+        if self._file is not None and self._closer is not None:
+            self._closer.detach()
+            with contextlib.suppress(OSError):
+                os.close(self._file.fd)  # the parent's lock lives on in the parent; its helper is not here
+        self._file = self._closer = None
 
     def acquire(self, timeout: float) -> bool:
         """Take the lock within ``timeout`` seconds; False if not (then SQLite's own wait decides)."""
         deadline = time.monotonic() + timeout
         if not self._threads.acquire(timeout=timeout):
             return False
-        file = self._open_file()
-        if file is None or file.take(deadline):
-            return True
+        try:
+            file = self._open_file()
+            if file is None or file.take(deadline):
+                return True
+        except BaseException:
+            self._threads.release()
+            raise
         self._threads.release()
         return False
 
     def release(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
+        if self._file is not None:
             self._file.release()
         self._threads.release()
 
     def _open_file(self) -> _LockFile | None:
-        """This process's lock file (a forked child opens its own: flock follows the open file)."""
-        if self.path is None:
+        """This process's lock file; None where there is none to use."""
+        if self._file is not None or self.path is None or time.monotonic() < self._retry_at:
+            return self._file
+        fd = self._open(self.path)
+        if fd is None:
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
             return None
-        if self._pid != os.getpid():
-            if self._file is not None and self._closer is not None:
-                self._closer.detach()
-                with contextlib.suppress(OSError):
-                    os.close(self._file.fd)  # the parent's open file (the parent's lock); its helper is not here
-            self._file = self._closer = None
-            fd = self._open()
-            if fd is not None:
-                self._file = _LockFile(fd)
-                self._closer = weakref.finalize(self, self._file.close)
-            self._pid = os.getpid()
+        self._file = _LockFile(fd, self.path)
+        self._closer = weakref.finalize(self, self._file.close)
         return self._file
 
-    def _open(self) -> int | None:
-        assert self.path is not None and self.database is not None
+    def _open(self, path: str) -> int | None:
+        assert self.database is not None
         try:
             database = os.stat(self.database)
-            # Whoever may open the database may open the lock, nobody else (a reader of a world-
-            # readable file could otherwise hold every writer off).
-            mode = database.st_mode & 0o660
+            # Whoever may write the database may open the lock, nobody else: a reader (a backup or
+            # monitoring group) could otherwise take it through a read-only file and hold every writer off.
+            mode = 0o600 | (0o060 if database.st_mode & 0o020 else 0)
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+                created = True
             except FileExistsError:
-                return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            os.fchmod(fd, mode)
-            if os.geteuid() == 0:  # the CLI as root: the file belongs to the database's owner, as the database does
-                os.fchown(fd, database.st_uid, database.st_gid)
+                fd = os.open(path, flags)
+                created = False
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
+                if created:
+                    os.fchmod(fd, mode)
+                    # The database's owner (the CLI as root) or at least its group (another member).
+                    with contextlib.suppress(OSError):
+                        os.fchown(fd, database.st_uid if os.geteuid() == 0 else -1, database.st_gid)
+            except OSError:
+                os.close(fd)
+                raise
             return fd
         except OSError as exc:
             log.warning("SQLite writer lock %s cannot be used (%s): writers of different processes wait in "
-                        "SQLite's busy handler instead, which is slower under load", self.path, exc.strerror or exc)
-            self.path = None  # not again for every transaction
+                        "SQLite's busy handler instead, which is slower under load; trying again in %.0f s",
+                        path, exc.strerror or exc, self.RETRY_SECONDS)
             return None
 
 
@@ -270,12 +323,20 @@ def _sqlite_begin(conn: Any) -> None:
     queued = isinstance(dbapi_conn, _QueuedWriterConnection)
     if queued:
         dbapi_conn.take_queue()
+    # The writer lock's wait took the whole busy timeout (a holder that does not let go): SQLite
+    # answers "database is locked" at once instead of waiting as long again.
+    waited_out = queued and dbapi_conn.writer_lock is not None and not dbapi_conn.holds_queue
     try:
+        if waited_out:
+            dbapi_conn.execute("PRAGMA busy_timeout=0")
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     except BaseException:
         if queued:
             dbapi_conn.give_back_queue()
         raise
+    finally:
+        if waited_out:
+            dbapi_conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 #: The isolation level that gives a reading transaction one snapshot for all its statements.

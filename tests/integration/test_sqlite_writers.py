@@ -11,8 +11,10 @@ real SQLite file.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -109,8 +111,9 @@ def test_a_writer_is_not_shut_out_by_another_process_that_keeps_writing(database
             time.sleep(0.002)
     finally:
         looping.stdin.close()
-        others = int(looping.stdout.readline())
+        others = looping.stdout.readline().strip()
         engine.dispose()
+    assert waits, f"no write got in (the other process printed {others!r})"
     # Taking turns, a write waits for one of the other's 2 ms transactions (about 500 writes here in 3 s,
     # the longest wait 5 ms); the bounds leave room for a busy machine.
     assert len(waits) >= 50 and max(waits) < 5, (
@@ -125,33 +128,61 @@ def _rows(engine: object) -> int:
 
 def test_a_writer_stops_waiting_at_the_busy_timeout_and_gets_in_once_the_holder_dies(
         database: str, writer: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 2000)
     holder = writer("hold")  # type: ignore[operator]
     engine = open_engine(database)
     start = time.monotonic()
     with pytest.raises(OperationalError, match="database is locked"), engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO t VALUES (3)")
-    # The file lock's wait (1 s), then SQLite's own (1 s): an answer, not a hang.
-    assert time.monotonic() - start < 10
+    # One busy timeout (2 s), not the writer lock's and then SQLite's own again (4 s).
+    assert time.monotonic() - start < 3.5
     os.kill(holder.pid, signal.SIGKILL)  # the kernel drops a dead process's locks
     holder.wait(10)
-    # The helper that waited for the abandoned try got the lock after the holder died and let it go again.
+    # The helper that waited for the abandoned try got the lock after the holder died and let it go again;
+    # the busy timeout is back to its value for the next transaction.
     with engine.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2000
         conn.exec_driver_sql("INSERT INTO t VALUES (4)")
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1  # the holder's row died with it
     engine.dispose()
 
 
-def test_the_lock_file_is_readable_only_by_those_who_may_open_the_database(tmp_path: Path) -> None:
+def test_a_lock_taken_while_an_abandoned_wait_is_pending_is_not_let_go_of(tmp_path: Path) -> None:
+    # Found by review: a caller gave up while the helper still waited for it in the kernel; the next caller
+    # took the lock through the same open file, and the helper, getting it for the abandoned wait, let go of
+    # it: the next caller's transaction ran without the lock.
     path = tmp_path / "store.db"
-    path.touch(mode=0o644)
-    path.chmod(0o644)
+    path.touch()
+    lock = db_engine._WriterLock(str(path))
+    other = os.open(f"{path}-writer.lock", os.O_RDONLY | os.O_CREAT)  # another process's open file, in effect
+    checker = os.open(f"{path}-writer.lock", os.O_RDONLY)
+    try:
+        for _ in range(30):
+            fcntl.flock(other, fcntl.LOCK_EX)
+            assert not lock.acquire(0.05)  # gives up; its helper goes on waiting
+            fcntl.flock(other, fcntl.LOCK_UN)
+            assert lock.acquire(5)
+            time.sleep(0.01)  # the helper has got the lock for the abandoned wait by now
+            with pytest.raises(BlockingIOError):  # still held: the caller's, not let go of
+                fcntl.flock(checker, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.release()
+    finally:
+        os.close(other)
+        os.close(checker)
+
+
+@pytest.mark.parametrize(("database_mode", "lock_mode"), [(0o644, 0o600), (0o640, 0o600), (0o664, 0o660)])
+def test_the_lock_file_is_open_only_to_those_who_may_write_the_database(
+        tmp_path: Path, database_mode: int, lock_mode: int) -> None:
+    # A reader (others, or a backup group) could otherwise take the lock through a read-only file and hold
+    # every writer off.
+    path = tmp_path / "store.db"
+    path.touch()
+    path.chmod(database_mode)
     engine = open_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
-    lock = Path(f"{path}-writer.lock")
-    # World-readable database, but no world access to the lock: a reader could hold every writer off.
-    assert lock.stat().st_mode & 0o777 == 0o640
+    assert Path(f"{path}-writer.lock").stat().st_mode & 0o777 == lock_mode
     engine.dispose()
 
 
@@ -185,6 +216,8 @@ def test_a_forked_child_takes_its_own_lock(database: str) -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
+                os.close(to_child_w)
+                os.close(to_parent_r)
                 while_held = lock.acquire(0.5)
                 os.write(to_parent_w, b"1" if while_held else b"0")
                 os.read(to_child_r, 1)  # the parent has committed
@@ -192,15 +225,24 @@ def test_a_forked_child_takes_its_own_lock(database: str) -> None:
                 os.write(to_parent_w, b"1" if after else b"0")
             finally:
                 os._exit(0)
-        while_held = os.read(to_parent_r, 1)
+        os.close(to_child_r)
+        os.close(to_parent_w)
+        while_held = _read_byte(to_parent_r)
     os.write(to_child_w, b"!")
-    after = os.read(to_parent_r, 1)
+    after = _read_byte(to_parent_r)
     os.waitpid(pid, 0)
-    for fd in (to_child_r, to_child_w, to_parent_r, to_parent_w):
-        os.close(fd)
+    os.close(to_child_w)
+    os.close(to_parent_r)
     engine.dispose()
     assert while_held == b"0", "the child took the write lock while its parent held it"
     assert after == b"1", "the child could not take the write lock once its parent let go"
+
+
+def _read_byte(fd: int, timeout: float = 20) -> bytes:
+    """One byte from the child, b"" if it ended without one (never a hang)."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    assert ready, "the child did not answer"
+    return os.read(fd, 1)
 
 
 def test_an_engine_gone_closes_its_lock_file(writer: object, database: str,
@@ -227,7 +269,10 @@ def test_an_engine_gone_closes_its_lock_file(writer: object, database: str,
         contended_write()
     holder.stdin.close()
     holder.wait(10)
-    gc.collect()
-    time.sleep(0.5)  # the helpers got the lock when the holder ended, let go of it, and closed their files
+    # The helpers get the lock when the holder ends, let go of it, and close their files.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (open_files() - before >= 3 or threading.active_count() - threads >= 3):
+        gc.collect()
+        time.sleep(0.05)
     assert open_files() - before < 3
     assert threading.active_count() - threads < 3
