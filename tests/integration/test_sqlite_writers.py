@@ -20,20 +20,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from openxpki_py.db import engine as db_engine
-from openxpki_py.db.engine import open_engine
+from openxpki_py.db.engine import open_engine, read_only
 
 # A process that writes to the file: "loop" commits short write transactions
 # back to back until its stdin closes; "hold" keeps one write transaction open.
 _WRITER = """
 import sys, time
-from openxpki_py.db.engine import open_engine
+from openxpki_py.db.engine import open_engine, read_only
 engine = open_engine(sys.argv[1])
 if sys.argv[2] == "hold":
     with engine.begin() as conn:
@@ -65,9 +66,12 @@ def database(tmp_path: Path) -> str:
     return url
 
 
+Writer = Callable[[str], "subprocess.Popen[str]"]
+
+
 @pytest.fixture
-def writer(database: str) -> Iterator[subprocess.Popen[str]]:
-    """Start a writer process (``writer_process(kind)``); stopped at the end."""
+def writer(database: str) -> Iterator[Writer]:
+    """``writer(kind)`` starts a writer process on the database ("loop" or "hold"); stopped at the end."""
     started: list[subprocess.Popen[str]] = []
 
     def start(kind: str) -> subprocess.Popen[str]:
@@ -78,7 +82,7 @@ def writer(database: str) -> Iterator[subprocess.Popen[str]]:
         assert process.stdout.readline().strip() in ("holding", "writing")
         return process
 
-    yield start  # type: ignore[misc]
+    yield start
     for process in started:
         if process.poll() is None:
             process.kill()
@@ -88,12 +92,12 @@ def writer(database: str) -> Iterator[subprocess.Popen[str]]:
                 pipe.close()
 
 
-def test_a_writer_is_not_shut_out_by_another_process_that_keeps_writing(database: str, writer: object) -> None:
+def test_a_writer_is_not_shut_out_by_another_process_that_keeps_writing(database: str, writer: Writer) -> None:
     # Before: this process's writes waited in SQLite's busy handler while the
     # other process committed and began again between two of its polls: in
     # 3 s it got 1-3 writes in, one of them after waiting 8-23 s (or "database
     # is locked" at 30 s).  Taking turns, each process gets about half.
-    looping = writer("loop")  # type: ignore[operator]
+    looping = writer("loop")
     engine = open_engine(database)
     waits = []
     try:
@@ -110,8 +114,7 @@ def test_a_writer_is_not_shut_out_by_another_process_that_keeps_writing(database
                 time.sleep(0.002)
             time.sleep(0.002)
     finally:
-        looping.stdin.close()
-        others = looping.stdout.readline().strip()
+        others = _stop(looping)
         engine.dispose()
     assert waits, f"no write got in (the other process printed {others!r})"
     # Taking turns, a write waits for one of the other's 2 ms transactions (about 500 writes here in 3 s,
@@ -120,16 +123,22 @@ def test_a_writer_is_not_shut_out_by_another_process_that_keeps_writing(database
         f"{len(waits)} writes in 3 s, the longest wait {max(waits):.1f} s, while the other process wrote {others} times")
 
 
-def _rows(engine: object) -> int:
-    from openxpki_py.db.engine import read_only
-    with read_only(engine) as conn:  # type: ignore[arg-type]
-        return int(conn.exec_driver_sql("SELECT count(*) FROM t").scalar())
+def _rows(engine: Engine) -> int:
+    with read_only(engine) as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one())
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    """End a writer's stdin; what it printed last (a looping writer: how many times it wrote)."""
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.close()
+    return process.stdout.readline().strip()
 
 
 def test_a_writer_stops_waiting_at_the_busy_timeout_and_gets_in_once_the_holder_dies(
-        database: str, writer: object, monkeypatch: pytest.MonkeyPatch) -> None:
+        database: str, writer: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 2000)
-    holder = writer("hold")  # type: ignore[operator]
+    holder = writer("hold")
     engine = open_engine(database)
     start = time.monotonic()
     with pytest.raises(OperationalError, match="database is locked"), engine.begin() as conn:
@@ -245,13 +254,13 @@ def _read_byte(fd: int, timeout: float = 20) -> bytes:
     return os.read(fd, 1)
 
 
-def test_an_engine_gone_closes_its_lock_file(writer: object, database: str,
+def test_an_engine_gone_closes_its_lock_file(writer: Writer, database: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests and tools open many engines; each must not keep a descriptor (and a helper thread) for ever.
     import gc
 
     monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 200)
-    holder = writer("hold")  # type: ignore[operator]
+    holder = writer("hold")
 
     def open_files() -> int:
         return len(os.listdir("/proc/self/fd"))
@@ -267,7 +276,7 @@ def test_an_engine_gone_closes_its_lock_file(writer: object, database: str,
     threads = threading.active_count()
     for _ in range(10):
         contended_write()
-    holder.stdin.close()
+    _stop(holder)
     holder.wait(10)
     # The helpers get the lock when the holder ends, let go of it, and close their files.
     deadline = time.monotonic() + 10
